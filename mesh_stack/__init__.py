@@ -1,0 +1,1 @@
+"""CDK constructs of the Consul mesh for ECS Anywhere."""

@@ -1,0 +1,389 @@
+"""Typed, validated configuration of the mesh, built once from CDK context.
+
+`app.py` is the only caller: it passes the merged context (cdk.json, then `-c key=value`
+overrides, which arrive as strings) to `MeshConfig.from_context`. Every rule raises
+`ConfigError` with one line naming the key, the value given and what is allowed; `app.py`
+prints that line and exits non-zero, without a traceback.
+
+The README's configuration table is checked against `FIELDS` by a test, so every key a user
+can set is documented and no documented key is stale.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+
+class ConfigError(ValueError):
+    """An invalid configuration value; the message is one line meant for the operator."""
+
+
+# Envoy releases each Consul release supports (Consul docs, "Envoy proxy configuration
+# reference", Supported Versions; hashicorp/consul envoyextensions/xdscommon/ENVOY_VERSIONS).
+# Keys are Consul major.minor; values are the (lowest, highest) Envoy major.minor, inclusive.
+# Only rows read from a source are listed: an unlisted Consul release is rejected rather
+# than guessed.
+ENVOY_SUPPORT: dict[str, tuple[str, str]] = {
+    "1.21": ("1.31", "1.34"),
+    "2.0": ("1.34", "1.37"),
+}
+
+_PREFIX = re.compile(r"^[a-z][a-z0-9-]{1,23}$")
+_ENVIRONMENT = re.compile(r"^[a-z][a-z0-9]{0,11}$")
+_REGION = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d$")
+_ACCOUNT = re.compile(r"^\d{12}$")
+_VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
+_AZ = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
+_SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
+# Consul datacenter names: lowercase alphanumerics, dashes and underscores.
+_DATACENTER = re.compile(r"^[a-z0-9_-]{1,64}$")
+_INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
+_EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+
+
+def _fail(key: str, value: object, allowed: str) -> ConfigError:
+    return ConfigError(f"invalid context value {key}={value!r}: {allowed}")
+
+
+def _as_int(key: str, value: object, lo: int, hi: int) -> int:
+    if isinstance(value, bool):
+        raise _fail(key, value, f"must be an integer from {lo} to {hi}")
+    if isinstance(value, int):
+        number = value
+    elif isinstance(value, str) and re.fullmatch(r"-?\d+", value.strip()):
+        number = int(value.strip())
+    else:
+        raise _fail(key, value, f"must be an integer from {lo} to {hi}")
+    if not lo <= number <= hi:
+        raise _fail(key, value, f"must be an integer from {lo} to {hi}")
+    return number
+
+
+def _as_bool(key: str, value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    raise _fail(key, value, "must be true or false")
+
+
+def _as_str(key: str, value: object, pattern: re.Pattern[str], allowed: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise _fail(key, value, allowed)
+    return value
+
+
+def _as_list(key: str, value: object) -> list[str]:
+    """A list from cdk.json, or from `-c key=a,b` / `-c key='["a","b"]'` on the command line."""
+    if isinstance(value, list):
+        items: list[object] = list(value)
+    elif isinstance(value, str):
+        text = value.strip()
+        if text.startswith("["):
+            try:
+                parsed = json.loads(text)
+            except json.JSONDecodeError as err:
+                raise _fail(key, value, f"is not a JSON list ({err.msg})") from None
+            if not isinstance(parsed, list):
+                raise _fail(key, value, "must be a list")
+            items = parsed
+        else:
+            items = [part.strip() for part in text.split(",") if part.strip()]
+    else:
+        raise _fail(key, value, "must be a list of strings")
+    if not all(isinstance(item, str) for item in items):
+        raise _fail(key, value, "must be a list of strings")
+    return [str(item) for item in items]
+
+
+def _version(key: str, value: object) -> tuple[int, int, int]:
+    text = _as_str(key, value, _SEMVER, "must be a release version like 1.21.4")
+    major, minor, patch = (int(part) for part in text.split("."))
+    return major, minor, patch
+
+
+def _minor(text: str) -> tuple[int, int]:
+    major, minor = text.split(".")
+    return int(major), int(minor)
+
+
+def _cidrs(key: str, value: object) -> tuple[str, ...]:
+    result: list[str] = []
+    for item in _as_list(key, value):
+        try:
+            net = ipaddress.ip_network(item, strict=True)
+        except ValueError as err:
+            raise _fail(key, item, f"is not a valid CIDR ({err})") from None
+        if net.prefixlen == 0:
+            raise _fail(key, item, "must not open Consul to the whole internet; name your networks")
+        if net.version != 4:
+            raise _fail(key, item, "must be an IPv4 CIDR (the VPC and NLB are IPv4)")
+        if net.prefixlen < 8:
+            raise _fail(key, item, "must be /8 or narrower")
+        result.append(str(net))
+    return tuple(result)
+
+
+def _vpc_cidr(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise _fail(key, value, "must be a CIDR like 10.40.0.0/16")
+    try:
+        net = ipaddress.ip_network(value, strict=True)
+    except ValueError as err:
+        raise _fail(key, value, f"is not a valid CIDR ({err})") from None
+    if net.version != 4 or not 16 <= net.prefixlen <= 24 or not net.is_private:
+        raise _fail(key, value, "must be a private IPv4 CIDR from /16 to /24")
+    return str(net)
+
+
+def _server_count(key: str, value: object) -> int:
+    number = _as_int(key, value, 1, 99)
+    if number not in (3, 5):
+        raise _fail(key, value, "must be 3 or 5 (an odd quorum; 1 has no fault tolerance)")
+    return number
+
+
+@dataclass(frozen=True)
+class Field:
+    """One configuration key: its default, its README description and its parser."""
+
+    default: Any
+    doc: str
+    parse: Callable[[str, object], Any]
+
+
+FIELDS: dict[str, Field] = {
+    "prefix": Field(
+        "consul-mesh",
+        "Name prefix of the stack and its resources (lowercase, digits, dashes; 2-24 chars).",
+        lambda k, v: _as_str(k, v, _PREFIX, "must match [a-z][a-z0-9-]{1,23}"),
+    ),
+    "environment": Field(
+        "dev",
+        "Environment name appended to the stack name, e.g. `dev`, `prod` (1-12 chars).",
+        lambda k, v: _as_str(k, v, _ENVIRONMENT, "must match [a-z][a-z0-9]{0,11}"),
+    ),
+    "region": Field(
+        "us-east-1",
+        "AWS region to deploy to. The account comes from the CLI's credentials at deploy time.",
+        lambda k, v: _as_str(k, v, _REGION, "must be an AWS region name like eu-west-1"),
+    ),
+    "account": Field(
+        "",
+        "AWS account ID; only needed with `vpc_id` (VPC lookup). Empty = resolved at deploy.",
+        lambda k, v: "" if v in ("", None) else _as_str(k, v, _ACCOUNT, "must be 12 digits"),
+    ),
+    "vpc_id": Field(
+        "",
+        "Existing VPC to use instead of creating one (needs `account` and a committed "
+        "`cdk.context.json` from `cdk synth` with credentials). Empty = create a VPC.",
+        lambda k, v: (
+            "" if v in ("", None) else _as_str(k, v, _VPC_ID, "must look like vpc-0abc1234")
+        ),
+    ),
+    "vpc_cidr": Field(
+        "10.40.0.0/16",
+        "CIDR of the VPC created when `vpc_id` is empty (/16 to /24).",
+        _vpc_cidr,
+    ),
+    "az_count": Field(
+        3,
+        "Availability zones of the created VPC (2-3); 5 servers need 3.",
+        lambda k, v: _as_int(k, v, 2, 3),
+    ),
+    "availability_zones": Field(
+        [],
+        "Explicit AZ names; empty = `<region>a`, `<region>b`, ... up to `az_count`.",
+        lambda k, v: tuple(
+            _as_str(k, az, _AZ, "must be AZ names like us-east-1a") for az in _as_list(k, v)
+        ),
+    ),
+    "consul_version": Field(
+        "1.21.4",
+        "Consul release installed on the servers (verified against HashiCorp's SHA256SUMS). "
+        "Supported: " + ", ".join(f"{c}.x" for c in ENVOY_SUPPORT) + ".",
+        lambda k, v: _as_str(k, v, _SEMVER, "must be a release version like 1.21.4"),
+    ),
+    "envoy_version": Field(
+        "1.34.14",
+        "Envoy release of the sidecars; must be in the range the Consul release supports.",
+        lambda k, v: _as_str(k, v, _SEMVER, "must be a release version like 1.34.14"),
+    ),
+    "datacenter": Field(
+        "dc1",
+        "Consul datacenter name (lowercase, digits, `-`, `_`).",
+        lambda k, v: _as_str(k, v, _DATACENTER, "must match [a-z0-9_-]{1,64}"),
+    ),
+    "server_count": Field(
+        3,
+        "Consul servers (Raft voters): 3 tolerates one failure, 5 tolerates two.",
+        _server_count,
+    ),
+    "instance_type": Field(
+        "m7g.large",
+        "EC2 instance type of the servers; Graviton (`*g*` families) installs the arm64 build.",
+        lambda k, v: _as_str(k, v, _INSTANCE_TYPE, "must be an EC2 instance type like m7g.large"),
+    ),
+    "onprem_cidrs": Field(
+        ["192.168.0.0/16"],
+        "On-prem networks (ECS Anywhere hosts) allowed to reach Consul on 8501/8503. "
+        "0.0.0.0/0 and networks wider than /8 are rejected.",
+        _cidrs,
+    ),
+    "plaintext_listeners": Field(
+        False,
+        "Also open plaintext HTTP 8500 and gRPC 8502 (off by default; TLS 8501/8503 always on).",
+        _as_bool,
+    ),
+    "registrar_concurrency": Field(
+        5,
+        "SQS event source MaximumConcurrency of the registrar (2-1000): bounds load on Consul.",
+        lambda k, v: _as_int(k, v, 2, 1000),
+    ),
+    "reconcile_interval_minutes": Field(
+        5,
+        "Minutes between reconcile passes that repair drift (1-1440).",
+        lambda k, v: _as_int(k, v, 1, 1440),
+    ),
+    "reconcile_max_deletions": Field(
+        50,
+        "Most catalog entries one reconcile pass may delete (1-10000); the rest wait.",
+        lambda k, v: _as_int(k, v, 1, 10000),
+    ),
+    "drain_on_delete": Field(
+        True,
+        "Deleting the stack removes every catalog entry the registrar owns.",
+        _as_bool,
+    ),
+    "activation_registration_limit": Field(
+        10,
+        "How many ECS Anywhere hosts the SSM activation may register (1-1000).",
+        lambda k, v: _as_int(k, v, 1, 1000),
+    ),
+    "activation_expiry_days": Field(
+        7,
+        "Days until the SSM activation expires (1-30; SSM allows at most 30).",
+        lambda k, v: _as_int(k, v, 1, 30),
+    ),
+    "demo_enabled": Field(
+        True,
+        "Deploy the `frontend` -> `backend` demo services.",
+        _as_bool,
+    ),
+    "prometheus_port": Field(
+        9102,
+        "Port of the Envoy sidecars' Prometheus listener (serves /stats/prometheus only).",
+        lambda k, v: _as_int(k, v, 1024, 65535),
+    ),
+    "snapshot_interval_hours": Field(
+        1,
+        "Hours between `consul snapshot save` runs to S3 (1-24).",
+        lambda k, v: _as_int(k, v, 1, 24),
+    ),
+    "snapshot_retention_days": Field(
+        30,
+        "Days snapshots are kept in S3 (1-3650).",
+        lambda k, v: _as_int(k, v, 1, 3650),
+    ),
+    "alarm_email": Field(
+        "",
+        "E-mail subscribed to the alarm topic; empty = subscribe later.",
+        lambda k, v: "" if v in ("", None) else _as_str(k, v, _EMAIL, "must be an e-mail address"),
+    ),
+}
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """The validated configuration. Build it with `from_context`."""
+
+    prefix: str
+    environment: str
+    region: str
+    account: str
+    vpc_id: str
+    vpc_cidr: str
+    az_count: int
+    availability_zones: tuple[str, ...]
+    consul_version: str
+    envoy_version: str
+    datacenter: str
+    server_count: int
+    instance_type: str
+    onprem_cidrs: tuple[str, ...]
+    plaintext_listeners: bool
+    registrar_concurrency: int
+    reconcile_interval_minutes: int
+    reconcile_max_deletions: int
+    drain_on_delete: bool
+    activation_registration_limit: int
+    activation_expiry_days: int
+    demo_enabled: bool
+    prometheus_port: int
+    snapshot_interval_hours: int
+    snapshot_retention_days: int
+    alarm_email: str
+
+    @property
+    def stack_name(self) -> str:
+        return f"{self.prefix}-{self.environment}"
+
+    @property
+    def arm64(self) -> bool:
+        """Graviton families carry a `g` after the generation digit (m7g, c7gn, t4g)."""
+        family = self.instance_type.split(".", 1)[0]
+        return bool(re.match(r"^[a-z]+\d+g", family))
+
+    @property
+    def zones(self) -> tuple[str, ...]:
+        if self.availability_zones:
+            return self.availability_zones
+        return tuple(f"{self.region}{letter}" for letter in "abc"[: self.az_count])
+
+    @classmethod
+    def from_context(cls, context: Mapping[str, object]) -> MeshConfig:
+        """Validate `context` (only the keys of FIELDS; others are ignored) into a config."""
+        values = {
+            key: spec.parse(key, context.get(key, spec.default)) for key, spec in FIELDS.items()
+        }
+        config = cls(**values)
+        config._check_combinations()
+        return config
+
+    def _check_combinations(self) -> None:
+        consul = self.consul_version.rsplit(".", 1)[0]
+        if consul not in ENVOY_SUPPORT:
+            raise _fail(
+                "consul_version",
+                self.consul_version,
+                "supported releases are " + ", ".join(f"{c}.x" for c in ENVOY_SUPPORT),
+            )
+        low, high = ENVOY_SUPPORT[consul]
+        envoy = _minor(self.envoy_version.rsplit(".", 1)[0])
+        if not _minor(low) <= envoy <= _minor(high):
+            raise _fail(
+                "envoy_version",
+                self.envoy_version,
+                f"Consul {consul}.x supports Envoy {low}.x to {high}.x",
+            )
+        if self.vpc_id and not self.account:
+            raise _fail("vpc_id", self.vpc_id, "an existing VPC needs `account` set (VPC lookup)")
+        if self.availability_zones:
+            if len(self.availability_zones) != len(set(self.availability_zones)):
+                raise _fail("availability_zones", list(self.availability_zones), "has duplicates")
+            wrong = [az for az in self.availability_zones if not az.startswith(self.region)]
+            if wrong:
+                raise _fail("availability_zones", wrong, f"must be zones of region {self.region}")
+        zones = len(self.zones)
+        # At most 2 servers per AZ: losing one AZ must never take a quorum with it.
+        if self.server_count > 2 * zones or (self.server_count == 5 and zones < 3):
+            raise _fail(
+                "server_count",
+                self.server_count,
+                f"needs at least 3 availability zones (at most 2 servers per AZ); have {zones}",
+            )
