@@ -1,0 +1,531 @@
+"""The Consul server instance scripts, run for real against fakes of the outside world.
+
+`consul_lib.sh` is sourced by bash with fake `curl` / `aws` commands first on PATH: the checksum
+and signature checks run on real files (a fake release, a throwaway GPG key), and the
+one-writer secret publication runs against a fake Secrets Manager that keeps the documented
+ClientRequestToken semantics (same token + same value: ignored; different value: rejected).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+ASSETS = ROOT / "mesh_stack" / "assets" / "consul_server"
+LIB = ASSETS / "consul_lib.sh"
+SHELLCHECK = ROOT / ".venv" / "bin" / "shellcheck"
+sys.path.insert(0, str(ASSETS))
+
+import consul_admin  # noqa: E402
+
+
+def bash(script: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run `script` in bash after sourcing consul_lib.sh."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run(
+        ["bash", "-c", f'source "{LIB}"\n{script}'],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        check=False,
+    )
+
+
+def executable(path: Path, text: str) -> Path:
+    path.write_text(text)
+    path.chmod(path.stat().st_mode | stat.S_IEXEC)
+    return path
+
+
+# --- shellcheck ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("script", sorted(ASSETS.glob("*.sh")), ids=lambda p: p.name)
+def test_every_instance_script_is_shellcheck_clean(script: Path) -> None:
+    result = subprocess.run(
+        [str(SHELLCHECK), "-x", "--severity=style", str(script)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_every_instance_script_is_strict() -> None:
+    for script in ASSETS.glob("*.sh"):
+        assert "set -euo pipefail" in script.read_text(), script.name
+
+
+# --- SHA-256 verification --------------------------------------------------------------------
+
+
+@pytest.fixture
+def release(tmp_path: Path) -> tuple[Path, Path]:
+    """A fake consul_9.9.9_linux_amd64.zip and its SHA256SUMS."""
+    archive = tmp_path / "consul_9.9.9_linux_amd64.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("consul", "#!/bin/sh\necho 'Consul v9.9.9'\n")
+    digest = hashlib.sha256(archive.read_bytes()).hexdigest()
+    sums = tmp_path / "consul_9.9.9_SHA256SUMS"
+    sums.write_text(f"{'0' * 64}  consul_9.9.9_linux_arm64.zip\n{digest}  {archive.name}\n")
+    return archive, sums
+
+
+def test_checksum_of_an_untouched_release_passes(release: tuple[Path, Path]) -> None:
+    archive, sums = release
+    result = bash(f'verify_sha256 "{sums}" "{archive}"')
+    assert result.returncode == 0, result.stderr
+    assert "checksum ok" in result.stderr
+
+
+def test_checksum_refuses_a_tampered_zip(release: tuple[Path, Path]) -> None:
+    archive, sums = release
+    with archive.open("ab") as handle:
+        handle.write(b"tampered")
+    result = bash(f'verify_sha256 "{sums}" "{archive}"')
+    assert result.returncode != 0
+    assert "checksum mismatch for consul_9.9.9_linux_amd64.zip" in result.stderr
+
+
+def test_checksum_refuses_a_zip_missing_from_the_sums(release: tuple[Path, Path]) -> None:
+    archive, sums = release
+    sums.write_text(sums.read_text().splitlines()[0] + "\n")
+    result = bash(f'verify_sha256 "{sums}" "{archive}"')
+    assert result.returncode != 0
+    assert "no checksum for" in result.stderr
+
+
+def test_checksum_refuses_ambiguous_sums(release: tuple[Path, Path]) -> None:
+    archive, sums = release
+    line = sums.read_text().splitlines()[1]
+    sums.write_text(f"{line}\n{'1' * 64}  {archive.name}\n")
+    result = bash(f'verify_sha256 "{sums}" "{archive}"')
+    assert result.returncode != 0
+    assert "more than one checksum" in result.stderr
+
+
+# --- GPG signature and the whole install -----------------------------------------------------
+
+needs_gpg = pytest.mark.skipif(shutil.which("gpg") is None, reason="gpg is not installed")
+
+
+def make_key(home: Path, name: str) -> tuple[str, Path]:
+    """A throwaway signing key: (fingerprint, exported public key)."""
+    home.mkdir(mode=0o700)
+    gpg = ["gpg", "--batch", "--homedir", str(home), "--pinentry-mode", "loopback"]
+    subprocess.run(
+        [
+            *gpg,
+            "--passphrase",
+            "",
+            "--quick-gen-key",
+            f"{name} <{name}@example.invalid>",
+            "ed25519",
+            "sign",
+            "1d",
+        ],
+        check=True,
+        capture_output=True,
+    )
+    listing = subprocess.run(
+        [*gpg, "--with-colons", "--list-keys"], check=True, capture_output=True, text=True
+    ).stdout
+    fpr = next(line.split(":")[9] for line in listing.splitlines() if line.startswith("fpr:"))
+    public = home / "public.asc"
+    subprocess.run([*gpg, "--armor", "--output", str(public), "--export", fpr], check=True)
+    return fpr, public
+
+
+def sign(home: Path, fpr: str, target: Path) -> Path:
+    sig = target.with_name(f"{target.name}.{fpr[-8:]}.sig")
+    subprocess.run(
+        [
+            "gpg",
+            "--batch",
+            "--homedir",
+            str(home),
+            "--local-user",
+            fpr,
+            "--detach-sign",
+            "--output",
+            str(sig),
+            str(target),
+        ],
+        check=True,
+        capture_output=True,
+    )
+    return sig
+
+
+@needs_gpg
+def test_signature_by_the_pinned_key_passes_and_any_other_key_fails(
+    tmp_path: Path, release: tuple[Path, Path]
+) -> None:
+    _, sums = release
+    good_fpr, good_key = make_key(tmp_path / "good", "release")
+    evil_fpr, evil_key = make_key(tmp_path / "evil", "attacker")
+    good_sig = sign(tmp_path / "good", good_fpr, sums)
+    # GIVEN the pinned fingerprint is the release key's
+    pin = f'HASHICORP_KEY_FPR="{good_fpr}"'
+    # THEN its signature verifies
+    ok = bash(f'{pin}; verify_signature "{sums}" "{good_sig}" "{good_key}"')
+    assert ok.returncode == 0, ok.stderr
+    # AND a signature by another key fails, even when that key is the one supplied
+    evil_sig = sign(tmp_path / "evil", evil_fpr, sums)
+    bad = bash(f'{pin}; verify_signature "{sums}" "{evil_sig}" "{evil_key}"')
+    assert bad.returncode != 0
+    assert "is not a valid signature by" in bad.stderr
+    # AND a valid signature of different content fails
+    sums.write_text(sums.read_text() + "extra\n")
+    stale = bash(f'{pin}; verify_signature "{sums}" "{good_sig}" "{good_key}"')
+    assert stale.returncode != 0
+
+
+@pytest.fixture
+def fake_curl(tmp_path: Path) -> Path:
+    """A `curl` that serves https://releases.example/... and the key URLs from local files."""
+    served = tmp_path / "served"
+    served.mkdir()
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    executable(
+        bindir / "curl",
+        textwrap.dedent(f"""\
+            #!/usr/bin/env bash
+            out=""; url=""
+            while [[ $# -gt 0 ]]; do
+              case "$1" in -o) out="$2"; shift 2 ;; --proto|--retry|--retry-delay) shift 2 ;;
+                -*) shift ;; *) url="$1"; shift ;; esac
+            done
+            case "$url" in
+              *pgp-key.txt|*keyserver*) src="{served}/key.asc" ;;
+              *) src="{served}/${{url##*/}}" ;;
+            esac
+            [[ -f "$src" ]] || exit 22
+            cp "$src" "$out"
+            """),
+    )
+    return served
+
+
+@needs_gpg
+@pytest.mark.parametrize("tamper", [False, True])
+def test_install_release_installs_only_a_verified_binary(
+    tmp_path: Path, release: tuple[Path, Path], fake_curl: Path, tamper: bool
+) -> None:
+    archive, sums = release
+    fpr, key = make_key(tmp_path / "gnupg", "release")
+    shutil.copy(key, fake_curl / "key.asc")
+    shutil.copy(sums, fake_curl / sums.name)
+    shutil.copy(sign(tmp_path / "gnupg", fpr, sums), fake_curl / (sums.name + ".sig"))
+    shutil.copy(archive, fake_curl / archive.name)
+    if tamper:
+        with (fake_curl / archive.name).open("ab") as handle:
+            handle.write(b"x")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    env = {"PATH": f"{tmp_path / 'bin'}:{os.environ['PATH']}"}
+    script = f"""
+        HASHICORP_RELEASES=https://releases.example
+        HASHICORP_KEY_FPR="{fpr}"
+        release_arch() {{ echo amd64; }}
+        install() {{ command install -m 0755 "${{@: -2}}"; }}
+        install_release consul 9.9.9 "{dest}"
+    """
+    result = bash(script, env=env)
+    if tamper:
+        assert result.returncode != 0
+        assert "refusing to install consul 9.9.9: bad checksum" in result.stderr
+        assert not (dest / "consul").exists()
+    else:
+        assert result.returncode == 0, result.stderr
+        assert (dest / "consul").exists()
+
+
+# --- one writer wins in Secrets Manager ------------------------------------------------------
+
+FAKE_AWS = """\
+#!/usr/bin/env python3
+# Fake `aws secretsmanager get-secret-value|put-secret-value`: versions keyed by
+# ClientRequestToken, with PutSecretValue's documented idempotency rules, under a file lock.
+import fcntl, json, sys
+store_path = sys.argv[0] + ".json"
+args = sys.argv[1:]
+opt = {args[i]: args[i + 1] for i in range(2, len(args) - 1) if args[i].startswith("--")}
+with open(store_path + ".lock", "w") as lock:
+    fcntl.flock(lock, fcntl.LOCK_EX)
+    try:
+        store = json.load(open(store_path))
+    except FileNotFoundError:
+        store = {}
+    versions = store.setdefault(opt["--secret-id"], {})
+    if args[1] == "get-secret-value":
+        if opt.get("--version-id") not in versions:
+            print("ResourceNotFoundException", file=sys.stderr); sys.exit(254)
+        print(versions[opt["--version-id"]]); sys.exit(0)
+    if args[1] == "put-secret-value":
+        value = open(opt["--secret-string"][len("file://"):]).read()
+        token = opt["--client-request-token"]
+        if token in versions and versions[token] != value:
+            print("ResourceExistsException", file=sys.stderr); sys.exit(254)
+        versions[token] = value
+        json.dump(store, open(store_path, "w"))
+        sys.exit(0)
+sys.exit(2)
+"""
+
+
+@pytest.fixture
+def fake_aws(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    bindir = tmp_path / "awsbin"
+    bindir.mkdir()
+    executable(bindir / "aws", FAKE_AWS)
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, bindir / "aws.json"
+
+
+def test_concurrent_first_boots_agree_on_one_generated_secret(
+    fake_aws: tuple[dict[str, str], Path],
+) -> None:
+    env, store = fake_aws
+    # GIVEN three servers booting at once, each generating its own candidate value
+    procs = [
+        subprocess.Popen(
+            ["bash", "-c", f'source "{LIB}"; ensure_secret arn:gossip tok-1 echo "candidate-{i}"'],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env={**os.environ, **env},
+        )
+        for i in range(3)
+    ]
+    outputs = [p.communicate(timeout=60) for p in procs]
+    # THEN every server ends with the same value, and only one version exists
+    values = {out for out, _ in outputs}
+    assert len(values) == 1, outputs
+    assert next(iter(values)).startswith("candidate-")
+    assert all(p.returncode == 0 for p in procs)
+    assert list(json.loads(store.read_text())["arn:gossip"]) == ["tok-1"]
+
+
+def test_a_replacement_instance_rereads_instead_of_generating(
+    fake_aws: tuple[dict[str, str], Path],
+) -> None:
+    env, _ = fake_aws
+    first = bash("ensure_secret arn:token tok-2 echo original", env=env)
+    # WHEN a later instance boots with a generator that would produce something else
+    later = bash("ensure_secret arn:token tok-2 false", env=env)
+    # THEN it gets the published value and never runs its generator
+    assert first.stdout == "original"
+    assert later.returncode == 0, later.stderr
+    assert later.stdout == "original"
+
+
+def test_publishing_identical_content_twice_is_idempotent(
+    tmp_path: Path, fake_aws: tuple[dict[str, str], Path]
+) -> None:
+    env, store = fake_aws
+    cert = tmp_path / "ca.pem"
+    cert.write_text("PUBLIC CERT")
+    runs = [bash(f'publish_once arn:ca-cert tok-3 "{cert}"', env=env) for _ in range(2)]
+    assert [r.stdout for r in runs] == ["PUBLIC CERT", "PUBLIC CERT"]
+    assert json.loads(store.read_text())["arn:ca-cert"] == {"tok-3": "PUBLIC CERT"}
+
+
+# --- ACL bootstrap against a fake Consul ACL API ---------------------------------------------
+
+
+class FakeAcl:
+    """Consul's ACL endpoints as the bootstrap uses them (403 "ACL not found" when missing)."""
+
+    def __init__(self) -> None:
+        self.policies: dict[str, dict[str, Any]] = {}
+        self.tokens: dict[str, dict[str, Any]] = {}
+        self.writes = 0
+
+    def request(  # noqa: PLR0911 - one branch per endpoint, like a router
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        if method == "GET" and path.startswith("/v1/acl/policy/name/"):
+            name = path.rsplit("/", 1)[1]
+            return (
+                (200, dict(self.policies[name]))
+                if name in self.policies
+                else (403, "ACL not found")
+            )
+        if method == "PUT" and path == "/v1/acl/policy":
+            if body["Name"] in self.policies:
+                return 500, "Invalid Policy: A Policy with Name already exists"
+            self.writes += 1
+            self.policies[body["Name"]] = {**body, "ID": f"pol-{len(self.policies)}"}
+            return 200, self.policies[body["Name"]]
+        if method == "PUT" and path.startswith("/v1/acl/policy/"):
+            self.writes += 1
+            current = next(p for p in self.policies.values() if p["ID"] == path.rsplit("/", 1)[1])
+            current.update(body)
+            return 200, current
+        if method == "GET" and path == "/v1/acl/token/self":
+            return (
+                (200, dict(self.tokens[token])) if token in self.tokens else (403, "ACL not found")
+            )
+        if method == "PUT" and path == "/v1/acl/token":
+            if body["SecretID"] in self.tokens:
+                return 500, "Invalid Token: SecretID is already in use"
+            self.writes += 1
+            self.tokens[body["SecretID"]] = {**body, "AccessorID": f"acc-{len(self.tokens)}"}
+            return 200, self.tokens[body["SecretID"]]
+        if method == "PUT" and path.startswith("/v1/acl/token/"):
+            self.writes += 1
+            tok = next(t for t in self.tokens.values() if t["AccessorID"] == path.rsplit("/", 1)[1])
+            tok.update(body)
+            return 200, tok
+        return 400, f"unexpected {method} {path}"
+
+
+SPECS = [
+    (
+        "consul-esm",
+        'key_prefix "consul-esm/" { policy = "write" }',
+        "11111111-2222-3333-4444-555555555555",
+    ),
+    (
+        "consul-server-agent",
+        'node_prefix "consul-server-" { policy = "write" }',
+        "aaaaaaaa-2222-3333-4444-555555555555",
+    ),
+]
+
+
+def test_acl_bootstrap_creates_policies_and_tokens_with_the_published_secret_ids() -> None:
+    api = FakeAcl()
+    consul_admin.acl_bootstrap(api, SPECS)
+    assert {p["Rules"] for p in api.policies.values()} == {rules for _, rules, _ in SPECS}
+    for name, _, secret in SPECS:
+        assert api.tokens[secret]["Policies"] == [{"Name": name}]
+
+
+def test_acl_bootstrap_on_every_later_boot_writes_nothing() -> None:
+    api = FakeAcl()
+    consul_admin.acl_bootstrap(api, SPECS)
+    writes = api.writes
+    consul_admin.acl_bootstrap(api, SPECS)
+    assert api.writes == writes
+
+
+def test_acl_bootstrap_repairs_drifted_rules_and_unlinked_tokens() -> None:
+    api = FakeAcl()
+    consul_admin.acl_bootstrap(api, SPECS)
+    api.policies["consul-esm"]["Rules"] = 'acl = "write"'
+    api.tokens[SPECS[0][2]]["Policies"] = []
+    consul_admin.acl_bootstrap(api, SPECS)
+    assert api.policies["consul-esm"]["Rules"] == SPECS[0][1]
+    assert api.tokens[SPECS[0][2]]["Policies"] == [{"Name": "consul-esm"}]
+
+
+def test_acl_bootstrap_survives_losing_a_creation_race(monkeypatch: pytest.MonkeyPatch) -> None:
+    api = FakeAcl()
+    # GIVEN another server creates the policy and token between our read and our write
+    original = api.request
+    raced: set[str] = set()
+
+    def racing(
+        method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        if method == "PUT" and path in ("/v1/acl/policy", "/v1/acl/token") and path not in raced:
+            raced.add(path)
+            original(method, path, body, token)
+        return original(method, path, body, token)
+
+    api.request = racing  # type: ignore[method-assign]
+    monkeypatch.setattr(consul_admin.time, "sleep", lambda _s: None)
+    consul_admin.acl_bootstrap(api, SPECS[:1])
+    assert len(api.policies) == 1
+    assert len(api.tokens) == 1
+
+
+def test_acl_bootstrap_stops_on_an_unexpected_refusal() -> None:
+    class Broken(FakeAcl):
+        def request(
+            self, method: str, path: str, body: Any = None, token: str | None = None
+        ) -> tuple[int, Any]:
+            return 500, "rpc error: No cluster leader"
+
+    with pytest.raises(consul_admin.AclError, match="reading policy consul-esm: HTTP 500"):
+        consul_admin.acl_bootstrap(Broken(), SPECS[:1])
+
+
+# --- health gate -----------------------------------------------------------------------------
+
+
+def server(name: str, *, voter: bool = True, healthy: bool = True) -> dict[str, Any]:
+    return {"Name": name, "Voter": voter, "Healthy": healthy}
+
+
+HEALTHY = {
+    "Healthy": True,
+    "FailureTolerance": 1,
+    "Servers": [server("consul-server-a"), server("consul-server-b"), server("consul-server-new")],
+}
+
+
+def test_gate_opens_when_the_new_server_is_a_healthy_voter_of_a_full_cluster() -> None:
+    ok, why = consul_admin.gate(HEALTHY, "consul-server-new", 3)
+    assert ok, why
+
+
+@pytest.mark.parametrize(
+    ("health", "reason"),
+    [
+        ({**HEALTHY, "Servers": HEALTHY["Servers"][:2]}, "not in the Raft configuration"),
+        (
+            {
+                **HEALTHY,
+                "Servers": [*HEALTHY["Servers"][:2], server("consul-server-new", voter=False)],
+            },
+            "not a voter yet",
+        ),
+        (
+            {
+                **HEALTHY,
+                "Servers": [*HEALTHY["Servers"][:2], server("consul-server-new", healthy=False)],
+            },
+            "not healthy yet",
+        ),
+        (
+            {
+                **HEALTHY,
+                "Servers": [server("consul-server-a", healthy=False), *HEALTHY["Servers"][1:]],
+            },
+            "2 of 3 voters are healthy",
+        ),
+        ({**HEALTHY, "Healthy": False}, "cluster unhealthy"),
+        ({**HEALTHY, "FailureTolerance": 0}, "failure tolerance 0 < 1"),
+        ("No cluster leader", "unexpected autopilot answer"),
+    ],
+)
+def test_gate_stays_closed_while_quorum_would_be_at_risk(health: Any, reason: str) -> None:
+    ok, why = consul_admin.gate(health, "consul-server-new", 3)
+    assert not ok
+    assert reason in why
+
+
+def test_gate_wait_gives_up_after_the_timeout() -> None:
+    class Leaderless:
+        def request(
+            self, method: str, path: str, body: Any = None, token: str | None = None
+        ) -> tuple[int, Any]:
+            return 500, "No cluster leader"
+
+    assert consul_admin.wait(Leaderless(), "n", 3, timeout=0, interval=0) is False
