@@ -11,7 +11,10 @@ Standard library only, so tests import it without CDK.
 from __future__ import annotations
 
 import ast
+import importlib.util
+import sys
 from pathlib import Path
+from types import ModuleType
 
 ROOT = Path(__file__).resolve().parent.parent
 IDENTITY_SOURCE = ROOT / "lambda" / "registrar" / "identity.py"
@@ -71,3 +74,21 @@ def combined_source() -> str:
 def command() -> list[str]:
     """The init container's command."""
     return ["python3", "-c", combined_source()]
+
+
+def load_identity() -> ModuleType:
+    """The registrar's `identity` module (labels, naming) for synth-time code, loaded by path.
+
+    `lambda/registrar` is not a package of the CDK app; loading the file keeps one source of
+    truth without copying it or putting the Lambda's directory on the CDK app's import path.
+    """
+    name = "consul_mesh_identity"
+    module = sys.modules.get(name)
+    if module is None:
+        spec = importlib.util.spec_from_file_location(name, IDENTITY_SOURCE)
+        if spec is None or spec.loader is None:
+            raise ImportError(f"cannot load {IDENTITY_SOURCE}")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        spec.loader.exec_module(module)
+    return module

@@ -1,0 +1,476 @@
+"""An application on ECS Anywhere, joined to the Consul mesh through an agentless Envoy sidecar."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+
+from aws_cdk import RemovalPolicy, Token
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from aws_cdk import aws_secretsmanager as secretsmanager
+from constructs import Construct
+
+from mesh_stack import envoy, init_program
+from mesh_stack.nag import acknowledge
+
+identity = init_program.load_identity()
+
+ENVOY_CONTAINER = str(identity.DEFAULT_PROXY_CONTAINER)
+INIT_CONTAINER = "envoy-init"
+BOOTSTRAP_DIR = "/consul-mesh"
+BOOTSTRAP_PATH = f"{BOOTSTRAP_DIR}/envoy-bootstrap.json"
+BOOTSTRAP_VOLUME = "consul-mesh-bootstrap"
+# Envoy runs as this non-root user; the init container hands it the (0600) bootstrap file.
+ENVOY_USER_ID = 1337
+# Stock Python from ECR Public (no Docker Hub pull limits); the init program needs only stdlib.
+INIT_IMAGE = "public.ecr.aws/docker/library/python:3.13-slim"
+NETWORK_MODES = {"bridge": ecs.NetworkMode.BRIDGE, "host": ecs.NetworkMode.HOST}
+
+_SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
+# Any well-formed task ARN: the synth-time dry run of the bootstrap needs one.
+_SAMPLE_ACL = "00000000-0000-0000-0000-000000000000"
+_SAMPLE_TASK = "arn:aws:ecs:us-east-1:000000000000:task/cluster/00000000000000000000000000000000"
+
+
+def _port(name: str, value: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{name} must be a port in 1..65535, got {value!r}")
+    return value
+
+
+def _check_registration(health_check_path: str | None, tags: Sequence[str]) -> None:
+    if health_check_path is not None and not health_check_path.startswith("/"):
+        raise ValueError(f"health_check_path must start with '/', got {health_check_path!r}")
+    for tag in tags:
+        if not _TAG.match(tag):
+            raise ValueError(
+                f"tags must be 1-63 characters of letters, digits, '_.:=-' (no commas), got {tag!r}"
+            )
+
+
+def _check_ports(
+    *,
+    service_name: str,
+    network_mode: str,
+    upstreams: Mapping[str, int],
+    port: int,
+    proxy_port: int,
+    admin_port: int,
+    prometheus_port: int | None,
+) -> None:
+    """Ports sharing Envoy's network namespace (in host mode also the app's) must not collide."""
+    named = {
+        "port": _port("port", port),
+        "proxy_port": _port("proxy_port", proxy_port),
+        "admin_port": _port("admin_port", admin_port),
+    }
+    if prometheus_port is not None:
+        named["prometheus_port"] = _port("prometheus_port", prometheus_port)
+    for name, local in upstreams.items():
+        if not identity.valid_service_name(name):
+            raise ValueError(f"upstream names must be Consul service names, got {name!r}")
+        if name == service_name:
+            raise ValueError(f"{service_name} cannot be its own upstream")
+        named[f"upstreams[{name}]"] = _port(f"upstreams[{name}]", local)
+    if network_mode == "bridge":
+        named.pop("port")  # the app has its own network namespace in bridge mode
+    seen: dict[int, str] = {}
+    for name, value in named.items():
+        if value in seen:
+            raise ValueError(f"{name} {value} collides with {seen[value]} ({network_mode} mode)")
+        seen[value] = name
+
+
+class MeshService(Construct):
+    """An EXTERNAL task definition and ECS service: the app, its Envoy sidecar, an init step.
+
+    At task start the `envoy-init` container (stock Python, essential=false) reads the task
+    ARN from the ECS metadata endpoint and writes the Envoy bootstrap (mesh_stack/envoy.py)
+    into a task volume; Envoy starts only after it exits 0. The ACL token and the Consul CA
+    reach the init container as ECS `secrets` and exist only in that file (mode 0600, owned by
+    the Envoy user). The app container carries the docker labels the registrar reads
+    (docs/architecture.md), so the task is registered in Consul when it runs.
+
+    service_name: Consul service name (DNS label); also the app container's name.
+    image / port: the application image and the container port it serves on.
+    token_secret: Secrets Manager secret with this service's Consul ACL token
+        (`service:write` on service_name); `token_secret_field` selects a JSON key.
+    ca_secret: secret with the Consul CA certificate (PEM); `ca_secret_field` selects a key.
+        Not needed with `plaintext`.
+    consul_grpc_host: the Consul servers' internal load balancer DNS name.
+    consul_grpc_port: default 8503 (gRPC-TLS), 8502 with `plaintext`.
+    consul_tls_server_name: DNS name on the server certificates (e.g. server.dc1.consul);
+        default consul_grpc_host.
+    plaintext: xDS over plaintext gRPC 8502; only when the fleet opted into it.
+    envoy_version: Envoy release (image envoyproxy/envoy:v<version>), from the validated config.
+    log_key: KMS key of the service's log group.
+    environment / health_check: the app container's environment and ECS health check.
+    health_check_path: HTTP path Consul checks (label); default a TCP check.
+    tags: Consul service tags.
+    upstreams: {service: local port}; the app reaches each at `upstream_address(service)`.
+    network_mode: "bridge" (default; ports are mapped dynamically, many tasks per host) or
+        "host" (the task shares the host's ports: proxy_port, admin_port and
+        prometheus_port must differ from other host-mode services on the same host).
+    desired_count: running tasks.
+    cpu / memory_mib: the app container's CPU units and hard memory limit.
+    proxy_port: Envoy's public (inbound mTLS) listener port inside the task; default 20000.
+    admin_port: Envoy admin API, bound to 127.0.0.1 only; default 19000.
+    prometheus_port: Envoy listener serving /stats/prometheus only; None disables it.
+    app_user: user the app container runs as (required non-root in host mode by cdk-nag).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        cluster: ecs.ICluster,
+        service_name: str,
+        image: ecs.ContainerImage,
+        port: int,
+        token_secret: secretsmanager.ISecret,
+        consul_grpc_host: str,
+        envoy_version: str,
+        log_key: kms.IKey,
+        ca_secret: secretsmanager.ISecret | None = None,
+        token_secret_field: str | None = None,
+        ca_secret_field: str | None = None,
+        consul_grpc_port: int | None = None,
+        consul_tls_server_name: str | None = None,
+        plaintext: bool = False,
+        environment: Mapping[str, str] | None = None,
+        health_check: ecs.HealthCheck | None = None,
+        health_check_path: str | None = None,
+        tags: Sequence[str] = (),
+        upstreams: Mapping[str, int] | None = None,
+        network_mode: str = "bridge",
+        desired_count: int = 1,
+        cpu: int = 256,
+        memory_mib: int = 512,
+        proxy_port: int = identity.DEFAULT_PROXY_PORT,
+        admin_port: int = envoy.DEFAULT_ADMIN_PORT,
+        prometheus_port: int | None = 9102,
+        app_user: str | None = None,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        upstreams = dict(upstreams or {})
+        self._validate(
+            service_name=service_name,
+            port=port,
+            envoy_version=envoy_version,
+            network_mode=network_mode,
+            desired_count=desired_count,
+            health_check_path=health_check_path,
+            tags=tags,
+            upstreams=upstreams,
+            proxy_port=proxy_port,
+            admin_port=admin_port,
+            prometheus_port=prometheus_port,
+            plaintext=plaintext,
+            ca_secret=ca_secret,
+        )
+        self._dry_run_bootstrap(
+            service_name=service_name,
+            consul_grpc_host=consul_grpc_host,
+            consul_grpc_port=consul_grpc_port,
+            consul_tls_server_name=consul_tls_server_name,
+            plaintext=plaintext,
+            admin_port=admin_port,
+            prometheus_port=prometheus_port,
+        )
+        self.service_name = service_name
+        self.network_mode = network_mode
+        self.upstreams = upstreams
+        host_mode = network_mode == "host"
+
+        self.task_definition = ecs.ExternalTaskDefinition(
+            self, "TaskDefinition", network_mode=NETWORK_MODES[network_mode]
+        )
+        # Host volume without a source path: an empty directory ECS creates for this task.
+        self.task_definition.add_volume(name=BOOTSTRAP_VOLUME)
+        self.log_group = logs.LogGroup(
+            self,
+            "Logs",
+            retention=logs.RetentionDays.ONE_YEAR,
+            encryption_key=log_key,
+            removal_policy=RemovalPolicy.DESTROY,
+        )
+
+        def mapping(container_port: int) -> ecs.PortMapping:
+            # Bridge: a free host port per task; host: the container port is the host port.
+            host_port = container_port if host_mode else 0
+            return ecs.PortMapping(container_port=container_port, host_port=host_port)
+
+        self.init_container = self.task_definition.add_container(
+            "Init",
+            container_name=INIT_CONTAINER,
+            image=ecs.ContainerImage.from_registry(INIT_IMAGE),
+            command=init_program.command(),
+            essential=False,
+            memory_limit_mib=64,
+            readonly_root_filesystem=True,
+            environment=self._init_environment(
+                service_name=service_name,
+                consul_grpc_host=consul_grpc_host,
+                consul_grpc_port=consul_grpc_port,
+                consul_tls_server_name=consul_tls_server_name,
+                plaintext=plaintext,
+                admin_port=admin_port,
+                prometheus_port=prometheus_port,
+            ),
+            secrets=self._init_secrets(
+                token_secret, token_secret_field, ca_secret, ca_secret_field, plaintext
+            ),
+            logging=ecs.LogDriver.aws_logs(stream_prefix=INIT_CONTAINER, log_group=self.log_group),
+        )
+        self.init_container.add_mount_points(
+            ecs.MountPoint(
+                container_path=BOOTSTRAP_DIR, source_volume=BOOTSTRAP_VOLUME, read_only=False
+            )
+        )
+
+        envoy_ports = [proxy_port] + ([prometheus_port] if prometheus_port else [])
+        self.envoy_container = self.task_definition.add_container(
+            "Envoy",
+            container_name=ENVOY_CONTAINER,
+            image=ecs.ContainerImage.from_registry(f"envoyproxy/envoy:v{envoy_version}"),
+            # Hot restart shares a socket per base id: two Envoys in one network namespace
+            # (host mode) would collide, and ECS restarts tasks rather than Envoy anyway.
+            command=["-c", BOOTSTRAP_PATH, "--disable-hot-restart"],
+            user=f"{ENVOY_USER_ID}:{ENVOY_USER_ID}",
+            essential=True,
+            memory_limit_mib=128,
+            readonly_root_filesystem=True,
+            port_mappings=[mapping(p) for p in envoy_ports],
+            logging=ecs.LogDriver.aws_logs(stream_prefix=ENVOY_CONTAINER, log_group=self.log_group),
+        )
+        self.envoy_container.add_mount_points(
+            ecs.MountPoint(
+                container_path=BOOTSTRAP_DIR, source_volume=BOOTSTRAP_VOLUME, read_only=True
+            )
+        )
+        self.envoy_container.add_container_dependencies(
+            ecs.ContainerDependency(
+                container=self.init_container, condition=ecs.ContainerDependencyCondition.SUCCESS
+            )
+        )
+
+        self.app_container = self.task_definition.add_container(
+            "App",
+            container_name=service_name,
+            image=image,
+            essential=True,
+            cpu=cpu,
+            memory_limit_mib=memory_mib,
+            environment=dict(environment or {}),
+            health_check=health_check,
+            user=app_user,
+            port_mappings=[mapping(port)],
+            docker_labels=self._labels(
+                service_name=service_name,
+                port=port,
+                tags=tags,
+                upstreams=upstreams,
+                health_check_path=health_check_path,
+                proxy_port=proxy_port,
+            ),
+            logging=ecs.LogDriver.aws_logs(stream_prefix=service_name, log_group=self.log_group),
+        )
+        if not host_mode:
+            # Bridge: the app reaches Envoy's upstream listeners as http://envoy:<local port>.
+            self.app_container.add_link(self.envoy_container, ENVOY_CONTAINER)
+
+        self.service = ecs.ExternalService(
+            self,
+            "Service",
+            cluster=cluster,
+            task_definition=self.task_definition,
+            desired_count=desired_count,
+            # Host mode holds fixed ports: the old task must stop before its successor
+            # can start on the same host.
+            min_healthy_percent=0 if host_mode else 100,
+            max_healthy_percent=100 if host_mode else 200,
+            circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
+        )
+        self._acknowledge(host_mode)
+
+    def upstream_address(self, service: str) -> str:
+        """`host:port` at which the app reaches `service` through its Envoy."""
+        if service not in self.upstreams:
+            raise ValueError(
+                f"{service!r} is not an upstream of {self.service_name}; "
+                f"upstreams are {sorted(self.upstreams)}"
+            )
+        host = "127.0.0.1" if self.network_mode == "host" else ENVOY_CONTAINER
+        return f"{host}:{self.upstreams[service]}"
+
+    @staticmethod
+    def _labels(
+        *,
+        service_name: str,
+        port: int,
+        tags: Sequence[str],
+        upstreams: Mapping[str, int],
+        health_check_path: str | None,
+        proxy_port: int,
+    ) -> dict[str, str]:
+        """The registrar's docker labels (identity.LABEL_*, docs/architecture.md)."""
+        labels = {
+            str(identity.LABEL_ENABLED): "true",
+            str(identity.LABEL_SERVICE): service_name,
+            str(identity.LABEL_PORTS): str(port),
+            str(identity.LABEL_PROXY_CONTAINER): ENVOY_CONTAINER,
+            str(identity.LABEL_PROXY_PORT): str(proxy_port),
+        }
+        if tags:
+            labels[str(identity.LABEL_TAGS)] = ",".join(tags)
+        if upstreams:
+            labels[str(identity.LABEL_UPSTREAMS)] = ",".join(
+                f"{name}:{local}" for name, local in sorted(upstreams.items())
+            )
+        if health_check_path:
+            labels[str(identity.LABEL_HEALTH_PATH)] = health_check_path
+        return labels
+
+    @staticmethod
+    def _init_environment(
+        *,
+        service_name: str,
+        consul_grpc_host: str,
+        consul_grpc_port: int | None,
+        consul_tls_server_name: str | None,
+        plaintext: bool,
+        admin_port: int,
+        prometheus_port: int | None,
+    ) -> dict[str, str]:
+        env = {
+            "CONSUL_MESH_SERVICE": service_name,
+            "CONSUL_GRPC_HOST": consul_grpc_host,
+            "ENVOY_ADMIN_PORT": str(admin_port),
+            "ENVOY_PROMETHEUS_BIND": f"0.0.0.0:{prometheus_port}" if prometheus_port else "",
+            "ENVOY_BOOTSTRAP_PATH": BOOTSTRAP_PATH,
+            "ENVOY_UID": str(ENVOY_USER_ID),
+            "ENVOY_GID": str(ENVOY_USER_ID),
+        }
+        if consul_grpc_port is not None:
+            env["CONSUL_GRPC_PORT"] = str(consul_grpc_port)
+        if consul_tls_server_name:
+            env["CONSUL_TLS_SERVER_NAME"] = consul_tls_server_name
+        if plaintext:
+            env["CONSUL_GRPC_PLAINTEXT"] = "true"
+        return env
+
+    @staticmethod
+    def _init_secrets(
+        token_secret: secretsmanager.ISecret,
+        token_field: str | None,
+        ca_secret: secretsmanager.ISecret | None,
+        ca_field: str | None,
+        plaintext: bool,
+    ) -> dict[str, ecs.Secret]:
+        secrets = {
+            "CONSUL_HTTP_TOKEN": ecs.Secret.from_secrets_manager(token_secret, token_field),
+        }
+        if not plaintext and ca_secret is not None:
+            secrets["CONSUL_CACERT_PEM"] = ecs.Secret.from_secrets_manager(ca_secret, ca_field)
+        return secrets
+
+    @staticmethod
+    def _validate(
+        *,
+        service_name: str,
+        port: int,
+        envoy_version: str,
+        network_mode: str,
+        desired_count: int,
+        health_check_path: str | None,
+        tags: Sequence[str],
+        upstreams: Mapping[str, int],
+        proxy_port: int,
+        admin_port: int,
+        prometheus_port: int | None,
+        plaintext: bool,
+        ca_secret: secretsmanager.ISecret | None,
+    ) -> None:
+        if not identity.valid_service_name(service_name):
+            raise ValueError(
+                "service_name must be a DNS label (lowercase letters, digits, '-', at most 63 "
+                f"characters), got {service_name!r}"
+            )
+        if network_mode not in NETWORK_MODES:
+            raise ValueError(
+                f"network_mode must be 'bridge' or 'host' (ECS Anywhere has no awsvpc), "
+                f"got {network_mode!r}"
+            )
+        if not _SEMVER.match(envoy_version):
+            raise ValueError(f"envoy_version must look like 1.34.14, got {envoy_version!r}")
+        if not isinstance(desired_count, int) or not 0 <= desired_count <= 1000:
+            raise ValueError(f"desired_count must be 0..1000, got {desired_count!r}")
+        _check_registration(health_check_path, tags)
+        if not plaintext and ca_secret is None:
+            raise ValueError("ca_secret (the Consul CA) is required unless plaintext is opted in")
+        _check_ports(
+            service_name=service_name,
+            network_mode=network_mode,
+            upstreams=upstreams,
+            port=port,
+            proxy_port=proxy_port,
+            admin_port=admin_port,
+            prometheus_port=prometheus_port,
+        )
+
+    @staticmethod
+    def _dry_run_bootstrap(
+        *,
+        service_name: str,
+        consul_grpc_host: str,
+        consul_grpc_port: int | None,
+        consul_tls_server_name: str | None,
+        plaintext: bool,
+        admin_port: int,
+        prometheus_port: int | None,
+    ) -> None:
+        """Render once at synth with placeholders, so bad input fails `cdk synth`, not a task."""
+
+        def concrete(value: str | None, placeholder: str) -> str | None:
+            return placeholder if value is not None and Token.is_unresolved(value) else value
+
+        envoy.render_bootstrap(
+            proxy_id=identity.proxy_id(identity.service_id(service_name, _SAMPLE_TASK)),
+            service=service_name,
+            node_name=identity.node_name(_SAMPLE_TASK),
+            token=_SAMPLE_ACL,
+            xds_host=concrete(consul_grpc_host, "consul.invalid") or "",
+            xds_port=consul_grpc_port,
+            ca_pem=None if plaintext else "-----BEGIN CERTIFICATE-----\n",
+            tls_server_name=concrete(consul_tls_server_name, "consul.invalid"),
+            plaintext=plaintext,
+            admin_port=admin_port,
+            prometheus_bind=f"0.0.0.0:{prometheus_port}" if prometheus_port else None,
+        )
+
+    def _acknowledge(self, host_mode: bool) -> None:
+        execution_role = self.task_definition.execution_role
+        if execution_role is not None:
+            acknowledge(
+                execution_role,
+                "NIST.800.53.R5-IAMNoInlinePolicy",
+                "CDK-generated policy of this task's execution role only: read of the two "
+                "secrets the init container needs and writes to this service's log group.",
+            )
+        acknowledge(
+            self.task_definition,
+            "AwsSolutions-ECS2",
+            "The environment holds only non-secret settings (service name, Consul address, "
+            "ports); the ACL token and CA are injected from Secrets Manager via `secrets`.",
+        )
+        if host_mode:
+            acknowledge(
+                self.task_definition,
+                "NIST.800.53.R5-ECSTaskDefinitionUserForHostMode",
+                "Envoy runs as uid 1337; the init container runs as root for under a second "
+                "only to hand the bootstrap file to that uid, and serves no port.",
+            )
