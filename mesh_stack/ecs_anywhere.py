@@ -133,7 +133,16 @@ class EcsAnywhere(Construct):
         role = iam.Role(
             self,
             "HostRole",
-            assumed_by=iam.ServicePrincipal("ssm.amazonaws.com"),
+            # Confused-deputy guard: only SSM acting for this account may hand the role out.
+            assumed_by=iam.ServicePrincipal(
+                "ssm.amazonaws.com",
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    "ArnLike": {
+                        "aws:SourceArn": f"arn:{Aws.PARTITION}:ssm:{Aws.REGION}:{Aws.ACCOUNT_ID}:*"
+                    },
+                },
+            ),
             description="ECS Anywhere hosts: SSM managed instance + ECS agent of one cluster",
             managed_policies=[
                 iam.ManagedPolicy.from_aws_managed_policy_name("AmazonSSMManagedInstanceCore")

@@ -1,0 +1,361 @@
+"""MeshService and the demo: what ECS Anywhere will run, and what it never exposes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import aws_cdk as cdk
+import identity  # the registrar's own module (lambda/registrar is on pytest's path)
+import pytest
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_secretsmanager as secretsmanager
+from aws_cdk.assertions import Template
+
+from mesh_stack import init_program
+from mesh_stack.demo import DEMO_INTENTIONS, MeshDemo
+from mesh_stack.mesh_service import MeshService
+from tests.infra.nag_util import open_findings
+
+ADMIN_PORTS = {19000, 19001}
+
+
+def scaffold(outdir: Path) -> tuple[cdk.App, cdk.Stack, dict[str, Any]]:
+    app = cdk.App(outdir=str(outdir))
+    stack = cdk.Stack(app, "Test", env=cdk.Environment(region="us-east-1"))
+    vpc = ec2.Vpc(stack, "Vpc", max_azs=2, nat_gateways=1)
+    key = kms.Key(stack, "Key", enable_key_rotation=True)
+    common = {
+        "cluster": ecs.Cluster(stack, "Cluster", vpc=vpc),
+        "ca_secret": secretsmanager.Secret(stack, "Ca", encryption_key=key),
+        "consul_grpc_host": "consul.internal.example",
+        "consul_tls_server_name": "server.dc1.consul",
+        "envoy_version": "1.34.14",
+        "log_key": key,
+    }
+    return app, stack, common
+
+
+def token(stack: cdk.Stack, name: str, key: kms.IKey) -> secretsmanager.ISecret:
+    return secretsmanager.Secret(stack, f"{name}Token", encryption_key=key)
+
+
+def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
+    app, stack, common = scaffold(outdir)
+    key = common["log_key"]
+    MeshService(
+        stack,
+        "Web",
+        service_name="web",
+        image=ecs.ContainerImage.from_registry("nginx:1.27"),
+        port=8080,
+        token_secret=token(stack, "Web", key),
+        upstreams={"api": 9001, "db": 9002},
+        tags=["v1", "canary"],
+        health_check_path="/healthz",
+        **common,
+    )
+    MeshService(
+        stack,
+        "Metrics",
+        service_name="metrics",
+        image=ecs.ContainerImage.from_registry("nginx:1.27"),
+        port=8081,
+        token_secret=token(stack, "Metrics", key),
+        network_mode="host",
+        app_user="1000",
+        proxy_port=21000,
+        admin_port=19001,
+        prometheus_port=9202,
+        upstreams={"api": 9101},
+        **common,
+    )
+    MeshDemo(
+        stack,
+        "Demo",
+        token_secrets={n: token(stack, n.capitalize(), key) for n in ("frontend", "backend")},
+        **common,
+    )
+    return app, stack
+
+
+@pytest.fixture(scope="module")
+def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
+    _, stack = build(tmp_path_factory.mktemp("mesh-service"))
+    return Template.from_stack(stack)
+
+
+def task_definitions(template: Template) -> dict[str, dict[str, Any]]:
+    found = template.find_resources("AWS::ECS::TaskDefinition")
+    return {logical: resource["Properties"] for logical, resource in found.items()}
+
+
+def containers(template: Template, service: str) -> dict[str, dict[str, Any]]:
+    """The containers of the task definition whose app container is named `service`."""
+    for props in task_definitions(template).values():
+        by_name = {c["Name"]: c for c in props["ContainerDefinitions"]}
+        if service in by_name:
+            return by_name
+    raise AssertionError(f"no task definition runs {service}")
+
+
+def task_definition_of(template: Template, service: str) -> dict[str, Any]:
+    for props in task_definitions(template).values():
+        if any(c["Name"] == service for c in props["ContainerDefinitions"]):
+            return props
+    raise AssertionError(f"no task definition runs {service}")
+
+
+def test_every_task_definition_is_external_and_never_awsvpc(template: Template) -> None:
+    defs = task_definitions(template)
+    assert len(defs) == 4
+    for props in defs.values():
+        assert props["RequiresCompatibilities"] == ["EXTERNAL"]
+        assert props["NetworkMode"] in ("bridge", "host")
+
+
+def test_every_service_uses_the_external_launch_type(template: Template) -> None:
+    services = template.find_resources("AWS::ECS::Service")
+    assert len(services) == 4
+    assert {s["Properties"]["LaunchType"] for s in services.values()} == {"EXTERNAL"}
+
+
+def test_app_container_carries_the_registrar_labels(template: Template) -> None:
+    labels = containers(template, "web")["web"]["DockerLabels"]
+    assert labels == {
+        identity.LABEL_ENABLED: "true",
+        identity.LABEL_SERVICE: "web",
+        identity.LABEL_PORTS: "8080",
+        identity.LABEL_TAGS: "v1,canary",
+        identity.LABEL_UPSTREAMS: "api:9001,db:9002",
+        identity.LABEL_HEALTH_PATH: "/healthz",
+        identity.LABEL_PROXY_CONTAINER: "envoy",
+        identity.LABEL_PROXY_PORT: "20000",
+    }
+    # the init container renders the bootstrap for the service the labels register
+    init_env = {
+        e["Name"]: e["Value"] for e in containers(template, "web")["envoy-init"]["Environment"]
+    }
+    assert init_env["CONSUL_MESH_SERVICE"] == labels[identity.LABEL_SERVICE]
+
+
+def test_token_and_ca_reach_only_the_init_container_through_ecs_secrets(template: Template) -> None:
+    for service in ("web", "metrics", "frontend", "backend"):
+        by_name = containers(template, service)
+        secrets = {s["Name"]: s["ValueFrom"] for s in by_name["envoy-init"]["Secrets"]}
+        assert set(secrets) == {"CONSUL_HTTP_TOKEN", "CONSUL_CACERT_PEM"}
+        assert all("Ref" in value for value in secrets.values()), secrets
+        for container in by_name.values():
+            names = {e["Name"] for e in container.get("Environment", [])}
+            assert not names & {"CONSUL_HTTP_TOKEN", "CONSUL_CACERT_PEM"}, container["Name"]
+            if container["Name"] != "envoy-init":
+                assert "Secrets" not in container, container["Name"]
+
+
+def test_admin_interface_is_never_published(template: Template) -> None:
+    for props in task_definitions(template).values():
+        for container in props["ContainerDefinitions"]:
+            published = {m["ContainerPort"] for m in container.get("PortMappings", [])}
+            assert not published & ADMIN_PORTS, container["Name"]
+            published_host = {m.get("HostPort") for m in container.get("PortMappings", [])}
+            assert not published_host & ADMIN_PORTS, container["Name"]
+
+
+def test_envoy_starts_only_after_the_init_container_succeeds(template: Template) -> None:
+    by_name = containers(template, "web")
+    init, proxy = by_name["envoy-init"], by_name["envoy"]
+    assert init["Essential"] is False
+    assert init["Command"] == init_program.command()
+    assert proxy["DependsOn"] == [{"ContainerName": "envoy-init", "Condition": "SUCCESS"}]
+    assert proxy["Command"][:2] == ["-c", "/consul-mesh/envoy-bootstrap.json"]
+    assert proxy["Image"] == "envoyproxy/envoy:v1.34.14"
+    # one task volume: written by the init container, read-only for Envoy, which is not root
+    assert init["MountPoints"] == [
+        {
+            "ContainerPath": "/consul-mesh",
+            "SourceVolume": "consul-mesh-bootstrap",
+            "ReadOnly": False,
+        }
+    ]
+    assert proxy["MountPoints"] == [
+        {"ContainerPath": "/consul-mesh", "SourceVolume": "consul-mesh-bootstrap", "ReadOnly": True}
+    ]
+    assert proxy["User"] == "1337:1337"
+    env = {e["Name"]: e["Value"] for e in init["Environment"]}
+    assert (env["ENVOY_UID"], env["ENVOY_GID"]) == ("1337", "1337")
+
+
+def test_bridge_mode_maps_ports_dynamically_and_links_the_app_to_envoy(template: Template) -> None:
+    by_name = containers(template, "web")
+    assert by_name["web"]["Links"] == ["envoy:envoy"]
+    assert by_name["web"]["PortMappings"] == [
+        {"ContainerPort": 8080, "HostPort": 0, "Protocol": "tcp"}
+    ]
+    assert {(m["ContainerPort"], m["HostPort"]) for m in by_name["envoy"]["PortMappings"]} == {
+        (20000, 0),
+        (9102, 0),
+    }
+
+
+def test_host_mode_holds_its_ports_on_the_host(template: Template) -> None:
+    assert task_definition_of(template, "metrics")["NetworkMode"] == "host"
+    by_name = containers(template, "metrics")
+    assert "Links" not in by_name["metrics"]
+    mappings = {(m["ContainerPort"], m["HostPort"]) for m in by_name["envoy"]["PortMappings"]}
+    assert mappings == {(21000, 21000), (9202, 9202)}
+    env = {e["Name"]: e["Value"] for e in by_name["envoy-init"]["Environment"]}
+    assert (env["ENVOY_ADMIN_PORT"], env["ENVOY_PROMETHEUS_BIND"]) == ("19001", "0.0.0.0:9202")
+    assert by_name["metrics"]["DockerLabels"][identity.LABEL_PROXY_PORT] == "21000"
+
+
+def _policy_statements_of_role(template: Template, role_logical_id: str) -> list[dict[str, Any]]:
+    statements = []
+    for policy in template.find_resources("AWS::IAM::Policy").values():
+        roles = policy["Properties"].get("Roles", [])
+        if {"Ref": role_logical_id} in roles:
+            statements += policy["Properties"]["PolicyDocument"]["Statement"]
+    return statements
+
+
+def test_execution_role_reads_only_the_secrets_its_task_needs(template: Template) -> None:
+    props = task_definition_of(template, "web")
+    role = props["ExecutionRoleArn"]["Fn::GetAtt"][0]
+    statements = _policy_statements_of_role(template, role)
+    secret_resources = [
+        s["Resource"]
+        for s in statements
+        if any(a.startswith("secretsmanager:") for a in _actions(s))
+    ]
+    refs = sorted(r["Ref"] for r in secret_resources)
+    assert len(refs) == 2
+    assert refs[0].startswith("Ca"), refs
+    assert refs[1].startswith("WebToken"), refs
+    assert all(
+        a in ("secretsmanager:GetSecretValue", "secretsmanager:DescribeSecret")
+        for s in statements
+        for a in _actions(s)
+        if a.startswith("secretsmanager:")
+    )
+    assert not any(s["Resource"] == "*" for s in statements), statements
+    # and it may decrypt them only through Secrets Manager (key policy grant)
+    key_policy = next(iter(template.find_resources("AWS::KMS::Key").values()))["Properties"]
+    grants = [
+        s
+        for s in key_policy["KeyPolicy"]["Statement"]
+        if s["Principal"].get("AWS") == {"Fn::GetAtt": [role, "Arn"]}
+    ]
+    assert grants, "execution role cannot decrypt the secrets"
+    for grant in grants:
+        assert _actions(grant) == ["kms:Decrypt"]
+        via = grant["Condition"]["StringEquals"]["kms:ViaService"]
+        assert via == "secretsmanager.us-east-1.amazonaws.com"
+
+
+def _actions(statement: dict[str, Any]) -> list[str]:
+    action = statement["Action"]
+    return [action] if isinstance(action, str) else list(action)
+
+
+def test_demo_frontend_calls_backend_through_its_envoy(template: Template) -> None:
+    frontend = containers(template, "frontend")["frontend"]
+    env = {e["Name"]: e["Value"] for e in frontend["Environment"]}
+    assert env["UPSTREAM_URIS"] == "http://envoy:9091"
+    assert frontend["DockerLabels"][identity.LABEL_UPSTREAMS] == "backend:9091"
+    assert frontend["Links"] == ["envoy:envoy"]
+    backend = containers(template, "backend")["backend"]
+    assert identity.LABEL_UPSTREAMS not in backend["DockerLabels"]
+    assert DEMO_INTENTIONS == (("frontend", "backend"),)
+
+
+def test_constructs_are_nag_clean(tmp_path: Path) -> None:
+    app, _ = build(tmp_path)
+    mine = [
+        f
+        for f in open_findings(app)
+        if f.path.startswith(("Test/Web/", "Test/Metrics/", "Test/Demo/"))
+    ]
+    assert mine == [], "\n".join(f"{f.rule} at {f.path}" for f in mine)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"network_mode": "awsvpc"}, r"network_mode must be 'bridge' or 'host' .* 'awsvpc'"),
+        ({"service_name": "Web_1"}, r"service_name must be a DNS label .* 'Web_1'"),
+        ({"port": 70000}, r"port must be a port in 1\.\.65535, got 70000"),
+        ({"upstreams": {"web": 9001}}, r"web cannot be its own upstream"),
+        ({"upstreams": {"api": 19000}}, r"admin_port 19000|upstreams\[api\] 19000 collides"),
+        (
+            {"network_mode": "host", "port": 20000},
+            r"proxy_port 20000 collides with port \(host mode\)",
+        ),
+        ({"prometheus_port": 19000}, r"prometheus_port 19000 collides with admin_port"),
+        ({"health_check_path": "healthz"}, r"health_check_path must start with '/'"),
+        ({"tags": ["a,b"]}, r"tags must be .* got 'a,b'"),
+        ({"envoy_version": "latest"}, r"envoy_version must look like 1\.34\.14, got 'latest'"),
+        ({"ca_secret": None}, r"ca_secret \(the Consul CA\) is required unless plaintext"),
+        ({"consul_grpc_host": "not a host"}, r"xds_host must be a DNS name or IP address"),
+    ],
+)
+def test_fails_when_mesh_service_input_is_invalid(
+    tmp_path: Path, overrides: dict[str, Any], message: str
+) -> None:
+    _, stack, common = scaffold(tmp_path)
+    args: dict[str, Any] = {
+        **common,
+        "service_name": "web",
+        "image": ecs.ContainerImage.from_registry("nginx:1.27"),
+        "port": 8080,
+        "token_secret": token(stack, "Web", common["log_key"]),
+        **overrides,
+    }
+    with pytest.raises(ValueError, match=message):
+        MeshService(stack, "Web", **args)
+
+
+def test_plaintext_opt_in_needs_no_ca_and_tells_the_init_container(tmp_path: Path) -> None:
+    _, stack, common = scaffold(tmp_path)
+    common["ca_secret"] = None
+    MeshService(
+        stack,
+        "Web",
+        service_name="web",
+        image=ecs.ContainerImage.from_registry("nginx:1.27"),
+        port=8080,
+        token_secret=token(stack, "Web", common["log_key"]),
+        plaintext=True,
+        **common,
+    )
+    init = containers(Template.from_stack(stack), "web")["envoy-init"]
+    assert [s["Name"] for s in init["Secrets"]] == ["CONSUL_HTTP_TOKEN"]
+    assert {"Name": "CONSUL_GRPC_PLAINTEXT", "Value": "true"} in init["Environment"]
+
+
+def test_fails_when_the_demo_lacks_a_token(tmp_path: Path) -> None:
+    _, stack, common = scaffold(tmp_path)
+    with pytest.raises(ValueError, match=r"missing \['backend'\]"):
+        MeshDemo(
+            stack,
+            "Demo",
+            token_secrets={"frontend": token(stack, "Frontend", common["log_key"])},
+            **common,
+        )
+
+
+def test_upstream_address_names_only_declared_upstreams(tmp_path: Path) -> None:
+    _, stack, common = scaffold(tmp_path)
+    web = MeshService(
+        stack,
+        "Web",
+        service_name="web",
+        image=ecs.ContainerImage.from_registry("nginx:1.27"),
+        port=8080,
+        token_secret=token(stack, "Web", common["log_key"]),
+        upstreams={"api": 9001},
+        **common,
+    )
+    assert web.upstream_address("api") == "envoy:9001"
+    with pytest.raises(ValueError, match=r"'db' is not an upstream of web"):
+        web.upstream_address("db")
