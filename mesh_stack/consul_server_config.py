@@ -210,3 +210,43 @@ def _check(
             )
     if log_level not in LOG_LEVELS:
         raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}, got {log_level!r}")
+
+
+def server_agent_policy() -> str:
+    """ACL rules of the servers' own agent token (`acl.tokens.agent`).
+
+    A server registers its own node (named `consul-server-<instance id>` at boot) and reads
+    services; nothing else. Source: Consul docs, "Create an agent token".
+    """
+    return "\n".join(
+        [
+            'node_prefix "consul-server-" { policy = "write" }',
+            'service_prefix "" { policy = "read" }',
+            "",
+        ]
+    )
+
+
+def esm_policy(external_node_prefix: str) -> str:
+    """ACL rules of consul-esm: the fine-grained variant of hashicorp/consul-esm's README.
+
+    ESM runs on the servers (agent and session on `consul-server-*` nodes), keeps its state under
+    `consul-esm/`, registers itself as `consul-esm`, and writes check status only on the
+    registrar's synthetic nodes (`external_node_prefix`, `identity.NODE_PREFIX`).
+    """
+    if not _DISCOVER_VALUE.match(external_node_prefix) or '"' in external_node_prefix:
+        raise ValueError(
+            f"external_node_prefix must be a node name prefix, got {external_node_prefix!r}"
+        )
+    return "\n".join(
+        [
+            'agent_prefix "consul-server-" { policy = "read" }',
+            'session_prefix "consul-server-" { policy = "write" }',
+            'key_prefix "consul-esm/" { policy = "write" }',
+            'service "consul-esm" { policy = "write" }',
+            'service_prefix "" { policy = "read" }',
+            'node_prefix "" { policy = "read" }',
+            f'node_prefix "{external_node_prefix}" {{ policy = "write" }}',
+            "",
+        ]
+    )

@@ -171,3 +171,22 @@ def test_fails_when_the_join_tag_would_break_go_discover(value: str) -> None:
 def test_fails_when_log_level_is_unknown() -> None:
     with pytest.raises(ValueError, match="log_level must be one of"):
         render(log_level="verbose")
+
+
+def test_esm_may_write_only_the_registrars_nodes() -> None:
+    rules = csc.esm_policy("ecs-task-")
+    assert 'node_prefix "ecs-task-" { policy = "write" }' in rules
+    assert 'node_prefix "" { policy = "read" }' in rules
+    assert 'node_prefix "" { policy = "write" }' not in rules
+    assert "acl" not in rules.replace("ecs-task", "")
+
+
+def test_server_agent_token_writes_only_server_nodes() -> None:
+    rules = csc.server_agent_policy()
+    assert 'node_prefix "consul-server-" { policy = "write" }' in rules
+    assert "write" not in rules.replace('node_prefix "consul-server-" { policy = "write" }', "")
+
+
+def test_fails_when_the_external_node_prefix_could_break_the_policy() -> None:
+    with pytest.raises(ValueError, match="external_node_prefix must be"):
+        csc.esm_policy('x" { policy = "write" } node_prefix "')
