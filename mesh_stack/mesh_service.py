@@ -240,6 +240,9 @@ class MeshService(Construct):
             # Hot restart shares a socket per base id: two Envoys in one network namespace
             # (host mode) would collide, and ECS restarts tasks rather than Envoy anyway.
             command=["-c", BOOTSTRAP_PATH, "--disable-hot-restart"],
+            # Run the binary directly: the image's entrypoint script changes users only when
+            # started as root, and its behaviour differs between releases.
+            entry_point=["/usr/local/bin/envoy"],
             user=f"{ENVOY_USER_ID}:{ENVOY_USER_ID}",
             essential=True,
             memory_limit_mib=128,

@@ -169,6 +169,7 @@ def test_envoy_starts_only_after_the_init_container_succeeds(template: Template)
     assert init["Essential"] is False
     assert init["Command"] == init_program.command()
     assert proxy["DependsOn"] == [{"ContainerName": "envoy-init", "Condition": "SUCCESS"}]
+    assert proxy["EntryPoint"] == ["/usr/local/bin/envoy"]
     assert proxy["Command"][:2] == ["-c", "/consul-mesh/envoy-bootstrap.json"]
     assert proxy["Image"] == "envoyproxy/envoy:v1.34.14"
     # one task volume: written by the init container, read-only for Envoy, which is not root
