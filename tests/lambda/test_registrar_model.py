@@ -1,0 +1,234 @@
+"""Parsing of events, labels and state records: good input typed, bad input named."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from model import (
+    ContainerDefinition,
+    InvalidTaskDefinition,
+    MalformedEvent,
+    PortMapping,
+    StateRecord,
+    parse_event,
+    parse_labels,
+    task_arn_hint,
+)
+from registrar_fixtures import INSTANCE_ARN, load_event, task_definition, task_event
+
+
+def test_parses_a_running_bridge_task_event() -> None:
+    # GIVEN the EventBridge event of a RUNNING bridge-mode task on ECS Anywhere
+    body = json.dumps(load_event("task_running_bridge.json"))
+
+    # WHEN it is parsed
+    event = parse_event(body)
+
+    # THEN the fields the registrar acts on are typed
+    assert event.task_id == "0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b"
+    assert event.cluster_arn.endswith(":cluster/mesh")
+    assert event.container_instance_arn == INSTANCE_ARN
+    assert (event.launch_type, event.desired_status, event.last_status) == (
+        "EXTERNAL",
+        "RUNNING",
+        "RUNNING",
+    )
+    assert event.version == 3
+    assert event.group == "service:web"
+    assert event.event_time == datetime(2025, 3, 14, 9, 26, 53, tzinfo=UTC)
+    web = event.container("web")
+    assert web is not None
+    assert web.host_port(8080) == 32768
+    envoy = event.container("envoy")
+    assert envoy is not None
+    assert envoy.host_port(20000) == 32769
+    init = event.container("envoy-init")
+    assert init is not None
+    assert init.network_bindings == ()
+
+
+def test_parses_stopped_and_pending_events_without_bindings() -> None:
+    stopped = parse_event(json.dumps(load_event("task_stopped.json")))
+    pending = parse_event(json.dumps(load_event("task_pending.json")))
+
+    assert (stopped.last_status, stopped.desired_status, stopped.version) == (
+        "STOPPED",
+        "STOPPED",
+        5,
+    )
+    assert stopped.stopped_reason is not None
+    assert all(c.network_bindings == () for c in stopped.containers)
+    assert (pending.last_status, pending.version) == ("PENDING", 1)
+
+
+def _mutated(mutate: str) -> str:
+    doc = task_event()
+    detail = doc["detail"]
+    match mutate:
+        case "no-version":
+            del detail["version"]
+        case "string-version":
+            detail["version"] = "3"
+        case "bool-version":
+            detail["version"] = True
+        case "no-task-arn":
+            del detail["taskArn"]
+        case "bad-task-arn":
+            detail["taskArn"] = "arn:aws:ecs:us-east-1:123456789012:task/"
+        case "bad-cluster-arn":
+            detail["clusterArn"] = 42
+        case "containers-object":
+            detail["containers"] = {"name": "web"}
+        case "binding-port":
+            detail["containers"][0]["networkBindings"][0]["hostPort"] = 70000
+        case "binding-protocol":
+            detail["containers"][0]["networkBindings"][0]["protocol"] = "sctp"
+        case "detail-list":
+            doc["detail"] = []
+        case "bad-time":
+            doc["time"] = "yesterday"
+        case "no-status":
+            detail["lastStatus"] = ""
+    return json.dumps(doc)
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("{not json", "body is not JSON"),
+        ("[1, 2]", "event must be a JSON object"),
+        ('{"source": "aws.ec2"}', "event.source must be 'aws.ecs', got 'aws.ec2'"),
+        (
+            json.dumps(load_event("container_instance_state_change.json")),
+            "detail-type must be 'ECS Task State Change', got 'ECS Container Instance",
+        ),
+        (_mutated("no-version"), r"detail.version is missing"),
+        (_mutated("string-version"), r"detail.version must be an integer .* got '3'"),
+        (_mutated("bool-version"), r"detail.version must be an integer .* got True"),
+        (_mutated("no-task-arn"), r"detail.taskArn is missing"),
+        (_mutated("bad-task-arn"), r"detail.taskArn: not an ECS task ARN"),
+        (_mutated("bad-cluster-arn"), r"detail.clusterArn must be a non-empty string, got 42"),
+        (_mutated("containers-object"), r"detail.containers must be a list, got dict"),
+        (
+            _mutated("binding-port"),
+            r"detail.containers\[0\].networkBindings\[0\].hostPort must be an integer in "
+            r"1..65535, got 70000",
+        ),
+        (_mutated("binding-protocol"), r"protocol must be 'tcp' or 'udp', got 'sctp'"),
+        (_mutated("detail-list"), r"event.detail must be a JSON object, got list"),
+        (_mutated("bad-time"), r"event.time must be an ISO 8601 timestamp, got 'yesterday'"),
+        (_mutated("no-status"), r"detail.lastStatus must be a non-empty string, got ''"),
+    ],
+)
+def test_fails_when_the_body_is_malformed(body: str, message: str) -> None:
+    with pytest.raises(MalformedEvent, match=message):
+        parse_event(body)
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("malformed_missing_version.json", "detail.version is missing"),
+        ("malformed_wrong_types.json", "detail.containers must be a list"),
+    ],
+)
+def test_fails_on_the_malformed_fixtures(name: str, message: str) -> None:
+    with pytest.raises(MalformedEvent, match=message):
+        parse_event(json.dumps(load_event(name)))
+
+
+def test_task_arn_hint_names_the_task_of_a_bad_body() -> None:
+    assert task_arn_hint(_mutated("no-version")).endswith("0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b")
+    assert task_arn_hint("{oops") is None
+
+
+# --------------------------------------------------------------------------------------------
+# Labels
+
+
+def _app(labels: dict[str, str], ports: tuple[int, ...] = (8080,)) -> ContainerDefinition:
+    return ContainerDefinition(
+        name="web-app",
+        labels={"consul-mesh.enabled": "true", **labels},
+        port_mappings=tuple(PortMapping(p, None, "tcp") for p in ports),
+    )
+
+
+def test_labels_default_to_the_documented_values() -> None:
+    labels = parse_labels(_app({}))
+
+    assert labels.service == "web-app"
+    assert labels.ports is None
+    assert labels.tags == ()
+    assert labels.upstreams == ()
+    assert labels.health_check_path is None
+    assert (labels.proxy_container, labels.proxy_port) == ("envoy", 20000)
+
+
+def test_labels_of_the_web_task_definition() -> None:
+    web = task_definition("web").container("web")
+    assert web is not None
+    labels = parse_labels(web)
+
+    assert labels.service == "web"
+    assert labels.tags == ("v1", "blue")
+    assert [(u.destination_name, u.local_bind_port) for u in labels.upstreams] == [
+        ("backend", 9001),
+        ("db", 9002),
+    ]
+    assert labels.health_check_path == "/healthz"
+
+
+@pytest.mark.parametrize(
+    ("labels", "message"),
+    [
+        ({"consul-mesh.service": "Web_App"}, r"service name 'Web_App' \(from consul-mesh.service"),
+        ({"consul-mesh.ports": "80,http"}, r"label consul-mesh.ports: 'http' is not a port"),
+        ({"consul-mesh.ports": "80,80"}, r"label consul-mesh.ports: '80,80' repeats a port"),
+        ({"consul-mesh.ports": " , "}, r"label consul-mesh.ports is empty"),
+        ({"consul-mesh.upstreams": "backend"}, r"'backend' is not 'service:localport'"),
+        ({"consul-mesh.upstreams": "a:9001,b:9001"}, r"local ports must be unique"),
+        ({"consul-mesh.upstreams": "a:0"}, r"'0' is not a port in 1..65535"),
+        ({"consul-mesh.health-check-path": "healthz"}, r"must be a URL path starting with '/'"),
+        ({"consul-mesh.proxy-port": "99999"}, r"label consul-mesh.proxy-port: '99999'"),
+    ],
+)
+def test_fails_when_a_label_is_invalid(labels: dict[str, str], message: str) -> None:
+    with pytest.raises(InvalidTaskDefinition, match=message):
+        parse_labels(_app(labels))
+
+
+def test_container_name_that_is_no_dns_label_needs_the_service_label() -> None:
+    container = ContainerDefinition("Web_App", {"consul-mesh.enabled": "true"}, ())
+    with pytest.raises(InvalidTaskDefinition, match=r"from container name.*set consul-mesh"):
+        parse_labels(container)
+
+
+@pytest.mark.parametrize(("value", "opted"), [("true", True), ("TRUE", True), ("yes", False)])
+def test_only_true_opts_in(value: str, opted: bool) -> None:
+    container = ContainerDefinition("web", {"consul-mesh.enabled": value}, ())
+    assert container.opted_in is opted
+
+
+# --------------------------------------------------------------------------------------------
+# State record
+
+
+def test_state_record_round_trips() -> None:
+    record = StateRecord(7, "running", "abc", {"Node": "n"}, "2025-03-14T09:26:53+00:00")
+    assert StateRecord.decode(record.encode()) == record
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (b"[]", "must be a JSON object"),
+        (b'{"version": "1", "status": "running"}', "version must be an integer"),
+        (b'{"version": 1, "status": "paused"}', "status must be running|stopped, got 'paused'"),
+    ],
+)
+def test_fails_when_a_state_record_is_unreadable(data: bytes, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        StateRecord.decode(data)
