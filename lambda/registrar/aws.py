@@ -1,0 +1,268 @@
+"""AWS lookups behind small Protocols, with the caches that keep them cheap.
+
+- Task definitions are immutable per ARN (family:revision): cached for the container's life.
+- Host addresses: container instance -> `ec2InstanceId` (`mi-...`) -> SSM
+  DescribeInstanceInformation -> `IPAddress`, or the container instance attribute
+  `consul-mesh.address` when set (multi-homed or NATed hosts); cached with a TTL.
+- The Consul ACL token: read once from Secrets Manager, read again after a 403.
+
+boto3 is imported on first use (events of other clusters never need it) and each client is
+created once per container. botocore's own retries are off: retry.py retries throttling
+inside the invocation's time budget instead of letting two retry loops multiply.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+from model import Host, TaskDefinition, task_definition_from_api, valid_address
+from retry import RetryableError
+
+T = TypeVar("T")
+
+ADDRESS_ATTRIBUTE = "consul-mesh.address"
+
+_THROTTLING = frozenset(
+    {
+        "Throttling",
+        "ThrottlingException",
+        "ThrottledException",
+        "RequestThrottled",
+        "RequestThrottledException",
+        "TooManyRequestsException",
+        "RequestLimitExceeded",
+        "ServiceUnavailable",
+        "ServiceUnavailableException",
+        "InternalFailure",
+        "InternalServerError",
+        "InternalServiceError",
+        "ServerException",
+    }
+)
+
+
+class AwsUnavailable(RetryableError):
+    """Throttled, 5xx, or no connection: retry with backoff."""
+
+
+class AwsLookupError(Exception):
+    """AWS answered, but not with what we need (unknown ARN, access denied, no IP)."""
+
+
+# --------------------------------------------------------------------------------------------
+# Clients
+
+
+_clients: dict[str, Any] = {}
+_clients_lock = threading.Lock()
+
+
+def client(service: str) -> Any:
+    """The container's boto3 client for `service` (AWS_ENDPOINT_URL redirects it)."""
+    with _clients_lock:
+        if service not in _clients:
+            import boto3  # noqa: PLC0415 - lazy: not every invocation needs AWS
+            from botocore.config import Config  # noqa: PLC0415
+
+            config = Config(retries={"total_max_attempts": 1}, connect_timeout=3, read_timeout=5)
+            _clients[service] = boto3.client(service, config=config)
+        return _clients[service]
+
+
+def reset_clients() -> None:
+    """Forget the clients (tests that switch endpoints or mocks)."""
+    with _clients_lock:
+        _clients.clear()
+
+
+def aws_call(what: str, fn: Callable[[], T]) -> T:
+    """Run one AWS call, mapping its failures to AwsUnavailable or AwsLookupError."""
+    from botocore.exceptions import (  # noqa: PLC0415
+        BotoCoreError,
+        ClientError,
+        ConnectionError,
+        HTTPClientError,
+    )
+
+    try:
+        return fn()
+    except ClientError as err:
+        error = err.response.get("Error", {})
+        code = str(error.get("Code", ""))
+        status = int(err.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0)
+        message = f"{what}: {code}: {error.get('Message', '')}"
+        if code in _THROTTLING or status == 429 or status >= 500:
+            raise AwsUnavailable(message) from err
+        raise AwsLookupError(message) from err
+    except (ConnectionError, HTTPClientError) as err:
+        raise AwsUnavailable(f"{what}: {err}") from err
+    except BotoCoreError as err:
+        raise AwsLookupError(f"{what}: {err}") from err
+
+
+# --------------------------------------------------------------------------------------------
+# Task definitions
+
+
+class TaskDefinitionSource(Protocol):
+    def get(self, arn: str) -> TaskDefinition: ...
+
+
+class EcsTaskDefinitions:
+    """DescribeTaskDefinition, cached per ARN (a revision never changes)."""
+
+    def __init__(self, ecs: Callable[[], Any], max_entries: int = 512) -> None:
+        self._ecs = ecs
+        self._max = max_entries
+        self._cache: OrderedDict[str, TaskDefinition] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, arn: str) -> TaskDefinition:
+        with self._lock:
+            if arn in self._cache:
+                self._cache.move_to_end(arn)
+                return self._cache[arn]
+        response = aws_call(
+            f"DescribeTaskDefinition {arn}",
+            lambda: self._ecs().describe_task_definition(taskDefinition=arn),
+        )
+        definition = task_definition_from_api(response["taskDefinition"])
+        with self._lock:
+            self._cache[arn] = definition
+            while len(self._cache) > self._max:
+                self._cache.popitem(last=False)
+        return definition
+
+
+# --------------------------------------------------------------------------------------------
+# Host addresses
+
+
+class HostSource(Protocol):
+    def get(self, cluster_arn: str, container_instance_arn: str) -> Host: ...
+
+
+class EcsSsmHosts:
+    """Container instance -> host address, cached per container instance for `ttl_s`."""
+
+    def __init__(
+        self,
+        ecs: Callable[[], Any],
+        ssm: Callable[[], Any],
+        ttl_s: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._ecs = ecs
+        self._ssm = ssm
+        self._ttl_s = ttl_s
+        self._clock = clock
+        self._cache: dict[str, tuple[float, Host]] = {}
+        self._lock = threading.Lock()
+
+    def get(self, cluster_arn: str, container_instance_arn: str) -> Host:
+        now = self._clock()
+        with self._lock:
+            hit = self._cache.get(container_instance_arn)
+        if hit and hit[0] > now:
+            return hit[1]
+        host = self._lookup(cluster_arn, container_instance_arn)
+        with self._lock:
+            self._cache[container_instance_arn] = (now + self._ttl_s, host)
+        return host
+
+    def _lookup(self, cluster_arn: str, container_instance_arn: str) -> Host:
+        response = aws_call(
+            f"DescribeContainerInstances {container_instance_arn}",
+            lambda: self._ecs().describe_container_instances(
+                cluster=cluster_arn, containerInstances=[container_instance_arn]
+            ),
+        )
+        instances = response.get("containerInstances") or []
+        if not instances:
+            reasons = [f.get("reason") for f in response.get("failures") or []]
+            raise AwsLookupError(
+                f"container instance {container_instance_arn} not found: {reasons}"
+            )
+        instance = instances[0]
+        instance_id = str(instance.get("ec2InstanceId") or "")
+        attributes = {a.get("name"): a.get("value") for a in instance.get("attributes") or []}
+        override = attributes.get(ADDRESS_ATTRIBUTE)
+        if override:
+            if not valid_address(override):
+                raise AwsLookupError(
+                    f"attribute {ADDRESS_ATTRIBUTE} of {container_instance_arn} must be an IP "
+                    f"address, got {override!r}"
+                )
+            return Host(address=override, instance_id=instance_id, source="attribute")
+        if not instance_id:
+            raise AwsLookupError(
+                f"container instance {container_instance_arn} has no ec2InstanceId"
+            )
+        info = aws_call(
+            f"DescribeInstanceInformation {instance_id}",
+            lambda: self._ssm().describe_instance_information(
+                Filters=[{"Key": "InstanceIds", "Values": [instance_id]}]
+            ),
+        )
+        found = info.get("InstanceInformationList") or []
+        address = found[0].get("IPAddress") if found else None
+        if not isinstance(address, str) or not valid_address(address):
+            raise AwsLookupError(
+                f"SSM reports no IP address for {instance_id} (got {address!r}); set the "
+                f"container instance attribute {ADDRESS_ATTRIBUTE}"
+            )
+        return Host(address=address, instance_id=instance_id, source="ssm")
+
+
+# --------------------------------------------------------------------------------------------
+# Secrets
+
+
+def parse_token_secret(secret: str) -> str:
+    """SecretString is the token itself, or JSON {"token": "..."}: accept both."""
+    text = secret.strip()
+    if text.startswith("{"):
+        try:
+            doc = json.loads(text)
+        except ValueError:
+            doc = None
+        token = doc.get("token") if isinstance(doc, dict) else None
+        if not isinstance(token, str) or not token.strip():
+            raise AwsLookupError('the Consul token secret is JSON but has no "token" string')
+        return token.strip()
+    if not text:
+        raise AwsLookupError("the Consul token secret is empty")
+    return text
+
+
+def secret_string(secrets: Callable[[], Any], arn: str) -> str:
+    response = aws_call(f"GetSecretValue {arn}", lambda: secrets().get_secret_value(SecretId=arn))
+    value = response.get("SecretString")
+    if not isinstance(value, str):
+        raise AwsLookupError(f"secret {arn} has no SecretString")
+    return value
+
+
+class SecretToken:
+    """The registrar's Consul token, read once per container; read again on demand (403)."""
+
+    def __init__(self, secrets: Callable[[], Any], arn: str) -> None:
+        self._secrets = secrets
+        self._arn = arn
+        self._token: str | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def refreshable(self) -> bool:
+        return True
+
+    def get(self, *, refresh: bool = False) -> str | None:
+        with self._lock:
+            if self._token is None or refresh:
+                self._token = parse_token_secret(secret_string(self._secrets, self._arn))
+            return self._token

@@ -1,0 +1,297 @@
+"""A small Consul HTTP client (urllib + ssl, no dependency) behind a Protocol.
+
+Errors are mapped to what the caller does about them:
+- ConsulUnavailable (retryable): 429, 5xx, timeouts, refused or reset connections;
+- TxnConflict: 409 from /v1/txn, with Consul's per-op Errors (a lost cas among them);
+- ConsulAuthError: 403 even after reading the token again (it may have been rotated);
+- ConsulRequestError: any other refusal (400, 413, ...): retrying the same request is useless.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import ssl
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Protocol, TypeVar
+
+import retry
+from retry import RetryableError
+
+T = TypeVar("T")
+
+Json = dict[str, Any]
+
+
+class ConsulError(Exception):
+    """Any failure talking to Consul."""
+
+
+class ConsulUnavailable(ConsulError, RetryableError):
+    """Consul did not answer, or answered 429/5xx: try again later."""
+
+
+class ConsulAuthError(ConsulError):
+    """403 with the freshest token we can get: the ACL policy or the token is wrong."""
+
+
+class ConsulRequestError(ConsulError):
+    """Consul refused the request itself (4xx other than 403/409)."""
+
+
+@dataclass(frozen=True)
+class TxnOpError:
+    op_index: int
+    what: str
+
+
+class TxnConflict(ConsulError):
+    """409: the transaction was rolled back; `errors` say which op failed and why."""
+
+    def __init__(self, errors: Sequence[TxnOpError]) -> None:
+        self.errors = tuple(errors)
+        super().__init__("; ".join(f"op {e.op_index}: {e.what}" for e in self.errors))
+
+    def failed_op(self, index: int) -> bool:
+        return any(e.op_index == index for e in self.errors)
+
+
+@dataclass(frozen=True)
+class KVEntry:
+    value: bytes
+    modify_index: int
+
+
+class Consul(Protocol):
+    """The calls the registrar needs; tests may substitute any implementation."""
+
+    def kv_get(self, key: str, *, consistent: bool = False) -> KVEntry | None: ...
+
+    def txn(self, ops: Sequence[Mapping[str, Any]]) -> Json: ...
+
+    def catalog_register(self, body: Mapping[str, Any]) -> None: ...
+
+    def catalog_deregister(self, node: str) -> None: ...
+
+    def service_instances(self, service: str, *, node: str) -> list[Json]: ...
+
+    def node_services(self, node: str) -> list[Json] | None: ...
+
+
+class TokenProvider(Protocol):
+    """The ACL token, cached; `refresh=True` reads it again from its source."""
+
+    @property
+    def refreshable(self) -> bool: ...
+
+    def get(self, *, refresh: bool = False) -> str | None: ...
+
+
+class StaticToken:
+    """CONSUL_HTTP_TOKEN (local runs) or no token at all."""
+
+    def __init__(self, token: str | None) -> None:
+        self._token = token
+
+    @property
+    def refreshable(self) -> bool:
+        return False
+
+    def get(self, *, refresh: bool = False) -> str | None:
+        return self._token
+
+
+def parse_address(address: str) -> tuple[str, str]:
+    """`CONSUL_HTTP_ADDR` -> (scheme, base URL). Accepts http(s)://host:port, with no path."""
+    parsed = urllib.parse.urlsplit(address.strip())
+    if parsed.scheme not in ("http", "https") or not parsed.hostname:
+        raise ValueError(
+            f"CONSUL_HTTP_ADDR must look like https://consul.example:8501 or "
+            f"http://127.0.0.1:8500, got {address!r}"
+        )
+    if parsed.path not in ("", "/") or parsed.query or parsed.fragment:
+        raise ValueError(f"CONSUL_HTTP_ADDR must not carry a path or query, got {address!r}")
+    return parsed.scheme, f"{parsed.scheme}://{parsed.netloc}"
+
+
+def build_opener(ssl_context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
+    """No proxies (Consul is reached directly), TLS verified with the configured CA."""
+    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
+    if ssl_context is not None:
+        handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
+    return urllib.request.build_opener(*handlers)
+
+
+_RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
+
+
+class HttpConsul:
+    """Consul's HTTP API over urllib. Per-request timeout: min(timeout_s, remaining budget)."""
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        token: TokenProvider,
+        opener: urllib.request.OpenerDirector,
+        timeout_s: float = 5.0,
+        remaining_s: Callable[[], float] | None = None,
+    ) -> None:
+        _, self._base = parse_address(address)
+        self._token = token
+        self._opener = opener
+        self._timeout_s = timeout_s
+        self._remaining_s = remaining_s
+
+    # -- transport ---------------------------------------------------------------------------
+
+    def _timeout(self) -> float:
+        left = self._remaining_s() if self._remaining_s else self._timeout_s
+        return max(0.05, min(self._timeout_s, left))
+
+    def _send(
+        self, method: str, path: str, body: bytes | None, token: str | None
+    ) -> tuple[int, bytes]:
+        headers = {"Content-Type": "application/json"} if body is not None else {}
+        if token:
+            headers["X-Consul-Token"] = token
+        request = urllib.request.Request(  # noqa: S310 - scheme checked in parse_address
+            self._base + path, data=body, method=method, headers=headers
+        )
+        try:
+            with self._opener.open(request, timeout=self._timeout()) as response:
+                return int(response.status), response.read()
+        except urllib.error.HTTPError as err:
+            with err:
+                return int(err.code), err.read()
+        except (http.client.HTTPException, OSError) as err:
+            # OSError covers URLError, timeouts, refused/reset connections and TLS failures.
+            reason = getattr(err, "reason", err)
+            raise ConsulUnavailable(f"{method} {path}: {reason}") from err
+
+    def _request(
+        self, method: str, path: str, payload: object = None, *, ok_statuses: tuple[int, ...] = ()
+    ) -> tuple[int, bytes]:
+        body = None if payload is None else json.dumps(payload).encode()
+        status, data = self._send(method, path, body, self._token.get())
+        if status == 403 and self._token.refreshable:
+            status, data = self._send(method, path, body, self._token.get(refresh=True))
+        if 200 <= status < 300 or status in ok_statuses:
+            return status, data
+        excerpt = data[:300].decode("utf-8", "replace").strip()
+        if status in _RETRYABLE_STATUS:
+            raise ConsulUnavailable(f"{method} {path}: HTTP {status}: {excerpt}")
+        if status == 403:
+            raise ConsulAuthError(f"{method} {path}: HTTP 403: {excerpt}")
+        raise ConsulRequestError(f"{method} {path}: HTTP {status}: {excerpt}")
+
+    @staticmethod
+    def _json(method: str, path: str, data: bytes) -> Any:
+        try:
+            return json.loads(data) if data else None
+        except ValueError as err:
+            # A proxy or load balancer answering instead of Consul: worth another try.
+            raise ConsulUnavailable(f"{method} {path}: response is not JSON: {err}") from err
+
+    # -- API ---------------------------------------------------------------------------------
+
+    def kv_get(self, key: str, *, consistent: bool = False) -> KVEntry | None:
+        path = "/v1/kv/" + urllib.parse.quote(key, safe="/") + ("?consistent" if consistent else "")
+        status, data = self._request("GET", path, ok_statuses=(404,))
+        if status == 404:
+            return None
+        entries = self._json("GET", path, data)
+        if not isinstance(entries, list) or not entries:
+            return None
+        entry = entries[0]
+        raw = entry.get("Value")
+        return KVEntry(
+            value=base64.b64decode(raw) if raw else b"",
+            modify_index=int(entry["ModifyIndex"]),
+        )
+
+    def txn(self, ops: Sequence[Mapping[str, Any]]) -> Json:
+        status, data = self._request("PUT", "/v1/txn", list(ops), ok_statuses=(409,))
+        doc = self._json("PUT", "/v1/txn", data)
+        if status == 409:
+            errors = (doc or {}).get("Errors") or []
+            raise TxnConflict(
+                [TxnOpError(int(e.get("OpIndex", -1)), str(e.get("What", ""))) for e in errors]
+            )
+        return doc if isinstance(doc, dict) else {}
+
+    def catalog_register(self, body: Mapping[str, Any]) -> None:
+        self._request("PUT", "/v1/catalog/register", dict(body))
+
+    def catalog_deregister(self, node: str) -> None:
+        self._request("PUT", "/v1/catalog/deregister", {"Node": node})
+
+    def service_instances(self, service: str, *, node: str) -> list[Json]:
+        query = urllib.parse.urlencode({"filter": f'Node == "{node}"'})
+        path = f"/v1/catalog/service/{urllib.parse.quote(service, safe='')}?{query}"
+        _, data = self._request("GET", path)
+        doc = self._json("GET", path, data)
+        return [e for e in doc if isinstance(e, dict)] if isinstance(doc, list) else []
+
+    def node_services(self, node: str) -> list[Json] | None:
+        """Services on `node`, or None when the node does not exist."""
+        path = f"/v1/catalog/node/{urllib.parse.quote(node, safe='')}"
+        status, data = self._request("GET", path, ok_statuses=(404,))
+        doc = self._json("GET", path, data) if status != 404 else None
+        if not isinstance(doc, dict) or not doc.get("Node"):
+            return None
+        services = doc.get("Services") or {}
+        return [s for s in services.values() if isinstance(s, dict)]
+
+
+class RetryingConsul:
+    """A Consul whose every call retries ConsulUnavailable within the invocation's budget.
+
+    Every call the registrar makes is idempotent or guarded: a txn retried after a lost
+    response fails its cas (409) and the caller decides again from the record it then reads.
+    """
+
+    def __init__(
+        self,
+        inner: Consul,
+        *,
+        policy: retry.RetryPolicy,
+        budget: retry.Budget,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._inner = inner
+        self._policy = policy
+        self._budget = budget
+        self._sleep = sleep
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return retry.call(
+            fn, what=what, policy=self._policy, budget=self._budget, sleep=self._sleep
+        )
+
+    def kv_get(self, key: str, *, consistent: bool = False) -> KVEntry | None:
+        return self._call(f"GET kv {key}", lambda: self._inner.kv_get(key, consistent=consistent))
+
+    def txn(self, ops: Sequence[Mapping[str, Any]]) -> Json:
+        return self._call("PUT txn", lambda: self._inner.txn(ops))
+
+    def catalog_register(self, body: Mapping[str, Any]) -> None:
+        self._call("PUT catalog/register", lambda: self._inner.catalog_register(body))
+
+    def catalog_deregister(self, node: str) -> None:
+        self._call("PUT catalog/deregister", lambda: self._inner.catalog_deregister(node))
+
+    def service_instances(self, service: str, *, node: str) -> list[Json]:
+        return self._call(
+            f"GET catalog/service/{service}",
+            lambda: self._inner.service_instances(service, node=node),
+        )
+
+    def node_services(self, node: str) -> list[Json] | None:
+        return self._call(f"GET catalog/node/{node}", lambda: self._inner.node_services(node))

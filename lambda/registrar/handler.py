@@ -1,0 +1,114 @@
+"""SQS entry point: parse each message, delegate, report the ones that failed.
+
+Returns `{"batchItemFailures": [{"itemIdentifier": <messageId>}, ...]}` (ReportBatchItemFailures)
+so one bad message never fails its neighbours. Never raises: an exception escaping here would
+make SQS redeliver the whole batch, including messages already applied.
+
+A malformed body is reported failed too, not dropped: SQS redrive after maxReceiveCount is the
+only path to the DLQ, where an operator can read the message next to its log line. (Dropping it
+would lose the evidence; raising would fail the batch.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+import identity
+import logs
+import registrar
+import retry
+from metrics import Metrics
+from model import MalformedEvent, parse_event, task_arn_hint
+
+# Result kind -> metric name.
+_METRIC = {
+    "registered": "Registered",
+    "deregistered": "Deregistered",
+    "stale": "IgnoredStale",
+    "duplicate": "Duplicate",
+    "repaired": "Repaired",
+    "ignored": "Skipped",
+    "invalid": "InvalidTaskDefinition",
+}
+
+
+def handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, str]]]:
+    """Lambda entry point for the SQS event source mapping."""
+    records = event.get("Records") if isinstance(event, Mapping) else None
+    if not isinstance(records, list):
+        logs.error("invocation event has no Records list", keys=sorted(event or {}))
+        return {"batchItemFailures": []}
+    ids = [str(r.get("messageId")) for r in records if isinstance(r, Mapping)]
+    try:
+        rt = registrar.runtime()
+    except Exception as err:
+        logs.error("registrar is misconfigured; failing the batch", error=str(err))
+        return {"batchItemFailures": [{"itemIdentifier": i} for i in ids]}
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(remaining):
+        budget = retry.Budget(remaining, rt.settings.reserve_ms)
+    else:  # a local run without a Lambda context
+        budget = retry.Budget.fixed(60.0)
+    metrics = Metrics({"ClusterName": identity.cluster_name(rt.settings.cluster_arn)})
+    worker = registrar.Registrar(rt, budget)
+    failures = []
+    for record in records:
+        if not isinstance(record, Mapping):
+            logs.error("SQS record is not an object; it cannot be reported", record=str(record))
+            continue
+        message_id = str(record.get("messageId"))
+        with logs.task_context(message_id=message_id):
+            if not _process(worker, record, budget, metrics):
+                failures.append({"itemIdentifier": message_id})
+    try:
+        metrics.flush()
+    except Exception as err:  # metrics must never turn a success into a redelivery
+        logs.error("could not write metrics", error=str(err))
+    return {"batchItemFailures": failures}
+
+
+def _process(
+    worker: registrar.Registrar, record: Mapping[str, Any], budget: retry.Budget, metrics: Metrics
+) -> bool:
+    """Handle one SQS record; True when it may be deleted from the queue."""
+    body = record.get("body")
+    if not isinstance(body, str):
+        logs.error("malformed message: body is not a string", reason="no body")
+        metrics.count("Malformed")
+        return False
+    logs.set_task_arn(task_arn_hint(body))
+    if budget.exhausted:
+        logs.warning("no time left in this invocation; leaving the message to SQS")
+        metrics.count("Failed")
+        return False
+    try:
+        event = parse_event(body)
+        result = worker.handle(event)
+    except MalformedEvent as err:
+        logs.error("malformed message; it will end in the DLQ", reason=str(err))
+        metrics.count("Malformed")
+        return False
+    except Exception as err:
+        logs.error(
+            "failed to apply the event; SQS will redeliver it",
+            error=f"{type(err).__name__}: {err}",
+            retryable=isinstance(err, retry.RetryableError),
+        )
+        metrics.count("Failed")
+        return False
+    metrics.count(_METRIC[result.kind])
+    fields: dict[str, Any] = {
+        "outcome": result.kind,
+        "reason": result.reason,
+        "version": event.version,
+        "last_status": event.last_status,
+        "desired_status": event.desired_status,
+    }
+    if result.kind in ("registered", "deregistered"):
+        lag_ms = (datetime.now(UTC) - event.event_time).total_seconds() * 1000
+        metrics.lag(lag_ms)
+        fields["lag_ms"] = round(lag_ms)
+    logs.info(f"event {result.kind}", **fields)
+    return True

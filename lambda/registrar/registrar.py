@@ -1,0 +1,243 @@
+"""One event, start to finish: triage, AWS lookups, desired state, apply. Plus configuration.
+
+Configuration (environment; Consul's own names where one exists):
+- CONSUL_HTTP_ADDR (required): https://consul.internal.example:8501, or http://127.0.0.1:8500.
+- ECS_CLUSTER_ARN (required): events of other clusters are ignored.
+- CONSUL_TOKEN_SECRET_ARN: Secrets Manager secret whose SecretString is the ACL token, or JSON
+  {"token": "..."}. CONSUL_HTTP_TOKEN: the token itself, for local runs only (an environment
+  variable is visible in the function's configuration). The secret wins when both are set.
+- CONSUL_CACERT_SECRET_ARN (PEM in SecretString) or CONSUL_CACERT (a PEM file path or PEM
+  text): the CA that signed the Consul servers' certificate; default: the system trust store.
+- Optional: HOST_IP_TTL_SECONDS (300) how long a host address is cached; MAX_ATTEMPTS (4) tries
+  per Consul/AWS call; RETRY_BASE_MS (100) and RETRY_MAX_MS (2000) backoff; CONSUL_TIMEOUT_SECONDS
+  (5) per request; TIME_RESERVE_MS (2000) invocation time kept to return the batch response;
+  LOG_LEVEL (INFO); METRICS_NAMESPACE (ConsulMesh/Registrar).
+
+The container-wide state (clients, caches, token, TLS context) lives in one `Runtime`, built
+on first use; each invocation wraps it with its own time budget.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+import threading
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import apply
+import aws
+import consul
+import decide
+import identity
+import retry
+from model import InvalidTaskDefinition, MalformedEvent, TaskEvent
+
+T = TypeVar("T")
+
+
+class ConfigError(ValueError):
+    """The function's environment is wrong: every message fails until it is fixed."""
+
+
+def _positive(env: Mapping[str, str], name: str, default: float) -> float:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1
+    if value <= 0:
+        raise ConfigError(f"{name} must be a positive number, got {raw!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class Settings:
+    consul_addr: str
+    cluster_arn: str
+    token_secret_arn: str | None = None
+    static_token: str | None = None
+    cacert_secret_arn: str | None = None
+    cacert: str | None = None
+    host_ttl_s: float = 300.0
+    retry_policy: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
+    consul_timeout_s: float = 5.0
+    reserve_ms: int = 2000
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> Settings:
+        addr = env.get("CONSUL_HTTP_ADDR", "").strip()
+        if not addr:
+            raise ConfigError("CONSUL_HTTP_ADDR is required, e.g. https://consul.example:8501")
+        try:
+            consul.parse_address(addr)
+        except ValueError as err:
+            raise ConfigError(str(err)) from None
+        cluster_arn = env.get("ECS_CLUSTER_ARN", "").strip()
+        try:
+            identity.cluster_name(cluster_arn)
+        except ValueError:
+            raise ConfigError(
+                f"ECS_CLUSTER_ARN must be arn:aws:ecs:<region>:<account>:cluster/<name>, "
+                f"got {cluster_arn!r}"
+            ) from None
+        attempts = _positive(env, "MAX_ATTEMPTS", 4)
+        if attempts != int(attempts):
+            raise ConfigError(f"MAX_ATTEMPTS must be a whole number, got {attempts}")
+        return cls(
+            consul_addr=addr,
+            cluster_arn=cluster_arn,
+            token_secret_arn=env.get("CONSUL_TOKEN_SECRET_ARN", "").strip() or None,
+            static_token=env.get("CONSUL_HTTP_TOKEN", "").strip() or None,
+            cacert_secret_arn=env.get("CONSUL_CACERT_SECRET_ARN", "").strip() or None,
+            cacert=env.get("CONSUL_CACERT", "").strip() or None,
+            host_ttl_s=_positive(env, "HOST_IP_TTL_SECONDS", 300),
+            retry_policy=retry.RetryPolicy(
+                max_attempts=int(attempts),
+                base_delay_s=_positive(env, "RETRY_BASE_MS", 100) / 1000,
+                max_delay_s=_positive(env, "RETRY_MAX_MS", 2000) / 1000,
+            ),
+            consul_timeout_s=_positive(env, "CONSUL_TIMEOUT_SECONDS", 5),
+            reserve_ms=int(_positive(env, "TIME_RESERVE_MS", 2000)),
+        )
+
+
+def ssl_context(settings: Settings) -> ssl.SSLContext | None:
+    """TLS context for https Consul: verified against the configured CA (or system CAs)."""
+    if consul.parse_address(settings.consul_addr)[0] != "https":
+        return None
+    try:
+        if settings.cacert_secret_arn:
+            pem = aws.secret_string(
+                lambda: aws.client("secretsmanager"), settings.cacert_secret_arn
+            )
+            return ssl.create_default_context(cadata=pem)
+        if settings.cacert and "-----BEGIN" in settings.cacert:
+            return ssl.create_default_context(cadata=settings.cacert)
+        if settings.cacert:
+            if not Path(settings.cacert).is_file():
+                raise ConfigError(
+                    f"CONSUL_CACERT is neither PEM text nor a file: {settings.cacert!r}"
+                )
+            return ssl.create_default_context(cafile=settings.cacert)
+    except ssl.SSLError as err:
+        raise ConfigError(f"the Consul CA certificate is not valid PEM: {err}") from None
+    return ssl.create_default_context()
+
+
+class Runtime:
+    """Per-container state: settings, AWS sources, Consul token and TLS, all created once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        task_definitions: aws.TaskDefinitionSource | None = None,
+        hosts: aws.HostSource | None = None,
+        token: consul.TokenProvider | None = None,
+        opener: urllib.request.OpenerDirector | None = None,
+    ) -> None:
+        self.settings = settings
+        self.task_definitions = task_definitions or aws.EcsTaskDefinitions(
+            lambda: aws.client("ecs")
+        )
+        self.hosts = hosts or aws.EcsSsmHosts(
+            lambda: aws.client("ecs"), lambda: aws.client("ssm"), settings.host_ttl_s
+        )
+        if token is None:
+            if settings.token_secret_arn:
+                token = aws.SecretToken(
+                    lambda: aws.client("secretsmanager"), settings.token_secret_arn
+                )
+            else:
+                token = consul.StaticToken(settings.static_token)
+        self.token = token
+        self._opener = opener
+        self._lock = threading.Lock()
+
+    def opener(self) -> urllib.request.OpenerDirector:
+        with self._lock:
+            if self._opener is None:
+                self._opener = consul.build_opener(ssl_context(self.settings))
+            return self._opener
+
+    def consul(self, budget: retry.Budget) -> consul.Consul:
+        """A Consul client bound to this invocation's budget, retrying transient failures."""
+        http = consul.HttpConsul(
+            self.settings.consul_addr,
+            token=self.token,
+            opener=self.opener(),
+            timeout_s=self.settings.consul_timeout_s,
+            remaining_s=budget.remaining_s,
+        )
+        return consul.RetryingConsul(http, policy=self.settings.retry_policy, budget=budget)
+
+
+_runtime: Runtime | None = None
+_runtime_lock = threading.Lock()
+
+
+def runtime() -> Runtime:
+    """The container's Runtime, built from the environment on first use."""
+    global _runtime  # noqa: PLW0603 - one per Lambda container, by design
+    with _runtime_lock:
+        if _runtime is None:
+            _runtime = Runtime(Settings.from_env(os.environ))
+        return _runtime
+
+
+def set_runtime(value: Runtime | None) -> None:
+    """Replace (tests, local runs) or forget (None) the container's Runtime."""
+    global _runtime  # noqa: PLW0603
+    with _runtime_lock:
+        _runtime = value
+
+
+class Registrar:
+    """Handles events for one invocation, within its time budget."""
+
+    def __init__(self, rt: Runtime, budget: retry.Budget) -> None:
+        self._rt = rt
+        self._budget = budget
+
+    def _aws(self, what: str, fn: Callable[[], T]) -> T:
+        return retry.call(fn, what=what, policy=self._rt.settings.retry_policy, budget=self._budget)
+
+    def handle(self, event: TaskEvent) -> apply.Result:
+        """Apply one event. Raises MalformedEvent, RetryableError or other errors to fail it."""
+        settings = self._rt.settings
+        phase = decide.triage(event, settings.cluster_arn)
+        if isinstance(phase, decide.Skip):
+            return apply.Result(phase.kind, phase.reason)
+        task_definition = self._aws(
+            "DescribeTaskDefinition",
+            lambda: self._rt.task_definitions.get(event.task_definition_arn),
+        )
+        app = decide.mesh_target(task_definition)
+        if isinstance(app, decide.Skip):
+            return apply.Result(app.kind, app.reason)
+        desired = None
+        if phase == "run":
+            instance = event.container_instance_arn
+            if instance is None:
+                raise MalformedEvent("detail.containerInstanceArn is missing for a RUNNING task")
+            host = self._aws(
+                "host address", lambda: self._rt.hosts.get(event.cluster_arn, instance)
+            )
+            try:
+                desired = decide.desired_registration(event, task_definition, app, host)
+            except InvalidTaskDefinition as err:
+                return apply.Result("invalid", f"{task_definition.arn}: {err}")
+        return apply.apply(
+            self._rt.consul(self._budget),
+            key=identity.state_key(event.cluster_arn, event.task_arn),
+            node=identity.node_name(event.task_arn),
+            desired=desired,
+            version=event.version,
+            event_time=event.event_time.isoformat(),
+        )
