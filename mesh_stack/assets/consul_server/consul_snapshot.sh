@@ -13,7 +13,8 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "${HERE}/consul_lib.sh"
 # shellcheck source=/dev/null
 source "${FLEET_DIR:-/etc/consul-fleet}/fleet.env"
-: "${SNAPSHOT_BUCKET:?}" "${SNAPSHOT_PREFIX:?}" "${DATACENTER:?}" "${KMS_KEY_ARN:?}"
+: "${AWS_REGION:?}" "${SNAPSHOT_BUCKET:?}" "${SNAPSHOT_PREFIX:?}" "${DATACENTER:?}" "${KMS_KEY_ARN:?}"
+export AWS_REGION AWS_DEFAULT_REGION="$AWS_REGION"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
