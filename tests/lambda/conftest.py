@@ -1,0 +1,28 @@
+"""Fixtures for the Lambda tests. Each fixture is self-contained: add yours alongside."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.consul_double import ConsulDouble
+
+
+def _serve(double: ConsulDouble) -> Iterator[ConsulDouble]:
+    with double:
+        yield double
+    # A 500 caused by a bug in the double would otherwise pass for a Consul failure.
+    assert not double.internal_errors, f"the Consul double failed: {double.internal_errors}"
+
+
+@pytest.fixture
+def consul_double() -> Iterator[ConsulDouble]:
+    """A started Consul double with ACLs disabled; stopped after the test."""
+    yield from _serve(ConsulDouble())
+
+
+@pytest.fixture
+def consul_double_acl() -> Iterator[ConsulDouble]:
+    """A started Consul double with ACLs on (default deny) accepting the token "root-token"."""
+    yield from _serve(ConsulDouble(acl_tokens={"root-token"}))
