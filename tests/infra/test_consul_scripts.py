@@ -333,6 +333,30 @@ def test_a_replacement_instance_rereads_instead_of_generating(
     assert later.stdout == "original"
 
 
+@pytest.mark.parametrize(
+    ("generator", "aws", "message"),
+    [
+        ("false", "fake", "cannot generate a value for arn:gossip"),
+        ("echo candidate", "down", "cannot read version tok-4 of arn:gossip"),
+    ],
+)
+def test_boot_stops_instead_of_using_an_empty_secret(
+    tmp_path: Path, fake_aws: tuple[dict[str, str], Path], generator: str, aws: str, message: str
+) -> None:
+    env, _ = fake_aws
+    if aws == "down":  # Secrets Manager unreachable: every call fails
+        down = tmp_path / "down"
+        down.mkdir()
+        executable(down / "aws", "#!/bin/sh\nexit 254\n")
+        env = {"PATH": f"{down}:{os.environ['PATH']}"}
+    result = bash(
+        f'gossip="$(ensure_secret arn:gossip tok-4 {generator})"; echo "reached"', env=env
+    )
+    assert result.returncode != 0
+    assert "reached" not in result.stdout
+    assert message in result.stderr
+
+
 def test_publishing_identical_content_twice_is_idempotent(
     tmp_path: Path, fake_aws: tuple[dict[str, str], Path]
 ) -> None:

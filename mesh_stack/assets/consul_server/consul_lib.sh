@@ -9,6 +9,8 @@
 #   2. the zip's SHA-256 must equal its line in SHA256SUMS.
 # Any failure stops the boot before the binary is installed.
 set -euo pipefail
+# Without this, `x="$(f)"` runs f with errexit off, and a failing step inside f goes unnoticed.
+shopt -s inherit_errexit
 
 HASHICORP_RELEASES="${HASHICORP_RELEASES:-https://releases.hashicorp.com}"
 HASHICORP_KEY_FPR="C874011F0AB405110D02105534365D9472D7468F"
