@@ -379,6 +379,17 @@ class MeshConfig:
             wrong = [az for az in self.availability_zones if not az.startswith(self.region)]
             if wrong:
                 raise _fail("availability_zones", wrong, f"must be zones of region {self.region}")
+        # Envoy's admin (19000) and public listener (20000), and the demo's upstream (9091),
+        # share the sidecar's network namespace with the Prometheus listener.
+        taken = {19000: "Envoy admin", 20000: "the Envoy public listener"}
+        if self.demo_enabled:
+            taken[9091] = "the demo's upstream listener"
+        if self.prometheus_port in taken:
+            raise _fail(
+                "prometheus_port",
+                self.prometheus_port,
+                f"is used by {taken[self.prometheus_port]}; pick another port",
+            )
         zones = len(self.zones)
         # At most 2 servers per AZ: losing one AZ must never take a quorum with it.
         if self.server_count > 2 * zones or (self.server_count == 5 and zones < 3):

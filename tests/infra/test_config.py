@@ -141,3 +141,13 @@ def test_fails_when_envoy_is_newer_than_consul_supports() -> None:
 
 def test_supported_pairs_are_accepted() -> None:
     assert config(consul_version="2.0.1", envoy_version="1.37.2").envoy_version == "1.37.2"
+
+
+@pytest.mark.parametrize("port", ["19000", "20000", "9091"])
+def test_fails_when_prometheus_port_collides_with_a_sidecar_port(port: str) -> None:
+    with pytest.raises(ConfigError, match=rf"prometheus_port={int(port)}.*pick another port"):
+        config(prometheus_port=port)
+
+
+def test_demo_port_is_free_when_the_demo_is_off() -> None:
+    assert config(prometheus_port="9091", demo_enabled="false").prometheus_port == 9091
