@@ -452,3 +452,12 @@ def test_template_passes_cfn_lint(tmp_path: Path) -> None:
 def test_fails_when_server_count_is_not_3_or_5(tmp_path: Path, count: int) -> None:
     with pytest.raises(ValueError, match=f"server_count must be 3 or 5, got {count}"):
         build(tmp_path, server_count=count)
+
+
+def test_default_esm_node_prefix_is_the_registrars() -> None:
+    import inspect
+
+    import identity  # lambda/registrar, on the pytest path
+
+    default_prefix = inspect.signature(ConsulFleet.__init__).parameters["external_node_prefix"]
+    assert default_prefix.default == identity.NODE_PREFIX
