@@ -81,11 +81,14 @@ class Settings:
         cluster_arn = env.get("ECS_CLUSTER_ARN", "").strip()
         try:
             identity.cluster_name(cluster_arn)
+            valid_arn = cluster_arn.startswith("arn:") and ":cluster/" in cluster_arn
         except ValueError:
+            valid_arn = False
+        if not valid_arn:
             raise ConfigError(
                 f"ECS_CLUSTER_ARN must be arn:aws:ecs:<region>:<account>:cluster/<name>, "
                 f"got {cluster_arn!r}"
-            ) from None
+            )
         attempts = _positive(env, "MAX_ATTEMPTS", 4)
         if attempts != int(attempts):
             raise ConfigError(f"MAX_ATTEMPTS must be a whole number, got {attempts}")

@@ -73,6 +73,7 @@ def _container(
         "name": name,
         "image": f"registry.example/{name}:1",
         "essential": True,
+        "memory": 128,
         "portMappings": mappings,
     }
     if labels:
@@ -308,15 +309,16 @@ class MotoWorld:
 
 def build_moto_world(*, token: str = "root-token", host_ip: str = HOST_IP) -> MotoWorld:
     """Inside mock_aws: a cluster, one container instance on `host_ip`, the task definitions
-    above, and the Consul token secret."""
+    above, and the Consul token secret. Set MOTO_EC2_LOAD_DEFAULT_AMIS=false first (speed)."""
     import boto3
 
     ecs = boto3.client("ecs", region_name=REGION)
     ec2 = boto3.client("ec2", region_name=REGION)
     secrets = boto3.client("secretsmanager", region_name=REGION)
     cluster_arn = ecs.create_cluster(clusterName="mesh")["cluster"]["clusterArn"]
-    image = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    instance_id = ec2.run_instances(ImageId=image, MinCount=1, MaxCount=1)["Instances"][0][
+    # ECS Anywhere hosts are SSM managed instances (mi-...); moto's RegisterContainerInstance
+    # needs an EC2 instance, so one stands in (the registrar never looks at the id's prefix).
+    instance_id = ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1)["Instances"][0][
         "InstanceId"
     ]
     document = json.dumps({"instanceId": instance_id, "region": REGION})
@@ -325,7 +327,11 @@ def build_moto_world(*, token: str = "root-token", host_ip: str = HOST_IP) -> Mo
     )["containerInstance"]["containerInstanceArn"]
     arns = {}
     for family, spec in TASK_DEFINITIONS.items():
-        arns[family] = ecs.register_task_definition(**spec)["taskDefinition"]["taskDefinitionArn"]
+        # moto 5.2.5 turns any requiresCompatibilities other than [EC2] into FARGATE and forces
+        # networkMode awsvpc: register without it (the registrar never reads it).
+        moto_spec = {k: v for k, v in spec.items() if k != "requiresCompatibilities"}
+        registered = ecs.register_task_definition(**moto_spec)["taskDefinition"]
+        arns[family] = registered["taskDefinitionArn"]
     secret_arn = secrets.create_secret(Name="consul/registrar-token", SecretString=token)["ARN"]
     return MotoWorld(
         cluster_arn=cluster_arn,
