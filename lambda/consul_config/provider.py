@@ -5,7 +5,11 @@ touching Consul, so a bad declaration fails the deployment at once. `is_complete
 work: it waits (a bounded few seconds per call) for the cluster to have a Raft leader, then
 applies the object. While Consul is unreachable, leaderless or throttling it answers "not
 complete" and the framework calls again after its query interval, up to its total timeout:
-a fleet that is still booting is waited for instead of failing the stack.
+a fleet that is still booting is waited for instead of failing the stack. "Not ready" also
+covers secrets that still hold their placeholder (the first server publishes the management
+token and the CA at boot) and, for TOKEN_REJECTED_GRACE_SECONDS, a management token Consul
+does not know yet (the new leader creates it just after the election); after that grace a
+rejected token fails the deployment with a message that says so.
 
 A delete that cannot reach a leader for DELETE_GIVE_UP_SECONDS gives up with a warning: a
 stack whose servers never came up (or are already gone) must still roll back or delete.
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol
@@ -37,7 +40,7 @@ SKIP = "ConsulConfigNothingToDo"
 
 LEADER_WAIT_PER_CALL = 20.0  # seconds one is_complete call polls for a leader
 SAFETY_MARGIN = 10.0  # seconds of the Lambda timeout kept free to answer the framework
-DELETE_GIVE_UP_SECONDS = float(os.environ.get("DELETE_GIVE_UP_SECONDS", "900"))
+DELETE_GIVE_UP_SECONDS = 900.0
 TOKEN_REJECTED_GRACE_SECONDS = 300.0
 
 # Replaced by tests with a fake clock, so no test sleeps on wall time.
