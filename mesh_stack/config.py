@@ -40,8 +40,8 @@ _ACCOUNT = re.compile(r"^\d{12}$")
 _VPC_ID = re.compile(r"^vpc-[0-9a-f]{8,17}$")
 _AZ = re.compile(r"^[a-z]{2}(-gov)?-[a-z]+-\d[a-z]$")
 _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
-# Consul datacenter names: lowercase alphanumerics, dashes and underscores.
-_DATACENTER = re.compile(r"^[a-z0-9_-]{1,64}$")
+# Consul datacenter: a DNS label, because server certificates carry `server.<dc>.consul`.
+_DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
 
@@ -214,10 +214,15 @@ FIELDS: dict[str, Field] = {
         "Envoy release of the sidecars; must be in the range the Consul release supports.",
         lambda k, v: _as_str(k, v, _SEMVER, "must be a release version like 1.34.14"),
     ),
+    "consul_esm_version": Field(
+        "0.10.0",
+        "consul-esm release run on the servers to health-check catalog entries (verified).",
+        lambda k, v: _as_str(k, v, _SEMVER, "must be a release version like 0.10.0"),
+    ),
     "datacenter": Field(
         "dc1",
-        "Consul datacenter name (lowercase, digits, `-`, `_`).",
-        lambda k, v: _as_str(k, v, _DATACENTER, "must match [a-z0-9_-]{1,64}"),
+        "Consul datacenter name: a DNS label (server certificates carry server.<dc>.consul).",
+        lambda k, v: _as_str(k, v, _DATACENTER, "must be a DNS label like dc1 (a-z, 0-9, -)"),
     ),
     "server_count": Field(
         3,
@@ -312,6 +317,7 @@ class MeshConfig:
     availability_zones: tuple[str, ...]
     consul_version: str
     envoy_version: str
+    consul_esm_version: str
     datacenter: str
     server_count: int
     instance_type: str

@@ -134,7 +134,12 @@ class Registrar(Construct):
             "SecurityGroup",
             vpc=vpc,
             description="Registrar Lambda: egress to Consul HTTPS and AWS APIs only",
-            allow_all_outbound=True,
+            allow_all_outbound=False,
+        )
+        # AWS APIs (ECS, SSM, Secrets Manager) through the NAT gateways; egress to Consul is
+        # added by the stack when it lets this group into the fleet.
+        self.security_group.add_egress_rule(
+            ec2.Peer.any_ipv4(), ec2.Port.tcp(443), "HTTPS to AWS APIs"
         )
         log_group = logs.LogGroup(
             self,
@@ -271,8 +276,9 @@ class Registrar(Construct):
 
 def _nag_arn(stack: Stack, resource: str, cluster: ecs.ICluster) -> str:
     """The ARN `ecs_arn(resource)` as cdk-nag prints it in a finding id: tokens as <Name>."""
+    partition = "<AWS::Partition>" if Token.is_unresolved(stack.partition) else stack.partition
     region = "<AWS::Region>" if Token.is_unresolved(stack.region) else stack.region
     account = "<AWS::AccountId>" if Token.is_unresolved(stack.account) else stack.account
     child = cluster.node.default_child
     logical = stack.get_logical_id(child) if isinstance(child, CfnElement) else "Cluster"
-    return f"arn:<AWS::Partition>:ecs:{region}:{account}:{resource}/<{logical}>/*"
+    return f"arn:{partition}:ecs:{region}:{account}:{resource}/<{logical}>/*"

@@ -2,18 +2,26 @@
 
 Thin on purpose: each capability lives in its own construct; this file only passes what one
 construct exposes (security groups, secrets, addresses) to the next and adds the outputs.
+Construct IDs below are a contract: the logical IDs of stateful resources derive from them
+(tests/infra/test_logical_ids.py pins them).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import CfnOutput, Fn, Stack
+from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
 from mesh_stack.config import MeshConfig
+from mesh_stack.consul_fleet import ConsulFleet
+from mesh_stack.consul_objects import ConsulObjects
+from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
+from mesh_stack.ecs_anywhere import EcsAnywhere
 from mesh_stack.keys import Keys
 from mesh_stack.network import Network
+from mesh_stack.registrar import Registrar
 
 
 class MeshStack(Stack):
@@ -26,6 +34,86 @@ class MeshStack(Stack):
         self.config = config
 
         keys = Keys(self, "Keys")
-        self.key = keys.key
         network = Network(self, "Network", config=config, log_key=keys.key)
         self.vpc = network.vpc
+
+        fleet = ConsulFleet(
+            self,
+            "ConsulFleet",
+            vpc=self.vpc,
+            consul_version=config.consul_version,
+            datacenter=config.datacenter,
+            server_count=config.server_count,
+            instance_type=config.instance_type,
+            arm64=config.arm64,
+            esm_version=config.consul_esm_version,
+            plaintext_listeners=config.plaintext_listeners,
+            snapshot_interval_hours=config.snapshot_interval_hours,
+            snapshot_retention_days=config.snapshot_retention_days,
+        )
+        for cidr in config.onprem_cidrs:
+            fleet.allow_clients(ec2.Peer.ipv4(cidr), f"ECS Anywhere hosts in {cidr}")
+        self.fleet = fleet
+
+        # ACL policies, tokens and config entries, applied once every server signalled healthy.
+        objects = ConsulObjects(
+            self,
+            "ConsulObjects",
+            vpc=self.vpc,
+            consul_https_address=fleet.https_address,
+            tls_server_name=fleet.tls_server_name,
+            management_token_secret=fleet.management_token_secret,
+            ca_cert_secret=fleet.ca_cert_secret,
+            kms_key=keys.key,
+        )
+        fleet.allow_from(objects)
+        objects.depend_on(fleet.auto_scaling_group)
+
+        ecs_anywhere = EcsAnywhere(
+            self,
+            "EcsAnywhere",
+            vpc=self.vpc,
+            key=keys.key,
+            registration_limit=config.activation_registration_limit,
+            expiry_days=config.activation_expiry_days,
+        )
+        self.cluster = ecs_anywhere.cluster
+
+        registrar_token = objects.registrar_token()
+        registrar = Registrar(
+            self,
+            "Registrar",
+            vpc=self.vpc,
+            cluster=ecs_anywhere.cluster,
+            consul_http_addr=fleet.https_address,
+            token_secret=registrar_token,
+            ca_secret=fleet.ca_cert_secret,
+            key=keys.key,
+            max_concurrency=config.registrar_concurrency,
+        )
+        fleet.allow_from(registrar.function)
+        self.registrar = registrar
+
+        if config.demo_enabled:
+            MeshDemo(
+                self,
+                "Demo",
+                cluster=ecs_anywhere.cluster,
+                token_secrets={name: objects.service_token(name) for name in DEMO_SERVICES},
+                ca_secret=fleet.ca_cert_secret,
+                consul_grpc_host=fleet.grpc_host,
+                consul_tls_server_name=fleet.tls_server_name,
+                envoy_version=config.envoy_version,
+                log_key=keys.key,
+                plaintext=config.plaintext_listeners,
+                prometheus_port=config.prometheus_port,
+            )
+            for source, destination in DEMO_INTENTIONS:
+                objects.intention(source, destination)
+
+        CfnOutput(self, "ConsulHttpsAddress", value=fleet.https_address)
+        CfnOutput(self, "ConsulGrpcAddress", value=Fn.join("", [fleet.grpc_host, ":8503"]))
+        CfnOutput(self, "ConsulCaCertSecretArn", value=fleet.ca_cert_secret.secret_arn)
+        CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
+        CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
+        CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)

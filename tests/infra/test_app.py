@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,11 +47,24 @@ def test_cfn_lint_reports_no_errors(synthesized: Synthesized) -> None:
     assert result.returncode & 2 == 0, result.stdout
 
 
+def _ingress_rules(template: dict[str, Any]) -> list[dict[str, Any]]:
+    rules: list[dict[str, Any]] = []
+    for resource in template["Resources"].values():
+        props = resource.get("Properties", {})
+        if resource["Type"] == "AWS::EC2::SecurityGroup":
+            rules.extend(props.get("SecurityGroupIngress", []))
+        elif resource["Type"] == "AWS::EC2::SecurityGroupIngress":
+            rules.append(props)
+    return rules
+
+
 def test_no_ingress_from_anywhere(synthesized: Synthesized) -> None:
     for name, template in synthesized.templates().items():
-        text = json.dumps(template)
-        assert '"CidrIp": "0.0.0.0/0"' not in text, f"{name} opens ingress to 0.0.0.0/0"
-        assert '"CidrIpv6": "::/0"' not in text, f"{name} opens ingress to ::/0"
+        rules = _ingress_rules(template)
+        assert rules, f"{name}: no ingress rule found; the check would prove nothing"
+        for rule in rules:
+            assert rule.get("CidrIp") != "0.0.0.0/0", f"{name} opens {rule} to 0.0.0.0/0"
+            assert rule.get("CidrIpv6") != "::/0", f"{name} opens {rule} to ::/0"
 
 
 def _run_app(context: dict[str, object], tmp_path: object) -> subprocess.CompletedProcess[str]:
