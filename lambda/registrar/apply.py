@@ -69,13 +69,17 @@ def apply(
     desired: Registration | None,
     version: int,
     event_time: str | None = None,
+    repair: bool = False,
 ) -> Result:
-    """Make the catalog reflect `desired` unless a newer or equal event already did."""
+    """Make the catalog reflect `desired` unless a newer or equal event already did.
+
+    `repair` (reconcile): rewrite even at the record's own version; see `decide.decide`.
+    """
     for attempt in range(1, CAS_ATTEMPTS + 1):
         stored = read_record(consul, key)
         record = stored.record if stored else None
         index = stored.modify_index if stored else 0
-        action = decide(desired, version, record)
+        action = decide(desired, version, record, repair=repair)
         if isinstance(action, Skip):
             return Result(action.kind, action.reason)
         if isinstance(action, VerifySidecar):

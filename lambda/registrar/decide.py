@@ -309,20 +309,35 @@ class VerifyAbsent:
 Action = Register | Deregister | VerifySidecar | VerifyAbsent | Skip
 
 
-def decide(desired: Registration | None, version: int, record: StateRecord | None) -> Action:
+def decide(
+    desired: Registration | None,
+    version: int,
+    record: StateRecord | None,
+    *,
+    repair: bool = False,
+) -> Action:
     """What to write for an event of `version` whose wanted state is `desired` (None: stopped).
 
     - A stopped record is a tombstone: a stop is terminal in ECS, so nothing runs the task
       again whatever its version says.
     - Otherwise an event whose version is not above the record's is stale or a duplicate.
     - A running event equal to the record writes nothing.
+
+    `repair` is for the reconcile pass, which has already seen the catalog differ from the
+    record (node missing, address moved, node of a stopped task present): it rewrites at a
+    version equal to or above the record's, and checks a tombstoned task's node is gone. The
+    ordering rules above still hold: never below the record's version, never over a tombstone.
     """
     if record is None:
         return Deregister() if desired is None else Register(desired)
     if record.status != RUNNING:
+        if repair and desired is None:
+            return VerifyAbsent(Skip("duplicate", f"already stopped at version {record.version}"))
         return _behind_tombstone(desired, version, record)
     if version < record.version:
         return Skip("stale", f"version {version} is older than {record.version}")
+    if repair:
+        return Deregister() if desired is None else Register(desired)
     return _over_running(desired, version, record)
 
 
