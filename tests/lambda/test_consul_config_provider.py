@@ -87,9 +87,11 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> FakeTime:
 
 
 @pytest.fixture
-def consul() -> Iterator[ConsulDouble]:
-    with ConsulDouble(acl_tokens=[MANAGEMENT_TOKEN]) as double:
-        yield double
+def consul(consul_double_acl: ConsulDouble) -> ConsulDouble:
+    # Consul ACL SecretIDs are UUIDs, and the provider treats anything else in the management
+    # token secret as the fleet's not-yet-published placeholder: accept a UUID token instead.
+    consul_double_acl.set_tokens([MANAGEMENT_TOKEN])
+    return consul_double_acl
 
 
 @dataclass
