@@ -1188,3 +1188,167 @@ def test_inspection_returns_copies(consul_double: ConsulDouble) -> None:
 def test_seeding_rejects_what_consul_would_reject(consul_double: ConsulDouble) -> None:
     with pytest.raises(ValueError, match="Must provide node"):
         consul_double.seed_register({"Address": "10.0.0.1"})
+
+
+# --------------------------------------------------------------------------------------------
+# Concurrency, and the less common request shapes
+
+
+def test_concurrent_cas_creates_let_exactly_one_writer_win(consul_double: ConsulDouble) -> None:
+    # GIVEN eight Lambda invocations racing to create the same state record
+    ops = [kv_op("cas", "ecs-registrar/c/tasks/0123", b"{}", index=0)]
+    statuses: list[int] = []
+    barrier = threading.Barrier(8)
+
+    def race() -> None:
+        barrier.wait()
+        statuses.append(call(consul_double, "PUT", "/v1/txn", ops).status)
+
+    threads = [threading.Thread(target=race) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    # THEN one wins and the others see a 409 conflict
+    assert sorted(statuses) == [200] + [409] * 7
+    assert consul_double.kv()["ecs-registrar/c/tasks/0123"][1] == 1
+
+
+def test_concurrent_registrations_are_all_applied(consul_double: ConsulDouble) -> None:
+    def write(i: int) -> None:
+        register(consul_double, registration(node=f"ecs-task-{i}", service_id=f"web-{i}"))
+
+    threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=10)
+
+    assert len(consul_double.services()) == 16
+    assert consul_double.index == 16
+
+
+def test_chunked_request_bodies_are_read(consul_double: ConsulDouble) -> None:
+    connection = http.client.HTTPConnection(consul_double.url.removeprefix("http://"), timeout=5)
+    body = json.dumps(registration()).encode()
+
+    connection.request("PUT", "/v1/catalog/register", body=iter([body[:10], body[10:]]))
+    answer = connection.getresponse()
+    status, text = answer.status, answer.read()
+    connection.close()
+
+    assert (status, text) == (200, b"true")
+    assert NODE in consul_double.nodes()
+
+
+def test_token_query_parameter_is_accepted(consul_double_acl: ConsulDouble) -> None:
+    assert call(consul_double_acl, "GET", f"/v1/kv/x?token={ROOT}").status == 404
+
+
+def test_anonymous_kv_read_is_refused(consul_double_acl: ConsulDouble) -> None:
+    answer = call(consul_double_acl, "GET", "/v1/kv/x")
+
+    assert answer.status == 403
+    assert answer.text.startswith("Permission denied")
+
+
+def test_other_datacenters_are_unreachable(consul_double: ConsulDouble) -> None:
+    answer = call(consul_double, "GET", "/v1/catalog/nodes?dc=dc9")
+
+    assert (answer.status, answer.text) == (500, "No path to datacenter")
+
+
+def test_node_meta_and_tag_query_parameters(consul_double: ConsulDouble) -> None:
+    register(consul_double)
+    other = registration(node="plain-node", service_id="web-plain")
+    other["NodeMeta"] = {}
+    other["Service"]["Tags"] = ["v2"]
+    register(consul_double, other)
+
+    by_meta = call(consul_double, "GET", "/v1/catalog/service/web?node-meta=external-node:true")
+    by_tag = call(consul_double, "GET", "/v1/catalog/service/web?tag=v2")
+
+    assert [e["Node"] for e in by_meta.json()] == [NODE]
+    assert [e["Node"] for e in by_tag.json()] == ["plain-node"]
+
+
+def test_skip_node_update_keeps_the_node_as_registered(consul_double: ConsulDouble) -> None:
+    register(consul_double)
+    body = {"Node": NODE, "SkipNodeUpdate": True, "Service": {"ID": "x", "Service": "x"}}
+
+    register(consul_double, body)
+
+    assert consul_double.nodes()[NODE]["Address"] == "10.1.2.3"
+    assert sorted(s["ServiceID"] for s in consul_double.services(NODE)) == ["web-0123", "x"]
+
+
+def test_token_update_keeps_its_secret_and_refuses_to_change_it(
+    consul_double_acl: ConsulDouble,
+) -> None:
+    created = call(consul_double_acl, "PUT", "/v1/acl/token", {"Description": "a"}, token=ROOT)
+    token = created.json()
+    path = f"/v1/acl/token/{token['AccessorID']}"
+
+    updated = call(consul_double_acl, "PUT", path, {"Description": "b"}, token=ROOT)
+    secret_change = call(
+        consul_double_acl,
+        "PUT",
+        path,
+        {"SecretID": "0b1e34a2-3f0b-45f1-8a55-6f7a8f0b2c33"},
+        token=ROOT,
+    )
+    self_view = call(consul_double_acl, "GET", "/v1/acl/token/self", token=token["SecretID"])
+
+    assert updated.json()["SecretID"] == token["SecretID"]
+    assert updated.json()["Description"] == "b"
+    assert secret_change.status == 500
+    assert "Changing a token's SecretID is not permitted" in secret_change.text
+    assert self_view.json()["AccessorID"] == token["AccessorID"]
+
+
+def test_a_token_cannot_delete_itself(consul_double_acl: ConsulDouble) -> None:
+    token = call(consul_double_acl, "PUT", "/v1/acl/token", {}, token=ROOT).json()
+
+    answer = call(
+        consul_double_acl,
+        "DELETE",
+        f"/v1/acl/token/{token['AccessorID']}",
+        token=token["SecretID"],
+    )
+
+    assert answer.status == 500
+    assert "Deletion of the request's authorization token is not permitted" in answer.text
+
+
+def test_blocking_kv_read_wakes_when_the_key_changes(consul_double: ConsulDouble) -> None:
+    index = consul_double.seed_kv("watched", b"1")
+    answers: list[Answer] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(
+            call(consul_double, "GET", f"/v1/kv/watched?index={index}&wait=5s")
+        )
+    )
+    waiter.start()
+    wait_until(lambda: consul_double.blocked_queries == 1)
+
+    call(consul_double, "PUT", "/v1/kv/watched", b"2")
+    waiter.join(timeout=5)
+
+    assert base64.b64decode(answers[0].json()[0]["Value"]) == b"2"
+
+
+def test_stop_releases_blocked_queries(consul_double: ConsulDouble) -> None:
+    answers: list[Answer] = []
+    waiter = threading.Thread(
+        target=lambda: answers.append(
+            call(consul_double, "GET", "/v1/catalog/nodes?index=1&wait=60s")
+        )
+    )
+    waiter.start()
+    wait_until(lambda: consul_double.blocked_queries == 1)
+
+    consul_double.stop()
+    waiter.join(timeout=5)
+
+    assert not waiter.is_alive()
