@@ -72,11 +72,14 @@ def run_cfn_lint(files: Sequence[Path], *, executable: Path | None = None) -> Li
     command = [str(executable or cfn_lint_executable()), "--format", "json", *map(str, files)]
     # The command is the pinned linter and template paths from the assembly, no shell.
     result = subprocess.run(command, capture_output=True, text=True, check=False)  # noqa: S603
+    tail = (result.stderr or result.stdout).strip()[-2000:]
+    failed = RuntimeError(f"cfn-lint failed (exit {result.returncode}): {tail}")
+    if result.returncode & 1 or (result.returncode and not result.stdout.strip()):
+        raise failed  # 1 is not in the findings bit mask: cfn-lint itself broke
     try:
         raw = json.loads(result.stdout or "[]")
     except json.JSONDecodeError as err:
-        tail = (result.stderr or result.stdout).strip()[-2000:]
-        raise RuntimeError(f"cfn-lint failed (exit {result.returncode}): {tail}") from err
+        raise failed from err
     names = {str(path): Path(path).name for path in files}
     return LintResult(
         [
