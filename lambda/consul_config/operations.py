@@ -12,7 +12,7 @@ from __future__ import annotations
 import uuid
 from typing import Any, Protocol
 
-from consul_api import names
+from consul_api import ConsulError, names
 from objects import ConfigEntrySpec, PolicySpec, TokenSpec
 from secrets_store import SecretsClient, write_token
 
@@ -45,14 +45,16 @@ def apply_policy(consul: Consul, spec: PolicySpec) -> dict[str, str]:
     body = {"Name": spec.name, "Rules": spec.rules, "Description": spec.description}
     existing = consul.read_policy_by_name(spec.name)
     if existing is None:
-        policy_id = str(consul.create_policy(body)["ID"])
-    else:
-        policy_id = str(existing["ID"])
-        if (existing.get("Rules"), existing.get("Description", "")) != (
-            spec.rules,
-            spec.description,
-        ):
-            consul.update_policy(policy_id, {"ID": policy_id, **body})
+        try:
+            return {"PolicyId": str(consul.create_policy(body)["ID"]), "Name": spec.name}
+        except ConsulError:
+            # A retried create whose first answer was lost finds "already exists": adopt it.
+            existing = consul.read_policy_by_name(spec.name)
+            if existing is None:
+                raise
+    policy_id = str(existing["ID"])
+    if (existing.get("Rules"), existing.get("Description", "")) != (spec.rules, spec.description):
+        consul.update_policy(policy_id, {"ID": policy_id, **body})
     return {"PolicyId": policy_id, "Name": spec.name}
 
 
@@ -98,19 +100,17 @@ def apply_token(
     if existing is None:
         secret_id = str(uuid.uuid4())
         consul.redact(secret_id)
-        token = consul.create_token({**_token_body(spec, accessor_id), "SecretID": secret_id})
+        try:
+            token = consul.create_token({**_token_body(spec, accessor_id), "SecretID": secret_id})
+        except ConsulError:
+            # A retried create whose first answer was lost finds "AccessorID is already in
+            # use": the token exists with the SecretID of that first attempt, so adopt it.
+            existing = consul.read_token(accessor_id)
+            if existing is None:
+                raise
+            token, secret_id = _converge(consul, existing, spec, accessor_id)
     else:
-        secret_id = str(existing.get("SecretID", ""))
-        consul.redact(secret_id)
-        if not _is_secret_id(secret_id):
-            raise ProviderError(
-                f"Consul did not reveal the SecretID of token {accessor_id}: the management "
-                "token needs acl:write (Consul redacts SecretIDs for acl:read)"
-            )
-        token = existing
-        if not _token_matches(existing, spec):
-            body = {**_token_body(spec, accessor_id), "SecretID": secret_id}  # immutable: kept
-            token = consul.update_token(accessor_id, body)
+        token, secret_id = _converge(consul, existing, spec, accessor_id)
     create_index = token.get("CreateIndex")
     write_token(
         secrets,
@@ -120,6 +120,23 @@ def apply_token(
         secret_id=secret_id,
     )
     return {"AccessorID": accessor_id, "TokenSecretArn": spec.secret_arn}
+
+
+def _converge(
+    consul: Consul, existing: dict[str, Any], spec: TokenSpec, accessor_id: str
+) -> tuple[dict[str, Any], str]:
+    """Bring an existing token to the declaration, keeping its SecretID; returns both."""
+    secret_id = str(existing.get("SecretID", ""))
+    consul.redact(secret_id)
+    if not _is_secret_id(secret_id):
+        raise ProviderError(
+            f"Consul did not reveal the SecretID of token {accessor_id}: the management "
+            "token needs acl:write (Consul redacts SecretIDs for acl:read)"
+        )
+    if _token_matches(existing, spec):
+        return existing, secret_id
+    body = {**_token_body(spec, accessor_id), "SecretID": secret_id}  # immutable: kept
+    return consul.update_token(accessor_id, body), secret_id
 
 
 def delete_token(consul: Consul, accessor_id: str) -> None:

@@ -357,6 +357,40 @@ def test_token_create_interrupted_before_the_secret_write_recovers(
     assert secrets.value(secrets.token) == token["SecretID"]
 
 
+@pytest.mark.parametrize("lost_path", ["/v1/acl/policy", "/v1/acl/token"])
+def test_a_create_whose_answer_was_lost_adopts_what_it_created(
+    consul: ConsulDouble,
+    secrets: Secrets,
+    clock: FakeTime,
+    monkeypatch: pytest.MonkeyPatch,
+    lost_path: str,
+) -> None:
+    if lost_path == "/v1/acl/token":
+        _create_policy(consul, secrets)
+    real_once = consul_api.ConsulClient._once
+    lost: list[str] = []
+
+    def answer_lost_once(self: Any, method: str, path: str, body: bytes | None) -> Any:
+        answer = real_once(self, method, path, body)
+        if method == "PUT" and path == lost_path and not lost:
+            lost.append(path)
+            raise ConnectionResetError("connection reset after Consul committed the write")
+        return answer
+
+    monkeypatch.setattr(consul_api.ConsulClient, "_once", answer_lost_once)
+    # WHEN the create's first answer is lost and the retried create finds the object in place
+    if lost_path == "/v1/acl/token":
+        run(event("Create", token_props(consul, secrets)))
+        # THEN the token of the first attempt is adopted, and its SecretID is the one stored
+        (token,) = consul.acl_tokens().values()
+        assert secrets.value(secrets.token) == token["SecretID"]
+    else:
+        outcome = run(event("Create", policy_props(consul, secrets)))
+        (policy,) = consul.acl_policies().values()
+        assert outcome.data["PolicyId"] == policy["ID"]
+    assert lost == [lost_path]
+
+
 def test_token_update_keeps_its_secret_id(
     consul: ConsulDouble, secrets: Secrets, clock: FakeTime
 ) -> None:
