@@ -67,7 +67,7 @@ class MeshStack(Stack):
             kms_key=keys.key,
         )
         fleet.allow_from(objects)
-        objects.depend_on(fleet.auto_scaling_group)
+        objects.depend_on(fleet)
 
         ecs_anywhere = EcsAnywhere(
             self,
