@@ -51,6 +51,10 @@ unit: install
 
 test: lint unit
 
+REVIEW_ARGS ?=
+review: synth
+	$(PY) -m tools.review cdk.out $(REVIEW_ARGS)
+
 bootstrap: install
 	$(CDK) bootstrap $(ARGS)
 

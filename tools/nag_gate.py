@@ -1,59 +1,43 @@
-"""Fail `make synth` when any cdk-nag finding is unacknowledged.
+"""Fail `make synth` when any validation finding (cdk-nag or CDK's own) is unacknowledged.
 
-Reads the CDK policy validation report (`validation-report.json` in the cloud assembly)
-instead of trusting the CLI's exit code: the report lists each pack's open `violations` and
-its acknowledged `suppressedViolations` (with reasons). Usage: python -m tools.nag_gate cdk.out
+Reads the CDK validation report (`validation-report.json` in the cloud assembly) instead of
+trusting the CLI's exit code. A missing report means no pack ran, which also fails.
+Usage: python -m tools.nag_gate cdk.out
 """
 
 from __future__ import annotations
 
-import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
-REPORT = "validation-report.json"
+from tools.review.nag import Finding, acknowledged_findings, unacknowledged_findings
 
-
-@dataclass(frozen=True)
-class Finding:
-    pack: str
-    rule: str
-    path: str
-    reason: str = ""
-
-
-def _findings(outdir: Path, key: str) -> list[Finding]:
-    report = outdir / REPORT
-    if not report.exists():
-        if not (outdir / "manifest.json").exists():
-            raise FileNotFoundError(f"{outdir} is not a cloud assembly (no manifest.json)")
-        return []  # neither pack found anything to report, open or acknowledged
-    data = json.loads(report.read_text())
-    return [
-        Finding(plugin["pluginName"], v["ruleName"], c["constructPath"], v.get("reason", ""))
-        for plugin in data.get("pluginReports", [])
-        for v in plugin.get(key, [])
-        for c in v.get("violatingConstructs", [])
-    ]
+__all__ = ["Finding", "acknowledged", "unacknowledged"]
 
 
 def unacknowledged(outdir: Path) -> list[Finding]:
-    """Open findings of every pack: each must be fixed or acknowledged."""
-    return _findings(outdir, "violations")
+    """Open findings of every plugin: each must be fixed or acknowledged."""
+    return unacknowledged_findings(outdir)
 
 
 def acknowledged(outdir: Path) -> list[Finding]:
-    """Acknowledged findings with the reason given for each."""
-    return _findings(outdir, "suppressedViolations")
+    """Acknowledged findings, each with the reason given."""
+    return acknowledged_findings(outdir)
 
 
 def main(argv: list[str]) -> int:
     outdir = Path(argv[1] if len(argv) > 1 else "cdk.out")
-    open_findings = unacknowledged(outdir)
+    try:
+        open_findings = unacknowledged(outdir)
+    except FileNotFoundError as err:
+        print(f"nag gate: {err}", file=sys.stderr)
+        return 1
     for f in open_findings:
-        print(f"unacknowledged cdk-nag finding {f.rule} at {f.path}", file=sys.stderr)
-    print(f"cdk-nag: {len(open_findings)} unacknowledged, {len(acknowledged(outdir))} acknowledged")
+        print(f"unacknowledged finding {f.rule} ({f.plugin}) at {f.path}", file=sys.stderr)
+    print(
+        f"validation: {len(open_findings)} unacknowledged, "
+        f"{len(acknowledged(outdir))} acknowledged findings"
+    )
     return 1 if open_findings else 0
 
 

@@ -90,3 +90,16 @@ def test_fails_when_app_gets_a_bad_context_value(key: str, value: str, tmp_path:
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith(f"error: invalid context value {key}=")
     assert "Traceback" not in result.stderr
+
+
+def test_review_exposure_table_matches_the_template(
+    synthesized: Synthesized, tmp_path: Path
+) -> None:
+    from tools.review.__main__ import main as review_main
+    from tools.review.crosscheck import rows_from_report, rows_from_templates
+
+    out = tmp_path / "REVIEW.md"
+    assert review_main([str(synthesized.outdir), "--skip-cfn-lint", "--output", str(out)]) == 0
+    rows = rows_from_report(out.read_text())
+    assert rows, "the report lists no ingress rule"
+    assert rows == rows_from_templates(synthesized.templates())
