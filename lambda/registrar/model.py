@@ -91,13 +91,11 @@ def _list(obj: Mapping[str, Any], key: str, path: str) -> list[Any]:
 
 
 def parse_time(value: Any, path: str) -> datetime:
-    """ISO 8601 (events) or epoch seconds (DescribeTasks) -> aware UTC datetime."""
-    if isinstance(value, bool):
-        raise MalformedEvent(f"{path} must be an ISO 8601 timestamp, got {value!r}")
-    if isinstance(value, int | float):
-        return datetime.fromtimestamp(value, tz=UTC)
-    if isinstance(value, datetime):
-        return value if value.tzinfo else value.replace(tzinfo=UTC)
+    """An ISO 8601 string (EventBridge's `time`) -> aware datetime (naive = UTC).
+
+    Epoch numbers are refused: EventBridge never sends them, so one means the body is not
+    an EventBridge event (DescribeTasks callers pass datetimes to task_event_from_detail).
+    """
     if isinstance(value, str):
         try:
             parsed = datetime.fromisoformat(value)

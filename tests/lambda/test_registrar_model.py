@@ -89,6 +89,8 @@ def _mutated(mutate: str) -> str:
             doc["detail"] = []
         case "bad-time":
             doc["time"] = "yesterday"
+        case "epoch-time":
+            doc["time"] = 0
         case "no-status":
             detail["lastStatus"] = ""
     return json.dumps(doc)
@@ -119,6 +121,7 @@ def _mutated(mutate: str) -> str:
         (_mutated("binding-protocol"), r"protocol must be 'tcp' or 'udp', got 'sctp'"),
         (_mutated("detail-list"), r"event.detail must be a JSON object, got list"),
         (_mutated("bad-time"), r"event.time must be an ISO 8601 timestamp, got 'yesterday'"),
+        (_mutated("epoch-time"), r"event.time must be an ISO 8601 timestamp, got 0"),
         (_mutated("no-status"), r"detail.lastStatus must be a non-empty string, got ''"),
     ],
 )
