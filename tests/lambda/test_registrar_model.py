@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pytest
 from model import (
@@ -63,36 +65,33 @@ def test_parses_stopped_and_pending_events_without_bindings() -> None:
     assert (pending.last_status, pending.version) == ("PENDING", 1)
 
 
+def _binding(doc: dict[str, Any]) -> dict[str, Any]:
+    binding: dict[str, Any] = doc["detail"]["containers"][0]["networkBindings"][0]
+    return binding
+
+
+MUTATIONS: dict[str, Callable[[dict[str, Any]], None]] = {
+    "no-version": lambda doc: doc["detail"].pop("version"),
+    "string-version": lambda doc: doc["detail"].update(version="3"),
+    "bool-version": lambda doc: doc["detail"].update(version=True),
+    "no-task-arn": lambda doc: doc["detail"].pop("taskArn"),
+    "bad-task-arn": lambda doc: doc["detail"].update(
+        taskArn="arn:aws:ecs:us-east-1:123456789012:task/"
+    ),
+    "bad-cluster-arn": lambda doc: doc["detail"].update(clusterArn=42),
+    "containers-object": lambda doc: doc["detail"].update(containers={"name": "web"}),
+    "binding-port": lambda doc: _binding(doc).update(hostPort=70000),
+    "binding-protocol": lambda doc: _binding(doc).update(protocol="sctp"),
+    "detail-list": lambda doc: doc.update(detail=[]),
+    "bad-time": lambda doc: doc.update(time="yesterday"),
+    "epoch-time": lambda doc: doc.update(time=0),
+    "no-status": lambda doc: doc["detail"].update(lastStatus=""),
+}
+
+
 def _mutated(mutate: str) -> str:
     doc = task_event()
-    detail = doc["detail"]
-    match mutate:
-        case "no-version":
-            del detail["version"]
-        case "string-version":
-            detail["version"] = "3"
-        case "bool-version":
-            detail["version"] = True
-        case "no-task-arn":
-            del detail["taskArn"]
-        case "bad-task-arn":
-            detail["taskArn"] = "arn:aws:ecs:us-east-1:123456789012:task/"
-        case "bad-cluster-arn":
-            detail["clusterArn"] = 42
-        case "containers-object":
-            detail["containers"] = {"name": "web"}
-        case "binding-port":
-            detail["containers"][0]["networkBindings"][0]["hostPort"] = 70000
-        case "binding-protocol":
-            detail["containers"][0]["networkBindings"][0]["protocol"] = "sctp"
-        case "detail-list":
-            doc["detail"] = []
-        case "bad-time":
-            doc["time"] = "yesterday"
-        case "epoch-time":
-            doc["time"] = 0
-        case "no-status":
-            detail["lastStatus"] = ""
+    MUTATIONS[mutate](doc)
     return json.dumps(doc)
 
 
