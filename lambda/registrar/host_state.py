@@ -1,0 +1,392 @@
+"""ECS Container Instance State Change: a host's agent disconnects, reconnects, or the host leaves.
+
+What lands in Consul
+- Agent disconnected (`agentConnected` false): every task node of the host gets one node-level
+  check, `ecs-agent-connectivity`, in state critical. Consul folds node checks into the health of
+  every service on the node, so the host's services and sidecars drop out of healthy endpoint
+  sets (DNS, `?passing`, Envoy's EDS) at once: traffic drains away from a host ECS has lost.
+- Agent reconnected: the marker is deleted, nothing else is written. The service checks were
+  never touched, so what remains is consul-esm's own verdict, which it kept computing throughout
+  (restoring "passing" ourselves would claim a health nobody measured). The marker carries no
+  Definition, so consul-esm, which runs only HTTP and TCP definitions (consul-esm check.go,
+  `UpdateChecks`), leaves it alone.
+- Deregistered (status DEREGISTERING or INACTIVE): its tasks can never run again, so each is
+  removed through `apply` (tombstone + node delete, cas on the task's record), like a stop whose
+  version no event can exceed: a late RUNNING event cannot bring it back.
+
+Ordering: these events are also delivered at least once and out of order, with a `version` per
+container instance. One KV record per instance, `ecs-registrar/<cluster>/hosts/<instance-id>`,
+moves forward only (cas on its ModifyIndex). The markers are then converged to the record and
+converged again until the record read after the writes is the one they were computed from: a
+newer event handled concurrently either lands before that read (we redo its state) or its own
+convergence runs after our writes. The same discipline as the sidecar write in apply.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import apply
+import identity
+import inventory
+import logs
+import registrar
+import retry
+from consul import TxnConflict
+from inventory import Inventory
+from metrics import Metrics
+from model import ECS_SOURCE, MalformedEvent, parse_time
+
+INSTANCE_STATE_CHANGE = "ECS Container Instance State Change"
+MARKER_CHECK_ID = "ecs-agent-connectivity"
+DEREGISTERED_STATUSES = frozenset({"DEREGISTERING", "INACTIVE"})
+# A task of a deregistered host stops for good: its tombstone outranks every event version.
+GONE_VERSION = 2**63 - 1
+CAS_ATTEMPTS = 5
+CONVERGE_ROUNDS = 5
+MAX_TXN_OPS = 128  # Consul >= 1.14
+
+_METRIC = {
+    "marked": "HostChecksCritical",
+    "unmarked": "HostChecksRestored",
+    "deregistered": "HostDeregistered",
+    "unchanged": "Duplicate",
+    "duplicate": "Duplicate",
+    "stale": "IgnoredStale",
+    "ignored": "Skipped",
+}
+
+
+@dataclass(frozen=True)
+class InstanceState:
+    """What the registrar acts on, from an event or a DescribeContainerInstances item."""
+
+    cluster_arn: str
+    container_instance_arn: str
+    version: int
+    agent_connected: bool
+    status: str
+
+    @property
+    def deregistered(self) -> bool:
+        return self.status in DEREGISTERED_STATUSES
+
+
+def instance_id(container_instance_arn: str) -> str:
+    """Last segment of `arn:aws:ecs:region:acct:container-instance/cluster/<id>`."""
+    tail = container_instance_arn.rsplit("/", 1)[-1]
+    if ":container-instance/" not in container_instance_arn or not tail or ":" in tail:
+        raise ValueError(f"not a container instance ARN: {container_instance_arn!r}")
+    return tail
+
+
+def host_key(cluster_arn: str, container_instance_arn: str) -> str:
+    name = identity.cluster_name(cluster_arn)
+    return f"{identity.STATE_PREFIX}{name}/hosts/{instance_id(container_instance_arn)}"
+
+
+def instance_state(detail: Mapping[str, Any], path: str = "detail") -> InstanceState:
+    """Validate an event `detail` or a DescribeContainerInstances item; errors name the field."""
+    values: dict[str, Any] = {}
+    for key in ("clusterArn", "containerInstanceArn", "status"):
+        value = detail.get(key)
+        if not isinstance(value, str) or not value:
+            raise MalformedEvent(f"{path}.{key} must be a non-empty string, got {value!r}")
+        values[key] = value
+    version = detail.get("version")
+    if isinstance(version, bool) or not isinstance(version, int) or version < 0:
+        raise MalformedEvent(f"{path}.version must be a non-negative integer, got {version!r}")
+    connected = detail.get("agentConnected")
+    if not isinstance(connected, bool):
+        raise MalformedEvent(f"{path}.agentConnected must be true or false, got {connected!r}")
+    try:
+        identity.cluster_name(values["clusterArn"])
+        instance_id(values["containerInstanceArn"])
+    except ValueError as err:
+        raise MalformedEvent(f"{path}: {err}") from None
+    return InstanceState(
+        cluster_arn=values["clusterArn"],
+        container_instance_arn=values["containerInstanceArn"],
+        version=version,
+        agent_connected=connected,
+        status=values["status"],
+    )
+
+
+def is_instance_event(body: str | bytes) -> bool:
+    """Cheap test the SQS handler uses to route a body here instead of the task path."""
+    text = body.decode("utf-8", "replace") if isinstance(body, bytes) else body
+    if INSTANCE_STATE_CHANGE not in text:
+        return False
+    try:
+        doc = json.loads(text)
+    except (ValueError, TypeError):
+        return False
+    return isinstance(doc, dict) and doc.get("detail-type") == INSTANCE_STATE_CHANGE
+
+
+def parse_instance_event(body: str | bytes) -> tuple[InstanceState, datetime]:
+    """An SQS body holding an ECS Container Instance State Change -> its state and time."""
+    try:
+        doc = json.loads(body)
+    except (ValueError, TypeError) as err:
+        raise MalformedEvent(f"body is not JSON: {err}") from None
+    if not isinstance(doc, dict):
+        raise MalformedEvent(f"event must be a JSON object, got {type(doc).__name__}")
+    if doc.get("source") != ECS_SOURCE:
+        raise MalformedEvent(f"event.source must be {ECS_SOURCE!r}, got {doc.get('source')!r}")
+    detail = doc.get("detail")
+    if not isinstance(detail, dict):
+        raise MalformedEvent(f"event.detail must be a JSON object, got {type(detail).__name__}")
+    return instance_state(detail), parse_time(doc.get("time"), "event.time")
+
+
+# --------------------------------------------------------------------------------------------
+# The per-instance record
+
+
+@dataclass(frozen=True)
+class HostRecord:
+    version: int
+    agent_connected: bool
+    status: str
+
+    @property
+    def deregistered(self) -> bool:
+        return self.status in DEREGISTERED_STATUSES
+
+    def encode(self) -> bytes:
+        doc = {
+            "version": self.version,
+            "agent_connected": self.agent_connected,
+            "status": self.status,
+        }
+        return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def decode(cls, data: bytes) -> HostRecord | None:
+        """None for an unreadable value (it is overwritten by the next cas)."""
+        try:
+            doc = json.loads(data)
+            version, connected, status = doc["version"], doc["agent_connected"], doc["status"]
+        except (ValueError, TypeError, KeyError):
+            return None
+        if isinstance(version, bool) or not isinstance(version, int):
+            return None
+        if not isinstance(connected, bool) or not isinstance(status, str):
+            return None
+        return cls(version, connected, status)
+
+
+def _read(
+    consul: Inventory, key: str, *, consistent: bool = False
+) -> tuple[HostRecord | None, int]:
+    entry = consul.kv_get(key, consistent=consistent)
+    if entry is None:
+        return None, 0
+    return HostRecord.decode(entry.value), entry.modify_index
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: str  # marked | unmarked | deregistered | unchanged | duplicate | stale | ignored
+    reason: str
+    tasks: int = 0  # task nodes the outcome touched
+
+
+class Contention(retry.RetryableError):
+    """The instance's record kept changing while we converged: let SQS redeliver."""
+
+
+def apply_instance_state(consul: Inventory, state: InstanceState) -> Outcome:
+    """Advance the instance's record to `state` (never backwards), then converge its tasks."""
+    key = host_key(state.cluster_arn, state.container_instance_arn)
+    for attempt in range(1, CAS_ATTEMPTS + 1):
+        record, index = _read(consul, key)
+        if record is not None and state.version < record.version:
+            return Outcome("stale", f"version {state.version} is older than {record.version}")
+        if record is not None and state.version == record.version:
+            break  # a duplicate: make sure the tasks match what it recorded
+        new = HostRecord(state.version, state.agent_connected, state.status)
+        op = {
+            "KV": {
+                "Verb": "cas",
+                "Key": key,
+                "Value": base64.b64encode(new.encode()).decode(),
+                "Index": index,
+            }
+        }
+        try:
+            consul.txn([op])
+        except TxnConflict as conflict:
+            if conflict.failed_op(0):
+                logs.info("host record changed under us; deciding again", attempt=attempt)
+                continue
+            raise
+        break
+    else:
+        raise Contention(f"host record {key} changed {CAS_ATTEMPTS} times while applying")
+    return converge(consul, state.cluster_arn, state.container_instance_arn)
+
+
+def instance_tasks(
+    consul: Inventory, cluster_arn: str, container_instance_arn: str
+) -> dict[str, str]:
+    """Task nodes of one container instance in the catalog: node -> task ARN (by service meta)."""
+    expression = inventory.instance_services_filter(cluster_arn, container_instance_arn)
+    tasks: dict[str, str] = {}
+    for name in consul.service_names(expression):
+        for entry in consul.service_nodes(name, expression):
+            node, meta = entry.get("Node"), entry.get("ServiceMeta") or {}
+            arn = meta.get("task-arn")
+            if isinstance(node, str) and node.startswith(identity.NODE_PREFIX) and arn:
+                tasks[node] = str(arn)
+    return tasks
+
+
+def marked_nodes(consul: Inventory) -> set[str]:
+    """Every node carrying the disconnection marker (one request; usually an empty answer)."""
+    checks = consul.checks("any", f"CheckID == {inventory.quoted(MARKER_CHECK_ID)}")
+    return {str(c["Node"]) for c in checks if isinstance(c.get("Node"), str)}
+
+
+def marker_ops(
+    container_instance_arn: str, add: Iterable[str], remove: Iterable[str]
+) -> list[dict[str, Any]]:
+    since = datetime.now(UTC).isoformat(timespec="seconds")
+    ops: list[dict[str, Any]] = [
+        {
+            "Check": {
+                "Verb": "set",
+                "Check": {
+                    "Node": node,
+                    "CheckID": MARKER_CHECK_ID,
+                    "Name": "ECS agent connectivity of the host",
+                    "Status": "critical",
+                    "Notes": (
+                        "Set by the ECS Anywhere registrar while the ECS agent of "
+                        f"{container_instance_arn} is disconnected; deleted when it reconnects."
+                    ),
+                    "Output": f"ECS agent disconnected (seen at {since})",
+                    "ServiceID": "",
+                },
+            }
+        }
+        for node in sorted(add)
+    ]
+    ops.extend(
+        {"Check": {"Verb": "delete", "Check": {"Node": node, "CheckID": MARKER_CHECK_ID}}}
+        for node in sorted(remove)
+    )
+    return ops
+
+
+def _txn_chunks(consul: Inventory, ops: Sequence[Mapping[str, Any]]) -> None:
+    for start in range(0, len(ops), MAX_TXN_OPS):
+        consul.txn(ops[start : start + MAX_TXN_OPS])
+
+
+def converge(consul: Inventory, cluster_arn: str, container_instance_arn: str) -> Outcome:
+    """Make the instance's task nodes match its record; repeat while the record moves."""
+    key = host_key(cluster_arn, container_instance_arn)
+    for _ in range(CONVERGE_ROUNDS):
+        record, _index = _read(consul, key, consistent=True)
+        if record is None:
+            return Outcome("ignored", "no readable record for this container instance")
+        tasks = instance_tasks(consul, cluster_arn, container_instance_arn)
+        if record.deregistered:
+            return _remove_tasks(consul, cluster_arn, record, tasks)
+        marked = marked_nodes(consul) & set(tasks)
+        want = set() if record.agent_connected else set(tasks)
+        add, remove = want - marked, marked - want
+        if not add and not remove:
+            return Outcome("unchanged", "the host's task nodes already match its agent state")
+        try:
+            _txn_chunks(consul, marker_ops(container_instance_arn, add, remove))
+        except TxnConflict as conflict:
+            logs.info("a task node changed while marking it; listing again", error=str(conflict))
+            continue
+        after, _ = _read(consul, key, consistent=True)
+        if after == record:
+            if add:
+                return Outcome("marked", "agent disconnected: task checks critical", len(add))
+            return Outcome("unmarked", "agent reconnected: marker removed", len(remove))
+        logs.info("host record moved while converging; converging again")
+    raise Contention(f"host record {key} kept moving while converging its tasks")
+
+
+def _remove_tasks(
+    consul: Inventory, cluster_arn: str, record: HostRecord, tasks: Mapping[str, str]
+) -> Outcome:
+    removed = 0
+    for node, task_arn in sorted(tasks.items()):
+        with logs.task_context(task_arn):
+            result = apply.apply(
+                consul,
+                key=identity.state_key(cluster_arn, task_arn),
+                node=node,
+                desired=None,
+                version=GONE_VERSION,
+                event_time=datetime.now(UTC).isoformat(),
+                repair=True,
+            )
+            logs.info("task of a deregistered host removed", outcome=result.kind)
+            removed += result.kind in ("deregistered", "repaired")
+    return Outcome("deregistered", f"host {record.status}: {removed} task(s) removed", removed)
+
+
+# --------------------------------------------------------------------------------------------
+# The SQS path (called by handler._process for this detail-type)
+
+
+def process(body: str | bytes, budget: retry.Budget, metrics: Metrics) -> bool:
+    """Handle one SQS body; True when it may be deleted from the queue. Never raises."""
+    try:
+        rt = registrar.runtime()
+        state, event_time = parse_instance_event(body)
+    except MalformedEvent as err:
+        logs.error("malformed message; it will end in the DLQ", reason=str(err))
+        metrics.count("Malformed")
+        return False
+    fields: dict[str, Any] = {
+        "container_instance_arn": state.container_instance_arn,
+        "version": state.version,
+        "agent_connected": state.agent_connected,
+        "status": state.status,
+    }
+    if state.cluster_arn != rt.settings.cluster_arn:
+        metrics.count("Skipped")
+        logs.info("event ignored", reason=f"instance of cluster {state.cluster_arn}", **fields)
+        return True
+    if budget.exhausted:
+        logs.warning("no time left in this invocation; leaving the message to SQS", **fields)
+        metrics.count("Failed")
+        return False
+    try:
+        outcome = apply_instance_state(inventory.connect(rt, budget), state)
+    except Exception as err:
+        logs.error(
+            "failed to apply the host event; SQS will redeliver it",
+            error=f"{type(err).__name__}: {err}",
+            retryable=isinstance(err, retry.RetryableError),
+            **fields,
+        )
+        metrics.count("Failed")
+        return False
+    metrics.count(_METRIC[outcome.kind])
+    if outcome.kind == "deregistered":
+        metrics.count("Deregistered", outcome.tasks)
+    lag_ms = (datetime.now(UTC) - event_time).total_seconds() * 1000
+    logs.info(
+        f"host event {outcome.kind}",
+        reason=outcome.reason,
+        tasks=outcome.tasks,
+        lag_ms=round(lag_ms),
+        **fields,
+    )
+    return True

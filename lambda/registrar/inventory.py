@@ -1,0 +1,166 @@
+"""Bulk reads of what the registrar owns in Consul: one request per kind, never one per task.
+
+The reconcile pass, the host-state handler and the drain compare whole sets (every task node of
+the cluster, every state record, every host marker), so they need listing calls the event path
+does not: a filtered node listing, a recursive KV read, service listings filtered on meta and a
+filtered health-state listing. They extend the registrar's Consul client (same transport, token,
+TLS, error mapping and retries) instead of opening a second one.
+
+Filters use Consul's documented selectors (api-docs/catalog.mdx "Filtering"): `/v1/catalog/nodes`
+on `Meta.<key>`, `/v1/catalog/services` and `/v1/catalog/service/:name` on `ServiceMeta.<key>`
+and `NodeMeta.<key>`, `/v1/health/state/:state` on `CheckID` and `Node`.
+"""
+
+from __future__ import annotations
+
+import base64
+import urllib.parse
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import identity
+import registrar
+import retry
+from consul import Consul, HttpConsul, Json, RetryingConsul
+
+
+@dataclass(frozen=True)
+class KVPair:
+    key: str
+    value: bytes
+    modify_index: int
+
+
+class Inventory(Consul, Protocol):
+    """The registrar's Consul calls plus the listings of whole sets."""
+
+    def kv_list(self, prefix: str) -> list[KVPair]: ...
+
+    def nodes(self, expression: str) -> list[Json]: ...
+
+    def service_names(self, expression: str) -> list[str]: ...
+
+    def service_nodes(self, service: str, expression: str) -> list[Json]: ...
+
+    def checks(self, state: str, expression: str) -> list[Json]: ...
+
+
+def quoted(value: str) -> str:
+    """A bexpr string literal; refuses what would need escaping (ARNs and names never do)."""
+    if '"' in value or "\\" in value:
+        raise ValueError(f"cannot use {value!r} in a Consul filter: it contains a quote")
+    return f'"{value}"'
+
+
+def owned_nodes_filter(cluster_arn: str) -> str:
+    """`/v1/catalog/nodes` filter: the task nodes this registrar wrote for `cluster_arn`."""
+    return (
+        f"Meta[{quoted('source')}] == {quoted(identity.SOURCE)} and "
+        f"Meta[{quoted('cluster-arn')}] == {quoted(cluster_arn)}"
+    )
+
+
+def instance_services_filter(cluster_arn: str, container_instance_arn: str) -> str:
+    """`/v1/catalog/service(s)` filter: our services of one container instance of the cluster."""
+    return (
+        f"NodeMeta[{quoted('source')}] == {quoted(identity.SOURCE)} and "
+        f"NodeMeta[{quoted('cluster-arn')}] == {quoted(cluster_arn)} and "
+        f"ServiceMeta[{quoted('container-instance-arn')}] == {quoted(container_instance_arn)}"
+    )
+
+
+def _list_of_dicts(doc: Any) -> list[Json]:
+    return [e for e in doc if isinstance(e, dict)] if isinstance(doc, list) else []
+
+
+class HttpInventory(HttpConsul):
+    """HttpConsul with the listing calls."""
+
+    def _get(self, path: str, *, missing_ok: bool = False) -> Any:
+        status, data = self._request("GET", path, ok_statuses=(404,) if missing_ok else ())
+        if status == 404:
+            return None
+        return self._json("GET", path, data)
+
+    def kv_list(self, prefix: str) -> list[KVPair]:
+        path = "/v1/kv/" + urllib.parse.quote(prefix, safe="/") + "?recurse"
+        entries = _list_of_dicts(self._get(path, missing_ok=True))
+        return [
+            KVPair(
+                key=str(e["Key"]),
+                value=base64.b64decode(e["Value"]) if e.get("Value") else b"",
+                modify_index=int(e["ModifyIndex"]),
+            )
+            for e in entries
+        ]
+
+    def nodes(self, expression: str) -> list[Json]:
+        query = urllib.parse.urlencode({"filter": expression})
+        return _list_of_dicts(self._get(f"/v1/catalog/nodes?{query}"))
+
+    def service_names(self, expression: str) -> list[str]:
+        query = urllib.parse.urlencode({"filter": expression})
+        doc = self._get(f"/v1/catalog/services?{query}")
+        return sorted(str(name) for name in doc) if isinstance(doc, dict) else []
+
+    def service_nodes(self, service: str, expression: str) -> list[Json]:
+        query = urllib.parse.urlencode({"filter": expression})
+        name = urllib.parse.quote(service, safe="")
+        return _list_of_dicts(self._get(f"/v1/catalog/service/{name}?{query}"))
+
+    def checks(self, state: str, expression: str) -> list[Json]:
+        query = urllib.parse.urlencode({"filter": expression})
+        name = urllib.parse.quote(state, safe="")
+        return _list_of_dicts(self._get(f"/v1/health/state/{name}?{query}"))
+
+
+class RetryingInventory(RetryingConsul):
+    """RetryingConsul with the listing calls, each retried within the invocation's budget."""
+
+    def __init__(
+        self,
+        inner: Inventory,
+        *,
+        policy: retry.RetryPolicy,
+        budget: retry.Budget,
+        sleep: Callable[[float], None] | None = None,
+    ) -> None:
+        if sleep is None:
+            super().__init__(inner, policy=policy, budget=budget)
+        else:
+            super().__init__(inner, policy=policy, budget=budget, sleep=sleep)
+        self._lists = inner
+
+    def kv_list(self, prefix: str) -> list[KVPair]:
+        return self._call(f"GET kv {prefix}?recurse", lambda: self._lists.kv_list(prefix))
+
+    def nodes(self, expression: str) -> list[Json]:
+        return self._call("GET catalog/nodes", lambda: self._lists.nodes(expression))
+
+    def service_names(self, expression: str) -> list[str]:
+        return self._call("GET catalog/services", lambda: self._lists.service_names(expression))
+
+    def service_nodes(self, service: str, expression: str) -> list[Json]:
+        return self._call(
+            f"GET catalog/service/{service}",
+            lambda: self._lists.service_nodes(service, expression),
+        )
+
+    def checks(self, state: str, expression: str) -> list[Json]:
+        return self._call(
+            f"GET health/state/{state}", lambda: self._lists.checks(state, expression)
+        )
+
+
+def connect(rt: registrar.Runtime, budget: retry.Budget) -> Inventory:
+    """The container's Consul connection (token, TLS) bound to this invocation's budget."""
+    settings = rt.settings
+    http = HttpInventory(
+        settings.consul_addr,
+        token=rt.token,
+        opener=rt.opener(),
+        timeout_s=settings.consul_timeout_s,
+        remaining_s=budget.remaining_s,
+    )
+    return RetryingInventory(http, policy=settings.retry_policy, budget=budget)

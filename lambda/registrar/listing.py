@@ -1,0 +1,255 @@
+"""ECS's view of the cluster for one reconcile pass, read in batches the APIs allow.
+
+- Running tasks: ListTasks (desiredStatus RUNNING, launchType EXTERNAL, 100 per page) and
+  DescribeTasks of each page (100 per call). `complete` is True only when every page was read and
+  every listed task described: the pass deletes nothing otherwise.
+- Confirmation: DescribeTasks of the task IDs the catalog has and the listing lacks, to tell a
+  task that is really gone (stopped, or MISSING: ECS forgot it) from one the listing missed.
+- Hosts: DescribeContainerInstances (100 per call) and SSM DescribeInstanceInformation (50 per
+  call) for every container instance that runs a task. The answers are served to the registrar's
+  own `aws.EcsSsmHosts`, so the address rules (attribute override, SSM IP, their validation) are
+  exactly the event path's, at 1/100th of the calls, and fresh on every pass (a moved host is
+  seen at the next pass, not when a cache expires).
+
+Every call goes through `aws.aws_call` (error mapping) and `retry.call` (backoff within the
+invocation's budget); a call that still fails marks what it covered as unknown.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
+
+import aws
+import retry
+
+T = TypeVar("T")
+
+LIST_PAGE = 100  # ListTasks maxResults
+DESCRIBE_BATCH = 100  # DescribeTasks / DescribeContainerInstances: at most 100 per call
+SSM_BATCH = 50  # DescribeInstanceInformation MaxResults is 5..50
+
+Json = Mapping[str, Any]
+
+
+def chunks(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+@dataclass(frozen=True)
+class Described:
+    """DescribeTasks answers: tasks by ID, `failures` (ID -> reason), `unknown` (call failed)."""
+
+    tasks: dict[str, Json] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    unknown: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunningTasks:
+    """The cluster's running EXTERNAL tasks; `problems` say why the listing is incomplete."""
+
+    tasks: dict[str, Json]  # task ID -> DescribeTasks task
+    problems: tuple[str, ...]
+
+    @property
+    def complete(self) -> bool:
+        return not self.problems
+
+
+@dataclass(frozen=True)
+class Hosts:
+    """Addresses of the container instances (the registrar's HostSource) and their states."""
+
+    source: aws.HostSource
+    instances: dict[str, Json]  # container instance ARN -> DescribeContainerInstances item
+
+
+def task_id_of(arn: str) -> str:
+    return arn.rsplit("/", 1)[-1]
+
+
+class _PrefetchedEcs:
+    """`describe_container_instances` for one ARN, answered from a batch read beforehand."""
+
+    def __init__(self, instances: Mapping[str, Json], failures: Mapping[str, str]) -> None:
+        self._instances = instances
+        self._failures = failures
+
+    def describe_container_instances(
+        self, *, cluster: str, containerInstances: Sequence[str]
+    ) -> Json:
+        found = [self._instances[a] for a in containerInstances if a in self._instances]
+        failures = [
+            {"arn": a, "reason": self._failures.get(a, "not described in this pass")}
+            for a in containerInstances
+            if a not in self._instances
+        ]
+        return {"containerInstances": found, "failures": failures}
+
+
+class _PrefetchedSsm:
+    """`describe_instance_information` by instance IDs, answered from a batch read beforehand."""
+
+    def __init__(self, information: Mapping[str, Json]) -> None:
+        self._information = information
+
+    def describe_instance_information(self, *, Filters: Sequence[Json], **_: Any) -> Json:
+        ids: list[str] = next((f["Values"] for f in Filters if f.get("Key") == "InstanceIds"), [])
+        return {
+            "InstanceInformationList": [self._information[i] for i in ids if i in self._information]
+        }
+
+
+class EcsReader:
+    """Batched, budgeted reads of one cluster."""
+
+    def __init__(
+        self,
+        *,
+        cluster_arn: str,
+        ecs: Callable[[], Any],
+        ssm: Callable[[], Any],
+        policy: retry.RetryPolicy,
+        budget: retry.Budget,
+    ) -> None:
+        self.cluster_arn = cluster_arn
+        self._ecs = ecs
+        self._ssm = ssm
+        self._policy = policy
+        self._budget = budget
+
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        return retry.call(
+            lambda: aws.aws_call(what, fn), what=what, policy=self._policy, budget=self._budget
+        )
+
+    def _list_page(self, kwargs: Mapping[str, Any]) -> Json:
+        return self._call("ListTasks", lambda: self._ecs().list_tasks(**kwargs))
+
+    def _describe_tasks(self, task_ids: Sequence[str]) -> Json:
+        return self._call(
+            "DescribeTasks",
+            lambda: self._ecs().describe_tasks(cluster=self.cluster_arn, tasks=list(task_ids)),
+        )
+
+    def _describe_instances(self, arns: Sequence[str]) -> Json:
+        return self._call(
+            "DescribeContainerInstances",
+            lambda: self._ecs().describe_container_instances(
+                cluster=self.cluster_arn, containerInstances=list(arns)
+            ),
+        )
+
+    def _instance_page(self, kwargs: Mapping[str, Any]) -> Json:
+        return self._call(
+            "DescribeInstanceInformation",
+            lambda: self._ssm().describe_instance_information(**kwargs),
+        )
+
+    # -- tasks -------------------------------------------------------------------------------
+
+    def running_tasks(self) -> RunningTasks:
+        """Every RUNNING-desired EXTERNAL task; stops at the first page it cannot read."""
+        tasks: dict[str, Json] = {}
+        problems: list[str] = []
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "cluster": self.cluster_arn,
+                "desiredStatus": "RUNNING",
+                "launchType": "EXTERNAL",
+                "maxResults": LIST_PAGE,
+            }
+            if token:
+                kwargs["nextToken"] = token
+            try:
+                page = self._list_page(kwargs)
+            except (retry.RetryableError, aws.AwsLookupError) as err:
+                problems.append(f"ListTasks failed after {len(tasks)} tasks: {err}")
+                break
+            arns = [str(a) for a in page.get("taskArns") or []]
+            described = self.describe_tasks([task_id_of(a) for a in arns])
+            tasks.update(described.tasks)
+            problems.extend(
+                f"DescribeTasks {tid}: {reason}"
+                for tid, reason in {**described.failures, **described.unknown}.items()
+            )
+            token = page.get("nextToken")
+            if not token:
+                break
+        return RunningTasks(tasks=tasks, problems=tuple(problems))
+
+    def describe_tasks(self, task_ids: Iterable[str]) -> Described:
+        """DescribeTasks in batches; a batch whose call fails is `unknown`, never `failures`."""
+        result = Described()
+        ids = sorted(set(task_ids))
+        for batch in chunks(ids, DESCRIBE_BATCH):
+            try:
+                response = self._describe_tasks(batch)
+            except (retry.RetryableError, aws.AwsLookupError) as err:
+                result.unknown.update({tid: str(err) for tid in batch})
+                continue
+            for task in response.get("tasks") or []:
+                result.tasks[task_id_of(str(task["taskArn"]))] = task
+            for failure in response.get("failures") or []:
+                tid = task_id_of(str(failure.get("arn", "")))
+                result.failures[tid] = str(failure.get("reason", "unknown"))
+        return result
+
+    # -- hosts -------------------------------------------------------------------------------
+
+    def hosts(self, container_instance_arns: Iterable[str], ttl_s: float = 3600.0) -> Hosts:
+        """Every container instance in 1/100th of the calls, served as a HostSource."""
+        instances: dict[str, Json] = {}
+        failures: dict[str, str] = {}
+        arns = sorted(set(container_instance_arns))
+        for batch in chunks(arns, DESCRIBE_BATCH):
+            try:
+                response = self._describe_instances(batch)
+            except (retry.RetryableError, aws.AwsLookupError) as err:
+                failures.update({a: str(err) for a in batch})
+                continue
+            for instance in response.get("containerInstances") or []:
+                instances[str(instance["containerInstanceArn"])] = instance
+            for failure in response.get("failures") or []:
+                failures[str(failure.get("arn", ""))] = str(failure.get("reason", "unknown"))
+        information = self._instance_information(
+            str(i["ec2InstanceId"])
+            for i in instances.values()
+            if i.get("ec2InstanceId") and not _has_override(i)
+        )
+        ecs = _PrefetchedEcs(instances, failures)
+        ssm = _PrefetchedSsm(information)
+        return Hosts(
+            source=aws.EcsSsmHosts(lambda: ecs, lambda: ssm, ttl_s),
+            instances=instances,
+        )
+
+    def _instance_information(self, instance_ids: Iterable[str]) -> dict[str, Json]:
+        found: dict[str, Json] = {}
+        for batch in chunks(sorted(set(instance_ids)), SSM_BATCH):
+            token: str | None = None
+            while True:
+                kwargs: dict[str, Any] = {
+                    "Filters": [{"Key": "InstanceIds", "Values": list(batch)}],
+                    "MaxResults": SSM_BATCH,
+                }
+                if token:
+                    kwargs["NextToken"] = token
+                try:
+                    response = self._instance_page(kwargs)
+                except (retry.RetryableError, aws.AwsLookupError):
+                    break  # those hosts' lookups fail with EcsSsmHosts' own message
+                for info in response.get("InstanceInformationList") or []:
+                    found[str(info.get("InstanceId"))] = info
+                token = response.get("NextToken")
+                if not token:
+                    break
+        return found
+
+
+def _has_override(instance: Json) -> bool:
+    return any(a.get("name") == aws.ADDRESS_ATTRIBUTE for a in instance.get("attributes") or [])

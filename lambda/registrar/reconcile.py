@@ -1,0 +1,590 @@
+"""The reconcile pass: converge the catalog to ECS's truth after lost events, safely.
+
+Entry point `handler(event, context)` (EventBridge schedule). It runs locally too, with the
+registrar's environment (CONSUL_HTTP_ADDR, ECS_CLUSTER_ARN, ...):
+`cd lambda/registrar && python -c "import reconcile; print(reconcile.handler({}, None))"`.
+
+One pass
+1. What the registrar owns, in 3 Consul requests whatever the cluster's size: this cluster's
+   task nodes (`/v1/catalog/nodes?filter=Meta["source"] == ... and Meta["cluster-arn"] == ...`),
+   the state records (`/v1/kv/ecs-registrar/<cluster>/tasks/?recurse`) and the disconnection
+   markers (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
+2. ECS's truth (listing.py): ListTasks + DescribeTasks, 100 tasks per call; task definitions
+   through the registrar's cache (immutable per ARN); container instances and SSM addresses
+   in batches, fresh every pass.
+3. Every running mesh task gets its desired registration (`decide.desired_registration`, the
+   event path's own function). In sync = a running record with the same digest and the node
+   present on the same address: nothing is written. Otherwise `apply.apply(repair=True)` with
+   the version DescribeTasks reports: the event path's cas-protected txn, so a tombstone or a
+   newer record always wins and reconcile can never resurrect a stopped task.
+4. Deletions, only when the ECS listing is complete (every page read, every task described):
+   the tasks the catalog or a running record has and the listing lacks are confirmed with
+   DescribeTasks (stopped, or MISSING). At most RECONCILE_MAX_DELETIONS are removed (through
+   `apply`: tombstone + node delete); the rest is reported (DeletionsHeldBack metric and a
+   warning) and left to the next pass. Only nodes carrying our `source` and cluster meta are
+   ever listed, so nothing else can be deleted.
+5. Tombstone garbage collection: stopped records older than TOMBSTONE_GRACE_HOURS of tasks ECS
+   no longer knows (MISSING) are deleted with KV delete-cas (a record that changed stays). The
+   grace (default 5 days) outlives every delayed event: EventBridge retries for 24 h and the
+   queue keeps messages 4 days, so no late RUNNING event can find the tombstone gone. A message
+   redriven from the DLQ later than that is caught by the next pass (its task is MISSING).
+6. Hosts whose agent state (DescribeContainerInstances) disagrees with the markers go through
+   `host_state.apply_instance_state`, the path of the container instance events.
+
+Large clusters and the time budget: the pass is stateless. The listings cost ~2 AWS calls per
+100 tasks, the repairs ~4 Consul requests each, and every phase stops when the invocation's
+budget runs out; what was not repaired is found again by the next scheduled pass, which
+recomputes the whole difference (no checkpoint to lose or to go stale). Phases run in order of
+harm: missing and moved entries first, then deletions, then garbage collection. A pass that
+could not read the whole listing deletes nothing (ReconcileIncomplete metric).
+
+Metrics (EMF, namespace of metrics.py, dimension ClusterName): ReconcileTasks (running mesh
+tasks), DriftMissing, DriftChanged, DriftStale, DriftHosts and their sum DriftRepaired,
+DeletionsHeldBack, TombstonesCollected, ReconcileIncomplete, ReconcileDeferred (repairs left
+for lack of time), ReconcileFailed (repairs that failed), InvalidTaskDefinition.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import apply
+import aws
+import decide
+import host_state
+import identity
+import inventory
+import listing
+import logs
+import registrar
+import retry
+from consul import TxnConflict
+from inventory import Inventory
+from metrics import Metrics
+from model import (
+    RUNNING,
+    STOPPED,
+    ContainerDefinition,
+    InvalidTaskDefinition,
+    MalformedEvent,
+    Registration,
+    StateRecord,
+    TaskDefinition,
+    TaskEvent,
+    parse_time,
+    task_event_from_detail,
+)
+
+GC_PER_PASS = 1000  # tombstones examined per pass; bounds the pass's DescribeTasks calls
+MAX_TXN_OPS = 128
+
+# AWS clients: replaced in tests (moto or fakes) with a function of the same shape.
+aws_client: Callable[[str], Any] = aws.client
+
+
+class ConfigError(registrar.ConfigError):
+    """A reconcile setting in the environment is invalid."""
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) -> int:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit() or not lo <= int(raw) <= hi:
+        raise ConfigError(f"{name} must be an integer from {lo} to {hi}, got {raw!r}")
+    return int(raw)
+
+
+@dataclass(frozen=True)
+class ReconcileSettings:
+    """RECONCILE_MAX_DELETIONS (50, config key reconcile_max_deletions): entries one pass may
+    delete. TOMBSTONE_GRACE_HOURS (120): age before a stopped task's record may go."""
+
+    max_deletions: int = 50
+    tombstone_grace: timedelta = timedelta(hours=120)
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> ReconcileSettings:
+        return cls(
+            max_deletions=_int_env(env, "RECONCILE_MAX_DELETIONS", 50, 1, 10000),
+            tombstone_grace=timedelta(
+                hours=_int_env(env, "TOMBSTONE_GRACE_HOURS", 120, 25, 24 * 365)
+            ),
+        )
+
+
+@dataclass
+class PassReport:
+    """What one pass saw and did; `metrics()` is what goes to CloudWatch."""
+
+    running: int = 0
+    in_sync: int = 0
+    missing: int = 0
+    changed: int = 0
+    stale: int = 0
+    hosts: int = 0
+    held_back: int = 0
+    tombstones_collected: int = 0
+    deferred: int = 0
+    failed: int = 0
+    invalid: int = 0
+    complete: bool = True
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def repaired(self) -> int:
+        return self.missing + self.changed + self.stale + self.hosts
+
+    def metrics(self) -> dict[str, int]:
+        return {
+            "ReconcileTasks": self.running,
+            "DriftMissing": self.missing,
+            "DriftChanged": self.changed,
+            "DriftStale": self.stale,
+            "DriftHosts": self.hosts,
+            "DriftRepaired": self.repaired,
+            "DeletionsHeldBack": self.held_back,
+            "TombstonesCollected": self.tombstones_collected,
+            "ReconcileIncomplete": 0 if self.complete else 1,
+            "ReconcileDeferred": self.deferred,
+            "ReconcileFailed": self.failed,
+            "InvalidTaskDefinition": self.invalid,
+        }
+
+    def summary(self) -> dict[str, Any]:
+        return {
+            **self.metrics(),
+            "InSync": self.in_sync,
+            "Complete": self.complete,
+            "Problems": self.problems[:20],
+        }
+
+
+@dataclass(frozen=True)
+class Owned:
+    """What the registrar owns for the cluster, as read at the start of the pass."""
+
+    nodes: dict[str, Mapping[str, Any]]  # node name -> catalog node
+    records: dict[str, tuple[StateRecord | None, int]]  # task ID -> (record, ModifyIndex)
+    markers: set[str]  # nodes carrying the disconnection marker
+
+
+@dataclass(frozen=True)
+class Wanted:
+    """A running mesh task and the registration it should have."""
+
+    event: TaskEvent
+    registration: Registration
+
+
+def task_arn_for(cluster_arn: str, task_id: str) -> str:
+    """The task ARN of `task_id` in `cluster_arn` (what identity.state_key/node_name need)."""
+    prefix, name = cluster_arn.rsplit(":cluster/", 1)
+    return f"{prefix}:task/{name}/{task_id}"
+
+
+class Reconciler:
+    """One pass over one cluster, within `budget`."""
+
+    def __init__(
+        self,
+        *,
+        consul: Inventory,
+        ecs: listing.EcsReader,
+        task_definitions: aws.TaskDefinitionSource,
+        cluster_arn: str,
+        settings: ReconcileSettings,
+        budget: retry.Budget,
+        policy: retry.RetryPolicy,
+        now: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
+        self._consul = consul
+        self._ecs = ecs
+        self._task_definitions = task_definitions
+        self._cluster_arn = cluster_arn
+        self._settings = settings
+        self._budget = budget
+        self._policy = policy
+        self._now = now
+        self._prefix = f"{identity.STATE_PREFIX}{identity.cluster_name(cluster_arn)}/tasks/"
+        self.report = PassReport()
+
+    # -- the pass ----------------------------------------------------------------------------
+
+    def run(self) -> PassReport:
+        """Raises when Consul cannot be read at all (nothing to compare against)."""
+        owned = self._read_owned()
+        running = self._ecs.running_tasks()
+        if not running.complete:
+            self.report.complete = False
+            self.report.problems.extend(running.problems)
+            logs.warning(
+                "the ECS listing is incomplete: this pass deletes nothing",
+                problems=list(running.problems[:10]),
+            )
+        wanted, stopping, hosts = self._wanted(running.tasks)
+        self._repair(wanted, owned)
+        if self.report.complete:
+            self._delete_gone(owned, set(running.tasks), stopping)
+            self._collect_tombstones(owned, set(running.tasks))
+        self._repair_hosts(wanted, owned, hosts)
+        return self.report
+
+    def _read_owned(self) -> Owned:
+        nodes: dict[str, Mapping[str, Any]] = {
+            str(n["Node"]): n
+            for n in self._consul.nodes(inventory.owned_nodes_filter(self._cluster_arn))
+            if isinstance(n.get("Node"), str)
+        }
+        records: dict[str, tuple[StateRecord | None, int]] = {}
+        for pair in self._consul.kv_list(self._prefix):
+            task_id = pair.key[len(self._prefix) :]
+            if not task_id or "/" in task_id:
+                continue
+            try:
+                record: StateRecord | None = StateRecord.decode(pair.value)
+            except ValueError:
+                record = None  # unreadable: apply overwrites it with cas
+            records[task_id] = (record, pair.modify_index)
+        markers = host_state.marked_nodes(self._consul)
+        return Owned(nodes=nodes, records=records, markers=markers)
+
+    def _event(self, task: Mapping[str, Any], task_id: str) -> TaskEvent | None:
+        try:
+            return task_event_from_detail(
+                task, event_id=f"reconcile:{task_id}", event_time=self._now(), path=task_id
+            )
+        except MalformedEvent as err:
+            logs.warning(
+                "DescribeTasks answer unusable; task skipped", task_id=task_id, error=str(err)
+            )
+            return None
+
+    def _wanted(
+        self, tasks: Mapping[str, Mapping[str, Any]]
+    ) -> tuple[list[Wanted], list[TaskEvent], listing.Hosts | None]:
+        """The registration of every running mesh task; tasks ECS is already stopping."""
+        candidates: list[tuple[TaskEvent, TaskDefinition, ContainerDefinition]] = []
+        stopping: list[TaskEvent] = []
+        for task_id in sorted(tasks):
+            event = self._event(tasks[task_id], task_id)
+            if event is None:
+                continue
+            phase = decide.triage(event, self._cluster_arn)
+            if phase == "stop":
+                stopping.append(event)
+            if phase != "run":
+                continue
+            try:
+                definition = self._definition(event.task_definition_arn)
+            except (retry.RetryableError, aws.AwsLookupError) as err:
+                self._fail(event, "task definition lookup failed", err)
+                continue
+            app = decide.mesh_target(definition)
+            if isinstance(app, decide.Skip):
+                self.report.invalid += app.kind == "invalid"
+                continue
+            candidates.append((event, definition, app))
+        if not candidates:
+            return [], stopping, None
+        hosts = self._ecs.hosts(
+            e.container_instance_arn for e, _, _ in candidates if e.container_instance_arn
+        )
+        wanted = []
+        for event, definition, app in candidates:
+            instance = event.container_instance_arn
+            try:
+                if instance is None:
+                    raise MalformedEvent("containerInstanceArn is missing for a RUNNING task")
+                host = hosts.source.get(self._cluster_arn, instance)
+                registration = decide.desired_registration(event, definition, app, host)
+            except (InvalidTaskDefinition, MalformedEvent) as err:
+                self.report.invalid += 1
+                logs.warning("task cannot be registered", task_arn=event.task_arn, error=str(err))
+                continue
+            except (retry.RetryableError, aws.AwsLookupError) as err:
+                self._fail(event, "host address lookup failed", err)
+                continue
+            wanted.append(Wanted(event, registration))
+        self.report.running = len(wanted)
+        return wanted, stopping, hosts
+
+    def _definition(self, arn: str) -> TaskDefinition:
+        return retry.call(
+            lambda: self._task_definitions.get(arn),
+            what="DescribeTaskDefinition",
+            policy=self._policy,
+            budget=self._budget,
+        )
+
+    def _out_of_time(self) -> bool:
+        return self._budget.exhausted
+
+    def _fail(self, event: TaskEvent, what: str, err: Exception) -> None:
+        self.report.failed += 1
+        with logs.task_context(event.task_arn):
+            logs.error(what, error=f"{type(err).__name__}: {err}")
+
+    # -- phase: registrations ----------------------------------------------------------------
+
+    def _in_sync(self, wanted: Wanted, owned: Owned) -> bool:
+        registration = wanted.registration
+        record, _ = owned.records.get(wanted.event.task_id, (None, 0))
+        node = owned.nodes.get(registration.node)
+        return (
+            record is not None
+            and record.status == RUNNING
+            and record.digest == registration.digest()
+            and node is not None
+            and node.get("Address") == registration.address
+        )
+
+    def _repair(self, wanted: list[Wanted], owned: Owned) -> None:
+        drift = [w for w in wanted if not self._in_sync(w, owned)]
+        self.report.in_sync = len(wanted) - len(drift)
+        for n, item in enumerate(drift):
+            if self._out_of_time():
+                self.report.deferred += len(drift) - n
+                logs.warning("time budget spent; the next pass continues", left=len(drift) - n)
+                return
+            present = item.registration.node in owned.nodes
+            result = self._apply(item.event.task_arn, item.registration, item.event.version)
+            if result is None:
+                continue
+            if result.kind in ("registered", "repaired"):
+                if present:
+                    self.report.changed += 1
+                else:
+                    self.report.missing += 1
+
+    def _apply(
+        self, task_arn: str, desired: Registration | None, version: int
+    ) -> apply.Result | None:
+        """The event path's write, in repair mode; None when it failed (logged, counted)."""
+        with logs.task_context(task_arn):
+            try:
+                result = apply.apply(
+                    self._consul,
+                    key=identity.state_key(self._cluster_arn, task_arn),
+                    node=identity.node_name(task_arn),
+                    desired=desired,
+                    version=version,
+                    event_time=self._now().isoformat(),
+                    repair=True,
+                )
+            except Exception as err:
+                self.report.failed += 1
+                logs.error(
+                    "reconcile could not repair the task", error=f"{type(err).__name__}: {err}"
+                )
+                return None
+            logs.info(f"reconcile {result.kind}", reason=result.reason, version=version)
+            return result
+
+    # -- phase: deletions --------------------------------------------------------------------
+
+    def _delete_gone(self, owned: Owned, listed: set[str], stopping: list[TaskEvent]) -> None:
+        """Remove what belongs to tasks DescribeTasks confirms stopped or MISSING, up to the cap."""
+        suspects = {
+            node[len(identity.NODE_PREFIX) :]
+            for node in owned.nodes
+            if node.startswith(identity.NODE_PREFIX)
+        }
+        suspects |= {
+            tid
+            for tid, (record, _) in owned.records.items()
+            if record is None or record.status == RUNNING
+        }
+        suspects -= listed
+        gone: dict[str, int] = {}  # task ID -> version to write the tombstone at
+        for event in stopping:
+            node = identity.node_name(event.task_arn)
+            record, _ = owned.records.get(event.task_id, (None, 0))
+            if node in owned.nodes or (record is not None and record.status == RUNNING):
+                gone[event.task_id] = event.version
+        described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
+        for tid in sorted(suspects):
+            if tid in described.tasks:
+                seen = self._event(described.tasks[tid], tid)
+                if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
+                    gone[tid] = seen.version
+                else:
+                    logs.info("the listing missed a running task; kept", task_id=tid)
+            elif described.failures.get(tid) == "MISSING":
+                gone[tid] = host_state.GONE_VERSION
+            else:
+                reason = described.failures.get(tid) or described.unknown.get(tid)
+                logs.warning("cannot confirm the task is gone; kept", task_id=tid, reason=reason)
+        cap = self._settings.max_deletions
+        ordered = sorted(gone)
+        if len(ordered) > cap:
+            self.report.held_back = len(ordered) - cap
+            logs.warning(
+                "deletion cap reached: the rest waits for the next pass",
+                confirmed_gone=len(ordered),
+                cap=cap,
+                held_back=self.report.held_back,
+            )
+        for n, tid in enumerate(ordered[:cap]):
+            if self._out_of_time():
+                self.report.deferred += min(len(ordered), cap) - n
+                return
+            task_arn = task_arn_for(self._cluster_arn, tid)
+            present = identity.node_name(task_arn) in owned.nodes
+            result = self._apply(task_arn, None, gone[tid])
+            if result is not None and present and result.kind in ("deregistered", "repaired"):
+                self.report.stale += 1
+
+    # -- phase: tombstones -------------------------------------------------------------------
+
+    def _collect_tombstones(self, owned: Owned, listed: set[str]) -> None:
+        cutoff = self._now() - self._settings.tombstone_grace
+        old: dict[str, int] = {}
+        for tid, (record, index) in sorted(owned.records.items()):
+            if (
+                record is None
+                or record.status != STOPPED
+                or tid in listed
+                or record.event_time is None
+            ):
+                continue
+            try:
+                stopped_at = parse_time(record.event_time, "event_time")
+            except MalformedEvent:
+                continue
+            if stopped_at < cutoff:
+                old[tid] = index
+            if len(old) >= GC_PER_PASS:
+                break
+        if not old or self._out_of_time():
+            return
+        described = self._ecs.describe_tasks(old)
+        forgotten = [tid for tid in sorted(old) if described.failures.get(tid) == "MISSING"]
+        ops = [
+            {"KV": {"Verb": "delete-cas", "Key": self._prefix + tid, "Index": old[tid]}}
+            for tid in forgotten
+        ]
+        for start in range(0, len(ops), MAX_TXN_OPS):
+            if self._out_of_time():
+                return
+            self.report.tombstones_collected += self._delete_records(
+                ops[start : start + MAX_TXN_OPS]
+            )
+
+    def _delete_records(self, ops: list[dict[str, Any]]) -> int:
+        """One txn of delete-cas ops; after a 409 once more without the records that changed."""
+        for _ in range(2):
+            if not ops:
+                return 0
+            try:
+                self._consul.txn(ops)
+            except TxnConflict as conflict:
+                ops = [op for i, op in enumerate(ops) if not conflict.failed_op(i)]
+                continue
+            except Exception as err:
+                logs.warning("tombstone collection failed; the next pass retries", error=str(err))
+                return 0
+            return len(ops)
+        return 0
+
+    # -- phase: hosts ------------------------------------------------------------------------
+
+    def _repair_hosts(
+        self, wanted: list[Wanted], owned: Owned, hosts: listing.Hosts | None
+    ) -> None:
+        if hosts is None:
+            return
+        nodes_of: dict[str, set[str]] = {}
+        for item in wanted:
+            if item.event.container_instance_arn:
+                nodes_of.setdefault(item.event.container_instance_arn, set()).add(
+                    item.registration.node
+                )
+        for arn in sorted(nodes_of):
+            instance = hosts.instances.get(arn)
+            if instance is None or self._out_of_time():
+                continue
+            try:
+                state = host_state.instance_state({**instance, "clusterArn": self._cluster_arn})
+            except MalformedEvent as err:
+                logs.warning(
+                    "container instance unusable", container_instance_arn=arn, error=str(err)
+                )
+                continue
+            marked = owned.markers & nodes_of[arn]
+            expected = set() if state.agent_connected else nodes_of[arn]
+            if not state.deregistered and marked == expected:
+                continue
+            try:
+                outcome = host_state.apply_instance_state(self._consul, state)
+            except Exception as err:
+                self.report.failed += 1
+                logs.error("host state repair failed", container_instance_arn=arn, error=str(err))
+                continue
+            logs.info(
+                f"reconcile host {outcome.kind}", container_instance_arn=arn, reason=outcome.reason
+            )
+            if outcome.kind in ("marked", "unmarked", "deregistered"):
+                self.report.hosts += 1
+
+
+# --------------------------------------------------------------------------------------------
+# Entry point
+
+
+def run_pass(
+    rt: registrar.Runtime,
+    settings: ReconcileSettings,
+    budget: retry.Budget,
+    *,
+    clients: Callable[[str], Any] | None = None,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> PassReport:
+    """One pass with the container's runtime (Consul token, TLS, task definition cache)."""
+    client = clients or aws_client
+    cluster_arn = rt.settings.cluster_arn
+    reader = listing.EcsReader(
+        cluster_arn=cluster_arn,
+        ecs=lambda: client("ecs"),
+        ssm=lambda: client("ssm"),
+        policy=rt.settings.retry_policy,
+        budget=budget,
+    )
+    return Reconciler(
+        consul=inventory.connect(rt, budget),
+        ecs=reader,
+        task_definitions=rt.task_definitions,
+        cluster_arn=cluster_arn,
+        settings=settings,
+        budget=budget,
+        policy=rt.settings.retry_policy,
+        now=now,
+    ).run()
+
+
+def handler(event: Any, context: Any) -> dict[str, Any]:
+    """Scheduled entry point. Raises when the pass could not run, so the Errors alarm sees it."""
+    rt = registrar.runtime()
+    settings = ReconcileSettings.from_env(os.environ)
+    remaining = getattr(context, "get_remaining_time_in_millis", None)
+    if callable(remaining):
+        budget = retry.Budget(remaining, rt.settings.reserve_ms)
+    else:  # a local run without a Lambda context
+        budget = retry.Budget.fixed(600.0)
+    metrics = Metrics({"ClusterName": identity.cluster_name(rt.settings.cluster_arn)})
+    try:
+        report = run_pass(rt, settings, budget)
+    except Exception as err:
+        logs.error("reconcile pass failed", error=f"{type(err).__name__}: {err}")
+        metrics.count("ReconcileIncomplete")
+        metrics.flush()
+        raise
+    for name, value in report.metrics().items():
+        metrics.count(name, value)
+    metrics.flush()
+    logs.info("reconcile pass done", **report.summary())
+    return report.summary()
