@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import host_state
 import identity
 import logs
 import registrar
@@ -83,6 +84,8 @@ def _process(
         logs.warning("no time left in this invocation; leaving the message to SQS")
         metrics.count("Failed")
         return False
+    if host_state.is_instance_event(body):
+        return host_state.process(body, budget, metrics)
     try:
         event = parse_event(body)
         result = worker.handle(event)

@@ -361,7 +361,7 @@ def test_malformed_bodies_are_reported_and_good_neighbours_applied(
     bodies: list[str | dict[str, Any]] = [
         task_event(task_id=f"{1:032x}"),
         "{not json",
-        load_event("container_instance_state_change.json"),
+        {**load_event("container_instance_state_change.json"), "detail-type": "ECS Service Action"},
         load_event("malformed_missing_version.json"),
         load_event("malformed_wrong_types.json"),
         task_event(task_id=f"{2:032x}"),
@@ -379,7 +379,7 @@ def test_malformed_bodies_are_reported_and_good_neighbours_applied(
         if line.get("message", "").startswith("malformed")
     }
     assert malformed["msg-1"].startswith("body is not JSON")
-    assert "ECS Container Instance State Change" in malformed["msg-2"]
+    assert "ECS Service Action" in malformed["msg-2"]
     assert malformed["msg-3"] == "detail.version is missing"
     assert malformed["msg-4"] == "detail.containers must be a list, got dict"
     emf = [line for line in lines if "_aws" in line]
