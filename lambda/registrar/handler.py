@@ -113,5 +113,7 @@ def _process(
         lag_ms = (datetime.now(UTC) - event.event_time).total_seconds() * 1000
         metrics.lag(lag_ms)
         fields["lag_ms"] = round(lag_ms)
-    logs.info(f"event {result.kind}", **fields)
+    # An opted-in task the mesh cannot serve is the service owner's to fix: make it stand out.
+    log = logs.warning if result.kind == "invalid" else logs.info
+    log(f"event {result.kind}", **fields)
     return True

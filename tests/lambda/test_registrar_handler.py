@@ -494,3 +494,20 @@ def test_concurrent_duplicates_register_once(consul: ConsulDouble) -> None:
     assert len(by_id(consul)) == 2
     # one txn won the cas; the others lost it (409) or saw the record first
     assert sum(1 for r in consul.requests if r.path == "/v1/txn" and r.status == 200) == 1
+
+
+def test_unusable_opted_in_task_definition_is_a_warning_not_a_retry(
+    consul: ConsulDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN an opted-in task definition in awsvpc mode (not supported on ECS Anywhere)
+    capsys.readouterr()
+
+    # WHEN its RUNNING event is handled
+    failed = run(task_event(task_definition_arn=VPC_TD))
+
+    # THEN it is not retried (a redrive cannot fix a task definition) but stands out in the logs
+    assert failed == []
+    (line,) = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"level"' in x]
+    assert (line["level"], line["outcome"]) == ("WARNING", "invalid")
+    assert "network mode 'awsvpc' is not supported" in line["reason"]
+    assert consul.requests == []
