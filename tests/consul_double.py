@@ -205,6 +205,8 @@ class _RequestHandler(BaseHTTPRequestHandler):
 
     def setup(self) -> None:
         super().setup()
+        # Headers and body go out in two writes: without this, Nagle + delayed ACK add 40 ms.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.server.double._track(self.connection, opened=True)
 
     def finish(self) -> None:
@@ -410,14 +412,14 @@ class ConsulDouble:
     # -- direct state inspection (deep copies in Consul's JSON shapes)
     def nodes(self) -> dict[str, dict[str, Any]]:
         with self._cond:
-            return {n["Node"]: node_view(n) for n in self._store.t.nodes.values()}
+            return {n["Node"]: copy.deepcopy(node_view(n)) for n in self._store.t.nodes.values()}
 
     def services(self, node: str | None = None) -> list[dict[str, Any]]:
         """Catalog/service shaped entries (ServiceNode), for one node or all, by (node, ID)."""
         with self._cond:
             store = self._store
             return [
-                service_node_view(store.t.nodes[node_key], service)
+                copy.deepcopy(service_node_view(store.t.nodes[node_key], service))
                 for (node_key, _), service in sorted(store.t.services.items())
                 if node is None or node_key == node.lower()
             ]
@@ -425,7 +427,7 @@ class ConsulDouble:
     def checks(self, node: str | None = None) -> list[dict[str, Any]]:
         with self._cond:
             return [
-                check_view(check)
+                copy.deepcopy(check_view(check))
                 for (node_key, _), check in sorted(self._store.t.checks.items())
                 if node is None or node_key == node.lower()
             ]

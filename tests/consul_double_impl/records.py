@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import copy
 import re
 from datetime import UTC, datetime
 from typing import Any
@@ -349,12 +348,17 @@ def without_indexes(record: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in record.items() if k not in ("CreateIndex", "ModifyIndex")}
 
 
+# JSON views: new top-level dicts sharing nested values with the records. Records are never
+# mutated in place (a write replaces them) and replies are serialized at once, so no copy is
+# needed here; the inspection methods of ConsulDouble deep-copy what they hand out.
+
+
 def node_view(node: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(node)
+    return dict(node)
 
 
 def node_service_view(service: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(service)
+    return dict(service)
 
 
 def service_node_view(node: dict[str, Any], service: dict[str, Any]) -> dict[str, Any]:
@@ -383,11 +387,11 @@ def service_node_view(node: dict[str, Any], service: dict[str, Any]) -> dict[str
     view["ServiceConnect"] = service["Connect"]
     view["CreateIndex"] = service["CreateIndex"]
     view["ModifyIndex"] = service["ModifyIndex"]
-    return copy.deepcopy(view)
+    return view
 
 
 def check_view(check: dict[str, Any]) -> dict[str, Any]:
-    return copy.deepcopy(check)
+    return dict(check)
 
 
 def kv_view(entry: dict[str, Any], *, with_value: bool = True) -> dict[str, Any]:
