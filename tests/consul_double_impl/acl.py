@@ -33,7 +33,7 @@ POLICY_NAME_RE = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
 
 
 def _acl_guard(backend: Backend, request: Request, permission: str) -> None:
-    if not (backend.accepted_tokens is not None):
+    if backend.accepted_tokens is None:
         raise HTTPError(401, "ACL support disabled")
     if request.anonymous:
         raise denied(permission, "")
@@ -169,18 +169,27 @@ def _acl_token_create(backend: Backend, request: Request, match: re.Match[str]) 
 
 @router.route(r"/v1/acl/token/self", "GET", query=True)
 def _acl_token_self(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
-    if not (backend.accepted_tokens is not None):
+    accepted = backend.accepted_tokens
+    if accepted is None:
         raise HTTPError(401, "ACL support disabled")
     store = backend.store
     token = store.token_by_secret(request.token)
-    if token is None:
-        if request.token and backend.accepted_tokens and request.token in backend.accepted_tokens:
-            view = {"AccessorID": "", "SecretID": request.token, "Description": "initial token",
-                    "Policies": [{"ID": "00000000-0000-0000-0000-000000000001",
-                                  "Name": "global-management"}], "Local": False}  # fmt: skip
-            return query_reply(view, store.table_index("acl-tokens"))
+    if token is not None:
+        return query_reply(store.token_view(token), store.table_index("acl-tokens"))
+    if request.token not in accepted:
         raise HTTPError(403, "ACL not found")
-    return query_reply(backend.store.token_view(token), store.table_index("acl-tokens"))
+    # An initial token: present it like Consul presents its initial management token.
+    view = {
+        "AccessorID": "",
+        "SecretID": request.token,
+        "Description": "initial token",
+        "Policies": [_GLOBAL_MANAGEMENT],
+        "Local": False,
+    }
+    return query_reply(view, store.table_index("acl-tokens"))
+
+
+_GLOBAL_MANAGEMENT = {"ID": "00000000-0000-0000-0000-000000000001", "Name": "global-management"}
 
 
 @router.route(r"/v1/acl/token/(?P<accessor>[^/]*)", "GET PUT DELETE", query=True)

@@ -103,16 +103,14 @@ def _config_get(backend: Backend, request: Request, match: re.Match[str]) -> Rep
         raise HTTPError(500, f"invalid config entry kind: {kind}")
     index = store.table_index("config-entries")
     if name is None:
-        entries = [] if request.anonymous else [
-            copy.deepcopy(e) for (k, _), e in sorted(store.t.config.items()) if k == kind
-        ]  # fmt: skip
-        return query_reply(entries, index)
+        entries = [e for (k, _), e in sorted(store.t.config.items()) if k == kind]
+        return query_reply([] if request.anonymous else entries, index)
     if request.anonymous:
         raise denied("service:read", name)
     entry = store.t.config.get((kind, name))
     if entry is None:
         raise HTTPError(404, f'Config entry not found for "{kind}" / "{name}"')
-    return query_reply(copy.deepcopy(entry), index)
+    return query_reply(entry, index)
 
 
 @router.route(r"/v1/config/(?P<kind>[^/]+)/(?P<name>.+)", "DELETE")

@@ -51,6 +51,15 @@ class _TxnOp:
 
 
 _KV_WRITE_VERBS = frozenset({"set", "delete", "delete-cas", "delete-tree", "cas", "lock", "unlock"})
+_EMPTY_ENTRY = {
+    "LockIndex": 0,
+    "Key": "",
+    "Flags": 0,
+    "Value": None,
+    "Session": "",
+    "CreateIndex": 0,
+    "ModifyIndex": 0,
+}
 _CATALOG_VERBS = frozenset({"set", "cas", "get", "delete", "delete-cas"})
 
 
@@ -242,10 +251,7 @@ class _TxnRunner:
                 raise RaftError(f'key "{key}" doesn\'t exist')
             entry = existing
         elif verb == "get-or-empty":
-            entry = existing or {
-                "LockIndex": 0, "Key": key, "Flags": body["Flags"], "Value": None,
-                "Session": "", "CreateIndex": 0, "ModifyIndex": body["Index"],
-            }  # fmt: skip
+            entry = existing or {**_EMPTY_ENTRY, "Key": key, "Flags": body["Flags"]}
         elif verb == "get-tree":
             return [{"KV": kv_view(e)} for e in store.kv_list(key)]
         else:
@@ -373,14 +379,9 @@ def _txn(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
     errors = [{"OpIndex": i, "What": e} for i, e in enumerate(precheck) if e is not None]
     if errors:
         return _txn_conflict(errors)
-    if not any(op.is_write for op in ops):  # Txn.Read: no raft entry
-        snapshot = store.t.copy()
+    if not any(op.is_write for op in ops):  # Txn.Read: no raft entry, query headers
         results, errors = _TxnRunner(store, 0).run(ops)
-        store.t = snapshot
-        if request.anonymous:
-            results = []  # FilterTxnResults: reads succeed, results the token may not see vanish
-        reply = _txn_conflict(errors) if errors else json_reply({"Results": results,
-                                                                  "Errors": None})  # fmt: skip
+        reply = _txn_conflict(errors) if errors else _txn_success(results, request)
         reply.headers["X-Consul-KnownLeader"] = "true"
         reply.headers["X-Consul-LastContact"] = "0"
         return reply
@@ -395,8 +396,12 @@ def _txn(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
         results = store.apply(write)
     except _TxnFailed as failed:
         return _txn_conflict(failed.errors)
+    return _txn_success(results, request)
+
+
+def _txn_success(results: list[dict[str, Any]], request: Request) -> Reply:
     if request.anonymous:
-        results = []
+        results = []  # FilterTxnResults: the ops succeed, results the token may not read vanish
     return json_reply({"Results": results, "Errors": None})
 
 

@@ -617,25 +617,30 @@ def test_txn_rejects_renaming_an_existing_service_id(consul_double: ConsulDouble
     assert "does not match existing service name" in answer.json()["Errors"][0]["What"]
 
 
-@pytest.mark.parametrize(
-    ("kind", "make_op"),
-    [
-        ("Node", lambda idx: {"Node": {"Verb": "cas", "Node": {"Node": NODE, "ModifyIndex": idx,
-                                                              "Address": "10.9.9.9"}}}),
-        ("Service", lambda idx: {"Service": {"Verb": "cas", "Node": NODE, "Service": {
-            "ID": "web-0123", "Service": "web", "Port": 1, "ModifyIndex": idx}}}),
-        ("Check", lambda idx: {"Check": {"Verb": "cas", "Check": {
-            "Node": NODE, "CheckID": "web-0123-tcp", "Status": "passing", "ModifyIndex": idx}}}),
-    ],
-)  # fmt: skip
+CAS_TARGETS: dict[str, dict[str, Any]] = {
+    "Node": {"Node": NODE, "Address": "10.9.9.9"},
+    "Service": {"ID": "web-0123", "Service": "web", "Port": 1},
+    "Check": {"Node": NODE, "CheckID": "web-0123-tcp", "Status": "passing"},
+}
+
+
+def cas_op(kind: str, index: int) -> dict[str, Any]:
+    """A txn cas op on the registered node, service or check, expecting ModifyIndex ``index``."""
+    op: dict[str, Any] = {"Verb": "cas", kind: {**CAS_TARGETS[kind], "ModifyIndex": index}}
+    if kind == "Service":
+        op["Node"] = NODE
+    return {kind: op}
+
+
+@pytest.mark.parametrize("kind", ["Node", "Service", "Check"])
 def test_txn_catalog_cas_needs_the_current_modify_index(
-    consul_double: ConsulDouble, kind: str, make_op: Any
+    consul_double: ConsulDouble, kind: str
 ) -> None:
     register(consul_double)  # everything at ModifyIndex 1
 
-    stale = call(consul_double, "PUT", "/v1/txn", [make_op(7)])
-    must_not_exist = call(consul_double, "PUT", "/v1/txn", [make_op(0)])
-    current = call(consul_double, "PUT", "/v1/txn", [make_op(1)])
+    stale = call(consul_double, "PUT", "/v1/txn", [cas_op(kind, 7)])
+    must_not_exist = call(consul_double, "PUT", "/v1/txn", [cas_op(kind, 0)])
+    current = call(consul_double, "PUT", "/v1/txn", [cas_op(kind, 1)])
 
     assert stale.status == must_not_exist.status == 409
     assert "index is stale" in stale.json()["Errors"][0]["What"]
@@ -669,10 +674,10 @@ def test_txn_kv_checks(consul_double: ConsulDouble) -> None:
     bad = call(consul_double, "PUT", "/v1/txn", [kv_op("check-index", "k", index=index + 5)])
 
     assert ok.status == 200
-    assert ok.json()["Results"] == [
-        {"KV": {"LockIndex": 0, "Key": "k", "Flags": 0, "Value": None, "CreateIndex": index,
-                "ModifyIndex": index}}
-    ]  # fmt: skip
+    [result] = ok.json()["Results"]  # check-not-exists has no result
+    assert result["KV"]["Key"] == "k"
+    assert result["KV"]["Value"] is None
+    assert result["KV"]["ModifyIndex"] == index
     assert bad.status == 409
     assert "failed index check" in bad.json()["Errors"][0]["What"]
 
@@ -713,8 +718,8 @@ def test_read_only_txn_uses_no_raft_index(consul_double: ConsulDouble) -> None:
 
 def test_malformed_txn_body_is_a_400(consul_double: ConsulDouble) -> None:
     not_a_list = call(consul_double, "PUT", "/v1/txn", {"KV": {}})
-    bad_base64 = call(consul_double, "PUT", "/v1/txn", [{"KV": {"Verb": "set", "Key": "k",
-                                                               "Value": "***"}}])  # fmt: skip
+    bad_value = [{"KV": {"Verb": "set", "Key": "k", "Value": "***"}}]
+    bad_base64 = call(consul_double, "PUT", "/v1/txn", bad_value)
 
     assert not_a_list.status == bad_base64.status == 400
     assert not_a_list.text.startswith("Failed to parse body: ")
