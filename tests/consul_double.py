@@ -118,6 +118,7 @@ import contextlib
 import copy
 import re
 import socket
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -140,6 +141,9 @@ from tests.consul_double_impl.routing import (
 )
 from tests.consul_double_impl.store import Store
 
+__all__ = ["ConsulDouble", "RecordedRequest"]
+
+# Every endpoint, in match order (first match wins; a path matched with another method is a 405).
 ROUTES: tuple[Route, ...] = (
     *catalog.router.routes,
     *kv.router.routes,
@@ -147,9 +151,6 @@ ROUTES: tuple[Route, ...] = (
     *config.router.routes,
     *acl.router.routes,
 )
-
-
-__all__ = ["ConsulDouble", "RecordedRequest"]
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
 
 
@@ -192,7 +193,10 @@ class _Server(ThreadingHTTPServer):
     double: ConsulDouble
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """Dropped connections are normal here (refuse faults, stop()); stay quiet about them."""
+        """Dropped connections are normal here (refuse faults, stop()); anything else is a bug."""
+        error = sys.exc_info()[1]
+        if not isinstance(error, OSError):
+            self.double._internal_error(f"connection from {client_address}: {error!r}")
 
 
 class _RequestHandler(BaseHTTPRequestHandler):
@@ -329,6 +333,10 @@ class ConsulDouble:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
+
+    def _internal_error(self, text: str) -> None:
+        with self._cond:
+            self.internal_errors.append(text)
 
     def _track(self, connection: socket.socket, *, opened: bool) -> None:
         with self._cond:
@@ -525,8 +533,7 @@ class ConsulDouble:
         except RaftError as exc:
             reply = text_reply(500, str(exc))
         except Exception as exc:  # a bug in the double: answer, and make the fixture fail
-            with self._cond:
-                self.internal_errors.append(f"{request.method} {request.path}: {exc!r}")
+            self._internal_error(f"{request.method} {request.path}: {exc!r}")
             reply = text_reply(500, f"consul double internal error: {exc!r}")
         with self._cond:
             self._record(request, reply.status)
