@@ -561,3 +561,33 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
             assert consul.writes() == 0
         finally:
             registrar.set_runtime(None)
+
+
+def test_an_in_sync_pass_costs_two_aws_calls_per_100_tasks_and_three_consul_reads(
+    world: World,
+) -> None:
+    # GIVEN 250 running tasks spread over 60 hosts, registered by a first pass
+    hosts = world.ecs.add_instances(60)
+    for n in range(250):
+        world.ecs.put_task(
+            tid(n),
+            container_instance_arn=hosts[n % len(hosts)],
+            host_ports={"web": {8080: 32768 + n}, "envoy": {20000: 42768 + n}},
+        )
+    assert world.reconcile().missing == 250
+    world.consul.reset_requests()
+    world.ecs.calls.clear()
+
+    # WHEN the next pass runs over the catalog in sync
+    report = world.reconcile()
+
+    # THEN it reads ECS in pages and batches (task definitions: the runtime's cached source) ...
+    assert report.in_sync == 250
+    assert dict(world.ecs.calls) == {
+        "ListTasks": 3,  # 100 per page
+        "DescribeTasks": 3,  # 100 per call
+        "DescribeContainerInstances": 1,  # 100 per call
+        "DescribeInstanceInformation": 2,  # 50 per call
+    }
+    # AND Consul three times, writing nothing
+    assert (world.consul.count(), world.consul.writes()) == (3, 0)
