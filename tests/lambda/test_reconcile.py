@@ -217,6 +217,18 @@ def test_a_node_deleted_by_hand_is_restored_with_its_sidecar(world: World) -> No
     assert ids == [f"web-{tid(1)}", f"web-{tid(1)}-sidecar-proxy"]
 
 
+def test_a_node_address_changed_behind_its_back_is_corrected(world: World) -> None:
+    # GIVEN a registered task whose node someone re-registered on another address
+    world.run(1)
+    meta = world.consul.nodes()[node(1)]["Meta"]
+    world.consul.seed_register({"Node": node(1), "Address": MOVED_IP, "NodeMeta": meta})
+
+    report = world.reconcile()
+
+    assert report.changed == 1
+    assert world.consul.nodes()[node(1)]["Address"] == HOST_IP
+
+
 def test_reconcile_never_resurrects_a_tombstoned_task(world: World) -> None:
     # GIVEN a task whose stop was applied, while ECS's (lagging) answer still says RUNNING
     world.run(1)
@@ -318,6 +330,20 @@ def test_a_task_the_listing_missed_is_kept(world: World) -> None:
 
     report = world.reconcile()
 
+    assert node(1) in world.consul.nodes()
+    assert report.stale == 0
+
+
+def test_a_task_that_cannot_be_confirmed_gone_is_kept(world: World) -> None:
+    # GIVEN a registered task that stopped unseen, and the confirming DescribeTasks failing
+    # (the listing's own DescribeTasks call succeeds)
+    world.run(1, 2)
+    world.stop(1, deliver=False)
+    world.ecs.faults["DescribeTasks"] = [None, *[throttled("DescribeTasks")] * 4]
+
+    report = world.reconcile()
+
+    assert report.complete
     assert node(1) in world.consul.nodes()
     assert report.stale == 0
 
