@@ -190,6 +190,9 @@ _FAULT_TEXT = {
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog of 5 drops SYNs when many clients connect at once (each
+    # then waits a 1 s retransmit); Go's listener, like Consul's, uses the system maximum.
+    request_queue_size = socket.SOMAXCONN
     double: ConsulDouble
 
     def handle_error(self, request: Any, client_address: Any) -> None:

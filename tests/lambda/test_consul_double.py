@@ -1221,8 +1221,11 @@ def test_concurrent_cas_creates_let_exactly_one_writer_win(consul_double: Consul
 
 
 def test_concurrent_registrations_are_all_applied(consul_double: ConsulDouble) -> None:
+    statuses: list[int] = []
+
     def write(i: int) -> None:
-        register(consul_double, registration(node=f"ecs-task-{i}", service_id=f"web-{i}"))
+        body = registration(node=f"ecs-task-{i}", service_id=f"web-{i}")
+        statuses.append(call(consul_double, "PUT", "/v1/catalog/register", body).status)
 
     threads = [threading.Thread(target=write, args=(i,)) for i in range(16)]
     for thread in threads:
@@ -1230,6 +1233,7 @@ def test_concurrent_registrations_are_all_applied(consul_double: ConsulDouble) -
     for thread in threads:
         thread.join(timeout=10)
 
+    assert statuses == [200] * 16
     assert len(consul_double.services()) == 16
     assert consul_double.index == 16
 
