@@ -83,7 +83,9 @@ class Reconciler(Construct):
             handler="reconcile.handler",
             description="Reconciles the Consul catalog with the ECS Anywhere tasks on a schedule",
             timeout=RECONCILE_TIMEOUT,
-            memory_size=512,
+            # CPU scales with memory: a pass over 10,000 tasks is ~15 s of one core (digests,
+            # JSON), so 1 GB (~0.6 vCPU) keeps it well inside the timeout.
+            memory_size=1024,
             extra_environment={"RECONCILE_MAX_DELETIONS": str(max_deletions)},
             # One pass at a time: passes never race each other for the deletion cap.
             reserved_concurrency=1,

@@ -79,6 +79,7 @@ from model import (
     task_event_from_detail,
 )
 
+RESERVE_MS = 15_000
 GC_PER_PASS = 1000  # tombstones examined per pass; bounds the pass's DescribeTasks calls
 MAX_TXN_OPS = 128
 
@@ -212,6 +213,8 @@ class Reconciler:
         self._now = now
         self._prefix = f"{identity.STATE_PREFIX}{identity.cluster_name(cluster_arn)}/tasks/"
         self.report = PassReport()
+        # container instance ARN -> task nodes of the running mesh tasks ECS places on it
+        self._on_instance: dict[str, set[str]] = {}
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -231,7 +234,7 @@ class Reconciler:
         if self.report.complete:
             self._delete_gone(owned, set(running.tasks), stopping)
             self._collect_tombstones(owned, set(running.tasks))
-        self._repair_hosts(wanted, owned, hosts)
+        self._repair_hosts(owned, hosts)
         return self.report
 
     def _read_owned(self) -> Owned:
@@ -294,9 +297,25 @@ class Reconciler:
         hosts = self._ecs.hosts(
             e.container_instance_arn for e, _, _ in candidates if e.container_instance_arn
         )
+        wanted = self._registrations(candidates, hosts)
+        self.report.running = len(wanted)
+        return wanted, stopping, hosts
+
+    def _registrations(
+        self,
+        candidates: list[tuple[TaskEvent, TaskDefinition, ContainerDefinition]],
+        hosts: listing.Hosts,
+    ) -> list[Wanted]:
         wanted = []
         for event, definition, app in candidates:
             instance = event.container_instance_arn
+            if instance is not None:
+                self._on_instance.setdefault(instance, set()).add(
+                    identity.node_name(event.task_arn)
+                )
+                status = hosts.instances.get(instance, {}).get("status")
+                if status in host_state.DEREGISTERED_STATUSES:
+                    continue  # its tasks go with it (_repair_hosts), never registered again
             try:
                 if instance is None:
                     raise MalformedEvent("containerInstanceArn is missing for a RUNNING task")
@@ -310,8 +329,7 @@ class Reconciler:
                 self._fail(event, "host address lookup failed", err)
                 continue
             wanted.append(Wanted(event, registration))
-        self.report.running = len(wanted)
-        return wanted, stopping, hosts
+        return wanted
 
     def _definition(self, arn: str) -> TaskDefinition:
         return retry.call(
@@ -493,18 +511,11 @@ class Reconciler:
 
     # -- phase: hosts ------------------------------------------------------------------------
 
-    def _repair_hosts(
-        self, wanted: list[Wanted], owned: Owned, hosts: listing.Hosts | None
-    ) -> None:
+    def _repair_hosts(self, owned: Owned, hosts: listing.Hosts | None) -> None:
+        """Hosts whose agent state or registration disagrees with their task nodes."""
         if hosts is None:
             return
-        nodes_of: dict[str, set[str]] = {}
-        for item in wanted:
-            if item.event.container_instance_arn:
-                nodes_of.setdefault(item.event.container_instance_arn, set()).add(
-                    item.registration.node
-                )
-        for arn in sorted(nodes_of):
+        for arn, nodes in sorted(self._on_instance.items()):
             instance = hosts.instances.get(arn)
             if instance is None or self._out_of_time():
                 continue
@@ -515,10 +526,13 @@ class Reconciler:
                     "container instance unusable", container_instance_arn=arn, error=str(err)
                 )
                 continue
-            marked = owned.markers & nodes_of[arn]
-            expected = set() if state.agent_connected else nodes_of[arn]
-            if not state.deregistered and marked == expected:
-                continue
+            if state.deregistered:
+                if not nodes & set(owned.nodes):
+                    continue
+            else:
+                expected = set() if state.agent_connected else nodes
+                if owned.markers & nodes == expected:
+                    continue
             try:
                 outcome = host_state.apply_instance_state(self._consul, state)
             except Exception as err:
@@ -528,7 +542,7 @@ class Reconciler:
             logs.info(
                 f"reconcile host {outcome.kind}", container_instance_arn=arn, reason=outcome.reason
             )
-            if outcome.kind in ("marked", "unmarked", "deregistered"):
+            if outcome.kind in ("marked", "unmarked", "deregistered") and outcome.tasks:
                 self.report.hosts += 1
 
 
@@ -572,7 +586,8 @@ def handler(event: Any, context: Any) -> dict[str, Any]:
     settings = ReconcileSettings.from_env(os.environ)
     remaining = getattr(context, "get_remaining_time_in_millis", None)
     if callable(remaining):
-        budget = retry.Budget(remaining, rt.settings.reserve_ms)
+        # Keep enough to finish the repair in progress (one apply, with its retries) and log.
+        budget = retry.Budget(remaining, max(rt.settings.reserve_ms, RESERVE_MS))
     else:  # a local run without a Lambda context
         budget = retry.Budget.fixed(600.0)
     metrics = Metrics({"ClusterName": identity.cluster_name(rt.settings.cluster_arn)})

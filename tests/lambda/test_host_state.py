@@ -229,3 +229,34 @@ def test_reconcile_marks_and_unmarks_hosts_whose_events_were_lost(world: World) 
     world.consul.reset_requests()
     assert run_pass().repaired == 0
     assert world.consul.writes() == 0
+
+
+def test_reconcile_removes_a_deregistered_hosts_tasks_once(world: World) -> None:
+    rt = registrar.runtime()
+    ecs = FakeEcs()
+    ecs.instances[OTHER_INSTANCE] = Instance(
+        OTHER_INSTANCE, "mi-99990000", ADDRESSES[OTHER_INSTANCE]
+    )
+    for n in (1, 2):
+        ecs.put_task(tid(n))
+    ecs.put_task(tid(3), container_instance_arn=OTHER_INSTANCE)
+
+    def run_pass() -> reconcile.PassReport:
+        return reconcile.run_pass(
+            rt, reconcile.ReconcileSettings(), retry.Budget.fixed(60.0), clients=ecs.clients
+        )
+
+    # GIVEN the host was deregistered (its tasks orphaned, still RUNNING for ECS), event lost
+    ecs.instances[INSTANCE_ARN].status = "INACTIVE"
+    ecs.instances[INSTANCE_ARN].version = 9
+
+    # WHEN passes run
+    first = run_pass()
+
+    # THEN its tasks are removed once, and later passes neither re-register them nor write
+    assert sorted(world.consul.nodes()) == [node(3)]
+    assert first.hosts == 1
+    world.consul.reset_requests()
+    second = run_pass()
+    assert (second.repaired, second.missing) == (0, 0)
+    assert world.consul.writes() == 0
