@@ -391,6 +391,32 @@ def test_the_handler_reports_the_cap_as_a_metric(
     assert emf[-1]["_aws"]["CloudWatchMetrics"][0]["Namespace"] == "ConsulMesh/Registrar"
 
 
+def test_the_handler_runs_locally_without_a_lambda_context(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    world.run(1, deliver=False)
+    monkeypatch.setattr(reconcile, "aws_client", world.ecs.clients)
+
+    summary = reconcile.handler({}, None)
+
+    assert (summary["DriftMissing"], summary["Complete"]) == (1, True)
+    assert node(1) in world.consul.nodes()
+
+
+def test_the_handler_fails_loudly_when_consul_cannot_be_read(
+    world: World, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(reconcile, "aws_client", world.ecs.clients)
+    world.consul.inject(kind="status", path_prefix="/v1/catalog/nodes", status=500, times=-1)
+    capsys.readouterr()
+
+    with pytest.raises(Exception, match="HTTP 500"):
+        reconcile.handler({}, LambdaContext())
+
+    emf = [json.loads(x) for x in capsys.readouterr().out.splitlines() if '"_aws"' in x]
+    assert emf[-1]["ReconcileIncomplete"] == 1
+
+
 def test_fails_when_the_deletion_cap_is_out_of_range() -> None:
     with pytest.raises(ValueError, match="RECONCILE_MAX_DELETIONS must be an integer from 1"):
         reconcile.ReconcileSettings.from_env({"RECONCILE_MAX_DELETIONS": "0"})
