@@ -44,7 +44,8 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict mesh_stack app.py tools
-	cd lambda/registrar && ../../$(VENV)/bin/mypy --strict .
+	# Each Lambda asset is its own flat module tree: type-check them separately.
+	for dir in lambda/*/; do (cd $$dir && ../../$(VENV)/bin/mypy --strict .) || exit 1; done
 
 unit: install
 	PATH="$(NODE_BIN):$$PATH" $(VENV)/bin/pytest -q
