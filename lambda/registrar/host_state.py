@@ -347,7 +347,6 @@ def _remove_tasks(
 def process(body: str | bytes, budget: retry.Budget, metrics: Metrics) -> bool:
     """Handle one SQS body; True when it may be deleted from the queue. Never raises."""
     try:
-        rt = registrar.runtime()
         state, event_time = parse_instance_event(body)
     except MalformedEvent as err:
         logs.error("malformed message; it will end in the DLQ", reason=str(err))
@@ -359,15 +358,16 @@ def process(body: str | bytes, budget: retry.Budget, metrics: Metrics) -> bool:
         "agent_connected": state.agent_connected,
         "status": state.status,
     }
-    if state.cluster_arn != rt.settings.cluster_arn:
-        metrics.count("Skipped")
-        logs.info("event ignored", reason=f"instance of cluster {state.cluster_arn}", **fields)
-        return True
     if budget.exhausted:
         logs.warning("no time left in this invocation; leaving the message to SQS", **fields)
         metrics.count("Failed")
         return False
     try:
+        rt = registrar.runtime()
+        if state.cluster_arn != rt.settings.cluster_arn:
+            metrics.count("Skipped")
+            logs.info("event ignored", reason=f"instance of cluster {state.cluster_arn}", **fields)
+            return True
         outcome = apply_instance_state(inventory.connect(rt, budget), state)
     except Exception as err:
         logs.error(
