@@ -110,11 +110,17 @@ class Reconciler(Construct):
             timeout=DRAIN_TIMEOUT,
             memory_size=256,
             extra_environment={},
-            reserved_concurrency=1,
+            reserved_concurrency=None,
         )
         for function in (self.function, self.drain_function):
             token_secret.grant_read(function)
             ca_secret.grant_read(function)
+        acknowledge(
+            self.drain_function,
+            "NIST.800.53.R5-LambdaConcurrency",
+            "Invoked only by the CloudFormation custom resource framework, once per stack "
+            "operation; reserving concurrency for it would only shrink the account's pool.",
+        )
         drain_role = self.drain_function.role
         assert drain_role is not None
         acknowledge(
@@ -141,7 +147,7 @@ class Reconciler(Construct):
         timeout: Duration,
         memory_size: int,
         extra_environment: dict[str, str],
-        reserved_concurrency: int,
+        reserved_concurrency: int | None,
     ) -> lambda_.Function:
         scope = Construct(self, scope_id)
         log_group = logs.LogGroup(
