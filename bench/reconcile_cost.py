@@ -1,0 +1,168 @@
+"""Figure 6: what a reconcile pass costs at 1,000 and 10,000 tasks, in sync and with 1 % drift.
+
+The cluster's tasks are registered through handler.handler (so the catalog holds exactly what
+the event path writes), then a pass runs over the catalog in sync; then 1 % of the tasks drift
+(half started without their RUNNING event reaching the registrar, half stopped without their
+STOPPED event) and a second pass repairs them. ECS and SSM are tests/lambda/ecs_fake.FakeEcs
+(moto is far too slow at 10,000 tasks), which answers the boto3 calls reconcile makes and
+counts them; Consul requests are counted at the double.
+
+Two things that are not the reconcile pass's cost are taken out of the wall time:
+- the time FakeEcs spends answering (its ListTasks sorts every task for each page, O(n^2)
+  at 10,000 tasks; real ECS pages on its side): timed around each call and reported apart;
+- the garbage collector walking the double's catalog and the bench's own objects (hundreds of
+  thousands of objects a Lambda never holds): they are moved out of the collector's sight
+  with `gc.freeze()` before the pass, so it pays only for the objects the pass itself makes.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import reconcile
+import retry
+
+from bench.report import Row, quiet
+from bench.world import Mesh, deliver, mesh
+
+FIGURE = "6 reconcile"
+SIZES = (1000, 10_000)
+DRIFT = 0.01
+TASKS_PER_HOST = 20
+
+
+@dataclass(frozen=True)
+class Cost:
+    aws_calls: Counter[str]
+    consul_requests: int
+    consul_writes: int
+    seconds: float  # the pass, without the fake's own time
+    fake_seconds: float  # time FakeEcs spent answering
+    report: reconcile.PassReport
+
+
+class _Stopwatch:
+    """Stands in for the boto3 clients: forwards each call to FakeEcs and times it."""
+
+    def __init__(self, target: object) -> None:
+        self._target = target
+        self.seconds = 0.0
+
+    def __getattr__(self, name: str) -> Callable[..., Any]:
+        method = getattr(self._target, name)
+
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            start = time.perf_counter()
+            try:
+                return method(*args, **kwargs)
+            finally:
+                self.seconds += time.perf_counter() - start
+
+        return timed
+
+
+def run_pass(m: Mesh) -> Cost:
+    """One pass with the default settings (deletion cap, grace), counted from a clean slate."""
+    m.consul.reset_requests()
+    before = Counter(m.ecs.calls)
+    stopwatch = _Stopwatch(m.ecs)
+
+    def clients(service: str) -> _Stopwatch:
+        m.ecs.clients(service)  # rejects a service the fake does not answer for
+        return stopwatch
+
+    gc.collect()
+    gc.freeze()
+    try:
+        start = time.perf_counter()
+        report = reconcile.run_pass(
+            m.rt,
+            reconcile.ReconcileSettings(),
+            retry.Budget.fixed(600.0),
+            clients=clients,
+        )
+        elapsed = time.perf_counter() - start
+    finally:
+        gc.unfreeze()
+    calls = Counter(m.ecs.calls)
+    calls.subtract(before)
+    return Cost(
+        aws_calls=+calls,
+        consul_requests=m.consul.count(),
+        consul_writes=m.consul.writes(),
+        seconds=elapsed - stopwatch.seconds,
+        fake_seconds=stopwatch.seconds,
+        report=report,
+    )
+
+
+def _calls(cost: Cost) -> str:
+    return ", ".join(f"{name} {n}" for name, n in sorted(cost.aws_calls.items()))
+
+
+def _rows(tasks: int, in_sync: Cost, drifted: Cost, drift: int, converged: bool) -> list[Row]:
+    label = f"{FIGURE} {tasks:,} tasks"
+    repaired = drifted.report
+    return [
+        Row(
+            f"{label}, in sync: AWS API calls",
+            sum(in_sync.aws_calls.values()),
+            "calls",
+            f"{_calls(in_sync)}; ~{2 * tasks / 100:g} for ListTasks+DescribeTasks at 100/call",
+        ),
+        Row(
+            f"{label}, in sync: Consul requests",
+            in_sync.consul_requests,
+            f"requests ({in_sync.consul_writes} writes)",
+            "3 bulk reads expected, 0 writes",
+        ),
+        Row(
+            f"{label}, in sync: wall time",
+            in_sync.seconds,
+            "s",
+            f"one pass, AWS answering instantly (the fake's own {in_sync.fake_seconds:.2f} s "
+            "taken out)",
+        ),
+        Row(
+            f"{label}, 1 % drift: AWS API calls",
+            sum(drifted.aws_calls.values()),
+            "calls",
+            f"{_calls(drifted)}; in sync: {sum(in_sync.aws_calls.values())}",
+        ),
+        Row(
+            f"{label}, 1 % drift: Consul requests",
+            drifted.consul_requests,
+            f"requests ({drifted.consul_writes} writes)",
+            f"{drift} drifted tasks: {repaired.missing} re-registered, {repaired.stale} removed, "
+            f"{repaired.held_back} held back by the deletion cap; "
+            f"{'converged' if converged else 'NOT converged'}",
+        ),
+        Row(
+            f"{label}, 1 % drift: wall time",
+            drifted.seconds,
+            "s",
+            f"in sync: {in_sync.seconds:.2f} s (fake's own {drifted.fake_seconds:.2f} s taken out)",
+        ),
+    ]
+
+
+def measure_size(tasks: int) -> list[Row]:
+    with quiet(), mesh(hosts=max(1, tasks // TASKS_PER_HOST)) as m:
+        deliver([m.running(n) for n in range(tasks)])
+        in_sync = run_pass(m)
+        drift = max(2, round(tasks * DRIFT))
+        lost_starts = [m.running(tasks + n) for n in range(drift // 2)]  # never delivered
+        for n in range(drift - drift // 2):
+            m.stopped(n)  # ECS stopped it; the STOPPED event was lost
+        drifted = run_pass(m)
+        converged = m.task_nodes() == tasks - (drift - drift // 2) + len(lost_starts)
+    return _rows(tasks, in_sync, drifted, drift, converged)
+
+
+def measure() -> list[Row]:
+    return [row for tasks in SIZES for row in measure_size(tasks)]
