@@ -347,6 +347,7 @@ class ConsulFleet(Construct):
         return role
 
     def _listeners(self) -> None:
+        self.target_groups: list[elbv2.NetworkTargetGroup] = []
         for port in self.client_ports:
             group = elbv2.NetworkTargetGroup(
                 self,
@@ -368,6 +369,7 @@ class ConsulFleet(Construct):
                 ),
             )
             self.auto_scaling_group.attach_to_network_target_group(group)
+            self.target_groups.append(group)
             self.load_balancer.add_listener(
                 f"Listener{port}",
                 port=port,

@@ -20,7 +20,9 @@ from mesh_stack.consul_objects import ConsulObjects
 from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
 from mesh_stack.ecs_anywhere import EcsAnywhere
 from mesh_stack.keys import Keys
+from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
+from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
 
 
@@ -93,6 +95,28 @@ class MeshStack(Stack):
         )
         fleet.allow_from(registrar.function)
         self.registrar = registrar
+
+        # Repairs lost events on a schedule; drains the catalog before Consul goes on delete.
+        reconciler = Reconciler(
+            self,
+            "Reconciler",
+            registrar=registrar,
+            interval_minutes=config.reconcile_interval_minutes,
+            max_deletions=config.reconcile_max_deletions,
+            drain_on_delete=config.drain_on_delete,
+        )
+        reconciler.drain.node.add_dependency(objects)  # drain while the token and servers exist
+        Monitoring(
+            self,
+            "Monitoring",
+            registrar=registrar,
+            reconciler=reconciler,
+            cluster=ecs_anywhere.cluster,
+            consul_target_groups=fleet.target_groups,
+            consul_server_count=config.server_count,
+            key=keys.key,
+            alarm_email=config.alarm_email,
+        )
 
         if config.demo_enabled:
             MeshDemo(
