@@ -10,23 +10,25 @@ and CA secrets, and get the same environment.
 
 from __future__ import annotations
 
-from typing import Any
-
-from aws_cdk import ArnFormat, CustomResource, Duration, Stack
+from aws_cdk import CustomResource, Duration, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
-from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
-from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
 from mesh_stack.nag import acknowledge
-from mesh_stack.registrar import LAMBDA_DIR, RUNTIME, Registrar
+from mesh_stack.registrar import Registrar
+from mesh_stack.registrar_function import grant_cluster_reads, nag_form, registrar_function
+
+_NO_DLQ = (
+    "Invoked by a schedule or by the custom resource framework, never with events to keep: "
+    "a failed pass is redone by the next scheduled pass (and raises the Errors alarm); a "
+    "failed drain fails the CloudFormation deletion, which reports the reason."
+)
 
 RECONCILE_TIMEOUT = Duration.minutes(5)
 DRAIN_TIMEOUT = Duration.minutes(10)
@@ -35,10 +37,8 @@ DRAIN_TIMEOUT = Duration.minutes(10)
 class Reconciler(Construct):
     """Repairs drift on a schedule and drains the catalog on delete.
 
-    registrar: the function whose security group, subnets and event source this reuses.
-    vpc, cluster, consul_http_addr, token_secret, ca_secret: what the registrar was given (the
-        Registrar construct does not expose them).
-    key: encrypts the log groups.
+    registrar: whose settings (subnets, security group, Consul address, secrets, key) and
+        event source this reuses.
     interval_minutes: minutes between passes (1-1440); at most one pass runs at a time.
     max_deletions: catalog entries one pass may delete (1-10000); the rest waits (and alarms).
     drain_on_delete: on deletion, remove every entry the registrar owns. The custom resource
@@ -52,12 +52,6 @@ class Reconciler(Construct):
         construct_id: str,
         *,
         registrar: Registrar,
-        vpc: ec2.IVpc,
-        cluster: ecs.ICluster,
-        consul_http_addr: str,
-        token_secret: secretsmanager.ISecret,
-        ca_secret: secretsmanager.ISecret,
-        key: kms.IKey,
         interval_minutes: int = 5,
         max_deletions: int = 50,
         drain_on_delete: bool = True,
@@ -68,18 +62,12 @@ class Reconciler(Construct):
         if not 1 <= max_deletions <= 10000:
             raise ValueError(f"max_deletions must be from 1 to 10000, got {max_deletions}")
         self.interval = Duration.minutes(interval_minutes)
-        self._vpc = vpc
         self._registrar = registrar
-        self._key = key
-        self._environment = {
-            "CONSUL_HTTP_ADDR": consul_http_addr,
-            "CONSUL_TOKEN_SECRET_ARN": token_secret.secret_arn,
-            "CONSUL_CACERT_SECRET_ARN": ca_secret.secret_arn,
-            "ECS_CLUSTER_ARN": cluster.cluster_arn,
-        }
+        settings = registrar.settings
 
-        self.function = self._function(
-            "Pass",
+        self.function = registrar_function(
+            Construct(self, "Pass"),
+            settings,
             handler="reconcile.handler",
             description="Reconciles the Consul catalog with the ECS Anywhere tasks on a schedule",
             timeout=RECONCILE_TIMEOUT,
@@ -89,12 +77,13 @@ class Reconciler(Construct):
             extra_environment={"RECONCILE_MAX_DELETIONS": str(max_deletions)},
             # One pass at a time: passes never race each other for the deletion cap.
             reserved_concurrency=1,
+            dlq_reason=_NO_DLQ,
         )
         # A pass that failed or was throttled is not retried: the next one starts from scratch.
         self.function.configure_async_invoke(
             retry_attempts=0, max_event_age=Duration.seconds(max(60, self.interval.to_seconds()))
         )
-        self._grant_describe(cluster)
+        grant_cluster_reads(self.function, settings.cluster, list_tasks=True)
         self.schedule = events.Rule(
             self,
             "Schedule",
@@ -103,18 +92,16 @@ class Reconciler(Construct):
         )
         self.schedule.add_target(targets.LambdaFunction(self.function, retry_attempts=2))
 
-        self.drain_function = self._function(
-            "Drain",
+        self.drain_function = registrar_function(
+            Construct(self, "Drain"),
+            settings,
             handler="drain.on_event",
             description="Removes the registrar's Consul entries when the stack is deleted",
             timeout=DRAIN_TIMEOUT,
             memory_size=256,
-            extra_environment={},
             reserved_concurrency=None,
+            dlq_reason=_NO_DLQ,
         )
-        for function in (self.function, self.drain_function):
-            token_secret.grant_read(function)
-            ca_secret.grant_read(function)
         acknowledge(
             self.drain_function,
             "NIST.800.53.R5-LambdaConcurrency",
@@ -129,7 +116,7 @@ class Reconciler(Construct):
             "Only the X-Ray trace writes of active tracing, which support no resource-level "
             "permissions; the secrets it reads are named by ARN.",
         )
-        self.drain = self._drain(cluster, drain_on_delete)
+        self.drain = self._drain(settings.cluster, drain_on_delete)
 
     @property
     def connections(self) -> ec2.Connections:
@@ -138,111 +125,22 @@ class Reconciler(Construct):
 
     # --- parts --------------------------------------------------------------------------------
 
-    def _function(
-        self,
-        scope_id: str,
-        *,
-        handler: str,
-        description: str,
-        timeout: Duration,
-        memory_size: int,
-        extra_environment: dict[str, str],
-        reserved_concurrency: int | None,
-    ) -> lambda_.Function:
-        scope = Construct(self, scope_id)
-        log_group = logs.LogGroup(
-            scope, "Logs", retention=logs.RetentionDays.ONE_YEAR, encryption_key=self._key
-        )
-        function = lambda_.Function(
-            scope,
-            "Function",
-            description=description,
-            runtime=RUNTIME,
-            architecture=lambda_.Architecture.ARM_64,
-            handler=handler,
-            code=lambda_.Code.from_asset(
-                str(LAMBDA_DIR), exclude=["__pycache__", "*.pyc", ".mypy_cache"]
-            ),
-            timeout=timeout,
-            memory_size=memory_size,
-            vpc=self._vpc,
-            vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
-            security_groups=[self._registrar.security_group],
-            log_group=log_group,
-            tracing=lambda_.Tracing.ACTIVE,
-            reserved_concurrent_executions=reserved_concurrency,
-            environment={**self._environment, **extra_environment},
-        )
-        _acknowledge_function(function)
-        return function
-
-    def _grant_describe(self, cluster: ecs.ICluster) -> None:
-        """The reads of one pass: the registrar's describes plus ListTasks, for this cluster."""
-        stack = Stack.of(self)
-
-        def ecs_arn(resource: str) -> str:
-            return stack.format_arn(
-                service="ecs",
-                resource=resource,
-                resource_name=f"{cluster.cluster_name}/*",
-                arn_format=ArnFormat.SLASH_RESOURCE_NAME,
-            )
-
-        instances, tasks = ecs_arn("container-instance"), ecs_arn("task")
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="DescribeThisClustersTasksAndHosts",
-                actions=["ecs:DescribeContainerInstances", "ecs:DescribeTasks"],
-                resources=[instances, tasks],
-            )
-        )
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="ListThisClustersTasks",
-                actions=["ecs:ListTasks"],
-                resources=[instances],
-                conditions={"ArnEquals": {"ecs:cluster": cluster.cluster_arn}},
-            )
-        )
-        self.function.add_to_role_policy(
-            iam.PolicyStatement(
-                sid="ReadTaskDefinitionLabelsAndHostAddresses",
-                actions=["ecs:DescribeTaskDefinition", "ssm:DescribeInstanceInformation"],
-                resources=["*"],
-            )
-        )
-        role = self.function.role
-        assert role is not None
-        acknowledge(
-            role,
-            "AwsSolutions-IAM5[Resource::*]",
-            "ecs:DescribeTaskDefinition, ssm:DescribeInstanceInformation and the X-Ray trace "
-            "writes support no resource-level permissions; the describes are read-only. Every "
-            "other action is scoped to this cluster's tasks and container instances.",
-        )
-        for what, arn in (("container instances", instances), ("tasks", tasks)):
-            acknowledge(
-                role,
-                f"AwsSolutions-IAM5[Resource::{nag_form(stack, arn)}]",
-                f"Only {what} of this cluster; their IDs are not known at deploy time.",
-            )
-
     def _drain(self, cluster: ecs.ICluster, drain_on_delete: bool) -> CustomResource:
         scope = Construct(self, "DrainOnDelete")
         provider = cr.Provider(
             scope,
             "Provider",
             on_event_handler=self.drain_function,
-            vpc=self._vpc,
+            vpc=self._registrar.settings.vpc,
             vpc_subnets=ec2.SubnetSelection(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS),
             security_groups=[self._registrar.security_group],
             log_group=logs.LogGroup(
                 scope,
                 "ProviderLogs",
                 retention=logs.RetentionDays.ONE_YEAR,
-                encryption_key=self._key,
+                encryption_key=self._registrar.settings.key,
             ),
-            provider_function_env_encryption=self._key,
+            provider_function_env_encryption=self._registrar.settings.key,
         )
         resource = CustomResource(
             scope,
@@ -262,56 +160,6 @@ class Reconciler(Construct):
         self.schedule.node.add_dependency(resource)
         _acknowledge_provider(provider, self.drain_function)
         return resource
-
-
-def nag_form(stack: Stack, value: str) -> str:
-    """How cdk-nag prints a (possibly tokenized) ARN in a finding id: `Ref X` as `<X>`."""
-    resolved: Any = stack.resolve(value)
-    if isinstance(resolved, str):
-        return resolved
-    if "Fn::Join" not in resolved:
-        return _nag_part(resolved)
-    separator, parts = resolved["Fn::Join"]
-    return str(separator).join(_nag_part(part) for part in parts)
-
-
-def _nag_part(part: Any) -> str:
-    if isinstance(part, str):
-        return part
-    if "Ref" in part:
-        return f"<{part['Ref']}>"
-    logical, attribute = part["Fn::GetAtt"]
-    return f"<{logical}.{attribute}>"
-
-
-def _acknowledge_function(function: lambda_.Function) -> None:
-    role = function.role
-    assert role is not None
-    acknowledge(
-        role,
-        "NIST.800.53.R5-IAMNoInlinePolicy",
-        "CDK-generated least-privilege policy attached to this role only.",
-    )
-    acknowledge(
-        role,
-        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-        "AWSLambdaVPCAccessExecutionRole]",
-        "AWS-managed policy for ENI management of VPC Lambdas; it grants only "
-        "ec2:*NetworkInterface* and log writes, which every VPC function needs.",
-    )
-    acknowledge(
-        role,
-        "AwsSolutions-IAM4[Policy::arn:<AWS::Partition>:iam::aws:policy/service-role/"
-        "AWSLambdaBasicExecutionRole]",
-        "AWS-managed policy limited to writing the function's own logs.",
-    )
-    acknowledge(
-        function,
-        "NIST.800.53.R5-LambdaDLQ",
-        "Invoked by a schedule or by the custom resource framework, never with events to keep: "
-        "a failed pass is redone by the next scheduled pass (and raises the Errors alarm); a "
-        "failed drain fails the CloudFormation deletion, which reports the reason.",
-    )
 
 
 def _acknowledge_provider(provider: cr.Provider, on_event: lambda_.IFunction) -> None:

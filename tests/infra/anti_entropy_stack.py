@@ -50,7 +50,7 @@ def build(
         "key": key,
     }
     registrar = Registrar(stack, "Registrar", **common)
-    rec = Reconciler(stack, "Reconciler", registrar=registrar, **common, **(reconciler or {}))
+    rec = Reconciler(stack, "Reconciler", registrar=registrar, **(reconciler or {}))
     mon = None
     if with_monitoring:
         balancer = elbv2.NetworkLoadBalancer(stack, "ConsulLoadBalancer", vpc=vpc)
