@@ -52,6 +52,10 @@ unit: install
 
 test: lint unit
 
+BENCH_ARGS ?=
+bench: install
+	$(PY) -m bench.run $(BENCH_ARGS)
+
 REVIEW_ARGS ?=
 review: synth
 	$(PY) -m tools.review cdk.out $(REVIEW_ARGS)
