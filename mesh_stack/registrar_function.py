@@ -148,11 +148,14 @@ def grant_cluster_reads(
         )
     )
     if list_tasks:
+        # ListTasks without a containerInstance filter is authorized against resource "*"
+        # (a container-instance ARN never matches it: AccessDenied), so the cluster is pinned
+        # by the ecs:cluster condition instead, as AWS's "list tasks in a cluster" example does.
         function.add_to_role_policy(
             iam.PolicyStatement(
                 sid="ListThisClustersTasks",
                 actions=["ecs:ListTasks"],
-                resources=[instances],
+                resources=["*"],
                 conditions={"ArnEquals": {"ecs:cluster": cluster.cluster_arn}},
             )
         )
@@ -170,8 +173,10 @@ def grant_cluster_reads(
         role,
         "AwsSolutions-IAM5[Resource::*]",
         "ecs:DescribeTaskDefinition, ssm:DescribeInstanceInformation and the X-Ray trace "
-        "writes support no resource-level permissions; the describes are read-only. Every "
-        "other action is scoped to this cluster's tasks and container instances.",
+        "writes support no resource-level permissions; the describes are read-only. "
+        "ecs:ListTasks of a whole cluster is authorized against * and bound to this cluster "
+        "by an ecs:cluster condition. Every other action is scoped to this cluster's tasks and "
+        "container instances.",
     )
     for what, arn in (("container instances", instances), ("tasks", tasks)):
         acknowledge(
