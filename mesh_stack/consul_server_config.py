@@ -228,11 +228,17 @@ def server_agent_policy() -> str:
 
 
 def esm_policy(external_node_prefix: str) -> str:
-    """ACL rules of consul-esm: the fine-grained variant of hashicorp/consul-esm's README.
+    """ACL rules of consul-esm, narrowed from hashicorp/consul-esm's README.
 
     ESM runs on the servers (agent and session on `consul-server-*` nodes), keeps its state under
-    `consul-esm/`, registers itself as `consul-esm`, and writes check status only on the
-    registrar's synthetic nodes (`external_node_prefix`, `identity.NODE_PREFIX`).
+    `consul-esm/`, registers itself as `consul-esm`, and writes node-level check status only on
+    the registrar's synthetic nodes (`external_node_prefix`, `identity.NODE_PREFIX`).
+
+    Service write on every name is required, not generous: ESM writes each result as a txn
+    Check `cas`, and Consul authorizes a service-level check op with `service:write` on the
+    check's ServiceName (`agent/consul/txn_endpoint.go` `vetCheckTxnOp`), not with node:write.
+    The registrar registers whatever service a task definition names (and `-sidecar-proxy`
+    suffixes cannot be prefix-matched), so no narrower rule covers the checks ESM must update.
     """
     if not _DISCOVER_VALUE.match(external_node_prefix) or '"' in external_node_prefix:
         raise ValueError(
@@ -243,8 +249,7 @@ def esm_policy(external_node_prefix: str) -> str:
             'agent_prefix "consul-server-" { policy = "read" }',
             'session_prefix "consul-server-" { policy = "write" }',
             'key_prefix "consul-esm/" { policy = "write" }',
-            'service "consul-esm" { policy = "write" }',
-            'service_prefix "" { policy = "read" }',
+            'service_prefix "" { policy = "write" }',
             'node_prefix "" { policy = "read" }',
             f'node_prefix "{external_node_prefix}" {{ policy = "write" }}',
             "",
