@@ -55,6 +55,7 @@ class FakeEcs:
 
     `forgotten` task IDs answer MISSING (ECS forgets stopped tasks after about an hour).
     `faults[operation]`: one entry consumed per call, an exception to raise or None to answer.
+    ListTasks takes its listing at the first page; `nextToken` pages through that listing.
     """
 
     cluster_arn: str = CLUSTER_ARN
@@ -65,6 +66,7 @@ class FakeEcs:
     )
     calls: Counter[str] = field(default_factory=Counter)
     faults: dict[str, list[Exception | None]] = field(default_factory=dict)
+    _listings: list[list[str]] = field(default_factory=list, repr=False)
 
     # -- building the world ------------------------------------------------------------------
 
@@ -114,18 +116,27 @@ class FakeEcs:
         assert kwargs["cluster"] == self.cluster_arn
         size = int(kwargs.get("maxResults", 100))
         assert 1 <= size <= 100, "ListTasks maxResults is 1..100"
-        wanted = kwargs.get("desiredStatus", "RUNNING")
-        launch = kwargs.get("launchType")
-        ids = [
-            tid
-            for tid, t in sorted(self.tasks.items())
-            if t["desiredStatus"] == wanted and (launch is None or t["launchType"] == launch)
-        ]
-        start = int(kwargs.get("nextToken") or 0)
-        page = ids[start : start + size]
+        token = kwargs.get("nextToken")
+        if token is None:
+            # The first page lists and sorts once; later pages slice that listing (sorting
+            # again for each page made a 10,000-task listing O(n^2), a second of fake time).
+            wanted = kwargs.get("desiredStatus", "RUNNING")
+            launch = kwargs.get("launchType")
+            listing = sorted(
+                tid
+                for tid, t in self.tasks.items()
+                if t["desiredStatus"] == wanted and (launch is None or t["launchType"] == launch)
+            )
+            self._listings.append(listing)
+            key, start = len(self._listings) - 1, 0
+        else:
+            key_text, _, start_text = str(token).partition(":")
+            key, start = int(key_text), int(start_text)
+            listing = self._listings[key]
+        page = listing[start : start + size]
         answer: dict[str, Any] = {"taskArns": [task_arn(tid) for tid in page]}
-        if start + size < len(ids):
-            answer["nextToken"] = str(start + size)
+        if start + size < len(listing):
+            answer["nextToken"] = f"{key}:{start + size}"
         return answer
 
     def describe_tasks(self, **kwargs: Any) -> dict[str, Any]:
