@@ -29,6 +29,10 @@ CA_FILE = f"{TLS_DIR}/consul-agent-ca.pem"
 CERT_FILE = f"{TLS_DIR}/server.pem"
 KEY_FILE = f"{TLS_DIR}/server-key.pem"
 DATA_DIR = "/opt/consul/data"
+# consul-esm runs as its own user, outside the consul group: its files live in its own directory
+# (root:consul-esm 0750), including a copy of the CA certificate, never in CONFIG_DIR.
+ESM_DIR = "/etc/consul-esm.d"
+ESM_CA_FILE = f"{ESM_DIR}/consul-agent-ca.pem"
 
 HTTPS_PORT = 8501
 GRPC_TLS_PORT = 8503
@@ -173,7 +177,7 @@ def render_esm_config(*, datacenter: str, log_level: str = "INFO") -> str:
     consul-esm talks to the local server agent over HTTPS on 127.0.0.1 (the server certificate
     carries 127.0.0.1) and health checks every catalog node with `external-node=true`, which is
     what the registrar writes (docs/architecture.md). Its ACL policy is created at boot by
-    `assets/consul_acl_bootstrap.py`.
+    `assets/consul_server/consul_admin.py acl-bootstrap`.
     """
     _check(datacenter, 3, "k", "v", log_level)
     return "\n".join(
@@ -184,7 +188,7 @@ def render_esm_config(*, datacenter: str, log_level: str = "INFO") -> str:
             'consul_service = "consul-esm"',
             'consul_kv_path = "consul-esm/"',
             f'http_addr = "https://127.0.0.1:{HTTPS_PORT}"',
-            f'ca_file = "{CA_FILE}"',
+            f'ca_file = "{ESM_CA_FILE}"',
             'tls_server_name = "localhost"',
             'external_node_meta { "external-node" = "true" }',
             "",

@@ -144,7 +144,7 @@ def test_no_secret_looking_value_is_rendered(plaintext: bool) -> None:
 def test_esm_config_talks_https_to_the_local_server_and_watches_external_nodes() -> None:
     hcl = csc.render_esm_config(datacenter="prod-eu")
     assert 'http_addr = "https://127.0.0.1:8501"' in hcl
-    assert f'ca_file = "{csc.CA_FILE}"' in hcl
+    assert f'ca_file = "{csc.ESM_CA_FILE}"' in hcl
     assert 'datacenter = "prod-eu"' in hcl
     assert 'external_node_meta { "external-node" = "true" }' in hcl
     assert "token" not in hcl

@@ -229,8 +229,11 @@ wait_for_leader() {
   die "no Consul leader after ${LEADER_TIMEOUT_SECONDS:-900}s"
 }
 
+# write_esm_config TOKEN: consul-esm's config, token and its own copy of the CA certificate
+# (it runs as consul-esm, which may not enter the root:consul 0750 ${CONFIG_DIR}).
 write_esm_config() {
   install -m 0640 -o root -g consul-esm "${FLEET_DIR}/esm.hcl" "${ESM_DIR}/esm.hcl"
+  install -m 0640 -o root -g consul-esm "${TLS_DIR}/consul-agent-ca.pem" "${ESM_DIR}/consul-agent-ca.pem"
   printf 'token = "%s"\n' "$1" | write_private "${ESM_DIR}/token.hcl" root:consul-esm
 }
 
