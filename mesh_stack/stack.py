@@ -105,7 +105,10 @@ class MeshStack(Stack):
             max_deletions=config.reconcile_max_deletions,
             drain_on_delete=config.drain_on_delete,
         )
-        reconciler.drain.node.add_dependency(objects)  # drain while the token and servers exist
+        # Drain while the token and servers exist, and while the registrar's security group
+        # still has its egress rule to the NLB (a standalone resource nothing else depends on,
+        # which CloudFormation would otherwise delete first: the drain would time out).
+        reconciler.drain.node.add_dependency(objects, registrar.security_group)
         Monitoring(
             self,
             "Monitoring",
