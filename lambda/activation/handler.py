@@ -7,8 +7,12 @@ response data or a log line. So this function creates the activation and writes
 only ever sees the activation ID.
 
 Events:
-- CloudFormation Create/Update: a new activation (Update happens when the limit or expiry
-  changes; CloudFormation then sends Delete for the previous one).
+- CloudFormation Create: a new activation; its ID becomes the physical ID, for good.
+- CloudFormation Update (the limit, expiry or role changed): a new activation replaces the
+  previous one in the secret and the previous one is revoked here, like a reissue. The
+  physical ID is kept on purpose: a new one would make CloudFormation send Delete for the old
+  ID afterwards, and that Delete, seeing the secret name another activation, would revoke the
+  new one too (and so would an update rollback).
 - CloudFormation Delete: delete the activation (already registered hosts stay registered).
 - `{"action": "reissue"}` invoked by an operator: a fresh activation when the old one expired
   or was used up, replacing the secret's value and deleting the previous activation.
@@ -120,9 +124,15 @@ def on_event(event: dict[str, Any], ssm: Ssm, secrets: Secrets) -> tuple[str, di
             revoke(ssm, reissued)
         return physical, {}
     limit, days = _settings(props)
-    if request == "Update" and props == event.get("OldResourceProperties"):
+    if request == "Update":
         physical = str(event["PhysicalResourceId"])
-        return physical, {"ActivationId": physical}
+        current = current_activation(secrets) or physical
+        if props == event.get("OldResourceProperties"):
+            return physical, {"ActivationId": current}
+        activation_id = issue(ssm, secrets, limit=limit, days=days)
+        if current != activation_id and current.count("-") == 4:
+            revoke(ssm, current)
+        return physical, {"ActivationId": activation_id}
     activation_id = issue(ssm, secrets, limit=limit, days=days)
     return activation_id, {"ActivationId": activation_id}
 

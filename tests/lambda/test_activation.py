@@ -168,19 +168,47 @@ def test_an_activation_that_cannot_be_stored_is_taken_back(
     assert CODE not in json.dumps(body)
 
 
-def test_update_with_new_settings_issues_a_new_activation(
+def cloudformation_update(
+    response_url: str, ssm: FakeSsm, secrets: FakeSecrets, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An Update of the limit, as CloudFormation runs it: when the handler answers with a new
+    physical ID, CloudFormation later sends Delete for the old one (replacement cleanup)."""
+    old = {"RegistrationLimit": "5", "ExpiryDays": "7", "Role": "r"}
+    event = cfn_event("Update", response_url, PhysicalResourceId=FIRST, OldResourceProperties=old)
+    run(event, ssm, secrets, monkeypatch)
+    answered = _Responses.bodies[-1]["PhysicalResourceId"]
+    if answered != FIRST:
+        cleanup = cfn_event("Delete", response_url, PhysicalResourceId=FIRST)
+        cleanup["ResourceProperties"] = old
+        run(cleanup, ssm, secrets, monkeypatch)
+
+
+def test_update_with_new_settings_leaves_one_usable_activation_in_the_secret(
+    response_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN an activation created with a limit of 5
+    ssm, secrets = FakeSsm([SECOND]), FakeSecrets(f"{FIRST} {CODE}")
+    # WHEN the operator raises the limit and CloudFormation runs the update to the end
+    cloudformation_update(response_url, ssm, secrets, monkeypatch)
+    # THEN the secret holds the new activation, with the new limit, and it is still valid
+    assert secrets.value == f"{SECOND} {CODE}"
+    assert ssm.created[-1]["RegistrationLimit"] == 10
+    assert SECOND not in ssm.deleted
+    # AND the old one was revoked
+    assert ssm.deleted == [FIRST]
+    assert all(body["Status"] == "SUCCESS" for body in _Responses.bodies)
+
+
+def test_stack_deletion_after_an_update_revokes_the_current_activation(
     response_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     ssm, secrets = FakeSsm([SECOND]), FakeSecrets(f"{FIRST} {CODE}")
-    event = cfn_event(
-        "Update",
-        response_url,
-        PhysicalResourceId=FIRST,
-        OldResourceProperties={"RegistrationLimit": "5", "ExpiryDays": "7", "Role": "r"},
-    )
-    run(event, ssm, secrets, monkeypatch)
-    assert _Responses.bodies[0]["PhysicalResourceId"] == SECOND  # CloudFormation deletes FIRST
-    assert secrets.value.startswith(SECOND)
+    cloudformation_update(response_url, ssm, secrets, monkeypatch)
+    ssm.missing.add(FIRST)  # revoked by the update
+    physical = _Responses.bodies[-1]["PhysicalResourceId"]
+    run(cfn_event("Delete", response_url, PhysicalResourceId=physical), ssm, secrets, monkeypatch)
+    assert SECOND in ssm.deleted
+    assert _Responses.bodies[-1]["Status"] == "SUCCESS"
 
 
 def test_delete_revokes_the_activation_and_a_reissued_one(
