@@ -334,13 +334,32 @@ class ConsulFleet(Construct):
         for secret in self._secrets.values():
             secret.grant_read(role)
             secret.grant_write(role)
+        # Snapshots: upload (the leader, on a timer) and the restore runbook of
+        # docs/operations.md (list and download, run on a server), only under the prefix.
         role.add_to_policy(
             iam.PolicyStatement(
-                actions=["s3:PutObject"],
+                actions=["s3:PutObject", "s3:GetObject"],
                 resources=[self.snapshot_bucket.arn_for_objects(f"{SNAPSHOT_PREFIX}*")],
             )
         )
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["s3:ListBucket"],
+                resources=[self.snapshot_bucket.bucket_arn],
+                conditions={"StringLike": {"s3:prefix": [f"{SNAPSHOT_PREFIX}*"]}},
+            )
+        )
         self.kms_key.grant(role, "kms:GenerateDataKey")
+        # SSE-KMS needs Decrypt too: for every part of a multipart upload (`aws s3 cp` splits
+        # anything above 8 MB) and for a download. Only through S3: the secrets' own Decrypt
+        # grant is limited to Secrets Manager.
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["kms:Decrypt"],
+                resources=[self.kms_key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"s3.{Aws.REGION}.amazonaws.com"}},
+            )
+        )
         role.add_to_policy(
             iam.PolicyStatement(actions=["cloudformation:SignalResource"], resources=[Aws.STACK_ID])
         )
@@ -483,8 +502,8 @@ class ConsulFleet(Construct):
         acknowledge(
             role,
             f"AwsSolutions-IAM5[Resource::<{snapshot_objects}.Arn>/{SNAPSHOT_PREFIX}*]",
-            "s3:PutObject only, limited to the snapshot prefix of the fleet's own bucket; "
-            "snapshot names carry a timestamp and are not known in advance.",
+            "s3:PutObject/GetObject only, limited to the snapshot prefix of the fleet's own "
+            "bucket; snapshot names carry a timestamp and are not known in advance.",
         )
         acknowledge(
             role,

@@ -5,7 +5,8 @@ has no Deny in identity policies): action and resource patterns with `*`/`?`, an
 condition operators the stack uses (StringEquals, StringLike, ArnEquals, ArnLike). A request
 names its action, the resource ARN IAM evaluates it against and its condition context. Tokens
 (`{"Ref": ...}`, `Fn::Join`, `Fn::GetAtt`) are rendered as `<LogicalId>` / `<LogicalId.Attr>` on
-both sides, so a test builds request ARNs with `render` from the same template values.
+both sides, so a test builds request ARNs with `render` from the same template values; pseudo
+parameters render as the default app deploys them (`PSEUDO`).
 """
 
 from __future__ import annotations
@@ -15,20 +16,27 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
+# What the pseudo parameters resolve to when the default app (cdk.json: us-east-1) deploys.
+PSEUDO = {"AWS::Region": "us-east-1", "AWS::Partition": "aws", "AWS::AccountId": "111111111111"}
+
 
 def render(value: Any) -> str:
-    """A CloudFormation value as text: `Ref X` -> `<X>`, `GetAtt X.A` -> `<X.A>`, joins joined."""
+    """A CloudFormation value as text: `Ref X` -> `<X>`, `GetAtt X.A` -> `<X.A>`, joins joined;
+    pseudo parameters as deployed (PSEUDO)."""
     if isinstance(value, str):
         return value
     if "Ref" in value:
-        return f"<{value['Ref']}>"
+        return PSEUDO.get(value["Ref"], f"<{value['Ref']}>")
     if "Fn::GetAtt" in value:
         return "<{}.{}>".format(*value["Fn::GetAtt"])
     if "Fn::Join" in value:
         separator, parts = value["Fn::Join"]
         return str(separator).join(render(part) for part in parts)
     if "Fn::Sub" in value:
-        return str(value["Fn::Sub"])
+        text = str(value["Fn::Sub"])
+        for name, resolved in PSEUDO.items():
+            text = text.replace("${" + name + "}", resolved)
+        return text
     raise ValueError(f"cannot render {value!r}")
 
 

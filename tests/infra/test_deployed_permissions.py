@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from tests.infra.conftest import Synthesized
-from tests.infra.iam_eval import allows, function_role, render, role_statements
+from tests.infra.iam_eval import PSEUDO, allows, function_role, render, role_statements
 
 
 @pytest.fixture(scope="module")
@@ -40,3 +40,54 @@ def test_reconcile_pass_may_list_its_clusters_tasks(template: dict[str, Any]) ->
     assert allowed
     # AND only for this cluster
     assert not allows(statements, "ecs:ListTasks", "*", {"ecs:cluster": "arn:other"})
+
+
+def _fleet(template: dict[str, Any]) -> tuple[list[dict[str, Any]], str, str]:
+    """(server role statements, snapshot bucket ARN, fleet key ARN)."""
+    resources = template["Resources"]
+    (profile,) = [r for r in resources.values() if r["Type"] == "AWS::IAM::InstanceProfile"]
+    (role,) = profile["Properties"]["Roles"]
+    (bucket,) = [
+        n for n, r in resources.items() if r["Type"] == "AWS::S3::Bucket" and "Snapshot" in n
+    ]
+    (key,) = [n for n, r in resources.items() if r["Type"] == "AWS::KMS::Key" and "Fleet" in n]
+    return (
+        role_statements(template, role["Ref"]),
+        render({"Fn::GetAtt": [bucket, "Arn"]}),
+        render({"Fn::GetAtt": [key, "Arn"]}),
+    )
+
+
+VIA_S3 = {"kms:ViaService": f"s3.{PSEUDO['AWS::Region']}.amazonaws.com"}
+
+
+def test_servers_may_upload_a_snapshot_larger_than_one_part(template: dict[str, Any]) -> None:
+    # GIVEN a Consul server's role, the snapshot bucket and its KMS key
+    statements, bucket, key = _fleet(template)
+    snapshot = f"{bucket}/snapshots/dc1/20260101T000000Z.snap"
+    # WHEN `aws s3 cp --sse aws:kms` uploads a snapshot above the CLI's 8 MB multipart
+    # threshold: S3 asks KMS for a data key, and for Decrypt of it on every part after the
+    # first (S3 docs: uploads to SSE-KMS need kms:GenerateDataKey and kms:Decrypt)
+    requests = [
+        ("s3:PutObject", snapshot, {}),
+        ("kms:GenerateDataKey", key, VIA_S3),
+        ("kms:Decrypt", key, VIA_S3),
+    ]
+    # THEN every request is allowed
+    for action, resource, context in requests:
+        assert allows(statements, action, resource, context), action
+
+
+def test_servers_may_restore_a_snapshot_as_docs_operations_says(template: dict[str, Any]) -> None:
+    # GIVEN a Consul server's role (docs/operations.md restores as root on a server)
+    statements, bucket, key = _fleet(template)
+    # WHEN the runbook lists the snapshots and downloads one
+    listing = allows(statements, "s3:ListBucket", bucket, {"s3:prefix": "snapshots/dc1/"})
+    download = allows(statements, "s3:GetObject", f"{bucket}/snapshots/dc1/x.snap")
+    decrypt = allows(statements, "kms:Decrypt", key, VIA_S3)
+    # THEN each step is allowed, and nothing outside the snapshot prefix is readable
+    assert listing
+    assert download
+    assert decrypt
+    assert not allows(statements, "s3:GetObject", f"{bucket}/other/x")
+    assert not allows(statements, "s3:ListBucket", bucket, {"s3:prefix": "other/"})
