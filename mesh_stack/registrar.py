@@ -14,7 +14,6 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
-from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -105,8 +104,9 @@ class Registrar(Construct):
                 max_event_age=Duration.hours(24),
             )
         )
-        # EventBridge encrypts with the queue's KMS key on send; CDK grants only the queue.
-        key.grant_encrypt_decrypt(iam.ServicePrincipal("events.amazonaws.com"))
+        # EventBridge encrypts with the queue's KMS key on send: the SqsQueue target already
+        # grants events.amazonaws.com the key, bound to this account by aws:SourceAccount (an
+        # unconditioned grant would let any account's rules use it: confused deputy).
 
         self.security_group = ec2.SecurityGroup(
             self,

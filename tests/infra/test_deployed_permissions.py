@@ -91,3 +91,27 @@ def test_servers_may_restore_a_snapshot_as_docs_operations_says(template: dict[s
     assert decrypt
     assert not allows(statements, "s3:GetObject", f"{bucket}/other/x")
     assert not allows(statements, "s3:ListBucket", bucket, {"s3:prefix": "other/"})
+
+
+def _key_statements_for(template: dict[str, Any], service: str) -> list[dict[str, Any]]:
+    statements: list[dict[str, Any]] = []
+    for resource in template["Resources"].values():
+        if resource["Type"] != "AWS::KMS::Key":
+            continue
+        for statement in resource["Properties"]["KeyPolicy"]["Statement"]:
+            principal = statement.get("Principal", {})
+            if isinstance(principal, dict) and principal.get("Service") == service:
+                statements.append(statement)
+    return statements
+
+
+def test_eventbridge_uses_the_queue_key_only_for_this_account(template: dict[str, Any]) -> None:
+    # GIVEN the key policies' statements for EventBridge (it encrypts what it sends the queue)
+    statements = _key_statements_for(template, "events.amazonaws.com")
+    ours = {"aws:SourceAccount": PSEUDO["AWS::AccountId"]}
+    # WHEN EventBridge asks for a data key on behalf of a rule of this account, or another one
+    for_us = allows(statements, "kms:GenerateDataKey", "*", ours)
+    for_others = allows(statements, "kms:GenerateDataKey", "*", {"aws:SourceAccount": "999"})
+    # THEN only this account's rules may use the key (no confused deputy)
+    assert for_us
+    assert not for_others
