@@ -61,7 +61,13 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, 
             continue
         message_id = str(record.get("messageId"))
         with logs.task_context(message_id=message_id):
-            if not _process(worker, record, budget, metrics):
+            try:
+                applied = _process(worker, record, budget, metrics)
+            except Exception as err:  # the last line of "one bad message never fails a batch"
+                logs.error("message failed unexpectedly", error=f"{type(err).__name__}: {err}")
+                metrics.count("Failed")
+                applied = False
+            if not applied:
                 failures.append({"itemIdentifier": message_id})
     try:
         metrics.flush()
@@ -70,21 +76,34 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, 
     return {"batchItemFailures": failures}
 
 
+def _route(body: object, metrics: Metrics) -> str | None:
+    """Where a body goes: `instance` or `task`; None (logged, counted) when it is malformed."""
+    if not isinstance(body, str):
+        logs.error("malformed message: body is not a string", reason="no body")
+        metrics.count("Malformed")
+        return None
+    try:
+        logs.set_task_arn(task_arn_hint(body))
+        return "instance" if host_state.is_instance_event(body) else "task"
+    except Exception as err:  # json raises RecursionError, not ValueError, on deep nesting
+        logs.error("malformed message; it will end in the DLQ", reason=type(err).__name__)
+        metrics.count("Malformed")
+        return None
+
+
 def _process(
     worker: registrar.Registrar, record: Mapping[str, Any], budget: retry.Budget, metrics: Metrics
 ) -> bool:
     """Handle one SQS record; True when it may be deleted from the queue."""
     body = record.get("body")
-    if not isinstance(body, str):
-        logs.error("malformed message: body is not a string", reason="no body")
-        metrics.count("Malformed")
+    route = _route(body, metrics)
+    if route is None or not isinstance(body, str):
         return False
-    logs.set_task_arn(task_arn_hint(body))
     if budget.exhausted:
         logs.warning("no time left in this invocation; leaving the message to SQS")
         metrics.count("Failed")
         return False
-    if host_state.is_instance_event(body):
+    if route == "instance":
         return host_state.process(body, budget, metrics)
     try:
         event = parse_event(body)
