@@ -80,6 +80,10 @@ class MeshDemo(Construct):
                 cpu=128,
                 memory_mib=128,
                 upstreams=upstreams,
+                # One frontend and one backend on every host that joins: the stack deploys
+                # before any host exists (a replica service would wait for placement), and
+                # one registered host shows the working mesh.
+                daemon=True,
             )
 
         self.backend = service("backend", {"MESSAGE": "hello from backend"})

@@ -114,7 +114,11 @@ class MeshService(Construct):
     network_mode: "bridge" (default; ports are mapped dynamically, many tasks per host) or
         "host" (the task shares the host's ports: proxy_port, admin_port and
         prometheus_port must differ from other host-mode services on the same host).
-    desired_count: running tasks.
+    desired_count: running tasks (replica scheduling). A replica service whose tasks cannot be
+        placed keeps CloudFormation waiting for it to stabilise, so keep it 0 until hosts joined.
+    daemon: one task on every registered host instead of `desired_count` (ECS DAEMON
+        scheduling). A daemon service with no host yet is stable at zero tasks, so it deploys
+        before any host has joined and starts on each host as it registers.
     cpu / memory_mib: the app container's CPU units and hard memory limit.
     proxy_port: Envoy's public (inbound mTLS) listener port inside the task; default 20000.
     admin_port: Envoy admin API, bound to 127.0.0.1 only; default 19000.
@@ -148,6 +152,7 @@ class MeshService(Construct):
         upstreams: Mapping[str, int] | None = None,
         network_mode: str = "bridge",
         desired_count: int = 1,
+        daemon: bool = False,
         cpu: int = 256,
         memory_mib: int = 512,
         proxy_port: int = identity.DEFAULT_PROXY_PORT,
@@ -286,18 +291,31 @@ class MeshService(Construct):
             # Bridge: the app reaches Envoy's upstream listeners as http://envoy:<local port>.
             self.app_container.add_link(self.envoy_container, ENVOY_CONTAINER)
 
-        self.service = ecs.ExternalService(
-            self,
-            "Service",
-            cluster=cluster,
-            task_definition=self.task_definition,
-            desired_count=desired_count,
-            # Host mode holds fixed ports: the old task must stop before its successor
-            # can start on the same host.
-            min_healthy_percent=0 if host_mode else 100,
-            max_healthy_percent=100 if host_mode else 200,
-            circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
-        )
+        if daemon:
+            # One task per host: the old one stops before its successor starts on that host.
+            self.service = ecs.ExternalService(
+                self,
+                "Service",
+                cluster=cluster,
+                task_definition=self.task_definition,
+                daemon=True,
+                min_healthy_percent=0,
+                max_healthy_percent=100,
+                circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
+            )
+        else:
+            self.service = ecs.ExternalService(
+                self,
+                "Service",
+                cluster=cluster,
+                task_definition=self.task_definition,
+                desired_count=desired_count,
+                # Host mode holds fixed ports: the old task must stop before its successor
+                # can start on the same host.
+                min_healthy_percent=0 if host_mode else 100,
+                max_healthy_percent=100 if host_mode else 200,
+                circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
+            )
         self._acknowledge(host_mode)
 
     def upstream_address(self, service: str) -> str:

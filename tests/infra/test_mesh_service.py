@@ -360,3 +360,24 @@ def test_upstream_address_names_only_declared_upstreams(tmp_path: Path) -> None:
     assert web.upstream_address("api") == "envoy:9001"
     with pytest.raises(ValueError, match=r"'db' is not an upstream of web"):
         web.upstream_address("db")
+
+
+def test_demo_services_run_one_task_per_host_so_a_deploy_needs_no_host(
+    tmp_path: Path,
+) -> None:
+    # GIVEN the default app (demo on) and no ECS Anywhere host registered yet
+    # WHEN it is synthesized
+    # THEN the demo services are DAEMON services: stable at zero tasks, so CloudFormation
+    #      does not wait for tasks it cannot place, and each host that joins gets one of each
+    from app import build_app
+    from tests.conftest import cdk_json_context
+
+    app = build_app(cdk_json_context(), outdir=str(tmp_path))
+    (stack,) = [s for s in app.node.children if isinstance(s, cdk.Stack)]
+    services = Template.from_stack(stack).find_resources("AWS::ECS::Service")
+    assert len(services) == 2
+    for service in services.values():
+        props = service["Properties"]
+        assert props["SchedulingStrategy"] == "DAEMON"
+        assert props["LaunchType"] == "EXTERNAL"
+        assert "DesiredCount" not in props
