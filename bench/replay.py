@@ -5,9 +5,9 @@ trips and Consul's (the double's) own work cost; whatever the handler needed bey
 the registrar's own work (parsing, deciding, JSON, logging). Replaying in the same order from
 the same empty state reproduces the same indexes, so cas writes succeed as they did.
 
-Two transports: the registrar's own (urllib, a new TCP connection per request, as
-consul.HttpConsul does) and one persistent HTTP/1.1 connection (http.client), which is what a
-connection-reusing client would pay.
+Two transports: one persistent HTTP/1.1 connection (http.client), what the registrar pays now
+that it keeps its connections (lambda/registrar/connections.py), and a new TCP connection per
+request (urllib), what it paid before.
 """
 
 from __future__ import annotations
@@ -18,8 +18,6 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Sequence
-
-import consul
 
 from tests.consul_double import ConsulDouble, RecordedRequest
 
@@ -36,7 +34,7 @@ def _target(r: RecordedRequest) -> tuple[str, bytes | None, dict[str, str]]:
 
 
 def _per_request(base: str) -> Send:
-    opener = consul.build_opener(None)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
 
     def send(r: RecordedRequest) -> int:
         target, body, headers = _target(r)

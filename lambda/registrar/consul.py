@@ -1,4 +1,7 @@
-"""A small Consul HTTP client (urllib + ssl, no dependency) behind a Protocol.
+"""A small Consul HTTP client (http.client + ssl, no dependency) behind a Protocol.
+
+Requests go over the container's kept-alive connections (connections.py), which also decides
+what may be sent again when a reused connection turns out to be dead (reads only).
 
 Errors are mapped to what the caller does about them:
 - ConsulUnavailable (retryable): 429, 5xx, timeouts, refused or reset connections;
@@ -12,16 +15,14 @@ from __future__ import annotations
 import base64
 import http.client
 import json
-import ssl
 import time
-import urllib.error
 import urllib.parse
-import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import retry
+from connections import ConnectionPool
 from retry import RetryableError
 
 T = TypeVar("T")
@@ -120,32 +121,28 @@ def parse_address(address: str) -> tuple[str, str]:
     return parsed.scheme, f"{parsed.scheme}://{parsed.netloc}"
 
 
-def build_opener(ssl_context: ssl.SSLContext | None) -> urllib.request.OpenerDirector:
-    """No proxies (Consul is reached directly), TLS verified with the configured CA."""
-    handlers: list[urllib.request.BaseHandler] = [urllib.request.ProxyHandler({})]
-    if ssl_context is not None:
-        handlers.append(urllib.request.HTTPSHandler(context=ssl_context))
-    return urllib.request.build_opener(*handlers)
-
-
 _RETRYABLE_STATUS = frozenset({429, 500, 502, 503, 504})
 
 
 class HttpConsul:
-    """Consul's HTTP API over urllib. Per-request timeout: min(timeout_s, remaining budget)."""
+    """Consul's HTTP API. Per-request timeout: min(timeout_s, remaining budget).
+
+    `connections` is the container's pool for `address` (registrar.Runtime keeps it), so an
+    invocation's client reuses the connections of the previous invocations.
+    """
 
     def __init__(
         self,
         address: str,
         *,
         token: TokenProvider,
-        opener: urllib.request.OpenerDirector,
+        connections: ConnectionPool,
         timeout_s: float = 5.0,
         remaining_s: Callable[[], float] | None = None,
     ) -> None:
-        _, self._base = parse_address(address)
+        parse_address(address)
         self._token = token
-        self._opener = opener
+        self._connections = connections
         self._timeout_s = timeout_s
         self._remaining_s = remaining_s
 
@@ -161,19 +158,14 @@ class HttpConsul:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         if token:
             headers["X-Consul-Token"] = token
-        request = urllib.request.Request(  # noqa: S310 - scheme checked in parse_address
-            self._base + path, data=body, method=method, headers=headers
-        )
         try:
-            with self._opener.open(request, timeout=self._timeout()) as response:
-                return int(response.status), response.read()
-        except urllib.error.HTTPError as err:
-            with err:
-                return int(err.code), err.read()
+            return self._connections.request(
+                method, path, body=body, headers=headers, timeout=self._timeout()
+            )
         except (http.client.HTTPException, OSError) as err:
-            # OSError covers URLError, timeouts, refused/reset connections and TLS failures.
-            reason = getattr(err, "reason", err)
-            raise ConsulUnavailable(f"{method} {path}: {reason}") from err
+            # OSError covers timeouts, refused/reset connections and TLS failures. A write that
+            # fails here may have been applied: RetryingConsul's resend is guarded (see there).
+            raise ConsulUnavailable(f"{method} {path}: {str(err) or type(err).__name__}") from err
 
     def _request(
         self, method: str, path: str, payload: object = None, *, ok_statuses: tuple[int, ...] = ()
@@ -254,7 +246,9 @@ class RetryingConsul:
     """A Consul whose every call retries ConsulUnavailable within the invocation's budget.
 
     Every call the registrar makes is idempotent or guarded: a txn retried after a lost
-    response fails its cas (409) and the caller decides again from the record it then reads.
+    response fails its cas (409) and the caller decides again from the record it then reads;
+    a catalog register or deregister writes the same state again. This is the only place a
+    write is sent twice (the transport resends reads only: connections.py).
     """
 
     def __init__(

@@ -159,7 +159,7 @@ def connect(rt: registrar.Runtime, budget: retry.Budget) -> Inventory:
     http = HttpInventory(
         settings.consul_addr,
         token=rt.token,
-        opener=rt.opener(),
+        connections=rt.consul_connections(),
         timeout_s=settings.consul_timeout_s,
         remaining_s=budget.remaining_s,
     )

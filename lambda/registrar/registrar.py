@@ -13,8 +13,8 @@ Configuration (environment; Consul's own names where one exists):
   (5) per request; TIME_RESERVE_MS (2000) invocation time kept to return the batch response;
   LOG_LEVEL (INFO); METRICS_NAMESPACE (ConsulMesh/Registrar).
 
-The container-wide state (clients, caches, token, TLS context) lives in one `Runtime`, built
-on first use; each invocation wraps it with its own time budget.
+The container-wide state (clients, caches, token, TLS context, kept-alive Consul connections)
+lives in one `Runtime`, built on first use; each invocation wraps it with its own time budget.
 """
 
 from __future__ import annotations
@@ -22,7 +22,6 @@ from __future__ import annotations
 import os
 import ssl
 import threading
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ import consul
 import decide
 import identity
 import retry
+from connections import ConnectionPool
 from model import InvalidTaskDefinition, MalformedEvent, TaskEvent
 
 T = TypeVar("T")
@@ -134,7 +134,7 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
 
 
 class Runtime:
-    """Per-container state: settings, AWS sources, Consul token and TLS, all created once."""
+    """Per-container state: settings, AWS sources, Consul token, TLS, connections; made once."""
 
     def __init__(
         self,
@@ -143,7 +143,7 @@ class Runtime:
         task_definitions: aws.TaskDefinitionSource | None = None,
         hosts: aws.HostSource | None = None,
         token: consul.TokenProvider | None = None,
-        opener: urllib.request.OpenerDirector | None = None,
+        connections: ConnectionPool | None = None,
     ) -> None:
         self.settings = settings
         self.task_definitions = task_definitions or aws.EcsTaskDefinitions(
@@ -160,21 +160,31 @@ class Runtime:
             else:
                 token = consul.StaticToken(settings.static_token)
         self.token = token
-        self._opener = opener
+        self._connections = connections
         self._lock = threading.Lock()
 
-    def opener(self) -> urllib.request.OpenerDirector:
+    def consul_connections(self) -> ConnectionPool:
+        """The container's kept-alive Consul connections (TLS context read on first use)."""
         with self._lock:
-            if self._opener is None:
-                self._opener = consul.build_opener(ssl_context(self.settings))
-            return self._opener
+            if self._connections is None:
+                self._connections = ConnectionPool(
+                    self.settings.consul_addr, ssl_context=ssl_context(self.settings)
+                )
+            return self._connections
+
+    def close(self) -> None:
+        """Close the idle Consul connections (tests and local runs; Lambda just freezes)."""
+        with self._lock:
+            connections = self._connections
+        if connections is not None:
+            connections.close()
 
     def consul(self, budget: retry.Budget) -> consul.Consul:
         """A Consul client bound to this invocation's budget, retrying transient failures."""
         http = consul.HttpConsul(
             self.settings.consul_addr,
             token=self.token,
-            opener=self.opener(),
+            connections=self.consul_connections(),
             timeout_s=self.settings.consul_timeout_s,
             remaining_s=budget.remaining_s,
         )
@@ -195,10 +205,16 @@ def runtime() -> Runtime:
 
 
 def set_runtime(value: Runtime | None) -> None:
-    """Replace (tests, local runs) or forget (None) the container's Runtime."""
+    """Replace (tests, local runs) or forget (None) the container's Runtime.
+
+    The replaced Runtime's idle connections are closed (it stays usable if still referenced).
+    """
     global _runtime  # noqa: PLW0603
     with _runtime_lock:
+        previous = _runtime
         _runtime = value
+    if previous is not None and previous is not value:
+        previous.close()
 
 
 class Registrar:

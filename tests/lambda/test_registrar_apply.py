@@ -14,6 +14,7 @@ from typing import Any
 
 import apply
 import catalog
+import connections
 import consul
 import pytest
 import retry
@@ -29,7 +30,9 @@ NODE = "ecs-task-0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b"
 
 def client(double: ConsulDouble) -> consul.Consul:
     http = consul.HttpConsul(
-        double.url, token=consul.StaticToken(None), opener=consul.build_opener(None)
+        double.url,
+        token=consul.StaticToken(None),
+        connections=connections.ConnectionPool(double.url),
     )
     policy = retry.RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.002)
     return consul.RetryingConsul(http, policy=policy, budget=retry.Budget.fixed(30))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import registrar
 import retry
+from connections import ConnectionPool
 from consul import (
     ConsulAuthError,
     ConsulRequestError,
@@ -12,7 +13,6 @@ from consul import (
     HttpConsul,
     RetryingConsul,
     StaticToken,
-    build_opener,
 )
 from registrar_fixtures import CLUSTER_ARN
 
@@ -127,7 +127,9 @@ def test_fails_when_the_environment_is_wrong(env: dict[str, str], message: str) 
 
 
 def _http(double: ConsulDouble, token: str | None = None) -> HttpConsul:
-    return HttpConsul(double.url, token=StaticToken(token), opener=build_opener(None), timeout_s=1)
+    return HttpConsul(
+        double.url, token=StaticToken(token), connections=ConnectionPool(double.url), timeout_s=1
+    )
 
 
 def test_client_errors_are_not_retried(consul_double: ConsulDouble) -> None:
@@ -150,7 +152,7 @@ def test_static_token_403_is_an_auth_error(consul_double_acl: ConsulDouble) -> N
 def test_unreachable_consul_is_retryable() -> None:
     with ConsulDouble() as double:
         url = double.url
-    client = HttpConsul(url, token=StaticToken(None), opener=build_opener(None), timeout_s=1)
+    client = HttpConsul(url, token=StaticToken(None), connections=ConnectionPool(url), timeout_s=1)
 
     with pytest.raises(ConsulUnavailable, match="GET /v1/kv/k"):
         client.kv_get("k")

@@ -1,0 +1,200 @@
+"""Kept-alive HTTP(S) connections to Consul, shared by the threads of one Lambda container.
+
+Why: a new connection per request costs a TCP handshake and, against Consul's HTTPS listener
+behind the NLB, a TLS handshake and a certificate check before every request (a task start's
+4 requests cost about 12 round trips where 4 would do). Lambda reuses its container across
+invocations, so the Runtime keeps one pool and the connections outlive an invocation.
+
+Rules, each for a reason:
+- A connection serves one request at a time. A caller takes an idle connection (the most
+  recently used first) or opens one, and gives it back only after reading the whole response,
+  so threads never share a connection while it is in use. At most `max_idle` wait idle.
+- Any failure, a timeout included, closes the connection: a half-sent request or an unread
+  response would corrupt the next exchange. `Connection: close` from the server closes it too.
+- Before reuse, a connection idle for more than `max_idle_s`, or one the server has closed
+  (readable while idle: an EOF or a reset arrived), is closed and replaced without sending
+  anything on it. Consul's HTTP server keeps idle connections forever, but an AWS NLB forgets a
+  TCP flow after 350 s idle and answers the next packet with a reset: the age limit stays well
+  under that. (Whether time passes on the monotonic clock while Lambda freezes a container is
+  not documented; the next two rules cover a connection that died unseen.)
+- A GET that fails on a reused connection with a reset, a broken pipe or an empty answer is
+  sent once more, on a new connection: the server may have dropped the connection just as the
+  request left, and reading twice is harmless. A new connection that fails is Consul's own
+  failure and is reported, never resent here.
+- Writes are never resent here. A PUT that fails may have been applied with only its answer
+  lost; it is reported as a transport error, which consul.HttpConsul maps to ConsulUnavailable
+  and consul.RetryingConsul retries with backoff like any other transient failure, inside the
+  invocation's budget. That resend is safe for the reason the write protocol already relies on
+  (docs/architecture.md "Ordering, duplicates and concurrency"): a txn carries a KV cas on the
+  task's record at the index read before it, so a txn that had landed makes its resend fail the
+  cas (409), and apply.apply reads the record again and decides from what is really there; a
+  sidecar register or a node deregister writes the same state again, and a sidecar register is
+  always followed by the consistent read of the record that catches a stop that raced it.
+"""
+
+from __future__ import annotations
+
+import http.client
+import select
+import ssl
+import threading
+import time
+import urllib.parse
+from collections.abc import Callable, Mapping
+
+# Seconds a connection may sit idle before it is replaced rather than reused: an NLB forgets a
+# TCP flow after 350 s idle; Consul itself never closes an idle connection.
+MAX_IDLE_S = 60.0
+# Idle connections kept. A Lambda container runs one invocation at a time (one connection in
+# use); the tests and benchmarks run several invocations as threads of one process.
+MAX_IDLE = 8
+
+# Only these are sent again after a reused connection turned out to be dead.
+_RESENDABLE = frozenset({"GET"})
+# How a connection the server (or the NLB) dropped shows up when a request is sent on it:
+# a reset, a broken pipe, or an EOF before the status line (RemoteDisconnected, a BadStatusLine).
+_DEAD_CONNECTION = (
+    ConnectionResetError,
+    ConnectionAbortedError,
+    BrokenPipeError,
+    http.client.BadStatusLine,
+)
+
+
+class ConnectionPool:
+    """Kept-alive connections to one Consul address; thread-safe.
+
+    address: http(s)://host:port. ssl_context: the TLS context for https (server certificate and
+    host name verified against it); None uses the system trust store, as urllib did.
+    """
+
+    def __init__(
+        self,
+        address: str,
+        *,
+        ssl_context: ssl.SSLContext | None = None,
+        max_idle: int = MAX_IDLE,
+        max_idle_s: float = MAX_IDLE_S,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        parsed = urllib.parse.urlsplit(address)
+        if parsed.scheme not in ("http", "https") or not parsed.hostname:
+            raise ValueError(f"Consul address must look like https://host:port, got {address!r}")
+        if max_idle < 1:
+            raise ValueError(f"max_idle must be at least 1, got {max_idle}")
+        if max_idle_s <= 0:
+            raise ValueError(f"max_idle_s must be a positive number of seconds, got {max_idle_s}")
+        self._host = parsed.hostname
+        self._https = parsed.scheme == "https"
+        self._port = parsed.port or (443 if self._https else 80)
+        if self._https and ssl_context is None:
+            ssl_context = ssl.create_default_context()
+        self._ssl_context = ssl_context
+        self._max_idle = max_idle
+        self._max_idle_s = max_idle_s
+        self._clock = clock
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self._lock = threading.Lock()
+
+    def request(
+        self,
+        method: str,
+        target: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> tuple[int, bytes]:
+        """Send one request, read the whole response: (status, body), whatever the status.
+
+        Raises OSError (refused, reset, timed out, TLS failures) or http.client.HTTPException.
+        `timeout` bounds connecting and each read or write on the socket.
+        """
+        connection, reused = self._take()
+        try:
+            return self._exchange(
+                connection, method, target, body=body, headers=headers, timeout=timeout
+            )
+        except _DEAD_CONNECTION:
+            if not reused or method not in _RESENDABLE:
+                raise
+        return self._exchange(
+            self._open(), method, target, body=body, headers=headers, timeout=timeout
+        )
+
+    def close(self) -> None:
+        """Close the idle connections. The pool stays usable: it opens new ones on demand."""
+        with self._lock:
+            idle, self._idle = self._idle, []
+        for connection, _ in idle:
+            connection.close()
+
+    def __del__(self) -> None:
+        # A pool dropped without close() (a test's client, a replaced Runtime) frees its sockets.
+        self.close()
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _open(self) -> http.client.HTTPConnection:
+        """A new connection; it connects (and for https, handshakes) on its first request."""
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, context=self._ssl_context)
+        return http.client.HTTPConnection(self._host, self._port)
+
+    def _take(self) -> tuple[http.client.HTTPConnection, bool]:
+        """An idle connection still worth trying (and True), else a new one (and False)."""
+        while True:
+            with self._lock:
+                idle = self._idle.pop() if self._idle else None
+            if idle is None:
+                return self._open(), False
+            connection, since = idle
+            if self._clock() - since <= self._max_idle_s and not _closed_by_peer(connection):
+                return connection, True
+            connection.close()
+
+    def _exchange(
+        self,
+        connection: http.client.HTTPConnection,
+        method: str,
+        target: str,
+        *,
+        body: bytes | None,
+        headers: Mapping[str, str],
+        timeout: float,
+    ) -> tuple[int, bytes]:
+        try:
+            connection.timeout = timeout  # used when it connects
+            if connection.sock is not None:
+                connection.sock.settimeout(timeout)
+            connection.request(method, target, body=body, headers=dict(headers))
+            response = connection.getresponse()
+            data = response.read()
+        except BaseException:
+            connection.close()
+            raise
+        self._give_back(connection)
+        return response.status, data
+
+    def _give_back(self, connection: http.client.HTTPConnection) -> None:
+        if connection.sock is None:  # the server answered `Connection: close`
+            return
+        with self._lock:
+            if len(self._idle) < self._max_idle:
+                self._idle.append((connection, self._clock()))
+                return
+        connection.close()
+
+
+def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
+    """True when an idle connection has something to read: the server's EOF or a reset.
+
+    Nothing else may arrive on an idle HTTP/1.1 connection, so anything readable means it is
+    finished (a false alarm would only cost a new connection).
+    """
+    sock = connection.sock
+    if sock is None:
+        return True
+    poller = select.poll()
+    poller.register(sock, select.POLLIN)
+    return bool(poller.poll(0))

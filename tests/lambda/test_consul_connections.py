@@ -1,0 +1,410 @@
+"""The Consul client keeps its connections: reuse, dead connections, threads and TLS.
+
+Connections are counted and broken at `tcp_front.TcpFront`, a relay between the client and the
+double that plays the NLB (and, for the TLS tests, the servers' HTTPS listener), so what is
+counted is what a server would see, not what the client under test reports.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import ipaddress
+import json
+import ssl
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import apply
+import handler
+import pytest
+import registrar
+import retry
+from connections import ConnectionPool
+from consul import ConsulUnavailable, HttpConsul, RetryingConsul, StaticToken, TxnConflict
+from decide import desired_registration, mesh_target
+from model import ContainerDefinition, Host, Registration, parse_event
+from registrar_fixtures import (
+    HOST_IP,
+    LambdaContext,
+    failed_ids,
+    fake_runtime,
+    sqs_event,
+    task_definition,
+    task_event,
+)
+from tcp_front import TcpFront
+
+from tests.consul_double import ConsulDouble
+
+TASK = "0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b"
+KEY = f"ecs-registrar/mesh/tasks/{TASK}"
+NODE = f"ecs-task-{TASK}"
+FAST = retry.RetryPolicy(max_attempts=3, base_delay_s=0.001, max_delay_s=0.002)
+
+
+@pytest.fixture
+def front(consul_double: ConsulDouble) -> Iterator[TcpFront]:
+    relay = TcpFront(int(consul_double.url.rsplit(":", 1)[1]))
+    yield relay
+    relay.close()
+
+
+def _http(url: str, pool: ConnectionPool | None = None) -> HttpConsul:
+    """The transport alone: no retries, so what it does itself is visible."""
+    return HttpConsul(
+        url, token=StaticToken(None), connections=pool or ConnectionPool(url), timeout_s=2
+    )
+
+
+def _retrying(http: HttpConsul) -> RetryingConsul:
+    return RetryingConsul(http, policy=FAST, budget=retry.Budget.fixed(30))
+
+
+def _kv_set(key: str, value: str) -> list[dict[str, Any]]:
+    encoded = base64.b64encode(value.encode()).decode()
+    return [{"KV": {"Verb": "set", "Key": key, "Value": encoded}}]
+
+
+def _registration() -> Registration:
+    td = task_definition("web")
+    app = mesh_target(td)
+    assert isinstance(app, ContainerDefinition)
+    event = parse_event(json.dumps(task_event()))
+    return desired_registration(event, td, app, Host(HOST_IP, "mi-0a1b2c3d4e5f60718", "ssm"))
+
+
+def _node(name: str) -> dict[str, Any]:
+    return {"Node": name, "Address": "10.20.0.9"}
+
+
+# --------------------------------------------------------------------------------------------
+# Reuse
+
+
+def test_invocations_of_one_container_share_one_connection(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN a container's runtime pointed at Consul through the NLB
+    registrar.set_runtime(fake_runtime(front.url()))
+    tasks = [f"{n:032x}" for n in range(10)]
+    try:
+        # WHEN three invocations start ten tasks and stop five of them
+        starts = [task_event(task_id=t) for t in tasks]
+        stops = [
+            task_event("task_stopped.json", task_id=t, version=5, last_status="STOPPED")
+            for t in tasks[:5]
+        ]
+        batches = [starts[:5], starts[5:], stops]
+        failed = [
+            failed_ids(handler.handler(sqs_event(b, prefix=f"b{i}"), LambdaContext()))
+            for i, b in enumerate(batches)
+        ]
+    finally:
+        registrar.set_runtime(None)
+
+    # THEN every event landed, over a single connection for all their requests
+    assert failed == [[], [], []]
+    assert sorted(consul_double.nodes()) == [f"ecs-task-{t}" for t in tasks[5:]]
+    assert consul_double.count() >= 50
+    assert front.accepted == 1
+
+
+def test_every_kind_of_answer_leaves_the_connection_reusable(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN a client that reads, writes, and meets 404, 409 and 500 answers
+    client = _http(front.url())
+    consul_double.inject(kind="status", status=500, path_prefix="/v1/catalog/deregister")
+
+    # WHEN it makes one call of each kind
+    assert client.kv_get("missing") is None  # 404
+    client.txn(_kv_set("k", "v"))
+    with pytest.raises(TxnConflict, match="op 0"):  # 409: the key exists
+        client.txn([{"KV": {"Verb": "cas", "Key": "k", "Value": "", "Index": 0}}])
+    client.catalog_register(_node("n1"))
+    assert client.node_services("n1") == []
+    with pytest.raises(ConsulUnavailable, match="HTTP 500"):
+        client.catalog_deregister("n1")
+    entry = client.kv_get("k")
+
+    # THEN every answer was read in full and the next request went on the same connection
+    assert entry is not None
+    assert entry.value == b"v"
+    assert consul_double.count() == 7
+    assert front.accepted == 1
+
+
+def test_a_connection_idle_longer_than_max_idle_s_is_replaced(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    now = [0.0]
+    client = _http(front.url(), ConnectionPool(front.url(), max_idle_s=60, clock=lambda: now[0]))
+    client.kv_get("k")
+
+    now[0] = 59.0
+    client.kv_get("k")
+    assert front.accepted == 1
+
+    now[0] = 59.0 + 61.0
+    client.catalog_register(_node("n1"))
+    assert front.accepted == 2
+    assert consul_double.count(path_prefix="/v1/catalog/register") == 1
+
+
+# --------------------------------------------------------------------------------------------
+# Dead connections
+
+
+def test_a_connection_the_server_closed_is_replaced_before_a_write(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN an idle connection that the server has closed
+    client = _http(front.url())
+    client.kv_get("k")
+    front.close_idle()
+
+    # WHEN the next request is a write, with no retry above the transport
+    client.catalog_register(_node("n1"))
+
+    # THEN it went out once, on a new connection, and nothing failed
+    assert consul_double.count(path_prefix="/v1/catalog/register") == 1
+    assert "n1" in consul_double.nodes()
+    assert front.accepted == 2
+
+
+def test_a_read_on_a_flow_the_nlb_forgot_is_sent_again_on_a_new_connection(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN an idle connection whose flow the NLB forgot (the next packet gets a reset)
+    client = _http(front.url())
+    client.txn(_kv_set("k", "v"))
+    front.forget_idle()
+
+    # WHEN the client reads
+    entry = client.kv_get("k")
+
+    # THEN the read succeeds on a new connection; the lost attempt never reached Consul
+    assert entry is not None
+    assert entry.value == b"v"
+    assert consul_double.count(method="GET") == 1
+    assert front.accepted == 2
+
+
+def test_a_write_on_a_flow_the_nlb_forgot_is_left_to_the_retry_layer(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN an idle connection whose flow the NLB forgot
+    http = _http(front.url())
+    http.kv_get("k")
+    front.forget_idle()
+
+    # WHEN a write is sent on it: THEN the transport reports it, it does not resend it
+    with pytest.raises(ConsulUnavailable, match="PUT /v1/catalog/register"):
+        http.catalog_register(_node("n1"))
+    assert consul_double.count(path_prefix="/v1/catalog/register") == 0
+
+    # AND through the retrying client (as the registrar calls it) it lands, once
+    front.forget_idle()
+    _retrying(http).catalog_register(_node("n1"))
+    assert consul_double.count(path_prefix="/v1/catalog/register") == 1
+    assert "n1" in consul_double.nodes()
+
+
+def test_a_read_is_sent_again_once_and_only_on_a_reused_connection(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    client = _http(front.url())
+    # A new connection dropped without an answer: Consul's own failure, reported at once.
+    consul_double.inject(kind="refuse", path_prefix="/v1/kv/k")
+    with pytest.raises(ConsulUnavailable, match="GET /v1/kv/k"):
+        client.kv_get("k")
+    assert consul_double.count(path_prefix="/v1/kv/k") == 1
+
+    # A reused connection dropped twice: sent again once on a new connection, then reported.
+    client.kv_get("other")
+    consul_double.inject(kind="refuse", path_prefix="/v1/kv/k", times=2)
+    with pytest.raises(ConsulUnavailable, match="GET /v1/kv/k"):
+        client.kv_get("k")
+    assert consul_double.count(path_prefix="/v1/kv/k") == 3
+
+
+def test_a_registration_whose_txn_response_was_lost_is_settled_by_the_cas(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN the registrar's retrying client over kept-alive connections
+    client = _retrying(_http(front.url()))
+
+    # WHEN Consul applies a start's txn but the response is lost on the way back
+    front.lose_response_to(b"PUT /v1/txn")
+    result = apply.apply(client, key=KEY, node=NODE, desired=_registration(), version=3)
+
+    # THEN the retried txn fails its cas (the first one had landed), the record is read again,
+    # and the sidecar it names is written: the catalog is complete, the record written once
+    assert [r.status for r in consul_double.requests if r.path == "/v1/txn"] == [200, 409]
+    assert result.kind == "repaired"
+    assert json.loads(consul_double.kv()[KEY][0])["version"] == 3
+    sidecar = next(
+        s for s in consul_double.services(node=NODE) if s["ServiceKind"] == "connect-proxy"
+    )
+    assert sidecar["ServiceProxy"]["Upstreams"]
+
+
+def test_a_stop_whose_txn_response_was_lost_is_settled_by_the_cas(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN a registered task
+    client = _retrying(_http(front.url()))
+    apply.apply(client, key=KEY, node=NODE, desired=_registration(), version=3)
+
+    # WHEN Consul applies its stop's txn but the response is lost on the way back
+    front.lose_response_to(b"PUT /v1/txn")
+    result = apply.apply(client, key=KEY, node=NODE, desired=None, version=5)
+
+    # THEN the retried txn fails its cas and the record read again says it is done
+    assert [r.status for r in consul_double.requests if r.path == "/v1/txn"] == [200, 200, 409]
+    assert result.kind == "duplicate"
+    record = json.loads(consul_double.kv()[KEY][0])
+    assert (record["version"], record["status"]) == (5, "stopped")
+    assert NODE not in consul_double.nodes()
+
+
+# --------------------------------------------------------------------------------------------
+# Threads
+
+
+def test_concurrent_threads_never_share_a_connection(
+    consul_double: ConsulDouble, front: TcpFront
+) -> None:
+    # GIVEN one client (one pool) used by eight threads at once
+    client = _http(front.url())
+    threads = 8
+    barrier = threading.Barrier(threads)
+    wrong: list[str] = []
+    errors: list[BaseException] = []
+
+    def work(n: int) -> None:
+        try:
+            barrier.wait()
+            for i in range(20):
+                client.txn(_kv_set(f"t/{n}", f"{n}-{i}"))
+                entry = client.kv_get(f"t/{n}")
+                if entry is None or entry.value != f"{n}-{i}".encode():
+                    wrong.append(f"thread {n} read {entry}")
+        except BaseException as err:  # reported below, with the thread's number
+            errors.append(err)
+
+    # WHEN each writes and reads back its own key, over and over
+    workers = [threading.Thread(target=work, args=(n,)) for n in range(threads)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    # THEN every thread read its own answers (a shared connection would mix them up or fail)
+    assert errors == []
+    assert wrong == []
+    assert consul_double.count() == threads * 20 * 2
+    # AND connections were reused: at most one per thread, not one per request
+    assert 1 <= front.accepted <= threads
+
+
+# --------------------------------------------------------------------------------------------
+# TLS: the same context and host name check as before, one handshake for many requests
+
+
+def _pki(tmp_path: Path, server_name: str) -> tuple[str, ssl.SSLContext]:
+    """A CA (PEM) and a server context whose certificate names `server_name` (IP or DNS)."""
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    now = dt.datetime.now(dt.UTC)
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Consul CA")])
+    ca = (
+        x509.CertificateBuilder()
+        .subject_name(ca_name)
+        .issuer_name(ca_name)
+        .public_key(ca_key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(ca_key, hashes.SHA256())
+    )
+    try:
+        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(server_name))
+    except ValueError:
+        san = x509.DNSName(server_name)
+    key = ec.generate_private_key(ec.SECP256R1())
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server.dc1.consul")]))
+        .issuer_name(ca_name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server-key.pem"
+    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_file.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server.load_cert_chain(cert_file, key_file)
+    return ca.public_bytes(serialization.Encoding.PEM).decode(), server
+
+
+def _tls_front(double: ConsulDouble, tmp_path: Path, server_name: str) -> tuple[str, TcpFront]:
+    ca_pem, server = _pki(tmp_path, server_name)
+    return ca_pem, TcpFront(int(double.url.rsplit(":", 1)[1]), tls=server)
+
+
+def test_https_keeps_one_verified_tls_connection(
+    consul_double: ConsulDouble, tmp_path: Path
+) -> None:
+    # GIVEN Consul behind TLS, its CA configured as CONSUL_CACERT (PEM text)
+    ca_pem, tls = _tls_front(consul_double, tmp_path, "127.0.0.1")
+    rt = fake_runtime(tls.url("https"), cacert=ca_pem)
+    try:
+        # WHEN two invocations' clients make several requests
+        for _ in range(2):
+            client = rt.consul(retry.Budget.fixed(30))
+            client.catalog_register(_node("n1"))
+            assert client.node_services("n1") == []
+            assert client.kv_get("k") is None
+    finally:
+        rt.close()
+        tls.close()
+
+    # THEN one TLS handshake served them all
+    assert consul_double.count() == 6
+    assert (tls.accepted, tls.handshakes) == (1, 1)
+
+
+def test_https_refuses_a_certificate_for_another_name(
+    consul_double: ConsulDouble, tmp_path: Path
+) -> None:
+    # GIVEN a server whose certificate, signed by the configured CA, names another host
+    ca_pem, tls = _tls_front(consul_double, tmp_path, "consul.other.example")
+    rt = fake_runtime(tls.url("https"), cacert=ca_pem)
+    try:
+        # WHEN the registrar connects: THEN the host name check fails it, as a retryable error
+        with pytest.raises(ConsulUnavailable, match="certificate verify failed"):
+            _http(tls.url("https"), rt.consul_connections()).kv_get("k")
+    finally:
+        rt.close()
+        tls.close()
+    # AND nothing reached Consul
+    assert consul_double.requests == []
