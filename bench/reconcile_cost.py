@@ -8,8 +8,8 @@ STOPPED event) and a second pass repairs them. ECS and SSM are tests/lambda/ecs_
 counts them; Consul requests are counted at the double.
 
 Two things that are not the reconcile pass's cost are taken out of the wall time:
-- the time FakeEcs spends answering (its ListTasks sorts every task for each page, O(n^2)
-  at 10,000 tasks; real ECS pages on its side): timed around each call and reported apart;
+- the time FakeEcs spends answering (building its answers from Python dicts; real ECS works on
+  its side): timed around each call and reported apart;
 - the garbage collector walking the double's catalog and the bench's own objects (hundreds of
   thousands of objects a Lambda never holds): they are moved out of the collector's sight
   with `gc.freeze()` before the pass, so it pays only for the objects the pass itself makes.
