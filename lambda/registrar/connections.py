@@ -77,6 +77,8 @@ class ConnectionPool:
         max_idle_s: float = MAX_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
+        self._lock = threading.Lock()
         parsed = urllib.parse.urlsplit(address)
         if parsed.scheme not in ("http", "https") or not parsed.hostname:
             raise ValueError(f"Consul address must look like https://host:port, got {address!r}")
@@ -93,8 +95,6 @@ class ConnectionPool:
         self._max_idle = max_idle
         self._max_idle_s = max_idle_s
         self._clock = clock
-        self._idle: list[tuple[http.client.HTTPConnection, float]] = []
-        self._lock = threading.Lock()
 
     def request(
         self,

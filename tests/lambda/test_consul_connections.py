@@ -408,3 +408,23 @@ def test_https_refuses_a_certificate_for_another_name(
         tls.close()
     # AND nothing reached Consul
     assert consul_double.requests == []
+
+
+# --------------------------------------------------------------------------------------------
+# Configuration
+
+
+@pytest.mark.parametrize(
+    ("address", "options", "message"),
+    [
+        ("consul:8501", {}, "must look like https://host:port, got 'consul:8501'"),
+        ("ftp://consul:21", {}, "must look like https://host:port, got 'ftp://consul:21'"),
+        ("http://consul:8500", {"max_idle": 0}, "max_idle must be at least 1, got 0"),
+        ("http://consul:8500", {"max_idle_s": 0}, "max_idle_s must be a positive number"),
+    ],
+)
+def test_fails_when_the_pool_is_misconfigured(
+    address: str, options: dict[str, Any], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ConnectionPool(address, **options)
