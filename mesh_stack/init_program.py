@@ -82,12 +82,20 @@ def load_identity() -> ModuleType:
     `lambda/registrar` is not a package of the CDK app; loading the file keeps one source of
     truth without copying it or putting the Lambda's directory on the CDK app's import path.
     """
-    name = "consul_mesh_identity"
+    return _load("consul_mesh_identity", IDENTITY_SOURCE)
+
+
+def load_init() -> ModuleType:
+    """The init program itself (assets/envoy_init.py), for a synth-time dry run."""
+    return _load("consul_mesh_envoy_init", INIT_SOURCE)
+
+
+def _load(name: str, path: Path) -> ModuleType:
     module = sys.modules.get(name)
     if module is None:
-        spec = importlib.util.spec_from_file_location(name, IDENTITY_SOURCE)
+        spec = importlib.util.spec_from_file_location(name, path)
         if spec is None or spec.loader is None:
-            raise ImportError(f"cannot load {IDENTITY_SOURCE}")
+            raise ImportError(f"cannot load {path}")
         module = importlib.util.module_from_spec(spec)
         sys.modules[name] = module
         spec.loader.exec_module(module)

@@ -177,7 +177,12 @@ class MeshService(Construct):
             plaintext=plaintext,
             ca_secret=ca_secret,
         )
-        self._dry_run_bootstrap(
+        self.service_name = service_name
+        self.network_mode = network_mode
+        self.upstreams = upstreams
+        host_mode = network_mode == "host"
+
+        init_environment = self._init_environment(
             service_name=service_name,
             consul_grpc_host=consul_grpc_host,
             consul_grpc_port=consul_grpc_port,
@@ -186,10 +191,7 @@ class MeshService(Construct):
             admin_port=admin_port,
             prometheus_port=prometheus_port,
         )
-        self.service_name = service_name
-        self.network_mode = network_mode
-        self.upstreams = upstreams
-        host_mode = network_mode == "host"
+        self._dry_run_bootstrap(init_environment, plaintext)
 
         self.task_definition = ecs.ExternalTaskDefinition(
             self, "TaskDefinition", network_mode=NETWORK_MODES[network_mode]
@@ -217,15 +219,7 @@ class MeshService(Construct):
             essential=False,
             memory_limit_mib=64,
             readonly_root_filesystem=True,
-            environment=self._init_environment(
-                service_name=service_name,
-                consul_grpc_host=consul_grpc_host,
-                consul_grpc_port=consul_grpc_port,
-                consul_tls_server_name=consul_tls_server_name,
-                plaintext=plaintext,
-                admin_port=admin_port,
-                prometheus_port=prometheus_port,
-            ),
+            environment=init_environment,
             secrets=self._init_secrets(
                 token_secret, token_secret_field, ca_secret, ca_secret_field, plaintext
             ),
@@ -444,34 +438,21 @@ class MeshService(Construct):
         )
 
     @staticmethod
-    def _dry_run_bootstrap(
-        *,
-        service_name: str,
-        consul_grpc_host: str,
-        consul_grpc_port: int | None,
-        consul_tls_server_name: str | None,
-        plaintext: bool,
-        admin_port: int,
-        prometheus_port: int | None,
-    ) -> None:
-        """Render once at synth with placeholders, so bad input fails `cdk synth`, not a task."""
-
-        def concrete(value: str | None, placeholder: str) -> str | None:
-            return placeholder if value is not None and Token.is_unresolved(value) else value
-
-        envoy.render_bootstrap(
-            proxy_id=identity.proxy_id(identity.service_id(service_name, _SAMPLE_TASK)),
-            service=service_name,
-            node_name=identity.node_name(_SAMPLE_TASK),
-            token=_SAMPLE_ACL,
-            xds_host=concrete(consul_grpc_host, "consul.invalid") or "",
-            xds_port=consul_grpc_port,
-            ca_pem=None if plaintext else "-----BEGIN CERTIFICATE-----\n",
-            tls_server_name=concrete(consul_tls_server_name, "consul.invalid"),
-            plaintext=plaintext,
-            admin_port=admin_port,
-            prometheus_bind=f"0.0.0.0:{prometheus_port}" if prometheus_port else None,
-        )
+    def _dry_run_bootstrap(environment: Mapping[str, str], plaintext: bool) -> None:
+        """Run the init program's own renderer at synth on the environment the container gets
+        (placeholders for tokens and secrets), so bad input fails `cdk synth`, not a task."""
+        init = init_program.load_init()
+        sample = {
+            name: "consul.invalid" if Token.is_unresolved(value) else value
+            for name, value in environment.items()
+        }
+        sample["CONSUL_HTTP_TOKEN"] = _SAMPLE_ACL
+        if not plaintext:
+            sample["CONSUL_CACERT_PEM"] = "-----BEGIN CERTIFICATE-----\n"
+        try:
+            init.build_bootstrap(sample, {"TaskARN": _SAMPLE_TASK}, identity, envoy)
+        except init.InitError as err:
+            raise ValueError(str(err)) from None
 
     def _acknowledge(self, host_mode: bool) -> None:
         execution_role = self.task_definition.execution_role
