@@ -8,7 +8,6 @@ a fake clock, so waiting for a leader or backing off never sleeps on the wall cl
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import importlib
 import json
 import logging
@@ -27,6 +26,7 @@ from typing import Any
 import boto3
 import pytest
 from moto import mock_aws
+from pki import Pki, make_pki
 
 from tests.consul_double import ConsulDouble
 
@@ -708,92 +708,13 @@ def test_delete_of_an_invalid_declaration_does_nothing(
 # ------------------------------------------------------------------------------ TLS
 
 
-@dataclass(frozen=True)
-class Pki:
-    ca_pem: str
-    cert_file: Path
-    key_file: Path
-
-
-def _make_pki(tmp_path: Path, server_name: str) -> Pki:
-    """A CA and a server certificate for `server_name`, as the fleet issues them."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Consul Agent CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(
-            x509.KeyUsage(
-                digital_signature=True,
-                content_commitment=False,
-                key_encipherment=False,
-                data_encipherment=False,
-                key_agreement=False,
-                key_cert_sign=True,
-                crl_sign=True,
-                encipher_only=False,
-                decipher_only=False,
-            ),
-            critical=True,
-        )
-        .add_extension(
-            x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server.dc1.consul")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("server.dc1.consul"), x509.DNSName(server_name)]
-            ),
-            critical=False,
-        )
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()),
-            critical=False,
-        )
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    return Pki(ca.public_bytes(serialization.Encoding.PEM).decode(), cert_file, key_file)
-
-
 class TlsFront:
     """TLS termination in front of the (plain HTTP) double, standing in for the servers'
     HTTPS listener behind the NLB; records the SNI each client asked for."""
 
     def __init__(self, pki: Pki, backend_port: int) -> None:
         self.server_names: list[str | None] = []
-        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-        context.load_cert_chain(pki.cert_file, pki.key_file)
+        context = pki.server_context()
         context.sni_callback = lambda _sock, name, _ctx: self.server_names.append(name)
         self._context = context
         self._backend = backend_port
@@ -841,7 +762,7 @@ NLB_NAME = "consul-nlb-0123456789.elb.us-east-1.amazonaws.com"
 
 @pytest.fixture
 def tls_front(consul: ConsulDouble, secrets: Secrets, tmp_path: Path) -> Iterator[TlsFront]:
-    pki = _make_pki(tmp_path, NLB_NAME)
+    pki = make_pki(tmp_path, NLB_NAME)
     secrets.client.put_secret_value(SecretId=secrets.ca, SecretString=pki.ca_pem)
     front = TlsFront(pki, int(consul.url.rsplit(":", 1)[1]))
     yield front
@@ -884,7 +805,7 @@ def test_https_refuses_a_server_the_ca_did_not_sign(
     consul: ConsulDouble, secrets: Secrets, clock: FakeTime, tls_front: TlsFront, tmp_path: Path
 ) -> None:
     (tmp_path / "other").mkdir()
-    other = _make_pki(tmp_path / "other", NLB_NAME)
+    other = make_pki(tmp_path / "other", NLB_NAME)
     secrets.client.put_secret_value(SecretId=secrets.ca, SecretString=other.ca_pem)
     with pytest.raises(consul_api.ConsulError, match="TLS verification"):
         run(event("Create", _https_props(consul, secrets, tls_front, NLB_NAME)))

@@ -8,10 +8,7 @@ counted is what a server would see, not what the client under test reports.
 from __future__ import annotations
 
 import base64
-import datetime as dt
-import ipaddress
 import json
-import ssl
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +23,7 @@ from connections import ConnectionPool
 from consul import ConsulUnavailable, HttpConsul, RetryingConsul, StaticToken, TxnConflict
 from decide import desired_registration, mesh_target
 from model import ContainerDefinition, Host, Registration, parse_event
+from pki import make_pki
 from registrar_fixtures import (
     HOST_IP,
     LambdaContext,
@@ -315,60 +313,9 @@ def test_concurrent_threads_never_share_a_connection(
 # TLS: the same context and host name check as before, one handshake for many requests
 
 
-def _pki(tmp_path: Path, server_name: str) -> tuple[str, ssl.SSLContext]:
-    """A CA (PEM) and a server context whose certificate names `server_name` (IP or DNS)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
-
-    now = dt.datetime.now(dt.UTC)
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "Test Consul CA")])
-    ca = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name)
-        .issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-    try:
-        san: x509.GeneralName = x509.IPAddress(ipaddress.ip_address(server_name))
-    except ValueError:
-        san = x509.DNSName(server_name)
-    key = ec.generate_private_key(ec.SECP256R1())
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "server.dc1.consul")]))
-        .issuer_name(ca_name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - dt.timedelta(minutes=5))
-        .not_valid_after(now + dt.timedelta(hours=1))
-        .add_extension(x509.SubjectAlternativeName([san]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-    cert_file, key_file = tmp_path / "server.pem", tmp_path / "server-key.pem"
-    cert_file.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-    key_file.write_bytes(
-        key.private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.NoEncryption(),
-        )
-    )
-    server = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server.load_cert_chain(cert_file, key_file)
-    return ca.public_bytes(serialization.Encoding.PEM).decode(), server
-
-
 def _tls_front(double: ConsulDouble, tmp_path: Path, server_name: str) -> tuple[str, TcpFront]:
-    ca_pem, server = _pki(tmp_path, server_name)
-    return ca_pem, TcpFront(int(double.url.rsplit(":", 1)[1]), tls=server)
+    pki = make_pki(tmp_path, server_name)
+    return pki.ca_pem, TcpFront(int(double.url.rsplit(":", 1)[1]), tls=pki.server_context())
 
 
 def test_https_keeps_one_verified_tls_connection(
