@@ -220,18 +220,21 @@ def _catalog_service_common(
     return query_reply([v for v in views if predicate is None or predicate(v)], index)
 
 
-@router.route(r"/v1/catalog/service/(?P<name>.*)", "GET", query=True)
-def _catalog_service(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
+def _service_name(match: re.Match[str]) -> str:
+    """The service name of a /service/ or /connect/ path; Consul answers 400 without one."""
     if not match["name"]:
         raise HTTPError(400, "Missing service name")
-    return _catalog_service_common(backend, request, match["name"], connect=False)
+    return match["name"]
+
+
+@router.route(r"/v1/catalog/service/(?P<name>.*)", "GET", query=True)
+def _catalog_service(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
+    return _catalog_service_common(backend, request, _service_name(match), connect=False)
 
 
 @router.route(r"/v1/catalog/connect/(?P<name>.*)", "GET", query=True)
 def _catalog_connect(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
-    if not match["name"]:
-        raise HTTPError(400, "Missing service name")
-    return _catalog_service_common(backend, request, match["name"], connect=True)
+    return _catalog_service_common(backend, request, _service_name(match), connect=True)
 
 
 @router.route(r"/v1/catalog/node/(?P<node>.*)", "GET", query=True)
@@ -291,16 +294,12 @@ def _health_entries(backend: Backend, request: Request, name: str, *, connect: b
 
 @router.route(r"/v1/health/service/(?P<name>.*)", "GET", query=True)
 def _health_service(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
-    if not match["name"]:
-        raise HTTPError(400, "Missing service name")
-    return _health_entries(backend, request, match["name"], connect=False)
+    return _health_entries(backend, request, _service_name(match), connect=False)
 
 
 @router.route(r"/v1/health/connect/(?P<name>.*)", "GET", query=True)
 def _health_connect(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
-    if not match["name"]:
-        raise HTTPError(400, "Missing service name")
-    return _health_entries(backend, request, match["name"], connect=True)
+    return _health_entries(backend, request, _service_name(match), connect=True)
 
 
 def _checks_reply(backend: Backend, request: Request, checks: Iterable[dict[str, Any]]) -> Reply:
@@ -321,10 +320,9 @@ def _health_node(backend: Backend, request: Request, match: re.Match[str]) -> Re
 
 @router.route(r"/v1/health/checks/(?P<name>.*)", "GET", query=True)
 def _health_checks(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
-    if not match["name"]:
-        raise HTTPError(400, "Missing service name")
+    name = _service_name(match)
     checks = sorted(backend.store.t.checks.items())
-    return _checks_reply(backend, request, (c for _, c in checks if c["ServiceName"] == match[1]))
+    return _checks_reply(backend, request, (c for _, c in checks if c["ServiceName"] == name))
 
 
 @router.route(r"/v1/health/state/(?P<state>.*)", "GET", query=True)
