@@ -1,0 +1,22 @@
+"""Ports that cross the network between the Consul servers, the NLB and the on-prem hosts.
+
+One place for the numbers three parts must agree on: the mesh services (which listeners a
+host-mode sidecar opens on the host), the Consul fleet (which ports consul-esm on the servers
+may reach on-prem, and which ports on-prem hosts may reach on the NLB) and the documentation
+of the on-prem firewall.
+"""
+
+from __future__ import annotations
+
+# Consul servers, behind the internal NLB: HTTPS API and gRPC-TLS (xDS).
+CONSUL_HTTPS = 8501
+CONSUL_GRPC_TLS = 8503
+# Plaintext listeners, opened only with `plaintext_listeners`.
+CONSUL_HTTP = 8500
+CONSUL_GRPC = 8502
+
+# Envoy listeners that other hosts and the Consul servers dial on a host-mode mesh task: the
+# public (mTLS) listener and the expose listener that serves the app's health path. Every
+# host-mode service's proxy and expose ports lie in this inclusive range, so the servers'
+# egress to on-prem and the hosts' firewall open exactly this range and nothing else.
+ENVOY_INBOUND_PORTS = (20000, 20999)
