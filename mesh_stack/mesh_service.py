@@ -22,6 +22,11 @@ INIT_CONTAINER = "envoy-init"
 BOOTSTRAP_DIR = "/consul-mesh"
 BOOTSTRAP_PATH = f"{BOOTSTRAP_DIR}/envoy-bootstrap.json"
 BOOTSTRAP_VOLUME = "consul-mesh-bootstrap"
+# Envoy's admin socket lives in a volume of its own: Envoy must create the socket there, while
+# it only reads the bootstrap volume. The init container makes the directory Envoy's (0700).
+ADMIN_DIR = "/consul-mesh-admin"
+ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"
+ADMIN_VOLUME = "consul-mesh-admin"
 # Envoy runs as this non-root user; the init container hands it the (0600) bootstrap file.
 ENVOY_USER_ID = 1337
 # Stock Python from ECR Public (no Docker Hub pull limits); the init program needs only stdlib.
@@ -58,14 +63,12 @@ def _check_ports(
     upstreams: Mapping[str, int],
     port: int,
     proxy_port: int,
-    admin_port: int,
     prometheus_port: int | None,
 ) -> None:
     """Ports sharing Envoy's network namespace (in host mode also the app's) must not collide."""
     named = {
         "port": _port("port", port),
         "proxy_port": _port("proxy_port", proxy_port),
-        "admin_port": _port("admin_port", admin_port),
     }
     if prometheus_port is not None:
         named["prometheus_port"] = _port("prometheus_port", prometheus_port)
@@ -112,8 +115,8 @@ class MeshService(Construct):
     tags: Consul service tags.
     upstreams: {service: local port}; the app reaches each at `upstream_address(service)`.
     network_mode: "bridge" (default; ports are mapped dynamically, many tasks per host) or
-        "host" (the task shares the host's ports: proxy_port, admin_port and
-        prometheus_port must differ from other host-mode services on the same host).
+        "host" (the task shares the host's ports: proxy_port and prometheus_port must
+        differ from other host-mode services on the same host).
     desired_count: running tasks (replica scheduling). A replica service whose tasks cannot be
         placed keeps CloudFormation waiting for it to stabilise, so keep it 0 until hosts joined.
     daemon: one task on every registered host instead of `desired_count` (ECS DAEMON
@@ -121,7 +124,6 @@ class MeshService(Construct):
         before any host has joined and starts on each host as it registers.
     cpu / memory_mib: the app container's CPU units and hard memory limit.
     proxy_port: Envoy's public (inbound mTLS) listener port inside the task; default 20000.
-    admin_port: Envoy admin API, bound to 127.0.0.1 only; default 19000.
     prometheus_port: Envoy listener serving /stats/prometheus only; None disables it.
     app_user: user the app container runs as (required non-root in host mode by cdk-nag).
     """
@@ -156,7 +158,6 @@ class MeshService(Construct):
         cpu: int = 256,
         memory_mib: int = 512,
         proxy_port: int = identity.DEFAULT_PROXY_PORT,
-        admin_port: int = envoy.DEFAULT_ADMIN_PORT,
         prometheus_port: int | None = 9102,
         app_user: str | None = None,
     ) -> None:
@@ -172,7 +173,6 @@ class MeshService(Construct):
             tags=tags,
             upstreams=upstreams,
             proxy_port=proxy_port,
-            admin_port=admin_port,
             prometheus_port=prometheus_port,
             plaintext=plaintext,
             ca_secret=ca_secret,
@@ -188,7 +188,6 @@ class MeshService(Construct):
             consul_grpc_port=consul_grpc_port,
             consul_tls_server_name=consul_tls_server_name,
             plaintext=plaintext,
-            admin_port=admin_port,
             prometheus_port=prometheus_port,
         )
         self._dry_run_bootstrap(init_environment, plaintext)
@@ -198,6 +197,7 @@ class MeshService(Construct):
         )
         # Host volume without a source path: an empty directory ECS creates for this task.
         self.task_definition.add_volume(name=BOOTSTRAP_VOLUME)
+        self.task_definition.add_volume(name=ADMIN_VOLUME)
         self.log_group = logs.LogGroup(
             self,
             "Logs",
@@ -228,7 +228,8 @@ class MeshService(Construct):
         self.init_container.add_mount_points(
             ecs.MountPoint(
                 container_path=BOOTSTRAP_DIR, source_volume=BOOTSTRAP_VOLUME, read_only=False
-            )
+            ),
+            ecs.MountPoint(container_path=ADMIN_DIR, source_volume=ADMIN_VOLUME, read_only=False),
         )
 
         envoy_ports = [proxy_port] + ([prometheus_port] if prometheus_port else [])
@@ -252,7 +253,8 @@ class MeshService(Construct):
         self.envoy_container.add_mount_points(
             ecs.MountPoint(
                 container_path=BOOTSTRAP_DIR, source_volume=BOOTSTRAP_VOLUME, read_only=True
-            )
+            ),
+            ecs.MountPoint(container_path=ADMIN_DIR, source_volume=ADMIN_VOLUME, read_only=False),
         )
         self.envoy_container.add_container_dependencies(
             ecs.ContainerDependency(
@@ -358,13 +360,12 @@ class MeshService(Construct):
         consul_grpc_port: int | None,
         consul_tls_server_name: str | None,
         plaintext: bool,
-        admin_port: int,
         prometheus_port: int | None,
     ) -> dict[str, str]:
         env = {
             "CONSUL_MESH_SERVICE": service_name,
             "CONSUL_GRPC_HOST": consul_grpc_host,
-            "ENVOY_ADMIN_PORT": str(admin_port),
+            "ENVOY_ADMIN_SOCKET": ADMIN_SOCKET,
             "ENVOY_PROMETHEUS_BIND": f"0.0.0.0:{prometheus_port}" if prometheus_port else "",
             "ENVOY_BOOTSTRAP_PATH": BOOTSTRAP_PATH,
             "ENVOY_UID": str(ENVOY_USER_ID),
@@ -405,7 +406,6 @@ class MeshService(Construct):
         tags: Sequence[str],
         upstreams: Mapping[str, int],
         proxy_port: int,
-        admin_port: int,
         prometheus_port: int | None,
         plaintext: bool,
         ca_secret: secretsmanager.ISecret | None,
@@ -433,7 +433,6 @@ class MeshService(Construct):
             upstreams=upstreams,
             port=port,
             proxy_port=proxy_port,
-            admin_port=admin_port,
             prometheus_port=prometheus_port,
         )
 

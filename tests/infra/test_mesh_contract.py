@@ -14,6 +14,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -157,12 +158,15 @@ def test_envoy_presents_exactly_the_proxy_the_registrar_registers(
     # WHEN the init container's command from the template runs for the same task
     (init,) = [c for c in props["ContainerDefinitions"] if c["Name"] == "envoy-init"]
     out = tmp_path / "envoy-bootstrap.json"
+    admin = Path(tempfile.mkdtemp(prefix="adm", dir="/tmp"))  # short: a socket path <= 107 B
     env = {e["Name"]: e["Value"] for e in init["Environment"]}
     env.update(
         {
             "PATH": os.environ.get("PATH", ""),
             "ECS_CONTAINER_METADATA_URI_V4": metadata_endpoint,
-            "ENVOY_BOOTSTRAP_PATH": str(out),  # the task volume, here a temp dir
+            # the two task volumes, here temp dirs
+            "ENVOY_BOOTSTRAP_PATH": str(out),
+            "ENVOY_ADMIN_SOCKET": str(admin / "admin.sock"),
             "ENVOY_UID": str(os.getuid()),
             "ENVOY_GID": str(os.getgid()),
             # what ECS injects from Secrets Manager (`secrets`)
@@ -173,6 +177,7 @@ def test_envoy_presents_exactly_the_proxy_the_registrar_registers(
     assert {s["Name"] for s in init["Secrets"]} == {"CONSUL_HTTP_TOKEN", "CONSUL_CACERT_PEM"}
     command = [sys.executable if part == "python3" else part for part in init["Command"]]
     run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
+    admin.rmdir()
     assert run.returncode == 0, run.stderr
     node = json.loads(out.read_text())["node"]
 

@@ -19,8 +19,6 @@ from mesh_stack.demo import DEMO_INTENTIONS, MeshDemo
 from mesh_stack.mesh_service import MeshService
 from tests.infra.nag_util import open_findings
 
-ADMIN_PORTS = {19000, 19001}
-
 
 def scaffold(outdir: Path) -> tuple[cdk.App, cdk.Stack, dict[str, Any]]:
     app = cdk.App(outdir=str(outdir))
@@ -67,7 +65,6 @@ def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
         network_mode="host",
         app_user="1000",
         proxy_port=21000,
-        admin_port=19001,
         prometheus_port=9202,
         upstreams={"api": 9101},
         **common,
@@ -154,13 +151,25 @@ def test_token_and_ca_reach_only_the_init_container_through_ecs_secrets(template
                 assert "Secrets" not in container, container["Name"]
 
 
-def test_admin_interface_is_never_published(template: Template) -> None:
+def test_admin_interface_is_a_socket_in_a_volume_only_envoy_and_its_init_mount(
+    template: Template,
+) -> None:
     for props in task_definitions(template).values():
-        for container in props["ContainerDefinitions"]:
-            published = {m["ContainerPort"] for m in container.get("PortMappings", [])}
-            assert not published & ADMIN_PORTS, container["Name"]
-            published_host = {m.get("HostPort") for m in container.get("PortMappings", [])}
-            assert not published_host & ADMIN_PORTS, container["Name"]
+        by_name = {c["Name"]: c for c in props["ContainerDefinitions"]}
+        init_env = {e["Name"]: e["Value"] for e in by_name["envoy-init"]["Environment"]}
+        # GIVEN the init container renders admin on a unix socket (never a TCP port) ...
+        assert init_env["ENVOY_ADMIN_SOCKET"] == "/consul-mesh-admin/admin.sock"
+        assert "ENVOY_ADMIN_PORT" not in init_env
+        # ... in a task volume that Envoy may write (to create the socket) and that the init
+        # container hands to Envoy's user; the app container never mounts it
+        mounts = {
+            name: {(m["SourceVolume"], m["ReadOnly"]) for m in c.get("MountPoints", [])}
+            for name, c in by_name.items()
+        }
+        assert ("consul-mesh-admin", False) in mounts["envoy"]
+        assert ("consul-mesh-admin", False) in mounts["envoy-init"]
+        users = [n for n, m in mounts.items() if any(v == "consul-mesh-admin" for v, _ in m)]
+        assert sorted(users) == ["envoy", "envoy-init"]
 
 
 def test_envoy_starts_only_after_the_init_container_succeeds(template: Template) -> None:
@@ -172,17 +181,12 @@ def test_envoy_starts_only_after_the_init_container_succeeds(template: Template)
     assert proxy["EntryPoint"] == ["/usr/local/bin/envoy"]
     assert proxy["Command"][:2] == ["-c", "/consul-mesh/envoy-bootstrap.json"]
     assert proxy["Image"] == "envoyproxy/envoy:v1.34.14"
-    # one task volume: written by the init container, read-only for Envoy, which is not root
-    assert init["MountPoints"] == [
-        {
-            "ContainerPath": "/consul-mesh",
-            "SourceVolume": "consul-mesh-bootstrap",
-            "ReadOnly": False,
-        }
-    ]
-    assert proxy["MountPoints"] == [
-        {"ContainerPath": "/consul-mesh", "SourceVolume": "consul-mesh-bootstrap", "ReadOnly": True}
-    ]
+    # the bootstrap volume: written by the init container, read-only for Envoy, which is not
+    # root; the admin socket's volume, writable by both
+    bootstrap = {"ContainerPath": "/consul-mesh", "SourceVolume": "consul-mesh-bootstrap"}
+    admin = {"ContainerPath": "/consul-mesh-admin", "SourceVolume": "consul-mesh-admin"}
+    assert init["MountPoints"] == [{**bootstrap, "ReadOnly": False}, {**admin, "ReadOnly": False}]
+    assert proxy["MountPoints"] == [{**bootstrap, "ReadOnly": True}, {**admin, "ReadOnly": False}]
     assert proxy["User"] == "1337:1337"
     env = {e["Name"]: e["Value"] for e in init["Environment"]}
     assert (env["ENVOY_UID"], env["ENVOY_GID"]) == ("1337", "1337")
@@ -207,7 +211,7 @@ def test_host_mode_holds_its_ports_on_the_host(template: Template) -> None:
     mappings = {(m["ContainerPort"], m["HostPort"]) for m in by_name["envoy"]["PortMappings"]}
     assert mappings == {(21000, 21000), (9202, 9202)}
     env = {e["Name"]: e["Value"] for e in by_name["envoy-init"]["Environment"]}
-    assert (env["ENVOY_ADMIN_PORT"], env["ENVOY_PROMETHEUS_BIND"]) == ("19001", "0.0.0.0:9202")
+    assert env["ENVOY_PROMETHEUS_BIND"] == "0.0.0.0:9202"
     assert by_name["metrics"]["DockerLabels"][identity.LABEL_PROXY_PORT] == "21000"
 
 
@@ -287,12 +291,12 @@ def test_constructs_are_nag_clean(tmp_path: Path) -> None:
         ({"service_name": "Web_1"}, r"service_name must be a DNS label .* 'Web_1'"),
         ({"port": 70000}, r"port must be a port in 1\.\.65535, got 70000"),
         ({"upstreams": {"web": 9001}}, r"web cannot be its own upstream"),
-        ({"upstreams": {"api": 19000}}, r"admin_port 19000|upstreams\[api\] 19000 collides"),
+        ({"upstreams": {"api": 20000}}, r"upstreams\[api\] 20000 collides with proxy_port"),
         (
             {"network_mode": "host", "port": 20000},
             r"proxy_port 20000 collides with port \(host mode\)",
         ),
-        ({"prometheus_port": 19000}, r"prometheus_port 19000 collides with admin_port"),
+        ({"prometheus_port": 20000}, r"prometheus_port 20000 collides with proxy_port"),
         ({"health_check_path": "healthz"}, r"health_check_path must start with '/'"),
         ({"tags": ["a,b"]}, r"tags must be .* got 'a,b'"),
         ({"envoy_version": "latest"}, r"envoy_version must look like 1\.34\.14, got 'latest'"),
