@@ -19,6 +19,7 @@ from model import (
     RUNNING,
     SUPPORTED_NETWORK_MODES,
     ContainerDefinition,
+    ExposePath,
     HealthCheck,
     Host,
     InvalidTaskDefinition,
@@ -46,6 +47,9 @@ CHECK_TIMEOUT = "5s"
 UPSTREAM_BIND = {"bridge": "0.0.0.0", "host": "127.0.0.1"}  # noqa: S104 - inside the container
 # The public listener binds inside the Envoy container (DESIGN.md: bind_address/bind_port).
 PUBLIC_BIND_ADDRESS = "0.0.0.0"  # noqa: S104
+# Expose paths: Consul's allowed protocols are "http" and "http2" (agent/structs
+# connect_proxy_config.go allowedExposeProtocols); consul-esm's HTTP check speaks HTTP/1.1.
+EXPOSE_PROTOCOL = "http"
 
 Phase = Literal["run", "stop"]
 SkipKind = Literal["ignored", "stale", "duplicate", "invalid"]
@@ -116,9 +120,13 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _registered_ports(app: ContainerDefinition, labels: MeshLabels) -> tuple[int, ...]:
+def _registered_ports(app: ContainerDefinition, labels: MeshLabels, mode: str) -> tuple[int, ...]:
     mapped = [pm.container_port for pm in app.port_mappings if pm.protocol == "tcp"]
-    if labels.ports is None:
+    if mode == "host" and labels.ports is not None:
+        # In host mode a container binds host ports without any mapping; a mesh app maps none,
+        # since it listens on 127.0.0.1 only (MeshService sets consul-mesh.ports instead).
+        ports = labels.ports
+    elif labels.ports is None:
         ports = tuple(dict.fromkeys(mapped))
         if not ports:
             raise InvalidTaskDefinition(
@@ -159,6 +167,21 @@ def _host_port(event: TaskEvent, task_definition: TaskDefinition, container: str
     )
 
 
+def _expose_port(labels: MeshLabels, ports: tuple[int, ...]) -> int:
+    """Host mode: the Envoy listener that serves the health path, distinct from other ports."""
+    port = labels.expose_port or labels.proxy_port + identity.EXPOSE_PORT_OFFSET
+    taken = {labels.proxy_port: identity.LABEL_PROXY_PORT}
+    taken.update((p, f"registered app port {p}") for p in ports)
+    taken.update((u.local_bind_port, identity.LABEL_UPSTREAMS) for u in labels.upstreams)
+    if port > 65535 or port in taken:
+        why = "is above 65535" if port > 65535 else f"collides with {taken[port]}"
+        raise InvalidTaskDefinition(
+            f"label {identity.LABEL_EXPOSE_PORT}: Envoy's health listener port {port} {why}; "
+            f"set {identity.LABEL_EXPOSE_PORT} to a free port"
+        )
+    return port
+
+
 def desired_registration(
     event: TaskEvent,
     task_definition: TaskDefinition,
@@ -167,12 +190,17 @@ def desired_registration(
 ) -> Registration:
     """The catalog entries of a running task (DESIGN.md section 3, docs/architecture.md).
 
+    Host mode (the app listens on 127.0.0.1 only) routes every check through Envoy, because
+    consul-esm checks from the Consul servers: an HTTP health path becomes a Consul expose
+    path served on Envoy's expose listener, and a TCP check dials the public listener.
+    Bridge mode checks the app's published port.
+
     Raises InvalidTaskDefinition (labels, ports, proxy container) or MalformedEvent (a bridge
     port without a network binding).
     """
     labels = parse_labels(app)
-    ports = _registered_ports(app, labels)
     mode = task_definition.network_mode
+    ports = _registered_ports(app, labels, mode)
     proxy = task_definition.container(labels.proxy_container)
     if proxy is None:
         raise InvalidTaskDefinition(
@@ -188,12 +216,26 @@ def desired_registration(
         "container-instance-arn": event.container_instance_arn,
         "source": identity.SOURCE,
     }
+    path = labels.health_check_path
+    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port)
+    expose: tuple[ExposePath, ...] = ()
+    if mode == "host" and path:
+        expose = (ExposePath(_expose_port(labels, ports), path, ports[0], EXPOSE_PROTOCOL),)
     services = []
     for port in ports:
         svc_id = identity.service_id(
             labels.service, event.task_arn, port if len(ports) > 1 else None
         )
         host_port = _host_port(event, task_definition, app.name, port)
+        if mode == "bridge":
+            # The app's port is published on the host: check it there.
+            name, target, check_path = f"{labels.service} on", host_port, path
+        elif expose:
+            # Host mode: the app is on loopback; Envoy serves its health path (expose path).
+            name, target, check_path = "health path through Envoy on", expose[0].listener_port, path
+        else:
+            # Host mode without a path: Envoy's public listener stands in for the app.
+            name, target, check_path = "Envoy public listener on", envoy_port, None
         services.append(
             ServiceInstance(
                 id=svc_id,
@@ -203,17 +245,42 @@ def desired_registration(
                 meta=meta,
                 check=_check(
                     check_id=f"service:{svc_id}",
-                    name=f"{labels.service} on {host.address}:{host_port}",
+                    name=f"{name} {host.address}:{target}",
                     service_id=svc_id,
                     address=host.address,
-                    port=host_port,
-                    path=labels.health_check_path,
+                    port=target,
+                    path=check_path,
                 ),
             )
         )
     primary = services[0]
     proxy_id = identity.proxy_id(primary.id)
-    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port)
+    # Envoy's public listener answers ...
+    proxy_checks = [
+        _check(
+            check_id=f"service:{proxy_id}",
+            name=f"Envoy public listener on {host.address}:{envoy_port}",
+            service_id=proxy_id,
+            address=host.address,
+            port=envoy_port,
+            path=None,
+        )
+    ]
+    if mode == "bridge" or expose:
+        # ... and the app behind it is healthy: Consul routes mesh traffic by the proxy's
+        # checks alone, so the app's check is mirrored here (an agent would use an alias
+        # check, which consul-esm does not run). Host mode without a path has nothing more to
+        # check than the public listener.
+        proxy_checks.append(
+            _check(
+                check_id=f"service:{proxy_id}:destination",
+                name=f"{labels.service} behind the proxy",
+                service_id=proxy_id,
+                address=host.address,
+                port=expose[0].listener_port if expose else primary.port,
+                path=path,
+            )
+        )
     sidecar = SidecarProxy(
         id=proxy_id,
         name=f"{labels.service}-sidecar-proxy",
@@ -229,28 +296,8 @@ def desired_registration(
             ProxyUpstream(u.destination_name, u.local_bind_port, UPSTREAM_BIND[mode])
             for u in labels.upstreams
         ),
-        checks=(
-            # Envoy's public listener answers ...
-            _check(
-                check_id=f"service:{proxy_id}",
-                name=f"Envoy public listener on {host.address}:{envoy_port}",
-                service_id=proxy_id,
-                address=host.address,
-                port=envoy_port,
-                path=None,
-            ),
-            # ... and the app behind it is healthy: Consul routes mesh traffic by the proxy's
-            # checks alone, so the app's check is mirrored here (an agent would use an alias
-            # check, which consul-esm does not run).
-            _check(
-                check_id=f"service:{proxy_id}:destination",
-                name=f"{labels.service} behind the proxy",
-                service_id=proxy_id,
-                address=host.address,
-                port=primary.port,
-                path=labels.health_check_path,
-            ),
-        ),
+        checks=tuple(proxy_checks),
+        expose=expose,
     )
     return Registration(
         task_arn=event.task_arn,

@@ -80,6 +80,11 @@ LABEL_UPSTREAMS = "consul-mesh.upstreams"  # "backend:9001,db:9002" (service:loc
 LABEL_HEALTH_PATH = "consul-mesh.health-check-path"  # HTTP check path; default: TCP check
 LABEL_PROXY_CONTAINER = "consul-mesh.proxy-container"  # Envoy container name; default "envoy"
 LABEL_PROXY_PORT = "consul-mesh.proxy-port"  # Envoy public listener container port; 20000
+# Host mode: Envoy listener that serves the health path (Consul expose path); proxy port + 500
+LABEL_EXPOSE_PORT = "consul-mesh.expose-port"
 
 DEFAULT_PROXY_CONTAINER = "envoy"
 DEFAULT_PROXY_PORT = 20000
+# Proxy ports 20000-20499 get expose ports 20500-20999: both inside the range the Consul servers
+# may reach on-prem (mesh_stack/ports.py ENVOY_INBOUND_PORTS).
+EXPOSE_PORT_OFFSET = 500

@@ -335,6 +335,7 @@ class MeshLabels:
     health_check_path: str | None
     proxy_container: str
     proxy_port: int
+    expose_port: int | None  # None: the label is absent (default proxy_port + offset)
 
 
 def _label_port(label: str, raw: str) -> int:
@@ -389,6 +390,7 @@ def parse_labels(container: ContainerDefinition) -> MeshLabels:
             f"label {identity.LABEL_HEALTH_PATH}: {path!r} must be a URL path starting with '/'"
         )
     proxy_port_raw = labels.get(identity.LABEL_PROXY_PORT, "").strip()
+    expose_port_raw = labels.get(identity.LABEL_EXPOSE_PORT, "").strip()
     return MeshLabels(
         container=container.name,
         service=service,
@@ -401,6 +403,9 @@ def parse_labels(container: ContainerDefinition) -> MeshLabels:
         proxy_port=_label_port(identity.LABEL_PROXY_PORT, proxy_port_raw)
         if proxy_port_raw
         else identity.DEFAULT_PROXY_PORT,
+        expose_port=_label_port(identity.LABEL_EXPOSE_PORT, expose_port_raw)
+        if expose_port_raw
+        else None,
     )
 
 
@@ -460,6 +465,20 @@ class ProxyUpstream:
 
 
 @dataclass(frozen=True)
+class ExposePath:
+    """An HTTP path of the app that Envoy serves on a listener of its own, outside mTLS.
+
+    Consul's `Proxy.Expose.Paths[]` (api/agent.go ExposePath): Envoy listens on
+    `listener_port` and forwards exactly `path` to the local app on `local_path_port`.
+    """
+
+    listener_port: int
+    path: str
+    local_path_port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
 class SidecarProxy:
     """The connect-proxy of the task's primary service instance (one Envoy per task)."""
 
@@ -475,6 +494,7 @@ class SidecarProxy:
     bind_port: int
     upstreams: tuple[ProxyUpstream, ...]
     checks: tuple[HealthCheck, ...]
+    expose: tuple[ExposePath, ...] = ()  # added after the first release: see _LATER_FIELDS
 
 
 @dataclass(frozen=True)
@@ -494,12 +514,17 @@ class Registration:
         Stored in every running task's state record, so its canonical form must never change
         (tests/lambda/test_registrar_digest.py pins it): the JSON of `dataclasses.asdict`, with
         sorted keys and compact separators, built here without asdict's recursive deep copy
-        (3x faster; it was a third of a 10,000-task reconcile pass).
+        (3x faster; it was a third of a 10,000-task reconcile pass). A field added after the
+        first release (`_LATER_FIELDS`) is left out while it is empty, so a registration that
+        does not use it keeps the digest its record holds.
         """
         return hashlib.sha256(_CANONICAL.encode(self).encode()).hexdigest()
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+# (class, field) pairs added after digests were first stored: omitted from the canonical JSON
+# while empty (an empty tuple), so records written before they existed still match.
+_LATER_FIELDS = frozenset({("SidecarProxy", "expose")})
+_FIELD_NAMES: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 
 def _as_json_object(value: object) -> dict[str, Any]:
@@ -511,8 +536,13 @@ def _as_json_object(value: object) -> dict[str, Any]:
             return dict(value)
         if not is_dataclass(value):
             raise TypeError(f"Object of type {cls.__name__} is not JSON serializable")
-        names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in fields(value)))
-    return {name: getattr(value, name) for name in names}
+        names = _FIELD_NAMES.setdefault(
+            cls,
+            tuple((f.name, (cls.__name__, f.name) in _LATER_FIELDS) for f in fields(value)),
+        )
+    return {
+        name: getattr(value, name) for name, later in names if not later or getattr(value, name)
+    }
 
 
 _CANONICAL = json.JSONEncoder(default=_as_json_object, sort_keys=True, separators=(",", ":"))

@@ -580,6 +580,53 @@ def test_txn_service_set_wipes_upstreams_written_by_catalog_register(
     assert "Upstreams" not in consul_double.services(NODE)[0]["ServiceProxy"]
 
 
+EXPOSE = {
+    "Paths": [{"ListenerPort": 20500, "Path": "/health", "LocalPathPort": 9090, "Protocol": "http"}]
+}
+
+
+def test_catalog_register_keeps_expose_paths_and_a_txn_service_set_drops_them(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN a sidecar registered with explicit expose paths (agent/structs ExposeConfig)
+    body = sidecar()
+    body["Proxy"]["Expose"] = EXPOSE
+    register(consul_double, {"Node": NODE, "Address": "10.1.2.3", "Service": body})
+    # THEN the catalog returns them as sent
+    assert consul_double.services(NODE)[0]["ServiceProxy"]["Expose"] == EXPOSE
+    # AND a txn Service op on the same ID drops them (api-docs/txn.mdx keeps no Expose)
+    op = {"Service": {"Verb": "set", "Node": NODE, "Service": body}}
+    call(consul_double, "PUT", "/v1/txn", [op])
+    assert consul_double.services(NODE)[0]["ServiceProxy"]["Expose"] == {}
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ({"ListenerPort": 20500, "Path": ""}, "expose.paths: empty path exposed"),
+        ({"ListenerPort": 0, "Path": "/h"}, "expose.paths: invalid listener port: 0"),
+        ({"ListenerPort": 20500, "Path": "/h", "Protocol": "grpc"}, "protocol 'grpc' not"),
+        ({"ListenerPort": 20500, "Path": "/other"}, "duplicate listener ports exposed"),
+    ],
+)
+def test_invalid_expose_paths_are_refused_like_consul_validates_them(
+    consul_double: ConsulDouble, path: dict[str, Any], message: str
+) -> None:
+    body = sidecar()
+    body["Proxy"]["Expose"] = {"Paths": [*EXPOSE["Paths"], path]}
+    if "duplicate" not in message:
+        body["Proxy"]["Expose"]["Paths"] = [path]
+    answer = call(
+        consul_double,
+        "PUT",
+        "/v1/catalog/register",
+        {"Node": NODE, "Address": "10.1.2.3", "Service": body},
+    )
+    assert answer.status == 500
+    assert message in answer.text
+    assert consul_double.nodes() == {}
+
+
 def test_txn_node_delete_removes_services_and_checks(consul_double: ConsulDouble) -> None:
     register(consul_double)
 

@@ -175,7 +175,6 @@ def test_host_task_with_two_ports_gets_port_suffixes_and_loopback_upstreams() ->
         (f"api-{task_id}-9090", 9090),
         (f"api-{task_id}-9091", 9091),
     ]
-    assert all(s.check.tcp == f"{HOST_IP}:{s.port}" for s in reg.services)
     sc = reg.sidecar
     assert sc.id == f"api-{task_id}-9090-sidecar-proxy"
     assert (sc.port, sc.bind_port) == (21000, 21000)
@@ -183,6 +182,71 @@ def test_host_task_with_two_ports_gets_port_suffixes_and_loopback_upstreams() ->
     assert [(u.destination_name, u.local_bind_address) for u in sc.upstreams] == [
         ("web", "127.0.0.1")
     ]
+
+
+def test_host_task_without_health_path_is_checked_at_envoys_public_listener() -> None:
+    # GIVEN a host-mode task (its app listens on 127.0.0.1 only) with no health path
+    reg = _registration("task_running_host.json", "api")
+    # THEN consul-esm, which checks from the Consul servers, never dials the app's own port:
+    # every check is a TCP connect to Envoy's public listener on the host
+    checks = [s.check for s in reg.services] + list(reg.sidecar.checks)
+    assert {(c.tcp, c.http) for c in checks} == {(f"{HOST_IP}:21000", None)}
+    assert len(reg.sidecar.checks) == 1
+    assert reg.sidecar.expose == ()
+
+
+def _host_task(labels: dict[str, str], *, app_mappings: bool = True) -> Registration:
+    td = task_definition("api")
+    api = td.container("api")
+    assert api is not None
+    api = replace(
+        api,
+        labels={**api.labels, **labels},
+        port_mappings=api.port_mappings if app_mappings else (),
+    )
+    td = replace(td, containers=(api, *[c for c in td.containers if c.name != "api"]))
+    app = mesh_target(td)
+    assert isinstance(app, ContainerDefinition)
+    return desired_registration(_event("task_running_host.json"), td, app, HOST)
+
+
+def test_host_task_health_path_is_an_expose_path_served_by_envoy() -> None:
+    # GIVEN a host-mode task with an HTTP health path and no app port published on the host
+    reg = _host_task({"consul-mesh.health-check-path": "/ready"}, app_mappings=False)
+    # THEN Envoy serves exactly that path on its expose listener (proxy port + 500), forwarded
+    # to the app's primary port on loopback
+    sc = reg.sidecar
+    assert [(p.listener_port, p.path, p.local_path_port, p.protocol) for p in sc.expose] == [
+        (21500, "/ready", 9090, "http")
+    ]
+    # AND every HTTP check targets that listener, never the app's port
+    url = f"http://{HOST_IP}:21500/ready"
+    assert [s.check.http for s in reg.services] == [url, url]
+    assert [(c.tcp, c.http) for c in sc.checks] == [(f"{HOST_IP}:21000", None), (None, url)]
+
+
+def test_expose_port_label_moves_envoys_health_listener() -> None:
+    reg = _host_task(
+        {"consul-mesh.health-check-path": "/ready", "consul-mesh.expose-port": "20999"}
+    )
+    assert [p.listener_port for p in reg.sidecar.expose] == [20999]
+    assert reg.services[0].check.http == f"http://{HOST_IP}:20999/ready"
+
+
+@pytest.mark.parametrize(
+    ("port", "clash"),
+    [("21000", "consul-mesh.proxy-port"), ("9091", "registered app port 9091")],
+)
+def test_fails_when_the_expose_port_collides(port: str, clash: str) -> None:
+    labels = {"consul-mesh.health-check-path": "/ready", "consul-mesh.expose-port": port}
+    with pytest.raises(InvalidTaskDefinition, match=rf"expose-port.*{port} collides with {clash}"):
+        _host_task(labels)
+
+
+def test_bridge_task_has_no_expose_path_its_app_port_is_published() -> None:
+    reg = _registration()
+    assert reg.sidecar.expose == ()
+    assert reg.services[0].check.http == f"http://{HOST_IP}:32768/healthz"
 
 
 def test_no_check_is_named_serf_health() -> None:
