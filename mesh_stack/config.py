@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mesh_stack import demo_ports
+from mesh_stack.ports import ENVOY_INBOUND_PORTS
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message is one line meant for the operator."""
@@ -282,8 +285,9 @@ FIELDS: dict[str, Field] = {
     ),
     "prometheus_port": Field(
         9102,
-        "Port of the Envoy sidecars' Prometheus listener (serves /stats/prometheus only).",
-        lambda k, v: _as_int(k, v, 1024, 65535),
+        "Port of the demo backend's Envoy Prometheus listener (serves /stats/prometheus only); "
+        "frontend's is the next one (1024-65534).",
+        lambda k, v: _as_int(k, v, 1024, 65534),
     ),
     "snapshot_interval_hours": Field(
         1,
@@ -385,17 +389,19 @@ class MeshConfig:
             wrong = [az for az in self.availability_zones if not az.startswith(self.region)]
             if wrong:
                 raise _fail("availability_zones", wrong, f"must be zones of region {self.region}")
-        # Envoy's admin (19000) and public listener (20000), and the demo's upstream (9091),
-        # share the sidecar's network namespace with the Prometheus listener.
-        taken = {19000: "Envoy admin", 20000: "the Envoy public listener"}
-        if self.demo_enabled:
-            taken[9091] = "the demo's upstream listener"
-        if self.prometheus_port in taken:
-            raise _fail(
-                "prometheus_port",
-                self.prometheus_port,
-                f"is used by {taken[self.prometheus_port]}; pick another port",
-            )
+        # The demo runs in host mode: its two metrics listeners (prometheus_port and the next
+        # port) share each host's ports with its apps, upstream and Envoy listeners.
+        low, high = ENVOY_INBOUND_PORTS
+        taken = demo_ports.app_ports() if self.demo_enabled else {}
+        for port in (self.prometheus_port, self.prometheus_port + 1):
+            if port in taken or low <= port <= high:
+                used = taken.get(port, f"Envoy's public and health listeners ({low}-{high})")
+                raise _fail(
+                    "prometheus_port",
+                    self.prometheus_port,
+                    f"the demo's metrics listeners would use {port}, taken by {used}; "
+                    "pick another port",
+                )
         zones = len(self.zones)
         # At most 2 servers per AZ: losing one AZ must never take a quorum with it.
         if self.server_count > 2 * zones or (self.server_count == 5 and zones < 3):

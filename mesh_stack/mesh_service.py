@@ -14,6 +14,8 @@ from constructs import Construct
 
 from mesh_stack import envoy, init_program
 from mesh_stack.nag import acknowledge
+from mesh_stack.ports import BRIDGE_DYNAMIC_HOST_PORTS, ENVOY_INBOUND_PORTS
+from mesh_stack.service_ports import ENVOY_USER_ID, ServicePorts, check_distinct, plan
 
 identity = init_program.load_identity()
 
@@ -27,23 +29,20 @@ BOOTSTRAP_VOLUME = "consul-mesh-bootstrap"
 ADMIN_DIR = "/consul-mesh-admin"
 ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"
 ADMIN_VOLUME = "consul-mesh-admin"
-# Envoy runs as this non-root user; the init container hands it the (0600) bootstrap file.
-ENVOY_USER_ID = 1337
 # Stock Python from ECR Public (no Docker Hub pull limits); the init program needs only stdlib.
 INIT_IMAGE = "public.ecr.aws/docker/library/python:3.13-slim"
-NETWORK_MODES = {"bridge": ecs.NetworkMode.BRIDGE, "host": ecs.NetworkMode.HOST}
+NETWORK_MODES = {"host": ecs.NetworkMode.HOST, "bridge": ecs.NetworkMode.BRIDGE}
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - bridge mode: inside the app's own namespace
+# What MeshService tells the app about where to listen (docs/services.md, "What your app must do").
+LISTEN_ENV = ("CONSUL_MESH_LISTEN_ADDR", "CONSUL_MESH_LISTEN_HOST", "CONSUL_MESH_LISTEN_PORT")
+_ROOT_USERS = {"root", "0"}
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
 # Any well-formed task ARN: the synth-time dry run of the bootstrap needs one.
 _SAMPLE_ACL = "00000000-0000-0000-0000-000000000000"
 _SAMPLE_TASK = "arn:aws:ecs:us-east-1:000000000000:task/cluster/00000000000000000000000000000000"
-
-
-def _port(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"{name} must be a port in 1..65535, got {value!r}")
-    return value
 
 
 def _check_registration(health_check_path: str | None, tags: Sequence[str]) -> None:
@@ -56,35 +55,35 @@ def _check_registration(health_check_path: str | None, tags: Sequence[str]) -> N
             )
 
 
-def _check_ports(
-    *,
-    service_name: str,
-    network_mode: str,
-    upstreams: Mapping[str, int],
-    port: int,
-    proxy_port: int,
-    prometheus_port: int | None,
-) -> None:
-    """Ports sharing Envoy's network namespace (in host mode also the app's) must not collide."""
-    named = {
-        "port": _port("port", port),
-        "proxy_port": _port("proxy_port", proxy_port),
-    }
-    if prometheus_port is not None:
-        named["prometheus_port"] = _port("prometheus_port", prometheus_port)
-    for name, local in upstreams.items():
+def _check_upstream_names(service_name: str, upstreams: Mapping[str, int]) -> None:
+    for name in upstreams:
         if not identity.valid_service_name(name):
             raise ValueError(f"upstream names must be Consul service names, got {name!r}")
         if name == service_name:
             raise ValueError(f"{service_name} cannot be its own upstream")
-        named[f"upstreams[{name}]"] = _port(f"upstreams[{name}]", local)
-    if network_mode == "bridge":
-        named.pop("port")  # the app has its own network namespace in bridge mode
-    seen: dict[int, str] = {}
-    for name, value in named.items():
-        if value in seen:
-            raise ValueError(f"{name} {value} collides with {seen[value]} ({network_mode} mode)")
-        seen[value] = name
+
+
+def _check_mode(network_mode: str, insecure_published_app_port: bool, app_user: str | None) -> None:
+    """Host mode is the secure default; bridge publishes the app and must be acknowledged."""
+    if network_mode == "bridge" and insecure_published_app_port is not True:
+        raise ValueError(
+            "network_mode='bridge' publishes the app's port on the host, where any client on "
+            "the network reaches the app without mTLS or intentions; use host mode (the "
+            "default), or pass insecure_published_app_port=True to accept that exposure "
+            "(docs/services.md, 'Bridge mode')"
+        )
+    if network_mode != "bridge" and insecure_published_app_port:
+        raise ValueError(
+            "insecure_published_app_port=True applies to network_mode='bridge' only; host mode "
+            "publishes no app port"
+        )
+    if network_mode == "host" and (
+        app_user is None or any(part.lower() in _ROOT_USERS for part in app_user.split(":"))
+    ):
+        raise ValueError(
+            "app_user must name a non-root user (e.g. '1000' or '1000:1000') in host mode, "
+            f"where the app shares the host's network namespace; got {app_user!r}"
+        )
 
 
 class MeshService(Construct):
@@ -94,8 +93,15 @@ class MeshService(Construct):
     ARN from the ECS metadata endpoint and writes the Envoy bootstrap (mesh_stack/envoy.py)
     into a task volume; Envoy starts only after it exits 0. The ACL token and the Consul CA
     reach the init container as ECS `secrets` and exist only in that file (mode 0600, owned by
-    the Envoy user). The app container carries the docker labels the registrar reads
+    the Envoy user). Envoy's admin API is a unix socket in a second task volume, never a TCP
+    port. The app container carries the docker labels the registrar reads
     (docs/architecture.md), so the task is registered in Consul when it runs.
+
+    Host mode (the default) is the only mode in which the mesh cannot be bypassed: the app
+    listens on 127.0.0.1 only (it is told where in CONSUL_MESH_LISTEN_ADDR/_HOST/_PORT), Envoy
+    reaches it there and is the only thing listening on the network, and consul-esm checks it
+    through Envoy. Every host-mode service of one cluster must use ports of its own; that is
+    checked across all MeshServices of the cluster at synth.
 
     service_name: Consul service name (DNS label); also the app container's name.
     image / port: the application image and the container port it serves on.
@@ -111,21 +117,28 @@ class MeshService(Construct):
     envoy_version: Envoy release (image envoyproxy/envoy:v<version>), from the validated config.
     log_key: KMS key of the service's log group.
     environment / health_check: the app container's environment and ECS health check.
-    health_check_path: HTTP path Consul checks (label); default a TCP check.
+    health_check_path: HTTP path Consul checks; default a TCP check. In host mode Envoy serves
+        exactly this path on `expose_port` (a Consul expose path), outside mTLS.
     tags: Consul service tags.
     upstreams: {service: local port}; the app reaches each at `upstream_address(service)`.
-    network_mode: "bridge" (default; ports are mapped dynamically, many tasks per host) or
-        "host" (the task shares the host's ports: proxy_port and prometheus_port must
-        differ from other host-mode services on the same host).
+    network_mode: "host" (default: the task shares the host's network namespace, one task per
+        host, ports of its own) or "bridge" (ports mapped dynamically, many tasks per host,
+        but the app's port is published on the host: only with insecure_published_app_port).
+    insecure_published_app_port: the explicit acknowledgement bridge mode needs: any client
+        that reaches the host can call the app on its published port, around Envoy, mTLS and
+        intentions (docs/services.md explains the host firewall rule that closes it).
     desired_count: running tasks (replica scheduling). A replica service whose tasks cannot be
         placed keeps CloudFormation waiting for it to stabilise, so keep it 0 until hosts joined.
     daemon: one task on every registered host instead of `desired_count` (ECS DAEMON
         scheduling). A daemon service with no host yet is stable at zero tasks, so it deploys
         before any host has joined and starts on each host as it registers.
     cpu / memory_mib: the app container's CPU units and hard memory limit.
-    proxy_port: Envoy's public (inbound mTLS) listener port inside the task; default 20000.
+    proxy_port: Envoy's public (inbound mTLS) listener port; default 20000.
     prometheus_port: Envoy listener serving /stats/prometheus only; None disables it.
-    app_user: user the app container runs as (required non-root in host mode by cdk-nag).
+    proxy_port / expose_port in host mode: both in ENVOY_INBOUND_PORTS (20000-20999), the only
+        range the Consul servers and other hosts may reach; expose_port defaults to
+        proxy_port + 500 and exists only with a health_check_path.
+    app_user: user the app container runs as; required and non-root in host mode.
     """
 
     def __init__(
@@ -152,12 +165,14 @@ class MeshService(Construct):
         health_check_path: str | None = None,
         tags: Sequence[str] = (),
         upstreams: Mapping[str, int] | None = None,
-        network_mode: str = "bridge",
+        network_mode: str = "host",
+        insecure_published_app_port: bool = False,
         desired_count: int = 1,
         daemon: bool = False,
         cpu: int = 256,
         memory_mib: int = 512,
         proxy_port: int = identity.DEFAULT_PROXY_PORT,
+        expose_port: int | None = None,
         prometheus_port: int | None = 9102,
         app_user: str | None = None,
     ) -> None:
@@ -165,22 +180,39 @@ class MeshService(Construct):
         upstreams = dict(upstreams or {})
         self._validate(
             service_name=service_name,
-            port=port,
             envoy_version=envoy_version,
-            network_mode=network_mode,
             desired_count=desired_count,
             health_check_path=health_check_path,
             tags=tags,
             upstreams=upstreams,
-            proxy_port=proxy_port,
-            prometheus_port=prometheus_port,
             plaintext=plaintext,
             ca_secret=ca_secret,
         )
+        _check_mode(network_mode, insecure_published_app_port, app_user)
+        self.ports: ServicePorts = plan(
+            service=service_name,
+            network_mode=network_mode,
+            port=port,
+            proxy_port=proxy_port,
+            expose_port=expose_port,
+            health_check_path=health_check_path,
+            prometheus_port=prometheus_port,
+            upstreams=upstreams,
+        )
+        self._cluster_path = cluster.node.path
+        check_distinct(self.ports, self._host_mode_neighbours())
         self.service_name = service_name
         self.network_mode = network_mode
         self.upstreams = upstreams
         host_mode = network_mode == "host"
+        self.listen_address = f"{LOOPBACK if host_mode else ALL_INTERFACES}:{port}"
+        # The host ports (inclusive range) the Consul servers (consul-esm) and other mesh hosts
+        # must reach for this service: its Envoy listeners in host mode, the ECS dynamic host
+        # port range in bridge mode.
+        self.inbound_host_ports: tuple[int, int] = (
+            ENVOY_INBOUND_PORTS if host_mode else BRIDGE_DYNAMIC_HOST_PORTS
+        )
+        app_environment = self._app_environment(environment, host_mode, port)
 
         init_environment = self._init_environment(
             service_name=service_name,
@@ -232,7 +264,13 @@ class MeshService(Construct):
             ecs.MountPoint(container_path=ADMIN_DIR, source_volume=ADMIN_VOLUME, read_only=False),
         )
 
-        envoy_ports = [proxy_port] + ([prometheus_port] if prometheus_port else [])
+        # Host mode: these mappings publish nothing (the container is in the host's namespace)
+        # but make ECS reserve the ports, so it never places two such tasks on one host.
+        envoy_ports = [proxy_port]
+        if self.ports.expose is not None:
+            envoy_ports.append(self.ports.expose)
+        if prometheus_port:
+            envoy_ports.append(prometheus_port)
         self.envoy_container = self.task_definition.add_container(
             "Envoy",
             container_name=ENVOY_CONTAINER,
@@ -269,10 +307,12 @@ class MeshService(Construct):
             essential=True,
             cpu=cpu,
             memory_limit_mib=memory_mib,
-            environment=dict(environment or {}),
+            environment=app_environment,
             health_check=health_check,
             user=app_user,
-            port_mappings=[mapping(port)],
+            # Only the bridge opt-in publishes the app's port; in host mode the app listens
+            # on 127.0.0.1 and is reachable only through Envoy.
+            port_mappings=[] if host_mode else [mapping(port)],
             docker_labels=self._labels(
                 service_name=service_name,
                 port=port,
@@ -280,6 +320,7 @@ class MeshService(Construct):
                 upstreams=upstreams,
                 health_check_path=health_check_path,
                 proxy_port=proxy_port,
+                expose_port=self.ports.expose,
             ),
             logging=ecs.LogDriver.aws_logs(stream_prefix=service_name, log_group=self.log_group),
         )
@@ -321,8 +362,31 @@ class MeshService(Construct):
                 f"{service!r} is not an upstream of {self.service_name}; "
                 f"upstreams are {sorted(self.upstreams)}"
             )
-        host = "127.0.0.1" if self.network_mode == "host" else ENVOY_CONTAINER
+        host = LOOPBACK if self.network_mode == "host" else ENVOY_CONTAINER
         return f"{host}:{self.upstreams[service]}"
+
+    def _host_mode_neighbours(self) -> list[ServicePorts]:
+        """The port plans of the other MeshServices of this app on the same ECS cluster."""
+        return [
+            other.ports
+            for other in self.node.root.node.find_all()
+            if isinstance(other, MeshService)
+            and other is not self
+            and getattr(other, "_cluster_path", None) == self._cluster_path
+        ]
+
+    @staticmethod
+    def _app_environment(
+        environment: Mapping[str, str] | None, host_mode: bool, port: int
+    ) -> dict[str, str]:
+        """The app's environment plus where it must listen (127.0.0.1 in host mode)."""
+        env = dict(environment or {})
+        taken = sorted(set(env) & set(LISTEN_ENV))
+        if taken:
+            raise ValueError(f"environment must not set {taken}: MeshService sets them")
+        host = LOOPBACK if host_mode else ALL_INTERFACES
+        listen = dict(zip(LISTEN_ENV, (f"{host}:{port}", host, str(port)), strict=True))
+        return {**env, **listen}
 
     @staticmethod
     def _labels(
@@ -333,6 +397,7 @@ class MeshService(Construct):
         upstreams: Mapping[str, int],
         health_check_path: str | None,
         proxy_port: int,
+        expose_port: int | None,
     ) -> dict[str, str]:
         """The registrar's docker labels (identity.LABEL_*, docs/architecture.md)."""
         labels = {
@@ -350,6 +415,8 @@ class MeshService(Construct):
             )
         if health_check_path:
             labels[str(identity.LABEL_HEALTH_PATH)] = health_check_path
+        if expose_port is not None:
+            labels[str(identity.LABEL_EXPOSE_PORT)] = str(expose_port)
         return labels
 
     @staticmethod
@@ -398,15 +465,11 @@ class MeshService(Construct):
     def _validate(
         *,
         service_name: str,
-        port: int,
         envoy_version: str,
-        network_mode: str,
         desired_count: int,
         health_check_path: str | None,
         tags: Sequence[str],
         upstreams: Mapping[str, int],
-        proxy_port: int,
-        prometheus_port: int | None,
         plaintext: bool,
         ca_secret: secretsmanager.ISecret | None,
     ) -> None:
@@ -415,11 +478,6 @@ class MeshService(Construct):
                 "service_name must be a DNS label (lowercase letters, digits, '-', at most 63 "
                 f"characters), got {service_name!r}"
             )
-        if network_mode not in NETWORK_MODES:
-            raise ValueError(
-                f"network_mode must be 'bridge' or 'host' (ECS Anywhere has no awsvpc), "
-                f"got {network_mode!r}"
-            )
         if not _SEMVER.match(envoy_version):
             raise ValueError(f"envoy_version must look like 1.34.14, got {envoy_version!r}")
         if not isinstance(desired_count, int) or not 0 <= desired_count <= 1000:
@@ -427,14 +485,7 @@ class MeshService(Construct):
         _check_registration(health_check_path, tags)
         if not plaintext and ca_secret is None:
             raise ValueError("ca_secret (the Consul CA) is required unless plaintext is opted in")
-        _check_ports(
-            service_name=service_name,
-            network_mode=network_mode,
-            upstreams=upstreams,
-            port=port,
-            proxy_port=proxy_port,
-            prometheus_port=prometheus_port,
-        )
+        _check_upstream_names(service_name, upstreams)
 
     @staticmethod
     def _dry_run_bootstrap(environment: Mapping[str, str], plaintext: bool) -> None:
@@ -472,6 +523,8 @@ class MeshService(Construct):
             acknowledge(
                 self.task_definition,
                 "NIST.800.53.R5-ECSTaskDefinitionUserForHostMode",
-                "Envoy runs as uid 1337; the init container runs as root for under a second "
-                "only to hand the bootstrap file to that uid, and serves no port.",
+                "Envoy runs as uid 1337 and the app as app_user, which MeshService refuses to "
+                "be root in host mode; the init container runs as root for under a second only "
+                "to hand the bootstrap and admin socket directory to uid 1337, and serves no "
+                "port. None runs privileged.",
             )

@@ -20,3 +20,10 @@ CONSUL_GRPC = 8502
 # host-mode service's proxy and expose ports lie in this inclusive range, so the servers'
 # egress to on-prem and the hosts' firewall open exactly this range and nothing else.
 ENVOY_INBOUND_PORTS = (20000, 20999)
+
+# Bridge mode (an opt-in) publishes ports on dynamic host ports instead: the ECS agent picks
+# them from ECS_DYNAMIC_HOST_PORT_RANGE, by default the kernel's ephemeral range
+# /proc/sys/net/ipv4/ip_local_port_range, 32768-60999 on Linux (aws/amazon-ecs-agent README,
+# "ECS_DYNAMIC_HOST_PORT_RANGE"; ECS developer guide, task definition parameters, "hostPort").
+# A host that changes either setting must open its own range instead.
+BRIDGE_DYNAMIC_HOST_PORTS = (32768, 60999)

@@ -132,7 +132,8 @@ class MeshStack(Stack):
                 consul_tls_server_name=fleet.tls_server_name,
                 envoy_version=config.envoy_version,
                 log_key=keys.key,
-                plaintext=config.plaintext_listeners,
+                # Always gRPC-TLS 8503: plaintext_listeners opens 8500/8502 for other clients
+                # and never downgrades the project's own sidecars.
                 prometheus_port=config.prometheus_port,
             )
             for source, destination in DEMO_INTENTIONS:

@@ -96,7 +96,7 @@ FAILURES = [
     ("activation_registration_limit", "0", "from 1 to 1000"),
     ("activation_expiry_days", "31", "from 1 to 30"),
     ("demo_enabled", "1", "true or false"),
-    ("prometheus_port", "80", "from 1024 to 65535"),
+    ("prometheus_port", "80", "from 1024 to 65534"),
     ("snapshot_interval_hours", "25", "from 1 to 24"),
     ("snapshot_retention_days", "0", "from 1 to 3650"),
     ("alarm_email", "ops-at-example", "e-mail"),
@@ -145,9 +145,19 @@ def test_supported_pairs_are_accepted() -> None:
     assert config(consul_version="2.0.1", envoy_version="1.37.2").envoy_version == "1.37.2"
 
 
-@pytest.mark.parametrize("port", ["19000", "20000", "9091"])
-def test_fails_when_prometheus_port_collides_with_a_sidecar_port(port: str) -> None:
-    with pytest.raises(ConfigError, match=rf"prometheus_port={int(port)}.*pick another port"):
+@pytest.mark.parametrize(
+    ("port", "taken"),
+    [
+        ("20000", "20000, taken by Envoy's public and health listeners"),
+        ("19999", "20000, taken by Envoy's public and health listeners"),
+        ("9091", "9091, taken by the demo frontend's upstream listener"),
+        ("9079", "9080, taken by the demo frontend's app"),
+    ],
+)
+def test_fails_when_a_demo_metrics_port_collides_with_a_host_port(port: str, taken: str) -> None:
+    # The demo runs in host mode: its metrics listeners (prometheus_port and the next one)
+    # share the host's ports with its apps and Envoy listeners.
+    with pytest.raises(ConfigError, match=rf"prometheus_port={int(port)}.*would use {taken}"):
         config(prometheus_port=port)
 
 

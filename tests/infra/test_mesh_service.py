@@ -17,6 +17,7 @@ from aws_cdk.assertions import Template
 from mesh_stack import init_program
 from mesh_stack.demo import DEMO_INTENTIONS, MeshDemo
 from mesh_stack.mesh_service import MeshService
+from mesh_stack.ports import BRIDGE_DYNAMIC_HOST_PORTS, ENVOY_INBOUND_PORTS
 from tests.infra.nag_util import open_findings
 
 
@@ -53,6 +54,8 @@ def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
         upstreams={"api": 9001, "db": 9002},
         tags=["v1", "canary"],
         health_check_path="/healthz",
+        network_mode="bridge",
+        insecure_published_app_port=True,
         **common,
     )
     MeshService(
@@ -62,9 +65,8 @@ def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
         image=ecs.ContainerImage.from_registry("nginx:1.27"),
         port=8081,
         token_secret=token(stack, "Metrics", key),
-        network_mode="host",
         app_user="1000",
-        proxy_port=21000,
+        proxy_port=20100,
         prometheus_port=9202,
         upstreams={"api": 9101},
         **common,
@@ -192,8 +194,15 @@ def test_envoy_starts_only_after_the_init_container_succeeds(template: Template)
     assert (env["ENVOY_UID"], env["ENVOY_GID"]) == ("1337", "1337")
 
 
-def test_bridge_mode_maps_ports_dynamically_and_links_the_app_to_envoy(template: Template) -> None:
+def test_bridge_opt_in_publishes_the_app_port_dynamically_and_links_it_to_envoy(
+    template: Template,
+) -> None:
+    # GIVEN network_mode="bridge" with insecure_published_app_port=True: the exposure shows in
+    # the template as the app container's port mapping in a bridge task definition
+    assert task_definition_of(template, "web")["NetworkMode"] == "bridge"
     by_name = containers(template, "web")
+    env = {e["Name"]: e["Value"] for e in by_name["web"]["Environment"]}
+    assert env["CONSUL_MESH_LISTEN_ADDR"] == "0.0.0.0:8080"
     assert by_name["web"]["Links"] == ["envoy:envoy"]
     assert by_name["web"]["PortMappings"] == [
         {"ContainerPort": 8080, "HostPort": 0, "Protocol": "tcp"}
@@ -204,15 +213,30 @@ def test_bridge_mode_maps_ports_dynamically_and_links_the_app_to_envoy(template:
     }
 
 
-def test_host_mode_holds_its_ports_on_the_host(template: Template) -> None:
+def test_host_mode_is_the_default_and_publishes_no_app_port(template: Template) -> None:
+    # GIVEN a MeshService built without a network_mode
     assert task_definition_of(template, "metrics")["NetworkMode"] == "host"
     by_name = containers(template, "metrics")
-    assert "Links" not in by_name["metrics"]
+    app = by_name["metrics"]
+    # THEN the app container maps no port (the review keys on the app's PortMappings) and is
+    # told to listen on loopback only
+    assert "PortMappings" not in app
+    assert "Links" not in app
+    env = {e["Name"]: e["Value"] for e in app["Environment"]}
+    assert (
+        env["CONSUL_MESH_LISTEN_ADDR"],
+        env["CONSUL_MESH_LISTEN_HOST"],
+        env["CONSUL_MESH_LISTEN_PORT"],
+    ) == ("127.0.0.1:8081", "127.0.0.1", "8081")
+    assert app["User"] == "1000"
+    # AND Envoy's listeners hold their ports on the host (ECS then never places two of these
+    # tasks on one host)
     mappings = {(m["ContainerPort"], m["HostPort"]) for m in by_name["envoy"]["PortMappings"]}
-    assert mappings == {(21000, 21000), (9202, 9202)}
-    env = {e["Name"]: e["Value"] for e in by_name["envoy-init"]["Environment"]}
-    assert env["ENVOY_PROMETHEUS_BIND"] == "0.0.0.0:9202"
-    assert by_name["metrics"]["DockerLabels"][identity.LABEL_PROXY_PORT] == "21000"
+    assert mappings == {(20100, 20100), (9202, 9202)}
+    init_env = {e["Name"]: e["Value"] for e in by_name["envoy-init"]["Environment"]}
+    assert init_env["ENVOY_PROMETHEUS_BIND"] == "0.0.0.0:9202"
+    assert app["DockerLabels"][identity.LABEL_PROXY_PORT] == "20100"
+    assert app["DockerLabels"][identity.LABEL_PORTS] == "8081"
 
 
 def _policy_statements_of_role(template: Template, role_logical_id: str) -> list[dict[str, Any]]:
@@ -266,11 +290,20 @@ def _actions(statement: dict[str, Any]) -> list[str]:
 def test_demo_frontend_calls_backend_through_its_envoy(template: Template) -> None:
     frontend = containers(template, "frontend")["frontend"]
     env = {e["Name"]: e["Value"] for e in frontend["Environment"]}
-    assert env["UPSTREAM_URIS"] == "http://envoy:9091"
+    # host mode: the upstream listener and the app are on loopback, nothing is published
+    assert env["UPSTREAM_URIS"] == "http://127.0.0.1:9091"
+    assert env["LISTEN_ADDR"] == "127.0.0.1:9080"
     assert frontend["DockerLabels"][identity.LABEL_UPSTREAMS] == "backend:9091"
-    assert frontend["Links"] == ["envoy:envoy"]
+    assert "Links" not in frontend
+    assert "PortMappings" not in frontend
     backend = containers(template, "backend")["backend"]
     assert identity.LABEL_UPSTREAMS not in backend["DockerLabels"]
+    assert {e["Name"]: e["Value"] for e in backend["Environment"]}["LISTEN_ADDR"] == (
+        "127.0.0.1:9090"
+    )
+    # the health path is served by each Envoy on its expose listener (proxy port + 500)
+    assert backend["DockerLabels"][identity.LABEL_EXPOSE_PORT] == "20500"
+    assert frontend["DockerLabels"][identity.LABEL_EXPOSE_PORT] == "20501"
     assert DEMO_INTENTIONS == (("frontend", "backend"),)
 
 
@@ -287,7 +320,23 @@ def test_constructs_are_nag_clean(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"network_mode": "awsvpc"}, r"network_mode must be 'bridge' or 'host' .* 'awsvpc'"),
+        ({"network_mode": "awsvpc"}, r"network_mode must be 'host' or 'bridge' .* 'awsvpc'"),
+        ({"network_mode": "bridge"}, r"pass insecure_published_app_port=True to accept"),
+        ({"insecure_published_app_port": True}, r"applies to network_mode='bridge' only"),
+        ({"app_user": None}, r"app_user must name a non-root user .* got None"),
+        ({"app_user": "0:1000"}, r"app_user must name a non-root user .* got '0:1000'"),
+        ({"port": 80}, r"port 80 is below 1024: in host mode it is a port of the host"),
+        ({"upstreams": {"api": 443}}, r"upstreams\[api\] 443 is below 1024"),
+        ({"proxy_port": 21000}, r"proxy_port 21000 must lie in 20000\.\.20999 in host mode"),
+        (
+            {"health_check_path": "/h", "proxy_port": 20600},
+            r"expose_port 21100 must lie in 20000\.\.20999",
+        ),
+        ({"expose_port": 20900}, r"expose_port 20900 is used only in host mode with a health"),
+        (
+            {"environment": {"CONSUL_MESH_LISTEN_ADDR": "0.0.0.0:8080"}},
+            r"environment must not set \['CONSUL_MESH_LISTEN_ADDR'\]: MeshService sets them",
+        ),
         ({"service_name": "Web_1"}, r"service_name must be a DNS label .* 'Web_1'"),
         ({"port": 70000}, r"port must be a port in 1\.\.65535, got 70000"),
         ({"upstreams": {"web": 9001}}, r"web cannot be its own upstream"),
@@ -314,6 +363,7 @@ def test_fails_when_mesh_service_input_is_invalid(
         "image": ecs.ContainerImage.from_registry("nginx:1.27"),
         "port": 8080,
         "token_secret": token(stack, "Web", common["log_key"]),
+        "app_user": "1000",
         **overrides,
     }
     with pytest.raises(ValueError, match=message):
@@ -331,6 +381,7 @@ def test_plaintext_opt_in_needs_no_ca_and_tells_the_init_container(tmp_path: Pat
         port=8080,
         token_secret=token(stack, "Web", common["log_key"]),
         plaintext=True,
+        app_user="1000",
         **common,
     )
     init = containers(Template.from_stack(stack), "web")["envoy-init"]
@@ -359,11 +410,86 @@ def test_upstream_address_names_only_declared_upstreams(tmp_path: Path) -> None:
         port=8080,
         token_secret=token(stack, "Web", common["log_key"]),
         upstreams={"api": 9001},
+        app_user="1000",
         **common,
     )
-    assert web.upstream_address("api") == "envoy:9001"
+    assert web.upstream_address("api") == "127.0.0.1:9001"
     with pytest.raises(ValueError, match=r"'db' is not an upstream of web"):
         web.upstream_address("db")
+
+
+def _service(stack: cdk.Stack, common: dict[str, Any], name: str, **kw: Any) -> MeshService:
+    args: dict[str, Any] = {
+        **common,
+        "service_name": name,
+        "image": ecs.ContainerImage.from_registry("nginx:1.27"),
+        "token_secret": token(stack, name.capitalize(), common["log_key"]),
+        "app_user": "1000",
+        **kw,
+    }
+    return MeshService(stack, name.capitalize(), **args)
+
+
+@pytest.mark.parametrize(
+    ("second", "message"),
+    [
+        (
+            {"port": 8080, "proxy_port": 20001},
+            r"port 8080 of mesh service 'api' collides with port",
+        ),
+        ({"port": 8081}, r"proxy_port 20000 of mesh service 'api' collides with proxy_port"),
+        (
+            {"port": 8081, "proxy_port": 20001, "prometheus_port": 9102},
+            r"prometheus_port 9102 of mesh service 'api' collides with prometheus_port of mesh "
+            r"service 'web'",
+        ),
+        (
+            {"port": 9001, "proxy_port": 20001, "prometheus_port": 9103},
+            r"port 9001 of mesh service 'api' collides with upstreams\[db\] of mesh service 'web'",
+        ),
+        (
+            {"port": 8081, "proxy_port": 20002, "prometheus_port": 9103, "health_check_path": "/h"},
+            r"expose_port 20502 .* collides with proxy_port of mesh service 'other'",
+        ),
+    ],
+)
+def test_fails_when_two_host_mode_services_of_a_cluster_share_a_host_port(
+    tmp_path: Path, second: dict[str, Any], message: str
+) -> None:
+    # GIVEN a host-mode service on the cluster
+    _, stack, common = scaffold(tmp_path)
+    _service(stack, common, "web", port=8080, upstreams={"db": 9001}, proxy_port=20000)
+    _service(stack, common, "other", port=8090, proxy_port=20502, prometheus_port=9104)
+    # WHEN a second one would take any of the same host ports
+    # THEN synth stops with one error naming both services and the ports
+    with pytest.raises(ValueError, match=message):
+        _service(stack, common, "api", **second)
+
+
+def test_services_on_different_clusters_or_in_bridge_mode_may_reuse_ports(tmp_path: Path) -> None:
+    _, stack, common = scaffold(tmp_path)
+    _service(stack, common, "web", port=8080)
+    # a bridge-mode task has its own network namespace and dynamic host ports
+    _service(
+        stack, common, "api", port=8080, network_mode="bridge", insecure_published_app_port=True
+    )
+    # another cluster's hosts are other hosts
+    other = {**common, "cluster": ecs.Cluster(stack, "OtherCluster", vpc=common["cluster"].vpc)}
+    _service(stack, other, "db", port=8080)
+
+
+def test_inbound_host_ports_name_what_the_consul_servers_must_reach(tmp_path: Path) -> None:
+    _, stack, common = scaffold(tmp_path)
+    host = _service(stack, common, "web", port=8080, health_check_path="/health")
+    bridge = _service(
+        stack, common, "api", port=8080, network_mode="bridge", insecure_published_app_port=True
+    )
+    # host mode: the Envoy listeners (public, expose) lie in the range issue 13 opens
+    assert host.inbound_host_ports == ENVOY_INBOUND_PORTS
+    assert host.ports.inbound() == {"proxy_port": 20000, "expose_port": 20500}
+    # bridge mode: whatever the ECS agent picks from its dynamic host port range
+    assert bridge.inbound_host_ports == BRIDGE_DYNAMIC_HOST_PORTS == (32768, 60999)
+    assert bridge.ports.inbound() == {}
 
 
 def test_demo_services_run_one_task_per_host_so_a_deploy_needs_no_host(
@@ -385,3 +511,22 @@ def test_demo_services_run_one_task_per_host_so_a_deploy_needs_no_host(
         assert props["SchedulingStrategy"] == "DAEMON"
         assert props["LaunchType"] == "EXTERNAL"
         assert "DesiredCount" not in props
+
+
+def test_demo_stays_on_grpc_tls_when_plaintext_listeners_are_opened(tmp_path: Path) -> None:
+    # GIVEN the default app with the fleet's plaintext 8500/8502 opt-in
+    from app import build_app
+    from tests.conftest import cdk_json_context
+
+    context = {**cdk_json_context(), "plaintext_listeners": "true"}
+    app = build_app(context, outdir=str(tmp_path))
+    (stack,) = [s for s in app.node.children if isinstance(s, cdk.Stack)]
+    template = Template.from_stack(stack)
+    # THEN the demo's sidecars still take xDS over gRPC-TLS 8503 with the Consul CA: the
+    # option opens ports for other clients and never downgrades the project's own sidecars
+    for service in ("frontend", "backend"):
+        init = containers(template, service)["envoy-init"]
+        env = {e["Name"]: e["Value"] for e in init["Environment"]}
+        assert "CONSUL_GRPC_PLAINTEXT" not in env, service
+        assert env.get("CONSUL_GRPC_PORT", "8503") == "8503", service
+        assert {s["Name"] for s in init["Secrets"]} == {"CONSUL_HTTP_TOKEN", "CONSUL_CACERT_PEM"}
