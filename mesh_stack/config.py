@@ -391,11 +391,11 @@ class MeshConfig:
                 raise _fail("availability_zones", wrong, f"must be zones of region {self.region}")
         # The demo runs in host mode: its two metrics listeners (prometheus_port and the next
         # port) share each host's ports with its apps, upstream and Envoy listeners.
-        low, high = ENVOY_INBOUND_PORTS
+        first, last = ENVOY_INBOUND_PORTS
         taken = demo_ports.app_ports() if self.demo_enabled else {}
         for port in (self.prometheus_port, self.prometheus_port + 1):
-            if port in taken or low <= port <= high:
-                used = taken.get(port, f"Envoy's public and health listeners ({low}-{high})")
+            if port in taken or first <= port <= last:
+                used = taken.get(port, f"Envoy's public and health listeners ({first}-{last})")
                 raise _fail(
                     "prometheus_port",
                     self.prometheus_port,
