@@ -18,6 +18,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mesh_stack.ports import ENVOY_INBOUND_PORTS
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message is one line meant for the operator."""
@@ -288,8 +290,10 @@ FIELDS: dict[str, Field] = {
     ),
     "onprem_cidrs": Field(
         ["192.168.0.0/16"],
-        "On-prem networks (ECS Anywhere hosts) allowed to reach Consul on 8501/8503. "
-        "0.0.0.0/0 and networks wider than /8 are rejected.",
+        "On-prem networks of the ECS Anywhere hosts: they may reach Consul on 8501/8503, and "
+        "the servers may reach their Envoy listeners on TCP "
+        f"{ENVOY_INBOUND_PORTS[0]}-{ENVOY_INBOUND_PORTS[1]}. 0.0.0.0/0 and networks wider "
+        "than /8 are rejected.",
         _cidrs,
     ),
     "onprem_connectivity": Field(

@@ -22,6 +22,7 @@ from mesh_stack.ecs_anywhere import EcsAnywhere
 from mesh_stack.keys import Keys
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
+from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
 
@@ -55,6 +56,10 @@ class MeshStack(Stack):
         )
         for cidr in config.onprem_cidrs:
             fleet.allow_clients(ec2.Peer.ipv4(cidr), f"ECS Anywhere hosts in {cidr}")
+            # consul-esm checks the host-mode sidecars' public and expose listeners.
+            fleet.allow_checks_to(
+                ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
+            )
         self.fleet = fleet
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
