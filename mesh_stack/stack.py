@@ -149,3 +149,6 @@ class MeshStack(Stack):
         CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
         CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
         CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
+        if network.onprem is not None:
+            for name, (value, description) in network.onprem.outputs().items():
+                CfnOutput(self, name, value=value, description=description)
