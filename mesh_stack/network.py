@@ -86,4 +86,4 @@ class Network(Construct):
         )
         self.vpc = vpc
         self.flow_log_group = flow_logs
-        self.onprem = connect_onprem(self, "OnPrem", config=config, vpc=vpc, log_key=log_key)
+        self.onprem = connect_onprem(self, config=config, vpc=vpc, log_key=log_key)

@@ -286,13 +286,18 @@ class OnPremTransitGateway(Construct):
 
 
 def connect_onprem(
-    scope: Construct, construct_id: str, *, config: MeshConfig, vpc: ec2.IVpc, log_key: kms.IKey
+    scope: Construct, *, config: MeshConfig, vpc: ec2.IVpc, log_key: kms.IKey
 ) -> OnPremVpn | OnPremTransitGateway | None:
-    """The path `config.onprem_connectivity` asks for, or None for `none`."""
+    """The path `config.onprem_connectivity` asks for, or None for `none`.
+
+    Each path has its own construct ID, so no logical ID is shared between the two: switching
+    from one to the other replaces resources instead of asking CloudFormation to change a
+    resource's type (which it refuses).
+    """
     if config.onprem_connectivity == "vpn":
         return OnPremVpn(
             scope,
-            construct_id,
+            "OnPremVpn",
             vpc=vpc,
             onprem_cidrs=config.onprem_cidrs,
             customer_gateway_ip=config.vpn_customer_gateway_ip,
@@ -302,7 +307,7 @@ def connect_onprem(
     if config.onprem_connectivity == "transit_gateway":
         return OnPremTransitGateway(
             scope,
-            construct_id,
+            "OnPremTransitGateway",
             vpc=vpc,
             onprem_cidrs=config.onprem_cidrs,
             transit_gateway_id=config.transit_gateway_id,

@@ -128,7 +128,7 @@ def test_vpn_routes_every_onprem_cidr_from_every_private_route_table_to_the_gate
     assert props["Properties"] == {
         "Type": "ipsec.1",
         "AmazonSideAsn": AMAZON_SIDE_ASN,
-        "Tags": [{"Key": "Name", "Value": "consul-mesh-dev/Network/OnPrem"}],
+        "Tags": [{"Key": "Name", "Value": "consul-mesh-dev/Network/OnPremVpn"}],
     }
     attachments = [
         k
@@ -350,3 +350,25 @@ def test_default_synth_adds_no_path_and_only_the_check_rule(synthesized: Synthes
         ("tcp", 443, 443, "0.0.0.0/0"),
         ("tcp", low, high, "192.168.0.0/16"),
     }
+
+
+def test_path_resources_keep_their_logical_ids(vpn: Synth, tgw: Synth) -> None:
+    # Replacing the VPN connection or either gateway changes the tunnel addresses and keys,
+    # or the attachment the network team routes to: both mean work on the on-prem side.
+    def ids(synth: Synth, *kinds: str) -> set[str]:
+        return {k for kind in kinds for k in synth.of_type(kind)}
+
+    assert ids(
+        vpn, "AWS::EC2::VPNGateway", "AWS::EC2::CustomerGateway", "AWS::EC2::VPNConnection"
+    ) == {
+        "NetworkOnPremVpnGateway64A1D6A1",
+        "NetworkOnPremVpnCustomerGateway67EF30EC",
+        "NetworkOnPremVpnConnection3EFB1A75",
+    }
+    assert ids(tgw, "AWS::EC2::TransitGatewayAttachment") == {
+        "NetworkOnPremTransitGatewayAttachment39A5FEFD"
+    }
+    # Switching paths must not ask CloudFormation to change a resource's type.
+    vpn_types = {k: v["Type"] for k, v in vpn.template["Resources"].items()}
+    tgw_types = {k: v["Type"] for k, v in tgw.template["Resources"].items()}
+    assert {k for k in vpn_types.keys() & tgw_types.keys() if vpn_types[k] != tgw_types[k]} == set()
