@@ -33,15 +33,17 @@ from aws_cdk import aws_logs as logs
 from constructs import Construct
 
 from mesh_stack.config import AMAZON_SIDE_ASN, BGP_ASN_EXTENDED_MIN, MeshConfig
+from mesh_stack.onprem_contract import (
+    DH_GROUPS,
+    ENCRYPTION,
+    IKE_VERSIONS,
+    INTEGRITY,
+    OUTPUT_TGW_ATTACHMENT,
+    OUTPUT_VPN_CONNECTION,
+    OUTPUT_VPN_DEVICE_CONFIGURATION,
+    device_config_hint,
+)
 
-# Tunnel parameters both tunnels accept. AWS's defaults also allow IKEv1, AES-128, SHA-1 and
-# Diffie-Hellman groups 2 and 5; these keep IKEv2 with AES-256, SHA-2 and DH groups of at
-# least 2048-bit MODP or 256-bit ECP (values from the VpnTunnelOptionsSpecification
-# reference). docs/services.md lists them for the device's configuration.
-IKE_VERSIONS = ("ikev2",)
-ENCRYPTION = ("AES256", "AES256-GCM-16")
-INTEGRITY = ("SHA2-256", "SHA2-384", "SHA2-512")
-DH_GROUPS = (14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24)
 # The customer gateway needs an ASN even for static routing (AWS::EC2::CustomerGateway: one of
 # BgpAsn/BgpAsnExtended must be set); 65000 is the API default and is never used without BGP.
 STATIC_CUSTOMER_ASN = 65000
@@ -206,28 +208,16 @@ class OnPremVpn(Construct):
     def outputs(self) -> dict[str, tuple[str, str]]:
         """Stack outputs: name -> (value, description)."""
         return {
-            "OnPremVpnConnectionId": (
+            OUTPUT_VPN_CONNECTION: (
                 self.vpn_connection_id,
                 "Site-to-Site VPN connection to the on-prem device",
             ),
-            "OnPremVpnDeviceConfiguration": (
+            OUTPUT_VPN_DEVICE_CONFIGURATION: (
                 device_config_hint(self.vpn_connection_id),
                 "Where to download the on-prem device's configuration (tunnel addresses, "
                 "pre-shared keys: treat it as a secret)",
             ),
         }
-
-
-def device_config_hint(vpn_connection_id: str) -> str:
-    """Console path and CLI command that download the device configuration of a connection."""
-    return (
-        "Console: VPC > Site-to-Site VPN connections > "
-        f"{vpn_connection_id} > Download configuration. CLI: aws ec2 "
-        "get-vpn-connection-device-types (pick your device's VpnConnectionDeviceTypeId), then "
-        "aws ec2 get-vpn-connection-device-sample-configuration --vpn-connection-id "
-        f"{vpn_connection_id} --vpn-connection-device-type-id <type-id> "
-        "--internet-key-exchange-version ikev2 --output text"
-    )
 
 
 class OnPremTransitGateway(Construct):
@@ -277,7 +267,7 @@ class OnPremTransitGateway(Construct):
     def outputs(self) -> dict[str, tuple[str, str]]:
         """Stack outputs: name -> (value, description)."""
         return {
-            "OnPremTransitGatewayAttachmentId": (
+            OUTPUT_TGW_ATTACHMENT: (
                 self.attachment_id,
                 "Transit gateway attachment of the private subnets; the network team routes "
                 "the VPC CIDR to it",

@@ -23,7 +23,8 @@ from app import build_app
 from mesh_stack.config import AMAZON_SIDE_ASN, MeshConfig
 from mesh_stack.keys import Keys
 from mesh_stack.network import Network
-from mesh_stack.onprem import DH_GROUPS, ENCRYPTION, INTEGRITY, OnPremVpn
+from mesh_stack.onprem import OnPremVpn
+from mesh_stack.onprem_contract import DH_GROUPS, ENCRYPTION, INTEGRITY
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from tests.conftest import cdk_json_context
 from tests.infra.conftest import Synthesized
