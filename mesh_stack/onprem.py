@@ -16,10 +16,14 @@ template itself shows where each on-prem CIDR goes, for static and BGP VPNs alik
 the gateway still picks the live tunnel), and nothing wider than `onprem_cidrs` is learned.
 Public subnets (NAT gateways only) get no route to on-prem.
 
-Resource types and properties were checked against the CloudFormation template reference:
-AWS::EC2::VPNGateway, VPCGatewayAttachment, CustomerGateway, VPNConnection (+
-VpnTunnelOptionsSpecification, CloudwatchLogOptionsSpecification), VPNConnectionRoute,
-TransitGatewayAttachment, Route (URLs in docs/services.md, "Network path to on-prem").
+Sources (CloudFormation template reference, docs.aws.amazon.com/AWSCloudFormation/latest/
+TemplateReference/): aws-resource-ec2-customergateway (BgpAsn up to 2,147,483,647, larger ASNs
+in BgpAsnExtended; one of them required), aws-resource-ec2-vpnconnection (StaticRoutesOnly for
+devices without BGP) and its VpnTunnelOptionsSpecification / CloudwatchLogOptionsSpecification,
+aws-resource-ec2-transitgatewayattachment (one subnet per AZ), aws-resource-ec2-route (routes to
+a gateway depend on its attachment); the EC2 API's CreateVpnGateway (AmazonSideAsn default
+64512). Every property is also validated by cfn-lint against the resource schemas
+(tests/infra/test_onprem.py).
 """
 
 from __future__ import annotations
