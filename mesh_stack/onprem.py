@@ -93,28 +93,21 @@ def route_onprem(
 def _tunnel_options(
     log_group_arn: str, *, bgp: bool
 ) -> ec2.CfnVPNConnection.VpnTunnelOptionsSpecificationProperty:
-    """Both tunnels' options: the algorithms above, IKE/IPsec (and BGP) logs to CloudWatch."""
+    """Both tunnels' options: the algorithms of onprem_contract, IKE/IPsec (and BGP) logs."""
+
+    def values(items: Sequence[str | int]) -> list[dict[str, str | int]]:
+        # Every *RequestListValue of the resource is a struct with a single `Value`.
+        return [{"value": item} for item in items]
+
     cls = ec2.CfnVPNConnection
     return cls.VpnTunnelOptionsSpecificationProperty(
-        ike_versions=[cls.IKEVersionsRequestListValueProperty(value=v) for v in IKE_VERSIONS],
-        phase1_encryption_algorithms=[
-            cls.Phase1EncryptionAlgorithmsRequestListValueProperty(value=v) for v in ENCRYPTION
-        ],
-        phase2_encryption_algorithms=[
-            cls.Phase2EncryptionAlgorithmsRequestListValueProperty(value=v) for v in ENCRYPTION
-        ],
-        phase1_integrity_algorithms=[
-            cls.Phase1IntegrityAlgorithmsRequestListValueProperty(value=v) for v in INTEGRITY
-        ],
-        phase2_integrity_algorithms=[
-            cls.Phase2IntegrityAlgorithmsRequestListValueProperty(value=v) for v in INTEGRITY
-        ],
-        phase1_dh_group_numbers=[
-            cls.Phase1DHGroupNumbersRequestListValueProperty(value=v) for v in DH_GROUPS
-        ],
-        phase2_dh_group_numbers=[
-            cls.Phase2DHGroupNumbersRequestListValueProperty(value=v) for v in DH_GROUPS
-        ],
+        ike_versions=values(IKE_VERSIONS),
+        phase1_encryption_algorithms=values(ENCRYPTION),
+        phase2_encryption_algorithms=values(ENCRYPTION),
+        phase1_integrity_algorithms=values(INTEGRITY),
+        phase2_integrity_algorithms=values(INTEGRITY),
+        phase1_dh_group_numbers=values(DH_GROUPS),
+        phase2_dh_group_numbers=values(DH_GROUPS),
         log_options=cls.VpnTunnelLogOptionsSpecificationProperty(
             cloudwatch_log_options=cls.CloudwatchLogOptionsSpecificationProperty(
                 log_enabled=True,
