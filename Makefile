@@ -15,13 +15,14 @@ NPM = PATH="$(NODE_BIN):$$PATH" node $(NODE_LIB)/node_modules/npm/bin/npm-cli.js
 CDK = PATH="$(NODE_BIN):$$PATH" node node_modules/aws-cdk/bin/cdk
 ARGS ?=
 
-.PHONY: help install synth test lint unit deploy diff bootstrap review bench clean
+.PHONY: help install synth test lint unit deploy diff bootstrap review bench preflight clean
 
 help:
 	@echo "make synth   - install everything pinned, synthesize into cdk.out/, fail on any unacknowledged cdk-nag finding"
 	@echo "make test    - lint (ruff, mypy) and run the test suite"
 	@echo "make deploy  - cdk deploy (needs AWS credentials); make bootstrap once per account/region"
 	@echo "make review  - synthesize and write cdk.out/REVIEW.md for security review"
+	@echo "make preflight - which network path to on-prem is configured, and what is left to do"
 	@echo "make bench   - run the benchmarks under bench/"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
@@ -55,6 +56,10 @@ test: lint unit
 BENCH_ARGS ?=
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# Same -c key=value overrides as synth; no credentials, no synthesis.
+preflight: $(VENV)/.installed
+	$(PY) -m tools.preflight $(ARGS)
 
 REVIEW_ARGS ?=
 review: synth

@@ -47,6 +47,26 @@ _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Transit gateway IDs: `tgw-` and 8 (older) or 17 hex digits, like every EC2 resource ID.
+_TGW_ID = re.compile(r"^tgw-([0-9a-f]{8}|[0-9a-f]{17})$")
+
+# Network path to on-prem (README "Prerequisites"): `none` leaves it to the operator.
+ONPREM_CONNECTIVITY = ("none", "vpn", "transit_gateway")
+# ASN of the virtual private gateway's side of the BGP session, set explicitly in the
+# template: the default of CreateVpnGateway / AWS::EC2::VPNGateway `AmazonSideAsn`.
+AMAZON_SIDE_ASN = 64512
+# Customer gateway ASNs. AWS::EC2::CustomerGateway takes `BgpAsn` up to 2,147,483,647 and
+# `BgpAsnExtended` from 2,147,483,648 to 4,294,967,294 (its schema's maximum; the Site-to-Site
+# VPN guide says 4,294,967,295, which RFC 7300 reserves). AWS reserves some ASNs
+# (Site-to-Site VPN User Guide, "Customer gateway options"): region "" means every region.
+BGP_ASN_MAX = 4_294_967_294
+BGP_ASN_EXTENDED_MIN = 2_147_483_648
+RESERVED_ASNS: dict[int, str] = {
+    7224: "",
+    9059: "eu-west-1",
+    10124: "ap-northeast-1",
+    17943: "ap-southeast-1",
+}
 
 
 def _fail(key: str, value: object, allowed: str) -> ConfigError:
@@ -144,6 +164,38 @@ def _vpc_cidr(key: str, value: object) -> str:
     return str(net)
 
 
+def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise _fail(key, value, "must be one of " + ", ".join(allowed))
+    return value
+
+
+def _public_ipv4(key: str, value: object) -> str:
+    if value in ("", None):
+        return ""
+    allowed = "must be the public IPv4 address of the on-prem VPN device (or of its NAT)"
+    if not isinstance(value, str):
+        raise _fail(key, value, allowed)
+    try:
+        address = ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        raise _fail(key, value, allowed) from None
+    # is_global excludes RFC 1918, shared (100.64/10), loopback, link-local, documentation and
+    # reserved ranges; multicast addresses count as global but can never be a tunnel endpoint.
+    if not address.is_global or address.is_multicast:
+        raise _fail(key, value, allowed + "; private and reserved addresses are refused")
+    return str(address)
+
+
+def _bgp_asn(key: str, value: object) -> int | None:
+    if value in ("", None):
+        return None
+    asn = _as_int(key, value, 1, BGP_ASN_MAX)
+    if RESERVED_ASNS.get(asn) == "":
+        raise _fail(key, value, "is reserved by AWS in every region")
+    return asn
+
+
 def _server_count(key: str, value: object) -> int:
     number = _as_int(key, value, 1, 99)
     if number not in (3, 5):
@@ -239,9 +291,37 @@ FIELDS: dict[str, Field] = {
     ),
     "onprem_cidrs": Field(
         ["192.168.0.0/16"],
-        "On-prem networks (ECS Anywhere hosts) allowed to reach Consul on 8501/8503. "
-        "0.0.0.0/0 and networks wider than /8 are rejected.",
+        "On-prem networks of the ECS Anywhere hosts: they may reach Consul on 8501/8503, and "
+        "the servers may reach their Envoy listeners on TCP "
+        f"{ENVOY_INBOUND_PORTS[0]}-{ENVOY_INBOUND_PORTS[1]}. 0.0.0.0/0 and networks wider "
+        "than /8 are rejected.",
         _cidrs,
+    ),
+    "onprem_connectivity": Field(
+        "none",
+        "Network path from the VPC's private subnets to `onprem_cidrs`: `none` (already routed, "
+        "or provided by you), `vpn` (Site-to-Site VPN) or `transit_gateway` (attach to an "
+        "existing one). Must be `none` with `vpc_id`. See Prerequisites.",
+        lambda k, v: _choice(k, v, ONPREM_CONNECTIVITY),
+    ),
+    "vpn_customer_gateway_ip": Field(
+        "",
+        "Public IPv4 of the on-prem VPN device; required with `onprem_connectivity=vpn`.",
+        _public_ipv4,
+    ),
+    "vpn_bgp_asn": Field(
+        None,
+        "BGP ASN of the on-prem VPN device (`vpn` only; 1-4294967294, not an AWS-reserved ASN "
+        f"nor the VPN gateway's {AMAZON_SIDE_ASN}). Empty = static routes for `onprem_cidrs`.",
+        _bgp_asn,
+    ),
+    "transit_gateway_id": Field(
+        "",
+        "Existing transit gateway the private subnets attach to; required with "
+        "`onprem_connectivity=transit_gateway` (`tgw-` and 8 or 17 hex digits).",
+        lambda k, v: (
+            "" if v in ("", None) else _as_str(k, v, _TGW_ID, "must look like tgw-0abc1234")
+        ),
     ),
     "plaintext_listeners": Field(
         False,
@@ -326,6 +406,10 @@ class MeshConfig:
     server_count: int
     instance_type: str
     onprem_cidrs: tuple[str, ...]
+    onprem_connectivity: str
+    vpn_customer_gateway_ip: str
+    vpn_bgp_asn: int | None
+    transit_gateway_id: str
     plaintext_listeners: bool
     registrar_concurrency: int
     reconcile_interval_minutes: int
@@ -383,6 +467,7 @@ class MeshConfig:
             )
         if self.vpc_id and not self.account:
             raise _fail("vpc_id", self.vpc_id, "an existing VPC needs `account` set (VPC lookup)")
+        self._check_onprem_path()
         if self.availability_zones:
             if len(self.availability_zones) != len(set(self.availability_zones)):
                 raise _fail("availability_zones", list(self.availability_zones), "has duplicates")
@@ -410,3 +495,52 @@ class MeshConfig:
                 self.server_count,
                 f"needs at least 3 availability zones (at most 2 servers per AZ); have {zones}",
             )
+
+    def _check_onprem_path(self) -> None:
+        mode = self.onprem_connectivity
+        if self.vpc_id and mode != "none":
+            raise _fail(
+                "onprem_connectivity",
+                mode,
+                f"must be none with vpc_id {self.vpc_id}: an existing VPC is assumed to be "
+                "routed to on-prem already",
+            )
+        used_by = {
+            "vpn_customer_gateway_ip": ("vpn", self.vpn_customer_gateway_ip),
+            "vpn_bgp_asn": ("vpn", self.vpn_bgp_asn),
+            "transit_gateway_id": ("transit_gateway", self.transit_gateway_id),
+        }
+        for key, (owner, value) in used_by.items():
+            if value not in ("", None) and mode != owner:
+                raise _fail(key, value, f"is used only with onprem_connectivity={owner}")
+        if mode == "vpn" and not self.vpn_customer_gateway_ip:
+            raise _fail(
+                "vpn_customer_gateway_ip",
+                self.vpn_customer_gateway_ip,
+                "is required with onprem_connectivity=vpn (the on-prem VPN device's public IPv4)",
+            )
+        if mode == "transit_gateway" and not self.transit_gateway_id:
+            raise _fail(
+                "transit_gateway_id",
+                self.transit_gateway_id,
+                "is required with onprem_connectivity=transit_gateway",
+            )
+        asn = self.vpn_bgp_asn
+        if asn == AMAZON_SIDE_ASN:
+            raise _fail(
+                "vpn_bgp_asn",
+                asn,
+                f"must differ from the VPN gateway's Amazon side ASN {AMAZON_SIDE_ASN}",
+            )
+        if asn is not None and RESERVED_ASNS.get(asn) == self.region:
+            raise _fail("vpn_bgp_asn", asn, f"is reserved by AWS in {self.region}")
+        if mode != "none":
+            vpc = ipaddress.ip_network(self.vpc_cidr)
+            for cidr in self.onprem_cidrs:
+                if ipaddress.ip_network(cidr).overlaps(vpc):
+                    raise _fail(
+                        "onprem_cidrs",
+                        cidr,
+                        f"overlaps vpc_cidr {self.vpc_cidr}: on-prem and the VPC must not "
+                        "share addresses to be routed to each other",
+                    )

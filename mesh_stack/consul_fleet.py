@@ -221,6 +221,26 @@ class ConsulFleet(Construct):
                 peer, ec2.Port.tcp(port), f"{description} to Consul {port}"
             )
 
+    def allow_checks_to(
+        self, peer: ec2.IPeer, port_range: tuple[int, int], description: str
+    ) -> None:
+        """Let consul-esm on the servers reach `peer` on TCP `port_range` (inclusive).
+
+        The stack opens `ports.ENVOY_INBOUND_PORTS` (the host-mode Envoy public and expose
+        listeners) to each on-prem CIDR; a bridge-mode service, an explicit opt-in, needs
+        ECS's dynamic host port range instead. Nothing else leaves the servers for on-prem.
+        """
+        if peer.unique_id in ("0.0.0.0/0", "::/0"):
+            raise ValueError(
+                f"allow_checks_to refuses {peer.unique_id}: name the networks the hosts are in"
+            )
+        low, high = port_range
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"allow_checks_to needs a port range within 1-65535, got {port_range}")
+        self.server_security_group.add_egress_rule(
+            peer, ec2.Port.tcp_range(low, high), f"consul-esm health checks of {description}"
+        )
+
     def allow_from(self, other: ec2.IConnectable) -> None:
         """Let a security-group-bearing construct (a Lambda in the VPC) reach the client ports."""
         for port in self.client_ports:
@@ -290,13 +310,20 @@ class ConsulFleet(Construct):
         )
 
     def _security_groups(self, vpc: ec2.IVpc) -> tuple[ec2.SecurityGroup, ec2.SecurityGroup]:
+        """The servers' and the NLB's groups, with every rule the fleet needs by itself.
+
+        Egress of the servers is closed except for what they really dial (every outbound
+        call of assets/consul_server/*): HTTPS, and Raft/gossip to their peers. DNS to the
+        VPC resolver, the Amazon Time Sync Service and IMDS are not filtered by security
+        groups at all (VPC User Guide, "Security group basics"). Health checks of on-prem
+        hosts are opened per network by the stack through `allow_checks_to`.
+        """
         servers = ec2.SecurityGroup(
             self,
             "ServerSecurityGroup",
             vpc=vpc,
             description="Consul servers: Raft and gossip among themselves, API from the NLB",
-            # Egress: HTTPS to releases.hashicorp.com, AWS APIs and S3; peers on 8300/8301.
-            allow_all_outbound=True,
+            allow_all_outbound=False,
         )
         balancer = ec2.SecurityGroup(
             self,
@@ -305,9 +332,19 @@ class ConsulFleet(Construct):
             description="Consul NLB: the only door for clients; sources added by allow_clients",
             allow_all_outbound=False,
         )
-        servers.add_ingress_rule(servers, ec2.Port.tcp(csc.SERVER_RPC_PORT), "Consul server RPC")
-        servers.add_ingress_rule(servers, ec2.Port.tcp(csc.SERF_LAN_PORT), "Consul LAN gossip")
-        servers.add_ingress_rule(servers, ec2.Port.udp(csc.SERF_LAN_PORT), "Consul LAN gossip")
+        servers.add_egress_rule(
+            ec2.Peer.any_ipv4(),
+            ec2.Port.tcp(443),
+            "HTTPS via NAT: AWS APIs (Secrets Manager, S3, EC2 auto-join, CloudFormation "
+            "signal, SSM) and HashiCorp releases and release key at boot",
+        )
+        for peer_port, purpose in (
+            (ec2.Port.tcp(csc.SERVER_RPC_PORT), "Consul server RPC"),
+            (ec2.Port.tcp(csc.SERF_LAN_PORT), "Consul LAN gossip"),
+            (ec2.Port.udp(csc.SERF_LAN_PORT), "Consul LAN gossip"),
+        ):
+            servers.add_ingress_rule(servers, peer_port, purpose)
+            servers.add_egress_rule(servers, peer_port, f"{purpose} to peer servers")
         ports = [csc.HTTPS_PORT, csc.GRPC_TLS_PORT] + (
             [csc.HTTP_PORT, csc.GRPC_PORT] if self.plaintext_listeners else []
         )

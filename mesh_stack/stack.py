@@ -22,6 +22,7 @@ from mesh_stack.ecs_anywhere import EcsAnywhere
 from mesh_stack.keys import Keys
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
+from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
 
@@ -55,6 +56,10 @@ class MeshStack(Stack):
         )
         for cidr in config.onprem_cidrs:
             fleet.allow_clients(ec2.Peer.ipv4(cidr), f"ECS Anywhere hosts in {cidr}")
+            # consul-esm checks the host-mode sidecars' public and expose listeners.
+            fleet.allow_checks_to(
+                ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
+            )
         self.fleet = fleet
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
@@ -145,3 +150,6 @@ class MeshStack(Stack):
         CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
         CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
         CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
+        if network.onprem is not None:
+            for name, (value, description) in network.onprem.outputs().items():
+                CfnOutput(self, name, value=value, description=description)

@@ -1,0 +1,302 @@
+"""The routed path between the VPC's private subnets and the on-prem networks.
+
+Envoy on an on-prem host dials the internal NLB (8503, 8501) and consul-esm on the Consul
+servers dials the hosts' Envoy listeners (`ports.ENVOY_INBOUND_PORTS`): both need a route in
+each direction. `onprem_connectivity` chooses who provides it:
+
+- `none`: nothing is created here (an existing `vpc_id` is assumed routed; a created VPC
+  has no route to on-prem until the operator adds one, `make preflight` says so);
+- `vpn`: `OnPremVpn`, an AWS Site-to-Site VPN from a virtual private gateway to one device;
+- `transit_gateway`: `OnPremTransitGateway`, the private subnets attached to an existing
+  transit gateway whose route tables the network team owns.
+
+Either way, every private route table (servers, NLB, Lambdas) gets one route per on-prem
+CIDR to the gateway: explicit `AWS::EC2::Route`s rather than VGW route propagation, so the
+template itself shows where each on-prem CIDR goes, for static and BGP VPNs alike (with BGP
+the gateway still picks the live tunnel), and nothing wider than `onprem_cidrs` is learned.
+Public subnets (NAT gateways only) get no route to on-prem.
+
+Sources (CloudFormation template reference, docs.aws.amazon.com/AWSCloudFormation/latest/
+TemplateReference/): aws-resource-ec2-customergateway (BgpAsn up to 2,147,483,647, larger ASNs
+in BgpAsnExtended; one of them required), aws-resource-ec2-vpnconnection (StaticRoutesOnly for
+devices without BGP) and its VpnTunnelOptionsSpecification / CloudwatchLogOptionsSpecification,
+aws-resource-ec2-transitgatewayattachment (one subnet per AZ), aws-resource-ec2-route (routes to
+a gateway depend on its attachment); the EC2 API's CreateVpnGateway (AmazonSideAsn default
+64512). Every property is also validated by cfn-lint against the resource schemas
+(tests/infra/test_onprem.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from aws_cdk import ArnFormat, CfnResource, Stack, Tags
+from aws_cdk import aws_ec2 as ec2
+from aws_cdk import aws_kms as kms
+from aws_cdk import aws_logs as logs
+from constructs import Construct
+
+from mesh_stack.config import AMAZON_SIDE_ASN, BGP_ASN_EXTENDED_MIN, MeshConfig
+from mesh_stack.onprem_contract import (
+    DH_GROUPS,
+    ENCRYPTION,
+    IKE_VERSIONS,
+    INTEGRITY,
+    OUTPUT_TGW_ATTACHMENT,
+    OUTPUT_VPN_CONNECTION,
+    OUTPUT_VPN_DEVICE_CONFIGURATION,
+    device_config_hint,
+)
+
+# The customer gateway needs an ASN even for static routing (AWS::EC2::CustomerGateway: one of
+# BgpAsn/BgpAsnExtended must be set); 65000 is the API default and is never used without BGP.
+STATIC_CUSTOMER_ASN = 65000
+
+
+def private_route_tables(vpc: ec2.IVpc) -> list[tuple[str, str]]:
+    """(subnet construct id, route table id) of every private subnet with egress."""
+    subnets = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS).subnets
+    return [(subnet.node.id, subnet.route_table.route_table_id) for subnet in subnets]
+
+
+def route_onprem(
+    scope: Construct,
+    *,
+    vpc: ec2.IVpc,
+    onprem_cidrs: Sequence[str],
+    after: CfnResource,
+    gateway_id: str | None = None,
+    transit_gateway_id: str | None = None,
+) -> list[ec2.CfnRoute]:
+    """One route per on-prem CIDR in every private route table, created after `after`.
+
+    A route to a VPN gateway or a transit gateway fails until the gateway is attached to
+    the VPC (AWS::EC2::Route: "declare a dependency on the transit gateway attachment"), so
+    each route depends on the attachment resource.
+    """
+    routes = []
+    for subnet_id, route_table_id in private_route_tables(vpc):
+        for cidr in onprem_cidrs:
+            route = ec2.CfnRoute(
+                scope,
+                f"{subnet_id}To{cidr.replace('/', '-')}",
+                route_table_id=route_table_id,
+                destination_cidr_block=cidr,
+                gateway_id=gateway_id,
+                transit_gateway_id=transit_gateway_id,
+            )
+            route.node.add_dependency(after)
+            routes.append(route)
+    return routes
+
+
+def _tunnel_options(
+    log_group_arn: str, *, bgp: bool
+) -> ec2.CfnVPNConnection.VpnTunnelOptionsSpecificationProperty:
+    """Both tunnels' options: the algorithms of onprem_contract, IKE/IPsec (and BGP) logs."""
+
+    def values(items: Sequence[str | int]) -> list[dict[str, str | int]]:
+        # Every *RequestListValue of the resource is a struct with a single `Value`.
+        return [{"value": item} for item in items]
+
+    cls = ec2.CfnVPNConnection
+    return cls.VpnTunnelOptionsSpecificationProperty(
+        ike_versions=values(IKE_VERSIONS),
+        phase1_encryption_algorithms=values(ENCRYPTION),
+        phase2_encryption_algorithms=values(ENCRYPTION),
+        phase1_integrity_algorithms=values(INTEGRITY),
+        phase2_integrity_algorithms=values(INTEGRITY),
+        phase1_dh_group_numbers=values(DH_GROUPS),
+        phase2_dh_group_numbers=values(DH_GROUPS),
+        log_options=cls.VpnTunnelLogOptionsSpecificationProperty(
+            cloudwatch_log_options=cls.CloudwatchLogOptionsSpecificationProperty(
+                log_enabled=True,
+                log_group_arn=log_group_arn,
+                log_output_format="json",
+                bgp_log_enabled=True if bgp else None,
+                bgp_log_group_arn=log_group_arn if bgp else None,
+                bgp_log_output_format="json" if bgp else None,
+            )
+        ),
+    )
+
+
+class OnPremVpn(Construct):
+    """A Site-to-Site VPN between the VPC and one on-prem VPN device, routed from every
+    private subnet.
+
+    vpc: the created VPC; its private route tables get a route per `onprem_cidrs` entry.
+    onprem_cidrs: on-prem networks of the ECS Anywhere hosts.
+    customer_gateway_ip: public IPv4 of the on-prem device's outside interface (or its NAT).
+    bgp_asn: the device's BGP ASN for dynamic routing; None = static routes, one VPN
+        connection route per on-prem CIDR.
+    log_key: KMS key of the tunnel log group (IKE/IPsec negotiation, DPD; both tunnels).
+
+    The pre-shared keys are generated by AWS and never appear in the template; they are in
+    the device configuration the operator downloads after the deploy (`device_config_hint`).
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        vpc: ec2.IVpc,
+        onprem_cidrs: Sequence[str],
+        customer_gateway_ip: str,
+        bgp_asn: int | None = None,
+        log_key: kms.IKey,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        if not onprem_cidrs:
+            raise ValueError("OnPremVpn needs at least one on-prem CIDR to route")
+        if bgp_asn == AMAZON_SIDE_ASN:
+            raise ValueError(f"bgp_asn must differ from the Amazon side ASN {AMAZON_SIDE_ASN}")
+        self.gateway = ec2.CfnVPNGateway(
+            self, "Gateway", type="ipsec.1", amazon_side_asn=AMAZON_SIDE_ASN
+        )
+        attachment = ec2.CfnVPCGatewayAttachment(
+            self, "Attachment", vpc_id=vpc.vpc_id, vpn_gateway_id=self.gateway.ref
+        )
+        asn = STATIC_CUSTOMER_ASN if bgp_asn is None else bgp_asn
+        self.customer_gateway = ec2.CfnCustomerGateway(
+            self,
+            "CustomerGateway",
+            type="ipsec.1",
+            ip_address=customer_gateway_ip,
+            bgp_asn=asn if asn < BGP_ASN_EXTENDED_MIN else None,
+            bgp_asn_extended=asn if asn >= BGP_ASN_EXTENDED_MIN else None,
+        )
+        self.tunnel_logs = logs.LogGroup(
+            self, "TunnelLogs", retention=logs.RetentionDays.ONE_YEAR, encryption_key=log_key
+        )
+        # The log group's own ARN, `arn:<partition>:logs:<region>:<account>:log-group:<name>`,
+        # not CloudFormation's `Arn` attribute, which appends `:*` (for IAM resource patterns).
+        tunnel_log_arn = Stack.of(self).format_arn(
+            service="logs",
+            resource="log-group",
+            resource_name=self.tunnel_logs.log_group_name,
+            arn_format=ArnFormat.COLON_RESOURCE_NAME,
+        )
+        static = bgp_asn is None
+        self.connection = ec2.CfnVPNConnection(
+            self,
+            "Connection",
+            type="ipsec.1",
+            customer_gateway_id=self.customer_gateway.ref,
+            vpn_gateway_id=self.gateway.ref,
+            static_routes_only=static,
+            vpn_tunnel_options_specifications=[_tunnel_options(tunnel_log_arn, bgp=not static)] * 2,
+        )
+        if static:
+            for cidr in onprem_cidrs:
+                ec2.CfnVPNConnectionRoute(
+                    self,
+                    f"StaticRouteTo{cidr.replace('/', '-')}",
+                    destination_cidr_block=cidr,
+                    vpn_connection_id=self.connection.ref,
+                )
+        self.routes = route_onprem(
+            self, vpc=vpc, onprem_cidrs=onprem_cidrs, after=attachment, gateway_id=self.gateway.ref
+        )
+        Tags.of(self).add("Name", self.node.path)
+        self.vpn_connection_id = self.connection.ref
+
+    def outputs(self) -> dict[str, tuple[str, str]]:
+        """Stack outputs: name -> (value, description)."""
+        return {
+            OUTPUT_VPN_CONNECTION: (
+                self.vpn_connection_id,
+                "Site-to-Site VPN connection to the on-prem device",
+            ),
+            OUTPUT_VPN_DEVICE_CONFIGURATION: (
+                device_config_hint(self.vpn_connection_id),
+                "Where to download the on-prem device's configuration (tunnel addresses, "
+                "pre-shared keys: treat it as a secret)",
+            ),
+        }
+
+
+class OnPremTransitGateway(Construct):
+    """The VPC's private subnets attached to an existing transit gateway, routed to on-prem.
+
+    vpc: the created VPC; one attachment subnet per AZ (its private subnets, which the
+        transit gateway takes one address from) and a route per on-prem CIDR in each private
+        route table.
+    onprem_cidrs: on-prem networks of the ECS Anywhere hosts.
+    transit_gateway_id: the existing gateway (same account, or shared through AWS RAM).
+
+    The transit gateway's route tables stay the network team's: docs/services.md lists what
+    they add (association, the VPC CIDR towards this attachment, on-prem CIDRs towards their
+    VPN or Direct Connect attachment), and acceptance when the gateway is in another account.
+    """
+
+    def __init__(
+        self,
+        scope: Construct,
+        construct_id: str,
+        *,
+        vpc: ec2.IVpc,
+        onprem_cidrs: Sequence[str],
+        transit_gateway_id: str,
+    ) -> None:
+        super().__init__(scope, construct_id)
+        if not onprem_cidrs:
+            raise ValueError("OnPremTransitGateway needs at least one on-prem CIDR to route")
+        subnets = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
+        self.attachment = ec2.CfnTransitGatewayAttachment(
+            self,
+            "Attachment",
+            transit_gateway_id=transit_gateway_id,
+            vpc_id=vpc.vpc_id,
+            subnet_ids=subnets.subnet_ids,
+        )
+        self.routes = route_onprem(
+            self,
+            vpc=vpc,
+            onprem_cidrs=onprem_cidrs,
+            after=self.attachment,
+            transit_gateway_id=transit_gateway_id,
+        )
+        Tags.of(self).add("Name", self.node.path)
+        self.attachment_id = self.attachment.ref
+
+    def outputs(self) -> dict[str, tuple[str, str]]:
+        """Stack outputs: name -> (value, description)."""
+        return {
+            OUTPUT_TGW_ATTACHMENT: (
+                self.attachment_id,
+                "Transit gateway attachment of the private subnets; the network team routes "
+                "the VPC CIDR to it",
+            ),
+        }
+
+
+def connect_onprem(
+    scope: Construct, *, config: MeshConfig, vpc: ec2.IVpc, log_key: kms.IKey
+) -> OnPremVpn | OnPremTransitGateway | None:
+    """The path `config.onprem_connectivity` asks for, or None for `none`.
+
+    Each path has its own construct ID, so no logical ID is shared between the two: switching
+    from one to the other replaces resources instead of asking CloudFormation to change a
+    resource's type (which it refuses).
+    """
+    if config.onprem_connectivity == "vpn":
+        return OnPremVpn(
+            scope,
+            "OnPremVpn",
+            vpc=vpc,
+            onprem_cidrs=config.onprem_cidrs,
+            customer_gateway_ip=config.vpn_customer_gateway_ip,
+            bgp_asn=config.vpn_bgp_asn,
+            log_key=log_key,
+        )
+    if config.onprem_connectivity == "transit_gateway":
+        return OnPremTransitGateway(
+            scope,
+            "OnPremTransitGateway",
+            vpc=vpc,
+            onprem_cidrs=config.onprem_cidrs,
+            transit_gateway_id=config.transit_gateway_id,
+        )
+    return None
