@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tools.review.load import Assembly, Json, StackTemplate
-from tools.review.refs import Resolver
+from tools.review.model import Res
+from tools.review.refs import Resolver, flatten
 
 KMS_KEY = "AWS::KMS::Key"
 KMS_ALIAS = "AWS::KMS::Alias"
@@ -41,6 +42,22 @@ class StoreEncryption:
     in_transit: str
     at_rest_ok: bool
     in_transit_ok: bool
+    res: Res | None = None
+
+
+def key_of(resolver: Resolver, stack: StackTemplate, value: Json) -> tuple[Res | None, str]:
+    """The KMS key a property names (through an alias), or the plain text of what it names."""
+    if value is None:
+        return None, ""
+    for _ in range(3):
+        found = resolver.target(stack, value)
+        if found is None:
+            break
+        if found.type == KMS_ALIAS:
+            stack, value = found.stack, found.properties.get("TargetKeyId")
+            continue
+        return found.res, ""
+    return None, flatten(resolver.producer(stack, value)[1])
 
 
 def key_label(resolver: Resolver, stack: StackTemplate, value: Json) -> str:
@@ -254,6 +271,7 @@ def stores(assembly: Assembly) -> list[StoreEncryption]:
                         in_transit=transit,
                         at_rest_ok=ok,
                         in_transit_ok=transit_ok,
+                        res=stack.res(logical_id),
                     )
                 )
     return found
