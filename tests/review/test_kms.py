@@ -75,6 +75,10 @@ def test_roles_granted_the_key_in_their_own_policy_are_listed_with_conditions(
         ),
     )
     [grant] = key.iam_grants
-    assert grant.role is not None
-    assert (grant.role.logical_id, grant.actions, grant.how) == ("Role", ("Decrypt",), "names it")
+    assert grant.principal is not None
+    assert (grant.principal.logical_id, grant.actions, grant.how) == (
+        "Role",
+        ("Decrypt",),
+        "names it",
+    )
     assert grant.condition == "StringEquals kms:ViaService=secretsmanager.us-east-1.amazonaws.com"

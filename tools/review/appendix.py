@@ -15,6 +15,7 @@ from tools.review.iam import RoleReview, Wildcard
 from tools.review.markdown import table
 from tools.review.model import Res
 from tools.review.nag import Cover, stale_message
+from tools.review.policy import DocStatement
 from tools.review.posture import wildcard_groups
 from tools.review.secrets import Access
 
@@ -258,19 +259,23 @@ def _secrets(review: Review) -> list[str]:
     return lines
 
 
+def _table_or(
+    heading: str, columns: tuple[str, ...], rows: list[list[str]], empty: str
+) -> list[str]:
+    return [heading, "", *(table(columns, rows) if rows else [empty]), ""]
+
+
 def _consul(review: Review) -> list[str]:
     consul = review.consul
-    lines = [
+    none = "None declared."
+    return [
         f"## {CONSUL} Consul: ACL policies, tokens, intentions, config entries",
         "",
         "As declared by the Consul-object custom resources (applied at deploy time). Tokens the "
         "servers mint at boot are not declared there.",
         "",
-        "### ACL policies",
-        "",
-    ]
-    if consul.policies:
-        lines += table(
+        *_table_or(
+            "### ACL policies",
             ("Policy", "Description", "Rules", "Declared by"),
             [
                 [
@@ -281,12 +286,10 @@ def _consul(review: Review) -> list[str]:
                 ]
                 for p in consul.policies
             ],
-        )
-    else:
-        lines.append("None declared.")
-    lines += ["", "### ACL tokens", ""]
-    if consul.tokens:
-        lines += table(
+            none,
+        ),
+        *_table_or(
+            "### ACL tokens",
             ("Token", "Policies", "Service identities", "Grants", "SecretID in"),
             [
                 [
@@ -299,29 +302,24 @@ def _consul(review: Review) -> list[str]:
                 ]
                 for t in consul.tokens
             ],
-        )
-    else:
-        lines.append("None declared.")
-    lines += ["", "### Intentions", ""]
-    if consul.intentions:
-        lines += table(
+            none,
+        ),
+        *_table_or(
+            "### Intentions",
             ("Source", "Destination", "Action", "Declared by"),
             [
                 [f"`{i.source}`", f"`{i.destination}`", i.action, i.entry.markdown()]
                 for i in consul.intentions
             ],
-        )
-    else:
-        lines.append("None declared.")
-    lines += ["", "### Config entries", ""]
-    if consul.entries:
-        lines += table(
+            none,
+        ),
+        *_table_or(
+            "### Config entries",
             ("Kind", "Name", "Entry", "Declared by"),
             [[e.kind, f"`{e.name}`", f"`{e.body}`", e.res.markdown()] for e in consul.entries],
-        )
-    else:
-        lines.append("None declared.")
-    return [*lines, ""]
+            none,
+        ),
+    ]
 
 
 def _covers(covers: list[Cover]) -> str:
@@ -424,6 +422,20 @@ def _iam(review: Review) -> list[str]:
     return lines
 
 
+STATEMENT_COLUMNS = ("Sid", "Effect", "Principals", "Actions", "Condition", "Flag")
+
+
+def _statement_cells(statement: DocStatement) -> list[str]:
+    return [
+        statement.sid,
+        statement.effect,
+        ", ".join(p.res.markdown() if p.res else f"`{p.text()}`" for p in statement.principals),
+        ", ".join(f"`{a}`" for a in statement.actions),
+        f"`{statement.condition}`" if statement.condition else "",
+        f"**{statement.flag}**" if statement.flag else "",
+    ]
+
+
 def _keys(review: Review) -> list[str]:
     lines = [f"## {KEYS} KMS keys: key policies and role grants", ""]
     if not review.keys:
@@ -442,22 +454,7 @@ def _keys(review: Review) -> list[str]:
             + (", ".join(f"`{a}`" for a in key.aliases) or "none"),
             f"- Named by {len(key.used_by)} resources: {users or 'none'}",
             "",
-            *table(
-                ("Sid", "Effect", "Principals", "Actions", "Condition", "Flag"),
-                [
-                    [
-                        s.sid,
-                        s.effect,
-                        ", ".join(
-                            p.res.markdown() if p.res else f"`{p.text()}`" for p in s.principals
-                        ),
-                        ", ".join(f"`{a}`" for a in s.actions),
-                        f"`{s.condition}`" if s.condition else "",
-                        f"**{s.flag}**" if s.flag else "",
-                    ]
-                    for s in key.statements
-                ],
-            ),
+            *table(STATEMENT_COLUMNS, [_statement_cells(s) for s in key.statements]),
             "",
         ]
         if key.iam_grants:
@@ -466,7 +463,7 @@ def _keys(review: Review) -> list[str]:
                     ("Role (own policy)", "Actions", "How", "Condition", "Policy"),
                     [
                         [
-                            _md(g.role, f"`{g.role_text}`"),
+                            _md(g.principal, f"`{g.principal_text}`"),
                             ", ".join(g.actions),
                             g.how,
                             f"`{g.condition}`" if g.condition else "**none**",
@@ -491,19 +488,12 @@ def _resource_policies(review: Review) -> list[str]:
         [
             ", ".join(r.markdown() for r in policy.applies_to)
             or ", ".join(f"`{t}`" for t in policy.unresolved_targets),
-            s.sid,
-            s.effect,
-            ", ".join(p.res.markdown() if p.res else f"`{p.text()}`" for p in s.principals),
-            ", ".join(f"`{a}`" for a in s.actions),
-            f"`{s.condition}`" if s.condition else "",
-            f"**{s.flag}**" if s.flag else "",
+            *_statement_cells(s),
         ]
         for policy in review.resource_policies
         for s in policy.statements
     ]
-    lines += table(
-        ("Applies to", "Sid", "Effect", "Principals", "Actions", "Condition", "Flag"), rows
-    )
+    lines += table(("Applies to", *STATEMENT_COLUMNS), rows)
     return [*lines, ""]
 
 

@@ -14,7 +14,14 @@ from dataclasses import dataclass
 from tools.review.iam import RoleReview
 from tools.review.load import Assembly
 from tools.review.model import Res
-from tools.review.policy import DocStatement, allowed, as_list, condition_text, read_statements
+from tools.review.policy import (
+    DocStatement,
+    Grant,
+    allowed,
+    as_list,
+    condition_text,
+    read_statements,
+)
 from tools.review.refs import Resolver, Target, flatten
 
 KMS_KEY = "AWS::KMS::Key"
@@ -37,24 +44,12 @@ KEY_ACTIONS = (
 
 
 @dataclass(frozen=True)
-class KeyGrant:
-    """A role's own policy allowing actions on the key (by name or by a wildcard resource)."""
-
-    role: Res | None
-    role_text: str
-    policy: Res
-    actions: tuple[str, ...]
-    condition: str
-    how: str  # "names it" or "wildcard *"
-
-
-@dataclass(frozen=True)
 class KeyReview:
     res: Res
     rotation: bool
     aliases: tuple[str, ...]
     statements: tuple[DocStatement, ...]
-    iam_grants: tuple[KeyGrant, ...]
+    iam_grants: tuple[Grant, ...]  # roles' own policies allowing actions on the key
     used_by: tuple[Res, ...]  # resources whose properties name the key
 
     @property
@@ -62,8 +57,8 @@ class KeyReview:
         return [statement for statement in self.statements if statement.flag]
 
 
-def _iam_grants(resolver: Resolver, roles: list[RoleReview], key: Target) -> list[KeyGrant]:
-    found: list[KeyGrant] = []
+def _iam_grants(resolver: Resolver, roles: list[RoleReview], key: Target) -> list[Grant]:
+    found: list[Grant] = []
     for role in roles:
         for statement in role.statements:
             actions = allowed(statement.raw, KEY_ACTIONS)
@@ -78,9 +73,9 @@ def _iam_grants(resolver: Resolver, roles: list[RoleReview], key: Target) -> lis
                 else:
                     continue
                 found.append(
-                    KeyGrant(
-                        role=role.res,
-                        role_text=role.name,
+                    Grant(
+                        principal=role.res,
+                        principal_text=role.name,
                         policy=statement.policy_res,
                         actions=tuple(a.partition(":")[2] for a in actions),
                         condition=condition_text(statement.raw),

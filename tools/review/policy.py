@@ -64,6 +64,22 @@ def condition_text(statement: dict[str, Json]) -> str:
     return "; ".join(parts)
 
 
+@dataclass(frozen=True)
+class Grant:
+    """A principal allowed some actions on one resource, and how the review knows it."""
+
+    principal: Res | None  # the role (or resolved policy principal), None outside the templates
+    principal_text: str  # how a principal outside the templates is named
+    policy: Res  # the policy resource (or the role, for inline policies)
+    actions: tuple[str, ...]  # the matched actions, without their service prefix
+    how: str  # "names it", "names it via Token.TokenSecretArn", "wildcard *", ...
+    condition: str = ""
+
+    @property
+    def wildcard(self) -> bool:
+        return self.how.startswith("wildcard")
+
+
 @dataclass(frozen=True, order=True)
 class Principal:
     """One principal of a statement: its kind, its flattened value, the role it resolves to."""

@@ -186,22 +186,19 @@ def _statement_text(statement: DocStatement) -> str:
 
 
 def _policies(review: Review) -> list[Weakness]:
-    found: list[Weakness] = []
-    for key in review.keys:
-        for statement in key.flagged:
-            found.append(
-                Weakness("key-policy", key.res, _statement_text(statement), statement.flag)
-            )
-    for policy in review.resource_policies:
-        for statement in policy.flagged:
-            found.append(
-                Weakness(
-                    "resource-policy",
-                    policy.applies_to[0] if policy.applies_to else policy.policy,
-                    _statement_text(statement),
-                    statement.flag,
-                )
-            )
+    flagged = [("key-policy", key.res, key.flagged) for key in review.keys] + [
+        (
+            "resource-policy",
+            policy.applies_to[0] if policy.applies_to else policy.policy,
+            policy.flagged,
+        )
+        for policy in review.resource_policies
+    ]
+    found = [
+        Weakness(kind, subject, _statement_text(statement), statement.flag)
+        for kind, subject, statements in flagged
+        for statement in statements
+    ]
     for intention in review.consul.intentions:
         if intention.action == "allow" and "*" in (intention.source, intention.destination):
             found.append(

@@ -20,7 +20,15 @@ from tools.review.encryption import key_label, key_of
 from tools.review.iam import RoleReview, Statement
 from tools.review.load import Assembly, Json, StackTemplate
 from tools.review.model import Res
-from tools.review.policy import Principal, allowed, as_list, condition_text, principals, statements
+from tools.review.policy import (
+    Grant,
+    Principal,
+    allowed,
+    as_list,
+    condition_text,
+    principals,
+    statements,
+)
 from tools.review.refs import Resolver, Target, flatten
 
 SECRET_TYPE = "AWS::SecretsManager::Secret"  # noqa: S105 (a resource type)
@@ -49,20 +57,8 @@ _NOT_INJECTION = {
 }
 
 
-@dataclass(frozen=True)
-class Access:
-    """A principal allowed some of READ_ACTIONS / WRITE_ACTIONS on one secret."""
-
-    principal: Res | None  # the role, or the resource policy's principal when it resolves
-    principal_text: str  # for principals outside the templates: `Service x`, `AWS arn`
-    policy: Res  # the policy resource (or the role, for inline policies)
-    actions: tuple[str, ...]  # the matched actions, without the `secretsmanager:` prefix
-    how: str  # "names it", "names it via Token.TokenSecretArn", "wildcard *", "resource policy"
-    condition: str = ""
-
-    @property
-    def wildcard(self) -> bool:
-        return self.how.startswith("wildcard")
+# A principal allowed some of READ_ACTIONS / WRITE_ACTIONS on one secret.
+Access = Grant
 
 
 @dataclass(frozen=True)

@@ -227,17 +227,7 @@ def _policies(review: Review) -> Facts:
                 "rotation": key.rotation,
                 "aliases": list(key.aliases),
                 "key_policy": [statement.json() for statement in key.statements],
-                "role_grants": _sorted(
-                    {
-                        "role": _res(grant.role),
-                        "role_text": grant.role_text,
-                        "policy": grant.policy.json(),
-                        "actions": list(grant.actions),
-                        "condition": grant.condition,
-                        "how": grant.how,
-                    }
-                    for grant in key.iam_grants
-                ),
+                "role_grants": _access(key.iam_grants),
                 "used_by": [r.json() for r in key.used_by],
             }
             for key in review.keys
