@@ -21,7 +21,7 @@ help:
 	@echo "make synth   - install everything pinned, synthesize into cdk.out/, fail on any unacknowledged cdk-nag finding"
 	@echo "make test    - lint (ruff, mypy) and run the test suite"
 	@echo "make deploy  - cdk deploy (needs AWS credentials); make bootstrap once per account/region"
-	@echo "make review  - synthesize and write cdk.out/REVIEW.md for security review"
+	@echo "make review  - synthesize, then review/REVIEW.md (one-page security review + appendix) and review/review.json"
 	@echo "make preflight - which network path to on-prem is configured, and what is left to do"
 	@echo "make bench   - run the benchmarks under bench/"
 
@@ -61,9 +61,10 @@ bench: install
 preflight: $(VENV)/.installed
 	$(PY) -m tools.preflight $(ARGS)
 
+# The report goes to review/ (git-ignored), outside cdk.out, which every synth wipes.
 REVIEW_ARGS ?=
 review: synth
-	$(PY) -m tools.review cdk.out $(REVIEW_ARGS)
+	$(PY) -m tools.review cdk.out --out-dir review $(REVIEW_ARGS)
 
 bootstrap: install
 	$(CDK) bootstrap $(ARGS)
@@ -75,4 +76,4 @@ deploy: synth
 	$(CDK) deploy --app cdk.out --require-approval broadening $(ARGS)
 
 clean:
-	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf cdk.out review .pytest_cache .mypy_cache .ruff_cache

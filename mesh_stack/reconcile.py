@@ -198,8 +198,3 @@ def _acknowledge_provider(provider: cr.Provider, on_event: lambda_.IFunction) ->
         f"AwsSolutions-IAM5[Resource::{nag_form(Stack.of(provider), on_event.function_arn)}:*]",
         "The framework may invoke only the drain function (any of its versions).",
     )
-    acknowledge(
-        framework,
-        "AwsSolutions-L1",
-        "The CDK pins the framework's Node.js runtime and updates it with aws-cdk-lib.",
-    )

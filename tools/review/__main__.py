@@ -1,9 +1,13 @@
-"""`python -m tools.review [cdk.out]`: write REVIEW.md into the assembly and print its summary.
+"""`python -m tools.review [cdk.out]`: write review/REVIEW.md and review/review.json.
+
+The report goes outside the assembly, which every synth wipes, so the last report survives
+for a reviewer, a CI artifact or a later comparison. REVIEW.md opens with one page answering
+the reviewer's four questions; review.json holds the same facts as data (`tools.review.twin`).
 
 Exit status 0 when the report was written (findings are for the reviewer to read), 2 when it
 could not be (no assembly, unreadable template, cfn-lint broken). With `--strict`, 1 when
-there is a CRITICAL ingress rule, an unacknowledged wildcard or nag finding, a missing
-validation report or a cfn-lint error.
+there is a CRITICAL ingress rule, an unacknowledged wildcard or nag finding, a stale
+acknowledgement, a missing validation report or a cfn-lint error.
 """
 
 from __future__ import annotations
@@ -16,6 +20,11 @@ from pathlib import Path
 from tools.review.collect import build_review
 from tools.review.lint import run_cfn_lint
 from tools.review.render import render, summary_text
+from tools.review.twin import render_json
+
+DEFAULT_OUT_DIR = "review"
+MARKDOWN = "REVIEW.md"
+JSON = "review.json"
 
 
 def _cidr(text: str) -> str:
@@ -30,7 +39,14 @@ def _cidr(text: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.review", description=__doc__)
     parser.add_argument("outdir", nargs="?", default="cdk.out", help="cloud assembly folder")
-    parser.add_argument("--output", help="where to write the report (default OUTDIR/REVIEW.md)")
+    parser.add_argument(
+        "--out-dir",
+        default=DEFAULT_OUT_DIR,
+        help=f"folder for {MARKDOWN} and {JSON} (default: {DEFAULT_OUT_DIR})",
+    )
+    parser.add_argument(
+        "--output", help=f"path of the Markdown report instead; {JSON} is written beside it"
+    )
     parser.add_argument(
         "--vpc-cidr",
         action="append",
@@ -52,14 +68,18 @@ def main(argv: list[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    output = Path(args.output) if args.output else outdir / "REVIEW.md"
-    output.write_text(render(review))
+    markdown = Path(args.output) if args.output else Path(args.out_dir) / MARKDOWN
+    twin = markdown.parent / JSON
+    markdown.parent.mkdir(parents=True, exist_ok=True)
+    markdown.write_text(render(review))
+    twin.write_text(render_json(review))
     print(summary_text(review))
-    print(f"Wrote {output}")
+    print(f"Wrote {markdown} and {twin}")
     flagged = (
         review.exposure.critical
         or review.unacknowledged_wildcards
         or review.nag.open
+        or review.nag.stale
         or not review.report_found
         or review.lint.errors
     )

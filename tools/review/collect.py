@@ -7,12 +7,19 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.review.consul import ConsulSide, consul_side
+from tools.review.containers import TaskNetwork, task_networks
+from tools.review.egress import Egress, egress_rules
 from tools.review.encryption import StoreEncryption, stores
 from tools.review.exposure import Exposure, exposure
 from tools.review.iam import RoleReview, Wildcard, roles
+from tools.review.kms import KeyReview, keys
 from tools.review.lint import LintResult, run_cfn_lint
 from tools.review.load import Assembly, load_assembly
 from tools.review.nag import AckIndex, NagReview, nag_review
+from tools.review.reachability import Path as ReachPath
+from tools.review.reachability import paths
+from tools.review.resource_policies import ResourcePolicy, resource_policies
 from tools.review.secrets import Secrets, secrets
 
 Linter = Callable[[Sequence[Path]], LintResult]
@@ -28,6 +35,12 @@ class Review:
     nag: NagReview
     lint: LintResult
     vpc_cidrs: tuple[str, ...]
+    egress: Egress
+    keys: list[KeyReview]
+    resource_policies: list[ResourcePolicy]
+    task_networks: list[TaskNetwork]
+    consul: ConsulSide
+    reachability: list[ReachPath]
 
     @property
     def report_found(self) -> bool:
@@ -57,13 +70,21 @@ def build_review(
     role_reviews = roles(assembly, AckIndex(assembly, nag))
     files = [stack.file for stack in assembly.stacks]
     lint = linter(files) if linter is not None else LintResult([], skipped="skipped on request")
+    found = exposure(assembly, vpc_cidrs=vpc_cidrs)
+    networks = task_networks(assembly)
     return Review(
         assembly=assembly,
-        exposure=exposure(assembly, vpc_cidrs=vpc_cidrs),
+        exposure=found,
         roles=role_reviews,
         stores=stores(assembly),
         secrets=secrets(assembly, role_reviews),
         nag=nag,
         lint=lint,
         vpc_cidrs=tuple(vpc_cidrs),
+        egress=egress_rules(assembly, vpc_cidrs=vpc_cidrs),
+        keys=keys(assembly, role_reviews),
+        resource_policies=resource_policies(assembly),
+        task_networks=networks,
+        consul=consul_side(assembly),
+        reachability=paths(assembly, found, networks),
     )
