@@ -117,6 +117,7 @@ class MeshStack(Stack):
             cluster=ecs_anywhere.cluster,
             consul_target_groups=fleet.target_groups,
             consul_server_count=config.server_count,
+            consul_snapshots=fleet.snapshot_metric,
             key=keys.key,
             alarm_email=config.alarm_email,
         )

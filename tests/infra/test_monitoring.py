@@ -15,8 +15,10 @@ import pytest
 import reconcile
 from aws_cdk.assertions import Match, Template
 
-from mesh_stack import monitoring
+from mesh_stack import consul_fleet, monitoring
 from tests.infra.anti_entropy_stack import build
+from tests.infra.conftest import Synthesized
+from tests.infra.fleet_user_data import render
 from tests.infra.nag_util import open_findings
 
 
@@ -73,6 +75,31 @@ def test_fewer_healthy_consul_servers_than_a_quorum_pages(template: Template) ->
     for p in quorum:
         assert (p["Threshold"], p["ComparisonOperator"]) == (2, "LessThanThreshold")
         assert p["TreatMissingData"] == "breaching"
+
+
+def test_three_intervals_without_a_consul_snapshot_page(synthesized: Synthesized) -> None:
+    # GIVEN the default app (hourly snapshots)
+    (template,) = synthesized.templates().values()
+    (props,) = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        and r["Properties"].get("MetricName") == consul_fleet.SNAPSHOT_METRIC
+    ]
+    # THEN no snapshot for three hours pages, and a job that sends nothing counts as failing
+    assert props["Namespace"] == consul_fleet.METRIC_NAMESPACE
+    assert (props["Period"], props["EvaluationPeriods"], props["DatapointsToAlarm"]) == (3600, 3, 3)
+    assert (props["Threshold"], props["ComparisonOperator"]) == (1, "LessThanThreshold")
+    assert props["TreatMissingData"] == "breaching"
+    assert props["Statistic"] == "Sum"
+    # AND its dimension is the one the servers' snapshot job publishes under (fleet.env)
+    user_data = render(template)
+    fleet_id = re.search(r"^FLEET_ID=(\S+)$", user_data, re.MULTILINE)
+    assert fleet_id is not None
+    assert props["Dimensions"] == [{"Name": "Fleet", "Value": fleet_id.group(1)}]
+    assert f"METRIC_NAMESPACE={props['Namespace']}" in user_data
+    assert props["AlarmActions"]
+    assert props["OKActions"]
 
 
 def test_five_servers_need_three_healthy(tmp_path: Path) -> None:
