@@ -433,7 +433,8 @@ class ConsulObjects(Construct):
             resource.node.add_dependency(*self._dependencies)
         # The provider's security group and every rule on it, including the egress to Consul
         # that the stack adds later: created before the object, deleted only after it, so the
-        # delete still reaches Consul instead of waiting DELETE_GIVE_UP_SECONDS and giving up.
+        # delete still reaches Consul instead of waiting DELETE_GIVE_UP_SECONDS and giving up
+        # (leaving the object in Consul).
         resource.node.add_dependency(self.security_group)
         self._objects.append(resource)
         return resource

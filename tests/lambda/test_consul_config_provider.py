@@ -635,6 +635,22 @@ def test_a_new_leader_still_setting_up_acls_is_waited_for(
     assert ("proxy-defaults", "global") in consul.config_entries()
 
 
+def test_delete_gives_up_within_a_minute_when_consul_is_gone(
+    consul: ConsulDouble, secrets: Secrets, clock: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN the servers no longer answer at delete time (the drain already emptied the catalog)
+    consul.stop()
+    request = event("Delete", entry_props(consul, secrets, PROXY_DEFAULTS), physical_id="x/y")
+    merged = {**request, **provider.on_event(request, Context())}
+    assert provider.is_complete(merged, Context()) == {"IsComplete": False}
+    # WHEN a minute has passed
+    clock.now += 60
+    # THEN the delete completes (with a warning) instead of holding the stack for 15 minutes
+    with caplog.at_level(logging.WARNING):
+        assert provider.is_complete(merged, Context()) == {"IsComplete": True}
+    assert "gave up deleting" in caplog.text
+
+
 def test_delete_gives_up_on_a_cluster_that_never_answers(
     consul: ConsulDouble, secrets: Secrets, clock: FakeTime, caplog: pytest.LogCaptureFixture
 ) -> None:
