@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ecs as ecs
@@ -103,8 +103,33 @@ class Monitoring(Construct):
             master_key=key,
             enforce_ssl=True,
         )
-        # CloudWatch publishes to an encrypted topic only if the key lets it (an imported key
-        # cannot be changed here: grant it in its own policy).
+        # An AWS::SNS::TopicPolicy replaces the topic's default policy, and the one enforce_ssl
+        # creates holds only the TLS deny: without this statement nothing may publish, and
+        # every alarm action fails ("... is not authorized to perform: SNS:Publish"). Only
+        # alarms of this account and region (confused-deputy guard: aws:SourceAccount and
+        # aws:SourceArn, as AWS's "CloudWatch alarm does not send SNS notification" knowledge
+        # center article shows for cloudwatch.amazonaws.com).
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowCloudWatchAlarmsOfThisAccount",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    "ArnLike": {
+                        "aws:SourceArn": (
+                            f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:{Aws.ACCOUNT_ID}:alarm:*"
+                        )
+                    },
+                },
+            )
+        )
+        # CloudWatch publishes to an encrypted topic only if the key lets it use the key
+        # (SNS Developer Guide, "Enable compatibility between event sources from AWS services
+        # and encrypted topics"; without it the alarm history says "CloudWatch Alarms does not
+        # have authorization to access the SNS topic encryption key"). An imported key cannot
+        # be changed here: grant it in its own policy.
         key.grant(
             iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
         )

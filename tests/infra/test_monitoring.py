@@ -123,6 +123,63 @@ def test_every_alarm_notifies_the_encrypted_topic(template: Template) -> None:
     assert {"Service": "cloudwatch.amazonaws.com"} in principals
 
 
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_cloudwatch_may_publish_every_alarm_to_its_topic(synthesized: Synthesized) -> None:
+    (template,) = synthesized.templates().values()
+    resources = template["Resources"]
+    # GIVEN every topic any alarm notifies
+    topics = {
+        action["Ref"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        for field in ("AlarmActions", "OKActions", "InsufficientDataActions")
+        for action in r["Properties"].get(field, [])
+    }
+    assert topics
+    for topic in topics:
+        statements = [
+            st
+            for r in resources.values()
+            if r["Type"] == "AWS::SNS::TopicPolicy" and {"Ref": topic} in r["Properties"]["Topics"]
+            for st in r["Properties"]["PolicyDocument"]["Statement"]
+        ]
+        # THEN its policy lets CloudWatch alarms of this account and region publish
+        allows = [
+            st
+            for st in statements
+            if st["Effect"] == "Allow"
+            and st["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+            and "sns:Publish" in _as_list(st["Action"])
+        ]
+        assert len(allows) == 1, f"nothing lets CloudWatch publish to {topic}"
+        condition = allows[0]["Condition"]
+        assert condition["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+        source_arn = json.dumps(condition["ArnLike"]["aws:SourceArn"])
+        assert ":cloudwatch:" in source_arn
+        assert ":alarm:*" in source_arn
+        assert "AWS::AccountId" in source_arn
+        # AND it still refuses anything but TLS
+        assert any(
+            st["Effect"] == "Deny"
+            and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+            for st in statements
+        )
+        # AND the topic's key lets CloudWatch encrypt the message it publishes
+        key_ref = resources[topic]["Properties"]["KmsMasterKeyId"]
+        key = resources[key_ref["Fn::GetAtt"][0]]["Properties"]["KeyPolicy"]["Statement"]
+        actions = {
+            action
+            for st in key
+            if st["Effect"] == "Allow"
+            and st["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+            for action in _as_list(st["Action"])
+        }
+        assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions
+
+
 def test_no_subscription_without_an_address(tmp_path: Path) -> None:
     parts = build(tmp_path)
     Template.from_stack(parts.stack).resource_count_is("AWS::SNS::Subscription", 0)
