@@ -39,11 +39,14 @@ class Reconciler(Construct):
 
     registrar: whose settings (subnets, security group, Consul address, secrets, key) and
         event source this reuses.
-    interval_minutes: minutes between passes (1-1440); at most one pass runs at a time.
+    interval_minutes: minutes between passes (1-1440). A pass is stopped at the interval (its
+        timeout is at most the interval), so passes do not overlap.
     max_deletions: catalog entries one pass may delete (1-10000); the rest waits (and alarms).
     drain_on_delete: on deletion, remove every entry the registrar owns. The custom resource
         exists either way and carries the flag as a property, so switching it is an update that
         drains nothing.
+    reserve_concurrency: reserve 1 for the pass, so that not even an invocation delayed by
+        throttling can run next to the following pass. Off by default (see Registrar).
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class Reconciler(Construct):
         interval_minutes: int = 5,
         max_deletions: int = 50,
         drain_on_delete: bool = True,
+        reserve_concurrency: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         if not 1 <= interval_minutes <= 1440:
@@ -70,13 +74,19 @@ class Reconciler(Construct):
             settings,
             handler="reconcile.handler",
             description="Reconciles the Consul catalog with the ECS Anywhere tasks on a schedule",
-            timeout=RECONCILE_TIMEOUT,
+            timeout=Duration.seconds(
+                min(RECONCILE_TIMEOUT.to_seconds(), self.interval.to_seconds())
+            ),
             # CPU scales with memory: a pass over 10,000 tasks is ~15 s of one core (digests,
             # JSON), so 1 GB (~0.6 vCPU) keeps it well inside the timeout.
             memory_size=1024,
             extra_environment={"RECONCILE_MAX_DELETIONS": str(max_deletions)},
             # One pass at a time: passes never race each other for the deletion cap.
-            reserved_concurrency=1,
+            reserved_concurrency=1 if reserve_concurrency else None,
+            concurrency_reason="Started once per interval by the schedule and stopped at the "
+            "interval by its timeout, so passes do not overlap; reserving 1 is an opt-in "
+            "(reserve_concurrency) because accounts on a low Lambda quota reject any "
+            "reservation.",
             dlq_reason=_NO_DLQ,
         )
         # A pass that failed or was throttled is not retried: the next one starts from scratch.
@@ -100,13 +110,10 @@ class Reconciler(Construct):
             timeout=DRAIN_TIMEOUT,
             memory_size=256,
             reserved_concurrency=None,
+            concurrency_reason="Invoked only by the CloudFormation custom resource framework, "
+            "once per stack operation; reserving concurrency for it would only shrink the "
+            "account's pool.",
             dlq_reason=_NO_DLQ,
-        )
-        acknowledge(
-            self.drain_function,
-            "NIST.800.53.R5-LambdaConcurrency",
-            "Invoked only by the CloudFormation custom resource framework, once per stack "
-            "operation; reserving concurrency for it would only shrink the account's pool.",
         )
         drain_role = self.drain_function.role
         assert drain_role is not None

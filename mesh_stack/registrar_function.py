@@ -68,11 +68,17 @@ def registrar_function(
     timeout: Duration,
     memory_size: int,
     reserved_concurrency: int | None,
+    concurrency_reason: str,
     dlq_reason: str,
     extra_environment: dict[str, str] | None = None,
 ) -> lambda_.Function:
     """`scope/Function` with its log group `scope/Logs`, reading the token and the CA.
 
+    reserved_concurrency: None (the default everywhere) reserves nothing: Lambda keeps 100 of
+      the account's "Concurrent executions" quota unreserved, and new accounts start with a
+      quota so low that any reservation fails the deployment.
+    concurrency_reason: what bounds the function's concurrency when nothing is reserved
+      (cdk-nag asks for a reservation on every function).
     dlq_reason: why this function needs no function-level DLQ (cdk-nag asks for one on every
       function; the reason names where its failures go instead).
     """
@@ -104,6 +110,8 @@ def registrar_function(
     role = function.role
     assert role is not None
     acknowledge(function, "NIST.800.53.R5-LambdaDLQ", dlq_reason)
+    if reserved_concurrency is None:
+        acknowledge(function, "NIST.800.53.R5-LambdaConcurrency", concurrency_reason)
     acknowledge(
         role,
         "NIST.800.53.R5-IAMNoInlinePolicy",

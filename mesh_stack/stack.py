@@ -92,6 +92,7 @@ class MeshStack(Stack):
             ca_secret=fleet.ca_cert_secret,
             key=keys.key,
             max_concurrency=config.registrar_concurrency,
+            reserve_concurrency=config.reserve_concurrency,
         )
         fleet.allow_from(registrar.function)
         self.registrar = registrar
@@ -104,6 +105,7 @@ class MeshStack(Stack):
             interval_minutes=config.reconcile_interval_minutes,
             max_deletions=config.reconcile_max_deletions,
             drain_on_delete=config.drain_on_delete,
+            reserve_concurrency=config.reserve_concurrency,
         )
         # Drain while the token and servers exist, and while the registrar's security group
         # still has its egress rule to the NLB (a standalone resource nothing else depends on,
