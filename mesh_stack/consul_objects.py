@@ -193,6 +193,12 @@ class ConsulObjects(Construct):
             "ManagementTokenSecretArn": management_token_secret.secret_arn,
             "CaCertSecretArn": ca_cert_secret.secret_arn,
         }
+        total_timeout = timeout or Duration.minutes(30)
+        # CloudFormation waits an hour for a custom resource's answer unless told otherwise. The
+        # framework answers within total_timeout (its waiter's onTimeout reports the failure),
+        # so CloudFormation's own deadline only matters if the framework itself dies: a little
+        # more than the framework's bound, never the default hour.
+        self._service_timeout = Duration.seconds(min(3600, total_timeout.to_seconds() + 300))
         self._objects: list[CustomResource] = []
         self._dependencies: list[IDependable] = []
         self._claimed: dict[str, str] = {}  # Consul identity -> construct path
@@ -286,7 +292,7 @@ class ConsulObjects(Construct):
             on_event_handler=self.on_event_function,
             is_complete_handler=self.is_complete_function,
             query_interval=Duration.seconds(10),
-            total_timeout=timeout or Duration.minutes(30),
+            total_timeout=total_timeout,
             vpc=vpc,
             vpc_subnets=subnets,
             security_groups=[framework_sg],
@@ -428,6 +434,7 @@ class ConsulObjects(Construct):
             service_token=self.provider.service_token,
             resource_type=f"Custom::Consul{object_type}",
             properties={"ObjectType": object_type, **self._connection, **properties},
+            service_timeout=self._service_timeout,
         )
         if self._dependencies:
             resource.node.add_dependency(*self._dependencies)

@@ -32,6 +32,11 @@ _NO_DLQ = (
 
 RECONCILE_TIMEOUT = Duration.minutes(5)
 DRAIN_TIMEOUT = Duration.minutes(10)
+# The provider framework's onEvent function invokes the drain synchronously and answers
+# CloudFormation itself; it runs at most 15 minutes (FRAMEWORK_HANDLER_TIMEOUT, aws-cdk-lib
+# custom-resources/lib/provider-framework/provider.ts). CloudFormation waits a minute more
+# for the answer, not its default hour, should the framework die without answering.
+DRAIN_SERVICE_TIMEOUT = Duration.minutes(16)
 
 
 class Reconciler(Construct):
@@ -158,6 +163,7 @@ class Reconciler(Construct):
                 "ClusterArn": cluster.cluster_arn,
                 "Drain": "true" if drain_on_delete else "false",
             },
+            service_timeout=DRAIN_SERVICE_TIMEOUT,
         )
         # On deletion CloudFormation removes dependents first: the registrar's SQS event source
         # and this schedule are gone before the drain runs, so nothing re-registers behind it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Fn, Stack
+from aws_cdk import CfnOutput, CfnResource, Fn, Stack
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
@@ -38,6 +38,15 @@ class MeshStack(Stack):
         keys = Keys(self, "Keys")
         network = Network(self, "Network", config=config, log_key=keys.key)
         self.vpc = network.vpc
+        # CDK's own direct-Lambda custom resource (feature flag
+        # @aws-cdk/aws-ec2:restrictDefaultSecurityGroup): its handler may run 15 minutes, so
+        # CloudFormation waits a minute more for an answer rather than its default hour.
+        for child in self.vpc.node.find_all():
+            if (
+                isinstance(child, CfnResource)
+                and child.cfn_resource_type == "Custom::VpcRestrictDefaultSG"
+            ):
+                child.add_property_override("ServiceTimeout", 960)
 
         fleet = ConsulFleet(
             self,
@@ -125,7 +134,7 @@ class MeshStack(Stack):
         )
 
         if config.demo_enabled:
-            MeshDemo(
+            demo = MeshDemo(
                 self,
                 "Demo",
                 cluster=ecs_anywhere.cluster,
@@ -140,6 +149,9 @@ class MeshStack(Stack):
             )
             for source, destination in DEMO_INTENTIONS:
                 objects.intention(source, destination)
+            # Deregister the hosts before the demo services are deleted: a DAEMON service's
+            # deletion waits for its tasks to stop, which never happens on a host that is gone.
+            ecs_anywhere.tear_down_before(demo)
 
         CfnOutput(self, "ConsulHttpsAddress", value=fleet.https_address)
         CfnOutput(self, "ConsulGrpcAddress", value=Fn.join("", [fleet.grpc_host, ":8503"]))
