@@ -36,6 +36,7 @@ from constructs import Construct
 
 from mesh_stack import consul_server_config as csc
 from mesh_stack.nag import acknowledge
+from mesh_stack.secret_access import grant_secret_read_write
 
 ASSETS = Path(__file__).parent / "assets" / "consul_server"
 JOIN_TAG_KEY = "consul-mesh:fleet"
@@ -407,9 +408,7 @@ class ConsulFleet(Construct):
         # go-discover's provider=aws lists instances by tag; DescribeInstances supports no
         # resource-level permission (acknowledged below).
         role.add_to_policy(iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"]))
-        for secret in self._secrets.values():
-            secret.grant_read(role)
-            secret.grant_write(role)
+        grant_secret_read_write(role, *self._secrets.values())
         # Snapshots: upload (the leader, on a timer) and the restore runbook of
         # docs/operations.md (list and download, run on a server), only under the prefix.
         role.add_to_policy(

@@ -52,6 +52,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IDependable
 
 from mesh_stack.nag import acknowledge
+from mesh_stack.secret_access import grant_secret_read
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_DIR = ROOT / "lambda" / "consul_config"
@@ -234,8 +235,7 @@ class ConsulObjects(Construct):
                 )
             ],
         )
-        management_token_secret.grant_read(self.role)
-        ca_cert_secret.grant_read(self.role)
+        grant_secret_read(self.role, management_token_secret, ca_cert_secret)
         # Writing a token secret: Secrets Manager asks KMS for a data key on the caller's
         # behalf (and Decrypt for the secrets it reads); only through Secrets Manager.
         self.role.add_to_policy(

@@ -17,6 +17,7 @@ from constructs import Construct, IConstruct
 
 from mesh_stack.nag import acknowledge
 from mesh_stack.registrar_function import nag_form
+from mesh_stack.secret_access import grant_secret_read
 
 ACTIVATION_CODE = Path(__file__).resolve().parent.parent / "lambda" / "activation"
 INSTALL_SCRIPT = "https://amazon-ecs-agent.s3.amazonaws.com/ecs-anywhere-install-latest.sh"
@@ -148,9 +149,9 @@ class EcsAnywhere(Construct):
         """Deregister the hosts before CloudFormation deletes `scopes` (services on the cluster)."""
         self.teardown.node.add_dependency(*scopes)
 
-    def grant_read_activation(self, grantee: iam.IGrantable) -> iam.Grant:
+    def grant_read_activation(self, grantee: iam.IGrantable) -> None:
         """Let an operator principal read the activation (secret value and its KMS key)."""
-        return self.activation_secret.grant_read(grantee)
+        grant_secret_read(grantee, self.activation_secret)
 
     def _host_role(self, cluster: ecs.ICluster) -> iam.Role:
         """The role SSM hands to registered hosts: SSM agent + the ECS agent, this cluster only.

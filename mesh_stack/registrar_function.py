@@ -22,6 +22,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from mesh_stack.nag import acknowledge
+from mesh_stack.secret_access import grant_secret_read
 
 LAMBDA_DIR = Path(__file__).resolve().parent.parent / "lambda" / "registrar"
 # The newest Python runtime the pinned aws-cdk-lib offers; the code stays 3.11-compatible
@@ -105,8 +106,7 @@ def registrar_function(
         reserved_concurrent_executions=reserved_concurrency,
         environment={**settings.environment, **(extra_environment or {})},
     )
-    settings.token_secret.grant_read(function)
-    settings.ca_secret.grant_read(function)
+    grant_secret_read(function, settings.token_secret, settings.ca_secret)
     role = function.role
     assert role is not None
     acknowledge(function, "NIST.800.53.R5-LambdaDLQ", dlq_reason)

@@ -24,6 +24,7 @@ from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
+from mesh_stack.secret_access import grant_key_use, keyless
 
 
 class MeshStack(Stack):
@@ -134,12 +135,20 @@ class MeshStack(Stack):
         )
 
         if config.demo_enabled:
+            # The task definitions grant their execution roles the secrets themselves (ECS task
+            # secrets): hand them the secrets without their keys, so that no key policy names
+            # those roles, and grant the keys in the roles' own policies (secret_access.py).
+            token_secrets = {name: objects.service_token(name) for name in DEMO_SERVICES}
+            demo_secrets = Construct(self, "DemoSecrets")
             demo = MeshDemo(
                 self,
                 "Demo",
                 cluster=ecs_anywhere.cluster,
-                token_secrets={name: objects.service_token(name) for name in DEMO_SERVICES},
-                ca_secret=fleet.ca_cert_secret,
+                token_secrets={
+                    name: keyless(demo_secrets, name, secret)
+                    for name, secret in token_secrets.items()
+                },
+                ca_secret=keyless(demo_secrets, "CaCertificate", fleet.ca_cert_secret),
                 consul_grpc_host=fleet.grpc_host,
                 consul_tls_server_name=fleet.tls_server_name,
                 envoy_version=config.envoy_version,
@@ -149,6 +158,12 @@ class MeshStack(Stack):
             )
             for source, destination in DEMO_INTENTIONS:
                 objects.intention(source, destination)
+            for name, service in (("backend", demo.backend), ("frontend", demo.frontend)):
+                grant_key_use(
+                    service.task_definition.obtain_execution_role(),
+                    token_secrets[name],
+                    fleet.ca_cert_secret,
+                )
             # Deregister the hosts before the demo services are deleted: a DAEMON service's
             # deletion waits for its tasks to stop, which never happens on a host that is gone.
             ecs_anywhere.tear_down_before(demo)

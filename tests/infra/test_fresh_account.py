@@ -7,12 +7,13 @@ test reads the synthesized default app (one synthesis per session).
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
 
 from tests.conftest import ROOT
-from tests.infra.cfn_graph import prerequisites
+from tests.infra.cfn_graph import prerequisites, references
 from tests.infra.conftest import Synthesized
 
 Template = dict[str, Any]
@@ -90,3 +91,66 @@ def test_no_custom_resource_can_hold_the_stack_for_an_hour(template: Template) -
         assert handler_timeout < service_timeout < 3600, name
         if function["Properties"].get("Handler") == "handler.handler":  # our direct ones
             assert service_timeout <= 300, f"{name}: a direct-Lambda resource waits 5 minutes"
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_no_key_policy_names_a_role_this_stack_creates(template: Template) -> None:
+    # A key policy naming a role created in the same deployment can be rejected ("invalid
+    # principals") while IAM propagates the role: grant the key in the role's own policy.
+    roles = set(of_type(template, "AWS::IAM::Role"))
+    for name, key in of_type(template, "AWS::KMS::Key").items():
+        for statement in key["Properties"]["KeyPolicy"]["Statement"]:
+            named = set(references(statement.get("Principal", {}))) & roles
+            assert not named, f"{name}'s policy names {sorted(named)}"
+
+
+def _secret_behind(template: Template, value: Any) -> str | None:
+    """The secret a policy resource points at: a Ref to it, or a custom resource's attribute
+    that echoes one of its properties (the Consul token secrets)."""
+    resources = template["Resources"]
+    if isinstance(value, dict) and "Ref" in value:
+        name = value["Ref"]
+        return (
+            name if resources.get(name, {}).get("Type") == "AWS::SecretsManager::Secret" else None
+        )
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        owner, attribute = value["Fn::GetAtt"]
+        echoed = resources[owner].get("Properties", {}).get(attribute)
+        return _secret_behind(template, echoed) if echoed is not None else None
+    return None
+
+
+def test_every_reader_of_an_encrypted_secret_may_decrypt_it_through_secrets_manager(
+    template: Template,
+) -> None:
+    resources = template["Resources"]
+    readable: dict[str, set[str]] = {}  # role -> secrets it may read
+    decryptable: dict[str, set[str]] = {}  # role -> keys it may decrypt via Secrets Manager
+    for policy in resources.values():
+        if policy["Type"] not in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            continue
+        props = policy["Properties"]
+        for role in (r["Ref"] for r in props.get("Roles", [])):
+            for statement in props["PolicyDocument"]["Statement"]:
+                actions = _list(statement["Action"])
+                targets = _list(statement["Resource"])
+                if "secretsmanager:GetSecretValue" in actions:
+                    secrets = {_secret_behind(template, t) for t in targets} - {None}
+                    readable.setdefault(role, set()).update(s for s in secrets if s)
+                via = statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                if "kms:Decrypt" in actions and via and "secretsmanager" in json.dumps(via):
+                    decryptable.setdefault(role, set()).update(
+                        t["Fn::GetAtt"][0] for t in targets if "Fn::GetAtt" in t
+                    )
+    assert len(readable) >= 6, "fleet, objects, registrar functions, demo tasks"
+    for role, secrets in readable.items():
+        for secret in secrets:
+            key = resources[secret]["Properties"].get("KmsKeyId")
+            if key is None:
+                continue
+            assert key["Fn::GetAtt"][0] in decryptable.get(role, set()), (
+                f"{role} reads {secret} but may not decrypt it"
+            )
