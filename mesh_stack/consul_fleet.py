@@ -35,8 +35,8 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from mesh_stack import consul_server_config as csc
+from mesh_stack.key_use import grant_secret_read_write
 from mesh_stack.nag import acknowledge
-from mesh_stack.secret_access import grant_secret_read_write
 
 ASSETS = Path(__file__).parent / "assets" / "consul_server"
 JOIN_TAG_KEY = "consul-mesh:fleet"

@@ -51,8 +51,8 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IDependable
 
+from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
-from mesh_stack.secret_access import grant_secret_read
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_DIR = ROOT / "lambda" / "consul_config"
@@ -153,9 +153,9 @@ class ConsulObjects(Construct):
     tls_server_name: name the servers' certificate carries (the NLB DNS name); used for SNI
         and hostname verification.
     management_token_secret / ca_cert_secret: read (only these two) at every call.
-    kms_key: customer-managed key of the token secrets this construct creates and of the
+    kms_key: customer-managed key of the token secrets this construct creates, of the
         provider's log groups (its key policy must let CloudWatch Logs use it, as `Keys.key`'s
-        does).
+        does) and of every provider function's environment.
     proxy_protocol: protocol of `proxy-defaults` (`tcp`, `http`, `http2`, `grpc`); `tcp`
         works for any application, `http` enables L7 metrics and routing.
     timeout: how long one object may wait for the fleet to elect a leader (max 1 hour).
@@ -303,6 +303,12 @@ class ConsulObjects(Construct):
             waiter_state_machine_log_options=cr.LogOptions(
                 destination=framework_logs, level=sfn.LogLevel.ALL, include_execution_data=False
             ),
+        )
+        encrypt_environment(
+            kms_key,
+            self.on_event_function,
+            self.is_complete_function,
+            *(c for c in self.provider.node.find_all() if isinstance(c, lambda_.Function)),
         )
         self._acknowledge_findings()
 

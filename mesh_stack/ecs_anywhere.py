@@ -15,9 +15,9 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct, IConstruct
 
+from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 from mesh_stack.registrar_function import nag_form
-from mesh_stack.secret_access import grant_secret_read
 
 ACTIVATION_CODE = Path(__file__).resolve().parent.parent / "lambda" / "activation"
 INSTALL_SCRIPT = "https://amazon-ecs-agent.s3.amazonaws.com/ecs-anywhere-install-latest.sh"
@@ -39,7 +39,7 @@ class EcsAnywhere(Construct):
 
     vpc: where the activation function runs (private subnets with egress to AWS APIs); the
         cluster itself only needs it because ecs.Cluster would otherwise create a VPC.
-    key: customer-managed KMS key for the secret and the function's log group.
+    key: customer-managed KMS key for the secret, the function's log group and environment.
     registration_limit: hosts one activation may register (SSM: 1-1000).
     expiry_days: days the activation stays valid (SSM: at most 30); reissue with
         `aws lambda invoke --function-name <ActivationFunctionName> --payload
@@ -380,6 +380,7 @@ class EcsAnywhere(Construct):
                 "EXPIRY_DAYS": str(days),
             },
         )
+        encrypt_environment(key, function, policy=policy)
         # Lambda checks the ENI permissions when the function is created.
         function.node.add_dependency(policy)
         acknowledge(

@@ -20,6 +20,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from mesh_stack.key_use import encrypt_environment
 from mesh_stack.nag import acknowledge
 from mesh_stack.registrar import Registrar
 from mesh_stack.registrar_function import grant_cluster_reads, nag_form, registrar_function
@@ -152,8 +153,8 @@ class Reconciler(Construct):
                 retention=logs.RetentionDays.ONE_YEAR,
                 encryption_key=self._registrar.settings.key,
             ),
-            provider_function_env_encryption=self._registrar.settings.key,
         )
+        encrypt_environment(self._registrar.settings.key, *_functions(provider))
         resource = CustomResource(
             scope,
             "Resource",
@@ -173,6 +174,11 @@ class Reconciler(Construct):
         self.schedule.node.add_dependency(resource)
         _acknowledge_provider(provider, self.drain_function)
         return resource
+
+
+def _functions(provider: cr.Provider) -> list[lambda_.Function]:
+    """The custom resource framework's own functions (created by aws-cdk-lib)."""
+    return [c for c in provider.node.find_all() if isinstance(c, lambda_.Function)]
 
 
 def _acknowledge_provider(provider: cr.Provider, on_event: lambda_.IFunction) -> None:

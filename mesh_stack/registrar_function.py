@@ -21,8 +21,8 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
-from mesh_stack.secret_access import grant_secret_read
 
 LAMBDA_DIR = Path(__file__).resolve().parent.parent / "lambda" / "registrar"
 # The newest Python runtime the pinned aws-cdk-lib offers; the code stays 3.11-compatible
@@ -38,7 +38,7 @@ class RegistrarSettings:
     cluster: the ECS cluster whose tasks are registered.
     consul_http_addr: `https://<consul lb>:8501`.
     token_secret / ca_secret: the registrar's ACL token and the Consul CA (read, never logged).
-    key: customer-managed KMS key of the log groups.
+    key: customer-managed KMS key of the log groups and the functions' environments.
     """
 
     vpc: ec2.IVpc
@@ -107,6 +107,7 @@ def registrar_function(
         environment={**settings.environment, **(extra_environment or {})},
     )
     grant_secret_read(function, settings.token_secret, settings.ca_secret)
+    encrypt_environment(settings.key, function)
     role = function.role
     assert role is not None
     acknowledge(function, "NIST.800.53.R5-LambdaDLQ", dlq_reason)

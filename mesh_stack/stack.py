@@ -19,12 +19,12 @@ from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
 from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
 from mesh_stack.ecs_anywhere import EcsAnywhere
+from mesh_stack.key_use import grant_key_use, keyless
 from mesh_stack.keys import Keys
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
-from mesh_stack.secret_access import grant_key_use, keyless
 
 
 class MeshStack(Stack):
@@ -137,7 +137,7 @@ class MeshStack(Stack):
         if config.demo_enabled:
             # The task definitions grant their execution roles the secrets themselves (ECS task
             # secrets): hand them the secrets without their keys, so that no key policy names
-            # those roles, and grant the keys in the roles' own policies (secret_access.py).
+            # those roles, and grant the keys in the roles' own policies (key_use.py).
             token_secrets = {name: objects.service_token(name) for name in DEMO_SERVICES}
             demo_secrets = Construct(self, "DemoSecrets")
             demo = MeshDemo(

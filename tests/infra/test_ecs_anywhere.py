@@ -205,7 +205,7 @@ def test_teardown_deregisters_the_hosts_of_this_cluster_only(template: Template)
     assert props["ServiceToken"] == {"Fn::GetAtt": [function, "Arn"]}
     assert int(props["ServiceTimeout"]) == 300
     _, policy = only(template, "AWS::IAM::ManagedPolicy", "EcsAnywhereActivationPolicy")
-    statements = {s["Sid"]: s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    statements = {s.get("Sid", ""): s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
     assert statements["TeardownListAndDeregisterHosts"]["Resource"] == {
         "Fn::GetAtt": [cluster, "Arn"]
     }

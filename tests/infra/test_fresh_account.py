@@ -154,3 +154,31 @@ def test_every_reader_of_an_encrypted_secret_may_decrypt_it_through_secrets_mana
             assert key["Fn::GetAtt"][0] in decryptable.get(role, set()), (
                 f"{role} reads {secret} but may not decrypt it"
             )
+
+
+def test_every_function_environment_is_encrypted_with_the_stack_key(template: Template) -> None:
+    resources = template["Resources"]
+    (stack_key,) = [n for n in of_type(template, "AWS::KMS::Key") if n.startswith("KeysKey")]
+    functions = {
+        name: r["Properties"]
+        for name, r in of_type(template, "AWS::Lambda::Function").items()
+        if r["Properties"].get("Environment", {}).get("Variables")
+    }
+    assert len(functions) >= 8
+    for name, props in functions.items():
+        assert props.get("KmsKeyArn") == {"Fn::GetAtt": [stack_key, "Arn"]}, name
+        # AND its role may decrypt it (through Lambda only)
+        role = props["Role"]["Fn::GetAtt"][0]
+        statements = [
+            s
+            for p in resources.values()
+            if p["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+            and {"Ref": role} in p["Properties"].get("Roles", [])
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+        ]
+        assert any(
+            "kms:Decrypt" in _list(s["Action"])
+            and {"Fn::GetAtt": [stack_key, "Arn"]} in _list(s["Resource"])
+            and "lambda." in json.dumps(s.get("Condition", {}))
+            for s in statements
+        ), f"{name}'s role may not decrypt its environment"

@@ -1,4 +1,5 @@
-"""Access to secrets encrypted with a customer-managed key, granted in the grantee's own policy.
+"""Access to what the stack's keys encrypt, granted in the grantee's own policy: secrets, and
+Lambda environments.
 
 `Secret.grant_read`/`grant_write` also grant the secret's key through a `kms.ViaServicePrincipal`,
 which has no policy of its own to add a statement to, so CDK writes the grantee's role into the
@@ -16,6 +17,7 @@ from __future__ import annotations
 from aws_cdk import Aws
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
+from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
@@ -76,3 +78,32 @@ def keyless(
     return secretsmanager.Secret.from_secret_attributes(
         scope, construct_id, secret_complete_arn=secret.secret_arn
     )
+
+
+def encrypt_environment(
+    key: kms.IKey, *functions: lambda_.IFunction, policy: iam.ManagedPolicy | None = None
+) -> None:
+    """Encrypt each function's environment with `key` (KmsKeyArn) and let its role decrypt it.
+
+    Lambda encrypts environment variables with an AWS managed key unless told otherwise;
+    scanners flag that, and a customer-managed key puts every read of the configuration under
+    the stack's key policy and CloudTrail. Lambda decrypts at cold start for the execution role
+    (through a grant it creates on the key when the function is created, which the deploying
+    role may do; AWS Lambda Developer Guide, "Securing environment variables"); the role's own
+    policy also allows it, through Lambda only: in `policy` when given (a role whose permissions
+    all live in one managed policy), else in the role's default policy.
+    """
+    statement = iam.PolicyStatement(
+        actions=["kms:Decrypt"],
+        resources=[key.key_arn],
+        conditions={"StringEquals": {"kms:ViaService": f"lambda.{Aws.REGION}.amazonaws.com"}},
+    )
+    for function in functions:
+        cfn = function.node.default_child
+        if not isinstance(cfn, lambda_.CfnFunction):
+            raise TypeError(f"{function.node.path} is not a Lambda function of this app")
+        cfn.kms_key_arn = key.key_arn
+        if policy is None:
+            function.add_to_role_policy(statement)
+    if policy is not None:
+        policy.add_statements(statement)
