@@ -31,6 +31,7 @@ sys.path.insert(0, str(ASSETS))
 import consul_admin  # noqa: E402
 
 from tests.consul_double import ConsulDouble  # noqa: E402
+from tests.fake_clock import FakeClock  # noqa: E402
 
 
 def bash(script: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -516,21 +517,11 @@ def test_acl_bootstrap_waits_for_a_new_leader_to_set_up_acls() -> None:
         assert consul.internal_errors == []
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 def test_acl_bootstrap_gives_up_at_its_deadline_with_backoff(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     clock = FakeClock()
-    monkeypatch.setattr(consul_admin, "_clock", lambda: clock.now)
+    monkeypatch.setattr(consul_admin, "_clock", clock.monotonic)
     monkeypatch.setattr(consul_admin, "_sleep", clock.sleep)
     with ConsulDouble(acl_tokens={MANAGEMENT}) as consul:
         consul.acls_not_ready_for(3600)

@@ -16,6 +16,8 @@ from typing import Any, ClassVar
 
 import pytest
 
+from tests.fake_clock import FakeClock
+
 ROOT = Path(__file__).resolve().parents[2]
 CODE = "Fjz3/sZfSvv78EXAMPLEcode"
 FIRST = "e488f2f6-e686-4afb-8a04-ef6dfEXAMPLE"
@@ -273,21 +275,11 @@ def test_fails_when_the_expiry_exceeds_what_ssm_allows(
     assert ssm.created == []
 
 
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = 0.0
-        self.sleeps: list[float] = []
-
-    def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.now += seconds
-
-
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     fake = FakeClock()
     monkeypatch.setattr(handler, "_sleep", fake.sleep)
-    monkeypatch.setattr(handler, "_clock", lambda: fake.now)
+    monkeypatch.setattr(handler, "_clock", fake.monotonic)
     return fake
 
 
