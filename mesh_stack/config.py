@@ -196,6 +196,17 @@ def _bgp_asn(key: str, value: object) -> int | None:
     return asn
 
 
+# Lambda keeps this much of the account's "Concurrent executions" quota unreserved: "You can
+# reserve up to the Unreserved account concurrency value minus 100" (Lambda Developer Guide,
+# configuration-concurrency). New accounts may start with a quota of 10 or 50, where any
+# reservation fails ("... decreases account's UnreservedConcurrentExecution below its minimum
+# value").
+LAMBDA_UNRESERVED_MINIMUM = 100
+# Reserved besides the registrar's MaximumConcurrency: 2 for the registrar's headroom, 1 for the
+# reconcile pass (mesh_stack/registrar.py, mesh_stack/reconcile.py).
+RESERVED_BESIDES_REGISTRAR = 3
+
+
 def _server_count(key: str, value: object) -> int:
     number = _as_int(key, value, 1, 99)
     if number not in (3, 5):
@@ -333,6 +344,20 @@ FIELDS: dict[str, Field] = {
         "SQS event source MaximumConcurrency of the registrar (2-1000): bounds load on Consul.",
         lambda k, v: _as_int(k, v, 2, 1000),
     ),
+    "reserve_concurrency": Field(
+        False,
+        "Reserve Lambda concurrency: `registrar_concurrency` + 2 for the registrar, 1 for the "
+        "reconcile pass. Off by default: Lambda keeps 100 of the account's \"Concurrent "
+        "executions\" quota unreserved, and new accounts' quotas allow no reservation at all.",
+        _as_bool,
+    ),
+    "lambda_concurrency_quota": Field(
+        1000,
+        'The account\'s Lambda "Concurrent executions" quota in the region (Service Quotas; '
+        "AWS's default 1000). Only with `reserve_concurrency`: the reservation must leave 100 "
+        "unreserved.",
+        lambda k, v: _as_int(k, v, 1, 10_000_000),
+    ),
     "reconcile_interval_minutes": Field(
         5,
         "Minutes between reconcile passes that repair drift (1-1440).",
@@ -412,6 +437,8 @@ class MeshConfig:
     transit_gateway_id: str
     plaintext_listeners: bool
     registrar_concurrency: int
+    reserve_concurrency: bool
+    lambda_concurrency_quota: int
     reconcile_interval_minutes: int
     reconcile_max_deletions: int
     drain_on_delete: bool
@@ -447,6 +474,12 @@ class MeshConfig:
         }
         config = cls(**values)
         config._check_combinations()
+        if "lambda_concurrency_quota" in context and not config.reserve_concurrency:
+            raise _fail(
+                "lambda_concurrency_quota",
+                context["lambda_concurrency_quota"],
+                "is only used with reserve_concurrency=true (nothing is reserved otherwise)",
+            )
         return config
 
     def _check_combinations(self) -> None:
@@ -486,6 +519,20 @@ class MeshConfig:
                     self.prometheus_port,
                     f"the demo's metrics listeners would use {port}, taken by {used}; "
                     "pick another port",
+                )
+        if self.reserve_concurrency:
+            reserved = self.registrar_concurrency + RESERVED_BESIDES_REGISTRAR
+            allowed = self.lambda_concurrency_quota - LAMBDA_UNRESERVED_MINIMUM
+            if reserved > allowed:
+                raise _fail(
+                    "registrar_concurrency",
+                    self.registrar_concurrency,
+                    f"with reserve_concurrency it reserves {reserved} (registrar_concurrency + 2 "
+                    "for the registrar, 1 for the reconcile pass), but the account can reserve "
+                    f'at most {max(allowed, 0)}: its Lambda "Concurrent executions" quota '
+                    f"(lambda_concurrency_quota={self.lambda_concurrency_quota}) minus the "
+                    f"{LAMBDA_UNRESERVED_MINIMUM} Lambda keeps unreserved. Lower "
+                    "registrar_concurrency, raise the quota, or turn reserve_concurrency off",
                 )
         zones = len(self.zones)
         # At most 2 servers per AZ: losing one AZ must never take a quorum with it.

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from aws_cdk import CfnOutput, Fn, Stack
+from aws_cdk import CfnOutput, CfnResource, Fn, Stack
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
@@ -19,6 +19,7 @@ from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
 from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
 from mesh_stack.ecs_anywhere import EcsAnywhere
+from mesh_stack.key_use import grant_key_use, keyless
 from mesh_stack.keys import Keys
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
@@ -39,6 +40,15 @@ class MeshStack(Stack):
         keys = Keys(self, "Keys")
         network = Network(self, "Network", config=config, log_key=keys.key)
         self.vpc = network.vpc
+        # CDK's own direct-Lambda custom resource (feature flag
+        # @aws-cdk/aws-ec2:restrictDefaultSecurityGroup): its handler may run 15 minutes, so
+        # CloudFormation waits a minute more for an answer rather than its default hour.
+        for child in self.vpc.node.find_all():
+            if (
+                isinstance(child, CfnResource)
+                and child.cfn_resource_type == "Custom::VpcRestrictDefaultSG"
+            ):
+                child.add_property_override("ServiceTimeout", 960)
 
         fleet = ConsulFleet(
             self,
@@ -97,6 +107,7 @@ class MeshStack(Stack):
             ca_secret=fleet.ca_cert_secret,
             key=keys.key,
             max_concurrency=config.registrar_concurrency,
+            reserve_concurrency=config.reserve_concurrency,
         )
         fleet.allow_from(registrar.function)
         self.registrar = registrar
@@ -109,6 +120,7 @@ class MeshStack(Stack):
             interval_minutes=config.reconcile_interval_minutes,
             max_deletions=config.reconcile_max_deletions,
             drain_on_delete=config.drain_on_delete,
+            reserve_concurrency=config.reserve_concurrency,
         )
         # Drain while the token and servers exist, and while the registrar's security group
         # still has its egress rule to the NLB (a standalone resource nothing else depends on,
@@ -122,17 +134,26 @@ class MeshStack(Stack):
             cluster=ecs_anywhere.cluster,
             consul_target_groups=fleet.target_groups,
             consul_server_count=config.server_count,
+            consul_snapshots=fleet.snapshot_metric,
             key=keys.key,
             alarm_email=config.alarm_email,
         )
 
         if config.demo_enabled:
-            MeshDemo(
+            # The task definitions grant their execution roles the secrets themselves (ECS task
+            # secrets): hand them the secrets without their keys, so that no key policy names
+            # those roles, and grant the keys in the roles' own policies (key_use.py).
+            token_secrets = {name: objects.service_token(name) for name in DEMO_SERVICES}
+            demo_secrets = Construct(self, "DemoSecrets")
+            demo = MeshDemo(
                 self,
                 "Demo",
                 cluster=ecs_anywhere.cluster,
-                token_secrets={name: objects.service_token(name) for name in DEMO_SERVICES},
-                ca_secret=fleet.ca_cert_secret,
+                token_secrets={
+                    name: keyless(demo_secrets, name, secret)
+                    for name, secret in token_secrets.items()
+                },
+                ca_secret=keyless(demo_secrets, "CaCertificate", fleet.ca_cert_secret),
                 consul_grpc_host=fleet.grpc_host,
                 consul_tls_server_name=fleet.tls_server_name,
                 envoy_version=config.envoy_version,
@@ -143,6 +164,15 @@ class MeshStack(Stack):
             )
             for source, destination in DEMO_INTENTIONS:
                 objects.intention(source, destination)
+            for name, service in (("backend", demo.backend), ("frontend", demo.frontend)):
+                grant_key_use(
+                    service.task_definition.obtain_execution_role(),
+                    token_secrets[name],
+                    fleet.ca_cert_secret,
+                )
+            # Deregister the hosts before the demo services are deleted: a DAEMON service's
+            # deletion waits for its tasks to stop, which never happens on a host that is gone.
+            ecs_anywhere.tear_down_before(demo)
 
         CfnOutput(self, "ConsulHttpsAddress", value=fleet.https_address)
         CfnOutput(self, "ConsulGrpcAddress", value=Fn.join("", [fleet.grpc_host, ":8503"]))

@@ -106,7 +106,7 @@ def test_signal_is_sent_only_after_the_health_gate(default: Built) -> None:
     text = user_data(default)
     gate = re.search(r"if (.*); then signal SUCCESS; else signal FAILURE", text)
     assert gate is not None
-    assert "consul_bootstrap.sh && python3" in gate.group(1)
+    assert re.search(r"consul_bootstrap.sh && timeout \d+ python3", gate.group(1))
     assert 'health-gate "consul-server-$INSTANCE_ID" 3' in gate.group(1)
     logical_id = default.stack.get_logical_id(
         default.fleet.auto_scaling_group.node.default_child  # type: ignore[arg-type]
@@ -362,7 +362,13 @@ def as_list(value: Any) -> list[Any]:
 def test_iam_is_scoped_to_join_own_secrets_own_key_snapshots_and_signal(default: Built) -> None:
     stmts = statements(default)
     wildcard = [s for s in stmts if "*" in as_list(s["Resource"])]
-    assert [as_list(s["Action"]) for s in wildcard] == [["ec2:DescribeInstances"]]
+    assert [as_list(s["Action"]) for s in wildcard] == [
+        ["ec2:DescribeInstances"],
+        ["cloudwatch:PutMetricData"],
+    ]
+    assert wildcard[1]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": "ConsulMesh/Fleet"}
+    }
     secret_arns = {
         json.dumps(default.stack.resolve(s.secret_arn)) for s in default.fleet._secrets.values()
     }

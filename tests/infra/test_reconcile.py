@@ -40,7 +40,9 @@ def test_the_pass_runs_on_the_configured_schedule_one_at_a_time(template: Templa
             "Handler": "reconcile.handler",
             "Runtime": "python3.14",
             "Architectures": ["arm64"],
-            "ReservedConcurrentExecutions": 1,
+            # nothing reserved by default: a pass ends (timeout) before the next one starts
+            "ReservedConcurrentExecutions": Match.absent(),
+            "Timeout": 300,
             "Environment": {
                 "Variables": Match.object_like({"RECONCILE_MAX_DELETIONS": "25"}),
             },
@@ -48,6 +50,20 @@ def test_the_pass_runs_on_the_configured_schedule_one_at_a_time(template: Templa
     )
     # a failed pass is not retried: the next scheduled one starts from a fresh difference
     template.has_resource_properties("AWS::Lambda::EventInvokeConfig", {"MaximumRetryAttempts": 0})
+
+
+def test_a_pass_is_stopped_before_the_next_one_starts(tmp_path: Path) -> None:
+    parts = build(tmp_path, reconciler={"interval_minutes": 2}, with_monitoring=False)
+    Template.from_stack(parts.stack).has_resource_properties(
+        "AWS::Lambda::Function", {"Handler": "reconcile.handler", "Timeout": 120}
+    )
+
+
+def test_reserving_concurrency_is_an_opt_in(tmp_path: Path) -> None:
+    parts = build(tmp_path, reconciler={"reserve_concurrency": True}, with_monitoring=False)
+    Template.from_stack(parts.stack).has_resource_properties(
+        "AWS::Lambda::Function", {"Handler": "reconcile.handler", "ReservedConcurrentExecutions": 1}
+    )
 
 
 def test_both_functions_reuse_the_registrars_code_network_and_settings(
