@@ -15,7 +15,7 @@ What lands in Consul
   version no event can exceed: a late RUNNING event cannot bring it back.
 
 Ordering: these events are also delivered at least once and out of order, with a `version` per
-container instance. One KV record per instance, `ecs-registrar/<cluster>/hosts/<instance-id>`,
+container instance. One KV record per instance, `kv_layout.host_key` (`.../hosts/<instance-id>`),
 moves forward only (cas on its ModifyIndex). The markers are then converged to the record and
 converged again until the record read after the writes is the one they were computed from: a
 newer event handled concurrently either lands before that read (we redo its state) or its own
@@ -34,6 +34,7 @@ from typing import Any
 import apply
 import identity
 import inventory
+import kv_layout
 import logs
 import registrar
 import retry
@@ -49,7 +50,6 @@ DEREGISTERED_STATUSES = frozenset({"DEREGISTERING", "INACTIVE"})
 GONE_VERSION = 2**63 - 1
 CAS_ATTEMPTS = 5
 CONVERGE_ROUNDS = 5
-MAX_TXN_OPS = 128  # Consul >= 1.14
 
 _METRIC = {
     "marked": "HostChecksCritical",
@@ -86,8 +86,7 @@ def instance_id(container_instance_arn: str) -> str:
 
 
 def host_key(cluster_arn: str, container_instance_arn: str) -> str:
-    name = identity.cluster_name(cluster_arn)
-    return f"{identity.STATE_PREFIX}{name}/hosts/{instance_id(container_instance_arn)}"
+    return kv_layout.host_key(cluster_arn, instance_id(container_instance_arn))
 
 
 def instance_state(detail: Mapping[str, Any], path: str = "detail") -> InstanceState:
@@ -105,7 +104,7 @@ def instance_state(detail: Mapping[str, Any], path: str = "detail") -> InstanceS
     if not isinstance(connected, bool):
         raise MalformedEvent(f"{path}.agentConnected must be true or false, got {connected!r}")
     try:
-        identity.cluster_name(values["clusterArn"])
+        kv_layout.scope(values["clusterArn"])
         instance_id(values["containerInstanceArn"])
     except ValueError as err:
         raise MalformedEvent(f"{path}: {err}") from None
@@ -287,8 +286,8 @@ def marker_ops(
 
 
 def _txn_chunks(consul: Inventory, ops: Sequence[Mapping[str, Any]]) -> None:
-    for start in range(0, len(ops), MAX_TXN_OPS):
-        consul.txn(ops[start : start + MAX_TXN_OPS])
+    for start in range(0, len(ops), inventory.MAX_TXN_OPS):
+        consul.txn(ops[start : start + inventory.MAX_TXN_OPS])
 
 
 def converge(consul: Inventory, cluster_arn: str, container_instance_arn: str) -> Outcome:
@@ -328,7 +327,7 @@ def _remove_tasks(
         with logs.task_context(task_arn):
             result = apply.apply(
                 consul,
-                key=identity.state_key(cluster_arn, task_arn),
+                key=kv_layout.task_key(cluster_arn, identity.task_id(task_arn)),
                 node=node,
                 desired=None,
                 version=GONE_VERSION,

@@ -7,11 +7,14 @@ registrar's environment (CONSUL_HTTP_ADDR, ECS_CLUSTER_ARN, ...):
 One pass
 1. What the registrar owns, in 3 Consul requests whatever the cluster's size: this cluster's
    task nodes (`/v1/catalog/nodes?filter=Meta["source"] == ... and Meta["cluster-arn"] == ...`),
-   the state records (`/v1/kv/ecs-registrar/<cluster>/tasks/?recurse`) and the disconnection
-   markers (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
+   the state records (`/v1/kv/ecs-registrar/<cluster-name>/?recurse`: this cluster's, keyed by
+   its ARN, and the legacy name-keyed ones, kv_layout.py) and the disconnection markers
+   (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
 2. ECS's truth (listing.py): ListTasks + DescribeTasks, 100 tasks per call; task definitions
    through the registrar's cache (immutable per ARN); container instances and SSM addresses
    in batches, fresh every pass.
+   Legacy records that this pass proves to be the cluster's are moved to the ARN layout
+   (migration.py) before anything is compared.
 3. Every running mesh task gets its desired registration (`decide.desired_registration`, the
    event path's own function). In sync = a running record with the same digest and the node
    present on the same address: nothing is written. Otherwise `apply.apply(repair=True)` with
@@ -58,11 +61,12 @@ import decide
 import host_state
 import identity
 import inventory
+import kv_layout
 import listing
 import logs
+import migration
 import registrar
 import retry
-from consul import TxnConflict
 from inventory import Inventory
 from metrics import Metrics
 from model import (
@@ -81,7 +85,6 @@ from model import (
 
 RESERVE_MS = 15_000
 GC_PER_PASS = 1000  # tombstones examined per pass; bounds the pass's DescribeTasks calls
-MAX_TXN_OPS = 128
 
 # AWS clients: replaced in tests (moto or fakes) with a function of the same shape.
 aws_client: Callable[[str], Any] = aws.client
@@ -130,6 +133,7 @@ class PassReport:
     hosts: int = 0
     held_back: int = 0
     tombstones_collected: int = 0
+    migrated: int = 0
     deferred: int = 0
     failed: int = 0
     invalid: int = 0
@@ -150,6 +154,7 @@ class PassReport:
             "DriftRepaired": self.repaired,
             "DeletionsHeldBack": self.held_back,
             "TombstonesCollected": self.tombstones_collected,
+            "RecordsMigrated": self.migrated,
             "ReconcileIncomplete": 0 if self.complete else 1,
             "ReconcileDeferred": self.deferred,
             "ReconcileFailed": self.failed,
@@ -172,6 +177,7 @@ class Owned:
     nodes: dict[str, Mapping[str, Any]]  # node name -> catalog node
     records: dict[str, tuple[StateRecord | None, int]]  # task ID -> (record, ModifyIndex)
     markers: set[str]  # nodes carrying the disconnection marker
+    kv: migration.Records  # every record of the read, legacy layout included
 
 
 @dataclass(frozen=True)
@@ -211,7 +217,6 @@ class Reconciler:
         self._budget = budget
         self._policy = policy
         self._now = now
-        self._prefix = f"{identity.STATE_PREFIX}{identity.cluster_name(cluster_arn)}/tasks/"
         self.report = PassReport()
         # container instance ARN -> task nodes of the running mesh tasks ECS places on it
         self._on_instance: dict[str, set[str]] = {}
@@ -230,6 +235,7 @@ class Reconciler:
                 problems=list(running.problems[:10]),
             )
         wanted, stopping, hosts = self._wanted(running.tasks)
+        self._migrate(owned, set(running.tasks), hosts)
         self._repair(wanted, owned)
         if self.report.complete:
             self._delete_gone(owned, set(running.tasks), stopping)
@@ -243,18 +249,9 @@ class Reconciler:
             for n in self._consul.nodes(inventory.owned_nodes_filter(self._cluster_arn))
             if isinstance(n.get("Node"), str)
         }
-        records: dict[str, tuple[StateRecord | None, int]] = {}
-        for pair in self._consul.kv_list(self._prefix):
-            task_id = pair.key[len(self._prefix) :]
-            if not task_id or "/" in task_id:
-                continue
-            try:
-                record: StateRecord | None = StateRecord.decode(pair.value)
-            except ValueError:
-                record = None  # unreadable: apply overwrites it with cas
-            records[task_id] = (record, pair.modify_index)
+        kv = migration.read(self._consul, self._cluster_arn)
         markers = host_state.marked_nodes(self._consul)
-        return Owned(nodes=nodes, records=records, markers=markers)
+        return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)
 
     def _event(self, task: Mapping[str, Any], task_id: str) -> TaskEvent | None:
         try:
@@ -347,6 +344,36 @@ class Reconciler:
         with logs.task_context(event.task_arn):
             logs.error(what, error=f"{type(err).__name__}: {err}")
 
+    # -- phase: migration of legacy records (kv_layout.py, migration.py) ----------------------
+
+    def _migrate(self, owned: Owned, listed: set[str], hosts: listing.Hosts | None) -> None:
+        kv = owned.kv
+        if not kv.legacy_tasks and not kv.legacy_hosts:
+            return
+        our_tasks = listed | {node.removeprefix(identity.NODE_PREFIX) for node in owned.nodes}
+        described = hosts.instances if hosts is not None else {}
+        steps = migration.plan(
+            kv,
+            self._cluster_arn,
+            our_tasks=our_tasks,
+            our_hosts={host_state.instance_id(arn) for arn in described},
+            now=self._now(),
+            tombstone_grace=self._settings.tombstone_grace,
+        )
+        if not steps or self._out_of_time():
+            return
+        try:
+            done = migration.apply(self._consul, steps, self._out_of_time)
+        except Exception as err:
+            self.report.failed += 1
+            logs.error("migrating legacy records failed", error=f"{type(err).__name__}: {err}")
+            return
+        for step in done:
+            if step.moves_task:
+                owned.records[step.item_id] = (step.record, 0)
+        self.report.migrated += len(done)
+        logs.info("legacy state records migrated to the cluster ARN layout", records=len(done))
+
     # -- phase: registrations ----------------------------------------------------------------
 
     def _in_sync(self, wanted: Wanted, owned: Owned) -> bool:
@@ -387,7 +414,7 @@ class Reconciler:
             try:
                 result = apply.apply(
                     self._consul,
-                    key=identity.state_key(self._cluster_arn, task_arn),
+                    key=kv_layout.task_key(self._cluster_arn, identity.task_id(task_arn)),
                     node=identity.node_name(task_arn),
                     desired=desired,
                     version=version,
@@ -460,9 +487,18 @@ class Reconciler:
     # -- phase: tombstones -------------------------------------------------------------------
 
     def _collect_tombstones(self, owned: Owned, listed: set[str]) -> None:
+        """Old tombstones of tasks ECS forgot, in both layouts (migration.py copies the young
+        legacy ones and leaves the legacy copy to age out here)."""
         cutoff = self._now() - self._settings.tombstone_grace
-        old: dict[str, int] = {}
-        for tid, (record, index) in sorted(owned.records.items()):
+        candidates = [
+            (kv_layout.task_key(self._cluster_arn, tid), tid, r) for tid, r in owned.records.items()
+        ]
+        candidates += [
+            (pair.key, tid, (migration.decode(pair.value), pair.modify_index))
+            for tid, pair in owned.kv.legacy_tasks.items()
+        ]
+        old: dict[str, tuple[str, int]] = {}  # key -> (task ID, ModifyIndex)
+        for key, tid, (record, index) in sorted(candidates):
             if (
                 record is None
                 or record.status != STOPPED
@@ -475,39 +511,25 @@ class Reconciler:
             except MalformedEvent:
                 continue
             if stopped_at < cutoff:
-                old[tid] = index
+                old[key] = (tid, index)
             if len(old) >= GC_PER_PASS:
                 break
         if not old or self._out_of_time():
             return
-        described = self._ecs.describe_tasks(old)
-        forgotten = [tid for tid in sorted(old) if described.failures.get(tid) == "MISSING"]
+        described = self._ecs.describe_tasks({tid for tid, _ in old.values()})
         ops = [
-            {"KV": {"Verb": "delete-cas", "Key": self._prefix + tid, "Index": old[tid]}}
-            for tid in forgotten
+            {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}}
+            for key, (tid, index) in sorted(old.items())
+            if described.failures.get(tid) == "MISSING"
         ]
-        for start in range(0, len(ops), MAX_TXN_OPS):
-            if self._out_of_time():
-                return
-            self.report.tombstones_collected += self._delete_records(
-                ops[start : start + MAX_TXN_OPS]
+        try:
+            landed = inventory.txn_groups(
+                self._consul, [(op,) for op in ops], stop=self._out_of_time
             )
-
-    def _delete_records(self, ops: list[dict[str, Any]]) -> int:
-        """One txn of delete-cas ops; after a 409 once more without the records that changed."""
-        for _ in range(2):
-            if not ops:
-                return 0
-            try:
-                self._consul.txn(ops)
-            except TxnConflict as conflict:
-                ops = [op for i, op in enumerate(ops) if not conflict.failed_op(i)]
-                continue
-            except Exception as err:
-                logs.warning("tombstone collection failed; the next pass retries", error=str(err))
-                return 0
-            return len(ops)
-        return 0
+        except Exception as err:
+            logs.warning("tombstone collection failed; the next pass retries", error=str(err))
+            return
+        self.report.tombstones_collected += len(landed)
 
     # -- phase: hosts ------------------------------------------------------------------------
 

@@ -32,6 +32,7 @@ import aws
 import consul
 import decide
 import identity
+import kv_layout
 import retry
 from connections import ConnectionPool
 from model import InvalidTaskDefinition, MalformedEvent, TaskEvent
@@ -80,8 +81,8 @@ class Settings:
             raise ConfigError(str(err)) from None
         cluster_arn = env.get("ECS_CLUSTER_ARN", "").strip()
         try:
-            identity.cluster_name(cluster_arn)
-            valid_arn = cluster_arn.startswith("arn:") and ":cluster/" in cluster_arn
+            kv_layout.scope(cluster_arn)
+            valid_arn = True
         except ValueError:
             valid_arn = False
         if not valid_arn:
@@ -254,7 +255,7 @@ class Registrar:
                 return apply.Result("invalid", f"{task_definition.arn}: {err}")
         return apply.apply(
             self._rt.consul(self._budget),
-            key=identity.state_key(event.cluster_arn, event.task_arn),
+            key=kv_layout.task_key(event.cluster_arn, event.task_id),
             node=identity.node_name(event.task_arn),
             desired=desired,
             version=event.version,

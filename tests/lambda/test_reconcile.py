@@ -15,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import handler
+import kv_layout
 import listing
 import pytest
 import reconcile
@@ -61,7 +62,7 @@ def node(n: int) -> str:
 
 
 def key(n: int) -> str:
-    return f"ecs-registrar/mesh/tasks/{tid(n)}"
+    return kv_layout.task_key(CLUSTER_ARN, tid(n))
 
 
 @dataclass
@@ -266,6 +267,31 @@ def test_entries_it_does_not_own_are_never_touched(world: World) -> None:
 
     assert sorted(world.consul.nodes()) == ["consul-server-1", "ecs-task-eeee", "ecs-task-ffff"]
     assert report.repaired == 0
+
+
+# A cluster named like ours in another account (cluster names are unique per account and Region).
+TWIN_CLUSTER_ARN = CLUSTER_ARN.replace("123456789012", "210987654321")
+
+
+def test_a_same_named_cluster_of_another_account_keeps_its_tasks(world: World) -> None:
+    # GIVEN a cluster "mesh" of another account registering its task 9 in the same Consul
+    registrar.set_runtime(fake_runtime(world.consul.url, cluster_arn=TWIN_CLUSTER_ARN))
+    assert world.deliver(task_event(task_id=tid(9), cluster_arn=TWIN_CLUSTER_ARN)) == []
+    registrar.set_runtime(world.rt)
+    # AND our own task 1, which our ECS runs (it knows nothing of the twin's task 9)
+    world.run(1)
+
+    # WHEN our reconcile pass runs
+    report = world.reconcile()
+
+    # THEN it neither deletes nor tombstones the twin's task
+    assert sorted(world.consul.nodes()) == [node(1), node(9)]
+    assert (report.stale, report.in_sync) == (0, 1)
+    # AND the twin's own stop still applies: its record was never taken for ours
+    registrar.set_runtime(fake_runtime(world.consul.url, cluster_arn=TWIN_CLUSTER_ARN))
+    stop = task_event("task_stopped.json", task_id=tid(9), cluster_arn=TWIN_CLUSTER_ARN)
+    assert world.deliver(stop) == []
+    assert sorted(world.consul.nodes()) == [node(1)]
 
 
 # --------------------------------------------------------------------------------------------

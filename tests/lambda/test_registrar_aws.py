@@ -11,6 +11,7 @@ from typing import Any
 import aws
 import boto3
 import handler
+import kv_layout
 import pytest
 import registrar
 from botocore.stub import Stubber
@@ -292,7 +293,8 @@ def test_runtime_built_from_the_environment_registers_and_deregisters(
     assert failed_ids(running) == failed_ids(stopping) == []
     assert {s["ServiceAddress"] for s in services} == {"172.16.0.9"}
     assert consul_double_acl.nodes() == {}
-    assert "ecs-registrar/mesh/tasks/0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b" in consul_double_acl.kv()
+    key = kv_layout.task_key(world.cluster_arn, "0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b")
+    assert key in consul_double_acl.kv()
 
 
 def test_throttled_ecs_is_retried_then_reported(consul_double: ConsulDouble) -> None:

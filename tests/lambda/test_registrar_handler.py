@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import handler
+import kv_layout
 import pytest
 import registrar
 from registrar_fixtures import (
@@ -34,7 +35,7 @@ from tests.consul_double import ConsulDouble
 
 TASK = "0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b"
 NODE = f"ecs-task-{TASK}"
-KEY = f"ecs-registrar/mesh/tasks/{TASK}"
+KEY = kv_layout.task_key(CLUSTER_ARN, TASK)
 TASK_ARN = f"arn:aws:ecs:us-east-1:123456789012:task/mesh/{TASK}"
 META = {
     "task-arn": TASK_ARN,
@@ -281,7 +282,7 @@ def _three_tasks() -> list[dict[str, Any]]:
 def test_consul_failure_fails_only_its_message(consul: ConsulDouble, fault: dict[str, Any]) -> None:
     # GIVEN Consul keeps failing every request about the first task (past the retries)
     first = f"{1:032x}"
-    consul.inject(path_prefix=f"/v1/kv/ecs-registrar/mesh/tasks/{first}", times=-1, **fault)
+    consul.inject(path_prefix=f"/v1/kv/{kv_layout.task_key(CLUSTER_ARN, first)}", times=-1, **fault)
 
     # WHEN a batch of three tasks is handled
     failed = run(*_three_tasks())
@@ -290,7 +291,7 @@ def test_consul_failure_fails_only_its_message(consul: ConsulDouble, fault: dict
     assert failed == ["msg-0"]
     assert sorted(consul.nodes()) == [f"ecs-task-{2:032x}", f"ecs-task-{3:032x}"]
     # AND it was retried before giving up (4 attempts per call)
-    assert consul.count(path_prefix=f"/v1/kv/ecs-registrar/mesh/tasks/{first}") == 4
+    assert consul.count(path_prefix=f"/v1/kv/{kv_layout.task_key(CLUSTER_ARN, first)}") == 4
 
     # WHEN Consul recovers and SQS redelivers the failed message
     consul.clear_faults()
