@@ -140,12 +140,14 @@ def _registered_ports(app: ContainerDefinition, labels: MeshLabels) -> tuple[int
     return ports
 
 
-def _host_port(event: TaskEvent, task_definition: TaskDefinition, container: str, port: int) -> int:
+def _host_port(
+    event: TaskEvent, task_definition: TaskDefinition, container: str, port: int, host: Host
+) -> int:
     """The host port Consul must advertise for `container`'s container port `port`."""
     if task_definition.network_mode == "host":
         return port
     state = event.container(container)
-    bound = state.host_port(port) if state else None
+    bound = state.host_port(port, ipv6=":" in host.address) if state else None
     if bound is not None:
         return bound
     definition = task_definition.container(container)
@@ -193,7 +195,7 @@ def desired_registration(
         svc_id = identity.service_id(
             labels.service, event.task_arn, port if len(ports) > 1 else None
         )
-        host_port = _host_port(event, task_definition, app.name, port)
+        host_port = _host_port(event, task_definition, app.name, port, host)
         services.append(
             ServiceInstance(
                 id=svc_id,
@@ -213,7 +215,7 @@ def desired_registration(
         )
     primary = services[0]
     proxy_id = identity.proxy_id(primary.id)
-    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port)
+    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port, host)
     sidecar = SidecarProxy(
         id=proxy_id,
         name=f"{labels.service}-sidecar-proxy",

@@ -43,6 +43,7 @@ from registrar_fixtures import (
     LambdaContext,
     failed_ids,
     fake_runtime,
+    load_event,
     sqs_event,
     task_definition,
     task_event,
@@ -228,6 +229,21 @@ def test_a_node_address_changed_behind_its_back_is_corrected(world: World) -> No
 
     assert report.changed == 1
     assert world.consul.nodes()[node(1)]["Address"] == HOST_IP
+
+
+def test_a_task_publishing_a_port_range_is_registered(world: World) -> None:
+    # GIVEN a running task whose RUNNING event was lost, and whose DescribeTasks answer carries
+    # port-range bindings (no containerPort/hostPort) next to its single-port ones
+    detail = load_event("task_running_port_range.json")["detail"]
+    task_id = detail["taskArn"].rsplit("/", 1)[-1]
+    world.ecs.tasks[task_id] = detail
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the task is registered, not skipped as unusable
+    assert report.missing == 1
+    assert f"ecs-task-{task_id}" in world.consul.nodes()
 
 
 def test_reconcile_never_resurrects_a_tombstoned_task(world: World) -> None:

@@ -148,6 +148,40 @@ def test_running_host_task_registers_each_port_and_one_sidecar(consul: ConsulDou
     assert services[f"api-{task}-9090-sidecar-proxy"]["ServicePort"] == 21000
 
 
+def test_port_range_bindings_do_not_make_the_event_malformed(consul: ConsulDouble) -> None:
+    # GIVEN a RUNNING task whose app also publishes a port range and whose log router publishes
+    # only a range (NetworkBinding: containerPortRange/hostPortRange, no single ports)
+    # WHEN the registrar handles it
+    assert run(load_event("task_running_port_range.json")) == []
+
+    # THEN it is registered from the single-port bindings, as without the ranges
+    services = by_id(consul)
+    assert services[f"web-{TASK}"]["ServicePort"] == 32768
+    assert services[f"web-{TASK}-sidecar-proxy"]["ServicePort"] == 32769
+
+
+@pytest.mark.parametrize(
+    ("address", "app_port", "envoy_port"),
+    [("10.20.30.40", 32768, 32769), ("fd00:10:20::40", 32770, 32771)],
+    ids=["ipv4-host", "ipv6-host"],
+)
+def test_the_port_bound_on_the_hosts_address_family_is_advertised(
+    consul: ConsulDouble, hosts: FakeHosts, address: str, app_port: int, envoy_port: int
+) -> None:
+    # GIVEN Docker published the task's ports on :: and 0.0.0.0 with different host ports
+    # (the IPv6 binding first), on a host reached over IPv4 or IPv6
+    hosts.addresses[INSTANCE_ARN] = address
+
+    assert run(load_event("task_running_dual_stack.json")) == []
+
+    # THEN Consul advertises the ports bound on the family of the host's address
+    services = by_id(consul)
+    assert services[f"web-{TASK}"]["ServicePort"] == app_port
+    sidecar = services[f"web-{TASK}-sidecar-proxy"]
+    assert sidecar["ServicePort"] == envoy_port
+    assert sidecar["ServiceProxy"]["LocalServicePort"] == app_port
+
+
 @pytest.mark.parametrize(
     ("template", "overrides"),
     [
