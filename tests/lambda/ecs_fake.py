@@ -21,6 +21,7 @@ from registrar_fixtures import (
     HOST_IP,
     INSTANCE_ARN,
     TASK_DEFINITIONS,
+    load_event,
     task_arn,
     task_event,
 )
@@ -36,6 +37,18 @@ def throttled(operation: str) -> ClientError:
 
 def denied(operation: str) -> ClientError:
     return ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, operation)
+
+
+def undescribable(operation: str = "DescribeTaskDefinition") -> ClientError:
+    """What ECS answers for a task definition it will not describe (deleted, or INACTIVE with
+    nothing referencing it): the message terraform-provider-aws#29749 quotes."""
+    return ClientError(
+        {
+            "Error": {"Code": "ClientException", "Message": "Unable to describe task definition."},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        },
+        operation,
+    )
 
 
 @dataclass
@@ -54,6 +67,10 @@ class FakeEcs:
     """One cluster's tasks and container instances; `calls` counts every API call by name.
 
     `forgotten` task IDs answer MISSING (ECS forgets stopped tasks after about an hour).
+    `deregistered` task definition ARNs are INACTIVE: "You can only describe INACTIVE task
+    definitions while an active task or service references them" (DescribeTaskDefinition, ECS
+    API reference), so they are described (status INACTIVE, as in
+    tests/events/task_definition_inactive.json) only while a task not STOPPED uses them.
     `faults[operation]`: one entry consumed per call, an exception to raise or None to answer.
     ListTasks takes its listing at the first page; `nextToken` pages through that listing.
     """
@@ -61,6 +78,7 @@ class FakeEcs:
     cluster_arn: str = CLUSTER_ARN
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
+    deregistered: set[str] = field(default_factory=set)
     instances: dict[str, Instance] = field(
         default_factory=lambda: {INSTANCE_ARN: Instance(INSTANCE_ARN, INSTANCE_ID, HOST_IP)}
     )
@@ -157,7 +175,17 @@ class FakeEcs:
         self._fault("DescribeTaskDefinition")
         arn: str = kwargs["taskDefinition"]
         family = arn.rsplit("/", 1)[-1].split(":", maxsplit=1)[0]
-        return {"taskDefinition": {**TASK_DEFINITIONS[family], "taskDefinitionArn": arn}}
+        answer = {**TASK_DEFINITIONS[family], "taskDefinitionArn": arn, "status": "ACTIVE"}
+        if arn in self.deregistered:
+            referenced = any(
+                t["taskDefinitionArn"] == arn and t["lastStatus"] != "STOPPED"
+                for t in self.tasks.values()
+            )
+            if not referenced:
+                raise undescribable()
+            inactive = load_event("task_definition_inactive.json")["taskDefinition"]
+            answer.update(status="INACTIVE", deregisteredAt=inactive["deregisteredAt"])
+        return {"taskDefinition": answer}
 
     def describe_container_instances(self, **kwargs: Any) -> dict[str, Any]:
         self._fault("DescribeContainerInstances")

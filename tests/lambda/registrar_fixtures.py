@@ -263,7 +263,7 @@ def fake_runtime(
     *,
     token: str | None = None,
     hosts: FakeHosts | None = None,
-    task_definitions: FakeTaskDefinitions | None = None,
+    task_definitions: aws.TaskDefinitionSource | None = None,
     **overrides: Any,
 ) -> registrar.Runtime:
     return registrar.Runtime(

@@ -11,10 +11,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import aws
 import handler
 import kv_layout
 import pytest
 import registrar
+from ecs_fake import FakeEcs, throttled
 from registrar_fixtures import (
     CLUSTER_ARN,
     HOST_IP,
@@ -22,6 +24,7 @@ from registrar_fixtures import (
     OTHER_CLUSTER_ARN,
     PLAIN_TD,
     VPC_TD,
+    WEB_TD,
     FakeHosts,
     LambdaContext,
     failed_ids,
@@ -293,6 +296,72 @@ def test_stop_of_an_unknown_opted_in_task_writes_only_its_tombstone(consul: Cons
 
     assert consul.nodes() == {}
     assert (record(consul) or {})["status"] == "stopped"
+
+
+def _ecs_runtime(consul: ConsulDouble, ecs: FakeEcs) -> registrar.Runtime:
+    """A fresh Lambda container: its task definition cache is empty."""
+    definitions = aws.EcsTaskDefinitions(lambda: ecs)
+    rt = fake_runtime(consul.url, task_definitions=definitions)
+    registrar.set_runtime(rt)
+    return rt
+
+
+@pytest.mark.parametrize("why", ["deregistered", "throttled"])
+def test_a_stop_lands_when_its_task_definition_cannot_be_described(
+    consul: ConsulDouble, why: str
+) -> None:
+    # GIVEN a task registered by its RUNNING event
+    ecs = FakeEcs()
+    _ecs_runtime(consul, ecs)
+    assert run(ecs.put_task(TASK)) == []
+    # AND, by the time its stop is handled (a backlog, a DLQ redrive), the task has stopped
+    # and its revision was deregistered (ECS no longer describes it), or ECS throttles
+    stop = ecs.put_task(TASK, version=5, last_status="STOPPED", desired_status="STOPPED")
+    if why == "deregistered":
+        ecs.deregistered.add(WEB_TD)
+    else:
+        ecs.faults["DescribeTaskDefinition"] = [throttled("DescribeTaskDefinition")] * 4
+    _ecs_runtime(consul, ecs)
+
+    # WHEN the stop is handled by a container that never saw the task definition
+    failed = run(stop)
+
+    # THEN it is applied from the state record: the task is gone and tombstoned
+    assert failed == []
+    assert consul.nodes() == {}
+    assert (record(consul) or {})["status"] == "stopped"
+
+
+def test_a_stop_without_a_record_or_a_task_definition_leaves_a_tombstone(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a stop (delivered before its RUNNING event) of a task whose revision ECS no longer
+    # describes, so nobody can tell whether it was a mesh task
+    ecs = FakeEcs()
+    ecs.deregistered.add(WEB_TD)
+    _ecs_runtime(consul, ecs)
+    stop = ecs.put_task(TASK, version=5, last_status="STOPPED", desired_status="STOPPED")
+
+    # WHEN it is handled, THEN a tombstone is written, so the late RUNNING event cannot register
+    # the stopped task (a tombstone of a task that was not a mesh task is collected later)
+    assert run(stop) == []
+    assert (record(consul) or {})["status"] == "stopped"
+    registrar.set_runtime(fake_runtime(consul.url))
+    assert run(task_event(task_id=TASK, version=3)) == []
+    assert consul.nodes() == {}
+
+
+def test_a_running_event_of_an_inactive_but_referenced_definition_registers(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a revision deregistered while a task of it still runs: ECS still describes it
+    ecs = FakeEcs()
+    ecs.deregistered.add(WEB_TD)
+    _ecs_runtime(consul, ecs)
+
+    assert run(ecs.put_task(TASK)) == []
+
+    assert NODE in consul.nodes()
 
 
 # --------------------------------------------------------------------------------------------
