@@ -13,6 +13,7 @@ inside the invocation's time budget instead of letting two retry loops multiply.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
@@ -52,6 +53,14 @@ class AwsUnavailable(RetryableError):
 
 class AwsLookupError(Exception):
     """AWS answered, but not with what we need (unknown ARN, access denied, no IP)."""
+
+
+class UnusableHostAddress(AwsLookupError):
+    """The host's address is one no other host can reach: it is never registered."""
+
+    def __init__(self, container_instance_arn: str, message: str) -> None:
+        super().__init__(message)
+        self.container_instance_arn = container_instance_arn
 
 
 # --------------------------------------------------------------------------------------------
@@ -142,6 +151,30 @@ class EcsTaskDefinitions:
 # --------------------------------------------------------------------------------------------
 # Host addresses
 
+# The SSM agent reports the first interface by index as a hybrid host's IPAddress, which on a
+# Docker host can be the default bridge, docker0 (aws/amazon-ssm-agent#553, open; #27, #75).
+# Docker gives docker0 172.17.0.0/16 unless configured otherwise (Docker's default-address-pools
+# / bip). An operator who really numbers hosts there sets the attribute, which is trusted.
+DOCKER_DEFAULT_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
+
+
+def address_problem(value: str, *, from_ssm: bool) -> str | None:
+    """Why `value` cannot be a host's address in the catalog, or None when it can."""
+    ip = ipaddress.ip_address(value)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind, hit in (
+        ("an unspecified", ip.is_unspecified),
+        ("a loopback", ip.is_loopback),
+        ("a link-local", ip.is_link_local),
+        ("a multicast", ip.is_multicast),
+    ):
+        if hit:
+            return f"{kind} address"
+    if from_ssm and ip in DOCKER_DEFAULT_BRIDGE:
+        return f"in Docker's default bridge network {DOCKER_DEFAULT_BRIDGE} (docker0)"
+    return None
+
 
 class HostSource(Protocol):
     def get(self, cluster_arn: str, container_instance_arn: str) -> Host: ...
@@ -198,6 +231,14 @@ class EcsSsmHosts:
                     f"attribute {ADDRESS_ATTRIBUTE} of {container_instance_arn} must be an IP "
                     f"address, got {override!r}"
                 )
+            problem = address_problem(override, from_ssm=False)
+            if problem:
+                raise UnusableHostAddress(
+                    container_instance_arn,
+                    f"attribute {ADDRESS_ATTRIBUTE} of container instance {container_instance_arn}"
+                    f" is {override}, {problem}, which other hosts cannot reach; set it to the "
+                    "host's own reachable IP",
+                )
             return Host(address=override, instance_id=instance_id, source="attribute")
         if not instance_id:
             raise AwsLookupError(
@@ -215,6 +256,17 @@ class EcsSsmHosts:
             raise AwsLookupError(
                 f"SSM reports no IP address for {instance_id} (got {address!r}); set the "
                 f"container instance attribute {ADDRESS_ATTRIBUTE}"
+            )
+        problem = address_problem(address, from_ssm=True)
+        if problem:
+            raise UnusableHostAddress(
+                container_instance_arn,
+                f"container instance {container_instance_arn}: SSM reports {address} for "
+                f"{instance_id}, {problem}, which other hosts cannot reach (the SSM agent "
+                "reports the first interface it finds, aws/amazon-ssm-agent#553); set the "
+                f"container instance attribute {ADDRESS_ATTRIBUTE} to the host's reachable IP: "
+                f"aws ecs put-attributes --cluster {cluster_arn} --attributes "
+                f"name={ADDRESS_ATTRIBUTE},value=<ip>,targetId={container_instance_arn}",
             )
         return Host(address=address, instance_id=instance_id, source="ssm")
 

@@ -11,7 +11,7 @@ would lose the evidence; raising would fail the batch.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
@@ -32,6 +32,7 @@ _METRIC = {
     "repaired": "Repaired",
     "ignored": "Skipped",
     "invalid": "InvalidTaskDefinition",
+    "unaddressable": "HostAddressRefused",
 }
 
 
@@ -132,7 +133,10 @@ def _process(
         lag_ms = (datetime.now(UTC) - event.event_time).total_seconds() * 1000
         metrics.lag(lag_ms)
         fields["lag_ms"] = round(lag_ms)
-    # An opted-in task the mesh cannot serve is the service owner's to fix: make it stand out.
-    log = logs.warning if result.kind == "invalid" else logs.info
+    # An opted-in task the mesh cannot serve is the service owner's to fix: make it stand out;
+    # a host whose address cannot be registered is the operator's, and takes its tasks out.
+    log: Callable[..., None] = {"invalid": logs.warning, "unaddressable": logs.error}.get(
+        result.kind, logs.info
+    )
     log(f"event {result.kind}", **fields)
     return True

@@ -43,8 +43,10 @@ could not read the whole listing deletes nothing (ReconcileIncomplete metric).
 
 Metrics (EMF, namespace of metrics.py, dimension ClusterName): ReconcileTasks (running mesh
 tasks), DriftMissing, DriftChanged, DriftStale, DriftHosts and their sum DriftRepaired,
-DeletionsHeldBack, TombstonesCollected, ReconcileIncomplete, ReconcileDeferred (repairs left
-for lack of time), ReconcileFailed (repairs that failed), InvalidTaskDefinition.
+DeletionsHeldBack, TombstonesCollected, RecordsMigrated, ReconcileIncomplete,
+ReconcileDeferred (repairs left for lack of time), ReconcileFailed (repairs that failed),
+InvalidTaskDefinition, HostAddressRefused (tasks kept out because their host's address is
+loopback, link-local, unspecified or docker0's: aws.address_problem).
 """
 
 from __future__ import annotations
@@ -137,6 +139,7 @@ class PassReport:
     deferred: int = 0
     failed: int = 0
     invalid: int = 0
+    refused: int = 0
     complete: bool = True
     problems: list[str] = field(default_factory=list)
 
@@ -159,6 +162,7 @@ class PassReport:
             "ReconcileDeferred": self.deferred,
             "ReconcileFailed": self.failed,
             "InvalidTaskDefinition": self.invalid,
+            "HostAddressRefused": self.refused,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -220,6 +224,7 @@ class Reconciler:
         self.report = PassReport()
         # container instance ARN -> task nodes of the running mesh tasks ECS places on it
         self._on_instance: dict[str, set[str]] = {}
+        self._refused_hosts: set[str] = set()
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -322,11 +327,25 @@ class Reconciler:
                 self.report.invalid += 1
                 logs.warning("task cannot be registered", task_arn=event.task_arn, error=str(err))
                 continue
+            except aws.UnusableHostAddress as err:
+                self._refuse(err)
+                continue
             except (retry.RetryableError, aws.AwsLookupError) as err:
                 self._fail(event, "host address lookup failed", err)
                 continue
             wanted.append(Wanted(event, registration))
         return wanted
+
+    def _refuse(self, err: aws.UnusableHostAddress) -> None:
+        """A task kept out of the catalog by its host's address; one log line per host."""
+        self.report.refused += 1
+        if err.container_instance_arn not in self._refused_hosts:
+            self._refused_hosts.add(err.container_instance_arn)
+            logs.error(
+                "host address refused: its tasks stay unregistered",
+                container_instance_arn=err.container_instance_arn,
+                error=str(err),
+            )
 
     def _definition(self, arn: str) -> TaskDefinition:
         return retry.call(

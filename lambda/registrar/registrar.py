@@ -262,9 +262,14 @@ class Registrar:
             instance = event.container_instance_arn
             if instance is None:
                 raise MalformedEvent("detail.containerInstanceArn is missing for a RUNNING task")
-            host = self._aws(
-                "host address", lambda: self._rt.hosts.get(event.cluster_arn, instance)
-            )
+            try:
+                host = self._aws(
+                    "host address", lambda: self._rt.hosts.get(event.cluster_arn, instance)
+                )
+            except aws.UnusableHostAddress as err:
+                # Redelivery cannot fix it; the reconcile pass registers the task once the
+                # operator has set the address (it reads addresses afresh every pass).
+                return apply.Result("unaddressable", str(err))
             try:
                 desired = decide.desired_registration(event, task_definition, app, host)
             except InvalidTaskDefinition as err:

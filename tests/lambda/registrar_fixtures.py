@@ -262,7 +262,7 @@ def fake_runtime(
     consul_url: str,
     *,
     token: str | None = None,
-    hosts: FakeHosts | None = None,
+    hosts: aws.HostSource | None = None,
     task_definitions: aws.TaskDefinitionSource | None = None,
     **overrides: Any,
 ) -> registrar.Runtime:

@@ -246,6 +246,36 @@ def test_a_task_publishing_a_port_range_is_registered(world: World) -> None:
     assert f"ecs-task-{task_id}" in world.consul.nodes()
 
 
+def test_a_host_reported_on_docker0_keeps_its_tasks_out_until_its_address_is_set(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN two running tasks (events lost) on a host whose SSM address is docker0's
+    world.run(1, 2, deliver=False)
+    world.ecs.instances[INSTANCE_ARN].address = "172.17.0.1"
+    capsys.readouterr()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN neither is registered; both are counted, and one error line names the host and the
+    # attribute that fixes it
+    assert world.consul.nodes() == {}
+    assert (report.refused, report.metrics()["HostAddressRefused"]) == (2, 2)
+    errors = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if '"level":"ERROR"' in line
+    ]
+    assert len(errors) == 1
+    assert INSTANCE_ARN in errors[0]["error"]
+    assert "consul-mesh.address" in errors[0]["error"]
+
+    # WHEN the operator sets the attribute, THEN the next pass registers both on it
+    world.ecs.instances[INSTANCE_ARN].override = "192.168.40.7"
+    assert world.reconcile().missing == 2
+    assert {n["Address"] for n in world.consul.nodes().values()} == {"192.168.40.7"}
+
+
 def test_reconcile_never_resurrects_a_tombstoned_task(world: World) -> None:
     # GIVEN a task whose stop was applied, while ECS's (lagging) answer still says RUNNING
     world.run(1)

@@ -174,6 +174,62 @@ def test_fails_when_ssm_does_not_know_the_instance(world: MotoWorld) -> None:
         hosts.get(world.cluster_arn, world.container_instance_arn)
 
 
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("172.17.0.1", r"Docker's default bridge network 172.17.0.0/16 \(docker0\)"),
+        ("127.0.0.1", "a loopback address"),
+        ("169.254.12.7", "a link-local address"),
+        ("0.0.0.0", "an unspecified address"),
+        ("fe80::1", "a link-local address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+    ],
+)
+def test_an_unreachable_ssm_address_is_refused_and_names_the_way_out(
+    world: MotoWorld, address: str, why: str
+) -> None:
+    # GIVEN SSM reports an address no other host can reach (the SSM agent reports the first
+    # interface, which can be docker0: aws/amazon-ssm-agent#553)
+    world.ssm.ip_by_instance[world.instance_id] = address
+    hosts = aws.EcsSsmHosts(
+        lambda: boto3.client("ecs", region_name=REGION), lambda: world.ssm, ttl_s=300
+    )
+
+    # WHEN the host is looked up, THEN it is refused with the instance and the attribute named
+    with pytest.raises(aws.UnusableHostAddress, match=why) as refused:
+        hosts.get(world.cluster_arn, world.container_instance_arn)
+    message = str(refused.value)
+    assert world.container_instance_arn in message
+    assert "consul-mesh.address" in message
+    assert refused.value.container_instance_arn == world.container_instance_arn
+
+
+def test_the_address_attribute_may_be_in_172_17_but_never_loopback(world: MotoWorld) -> None:
+    ecs = boto3.client("ecs", region_name=REGION)
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: world.ssm, ttl_s=0)
+
+    def set_attribute(value: str) -> None:
+        ecs.put_attributes(
+            cluster=world.cluster_arn,
+            attributes=[
+                {
+                    "name": "consul-mesh.address",
+                    "value": value,
+                    "targetId": world.container_instance_arn,
+                }
+            ],
+        )
+
+    # An operator whose hosts really are numbered in 172.17.0.0/16 says so with the attribute
+    set_attribute("172.17.8.9")
+    assert hosts.get(world.cluster_arn, world.container_instance_arn).address == "172.17.8.9"
+    # ... but no attribute makes a loopback address reachable
+    set_attribute("127.0.0.1")
+    refused = r"attribute consul-mesh\.address .* loopback"
+    with pytest.raises(aws.UnusableHostAddress, match=refused):
+        hosts.get(world.cluster_arn, world.container_instance_arn)
+
+
 def test_ssm_request_shape_and_throttling_through_boto3() -> None:
     # GIVEN a real boto3 SSM client whose answers are stubbed
     ssm = boto3.client("ssm", region_name=REGION)

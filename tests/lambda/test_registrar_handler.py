@@ -185,6 +185,33 @@ def test_the_port_bound_on_the_hosts_address_family_is_advertised(
     assert sidecar["ServiceProxy"]["LocalServicePort"] == app_port
 
 
+def test_a_host_whose_ssm_address_is_docker0_is_never_registered(
+    consul: ConsulDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN SSM reports the host's docker0 address (aws/amazon-ssm-agent#553)
+    ecs = FakeEcs()
+    ecs.instances[INSTANCE_ARN].address = "172.17.0.1"
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: ecs, ttl_s=300)
+    registrar.set_runtime(fake_runtime(consul.url, hosts=hosts))
+    capsys.readouterr()
+
+    # WHEN a RUNNING event of a task on it is handled
+    failed = run(ecs.put_task(TASK))
+
+    # THEN nothing is registered, and the message is not retried (redelivery cannot fix it)
+    assert failed == []
+    assert consul.nodes() == {}
+    assert consul.writes() == 0
+    # AND one error line names the container instance and the attribute to set; a metric counts it
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    errors = [line for line in lines if line.get("level") == "ERROR"]
+    assert len(errors) == 1
+    assert INSTANCE_ARN in errors[0]["reason"]
+    assert "consul-mesh.address" in errors[0]["reason"]
+    (emf,) = [line for line in lines if "_aws" in line]
+    assert emf["HostAddressRefused"] == 1
+
+
 @pytest.mark.parametrize(
     ("template", "overrides"),
     [
