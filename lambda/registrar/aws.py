@@ -18,7 +18,7 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, TypeVar
 
 from model import Host, TaskDefinition, task_definition_from_api, valid_address
@@ -27,6 +27,7 @@ from retry import RetryableError
 T = TypeVar("T")
 
 ADDRESS_ATTRIBUTE = "consul-mesh.address"
+MAX_SSM_PAGES = 20  # pages of one filtered DescribeInstanceInformation before giving up
 
 _THROTTLING = frozenset(
     {
@@ -52,7 +53,22 @@ class AwsUnavailable(RetryableError):
 
 
 class AwsLookupError(Exception):
-    """AWS answered, but not with what we need (unknown ARN, access denied, no IP)."""
+    """AWS answered, but not with what we need (unknown ARN, access denied, no IP).
+
+    `code` is AWS's error code when AWS refused the call (e.g. `InvalidInstanceId`).
+    """
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# DescribeInstanceInformation fails the whole call when one of its InstanceIds is not a managed
+# instance SSM will describe (SSM API reference, Errors: InvalidInstanceId "SSM Agent isn't
+# registered with the SSM endpoint", "isn't in valid state"; InvalidInstanceInformationFilterValue
+# "The specified filter value isn't valid"). Which of the two a deregistered mi- ID draws is not
+# documented: both are treated as "this ID is bad, the others may be fine".
+SSM_BAD_ID_CODES = frozenset({"InvalidInstanceId", "InvalidInstanceInformationFilterValue"})
 
 
 class UnusableHostAddress(AwsLookupError):
@@ -107,7 +123,7 @@ def aws_call(what: str, fn: Callable[[], T]) -> T:
         message = f"{what}: {code}: {error.get('Message', '')}"
         if code in _THROTTLING or status == 429 or status >= 500:
             raise AwsUnavailable(message) from err
-        raise AwsLookupError(message) from err
+        raise AwsLookupError(message, code=code) from err
     except (ConnectionError, HTTPClientError) as err:
         raise AwsUnavailable(f"{what}: {err}") from err
     except BotoCoreError as err:
@@ -244,14 +260,8 @@ class EcsSsmHosts:
             raise AwsLookupError(
                 f"container instance {container_instance_arn} has no ec2InstanceId"
             )
-        info = aws_call(
-            f"DescribeInstanceInformation {instance_id}",
-            lambda: self._ssm().describe_instance_information(
-                Filters=[{"Key": "InstanceIds", "Values": [instance_id]}]
-            ),
-        )
-        found = info.get("InstanceInformationList") or []
-        address = found[0].get("IPAddress") if found else None
+        info = self._instance_information(container_instance_arn, instance_id)
+        address = info.get("IPAddress") if info else None
         if not isinstance(address, str) or not valid_address(address):
             raise AwsLookupError(
                 f"SSM reports no IP address for {instance_id} (got {address!r}); set the "
@@ -269,6 +279,37 @@ class EcsSsmHosts:
                 f"name={ADDRESS_ATTRIBUTE},value=<ip>,targetId={container_instance_arn}",
             )
         return Host(address=address, instance_id=instance_id, source="ssm")
+
+    def _instance_information(
+        self, container_instance_arn: str, instance_id: str
+    ) -> Mapping[str, Any] | None:
+        """The managed instance's InstanceInformation, following NextToken: a filtered page may
+        come back empty with a token (the filter applies to a page, not before paging)."""
+        kwargs: dict[str, Any] = {"Filters": [{"Key": "InstanceIds", "Values": [instance_id]}]}
+        for _ in range(MAX_SSM_PAGES):
+            try:
+                page = aws_call(
+                    f"DescribeInstanceInformation {instance_id}",
+                    lambda: self._ssm().describe_instance_information(**kwargs),
+                )
+            except AwsLookupError as err:
+                if err.code not in SSM_BAD_ID_CODES:
+                    raise
+                raise AwsLookupError(
+                    f"SSM will not describe managed instance {instance_id} of container instance "
+                    f"{container_instance_arn} ({err}): it may have been deregistered from SSM; "
+                    f"register the host again, or set the container instance attribute "
+                    f"{ADDRESS_ATTRIBUTE}",
+                    code=err.code,
+                ) from err
+            found = page.get("InstanceInformationList") or []
+            if found and isinstance(found[0], Mapping):
+                return found[0]
+            token = page.get("NextToken")
+            if not token:
+                return None
+            kwargs["NextToken"] = token
+        return None
 
 
 # --------------------------------------------------------------------------------------------

@@ -71,6 +71,11 @@ class FakeEcs:
     definitions while an active task or service references them" (DescribeTaskDefinition, ECS
     API reference), so they are described (status INACTIVE, as in
     tests/events/task_definition_inactive.json) only while a task not STOPPED uses them.
+    `ssm_refuses`: managed instance IDs SSM will not describe (deregistered hosts): a
+    DescribeInstanceInformation naming one fails whole, as the SSM API reference documents
+    (InvalidInstanceId, HTTP 400; its message for a deregistered mi- ID is not documented, so
+    none is made up). `ssm_empty_pages`: pages answered empty, with a NextToken, before the
+    rows (a filtered page may be empty while more follow).
     `faults[operation]`: one entry consumed per call, an exception to raise or None to answer.
     ListTasks takes its listing at the first page; `nextToken` pages through that listing.
     """
@@ -79,6 +84,8 @@ class FakeEcs:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
     deregistered: set[str] = field(default_factory=set)
+    ssm_refuses: set[str] = field(default_factory=set)
+    ssm_empty_pages: int = 0
     instances: dict[str, Instance] = field(
         default_factory=lambda: {INSTANCE_ARN: Instance(INSTANCE_ARN, INSTANCE_ID, HOST_IP)}
     )
@@ -222,13 +229,25 @@ class FakeEcs:
         assert len(ids) <= 100, "InstanceIds filter takes at most 100 values"
         size = int(kwargs.get("MaxResults", 10))
         assert 5 <= size <= 50, "MaxResults is 5..50"
+        if set(ids) & self.ssm_refuses:
+            raise ClientError(
+                {
+                    "Error": {"Code": "InvalidInstanceId", "Message": ""},
+                    "ResponseMetadata": {"HTTPStatusCode": 400},
+                },
+                "DescribeInstanceInformation",
+            )
         by_id = {i.instance_id: i for i in self.instances.values()}
         rows = [
             {"InstanceId": i, "IPAddress": by_id[i].address, "PingStatus": "Online"}
             for i in ids
             if i in by_id
         ]
-        start = int(kwargs.get("NextToken") or 0)
+        token = str(kwargs.get("NextToken") or "")
+        empty_left = int(token[1:]) if token.startswith("e") else self.ssm_empty_pages
+        if empty_left and (not token or token.startswith("e")):
+            return {"InstanceInformationList": [], "NextToken": f"e{empty_left - 1}"}
+        start = int(token) if token and not token.startswith("e") else 0
         answer: dict[str, Any] = {"InstanceInformationList": rows[start : start + size]}
         if start + size < len(rows):
             answer["NextToken"] = str(start + size)

@@ -276,6 +276,37 @@ def test_a_host_reported_on_docker0_keeps_its_tasks_out_until_its_address_is_set
     assert {n["Address"] for n in world.consul.nodes().values()} == {"192.168.40.7"}
 
 
+def test_one_host_ssm_will_not_describe_costs_only_its_own_tasks(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN 30 running tasks (events lost) on 30 hosts, one of which SSM no longer knows
+    # (deregistered from SSM: DescribeInstanceInformation fails whole for any batch naming it)
+    hosts = world.ecs.add_instances(30)
+    for n, host in enumerate(hosts):
+        world.ecs.put_task(
+            tid(n),
+            container_instance_arn=host,
+            host_ports={"web": {8080: 32768 + n}, "envoy": {20000: 42768 + n}},
+        )
+    bad = world.ecs.instances[hosts[7]].instance_id
+    world.ecs.ssm_refuses.add(bad)
+    capsys.readouterr()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN every other host keeps its address and its task is registered
+    assert report.missing == 29
+    assert node(7) not in world.consul.nodes()
+    # AND the lost one is reported by its ID, with SSM's error, not as "no IP"
+    out = capsys.readouterr().out
+    assert bad in out
+    assert "InvalidInstanceId" in out
+    assert report.failed == 1
+    # AND finding it cost a few calls, not one per host
+    assert world.ecs.calls["DescribeInstanceInformation"] <= 2 * 5 + 1
+
+
 def test_reconcile_never_resurrects_a_tombstoned_task(world: World) -> None:
     # GIVEN a task whose stop was applied, while ECS's (lagging) answer still says RUNNING
     world.run(1)

@@ -15,10 +15,12 @@ import kv_layout
 import pytest
 import registrar
 from botocore.stub import Stubber
+from ecs_fake import INSTANCE_ID, FakeEcs
 from moto import mock_aws
 from registrar_fixtures import (
     CLUSTER_ARN,
     HOST_IP,
+    INSTANCE_ARN,
     REGION,
     FakeSsm,
     LambdaContext,
@@ -228,6 +230,46 @@ def test_the_address_attribute_may_be_in_172_17_but_never_loopback(world: MotoWo
     refused = r"attribute consul-mesh\.address .* loopback"
     with pytest.raises(aws.UnusableHostAddress, match=refused):
         hosts.get(world.cluster_arn, world.container_instance_arn)
+
+
+def test_an_empty_first_page_with_a_token_is_followed() -> None:
+    # GIVEN SSM answers the filtered call with empty pages and a NextToken before the row
+    ecs = FakeEcs()
+    ecs.ssm_empty_pages = 2
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: ecs, ttl_s=300)
+
+    # WHEN the host is looked up, THEN the pages are followed to its address
+    assert hosts.get(CLUSTER_ARN, INSTANCE_ARN).address == HOST_IP
+    assert ecs.calls["DescribeInstanceInformation"] == 3
+
+
+def test_a_managed_instance_ssm_will_not_describe_is_named() -> None:
+    ecs = FakeEcs()
+    ecs.ssm_refuses.add(INSTANCE_ID)
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: ecs, ttl_s=300)
+
+    refused = f"SSM will not describe managed instance {INSTANCE_ID}"
+    with pytest.raises(aws.AwsLookupError, match=refused) as err:
+        hosts.get(CLUSTER_ARN, INSTANCE_ARN)
+    assert "InvalidInstanceId" in str(err.value)
+    assert "consul-mesh.address" in str(err.value)
+
+
+def test_invalid_instance_id_through_boto3_is_named() -> None:
+    # GIVEN a real boto3 SSM client answering InvalidInstanceId (HTTP 400, SSM API reference)
+    ssm = boto3.client("ssm", region_name=REGION)
+    hosts = aws.EcsSsmHosts(lambda: _StaticEcs(INSTANCE_ID), lambda: ssm, ttl_s=300)
+    with Stubber(ssm) as stub:
+        stub.add_client_error(
+            "describe_instance_information",
+            service_error_code="InvalidInstanceId",
+            http_status_code=400,
+        )
+
+        # THEN the lookup fails naming the managed instance, not "SSM reports no IP"
+        with pytest.raises(aws.AwsLookupError, match="SSM will not describe") as err:
+            hosts.get(CLUSTER_ARN, "ci")
+    assert err.value.code == "InvalidInstanceId"
 
 
 def test_ssm_request_shape_and_throttling_through_boto3() -> None:
