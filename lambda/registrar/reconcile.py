@@ -22,10 +22,11 @@ One pass
    newer record always wins and reconcile can never resurrect a stopped task.
 4. Deletions, only when the ECS listing is complete (every page read, every task described):
    the tasks the catalog or a running record has and the listing lacks are confirmed with
-   DescribeTasks (stopped, or MISSING). At most RECONCILE_MAX_DELETIONS are removed (through
-   `apply`: tombstone + node delete); the rest is reported (DeletionsHeldBack metric and a
-   warning) and left to the next pass. Only nodes carrying our `source` and cluster meta are
-   ever listed, so nothing else can be deleted.
+   DescribeTasks (stopped, or MISSING with a record at least an hour old: one MISSING for a
+   younger record is eventual consistency, not proof). At most RECONCILE_MAX_DELETIONS are
+   removed (through `apply`: tombstone + node delete); the rest is reported (DeletionsHeldBack
+   metric and a warning) and left to the next pass. Only nodes carrying our `source` and
+   cluster meta are ever listed, so nothing else can be deleted.
 5. Tombstone garbage collection: stopped records older than TOMBSTONE_GRACE_HOURS of tasks ECS
    no longer knows (MISSING) are deleted with KV delete-cas (a record that changed stays). The
    grace (default 5 days) outlives every delayed event: EventBridge retries for 24 h and the
@@ -86,6 +87,9 @@ from model import (
 )
 
 RESERVE_MS = 15_000
+# Age a task's record must have before DescribeTasks' MISSING is taken as proof the task is gone
+# (Reconciler._may_be_forgotten): ECS keeps stopped tasks describable for at least this long.
+MISSING_PROOF_AGE = timedelta(hours=1)
 GC_PER_PASS = 1000  # tombstones examined per pass; bounds the pass's DescribeTasks calls
 
 # AWS clients: replaced in tests (moto or fakes) with a function of the same shape.
@@ -470,19 +474,7 @@ class Reconciler:
             record, _ = owned.records.get(event.task_id, (None, 0))
             if node in owned.nodes or (record is not None and record.status == RUNNING):
                 gone[event.task_id] = event.version
-        described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
-        for tid in sorted(suspects):
-            if tid in described.tasks:
-                seen = self._event(described.tasks[tid], tid)
-                if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
-                    gone[tid] = seen.version
-                else:
-                    logs.info("the listing missed a running task; kept", task_id=tid)
-            elif described.failures.get(tid) == "MISSING":
-                gone[tid] = host_state.GONE_VERSION
-            else:
-                reason = described.failures.get(tid) or described.unknown.get(tid)
-                logs.warning("cannot confirm the task is gone; kept", task_id=tid, reason=reason)
+        gone.update(self._confirm_gone(owned, suspects))
         cap = self._settings.max_deletions
         ordered = sorted(gone)
         if len(ordered) > cap:
@@ -502,6 +494,48 @@ class Reconciler:
             result = self._apply(task_arn, None, gone[tid])
             if result is not None and present and result.kind in ("deregistered", "repaired"):
                 self.report.stale += 1
+
+    def _confirm_gone(self, owned: Owned, suspects: set[str]) -> dict[str, int]:
+        """The suspects DescribeTasks proves gone -> the version to write their tombstone at."""
+        gone: dict[str, int] = {}
+        described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
+        for tid in sorted(suspects):
+            if tid in described.tasks:
+                seen = self._event(described.tasks[tid], tid)
+                if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
+                    gone[tid] = seen.version
+                else:
+                    logs.info("the listing missed a running task; kept", task_id=tid)
+            elif described.failures.get(tid) == "MISSING":
+                if self._may_be_forgotten(owned, tid):
+                    gone[tid] = host_state.GONE_VERSION
+                else:
+                    logs.info("MISSING for a task registered within the hour; kept", task_id=tid)
+            else:
+                reason = described.failures.get(tid) or described.unknown.get(tid)
+                logs.warning("cannot confirm the task is gone; kept", task_id=tid, reason=reason)
+        return gone
+
+    def _may_be_forgotten(self, owned: Owned, task_id: str) -> bool:
+        """Is MISSING proof that ECS forgot the task, rather than eventual consistency?
+
+        "Currently, stopped tasks appear in the returned results for at least one hour"
+        (DescribeTasks, ECS API reference), so a task ECS has forgotten stopped at least an hour
+        ago, and its record (written at its RUNNING event, or by a pass that saw it RUNNING) is
+        older still. A younger record answered MISSING is the API's eventual consistency (the
+        RunTask reference recommends retrying DescribeTasks for up to five minutes): the task
+        is kept, and decided again by the passes after its record turns an hour old. A record
+        without a time predates them, and a node without a record was not written by the event
+        path: both are judged on MISSING alone, as before.
+        """
+        record, _ = owned.records.get(task_id, (None, 0))
+        if record is None or record.event_time is None:
+            return True
+        try:
+            written = parse_time(record.event_time, "event_time")
+        except MalformedEvent:
+            return True
+        return written <= self._now() - MISSING_PROOF_AGE
 
     # -- phase: tombstones -------------------------------------------------------------------
 

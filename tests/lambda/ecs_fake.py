@@ -67,6 +67,8 @@ class FakeEcs:
     """One cluster's tasks and container instances; `calls` counts every API call by name.
 
     `forgotten` task IDs answer MISSING (ECS forgets stopped tasks after about an hour).
+    `hidden` task IDs run, but ListTasks omits them and DescribeTasks answers MISSING: "The
+    Amazon ECS API follows an eventual consistency model" (RunTask, ECS API reference).
     `deregistered` task definition ARNs are INACTIVE: "You can only describe INACTIVE task
     definitions while an active task or service references them" (DescribeTaskDefinition, ECS
     API reference), so they are described (status INACTIVE, as in
@@ -83,6 +85,7 @@ class FakeEcs:
     cluster_arn: str = CLUSTER_ARN
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
+    hidden: set[str] = field(default_factory=set)
     deregistered: set[str] = field(default_factory=set)
     ssm_refuses: set[str] = field(default_factory=set)
     ssm_empty_pages: int = 0
@@ -150,7 +153,9 @@ class FakeEcs:
             listing = sorted(
                 tid
                 for tid, t in self.tasks.items()
-                if t["desiredStatus"] == wanted and (launch is None or t["launchType"] == launch)
+                if t["desiredStatus"] == wanted
+                and (launch is None or t["launchType"] == launch)
+                and tid not in self.hidden
             )
             self._listings.append(listing)
             key, start = len(self._listings) - 1, 0
@@ -172,7 +177,7 @@ class FakeEcs:
         found, failures = [], []
         for name in names:
             tid = name.rsplit("/", 1)[-1]
-            if tid in self.tasks:
+            if tid in self.tasks and tid not in self.hidden:
                 found.append(self.tasks[tid])
             else:
                 failures.append({"arn": task_arn(tid), "reason": "MISSING"})

@@ -426,6 +426,53 @@ def test_a_partial_listing_deletes_nothing_but_still_registers_what_it_saw(
     assert sorted(world.consul.nodes()) == [node(1), node(2), node(3), node(4)]
 
 
+def test_a_running_task_answered_missing_once_stays_registered_throughout(world: World) -> None:
+    # GIVEN a task registered by its RUNNING event a minute ago
+    event = world.ecs.put_task(tid(1))
+    event["time"] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    assert world.deliver(event) == []
+    # AND ECS, eventually consistent, leaves it out of ListTasks and answers MISSING for one pass
+    world.ecs.hidden.add(tid(1))
+
+    # WHEN that pass runs
+    first = world.reconcile()
+
+    # THEN the task is neither removed nor tombstoned
+    assert node(1) in world.consul.nodes()
+    assert first.stale == 0
+    record = world.record(1)
+    assert record is not None
+    assert record.status == RUNNING
+    # AND once ECS answers normally, the next pass finds it in sync
+    world.ecs.hidden.clear()
+    world.consul.reset_requests()
+    second = world.reconcile()
+    assert (second.in_sync, second.repaired) == (1, 0)
+    assert world.consul.writes() == 0
+
+
+def test_missing_is_proof_once_the_record_is_an_hour_old(world: World) -> None:
+    # GIVEN a task registered by its RUNNING event, whose stop was lost, and which ECS has
+    # since forgotten: an hour later a pass finds it MISSING
+    event = world.ecs.put_task(tid(1))
+    event["time"] = datetime.now(UTC).isoformat()
+    assert world.deliver(event) == []
+    world.ecs.forget(tid(1))
+
+    # WHEN a pass runs within the hour, THEN it keeps the task
+    assert world.reconcile().stale == 0
+    # AND the first pass after the hour removes it
+    report = reconcile.run_pass(
+        world.rt,
+        reconcile.ReconcileSettings(),
+        retry.Budget.fixed(60.0),
+        clients=world.ecs.clients,
+        now=lambda: datetime.now(UTC) + reconcile.MISSING_PROOF_AGE,
+    )
+    assert report.stale == 1
+    assert world.consul.nodes() == {}
+
+
 def test_a_task_the_listing_missed_is_kept(world: World) -> None:
     # GIVEN a registered task ECS still runs but that ListTasks (eventually consistent) omits
     world.run(1)
@@ -640,7 +687,9 @@ def histories(draw: st.DrawFn) -> list[tuple[str, list[dict[str, Any]]]]:
     for n in range(draw(st.integers(min_value=1, max_value=8))):
         task = uuid_like(draw(st.integers(min_value=0, max_value=2**64)), n)
         family = draw(st.sampled_from(["web", "api", "plain"]))
-        fate = draw(st.sampled_from(["runs", "stops", "forgotten", "stops-before-running"]))
+        fate = draw(
+            st.sampled_from(["runs", "stops", "forgotten", "stops-before-running", "blinks"])
+        )
         steps = [("PENDING", "RUNNING")]
         if fate != "stops-before-running":
             steps.append(("RUNNING", "RUNNING"))
@@ -650,7 +699,9 @@ def histories(draw: st.DrawFn) -> list[tuple[str, list[dict[str, Any]]]]:
             {"family": family, "version": v + 1, "last_status": last, "desired_status": desired}
             for v, (last, desired) in enumerate(steps)
         ]
-        tasks.append((task, [*events, {"forget": fate == "forgotten"}]))
+        # "blinks": runs, registered by its (just delivered) events, while ECS answers MISSING
+        # for it during the pass (eventual consistency)
+        tasks.append((task, [*events, {"forget": fate == "forgotten", "blink": fate == "blinks"}]))
     return tasks
 
 
@@ -673,9 +724,10 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
         registrar.set_runtime(rt)
         try:
             # GIVEN each task's history played in ECS, ~10% of its events lost on the way,
-            # the rest delivered in any order
+            # the rest delivered in any order; blinking tasks' events all arrive, just now
             played = 0
             delivered = []
+            now = datetime.now(UTC).isoformat()
             for task, steps in history:
                 *changes, fate = steps
                 for change in changes:
@@ -686,11 +738,15 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
                         last_status=change["last_status"],
                         desired_status=change["desired_status"],
                     )
-                    if lost[played % len(lost)] >= 0.1:
+                    if fate["blink"]:
+                        delivered.append({**event, "time": now})
+                    elif lost[played % len(lost)] >= 0.1:
                         delivered.append(event)
                     played += 1
                 if fate["forget"]:
                     ecs.forget(task)
+                if fate["blink"]:
+                    ecs.hidden.add(task)
             order.shuffle(delivered)
             if delivered:
                 assert failed_ids(handler.handler(sqs_event(delivered), LambdaContext())) == []
@@ -708,7 +764,8 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
             nodes = consul.nodes()
             assert set(nodes) == {f"ecs-task-{t}" for t in running_ids(ecs)}
             assert all(n["Address"] == HOST_IP for n in nodes.values())
-            # AND a second pass finds nothing left to do
+            # AND a second pass, ECS answering normally again, finds nothing left to do
+            ecs.hidden.clear()
             consul.reset_requests()
             reconcile.run_pass(
                 rt, reconcile.ReconcileSettings(), retry.Budget.fixed(60.0), clients=ecs.clients
