@@ -693,7 +693,7 @@ def histories(draw: st.DrawFn) -> list[tuple[str, list[dict[str, Any]]]]:
         steps = [("PENDING", "RUNNING")]
         if fate != "stops-before-running":
             steps.append(("RUNNING", "RUNNING"))
-        if fate != "runs":
+        if fate not in ("runs", "blinks"):
             steps += [("STOPPING", "STOPPED"), ("STOPPED", "STOPPED")]
         events = [
             {"family": family, "version": v + 1, "last_status": last, "desired_status": desired}
