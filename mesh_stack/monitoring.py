@@ -42,6 +42,7 @@ DIMENSION = "ClusterName"
 # Names emitted by the registrar (handler.py, host_state.py) and the reconcile pass.
 EVENT_METRICS = ("Registered", "Deregistered", "Failed", "Malformed", "IgnoredStale")
 HOST_METRICS = (
+    "HostDisconnected",
     "HostChecksCritical",
     "HostChecksRestored",
     "HostDeregistered",

@@ -209,19 +209,7 @@ class EcsReader:
 
     def hosts(self, container_instance_arns: Iterable[str], ttl_s: float = 3600.0) -> Hosts:
         """Every container instance in 1/100th of the calls, served as a HostSource."""
-        instances: dict[str, Json] = {}
-        failures: dict[str, str] = {}
-        arns = sorted(set(container_instance_arns))
-        for batch in chunks(arns, DESCRIBE_BATCH):
-            try:
-                response = self._describe_instances(batch)
-            except (retry.RetryableError, aws.AwsLookupError) as err:
-                failures.update({a: str(err) for a in batch})
-                continue
-            for instance in response.get("containerInstances") or []:
-                instances[str(instance["containerInstanceArn"])] = instance
-            for failure in response.get("failures") or []:
-                failures[str(failure.get("arn", ""))] = str(failure.get("reason", "unknown"))
+        instances, failures = self.container_instances(container_instance_arns)
         information, errors = self._instance_information(
             str(i["ec2InstanceId"])
             for i in instances.values()
@@ -233,6 +221,24 @@ class EcsReader:
             source=aws.EcsSsmHosts(lambda: ecs, lambda: ssm, ttl_s),
             instances=instances,
         )
+
+    def container_instances(
+        self, container_instance_arns: Iterable[str]
+    ) -> tuple[dict[str, Json], dict[str, str]]:
+        """DescribeContainerInstances, 100 per call: instances by ARN, and why others are not."""
+        instances: dict[str, Json] = {}
+        failures: dict[str, str] = {}
+        for batch in chunks(sorted(set(container_instance_arns)), DESCRIBE_BATCH):
+            try:
+                response = self._describe_instances(batch)
+            except (retry.RetryableError, aws.AwsLookupError) as err:
+                failures.update({a: str(err) for a in batch})
+                continue
+            for instance in response.get("containerInstances") or []:
+                instances[str(instance["containerInstanceArn"])] = instance
+            for failure in response.get("failures") or []:
+                failures[str(failure.get("arn", ""))] = str(failure.get("reason", "unknown"))
+        return instances, failures
 
     def _instance_information(
         self, instance_ids: Iterable[str]

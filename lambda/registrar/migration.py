@@ -48,7 +48,7 @@ class Records:
     """One recursive read of `kv_layout.name_prefix`, sorted by layout and kind."""
 
     tasks: dict[str, Record] = field(default_factory=dict)  # task ID -> record (ARN layout)
-    hosts: set[str] = field(default_factory=set)  # instance IDs with an ARN-layout record
+    hosts: dict[str, KVPair] = field(default_factory=dict)  # instance ID -> ARN-layout record
     legacy_tasks: dict[str, KVPair] = field(default_factory=dict)
     legacy_hosts: dict[str, KVPair] = field(default_factory=dict)
 
@@ -73,7 +73,7 @@ def read(consul: Inventory, cluster_arn: str) -> Records:
         elif where.legacy:
             found.legacy_hosts[where.item_id] = pair
         else:
-            found.hosts.add(where.item_id)
+            found.hosts[where.item_id] = pair
     return found
 
 

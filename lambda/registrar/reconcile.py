@@ -112,10 +112,13 @@ def _int_env(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
 @dataclass(frozen=True)
 class ReconcileSettings:
     """RECONCILE_MAX_DELETIONS (50, config key reconcile_max_deletions): entries one pass may
-    delete. TOMBSTONE_GRACE_HOURS (120): age before a stopped task's record may go."""
+    delete. TOMBSTONE_GRACE_HOURS (120): age before a stopped task's record may go.
+    HOST_DISCONNECT_GRACE_MINUTES (5, config key host_disconnect_grace_minutes): how long an ECS
+    agent may stay disconnected before its host's task nodes are marked critical."""
 
     max_deletions: int = 50
     tombstone_grace: timedelta = timedelta(hours=120)
+    host_disconnect_grace: timedelta = timedelta(minutes=5)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ReconcileSettings:
@@ -123,6 +126,9 @@ class ReconcileSettings:
             max_deletions=_int_env(env, "RECONCILE_MAX_DELETIONS", 50, 1, 10000),
             tombstone_grace=timedelta(
                 hours=_int_env(env, "TOMBSTONE_GRACE_HOURS", 120, 25, 24 * 365)
+            ),
+            host_disconnect_grace=timedelta(
+                minutes=_int_env(env, "HOST_DISCONNECT_GRACE_MINUTES", 5, 1, 1440)
             ),
         )
 
@@ -144,6 +150,7 @@ class PassReport:
     failed: int = 0
     invalid: int = 0
     refused: int = 0
+    marked: int = 0
     complete: bool = True
     problems: list[str] = field(default_factory=list)
 
@@ -167,6 +174,7 @@ class PassReport:
             "ReconcileFailed": self.failed,
             "InvalidTaskDefinition": self.invalid,
             "HostAddressRefused": self.refused,
+            "HostChecksCritical": self.marked,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -587,38 +595,95 @@ class Reconciler:
     # -- phase: hosts ------------------------------------------------------------------------
 
     def _repair_hosts(self, owned: Owned, hosts: listing.Hosts | None) -> None:
-        """Hosts whose agent state or registration disagrees with their task nodes."""
+        """Hosts whose agent state or markers disagree with their record (lost events), then
+        the disconnections that outlasted the grace, confirmed by a fresh describe."""
         if hosts is None:
             return
+        due: list[str] = []
+        now = self._now()
         for arn, nodes in sorted(self._on_instance.items()):
             instance = hosts.instances.get(arn)
-            if instance is None or self._out_of_time():
+            state = None if instance is None else self._instance_state(arn, instance)
+            if state is None or self._out_of_time():
                 continue
-            try:
-                state = host_state.instance_state({**instance, "clusterArn": self._cluster_arn})
-            except MalformedEvent as err:
+            record = self._host_record(owned, arn)
+            if not self._host_in_sync(state, record, nodes, owned):
+                self._host_outcome(arn, state)
+            if record is None or state.version > record.version:
+                record = host_state.next_record(record, state, now)
+            if host_state.due_for_marking(record, now, self._settings.host_disconnect_grace):
+                due.append(arn)
+        if due and not self._out_of_time():
+            self._mark_after_grace(due)
+
+    def _mark_after_grace(self, due: list[str]) -> None:
+        """Mark the hosts still disconnected now (DescribeContainerInstances read here, at the
+        time of marking: a reconnect since the pass began leaves its host alone)."""
+        fresh, failures = self._ecs.container_instances(due)
+        for arn in due:
+            state = self._instance_state(arn, fresh[arn]) if arn in fresh else None
+            if state is None:
                 logs.warning(
-                    "container instance unusable", container_instance_arn=arn, error=str(err)
+                    "disconnection not confirmed; not marked",
+                    container_instance_arn=arn,
+                    reason=failures.get(arn),
                 )
-                continue
-            if state.deregistered:
-                if not nodes & set(owned.nodes):
-                    continue
+            elif state.agent_connected or state.deregistered:
+                self._host_outcome(arn, state)  # it reconnected or left: its event may lag
             else:
-                expected = set() if state.agent_connected else nodes
-                if owned.markers & nodes == expected:
-                    continue
-            try:
-                outcome = host_state.apply_instance_state(self._consul, state)
-            except Exception as err:
-                self.report.failed += 1
-                logs.error("host state repair failed", container_instance_arn=arn, error=str(err))
-                continue
-            logs.info(
-                f"reconcile host {outcome.kind}", container_instance_arn=arn, reason=outcome.reason
-            )
-            if outcome.kind in ("marked", "unmarked", "deregistered") and outcome.tasks:
-                self.report.hosts += 1
+                self._host_outcome(arn, state, mark=True)
+
+    def _instance_state(
+        self, arn: str, instance: Mapping[str, Any]
+    ) -> host_state.InstanceState | None:
+        try:
+            return host_state.instance_state({**instance, "clusterArn": self._cluster_arn})
+        except MalformedEvent as err:
+            logs.warning("container instance unusable", container_instance_arn=arn, error=str(err))
+            return None
+
+    @staticmethod
+    def _host_record(owned: Owned, arn: str) -> host_state.HostRecord | None:
+        pair = owned.kv.hosts.get(host_state.instance_id(arn))
+        return None if pair is None else host_state.HostRecord.decode(pair.value)
+
+    @staticmethod
+    def _host_in_sync(
+        state: host_state.InstanceState,
+        record: host_state.HostRecord | None,
+        nodes: set[str],
+        owned: Owned,
+    ) -> bool:
+        """Nothing to write: the record is as new as ECS's answer and the markers match it."""
+        if state.deregistered:
+            return not nodes & set(owned.nodes)
+        if record is None:
+            return state.agent_connected and not owned.markers & nodes
+        if state.version > record.version:
+            return False
+        return owned.markers & nodes == (nodes if record.drained else set())
+
+    def _host_outcome(
+        self, arn: str, state: host_state.InstanceState, *, mark: bool = False
+    ) -> None:
+        """Apply ECS's `state` to the host (or, with `mark`, its disconnection verdict)."""
+        try:
+            if mark:
+                grace = self._settings.host_disconnect_grace
+                outcome = host_state.mark_after_grace(self._consul, state, self._now(), grace)
+            else:
+                outcome = host_state.apply_instance_state(self._consul, state, self._now())
+        except Exception as err:
+            self.report.failed += 1
+            logs.error("host state repair failed", container_instance_arn=arn, error=str(err))
+            return
+        logs.info(
+            f"reconcile host {outcome.kind}", container_instance_arn=arn, reason=outcome.reason
+        )
+        if mark and outcome.kind == "marked":
+            self.report.marked += 1
+        elif outcome.kind in ("marked", "unmarked", "deregistered") and outcome.tasks:
+            self.report.hosts += 1
 
 
 # --------------------------------------------------------------------------------------------
