@@ -9,6 +9,13 @@
 boto3 is imported on first use (events of other clusters never need it) and each client is
 created once per container. botocore's own retries are off: retry.py retries throttling
 inside the invocation's time budget instead of letting two retry loops multiply.
+
+Time budget: like a Consul request (whose timeout shrinks to the time left), an AWS request is
+not started when it could outlast the invocation's budget (`within`): botocore gives up on a
+request after CONNECT_TIMEOUT_S to connect and READ_TIMEOUT_S per read ("The time in seconds
+till a timeout exception is thrown when attempting to make a connection / to read from a
+connection", botocore config.py), so a request needs up to their sum, and one that cannot have
+it fails at once with BudgetExhausted (the message goes back to SQS, a pass stops there).
 """
 
 from __future__ import annotations
@@ -18,11 +25,13 @@ import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from model import Host, TaskDefinition, task_definition_from_api, valid_address
-from retry import RetryableError
+from retry import Budget, BudgetExhausted, RetryableError
 
 T = TypeVar("T")
 
@@ -83,8 +92,25 @@ class UnusableHostAddress(AwsLookupError):
 # Clients
 
 
+CONNECT_TIMEOUT_S = 3
+READ_TIMEOUT_S = 5
+# The longest one request takes before botocore gives up on it: one connect, one read (the
+# answers the registrar reads are small JSON documents, read at once).
+ATTEMPT_S = CONNECT_TIMEOUT_S + READ_TIMEOUT_S
+
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
+_budget: ContextVar[Budget | None] = ContextVar("aws_budget", default=None)
+
+
+@contextmanager
+def within(budget: Budget) -> Iterator[None]:
+    """Hold every AWS request made inside to `budget` (one invocation's, per thread)."""
+    token = _budget.set(budget)
+    try:
+        yield
+    finally:
+        _budget.reset(token)
 
 
 def client(service: str) -> Any:
@@ -94,7 +120,11 @@ def client(service: str) -> Any:
             import boto3  # noqa: PLC0415 - lazy: not every invocation needs AWS
             from botocore.config import Config  # noqa: PLC0415
 
-            config = Config(retries={"total_max_attempts": 1}, connect_timeout=3, read_timeout=5)
+            config = Config(
+                retries={"total_max_attempts": 1},
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+            )
             _clients[service] = boto3.client(service, config=config)
         return _clients[service]
 
@@ -106,7 +136,17 @@ def reset_clients() -> None:
 
 
 def aws_call(what: str, fn: Callable[[], T]) -> T:
-    """Run one AWS call, mapping its failures to AwsUnavailable or AwsLookupError."""
+    """Run one AWS call, mapping its failures to AwsUnavailable or AwsLookupError.
+
+    Not started (BudgetExhausted) when the invocation's budget (`within`) is shorter than
+    ATTEMPT_S: the request could still be running when the function must return.
+    """
+    budget = _budget.get()
+    if budget is not None and budget.remaining_s() < ATTEMPT_S:
+        raise BudgetExhausted(
+            f"{what}: {budget.remaining_s():.1f} s left in this invocation, and a request may "
+            f"take {ATTEMPT_S} s (connect {CONNECT_TIMEOUT_S} s + read {READ_TIMEOUT_S} s)"
+        )
     from botocore.exceptions import (  # noqa: PLC0415
         BotoCoreError,
         ClientError,

@@ -24,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import aws
 import catalog
 import identity
 import inventory
@@ -99,7 +100,8 @@ def on_event(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         else retry.Budget.fixed(600.0)
     )
     try:
-        removed = drain(inventory.connect(rt, budget), cluster_arn, budget)
+        with aws.within(budget):
+            removed = drain(inventory.connect(rt, budget), cluster_arn, budget)
     except Exception as err:
         logs.error("drain failed", cluster_arn=cluster_arn, error=f"{type(err).__name__}: {err}")
         raise RuntimeError(

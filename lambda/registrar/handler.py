@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import aws
 import host_state
 import identity
 import logs
@@ -55,6 +56,21 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, 
         budget = retry.Budget.fixed(60.0)
     metrics = Metrics({"ClusterName": identity.cluster_name(rt.settings.cluster_arn)})
     worker = registrar.Registrar(rt, budget)
+    with aws.within(budget):
+        failures = _handle_records(worker, records, budget, metrics)
+    try:
+        metrics.flush()
+    except Exception as err:  # metrics must never turn a success into a redelivery
+        logs.error("could not write metrics", error=str(err))
+    return {"batchItemFailures": failures}
+
+
+def _handle_records(
+    worker: registrar.Registrar,
+    records: list[Any],
+    budget: retry.Budget,
+    metrics: Metrics,
+) -> list[dict[str, str]]:
     failures = []
     for record in records:
         if not isinstance(record, Mapping):
@@ -70,11 +86,7 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, 
                 applied = False
             if not applied:
                 failures.append({"itemIdentifier": message_id})
-    try:
-        metrics.flush()
-    except Exception as err:  # metrics must never turn a success into a redelivery
-        logs.error("could not write metrics", error=str(err))
-    return {"batchItemFailures": failures}
+    return failures
 
 
 def _route(body: object, metrics: Metrics) -> str | None:

@@ -708,16 +708,17 @@ def run_pass(
         policy=rt.settings.retry_policy,
         budget=budget,
     )
-    return Reconciler(
-        consul=inventory.connect(rt, budget),
-        ecs=reader,
-        task_definitions=rt.task_definitions,
-        cluster_arn=cluster_arn,
-        settings=settings,
-        budget=budget,
-        policy=rt.settings.retry_policy,
-        now=now,
-    ).run()
+    with aws.within(budget):
+        return Reconciler(
+            consul=inventory.connect(rt, budget),
+            ecs=reader,
+            task_definitions=rt.task_definitions,
+            cluster_arn=cluster_arn,
+            settings=settings,
+            budget=budget,
+            policy=rt.settings.retry_policy,
+            now=now,
+        ).run()
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:

@@ -649,6 +649,22 @@ def test_a_pass_out_of_time_leaves_the_rest_to_the_next_pass(world: World) -> No
     assert len(consul.nodes()) == 6
 
 
+def test_a_pass_starts_no_aws_request_it_could_not_finish(world: World) -> None:
+    # GIVEN a registered task that stopped unseen, and a pass with 6 s of budget left: less
+    # than one AWS request may take (connect + read timeouts)
+    world.run(1)
+    world.stop(1, deliver=False)
+    world.ecs.calls.clear()
+
+    # WHEN the pass runs
+    report = world.reconcile(budget=retry.Budget(lambda: 6_000, 0))
+
+    # THEN it starts no AWS request, knows its listing is incomplete, and deletes nothing
+    assert sum(world.ecs.calls.values()) == 0
+    assert not report.complete
+    assert node(1) in world.consul.nodes()
+
+
 # --------------------------------------------------------------------------------------------
 # The ordering rules in repair mode (pure)
 

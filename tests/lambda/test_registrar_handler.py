@@ -482,6 +482,27 @@ def test_no_time_left_reports_messages_without_touching_consul(
     assert consul_double.requests == []
 
 
+def test_an_aws_request_that_could_outlast_the_invocation_is_not_started(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN 5 s left before the reserve: enough for Consul (its timeout shrinks to fit), not
+    # for an AWS request, which botocore lets run for up to connect 3 s + read 5 s
+    ecs = FakeEcs()
+    rt = fake_runtime(consul_double.url, reserve_ms=2_000)
+    rt.task_definitions = aws.EcsTaskDefinitions(lambda: ecs)
+    registrar.set_runtime(rt)
+    try:
+        # WHEN a RUNNING event needs its task definition
+        failed = run(ecs.put_task(TASK), remaining_ms=7_000)
+    finally:
+        registrar.set_runtime(None)
+
+    # THEN the request is not started and the message is left to SQS
+    assert failed == ["msg-0"]
+    assert ecs.calls["DescribeTaskDefinition"] == 0
+    assert aws.ATTEMPT_S == 8
+
+
 # --------------------------------------------------------------------------------------------
 # Malformed input
 
