@@ -11,8 +11,10 @@
   exactly the event path's, at 1/100th of the calls, and fresh on every pass (a moved host is
   seen at the next pass, not when a cache expires).
 
-Every call goes through `aws.aws_call` (error mapping) and `retry.call` (backoff within the
-invocation's budget); a call that still fails marks what it covered as unknown.
+Every call goes through `aws.aws_call` (error mapping, and no request started that could
+outlast the invocation) and `retry.call` (backoff within the invocation's budget); a call that
+still fails marks what it covered as unknown. DescribeInstanceInformation fails whole for one ID
+SSM will not describe: the batch is halved until that ID stands alone (`_describe_managed`).
 """
 
 from __future__ import annotations

@@ -32,8 +32,12 @@ One pass
    grace (default 5 days) outlives every delayed event: EventBridge retries for 24 h and the
    queue keeps messages 4 days, so no late RUNNING event can find the tombstone gone. A message
    redriven from the DLQ later than that is caught by the next pass (its task is MISSING).
-6. Hosts whose agent state (DescribeContainerInstances) disagrees with the markers go through
-   `host_state.apply_instance_state`, the path of the container instance events.
+6. Hosts whose agent state (DescribeContainerInstances) disagrees with their record or markers
+   go through `host_state.apply_instance_state`, the path of the container instance events.
+   Hosts whose agent has been disconnected longer than HOST_DISCONNECT_GRACE_MINUTES are
+   described once more, at the time of marking, and marked only if still disconnected
+   (`host_state.mark_after_grace`): the event path never marks, so a routine reconnect within
+   the grace is never visible.
 
 Large clusters and the time budget: the pass is stateless. The listings cost ~2 AWS calls per
 100 tasks, the repairs ~4 Consul requests each, and every phase stops when the invocation's
