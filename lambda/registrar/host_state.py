@@ -15,9 +15,9 @@ What lands in Consul
   node, so the host's services and sidecars drop out of healthy endpoint sets (DNS, `?passing`,
   Envoy's EDS) at once: traffic drains away from a host ECS has lost.
 - Agent reconnected: the record forgets the disconnection and any marker is deleted at once,
-  nothing else is written. The service checks were
-  never touched, so what remains is consul-esm's own verdict, which it kept computing throughout
-  (restoring "passing" ourselves would claim a health nobody measured). The marker carries no
+  nothing else is written. The service checks were never touched, so what remains is
+  consul-esm's own verdict, which it kept computing throughout (restoring "passing" ourselves
+  would claim a health nobody measured). The marker carries no
   Definition, so consul-esm, which runs only HTTP and TCP definitions (consul-esm check.go,
   `UpdateChecks`), leaves it alone.
 - Deregistered (status DEREGISTERING or INACTIVE): its tasks can never run again, so each is
