@@ -22,6 +22,7 @@ or `hosts`, never a Region.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final, Literal
 
@@ -41,6 +42,7 @@ class ClusterScope:
     account: str
 
 
+@functools.lru_cache(maxsize=64)  # a pass builds a key per record: parse each ARN once
 def scope(cluster_arn: str) -> ClusterScope:
     """`arn:<partition>:ecs:<region>:<account>:cluster/<name>` -> its scope; ValueError else."""
     parts = cluster_arn.split(":", 5)
@@ -92,13 +94,13 @@ class Located:
     legacy: bool
 
 
-def locate(key: str, cluster_arn: str) -> Located | None:
-    """What `key` holds for this cluster; None for another cluster's record or anything else."""
-    prefix = name_prefix(cluster_arn)
+def locate(key: str, s: ClusterScope) -> Located | None:
+    """What `key` holds for the cluster of scope `s` (`scope(cluster_arn)`, parsed once per
+    listing); None for another cluster's record or anything else."""
+    prefix = f"{identity.STATE_PREFIX}{s.name}/"
     if not key.startswith(prefix):
         return None
     parts = key[len(prefix) :].split("/")
-    s = scope(cluster_arn)
     if len(parts) == 2:
         kind, item_id, legacy = parts[0], parts[1], True
     elif len(parts) == 4 and (parts[0], parts[1]) == (s.region, s.account):

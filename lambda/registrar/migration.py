@@ -62,8 +62,9 @@ def decode(value: bytes) -> StateRecord | None:
 
 def read(consul: Inventory, cluster_arn: str) -> Records:
     found = Records()
+    cluster = kv_layout.scope(cluster_arn)
     for pair in consul.kv_list(kv_layout.name_prefix(cluster_arn)):
-        where = kv_layout.locate(pair.key, cluster_arn)
+        where = kv_layout.locate(pair.key, cluster)
         if where is None or "/" in where.item_id:
             continue
         if where.kind == kv_layout.TASKS and where.legacy:
