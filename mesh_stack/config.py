@@ -368,6 +368,12 @@ FIELDS: dict[str, Field] = {
         "Most catalog entries one reconcile pass may delete (1-10000); the rest wait.",
         lambda k, v: _as_int(k, v, 1, 10000),
     ),
+    "host_disconnect_grace_minutes": Field(
+        5,
+        "Minutes an ECS agent may stay disconnected before its host's tasks are marked "
+        "critical (1-1440); agents reconnect several times an hour as normal operation.",
+        lambda k, v: _as_int(k, v, 1, 1440),
+    ),
     "drain_on_delete": Field(
         True,
         "Deleting the stack removes every catalog entry the registrar owns.",
@@ -441,6 +447,7 @@ class MeshConfig:
     lambda_concurrency_quota: int
     reconcile_interval_minutes: int
     reconcile_max_deletions: int
+    host_disconnect_grace_minutes: int
     drain_on_delete: bool
     activation_registration_limit: int
     activation_expiry_days: int

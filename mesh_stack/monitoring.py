@@ -8,6 +8,8 @@ What is watched, and why each alarm exists:
   so an error is a crash or a timeout).
 - Reconcile: drift repaired per pass (events are being lost: above the threshold pages),
   deletions held back by the cap, passes that could not read ECS, and the function's errors.
+- Hosts: a host address the registrar refuses (docker0 reported by SSM, loopback...) pages:
+  the host's tasks stay out of the mesh until the operator sets its address.
 - Consul: healthy servers behind the NLB, per listener; fewer than a quorum pages (the catalog
   can no longer accept writes). No snapshot in S3 for three snapshot intervals pages too
   (missing data counts as breaching: a job that stopped running sends nothing at all).
@@ -40,7 +42,13 @@ DIMENSION = "ClusterName"
 
 # Names emitted by the registrar (handler.py, host_state.py) and the reconcile pass.
 EVENT_METRICS = ("Registered", "Deregistered", "Failed", "Malformed", "IgnoredStale")
-HOST_METRICS = ("HostChecksCritical", "HostChecksRestored", "HostDeregistered")
+HOST_METRICS = (
+    "HostDisconnected",
+    "HostChecksCritical",
+    "HostChecksRestored",
+    "HostDeregistered",
+    "HostAddressRefused",
+)
 LAG_METRIC = "EventToCatalogLagMs"
 DRIFT_METRICS = ("DriftMissing", "DriftChanged", "DriftStale", "DriftHosts")
 DRIFT_TOTAL = "DriftRepaired"
@@ -253,6 +261,14 @@ class Monitoring(Construct):
             threshold=0,
             description="The reconcile pass found more stale entries than its deletion cap "
             "allows (reconcile_max_deletions); check why before raising the cap.",
+        )
+        self._alarm(
+            "HostAddressRefusedAlarm",
+            self.metric("HostAddressRefused", period=interval),
+            threshold=0,
+            description="A host's address cannot go in the catalog (loopback, link-local, "
+            "unspecified, or Docker's bridge 172.17.0.0/16 reported by SSM): its tasks are out of "
+            "the mesh. Set the container instance attribute consul-mesh.address (docs/runbook.md).",
         )
         self._alarm(
             "ReconcileIncompleteAlarm",

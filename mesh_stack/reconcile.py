@@ -48,6 +48,11 @@ class Reconciler(Construct):
     interval_minutes: minutes between passes (1-1440). A pass is stopped at the interval (its
         timeout is at most the interval), so passes do not overlap.
     max_deletions: catalog entries one pass may delete (1-10000); the rest waits (and alarms).
+    host_disconnect_grace_minutes: how long an ECS agent may stay disconnected (1-1440) before
+        the pass marks its host's task nodes critical; it confirms with
+        DescribeContainerInstances first. Agents reconnect several times an hour as normal
+        operation (ECS developer guide, "Container instance state change events"), so a
+        disconnect shorter than this is never visible in the catalog.
     drain_on_delete: on deletion, remove every entry the registrar owns. The custom resource
         exists either way and carries the flag as a property, so switching it is an update that
         drains nothing.
@@ -65,12 +70,18 @@ class Reconciler(Construct):
         max_deletions: int = 50,
         drain_on_delete: bool = True,
         reserve_concurrency: bool = False,
+        host_disconnect_grace_minutes: int = 5,
     ) -> None:
         super().__init__(scope, construct_id)
         if not 1 <= interval_minutes <= 1440:
             raise ValueError(f"interval_minutes must be from 1 to 1440, got {interval_minutes}")
         if not 1 <= max_deletions <= 10000:
             raise ValueError(f"max_deletions must be from 1 to 10000, got {max_deletions}")
+        if not 1 <= host_disconnect_grace_minutes <= 1440:
+            raise ValueError(
+                "host_disconnect_grace_minutes must be from 1 to 1440, "
+                f"got {host_disconnect_grace_minutes}"
+            )
         self.interval = Duration.minutes(interval_minutes)
         self._registrar = registrar
         settings = registrar.settings
@@ -98,6 +109,10 @@ class Reconciler(Construct):
         # A pass that failed or was throttled is not retried: the next one starts from scratch.
         self.function.configure_async_invoke(
             retry_attempts=0, max_event_age=Duration.seconds(max(60, self.interval.to_seconds()))
+        )
+        # Only the pass marks a disconnected host (the event path records the disconnection).
+        self.function.add_environment(
+            "HOST_DISCONNECT_GRACE_MINUTES", str(host_disconnect_grace_minutes)
         )
         grant_cluster_reads(self.function, settings.cluster, list_tasks=True)
         self.schedule = events.Rule(

@@ -119,6 +119,7 @@ class MeshStack(Stack):
             registrar=registrar,
             interval_minutes=config.reconcile_interval_minutes,
             max_deletions=config.reconcile_max_deletions,
+            host_disconnect_grace_minutes=config.host_disconnect_grace_minutes,
             drain_on_delete=config.drain_on_delete,
             reserve_concurrency=config.reserve_concurrency,
         )

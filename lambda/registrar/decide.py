@@ -148,12 +148,14 @@ def _registered_ports(app: ContainerDefinition, labels: MeshLabels, mode: str) -
     return ports
 
 
-def _host_port(event: TaskEvent, task_definition: TaskDefinition, container: str, port: int) -> int:
+def _host_port(
+    event: TaskEvent, task_definition: TaskDefinition, container: str, port: int, host: Host
+) -> int:
     """The host port Consul must advertise for `container`'s container port `port`."""
     if task_definition.network_mode == "host":
         return port
     state = event.container(container)
-    bound = state.host_port(port) if state else None
+    bound = state.host_port(port, ipv6=":" in host.address) if state else None
     if bound is not None:
         return bound
     definition = task_definition.container(container)
@@ -217,7 +219,7 @@ def desired_registration(
         "source": identity.SOURCE,
     }
     path = labels.health_check_path
-    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port)
+    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port, host)
     expose: tuple[ExposePath, ...] = ()
     if mode == "host" and path:
         expose = (ExposePath(_expose_port(labels, ports), path, ports[0], EXPOSE_PROTOCOL),)
@@ -226,7 +228,7 @@ def desired_registration(
         svc_id = identity.service_id(
             labels.service, event.task_arn, port if len(ports) > 1 else None
         )
-        host_port = _host_port(event, task_definition, app.name, port)
+        host_port = _host_port(event, task_definition, app.name, port, host)
         if mode == "bridge":
             # The app's port is published on the host: check it there.
             name, target, check_path = f"{labels.service} on", host_port, path

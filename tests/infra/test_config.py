@@ -108,6 +108,8 @@ FAILURES = [
     ("lambda_concurrency_quota", "0", "from 1 to 10000000"),
     ("reconcile_interval_minutes", "0", "from 1 to 1440"),
     ("reconcile_max_deletions", "0", "from 1 to 10000"),
+    ("host_disconnect_grace_minutes", "0", "from 1 to 1440"),
+    ("host_disconnect_grace_minutes", "1441", "from 1 to 1440"),
     ("drain_on_delete", "maybe", "true or false"),
     ("activation_registration_limit", "0", "from 1 to 1000"),
     ("activation_expiry_days", "31", "from 1 to 30"),

@@ -69,6 +69,12 @@ def test_errors_oldest_message_drift_and_the_cap_raise_alarms(template: Template
     assert alarm(template, "DeletionsHeldBack")["Threshold"] == 0
 
 
+def test_a_refused_host_address_pages(template: Template) -> None:
+    refused = alarm(template, "HostAddressRefused", Namespace=monitoring.NAMESPACE)
+    assert (refused["Threshold"], refused["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert "consul-mesh.address" in refused["AlarmDescription"]
+
+
 def test_fewer_healthy_consul_servers_than_a_quorum_pages(template: Template) -> None:
     quorum = [p for p in alarms(template).values() if p["MetricName"] == "HealthyHostCount"]
     assert len(quorum) == 2, "one per Consul listener"
