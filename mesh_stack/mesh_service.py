@@ -185,7 +185,10 @@ class MeshService(Construct):
     listens on 127.0.0.1 only (it is told where in CONSUL_MESH_LISTEN_ADDR/_HOST/_PORT), Envoy
     reaches it there and is the only thing listening on the network, and consul-esm checks it
     through Envoy. Every host-mode service of one cluster must use ports of its own; that is
-    checked across all MeshServices of the cluster at synth.
+    checked across all MeshServices of the cluster at synth. Host-mode ports are >= 1024 and
+    outside the ports ECS reserves (22, 2375, 2376, 51678-51680) and the ephemeral range
+    32768-60999. ECS reserves only Envoy's port-mapped ports: the app's and upstream ports are
+    on 127.0.0.1, unmapped, so other host-mode workloads on the hosts must avoid them.
 
     service_name: Consul service name (DNS label); also the app container's name.
     image / port: the application image and the container port it serves on.
