@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mesh_stack import demo_ports
-from mesh_stack.ports import ENVOY_INBOUND_PORTS
+from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
 
 
 class ConfigError(ValueError):
@@ -396,8 +396,9 @@ FIELDS: dict[str, Field] = {
     ),
     "prometheus_port": Field(
         9102,
-        "Port of the demo backend's Envoy Prometheus listener (serves /stats/prometheus only); "
-        "frontend's is the next one (1024-65534).",
+        "Port of the demo backend's Envoy Prometheus listener on 127.0.0.1 of each host "
+        "(serves /stats/prometheus only); frontend's is the next one (1024-65534, outside "
+        "20000-20999, 32768-60999 and the ECS-reserved 2375/2376).",
         lambda k, v: _as_int(k, v, 1024, 65534),
     ),
     "snapshot_interval_hours": Field(
@@ -519,6 +520,13 @@ class MeshConfig:
         first, last = ENVOY_INBOUND_PORTS
         taken = demo_ports.app_ports() if self.demo_enabled else {}
         for port in (self.prometheus_port, self.prometheus_port + 1):
+            problem = fixed_host_port_problem(port)
+            if problem:
+                raise _fail(
+                    "prometheus_port",
+                    self.prometheus_port,
+                    f"the demo's metrics listeners would use {problem}",
+                )
             if port in taken or first <= port <= last:
                 used = taken.get(port, f"Envoy's public and health listeners ({first}-{last})")
                 raise _fail(

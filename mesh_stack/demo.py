@@ -37,8 +37,8 @@ class MeshDemo(Construct):
 
     token_secrets: the per-service ACL token secrets for "frontend" and "backend" (from the
         Consul fleet construct, which also writes DEMO_INTENTIONS).
-    prometheus_port: backend's metrics listener; frontend's is the next port (host mode needs
-        one port per service). None disables both.
+    prometheus_port: backend's metrics listener on each host's 127.0.0.1; frontend's is the
+        next port (host mode needs one port per service). None disables both.
     The other arguments are passed to both MeshServices unchanged.
     """
 

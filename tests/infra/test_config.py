@@ -216,6 +216,24 @@ def test_fails_when_the_quota_is_set_but_nothing_is_reserved() -> None:
         config(lambda_concurrency_quota="2000")
 
 
+@pytest.mark.parametrize(
+    ("port", "why"),
+    [
+        ("2375", "2375 is reserved by ECS on every container instance"),
+        ("2374", "2375 is reserved by ECS on every container instance"),  # frontend's is +1
+        ("40000", "40000 lies in the ephemeral range 32768..60999"),
+        ("32767", "32768 lies in the ephemeral range 32768..60999"),
+    ],
+)
+def test_fails_when_a_demo_metrics_port_is_reserved_or_ephemeral(port: str, why: str) -> None:
+    # ECS never places a task that asks for a reserved host port, and the ephemeral range is
+    # what ECS and the kernel hand out to others; with or without the demo, the key is refused
+    for demo in ("true", "false"):
+        with pytest.raises(ConfigError, match=rf"prometheus_port={int(port)}: .*{why}") as err:
+            config(prometheus_port=port, demo_enabled=demo)
+        assert "\n" not in str(err.value)
+
+
 def test_demo_port_is_free_when_the_demo_is_off() -> None:
     assert config(prometheus_port="9091", demo_enabled="false").prometheus_port == 9091
 
