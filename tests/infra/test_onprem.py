@@ -188,9 +188,10 @@ def test_both_tunnels_accept_only_ikev2_strong_ciphers_and_log_to_an_encrypted_g
 
 
 def _tunnel_log_group(synth: Synth) -> tuple[str, dict[str, Any]]:
-    onprem = synth.network.onprem
-    assert isinstance(onprem, OnPremVpn)
-    logical_id = synth.stack.resolve(onprem.tunnel_logs.log_group_name)["Ref"]
+    assert synth.network.onprem is not None
+    vpn = synth.network.onprem.path
+    assert isinstance(vpn, OnPremVpn)
+    logical_id = synth.stack.resolve(vpn.tunnel_logs.log_group_name)["Ref"]
     return logical_id, synth.template["Resources"][logical_id]
 
 
@@ -351,6 +352,37 @@ def test_default_synth_adds_no_path_and_only_the_check_rule(synthesized: Synthes
         ("tcp", 443, 443, "0.0.0.0/0"),
         ("tcp", low, high, "192.168.0.0/16"),
     }
+
+
+def test_switching_paths_retargets_each_route_in_place(vpn: Synth, tgw: Synth) -> None:
+    # GIVEN the same VPC and on-prem CIDRs, once with the VPN and once with the transit gateway
+    def by_destination(synth: Synth) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+        return {
+            (r["Properties"]["RouteTableId"]["Ref"], r["Properties"]["DestinationCidrBlock"]): (
+                logical_id,
+                r["Properties"],
+            )
+            for logical_id, r in synth.of_type("AWS::EC2::Route").items()
+            if r["Properties"]["DestinationCidrBlock"] in ONPREM
+        }
+
+    via_vpn, via_tgw = by_destination(vpn), by_destination(tgw)
+    assert via_vpn.keys() == via_tgw.keys()
+    assert len(via_vpn) == 3 * len(ONPREM)
+    for key, (vpn_id, vpn_props) in via_vpn.items():
+        tgw_id, tgw_props = via_tgw[key]
+        # THEN each (route table, CIDR) route has one logical ID on both paths, so switching
+        # updates its target in place (AWS::EC2::Route: only RouteTableId and the destination
+        # are create-only) instead of creating a second route for the destination, which EC2
+        # refuses while the old one exists (RouteAlreadyExists)...
+        assert vpn_id == tgw_id
+        # ...and only the target differs.
+        assert {
+            k for k in vpn_props.keys() | tgw_props.keys() if vpn_props.get(k) != tgw_props.get(k)
+        } == {
+            "GatewayId",
+            "TransitGatewayId",
+        }
 
 
 def test_path_resources_keep_their_logical_ids(vpn: Synth, tgw: Synth) -> None:
