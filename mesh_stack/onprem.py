@@ -25,8 +25,10 @@ devices without BGP) and its VpnTunnelOptionsSpecification / CloudwatchLogOption
 aws-resource-ec2-transitgatewayattachment (one subnet per AZ), aws-resource-ec2-route (routes to
 a gateway depend on its attachment; its schema's createOnlyProperties are only RouteTableId and
 the destination, so GatewayId/TransitGatewayId change in place); the EC2 API's
-CreateVpnGateway (AmazonSideAsn default 64512). Every property is also validated by cfn-lint
-against the resource schemas (tests/infra/test_onprem.py).
+CreateVpnGateway (AmazonSideAsn default 64512) and CreateCustomerGateway ("To create more than
+one customer gateway with the same VPN type, IP address, and BGP ASN, specify a unique device
+name"). Every property is also validated by cfn-lint against the resource schemas
+(tests/infra/test_onprem.py).
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from aws_cdk import ArnFormat, CfnResource, Stack, Tags
+from aws_cdk import ArnFormat, Aws, CfnResource, Fn, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -102,6 +104,25 @@ def route_onprem(
             route.node.add_dependency(path.attachment)
             routes.append(route)
     return routes
+
+
+def tunnel_log_group_name(stack_name: str) -> str:
+    """`/aws/vendedlogs/<stack name>/vpn-tunnels/<stack UUID>`.
+
+    The VPN service adds the group to the account's CloudWatch Logs resource policy, which is
+    capped at 5,120 characters; groups under `/aws/vendedlogs/` do not grow it (Site-to-Site VPN
+    User Guide, monitoring-logs.md, "Amazon CloudWatch Logs resource policy size
+    restrictions"). The stack's UUID (the last part of AWS::StackId) keeps the name unique per
+    stack creation: the group is retained when the stack is deleted (the CDK default), and a
+    fixed name would make the next deploy of the same stack fail on the retained group.
+    """
+    return Fn.join(
+        "",
+        [
+            f"/aws/vendedlogs/{stack_name}/vpn-tunnels/",
+            Fn.select(2, Fn.split("/", Aws.STACK_ID)),
+        ],
+    )
 
 
 def _tunnel_options(
@@ -183,9 +204,19 @@ class OnPremVpn(Construct):
             ip_address=customer_gateway_ip,
             bgp_asn=asn if asn < BGP_ASN_EXTENDED_MIN else None,
             bgp_asn_extended=asn if asn >= BGP_ASN_EXTENDED_MIN else None,
+            # CreateCustomerGateway returns the existing gateway for an identical request (type,
+            # IP, ASN); static routing always uses ASN 65000, so a second stack in the account
+            # for the same device (dev and prod, or the network team's own gateway) would
+            # collide. A unique device name makes each stack's gateway its own (EC2 API
+            # reference, CreateCustomerGateway; DeviceName: up to 255 characters, create-only).
+            device_name=Stack.of(self).stack_name,
         )
         self.tunnel_logs = logs.LogGroup(
-            self, "TunnelLogs", retention=logs.RetentionDays.ONE_YEAR, encryption_key=log_key
+            self,
+            "TunnelLogs",
+            log_group_name=tunnel_log_group_name(Stack.of(self).stack_name),
+            retention=logs.RetentionDays.ONE_YEAR,
+            encryption_key=log_key,
         )
         # The log group's own ARN, `arn:<partition>:logs:<region>:<account>:log-group:<name>`,
         # not CloudFormation's `Arn` attribute, which appends `:*` (for IAM resource patterns).

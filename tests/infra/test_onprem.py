@@ -159,6 +159,32 @@ def test_static_vpn_routes_each_onprem_cidr_into_the_tunnels(vpn: Synth) -> None
     assert "PreSharedKey" not in json.dumps(conn)
 
 
+def test_customer_gateways_of_two_stacks_for_one_device_do_not_collide(tmp_path: Path) -> None:
+    # GIVEN two environments (dev and prod) whose VPNs end on the same on-prem device, static
+    # routing (so both customer gateways have ASN 65000)
+    app = cdk.App(context=cdk_json_context(), outdir=str(tmp_path))
+    config = MeshConfig.from_context(
+        {"onprem_connectivity": "vpn", "vpn_customer_gateway_ip": DEVICE_IP}
+    )
+    stacks = [
+        cdk.Stack(app, name, env=cdk.Environment(region="us-east-1"))
+        for name in ("consul-mesh-dev", "consul-mesh-prod")
+    ]
+    for stack in stacks:
+        Network(stack, "Network", config=config, log_key=Keys(stack, "Keys").key)
+    gateways = {}
+    for stack in stacks:
+        template = assertions.Template.from_stack(stack)
+        (cgw,) = template.find_resources("AWS::EC2::CustomerGateway").values()
+        gateways[stack.stack_name] = cgw["Properties"]
+    # THEN each customer gateway carries its stack's name as device name: CreateCustomerGateway
+    # returns the existing gateway for an identical type, IP address and ASN unless the device
+    # names differ (EC2 API reference), so neither stack takes over the other's.
+    for name, props in gateways.items():
+        assert (props["IpAddress"], props["BgpAsn"]) == (DEVICE_IP, 65000)
+        assert props["DeviceName"] == name
+
+
 def test_both_tunnels_accept_only_ikev2_strong_ciphers_and_log_to_an_encrypted_group(
     vpn: Synth,
 ) -> None:
@@ -178,7 +204,12 @@ def test_both_tunnels_accept_only_ikev2_strong_ciphers_and_log_to_an_encrypted_g
             assert values(tunnel, f"{phase}EncryptionAlgorithms") == list(ENCRYPTION)
             assert values(tunnel, f"{phase}IntegrityAlgorithms") == list(INTEGRITY)
             assert values(tunnel, f"{phase}DHGroupNumbers") == list(DH_GROUPS)
-        assert min(DH_GROUPS) >= 14  # no 1024-bit MODP groups 2 and 5
+        groups = set(
+            values(tunnel, "Phase1DHGroupNumbers") + values(tunnel, "Phase2DHGroupNumbers")
+        )
+        # MODP 2048-8192 (14-18) and ECP (19-21) only: no 1024-bit MODP groups 2 and 5, and
+        # none of RFC 5114's groups 22-24 (22 is a 1024-bit MODP group).
+        assert groups == set(range(14, 22))
         logs = tunnel["LogOptions"]["CloudwatchLogOptions"]
         assert logs["LogEnabled"] is True
         arn = json.dumps(logs["LogGroupArn"])
@@ -193,6 +224,25 @@ def _tunnel_log_group(synth: Synth) -> tuple[str, dict[str, Any]]:
     assert isinstance(vpn, OnPremVpn)
     logical_id = synth.stack.resolve(vpn.tunnel_logs.log_group_name)["Ref"]
     return logical_id, synth.template["Resources"][logical_id]
+
+
+def test_tunnel_logs_go_to_a_vended_logs_group_unique_per_stack_creation(vpn: Synth) -> None:
+    # GIVEN the VPN's tunnel log group
+    _, group = _tunnel_log_group(vpn)
+    # THEN its name starts with /aws/vendedlogs/, so the VPN service does not grow the account's
+    # CloudWatch Logs resource policy (5,120 characters) with it (S2S VPN guide, VPN logs)...
+    name = group["Properties"]["LogGroupName"]
+    assert name == {
+        "Fn::Join": [
+            "",
+            [
+                "/aws/vendedlogs/consul-mesh-dev/vpn-tunnels/",
+                # ...and ends with the stack's UUID: the group is retained when the stack is
+                # deleted, and the next creation of the stack must not collide with it.
+                {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]},
+            ],
+        ]
+    }
 
 
 def test_vpn_outputs_the_connection_and_where_to_get_the_device_configuration(vpn: Synth) -> None:
