@@ -11,7 +11,7 @@ from constructs import Construct
 
 from mesh_stack.config import MeshConfig
 from mesh_stack.nag import acknowledge
-from mesh_stack.onprem import OnPremTransitGateway, OnPremVpn, connect_onprem
+from mesh_stack.onprem import OnPremConnection, connect_onprem
 
 
 class Network(Construct):
@@ -31,7 +31,7 @@ class Network(Construct):
         self, scope: Construct, construct_id: str, *, config: MeshConfig, log_key: kms.IKey
     ) -> None:
         super().__init__(scope, construct_id)
-        self.onprem: OnPremVpn | OnPremTransitGateway | None = None
+        self.onprem: OnPremConnection | None = None
         if config.vpc_id:
             self.vpc: ec2.IVpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=config.vpc_id)
             return

@@ -14,23 +14,29 @@ Either way, every private route table (servers, NLB, Lambdas) gets one route per
 CIDR to the gateway: explicit `AWS::EC2::Route`s rather than VGW route propagation, so the
 template itself shows where each on-prem CIDR goes, for static and BGP VPNs alike (with BGP
 the gateway still picks the live tunnel), and nothing wider than `onprem_cidrs` is learned.
-Public subnets (NAT gateways only) get no route to on-prem.
+Public subnets (NAT gateways only) get no route to on-prem. The routes live under one
+path-independent scope (`OnPremRoutes`), so switching `vpn` <-> `transit_gateway` updates each
+route in place (ReplaceRoute) instead of creating a second route for the same destination.
 
 Sources (CloudFormation template reference, docs.aws.amazon.com/AWSCloudFormation/latest/
 TemplateReference/): aws-resource-ec2-customergateway (BgpAsn up to 2,147,483,647, larger ASNs
 in BgpAsnExtended; one of them required), aws-resource-ec2-vpnconnection (StaticRoutesOnly for
 devices without BGP) and its VpnTunnelOptionsSpecification / CloudwatchLogOptionsSpecification,
 aws-resource-ec2-transitgatewayattachment (one subnet per AZ), aws-resource-ec2-route (routes to
-a gateway depend on its attachment); the EC2 API's CreateVpnGateway (AmazonSideAsn default
-64512). Every property is also validated by cfn-lint against the resource schemas
+a gateway depend on its attachment; its schema's createOnlyProperties are only RouteTableId and
+the destination, so GatewayId/TransitGatewayId change in place); the EC2 API's
+CreateVpnGateway (AmazonSideAsn default 64512) and CreateCustomerGateway ("To create more than
+one customer gateway with the same VPN type, IP address, and BGP ASN, specify a unique device
+name"). Every property is also validated by cfn-lint against the resource schemas
 (tests/infra/test_onprem.py).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
-from aws_cdk import ArnFormat, CfnResource, Stack, Tags
+from aws_cdk import ArnFormat, Aws, CfnResource, Fn, Stack, Tags
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -59,35 +65,64 @@ def private_route_tables(vpc: ec2.IVpc) -> list[tuple[str, str]]:
     return [(subnet.node.id, subnet.route_table.route_table_id) for subnet in subnets]
 
 
+ROUTES_ID = "OnPremRoutes"
+
+
 def route_onprem(
     scope: Construct,
     *,
     vpc: ec2.IVpc,
     onprem_cidrs: Sequence[str],
-    after: CfnResource,
-    gateway_id: str | None = None,
-    transit_gateway_id: str | None = None,
+    path: OnPremVpn | OnPremTransitGateway,
 ) -> list[ec2.CfnRoute]:
-    """One route per on-prem CIDR in every private route table, created after `after`.
+    """One route per on-prem CIDR in every private route table, to `path`'s gateway.
 
-    A route to a VPN gateway or a transit gateway fails until the gateway is attached to
-    the VPC (AWS::EC2::Route: "declare a dependency on the transit gateway attachment"), so
-    each route depends on the attachment resource.
+    The routes are created under `scope`/OnPremRoutes whatever the path, so a route's logical
+    ID depends only on its table and CIDR. Switching paths then changes each route's target in
+    place (AWS::EC2::Route schema: only RouteTableId and the destination are create-only), after
+    the new attachment exists; with a per-path scope CloudFormation would create the new route
+    first and EC2 would refuse a second route for the same destination in the same table.
+
+    A route to a VPN gateway or a transit gateway fails until the gateway is attached to the
+    VPC (AWS::EC2::Route: "declare a dependency on the transit gateway attachment"), so each
+    route depends on the path's attachment resource.
     """
+    if not onprem_cidrs:
+        raise ValueError("route_onprem needs at least one on-prem CIDR to route")
+    routes_scope = Construct(scope, ROUTES_ID)
     routes = []
     for subnet_id, route_table_id in private_route_tables(vpc):
         for cidr in onprem_cidrs:
             route = ec2.CfnRoute(
-                scope,
+                routes_scope,
                 f"{subnet_id}To{cidr.replace('/', '-')}",
                 route_table_id=route_table_id,
                 destination_cidr_block=cidr,
-                gateway_id=gateway_id,
-                transit_gateway_id=transit_gateway_id,
+                gateway_id=path.gateway_id,
+                transit_gateway_id=path.transit_gateway_id,
             )
-            route.node.add_dependency(after)
+            route.node.add_dependency(path.attachment)
             routes.append(route)
     return routes
+
+
+def tunnel_log_group_name(stack_name: str) -> str:
+    """`/aws/vendedlogs/<stack name>/vpn-tunnels/<stack UUID>`.
+
+    The VPN service adds the group to the account's CloudWatch Logs resource policy, which is
+    capped at 5,120 characters; groups under `/aws/vendedlogs/` do not grow it (Site-to-Site VPN
+    User Guide, monitoring-logs.md, "Amazon CloudWatch Logs resource policy size
+    restrictions"). The stack's UUID (the last part of AWS::StackId) keeps the name unique per
+    stack creation: the group is retained when the stack is deleted (the CDK default), and a
+    fixed name would make the next deploy of the same stack fail on the retained group.
+    """
+    return Fn.join(
+        "",
+        [
+            f"/aws/vendedlogs/{stack_name}/vpn-tunnels/",
+            Fn.select(2, Fn.split("/", Aws.STACK_ID)),
+        ],
+    )
 
 
 def _tunnel_options(
@@ -122,11 +157,11 @@ def _tunnel_options(
 
 
 class OnPremVpn(Construct):
-    """A Site-to-Site VPN between the VPC and one on-prem VPN device, routed from every
-    private subnet.
+    """A Site-to-Site VPN between the VPC and one on-prem VPN device.
 
-    vpc: the created VPC; its private route tables get a route per `onprem_cidrs` entry.
-    onprem_cidrs: on-prem networks of the ECS Anywhere hosts.
+    vpc: the created VPC, attached to the VPN gateway (`attachment`); `route_onprem` points
+        its private route tables at the gateway (`gateway_id`).
+    onprem_cidrs: on-prem networks of the ECS Anywhere hosts (static VPN routes).
     customer_gateway_ip: public IPv4 of the on-prem device's outside interface (or its NAT).
     bgp_asn: the device's BGP ASN for dynamic routing; None = static routes, one VPN
         connection route per on-prem CIDR.
@@ -155,9 +190,12 @@ class OnPremVpn(Construct):
         self.gateway = ec2.CfnVPNGateway(
             self, "Gateway", type="ipsec.1", amazon_side_asn=AMAZON_SIDE_ASN
         )
-        attachment = ec2.CfnVPCGatewayAttachment(
+        self.attachment: CfnResource = ec2.CfnVPCGatewayAttachment(
             self, "Attachment", vpc_id=vpc.vpc_id, vpn_gateway_id=self.gateway.ref
         )
+        # Where the VPC's on-prem routes point (route_onprem).
+        self.gateway_id: str | None = self.gateway.ref
+        self.transit_gateway_id: str | None = None
         asn = STATIC_CUSTOMER_ASN if bgp_asn is None else bgp_asn
         self.customer_gateway = ec2.CfnCustomerGateway(
             self,
@@ -166,9 +204,19 @@ class OnPremVpn(Construct):
             ip_address=customer_gateway_ip,
             bgp_asn=asn if asn < BGP_ASN_EXTENDED_MIN else None,
             bgp_asn_extended=asn if asn >= BGP_ASN_EXTENDED_MIN else None,
+            # CreateCustomerGateway returns the existing gateway for an identical request (type,
+            # IP, ASN); static routing always uses ASN 65000, so a second stack in the account
+            # for the same device (dev and prod, or the network team's own gateway) would
+            # collide. A unique device name makes each stack's gateway its own (EC2 API
+            # reference, CreateCustomerGateway; DeviceName: up to 255 characters, create-only).
+            device_name=Stack.of(self).stack_name,
         )
         self.tunnel_logs = logs.LogGroup(
-            self, "TunnelLogs", retention=logs.RetentionDays.ONE_YEAR, encryption_key=log_key
+            self,
+            "TunnelLogs",
+            log_group_name=tunnel_log_group_name(Stack.of(self).stack_name),
+            retention=logs.RetentionDays.ONE_YEAR,
+            encryption_key=log_key,
         )
         # The log group's own ARN, `arn:<partition>:logs:<region>:<account>:log-group:<name>`,
         # not CloudFormation's `Arn` attribute, which appends `:*` (for IAM resource patterns).
@@ -196,9 +244,6 @@ class OnPremVpn(Construct):
                     destination_cidr_block=cidr,
                     vpn_connection_id=self.connection.ref,
                 )
-        self.routes = route_onprem(
-            self, vpc=vpc, onprem_cidrs=onprem_cidrs, after=attachment, gateway_id=self.gateway.ref
-        )
         Tags.of(self).add("Name", self.node.path)
         self.vpn_connection_id = self.connection.ref
 
@@ -221,9 +266,8 @@ class OnPremTransitGateway(Construct):
     """The VPC's private subnets attached to an existing transit gateway, routed to on-prem.
 
     vpc: the created VPC; one attachment subnet per AZ (its private subnets, which the
-        transit gateway takes one address from) and a route per on-prem CIDR in each private
-        route table.
-    onprem_cidrs: on-prem networks of the ECS Anywhere hosts.
+        transit gateway takes one address from). `route_onprem` points its private route
+        tables at the transit gateway (`transit_gateway_id`).
     transit_gateway_id: the existing gateway (same account, or shared through AWS RAM).
 
     The transit gateway's route tables stay the network team's: docs/services.md lists what
@@ -237,27 +281,20 @@ class OnPremTransitGateway(Construct):
         construct_id: str,
         *,
         vpc: ec2.IVpc,
-        onprem_cidrs: Sequence[str],
         transit_gateway_id: str,
     ) -> None:
         super().__init__(scope, construct_id)
-        if not onprem_cidrs:
-            raise ValueError("OnPremTransitGateway needs at least one on-prem CIDR to route")
         subnets = vpc.select_subnets(subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS)
-        self.attachment = ec2.CfnTransitGatewayAttachment(
+        self.attachment: CfnResource = ec2.CfnTransitGatewayAttachment(
             self,
             "Attachment",
             transit_gateway_id=transit_gateway_id,
             vpc_id=vpc.vpc_id,
             subnet_ids=subnets.subnet_ids,
         )
-        self.routes = route_onprem(
-            self,
-            vpc=vpc,
-            onprem_cidrs=onprem_cidrs,
-            after=self.attachment,
-            transit_gateway_id=transit_gateway_id,
-        )
+        # Where the VPC's on-prem routes point (route_onprem).
+        self.gateway_id: str | None = None
+        self.transit_gateway_id: str | None = transit_gateway_id
         Tags.of(self).add("Name", self.node.path)
         self.attachment_id = self.attachment.ref
 
@@ -272,17 +309,33 @@ class OnPremTransitGateway(Construct):
         }
 
 
+@dataclass(frozen=True)
+class OnPremConnection:
+    """The path to on-prem and the routes to it: `path` is `OnPremVpn` or `OnPremTransitGateway`,
+    `routes` are one per (private route table, on-prem CIDR), under `OnPremRoutes`."""
+
+    path: OnPremVpn | OnPremTransitGateway
+    routes: list[ec2.CfnRoute]
+
+    def outputs(self) -> dict[str, tuple[str, str]]:
+        """Stack outputs of the path: name -> (value, description)."""
+        return self.path.outputs()
+
+
 def connect_onprem(
     scope: Construct, *, config: MeshConfig, vpc: ec2.IVpc, log_key: kms.IKey
-) -> OnPremVpn | OnPremTransitGateway | None:
-    """The path `config.onprem_connectivity` asks for, or None for `none`.
+) -> OnPremConnection | None:
+    """The path `config.onprem_connectivity` asks for and its routes, or None for `none`.
 
-    Each path has its own construct ID, so no logical ID is shared between the two: switching
-    from one to the other replaces resources instead of asking CloudFormation to change a
-    resource's type (which it refuses).
+    Each path has its own construct ID, so its gateway, attachment and VPN resources share no
+    logical ID with the other path's: switching from one to the other creates the new path and
+    deletes the old one instead of asking CloudFormation to change a resource's type (which it
+    refuses). The routes are the opposite: one scope for both paths, so that the same switch
+    re-targets each route in place (`route_onprem`).
     """
+    path: OnPremVpn | OnPremTransitGateway
     if config.onprem_connectivity == "vpn":
-        return OnPremVpn(
+        path = OnPremVpn(
             scope,
             "OnPremVpn",
             vpc=vpc,
@@ -291,12 +344,14 @@ def connect_onprem(
             bgp_asn=config.vpn_bgp_asn,
             log_key=log_key,
         )
-    if config.onprem_connectivity == "transit_gateway":
-        return OnPremTransitGateway(
+    elif config.onprem_connectivity == "transit_gateway":
+        path = OnPremTransitGateway(
             scope,
             "OnPremTransitGateway",
             vpc=vpc,
-            onprem_cidrs=config.onprem_cidrs,
             transit_gateway_id=config.transit_gateway_id,
         )
-    return None
+    else:
+        return None
+    routes = route_onprem(scope, vpc=vpc, onprem_cidrs=config.onprem_cidrs, path=path)
+    return OnPremConnection(path, routes)

@@ -8,11 +8,13 @@ Construct IDs below are a contract: the logical IDs of stateful resources derive
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from aws_cdk import CfnOutput, CfnResource, Fn, Stack
+import jsii
+from aws_cdk import Aspects, CfnOutput, CfnResource, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from mesh_stack.config import MeshConfig
 from mesh_stack.consul_fleet import ConsulFleet
@@ -21,6 +23,7 @@ from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
 from mesh_stack.ecs_anywhere import EcsAnywhere
 from mesh_stack.key_use import grant_key_use, keyless
 from mesh_stack.keys import Keys
+from mesh_stack.mesh_service import MeshService
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
@@ -71,6 +74,9 @@ class MeshStack(Stack):
                 ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
             )
         self.fleet = fleet
+        # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
+        # host ports) gets its range opened too, whoever adds it to the stack and when.
+        Aspects.of(self).add(_OpenServiceCheckPorts(fleet, config.onprem_cidrs))
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
         objects = ConsulObjects(
@@ -184,3 +190,33 @@ class MeshStack(Stack):
         if network.onprem is not None:
             for name, (value, description) in network.onprem.outputs().items():
                 CfnOutput(self, name, value=value, description=description)
+
+
+@jsii.implements(IAspect)
+class _OpenServiceCheckPorts:
+    """Lets consul-esm reach every MeshService of the stack on the host ports it listens on.
+
+    The stack opens `ENVOY_INBOUND_PORTS` to each on-prem CIDR itself (host mode). A service
+    listening elsewhere (`MeshService.inbound_host_ports`: a bridge-mode service publishes on
+    ECS's dynamic host port range) would otherwise stay critical: the servers' egress is
+    closed to everything else, and Consul routes no mesh traffic to an instance whose checks
+    fail. Run as an aspect, at synthesis, so services added after the stack's constructor
+    (in app code, or from configuration) are covered too; each range opens once per CIDR.
+    """
+
+    def __init__(self, fleet: ConsulFleet, onprem_cidrs: Sequence[str]) -> None:
+        self._fleet = fleet
+        self._cidrs = list(onprem_cidrs)
+        self._opened: set[tuple[int, int]] = {ENVOY_INBOUND_PORTS}
+
+    def visit(self, node: IConstruct) -> None:
+        if not isinstance(node, MeshService) or node.inbound_host_ports in self._opened:
+            return
+        low, high = node.inbound_host_ports
+        self._opened.add(node.inbound_host_ports)
+        for cidr in self._cidrs:
+            self._fleet.allow_checks_to(
+                ec2.Peer.ipv4(cidr),
+                node.inbound_host_ports,
+                f"mesh services' host ports {low}-{high} in {cidr}",
+            )

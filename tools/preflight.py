@@ -52,6 +52,7 @@ class Preflight:
     path: str
     ready: bool  # False when no route to on-prem exists or is assumed
     creates: list[str] = field(default_factory=list)
+    before: list[str] = field(default_factory=list)  # must be done before `make deploy`
     todo: list[str] = field(default_factory=list)
     firewall: list[str] = field(default_factory=list)
 
@@ -93,6 +94,24 @@ def firewall_rules(config: MeshConfig) -> list[str]:
     ]
 
 
+# Site-to-Site VPN User Guide, monitoring-logs.md, "IAM requirements to publish to CloudWatch
+# Logs": what the principal creating a VPN connection with tunnel logs needs.
+VPN_LOG_ACTIONS = (
+    "logs:CreateLogDelivery",
+    "logs:GetLogDelivery",
+    "logs:UpdateLogDelivery",
+    "logs:DeleteLogDelivery",
+    "logs:ListLogDeliveries",
+    "logs:PutResourcePolicy",
+    "logs:DescribeResourcePolicies",
+    "logs:DescribeLogGroups",
+)
+RESTRICTED_BOOTSTRAP = (
+    "only if your CDK bootstrap uses a restricted --cloudformation-execution-policies (the "
+    "default is AdministratorAccess): "
+)
+
+
 def plan(config: MeshConfig) -> Preflight:
     """The network path `config` asks for: what the stack creates and what remains to do."""
     cidrs = _cidrs(config)
@@ -129,13 +148,21 @@ def plan(config: MeshConfig) -> Preflight:
             ready=True,
             creates=[
                 f"virtual private gateway (Amazon side ASN {AMAZON_SIDE_ASN}) attached to the VPC",
-                f"customer gateway for your device at {config.vpn_customer_gateway_ip}",
+                f"customer gateway for your device at {config.vpn_customer_gateway_ip}, device "
+                f"name {config.stack_name} (other stacks may use the same device)",
                 "one VPN connection, two tunnels; they accept only "
                 f"{'/'.join(IKE_VERSIONS)}, {'/'.join(ENCRYPTION)}, {'/'.join(INTEGRITY)}, "
-                f"DH groups {DH_GROUPS[0]}-{DH_GROUPS[-1]}; tunnel logs in CloudWatch Logs",
+                f"DH groups {DH_GROUPS[0]}-{DH_GROUPS[-1]}; tunnel logs in CloudWatch Logs "
+                f"(/aws/vendedlogs/{config.stack_name}/vpn-tunnels/...)",
                 routing,
                 f"a route to the VPN gateway for {cidrs} in each of the {tables} private "
                 "route tables (Consul servers, NLB, Lambdas)",
+            ],
+            before=[
+                RESTRICTED_BOOTSTRAP
+                + "its execution role needs "
+                + ", ".join(VPN_LOG_ACTIONS)
+                + " on * for the tunnel logs (Site-to-Site VPN User Guide, VPN logs)",
             ],
             todo=[
                 deploy_note,
@@ -152,6 +179,7 @@ def plan(config: MeshConfig) -> Preflight:
             firewall=firewall,
         )
     if config.onprem_connectivity == "transit_gateway":
+        tgw = config.transit_gateway_id
         return Preflight(
             path=PATHS["transit_gateway"],
             ready=True,
@@ -160,14 +188,30 @@ def plan(config: MeshConfig) -> Preflight:
                 f"a route to {config.transit_gateway_id} for {cidrs} in each of the {tables} "
                 "private route tables (Consul servers, NLB, Lambdas)",
             ],
+            before=[
+                "if the transit gateway belongs to another account (shared through AWS RAM): "
+                "accept the resource share in this account (automatic within an AWS "
+                "Organization with RAM sharing enabled), then check that this account sees "
+                f"it: aws ec2 describe-transit-gateways --transit-gateway-ids {tgw} "
+                '--query "TransitGateways[0].[State,Options.AutoAcceptSharedAttachments]"; '
+                "otherwise the attachment fails with InvalidTransitGatewayID.NotFound",
+                "if it belongs to another account and AutoAcceptSharedAttachments is not "
+                "enable (the default is disable): the owner must accept this VPC attachment "
+                "WHILE `make deploy` runs; it waits in pendingAcceptance and the routes to the "
+                "gateway cannot be used before (the stack output does not exist yet). The "
+                "owner finds it with: aws ec2 describe-transit-gateway-attachments --filters "
+                f"Name=transit-gateway-id,Values={tgw} Name=state,Values=pendingAcceptance "
+                "and accepts it with: aws ec2 accept-transit-gateway-vpc-attachment "
+                "--transit-gateway-attachment-id <tgw-attach-...>",
+                RESTRICTED_BOOTSTRAP + "its execution role needs iam:CreateServiceLinkedRole for "
+                "AWSServiceRoleForVPCTransitGateway (the first attachment in an account "
+                "creates it)",
+            ],
             todo=[
                 deploy_note,
-                "if the transit gateway belongs to another account (shared through AWS RAM) "
-                "and does not auto-accept attachments: its owner accepts this one (output "
-                f"{OUTPUT_TGW_ATTACHMENT}); no traffic flows before",
                 "network team, in the transit gateway route table associated with the "
-                f"attachment: a route (or propagation) for {cidrs} towards the on-prem VPN or "
-                "Direct Connect attachment",
+                f"attachment (output {OUTPUT_TGW_ATTACHMENT}): a route (or propagation) for "
+                f"{cidrs} towards the on-prem VPN or Direct Connect attachment",
                 "network team, in the route table of the on-prem attachment: "
                 f"{config.vpc_cidr} towards this attachment (or propagate it)",
                 f"on-prem: route {config.vpc_cidr} towards the transit gateway",
@@ -198,6 +242,9 @@ def render(result: Preflight) -> str:
         lines.append("ACTION REQUIRED: no network path to on-prem is configured.")
     lines += ["", "The stack creates:"]
     lines += [f"  - {item}" for item in result.creates]
+    if result.before:
+        lines += ["", "BEFORE `make deploy`:"]
+        lines += [f"  {n}. {item}" for n, item in enumerate(result.before, start=1)]
     lines += ["", "What remains for you:"]
     lines += [f"  {n}. {item}" for n, item in enumerate(result.todo, start=1)]
     lines += ["", "On-prem firewall (both directions):"]

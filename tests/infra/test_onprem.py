@@ -159,6 +159,32 @@ def test_static_vpn_routes_each_onprem_cidr_into_the_tunnels(vpn: Synth) -> None
     assert "PreSharedKey" not in json.dumps(conn)
 
 
+def test_customer_gateways_of_two_stacks_for_one_device_do_not_collide(tmp_path: Path) -> None:
+    # GIVEN two environments (dev and prod) whose VPNs end on the same on-prem device, static
+    # routing (so both customer gateways have ASN 65000)
+    app = cdk.App(context=cdk_json_context(), outdir=str(tmp_path))
+    config = MeshConfig.from_context(
+        {"onprem_connectivity": "vpn", "vpn_customer_gateway_ip": DEVICE_IP}
+    )
+    stacks = [
+        cdk.Stack(app, name, env=cdk.Environment(region="us-east-1"))
+        for name in ("consul-mesh-dev", "consul-mesh-prod")
+    ]
+    for stack in stacks:
+        Network(stack, "Network", config=config, log_key=Keys(stack, "Keys").key)
+    gateways = {}
+    for stack in stacks:
+        template = assertions.Template.from_stack(stack)
+        (cgw,) = template.find_resources("AWS::EC2::CustomerGateway").values()
+        gateways[stack.stack_name] = cgw["Properties"]
+    # THEN each customer gateway carries its stack's name as device name: CreateCustomerGateway
+    # returns the existing gateway for an identical type, IP address and ASN unless the device
+    # names differ (EC2 API reference), so neither stack takes over the other's.
+    for name, props in gateways.items():
+        assert (props["IpAddress"], props["BgpAsn"]) == (DEVICE_IP, 65000)
+        assert props["DeviceName"] == name
+
+
 def test_both_tunnels_accept_only_ikev2_strong_ciphers_and_log_to_an_encrypted_group(
     vpn: Synth,
 ) -> None:
@@ -178,7 +204,12 @@ def test_both_tunnels_accept_only_ikev2_strong_ciphers_and_log_to_an_encrypted_g
             assert values(tunnel, f"{phase}EncryptionAlgorithms") == list(ENCRYPTION)
             assert values(tunnel, f"{phase}IntegrityAlgorithms") == list(INTEGRITY)
             assert values(tunnel, f"{phase}DHGroupNumbers") == list(DH_GROUPS)
-        assert min(DH_GROUPS) >= 14  # no 1024-bit MODP groups 2 and 5
+        groups = set(
+            values(tunnel, "Phase1DHGroupNumbers") + values(tunnel, "Phase2DHGroupNumbers")
+        )
+        # MODP 2048-8192 (14-18) and ECP (19-21) only: no 1024-bit MODP groups 2 and 5, and
+        # none of RFC 5114's groups 22-24 (22 is a 1024-bit MODP group).
+        assert groups == set(range(14, 22))
         logs = tunnel["LogOptions"]["CloudwatchLogOptions"]
         assert logs["LogEnabled"] is True
         arn = json.dumps(logs["LogGroupArn"])
@@ -188,10 +219,30 @@ def test_both_tunnels_accept_only_ikev2_strong_ciphers_and_log_to_an_encrypted_g
 
 
 def _tunnel_log_group(synth: Synth) -> tuple[str, dict[str, Any]]:
-    onprem = synth.network.onprem
-    assert isinstance(onprem, OnPremVpn)
-    logical_id = synth.stack.resolve(onprem.tunnel_logs.log_group_name)["Ref"]
+    assert synth.network.onprem is not None
+    vpn = synth.network.onprem.path
+    assert isinstance(vpn, OnPremVpn)
+    logical_id = synth.stack.resolve(vpn.tunnel_logs.log_group_name)["Ref"]
     return logical_id, synth.template["Resources"][logical_id]
+
+
+def test_tunnel_logs_go_to_a_vended_logs_group_unique_per_stack_creation(vpn: Synth) -> None:
+    # GIVEN the VPN's tunnel log group
+    _, group = _tunnel_log_group(vpn)
+    # THEN its name starts with /aws/vendedlogs/, so the VPN service does not grow the account's
+    # CloudWatch Logs resource policy (5,120 characters) with it (S2S VPN guide, VPN logs)...
+    name = group["Properties"]["LogGroupName"]
+    assert name == {
+        "Fn::Join": [
+            "",
+            [
+                "/aws/vendedlogs/consul-mesh-dev/vpn-tunnels/",
+                # ...and ends with the stack's UUID: the group is retained when the stack is
+                # deleted, and the next creation of the stack must not collide with it.
+                {"Fn::Select": [2, {"Fn::Split": ["/", {"Ref": "AWS::StackId"}]}]},
+            ],
+        ]
+    }
 
 
 def test_vpn_outputs_the_connection_and_where_to_get_the_device_configuration(vpn: Synth) -> None:
@@ -351,6 +402,37 @@ def test_default_synth_adds_no_path_and_only_the_check_rule(synthesized: Synthes
         ("tcp", 443, 443, "0.0.0.0/0"),
         ("tcp", low, high, "192.168.0.0/16"),
     }
+
+
+def test_switching_paths_retargets_each_route_in_place(vpn: Synth, tgw: Synth) -> None:
+    # GIVEN the same VPC and on-prem CIDRs, once with the VPN and once with the transit gateway
+    def by_destination(synth: Synth) -> dict[tuple[str, str], tuple[str, dict[str, Any]]]:
+        return {
+            (r["Properties"]["RouteTableId"]["Ref"], r["Properties"]["DestinationCidrBlock"]): (
+                logical_id,
+                r["Properties"],
+            )
+            for logical_id, r in synth.of_type("AWS::EC2::Route").items()
+            if r["Properties"]["DestinationCidrBlock"] in ONPREM
+        }
+
+    via_vpn, via_tgw = by_destination(vpn), by_destination(tgw)
+    assert via_vpn.keys() == via_tgw.keys()
+    assert len(via_vpn) == 3 * len(ONPREM)
+    for key, (vpn_id, vpn_props) in via_vpn.items():
+        tgw_id, tgw_props = via_tgw[key]
+        # THEN each (route table, CIDR) route has one logical ID on both paths, so switching
+        # updates its target in place (AWS::EC2::Route: only RouteTableId and the destination
+        # are create-only) instead of creating a second route for the destination, which EC2
+        # refuses while the old one exists (RouteAlreadyExists)...
+        assert vpn_id == tgw_id
+        # ...and only the target differs.
+        assert {
+            k for k in vpn_props.keys() | tgw_props.keys() if vpn_props.get(k) != tgw_props.get(k)
+        } == {
+            "GatewayId",
+            "TransitGatewayId",
+        }
 
 
 def test_path_resources_keep_their_logical_ids(vpn: Synth, tgw: Synth) -> None:

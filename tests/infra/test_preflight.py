@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from mesh_stack.config import MeshConfig
+from mesh_stack.onprem_contract import DH_GROUPS
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from tests.conftest import ROOT
 from tools.preflight import context_from, main, plan
@@ -60,6 +61,29 @@ def test_static_vpn_lists_what_is_created_and_the_device_steps(
     assert "ikev2" in out
 
 
+def test_vpn_names_the_strong_dh_groups_and_the_log_permissions_before_the_deploy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _, out, _ = run(capsys, "onprem_connectivity=vpn", f"vpn_customer_gateway_ip={DEVICE_IP}")
+    # The device must offer one of DH groups 14-21: no RFC 5114 group 22-24.
+    assert "DH groups 14-21;" in out
+    assert "device name consul-mesh-dev" in out
+    # A restricted CDK execution policy must allow the VPN log delivery before the deploy.
+    before, after = out.split("BEFORE `make deploy`:")[1].split("What remains for you:")
+    assert "logs:CreateLogDelivery" in before
+    assert "logs:PutResourcePolicy" in before
+    assert "run `make deploy`" in after
+
+
+def test_docs_name_the_dh_groups_the_tunnels_accept() -> None:
+    # The operator configures the device from docs/services.md: it must list what the template
+    # accepts (onprem_contract.DH_GROUPS), not a superset.
+    text = " ".join((ROOT / "docs" / "services.md").read_text().split())
+    low, high = DH_GROUPS[0], DH_GROUPS[-1]
+    assert tuple(range(low, high + 1)) == DH_GROUPS
+    assert f"Diffie-Hellman groups {low}-{high} " in text
+
+
 def test_bgp_vpn_names_both_asns(capsys: pytest.CaptureFixture[str]) -> None:
     _, out, _ = run(
         capsys,
@@ -80,6 +104,27 @@ def test_transit_gateway_lists_the_network_teams_routes(capsys: pytest.CaptureFi
     assert "OnPremTransitGatewayAttachmentId" in out
     assert "10.40.0.0/16 towards this attachment" in out
     assert "AWS RAM" in out
+
+
+def test_shared_transit_gateway_acceptance_comes_before_the_deploy(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # GIVEN a transit gateway that may belong to another account
+    _, out, _ = run(capsys, "onprem_connectivity=transit_gateway", f"transit_gateway_id={TGW}")
+    # THEN the RAM share and the attachment's acceptance are things to settle BEFORE the
+    # deploy: the attachment waits in pendingAcceptance during it, and the stack output with
+    # its ID does not exist yet, so the owner finds it by state.
+    before, after = out.split("BEFORE `make deploy`:")[1].split("What remains for you:")
+    assert f"aws ec2 describe-transit-gateways --transit-gateway-ids {TGW}" in before
+    assert (
+        "aws ec2 describe-transit-gateway-attachments --filters "
+        f"Name=transit-gateway-id,Values={TGW} Name=state,Values=pendingAcceptance"
+    ) in before
+    assert "aws ec2 accept-transit-gateway-vpc-attachment" in before
+    assert "WHILE `make deploy` runs" in before
+    assert "iam:CreateServiceLinkedRole" in before
+    assert "accept" not in after
+    assert "run `make deploy`" in after
 
 
 def test_existing_vpc_is_assumed_routed_and_the_operator_checks_it() -> None:
