@@ -4,17 +4,15 @@ from __future__ import annotations
 
 import datetime
 import http.server
-import importlib.util
 import json
 import logging
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import pytest
+from asset_modules import load
 
 from tests.fake_clock import FakeClock
 
@@ -24,21 +22,7 @@ FIRST = "e488f2f6-e686-4afb-8a04-ef6dfEXAMPLE"
 SECOND = "0b6e6a6c-1d2e-4f00-9a51-2c7f3EXAMPLE"
 
 
-def load_handler() -> ModuleType:
-    # `handler` is also the registrar's module name: load this one under its own name (its
-    # sibling module `teardown` is imported from the asset's directory).
-    if str(ROOT / "lambda" / "activation") not in sys.path:
-        sys.path.insert(0, str(ROOT / "lambda" / "activation"))
-    path = ROOT / "lambda" / "activation" / "handler.py"
-    spec = importlib.util.spec_from_file_location("activation_handler", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-handler = load_handler()
+handler = load("activation", "handler")
 
 
 class ClientError(Exception):

@@ -13,15 +13,13 @@ is disconnected (aws/amazon-ecs-agent#125, maintainer's answer).
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import pytest
+from asset_modules import load
 from botocore.exceptions import ClientError
 from botocore.session import get_session
 from botocore.validate import ParamValidator
@@ -32,19 +30,7 @@ CLUSTER = "arn:aws:ecs:us-east-1:111122223333:cluster/mesh"
 ROLE = "mesh-EcsAnywhereHostRole"
 
 
-def load(name: str) -> ModuleType:
-    if str(ACTIVATION) not in sys.path:
-        sys.path.insert(0, str(ACTIVATION))
-    spec = importlib.util.spec_from_file_location(f"activation_{name}", ACTIVATION / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
-
-
-teardown = load("teardown")
+teardown = load("activation", "teardown")
 _SESSION = get_session()
 
 
@@ -283,7 +269,7 @@ def test_fails_when_created_without_a_cluster_arn(world: tuple[FakeEcs, FakeSsm]
 def test_the_handler_answers_cloudformation_for_the_teardown(
     world: tuple[FakeEcs, FakeSsm], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handler = load("handler")
+    handler = load("activation", "handler")
     ecs, ssm = world
     answered: list[dict[str, Any]] = []
     monkeypatch.setattr(handler, "_teardown_clients", lambda: (ecs, ssm))
