@@ -16,6 +16,7 @@ import pytest
 from tests.infra.conftest import Synthesized
 from tools.nag_gate import stale, unacknowledged
 from tools.review.collect import Review
+from tools.review.mermaid import HEADING as PICTURE
 from tools.review.page import WIDTH, first_page
 from tools.review.render import render
 from tools.review.secrets import SecretReview
@@ -204,7 +205,10 @@ def test_first_page_fits_one_screen(real_review: Review) -> None:
 
 def test_first_page_answers_the_four_questions_one_table_each(real_review: Review) -> None:
     text = render(real_review)
-    page, appendix = text.split("\n# Appendix\n")
+    before, appendix = text.split("\n# Appendix\n")
+    # the first page, then the exposure as a picture (a Mermaid block), then the appendix
+    page, picture = before.split("\n" + PICTURE + "\n")
+    assert "```mermaid\nflowchart LR\n" in picture
     sections = page.split("\n## ")[1:]
     assert [s.split("\n", 1)[0] for s in sections] == [
         "1. What is reachable from where",

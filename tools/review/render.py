@@ -10,7 +10,9 @@ from __future__ import annotations
 from tools.review.appendix import INGRESS_COLUMNS, INGRESS_HEADING, appendix
 from tools.review.collect import Review
 from tools.review.markdown import cell, table
+from tools.review.mermaid import picture
 from tools.review.page import first_page
+from tools.review.twin import facts
 
 __all__ = [
     "INGRESS_COLUMNS",
@@ -113,5 +115,7 @@ def summary_text(review: Review) -> str:
 
 
 def render(review: Review) -> str:
-    lines = [*first_page(review), *appendix(review, summary_rows(review))]
+    """REVIEW.md: the first page, the exposure as a picture, and the appendix."""
+    lines = [*first_page(review), *picture(facts(review))]
+    lines += appendix(review, summary_rows(review))
     return "\n".join(lines).rstrip() + "\n"
