@@ -36,6 +36,7 @@ DEFAULT_OUT_DIR = "review"
 MARKDOWN = "REVIEW.md"
 JSON = "review.json"
 SYNTH_LOG = "baseline-synth.log"
+FAIL_ON_FILE = "fail-on.txt"  # the offending lines, only when --fail-on failed (for CI)
 
 
 def _cidr(text: str) -> str:
@@ -105,6 +106,7 @@ def main(argv: list[str] | None = None) -> int:
     twin = markdown.parent / JSON
     comparison = _comparison(args, review, markdown.parent / SYNTH_LOG)
     markdown.parent.mkdir(parents=True, exist_ok=True)
+    (markdown.parent / FAIL_ON_FILE).unlink(missing_ok=True)
     markdown.write_text(render(review, comparison))
     twin.write_text(render_json(review))
     print(summary_text(review))
@@ -115,6 +117,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.fail_on:
             lines = offending(comparison, args.fail_on)
             print("\n".join(lines) or f"--fail-on {args.fail_on}: nothing to approve")
+            if lines:
+                (markdown.parent / FAIL_ON_FILE).write_text("\n".join(lines) + "\n")
             failed = bool(lines)
     flagged = (
         review.exposure.critical

@@ -216,6 +216,21 @@ def match(
     return Matched(added, removed, changed)
 
 
+Text = Callable[[Facts], str]
+
+
+def additions_and_removals(
+    category: str,
+    matched: Matched,
+    text: Text,
+    where: Callable[[Facts], tuple[Facts, ...]],
+    why: Text = lambda _: "",
+) -> list[Change]:
+    """One change per added and per removed entry; `why` says when an addition broadens."""
+    changes = [Change(category, ADDED, text(i), where(i), why(i)) for i in matched.added]
+    return changes + [Change(category, REMOVED, text(i), where(i)) for i in matched.removed]
+
+
 def get(facts: Facts, *path: str) -> list[Facts]:
     """The list at `path` in `facts` ([] when a side predates the key)."""
     value: Any = facts

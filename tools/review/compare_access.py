@@ -26,6 +26,7 @@ from tools.review.compare import (
     Change,
     Facts,
     Names,
+    additions_and_removals,
     canon,
     get,
     match,
@@ -34,6 +35,7 @@ from tools.review.compare import (
 )
 
 _DECRYPT = ("kms:decrypt", "kms:*", "*")
+_MAY_DECRYPT = "a new principal may decrypt with the key"
 
 
 def _principal(access: Facts, names: Names) -> str:
@@ -288,8 +290,7 @@ def _access(
     def where(access: Facts) -> tuple[Facts, ...]:
         return tuple(r for r in (access["secret"], access.get("principal")) if r)
 
-    changes = [Change("secrets", ADDED, text(a), where(a), why) for a in matched.added]
-    changes += [Change("secrets", REMOVED, text(a), where(a)) for a in matched.removed]
+    changes = additions_and_removals("secrets", matched, text, where, lambda _: why)
     changes += [
         Change(
             "secrets",
@@ -316,8 +317,7 @@ def _secrets(old: Facts, new: Facts, names: Names) -> list[Change]:
         key_text = names(key) if isinstance(key, dict) else str(key)
         return f"secret {names(secret['secret'])}: key {key_text}, {secret.get('rotation', '')}"
 
-    changes = [Change("secrets", ADDED, text(s), (s["secret"],)) for s in matched.added]
-    changes += [Change("secrets", REMOVED, text(s), (s["secret"],)) for s in matched.removed]
+    changes = additions_and_removals("secrets", matched, text, lambda s: (s["secret"],))
     changes += [
         Change(
             "secrets",
@@ -338,51 +338,44 @@ def _secrets(old: Facts, new: Facts, names: Names) -> list[Change]:
         _secret_list(new, "injections"),
         lambda i: (rid(i["secret"]), rid(i["where"]), i["kind"], i["detail"]),
     )
-    for action, items in ((ADDED, injections.added), (REMOVED, injections.removed)):
-        changes += [
-            Change(
-                "secrets",
-                action,
-                f"{names(i['secret'])} injected into {names(i['where'])}: "
-                f"{i['kind']} {i['detail']}",
-                (i["where"],),
-            )
-            for i in items
-        ]
+    changes += additions_and_removals(
+        "secrets",
+        injections,
+        lambda i: (
+            f"{names(i['secret'])} injected into {names(i['where'])}: {i['kind']} {i['detail']}"
+        ),
+        lambda i: (i["where"],),
+    )
     unresolved = match(
         get(old, "secrets", "unresolved_access"),
         get(new, "secrets", "unresolved_access"),
         lambda u: (_principal_id(u), u["value"], tuple(u.get("actions") or [])),
     )
-    for action, items in ((ADDED, unresolved.added), (REMOVED, unresolved.removed)):
-        changes += [
-            Change(
-                "secrets",
-                action,
-                f"{_principal(u, names)} may {'/'.join(u.get('actions') or [])} `{u['value']}`, "
-                f"which the review cannot resolve: {'; '.join(u.get('why') or [])}",
-                tuple(r for r in (u.get("principal"), u.get("policy")) if r),
-                "a secret grant the review cannot resolve" if action == ADDED else "",
-            )
-            for u in items
-        ]
+    changes += additions_and_removals(
+        "secrets",
+        unresolved,
+        lambda u: (
+            f"{_principal(u, names)} may {'/'.join(u.get('actions') or [])} `{u['value']}`, "
+            f"which the review cannot resolve: {'; '.join(u.get('why') or [])}"
+        ),
+        lambda u: tuple(r for r in (u.get("principal"), u.get("policy")) if r),
+        lambda _: "a secret grant the review cannot resolve",
+    )
     dynamic = match(
         get(old, "secrets", "dynamic_references"),
         get(new, "secrets", "dynamic_references"),
         lambda d: (rid(d["where"]), d["path"]),
     )
-    for action, items in ((ADDED, dynamic.added), (REMOVED, dynamic.removed)):
-        changes += [
-            Change(
-                "secrets",
-                action,
-                "dynamic reference `{{resolve:secretsmanager:…}}` in "
-                f"{names(d['where'])} at {d['path']}",
-                (d["where"],),
-                "a secret's value is written into the resource" if action == ADDED else "",
-            )
-            for d in items
-        ]
+    changes += additions_and_removals(
+        "secrets",
+        dynamic,
+        lambda d: (
+            f"dynamic reference `{{{{resolve:secretsmanager:…}}}}` in {names(d['where'])} "
+            f"at {d['path']}"
+        ),
+        lambda d: (d["where"],),
+        lambda _: "a secret's value is written into the resource",
+    )
     return changes
 
 
@@ -407,24 +400,56 @@ def _statements(
     owner: str, where: tuple[Facts, ...], old: list[Facts], new: list[Facts], names: Names
 ) -> list[Change]:
     matched = match(old, new, lambda s: canon({k: v for k, v in s.items() if k != "sid"}))
+
+    def why(statement: Facts) -> str:
+        if statement.get("flag"):
+            return str(statement["flag"])
+        decrypts = statement.get("effect") == "Allow" and _decrypts(statement.get("actions") or [])
+        return _MAY_DECRYPT if decrypts and owner.startswith("key") else ""
+
+    return additions_and_removals(
+        "policies",
+        matched,
+        lambda s: f"{owner}: {_doc_statement_text(s, names)}",
+        lambda _: where,
+        why,
+    )
+
+
+def _key_changes(was: Facts | None, now: Facts | None, names: Names) -> list[Change]:
+    key = (now or was or {})["key"]
+    owner = f"key {names(key)}"
     changes: list[Change] = []
-    for statement in matched.added:
-        why = statement.get("flag") or ""
-        if (
-            not why
-            and statement.get("effect") == "Allow"
-            and _decrypts(statement.get("actions") or [])
-        ):
-            why = "a new principal may decrypt with the key" if owner.startswith("key") else ""
+    if was is None or now is None:
+        rotation = (now or was or {}).get("rotation")
         changes.append(
-            Change(
-                "policies", ADDED, f"{owner}: {_doc_statement_text(statement, names)}", where, why
-            )
+            Change("policies", ADDED if now else REMOVED, f"{owner}, rotation {rotation}", (key,))
         )
-    changes += [
-        Change("policies", REMOVED, f"{owner}: {_doc_statement_text(s, names)}", where)
-        for s in matched.removed
-    ]
+    elif was.get("rotation") != now.get("rotation"):
+        rotation = f"rotation {was.get('rotation')} → {now.get('rotation')}"
+        changes.append(Change("policies", CHANGED, f"{owner}: {rotation}", (key,)))
+    changes += _statements(
+        owner,
+        (key,),
+        (was or {}).get("key_policy") or [],
+        (now or {}).get("key_policy") or [],
+        names,
+    )
+    grants = match(
+        (was or {}).get("role_grants") or [],
+        (now or {}).get("role_grants") or [],
+        lambda g: (_principal_id(g), tuple(g.get("actions") or []), g.get("condition", "")),
+    )
+    changes += additions_and_removals(
+        "policies",
+        grants,
+        lambda g: (
+            f"{owner}: {_principal(g, names)} may {', '.join(g.get('actions') or [])} "
+            "(its own policy)" + (f" if {g['condition']}" if g.get("condition") else "")
+        ),
+        lambda g: tuple(r for r in (key, g.get("principal")) if r),
+        lambda g: _MAY_DECRYPT if _decrypts(g.get("actions") or []) else "",
+    )
     return changes
 
 
@@ -433,55 +458,7 @@ def _policies(old: Facts, new: Facts, names: Names) -> list[Change]:
     keys_old = {rid(k["key"]): k for k in get(old, "policies", "kms_keys")}
     keys_new = {rid(k["key"]): k for k in get(new, "policies", "kms_keys")}
     for key_id in sorted(keys_old.keys() | keys_new.keys(), key=str):
-        was, now = keys_old.get(key_id), keys_new.get(key_id)
-        key = (now or was or {})["key"]
-        owner = f"key {names(key)}"
-        if was is None or now is None:
-            changes.append(
-                Change(
-                    "policies",
-                    ADDED if now else REMOVED,
-                    f"{owner}, rotation {(now or was or {}).get('rotation')}",
-                    (key,),
-                )
-            )
-        elif was.get("rotation") != now.get("rotation"):
-            changes.append(
-                Change(
-                    "policies",
-                    CHANGED,
-                    f"{owner}: rotation {was.get('rotation')} → {now.get('rotation')}",
-                    (key,),
-                )
-            )
-        changes += _statements(
-            owner,
-            (key,),
-            (was or {}).get("key_policy") or [],
-            (now or {}).get("key_policy") or [],
-            names,
-        )
-        grants = match(
-            (was or {}).get("role_grants") or [],
-            (now or {}).get("role_grants") or [],
-            lambda g: (_principal_id(g), tuple(g.get("actions") or []), g.get("condition", "")),
-        )
-        for action, items in ((ADDED, grants.added), (REMOVED, grants.removed)):
-            for grant in items:
-                condition = f" if {grant['condition']}" if grant.get("condition") else ""
-                why = ""
-                if action == ADDED and _decrypts(grant.get("actions") or []):
-                    why = "a new principal may decrypt with the key"
-                changes.append(
-                    Change(
-                        "policies",
-                        action,
-                        f"{owner}: {_principal(grant, names)} may "
-                        f"{', '.join(grant.get('actions') or [])} (its own policy){condition}",
-                        tuple(r for r in (key, grant.get("principal")) if r),
-                        why,
-                    )
-                )
+        changes += _key_changes(keys_old.get(key_id), keys_new.get(key_id), names)
     docs_old = {rid(p["policy"]): p for p in get(old, "policies", "resource_policies")}
     docs_new = {rid(p["policy"]): p for p in get(new, "policies", "resource_policies")}
     for policy_id in sorted(docs_old.keys() | docs_new.keys(), key=str):
@@ -501,113 +478,117 @@ def _policies(old: Facts, new: Facts, names: Names) -> list[Change]:
 # --- Consul ----------------------------------------------------------------------------------
 
 
-def _consul(old: Facts, new: Facts, names: Names) -> list[Change]:
-    changes: list[Change] = []
-    policies = match(
+def _acl_policies(old: Facts, new: Facts) -> list[Change]:
+    matched = match(
         get(old, "consul", "acl_policies"),
         get(new, "consul", "acl_policies"),
         lambda p: rid(p["policy"]),
         lambda p: sorted(p.get("rules") or []),
     )
-    for action, items in ((ADDED, policies.added), (REMOVED, policies.removed)):
-        changes += [
-            Change(
-                "consul",
-                action,
-                f"ACL policy {p['name']}: {', '.join(p.get('rules') or []) or 'no rule'}",
-                (p["policy"],),
-                "new Consul ACL rules" if action == ADDED and p.get("rules") else "",
-            )
-            for p in items
-        ]
-    for was, now in policies.changed:
+    changes = additions_and_removals(
+        "consul",
+        matched,
+        lambda p: f"ACL policy {p['name']}: {', '.join(p.get('rules') or []) or 'no rule'}",
+        lambda p: (p["policy"],),
+        lambda p: "new Consul ACL rules" if p.get("rules") else "",
+    )
+    for was, now in matched.changed:
         gained = set(now.get("rules") or []) - set(was.get("rules") or [])
+        rules = plus_minus(was.get("rules") or [], now.get("rules") or [])
         changes.append(
             Change(
                 "consul",
                 CHANGED,
-                f"ACL policy {now['name']}: rules "
-                + plus_minus(was.get("rules") or [], now.get("rules") or []),
+                f"ACL policy {now['name']}: rules {rules}",
                 (now["policy"],),
                 f"new Consul ACL rules {', '.join(sorted(gained))}" if gained else "",
             )
         )
-    tokens = match(
+    return changes
+
+
+def _holds(token: Facts) -> list[str]:
+    return [
+        *(token.get("policies") or []),
+        *(f"service identity {s}" for s in token.get("service_identities") or []),
+    ]
+
+
+def _acl_tokens(old: Facts, new: Facts, names: Names) -> list[Change]:
+    matched = match(
         get(old, "consul", "acl_tokens"),
         get(new, "consul", "acl_tokens"),
         lambda t: rid(t["token"]),
-        lambda t: [sorted(t.get("policies") or []), sorted(t.get("service_identities") or [])],
+        _holds,
     )
-
-    def holds(token: Facts) -> list[str]:
-        return [
-            *(token.get("policies") or []),
-            *(f"service identity {s}" for s in token.get("service_identities") or []),
-        ]
-
-    for action, items in ((ADDED, tokens.added), (REMOVED, tokens.removed)):
-        changes += [
-            Change(
-                "consul",
-                action,
-                f"ACL token {names(t['token'])}: {', '.join(holds(t)) or 'nothing'}"
-                + (f" (SecretID in {names(t['secret'])})" if t.get("secret") else ""),
-                (t["token"],),
-                "a new Consul token" if action == ADDED and holds(t) else "",
-            )
-            for t in items
-        ]
-    for was, now in tokens.changed:
-        gained = set(holds(now)) - set(holds(was))
+    changes = additions_and_removals(
+        "consul",
+        matched,
+        lambda t: (
+            f"ACL token {names(t['token'])}: {', '.join(_holds(t)) or 'nothing'}"
+            + (f" (SecretID in {names(t['secret'])})" if t.get("secret") else "")
+        ),
+        lambda t: (t["token"],),
+        lambda t: "a new Consul token" if _holds(t) else "",
+    )
+    for was, now in matched.changed:
+        gained = set(_holds(now)) - set(_holds(was))
         changes.append(
             Change(
                 "consul",
                 CHANGED,
-                f"ACL token {names(now['token'])}: {plus_minus(holds(was), holds(now))}",
+                f"ACL token {names(now['token'])}: {plus_minus(_holds(was), _holds(now))}",
                 (now["token"],),
                 f"the token gains {', '.join(sorted(gained))}" if gained else "",
             )
         )
-    intentions = match(
+    return changes
+
+
+def _intentions(old: Facts, new: Facts) -> list[Change]:
+    matched = match(
         get(old, "consul", "intentions"),
         get(new, "consul", "intentions"),
         lambda i: (i["source"], i["destination"]),
         lambda i: i["action"],
     )
-    for action, items in ((ADDED, intentions.added), (REMOVED, intentions.removed)):
-        changes += [
-            Change(
-                "consul",
-                action,
-                f"intention {i['source']} → {i['destination']}: {i['action']}",
-                (i["entry"],),
-                "opens a mesh path" if action == ADDED and i["action"] == "allow" else "",
-            )
-            for i in items
-        ]
-    for was, now in intentions.changed:
-        changes.append(
-            Change(
-                "consul",
-                CHANGED,
-                f"intention {now['source']} → {now['destination']}: "
-                f"{was['action']} → {now['action']}",
-                (now["entry"],),
-                "opens a mesh path" if now["action"] == "allow" else "",
-            )
-        )
-    entries = match(
-        get(old, "consul", "config_entries"),
-        get(new, "consul", "config_entries"),
-        lambda e: (e["kind"], e["name"]),
-        lambda e: e.get("body"),
+    opens = "opens a mesh path"
+    changes = additions_and_removals(
+        "consul",
+        matched,
+        lambda i: f"intention {i['source']} → {i['destination']}: {i['action']}",
+        lambda i: (i["entry"],),
+        lambda i: opens if i["action"] == "allow" else "",
     )
-    for action, items in ((ADDED, entries.added), (REMOVED, entries.removed)):
-        changes += [
-            Change("consul", action, f"config entry {e['kind']} {e['name']}", (e["entry"],))
-            for e in items
-            if e["kind"] != "service-intentions"
-        ]
+    changes += [
+        Change(
+            "consul",
+            CHANGED,
+            f"intention {now['source']} → {now['destination']}: {was['action']} → {now['action']}",
+            (now["entry"],),
+            opens if now["action"] == "allow" else "",
+        )
+        for was, now in matched.changed
+    ]
+    return changes
+
+
+def _config_entries(old: Facts, new: Facts) -> list[Change]:
+    """Config entries other than intentions (which `_intentions` reports source by source)."""
+
+    def entries(facts: Facts) -> list[Facts]:
+        found = get(facts, "consul", "config_entries")
+        return [e for e in found if e["kind"] != "service-intentions"]
+
+    matched = match(
+        entries(old), entries(new), lambda e: (e["kind"], e["name"]), lambda e: e.get("body")
+    )
+    changes = additions_and_removals(
+        "consul",
+        matched,
+        lambda e: f"config entry {e['kind']} {e['name']}",
+        lambda e: (e["entry"],),
+    )
     changes += [
         Change(
             "consul",
@@ -616,8 +597,7 @@ def _consul(old: Facts, new: Facts, names: Names) -> list[Change]:
             + _body_delta(was.get("body"), now.get("body")),
             (now["entry"],),
         )
-        for was, now in entries.changed
-        if now["kind"] != "service-intentions"
+        for was, now in matched.changed
     ]
     return changes
 
@@ -634,5 +614,8 @@ def access_changes(old: Facts, new: Facts, names: Names) -> list[Change]:
         *_iam(old, new, names),
         *_secrets(old, new, names),
         *_policies(old, new, names),
-        *_consul(old, new, names),
+        *_acl_policies(old, new),
+        *_acl_tokens(old, new, names),
+        *_intentions(old, new),
+        *_config_entries(old, new),
     ]

@@ -21,6 +21,7 @@ from tools.review.compare import (
     Change,
     Facts,
     Names,
+    additions_and_removals,
     canon,
     get,
     match,
@@ -56,13 +57,9 @@ def _encryption(old: Facts, new: Facts, names: Names) -> list[Change]:
     def where(store: Facts) -> tuple[Facts, ...]:
         return (store["store"],) if store.get("store") else ()
 
-    changes = [
-        Change("encryption", ADDED, _store_text(s, names), where(s), _weaker(s, None))
-        for s in matched.added
-    ]
-    changes += [
-        Change("encryption", REMOVED, _store_text(s, names), where(s)) for s in matched.removed
-    ]
+    changes = additions_and_removals(
+        "encryption", matched, lambda s: _store_text(s, names), where, lambda s: _weaker(s, None)
+    )
     changes += [
         Change(
             "encryption",

@@ -25,6 +25,7 @@ from tools.review.compare import (
     Facts,
     Matched,
     Names,
+    additions_and_removals,
     get,
     match,
     rid,
@@ -121,16 +122,21 @@ def _where(items: list[Facts], key: str, fallback: str) -> tuple[Facts, ...]:
     return tuple(found[k] for k in sorted(found, key=str))
 
 
+def _rule_id(peer: str) -> Callable[[Facts], Hashable]:
+    """A rule's identity: its group, protocol, ports and `peer` (source or destination)."""
+    return lambda rule: (
+        rid(rule.get("group")) or canon_literal(rule.get("group")),
+        rule["protocol"],
+        rule["ports"],
+        _peer_id(rule, peer, f"{peer}_resource"),
+    )
+
+
 def _ingress(old: Facts, new: Facts, names: Names) -> list[Change]:
     matched = match(
         get(old, "network", "ingress"),
         get(new, "network", "ingress"),
-        lambda r: (
-            rid(r.get("group")) or canon_literal(r.get("group")),
-            r["protocol"],
-            r["ports"],
-            _peer_id(r, "source", "source_resource"),
-        ),
+        _rule_id("source"),
         lambda r: r["reach"],
     )
     reach_new, reach_old = _Reachability(new), _Reachability(old)
@@ -178,22 +184,17 @@ def _listeners(old: Facts, new: Facts, names: Names) -> list[Change]:
         lambda item: rid(item.get("listener")),
         lambda item: [item.get(f) for f in fields],
     )
-    changes = [
-        Change(
-            "ingress",
-            ADDED,
-            _listener_text(item, names),
-            (item["listener"],),
+    changes = additions_and_removals(
+        "ingress",
+        matched,
+        lambda item: _listener_text(item, names),
+        lambda item: (item["listener"],),
+        lambda item: (
             f"a load balancer reachable from {REACH_WORDS[item['reach']]}"
             if item["reach"] in EXTERNAL
-            else "",
-        )
-        for item in matched.added
-    ]
-    changes += [
-        Change("ingress", REMOVED, _listener_text(item, names), (item["listener"],))
-        for item in matched.removed
-    ]
+            else ""
+        ),
+    )
     for was, now in matched.changed:
         diffs = [f"{f} {was.get(f)} → {now.get(f)}" for f in fields if was.get(f) != now.get(f)]
         why = ""
@@ -236,12 +237,7 @@ def _egress(old: Facts, new: Facts, names: Names) -> list[Change]:
     matched = match(
         get(old, "network", "egress"),
         get(new, "network", "egress"),
-        lambda r: (
-            rid(r.get("group")) or canon_literal(r.get("group")),
-            r["protocol"],
-            r["ports"],
-            _peer_id(r, "destination", "destination_resource"),
-        ),
+        _rule_id("destination"),
         lambda r: [r["reach"], r.get("implicit", False)],
     )
     attached = {ADDED: _attached(new), CHANGED: _attached(new), REMOVED: _attached(old)}
