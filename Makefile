@@ -65,11 +65,14 @@ preflight: $(VENV)/.installed
 # The report goes to review/ (git-ignored), outside cdk.out, which every synth wipes.
 # BASELINE=<git ref>: also synthesize that ref (same toolchain, same ARGS) and put
 # "Changes since baseline" first; e.g. REVIEW_ARGS="--fail-on broadening" in CI.
+# The ref and ARGS reach the tool through the environment, so no quoting of theirs breaks.
 REVIEW_ARGS ?=
 BASELINE ?=
+review: export REVIEW_BASELINE = $(BASELINE)
+review: export REVIEW_CDK_ARGS = $(ARGS)
 review: synth
 	$(PY) -m tools.review cdk.out --out-dir review \
-		$(if $(BASELINE),--baseline-ref '$(BASELINE)' --cdk-args='$(ARGS)') $(REVIEW_ARGS)
+		$(if $(BASELINE),--baseline-ref="$$REVIEW_BASELINE" --cdk-args="$$REVIEW_CDK_ARGS") $(REVIEW_ARGS)
 
 bootstrap: install
 	$(CDK) bootstrap $(ARGS)

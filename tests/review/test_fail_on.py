@@ -61,6 +61,8 @@ def test_broadening_change_fails_and_prints_the_offending_line(
     assert "added    ingress" in line
     assert "172.16.0.0/12 (outside the VPC) → LoadBalancer: tcp 8501" in line
     assert line.endswith("-- reachable from outside the VPC")
+    # the same lines in a file, so a pipeline can tell "needs approval" from "broken"
+    assert (tmp_path / "review" / "fail-on.txt").read_text() == line + "\n"
     report = (tmp_path / "review" / "REVIEW.md").read_text()
     assert report.startswith(HEADING + "\n")
     assert report.index(HEADING) < report.index("# Security review:")
@@ -72,6 +74,7 @@ def test_a_narrowing_change_passes_broadening_but_not_any(
     new = _narrowed(tmp_path / "new")
     assert _run(new, tmp_path / "a", "--baseline", old, "--fail-on", "broadening") == 0
     assert "--fail-on broadening: nothing to approve" in capsys.readouterr().out
+    assert not (tmp_path / "a" / "fail-on.txt").exists()
     assert _run(new, tmp_path / "b", "--baseline", old, "--fail-on", "any") == 1
     assert "FAIL (--fail-on any): removed  egress" in capsys.readouterr().out
 
