@@ -124,3 +124,8 @@ def test_the_refs_app_command_runs_with_this_python(tmp_path: Path) -> None:
     assert app_command(tmp_path, "/opt/venv/bin/python") == "/opt/venv/bin/python app.py --flag"
     (tmp_path / "cdk.json").write_text(json.dumps({"app": "node bin/app.js"}))
     assert app_command(tmp_path, "/opt/venv/bin/python") == "node bin/app.js"
+
+
+def test_a_folder_outside_git_says_so(tmp_path: Path) -> None:
+    with pytest.raises(BaselineError, match="is not in a git repository"):
+        from_ref(tmp_path, "HEAD", log=tmp_path / "synth.log", toolchain=TOOLCHAIN)

@@ -117,3 +117,11 @@ def test_fail_on_needs_a_baseline(old: str, tmp_path: Path) -> None:
     with pytest.raises(SystemExit) as exited:
         _run(old, tmp_path, "--fail-on", "broadening")
     assert exited.value.code == 2
+
+
+def test_a_saved_baseline_says_its_facts_are_as_saved(old: str, tmp_path: Path) -> None:
+    assert _run(old, tmp_path / "before") == 0
+    saved = str(tmp_path / "before" / "review.json")
+    assert _run(old, tmp_path / "after", "--baseline", saved) == 0
+    report = (tmp_path / "after" / "REVIEW.md").read_text()
+    assert f"Baseline: `{saved}`, facts as saved by the review that wrote them" in report

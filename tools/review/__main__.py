@@ -156,7 +156,7 @@ def _comparison(args: argparse.Namespace, review: Review, log: Path) -> Comparis
         return unavailable(f"`{name}`", str(err))
     for warning in found.warnings:
         print(f"baseline: warning: {warning}", file=sys.stderr)
-    return compare_with(found.name, found.facts, facts(review))
+    return compare_with(found.name, found.facts, facts(review), found.how)
 
 
 if __name__ == "__main__":

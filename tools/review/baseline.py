@@ -43,11 +43,22 @@ class BaselineError(Exception):
     """No baseline to compare with; the message is the one line a user sees."""
 
 
+REVIEWED_HERE = (
+    "reviewed by this checkout's review code, so a difference below is a difference in the "
+    "templates"
+)
+SAVED = (
+    "facts as saved by the review that wrote them: if that review's code was older, a "
+    "difference below may come from the review rather than the templates"
+)
+
+
 @dataclass(frozen=True)
 class Baseline:
     name: str  # e.g. "origin/main (1a2b3c4d5e6f)" or the folder as given
     facts: Facts
     warnings: tuple[str, ...] = ()
+    how: str = REVIEWED_HERE  # how its facts were computed, for the report
 
 
 @dataclass(frozen=True)
@@ -212,6 +223,10 @@ def from_ref(
 ) -> Baseline:
     """Synthesize `ref` of the repository at `project` in a temporary export and review it
     with this checkout's review code (`toolchain`: this checkout's, by default `project`'s)."""
+    try:
+        _git(project, "rev-parse", "--show-toplevel")
+    except BaselineError:
+        raise BaselineError(f"{project} is not in a git repository: a ref needs one") from None
     commit = resolve(project, ref)
     name = f"`{ref}` ({commit[:12]})"
     toolchain = toolchain or Toolchain.of(project)
@@ -237,7 +252,7 @@ def from_path(path: Path, *, vpc_cidrs: Sequence[str] = ()) -> Baseline:
         if not isinstance(found, dict) or found.get("schema") != SCHEMA:
             schema = found.get("schema") if isinstance(found, dict) else None
             raise BaselineError(f"baseline {path}: schema {schema!r}, this review reads {SCHEMA!r}")
-        return Baseline(f"`{path}`", found)
+        return Baseline(f"`{path}`", found, how=SAVED)
     try:
         review = build_review(path, vpc_cidrs=vpc_cidrs, linter=None)
     except (FileNotFoundError, ValueError) as err:

@@ -29,14 +29,15 @@ class Comparison:
     old: Facts | None  # the baseline's facts, moved logical IDs aligned; None: unavailable
     changes: list[Change] = field(default_factory=list)
     error: str = ""  # why there is nothing to compare with
+    how: str = ""  # how the baseline's facts were computed
 
     @property
     def broadening(self) -> list[Change]:
         return [change for change in self.changes if change.broadening]
 
 
-def compare_with(baseline: str, old: Facts, new: Facts) -> Comparison:
-    return Comparison(baseline, align(old, new), diff(old, new))
+def compare_with(baseline: str, old: Facts, new: Facts, how: str = "") -> Comparison:
+    return Comparison(baseline, align(old, new), diff(old, new), how=how)
 
 
 def unavailable(baseline: str, error: str) -> Comparison:
@@ -62,8 +63,7 @@ def section(comparison: Comparison) -> list[str]:
     if comparison.old is None:
         return [*lines, f"**Not compared:** {comparison.error}", ""]
     lines.append(
-        f"Baseline: {comparison.baseline}, reviewed by this checkout's review code, so a "
-        "difference below is a difference in the templates."
+        f"Baseline: {comparison.baseline}" + (f", {comparison.how}." if comparison.how else ".")
     )
     if not comparison.changes:
         return [
