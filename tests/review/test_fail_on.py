@@ -103,7 +103,7 @@ def test_a_missing_baseline_is_one_line_and_the_report_is_still_written(
     missing = str(tmp_path / "nowhere")
     assert _run(new, tmp_path / "review", "--baseline", missing) == 0
     [error] = capsys.readouterr().err.splitlines()
-    assert error.startswith(f"baseline: baseline {missing}: ")
+    assert error.startswith(f"baseline {missing}: ")
     assert "is not a cloud assembly" in error
     report = (tmp_path / "review" / "REVIEW.md").read_text()
     assert f"{HEADING}\n\n**Not compared:** baseline {missing}:" in report

@@ -150,8 +150,7 @@ def _comparison(args: argparse.Namespace, review: Review, log: Path) -> Comparis
             found = from_path(Path(args.baseline), vpc_cidrs=args.vpc_cidr)
     except BaselineError as err:
         print(
-            f"baseline: {err}; the report of {args.outdir} is written without a comparison",
-            file=sys.stderr,
+            f"{err}; the report of {args.outdir} is written without a comparison", file=sys.stderr
         )
         return unavailable(f"`{name}`", str(err))
     for warning in found.warnings:

@@ -226,12 +226,12 @@ def from_ref(
     try:
         _git(project, "rev-parse", "--show-toplevel")
     except BaselineError:
-        raise BaselineError(f"{project} is not in a git repository: a ref needs one") from None
+        raise BaselineError(f"baseline {ref!r}: {project} is not in a git repository") from None
     commit = resolve(project, ref)
     name = f"`{ref}` ({commit[:12]})"
     toolchain = toolchain or Toolchain.of(project)
     if not toolchain.cdk_cli.is_file():
-        raise BaselineError(f"no CDK CLI at {toolchain.cdk_cli}: run `make install`")
+        raise BaselineError(f"baseline {ref!r}: no CDK CLI at {toolchain.cdk_cli} (make install)")
     with _workdir() as work:
         checkout = export(project, commit, work / "src")
         try:
