@@ -22,6 +22,7 @@ help:
 	@echo "make test    - lint (ruff, mypy) and run the test suite"
 	@echo "make deploy  - cdk deploy (needs AWS credentials); make bootstrap once per account/region"
 	@echo "make review  - synthesize, then review/REVIEW.md (one-page security review + appendix) and review/review.json"
+	@echo "               BASELINE=<git ref>: REVIEW.md opens with what changed since that ref (docs/review.md)"
 	@echo "make preflight - which network path to on-prem is configured, and what is left to do"
 	@echo "make bench   - run the benchmarks under bench/"
 
@@ -62,9 +63,16 @@ preflight: $(VENV)/.installed
 	$(PY) -m tools.preflight $(ARGS)
 
 # The report goes to review/ (git-ignored), outside cdk.out, which every synth wipes.
+# BASELINE=<git ref>: also synthesize that ref (same toolchain, same ARGS) and put
+# "Changes since baseline" first; e.g. REVIEW_ARGS="--fail-on broadening" in CI.
+# The ref and ARGS reach the tool through the environment, so no quoting of theirs breaks.
 REVIEW_ARGS ?=
+BASELINE ?=
+review: export REVIEW_BASELINE = $(BASELINE)
+review: export REVIEW_CDK_ARGS = $(ARGS)
 review: synth
-	$(PY) -m tools.review cdk.out --out-dir review $(REVIEW_ARGS)
+	$(PY) -m tools.review cdk.out --out-dir review \
+		$(if $(BASELINE),--baseline-ref="$$REVIEW_BASELINE" --cdk-args="$$REVIEW_CDK_ARGS") $(REVIEW_ARGS)
 
 bootstrap: install
 	$(CDK) bootstrap $(ARGS)

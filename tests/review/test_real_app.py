@@ -16,6 +16,7 @@ import pytest
 from tests.infra.conftest import Synthesized
 from tools.nag_gate import stale, unacknowledged
 from tools.review.collect import Review
+from tools.review.mermaid import HEADING as PICTURE
 from tools.review.page import WIDTH, first_page
 from tools.review.render import render
 from tools.review.secrets import SecretReview
@@ -204,7 +205,10 @@ def test_first_page_fits_one_screen(real_review: Review) -> None:
 
 def test_first_page_answers_the_four_questions_one_table_each(real_review: Review) -> None:
     text = render(real_review)
-    page, appendix = text.split("\n# Appendix\n")
+    before, appendix = text.split("\n# Appendix\n")
+    # the first page, then the exposure as a picture (a Mermaid block), then the appendix
+    page, picture = before.split("\n" + PICTURE + "\n")
+    assert "```mermaid\nflowchart LR\n" in picture
     sections = page.split("\n## ")[1:]
     assert [s.split("\n", 1)[0] for s in sections] == [
         "1. What is reachable from where",
@@ -237,3 +241,33 @@ def test_review_json_holds_the_same_facts(real_review: Review) -> None:
     assert facts(real_review) == facts(real_review)
     own = [twin["network"], twin["secrets"], twin["posture"]["weaker_than_default"]]
     assert "`" not in json.dumps(own)
+
+
+def test_each_role_names_the_workloads_that_run_as_it(real_review: Review) -> None:
+    # GIVEN the servers run as ConsulFleet/Role through an instance profile and a launch
+    # template, and each function and task definition names its role directly
+    run_by = {
+        role["role"]["path"].split("/", 1)[1]: [r["path"].split("/", 1)[1] for r in role["run_by"]]
+        for role in facts(real_review)["policies"]["roles"]
+        if "path" in role["role"]
+    }
+    # THEN the workload is the fleet and the function, not the plumbing between
+    assert run_by["ConsulFleet/Role/Resource"] == ["ConsulFleet/Servers/ASG"]
+    assert run_by["Registrar/Function/ServiceRole/Resource"] == ["Registrar/Function/Resource"]
+    assert run_by["Demo/Backend/TaskDefinition/ExecutionRole/Resource"] == [
+        "Demo/Backend/TaskDefinition/Resource"
+    ]
+
+
+def test_each_security_group_names_what_it_is_attached_to(real_review: Review) -> None:
+    attached = {
+        item["group"]["path"].split("/", 1)[1]: [
+            r["path"].split("/", 1)[1] for r in item["attached_to"]
+        ]
+        for item in facts(real_review)["network"]["security_groups"]
+    }
+    assert attached["ConsulFleet/ServerSecurityGroup/Resource"] == ["ConsulFleet/Servers/ASG"]
+    assert attached["ConsulFleet/LoadBalancerSecurityGroup/Resource"] == [
+        "ConsulFleet/LoadBalancer/Resource"
+    ]
+    assert "Registrar/Function/Resource" in attached["Registrar/SecurityGroup/Resource"]

@@ -16,11 +16,14 @@ from tools.review.iam import RoleReview, Wildcard, roles
 from tools.review.kms import KeyReview, keys
 from tools.review.lint import LintResult, run_cfn_lint
 from tools.review.load import Assembly, load_assembly
+from tools.review.model import Res
 from tools.review.nag import AckIndex, NagReview, nag_review
+from tools.review.reachability import Attachments, paths
 from tools.review.reachability import Path as ReachPath
-from tools.review.reachability import paths
+from tools.review.refs import Resolver
 from tools.review.resource_policies import ResourcePolicy, resource_policies
 from tools.review.secrets import Secrets, secrets
+from tools.review.workloads import runs_as
 
 Linter = Callable[[Sequence[Path]], LintResult]
 
@@ -41,6 +44,8 @@ class Review:
     task_networks: list[TaskNetwork]
     consul: ConsulSide
     reachability: list[ReachPath]
+    behind_groups: dict[Res, tuple[Res, ...]]  # security group -> what it is attached to
+    runs_as: dict[Res, tuple[Res, ...]]  # role -> the workloads that run as it
 
     @property
     def report_found(self) -> bool:
@@ -72,6 +77,7 @@ def build_review(
     lint = linter(files) if linter is not None else LintResult([], skipped="skipped on request")
     found = exposure(assembly, vpc_cidrs=vpc_cidrs)
     networks = task_networks(assembly)
+    attachments = Attachments(assembly)
     return Review(
         assembly=assembly,
         exposure=found,
@@ -86,5 +92,7 @@ def build_review(
         resource_policies=resource_policies(assembly),
         task_networks=networks,
         consul=consul_side(assembly),
-        reachability=paths(assembly, found, networks),
+        reachability=paths(found, networks, attachments),
+        behind_groups=attachments.by_group,
+        runs_as=runs_as(assembly, Resolver(assembly)),
     )

@@ -17,10 +17,11 @@ from dataclasses import dataclass
 
 from tools.review.containers import TaskNetwork
 from tools.review.exposure import Exposure, IngressRule, Listener
-from tools.review.load import Assembly, Json
+from tools.review.load import Assembly
 from tools.review.model import Res
-from tools.review.network import EGRESS, INGRESS, SECURITY_GROUP, Reach
-from tools.review.refs import Resolver, Target
+from tools.review.network import Reach
+from tools.review.refs import Resolver
+from tools.review.workloads import AUTO_SCALING_GROUP, behind_groups
 
 CONSUL_PORTS = {
     8300: "Consul server RPC",
@@ -33,10 +34,7 @@ CONSUL_PORTS = {
     8600: "DNS",
 }
 PLAINTEXT_PORTS = (8500, 8502)
-LAUNCH_TEMPLATE = "AWS::EC2::LaunchTemplate"
-AUTO_SCALING_GROUP = "AWS::AutoScaling::AutoScalingGroup"
 LOAD_BALANCER = "AWS::ElasticLoadBalancingV2::LoadBalancer"
-_RULES = {SECURITY_GROUP, INGRESS, EGRESS}
 
 
 @dataclass(frozen=True, order=True)
@@ -64,43 +62,21 @@ def port_name(port: int | None) -> str:
 
 
 class Attachments:
-    """What each security group is attached to, with launch templates resolved to their ASGs."""
+    """What each security group is attached to, and the ASGs each target group feeds."""
 
     def __init__(self, assembly: Assembly) -> None:
         resolver = Resolver(assembly)
-        self.by_group: dict[Res, list[Res]] = {}
-        groups = [
-            Target(stack, logical_id, None)
-            for stack in assembly.stacks
-            for logical_id, _ in stack.resources_of(SECURITY_GROUP)
-        ]
-        asgs: dict[Res, list[Res]] = {}
+        self.by_group = behind_groups(assembly, resolver)
         self.target_groups: dict[Res, list[Res]] = {}  # target group -> ASGs registered in it
         for stack in assembly.stacks:
             for logical_id, resource in stack.resources_of(AUTO_SCALING_GROUP):
-                asg_props = resource.get("Properties") or {}
-                template = resolver.target(
-                    stack, (asg_props.get("LaunchTemplate") or {}).get("LaunchTemplateId")
-                )
-                if template is not None:
-                    asgs.setdefault(template.res, []).append(stack.res(logical_id))
-                for value in asg_props.get("TargetGroupARNs") or []:
+                for value in (resource.get("Properties") or {}).get("TargetGroupARNs") or []:
                     group = resolver.target(stack, value)
                     if group is not None:
                         self.target_groups.setdefault(group.res, []).append(stack.res(logical_id))
-        for stack in assembly.stacks:
-            for logical_id, resource in stack.resources.items():
-                if resource.get("Type") in _RULES:
-                    continue
-                props: Json = resource.get("Properties") or {}
-                mentions = resolver.mentions(stack, props).targets
-                for group in groups:
-                    if any(found.same(group) for found in mentions):
-                        res = stack.res(logical_id)
-                        self.by_group.setdefault(group.res, []).extend(asgs.get(res, [res]))
 
     def of(self, group: Res | None) -> tuple[Res, ...]:
-        return tuple(sorted(set(self.by_group.get(group, [])))) if group else ()
+        return self.by_group.get(group, ()) if group else ()
 
     def forwards_to(self, listeners: list[Listener]) -> tuple[Res, ...]:
         """The ASGs registered in the target groups these listeners forward to."""
@@ -155,8 +131,7 @@ def _listeners_on(
     ]
 
 
-def paths(assembly: Assembly, exposure: Exposure, networks: list[TaskNetwork]) -> list[Path]:
-    attachments = Attachments(assembly)
+def paths(exposure: Exposure, networks: list[TaskNetwork], attachments: Attachments) -> list[Path]:
     found: list[Path] = []
     for rule in exposure.rules:
         behind = attachments.of(rule.group_res)

@@ -8,9 +8,12 @@ check table.
 from __future__ import annotations
 
 from tools.review.appendix import INGRESS_COLUMNS, INGRESS_HEADING, appendix
+from tools.review.changes import Comparison, section
 from tools.review.collect import Review
 from tools.review.markdown import cell, table
+from tools.review.mermaid import picture
 from tools.review.page import first_page
+from tools.review.twin import facts
 
 __all__ = [
     "INGRESS_COLUMNS",
@@ -112,6 +115,11 @@ def summary_text(review: Review) -> str:
     )
 
 
-def render(review: Review) -> str:
-    lines = [*first_page(review), *appendix(review, summary_rows(review))]
+def render(review: Review, comparison: Comparison | None = None) -> str:
+    """REVIEW.md: with a comparison, its section first; then the first page, the exposure as
+    a picture (marked against the baseline), and the appendix."""
+    lines = section(comparison) if comparison is not None else []
+    old = comparison.old if comparison is not None else None
+    lines += [*first_page(review), *picture(facts(review), old)]
+    lines += appendix(review, summary_rows(review))
     return "\n".join(lines).rstrip() + "\n"

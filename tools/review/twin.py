@@ -27,6 +27,20 @@ def _res(res: Res | None) -> Facts | None:
     return res.json() if res is not None else None
 
 
+def _declared_by(review: Review, stack_name: str, logical_id: str) -> Facts | None:
+    stack = review.assembly.stack_named(stack_name)
+    return stack.res(logical_id).json() if stack and logical_id in stack.resources else None
+
+
+def _resources(review: Review) -> list[Facts]:
+    """Every resource with its type: what a diff needs to tell a move from a remove + add."""
+    return _sorted(
+        {**stack.res(logical_id).json(), "type": stack.type_of(logical_id)}
+        for stack in review.assembly.stacks
+        for logical_id in stack.resources
+    )
+
+
 def _sorted(items: Iterable[Facts]) -> list[Facts]:
     return sorted(items, key=lambda item: json.dumps(item, sort_keys=True))
 
@@ -63,6 +77,7 @@ def _network(review: Review) -> Facts:
                 "reach": rule.reach.name.lower(),
                 "description": rule.description,
                 "declared_by": rule.declared_by,
+                "declared_by_resource": _declared_by(review, rule.stack, rule.declared_by),
             }
             for rule in review.exposure.rules
         ),
@@ -95,6 +110,10 @@ def _network(review: Review) -> Facts:
             for rule in review.egress.rules
         ),
         "vpc_endpoints": review.egress.endpoints,
+        "security_groups": _sorted(
+            {"group": group.json(), "attached_to": [r.json() for r in attached]}
+            for group, attached in review.behind_groups.items()
+        ),
         "published_ports": _sorted(
             {
                 "task_definition": network.task_definition.json(),
@@ -246,6 +265,7 @@ def _policies(review: Review) -> Facts:
                 "role": _res(role.res) or {"literal": role.name},
                 "assumed_by": [text.replace("`", "") for text in role.assumed_by],
                 "managed_policies": sorted(policy.arn for policy in role.managed),
+                "run_by": [r.json() for r in review.runs_as.get(role.res, ())] if role.res else [],
                 "statements": _sorted(
                     {
                         "policy": statement.policy_res.json(),
@@ -334,6 +354,10 @@ def _checks(review: Review) -> Facts:
                 {"rule": f.rule, "path": f.path, "at": f.acknowledged_at, "reason": f.reason}
                 for f in nag.acknowledged
             ),
+            "acknowledgements": _sorted(
+                {"id": a.qualified_id, "at": a.path, "reason": a.reason}
+                for a in review.assembly.acknowledgements
+            ),
             "stale_acknowledgements": _sorted(
                 {"id": a.qualified_id, "at": a.path, "reason": a.reason} for a in nag.stale
             ),
@@ -380,6 +404,7 @@ def facts(review: Review) -> Facts:
             key=lambda item: item["name"],
         ),
         "vpc_cidrs_given": sorted(review.vpc_cidrs),
+        "resources": _resources(review),
         "network": _network(review),
         "secrets": _secrets(review),
         "consul": _consul(review),
