@@ -665,6 +665,8 @@ class Reconciler:
             return state.agent_connected and not owned.markers & nodes
         if state.version > record.version:
             return False
+        if state.version < record.version and host_state.interruption(record, state):
+            return False  # a lagging answer that still proves a reconnect hid in a gap
         return owned.markers & nodes == (nodes if record.drained else set())
 
     def _host_outcome(
