@@ -19,7 +19,9 @@ One pass
    event path's own function). In sync = a running record with the same digest and the node
    present on the same address: nothing is written. Otherwise `apply.apply(repair=True)` with
    the version DescribeTasks reports: the event path's cas-protected txn, so a tombstone or a
-   newer record always wins and reconcile can never resurrect a stopped task.
+   newer record always wins and reconcile can never resurrect a stopped task. The exception:
+   a tombstone this pass wrote on MISSING (tagged `reason: missing`) is overwritten when the
+   task is listed and described RUNNING again (DriftResurrected, an alarm: MISSING was wrong).
 4. Deletions, only when the ECS listing is complete (every page read, every task described):
    the tasks the catalog or a running record has and the listing lacks are confirmed with
    DescribeTasks (stopped, or MISSING with a record at least an hour old: one MISSING for a
@@ -47,7 +49,8 @@ harm: missing and moved entries first, then deletions, then garbage collection. 
 could not read the whole listing deletes nothing (ReconcileIncomplete metric).
 
 Metrics (EMF, namespace of metrics.py, dimension ClusterName): ReconcileTasks (running mesh
-tasks), DriftMissing, DriftChanged, DriftStale, DriftHosts and their sum DriftRepaired,
+tasks), DriftMissing, DriftChanged, DriftStale, DriftHosts, DriftResurrected and their sum
+DriftRepaired,
 DeletionsHeldBack, TombstonesCollected, RecordsMigrated, ReconcileIncomplete,
 ReconcileDeferred (repairs left for lack of time), ReconcileFailed (repairs that failed),
 InvalidTaskDefinition, HostAddressRefused (tasks kept out because their host's address is
@@ -77,6 +80,7 @@ import retry
 from inventory import Inventory
 from metrics import Metrics
 from model import (
+    MISSING_REASON,
     RUNNING,
     STOPPED,
     ContainerDefinition,
@@ -155,12 +159,13 @@ class PassReport:
     invalid: int = 0
     refused: int = 0
     marked: int = 0
+    resurrected: int = 0
     complete: bool = True
     problems: list[str] = field(default_factory=list)
 
     @property
     def repaired(self) -> int:
-        return self.missing + self.changed + self.stale + self.hosts
+        return self.missing + self.changed + self.stale + self.hosts + self.resurrected
 
     def metrics(self) -> dict[str, int]:
         return {
@@ -169,6 +174,7 @@ class PassReport:
             "DriftChanged": self.changed,
             "DriftStale": self.stale,
             "DriftHosts": self.hosts,
+            "DriftResurrected": self.resurrected,
             "DriftRepaired": self.repaired,
             "DeletionsHeldBack": self.held_back,
             "TombstonesCollected": self.tombstones_collected,
@@ -198,6 +204,15 @@ class Owned:
     records: dict[str, tuple[StateRecord | None, int]]  # task ID -> (record, ModifyIndex)
     markers: set[str]  # nodes carrying the disconnection marker
     kv: migration.Records  # every record of the read, legacy layout included
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The tombstone a task confirmed gone gets: the version it stops at, and MISSING_REASON
+    when the proof was DescribeTasks' MISSING (a later pass may overwrite that one)."""
+
+    version: int
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -432,17 +447,36 @@ class Reconciler:
                 logs.warning("time budget spent; the next pass continues", left=len(drift) - n)
                 return
             present = item.registration.node in owned.nodes
+            record, _ = owned.records.get(item.event.task_id, (None, 0))
             result = self._apply(item.event.task_arn, item.registration, item.event.version)
             if result is None:
                 continue
-            if result.kind in ("registered", "repaired"):
+            if record is not None and record.inferred_from_missing and result.kind == "registered":
+                self._resurrected(item.event)
+            elif result.kind in ("registered", "repaired"):
                 if present:
                     self.report.changed += 1
                 else:
                     self.report.missing += 1
 
+    def _resurrected(self, event: TaskEvent) -> None:
+        """A task tombstoned on MISSING is listed and described RUNNING again: it was registered
+        over that tombstone (decide.decide). MISSING was wrong for it (the age rule's one blind
+        spot, an ECS fault): counted and alarmed (DriftResurrected)."""
+        self.report.resurrected += 1
+        with logs.task_context(event.task_arn):
+            logs.warning(
+                "a task removed on MISSING is running: registered again",
+                version=event.version,
+                container_instance_arn=event.container_instance_arn,
+            )
+
     def _apply(
-        self, task_arn: str, desired: Registration | None, version: int
+        self,
+        task_arn: str,
+        desired: Registration | None,
+        version: int,
+        reason: str | None = None,
     ) -> apply.Result | None:
         """The event path's write, in repair mode; None when it failed (logged, counted)."""
         with logs.task_context(task_arn):
@@ -455,6 +489,7 @@ class Reconciler:
                     version=version,
                     event_time=self._now().isoformat(),
                     repair=True,
+                    reason=reason,
                 )
             except Exception as err:
                 self.report.failed += 1
@@ -480,12 +515,12 @@ class Reconciler:
             if record is None or record.status == RUNNING
         }
         suspects -= listed
-        gone: dict[str, int] = {}  # task ID -> version to write the tombstone at
+        gone: dict[str, Gone] = {}
         for event in stopping:
             node = identity.node_name(event.task_arn)
             record, _ = owned.records.get(event.task_id, (None, 0))
             if node in owned.nodes or (record is not None and record.status == RUNNING):
-                gone[event.task_id] = event.version
+                gone[event.task_id] = Gone(event.version)
         gone.update(self._confirm_gone(owned, suspects))
         cap = self._settings.max_deletions
         ordered = sorted(gone)
@@ -503,24 +538,24 @@ class Reconciler:
                 return
             task_arn = task_arn_for(self._cluster_arn, tid)
             present = identity.node_name(task_arn) in owned.nodes
-            result = self._apply(task_arn, None, gone[tid])
+            result = self._apply(task_arn, None, gone[tid].version, gone[tid].reason)
             if result is not None and present and result.kind in ("deregistered", "repaired"):
                 self.report.stale += 1
 
-    def _confirm_gone(self, owned: Owned, suspects: set[str]) -> dict[str, int]:
-        """The suspects DescribeTasks proves gone -> the version to write their tombstone at."""
-        gone: dict[str, int] = {}
+    def _confirm_gone(self, owned: Owned, suspects: set[str]) -> dict[str, Gone]:
+        """The suspects DescribeTasks proves gone -> the tombstone to write."""
+        gone: dict[str, Gone] = {}
         described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
         for tid in sorted(suspects):
             if tid in described.tasks:
                 seen = self._event(described.tasks[tid], tid)
                 if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
-                    gone[tid] = seen.version
+                    gone[tid] = Gone(seen.version)
                 else:
                     logs.info("the listing missed a running task; kept", task_id=tid)
             elif described.failures.get(tid) == "MISSING":
                 if self._may_be_forgotten(owned, tid):
-                    gone[tid] = host_state.GONE_VERSION
+                    gone[tid] = Gone(host_state.GONE_VERSION, MISSING_REASON)
                 else:
                     logs.info("MISSING for a task registered within the hour; kept", task_id=tid)
             else:

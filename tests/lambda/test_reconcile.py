@@ -35,7 +35,7 @@ from decide import (
 from ecs_fake import FakeEcs, denied, running_ids, throttled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model import RUNNING, STOPPED, StateRecord, parse_event
+from model import MISSING_REASON, RUNNING, STOPPED, StateRecord, parse_event
 from registrar_fixtures import (
     CLUSTER_ARN,
     HOST_IP,
@@ -78,13 +78,14 @@ class World:
         return failed_ids(handler.handler(sqs_event(events), LambdaContext()))
 
     def reconcile(
-        self, budget: retry.Budget | None = None, **overrides: Any
+        self, budget: retry.Budget | None = None, now: datetime | None = None, **overrides: Any
     ) -> reconcile.PassReport:
         return reconcile.run_pass(
             self.rt,
             reconcile.ReconcileSettings(**overrides),
             budget or retry.Budget.fixed(60.0),
             clients=self.ecs.clients,
+            now=(lambda: now) if now is not None else (lambda: datetime.now(UTC)),
         )
 
     def record(self, n: int) -> StateRecord | None:
@@ -474,6 +475,76 @@ def test_missing_is_proof_once_the_record_is_an_hour_old(world: World) -> None:
     assert world.consul.nodes() == {}
 
 
+def test_a_task_removed_on_missing_is_registered_again_once_ecs_lists_it_running(
+    world: World,
+) -> None:
+    # GIVEN a task registered by its RUNNING event, which ECS, faulty, leaves out of ListTasks
+    # and answers MISSING for once its record is more than an hour old: a pass removes it
+    assert world.deliver(world.ecs.put_task(tid(1))) == []
+    world.ecs.hidden.add(tid(1))
+    later = datetime.now(UTC) + reconcile.MISSING_PROOF_AGE
+    assert world.reconcile(now=later).stale == 1
+    assert world.consul.nodes() == {}
+    tombstone = world.record(1)
+    assert tombstone is not None
+    assert (tombstone.status, tombstone.reason) == (STOPPED, MISSING_REASON)
+
+    # WHEN a later pass finds it listed and described RUNNING
+    world.ecs.hidden.clear()
+    report = world.reconcile(now=later)
+
+    # THEN it is registered again over that tombstone, counted apart (it pages)
+    assert node(1) in world.consul.nodes()
+    assert (report.resurrected, report.missing) == (1, 0)
+    assert report.metrics()["DriftResurrected"] == 1
+    record = world.record(1)
+    assert record is not None
+    assert (record.status, record.reason) == (RUNNING, None)
+    # AND the next pass finds it in sync and writes nothing
+    world.consul.reset_requests()
+    assert world.reconcile(now=later).in_sync == 1
+    assert world.consul.writes() == 0
+
+
+def test_tombstones_ecs_reported_are_never_overwritten(world: World) -> None:
+    # GIVEN a task whose stop event landed, while ECS's lagging listing still says RUNNING
+    world.run(1)
+    world.stop(1)
+    world.ecs.put_task(tid(1), version=3)
+
+    # WHEN passes run
+    report = world.reconcile()
+    world.reconcile()
+
+    # THEN the reported tombstone stands (no reason tag), nothing is registered again
+    assert node(1) not in world.consul.nodes()
+    assert report.resurrected == 0
+    record = world.record(1)
+    assert record is not None
+    assert (record.status, record.reason) == (STOPPED, None)
+
+
+def test_a_stop_event_turns_a_missing_tombstone_into_a_reported_one(world: World) -> None:
+    # GIVEN a task removed on MISSING (its record an hour old)
+    assert world.deliver(world.ecs.put_task(tid(1))) == []
+    world.ecs.hidden.add(tid(1))
+    later = datetime.now(UTC) + reconcile.MISSING_PROOF_AGE
+    assert world.reconcile(now=later).stale == 1
+
+    # WHEN its stop event arrives, and then a pass whose listing still shows it RUNNING
+    world.stop(1)
+    world.ecs.hidden.clear()
+    world.ecs.put_task(tid(1), version=3)
+    report = world.reconcile(now=later)
+
+    # THEN the stop's tombstone holds: the pass cannot bring the task back
+    record = world.record(1)
+    assert record is not None
+    assert (record.status, record.version, record.reason) == (STOPPED, 6, None)
+    assert node(1) not in world.consul.nodes()
+    assert report.resurrected == 0
+
+
 def test_a_task_the_listing_missed_is_kept(world: World) -> None:
     # GIVEN a registered task ECS still runs but that ListTasks (eventually consistent) omits
     world.run(1)
@@ -691,6 +762,13 @@ def test_repair_rewrites_at_the_records_version_but_never_below_or_over_a_tombst
     # ... but never below the record's version nor over a tombstone
     assert isinstance(decide(wanted, 4, running, repair=True), Skip)
     assert isinstance(decide(wanted, 9, tombstone, repair=True), VerifyAbsent)
+    # ... except a tombstone inferred from MISSING: a pass registering the listed task, or a
+    # stop event, overwrites it; a RUNNING event (perhaps late) and a pass's stop do not
+    missing = StateRecord(2**63 - 1, STOPPED, reason=MISSING_REASON)
+    assert decide(wanted, 3, missing, repair=True) == Register(wanted)
+    assert decide(None, 6, missing) == Deregister()
+    assert isinstance(decide(wanted, 3, missing), VerifyAbsent)
+    assert isinstance(decide(None, 6, missing, repair=True), VerifyAbsent)
 
 
 # --------------------------------------------------------------------------------------------
