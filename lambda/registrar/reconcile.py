@@ -25,7 +25,9 @@ One pass
 4. Deletions, only when the ECS listing is complete (every page read, every task described):
    the tasks the catalog or a running record has and the listing lacks are confirmed with
    DescribeTasks (stopped, or MISSING with a record at least an hour old: one MISSING for a
-   younger record is eventual consistency, not proof). At most RECONCILE_MAX_DELETIONS are
+   younger record is eventual consistency, not proof). A task DescribeTasks still answers
+   RUNNING is kept, unless its container instance is deregistered (`_orphans`: tasks of a
+   host force-deregistered while its event was lost). At most RECONCILE_MAX_DELETIONS are
    removed (through `apply`: tombstone + node delete); the rest is reported (DeletionsHeldBack
    metric and a warning) and left to the next pass. Only nodes carrying our `source` and
    cluster meta are ever listed, so nothing else can be deleted.
@@ -545,12 +547,16 @@ class Reconciler:
     def _confirm_gone(self, owned: Owned, suspects: set[str]) -> dict[str, Gone]:
         """The suspects DescribeTasks proves gone -> the tombstone to write."""
         gone: dict[str, Gone] = {}
+        unlisted: dict[str, TaskEvent] = {}  # described RUNNING, yet not listed
         described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
         for tid in sorted(suspects):
             if tid in described.tasks:
                 seen = self._event(described.tasks[tid], tid)
-                if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
+                phase = None if seen is None else decide.triage(seen, self._cluster_arn)
+                if seen is not None and phase == "stop":
                     gone[tid] = Gone(seen.version)
+                elif seen is not None and phase == "run" and seen.container_instance_arn:
+                    unlisted[tid] = seen
                 else:
                     logs.info("the listing missed a running task; kept", task_id=tid)
             elif described.failures.get(tid) == "MISSING":
@@ -561,6 +567,44 @@ class Reconciler:
             else:
                 reason = described.failures.get(tid) or described.unknown.get(tid)
                 logs.warning("cannot confirm the task is gone; kept", task_id=tid, reason=reason)
+        gone.update(self._orphans(owned, unlisted))
+        return gone
+
+    def _orphans(self, owned: Owned, unlisted: Mapping[str, TaskEvent]) -> dict[str, Gone]:
+        """Unlisted tasks DescribeTasks still answers RUNNING, whose host ECS reports gone.
+
+        DeregisterContainerInstance with `force`: tasks "remain running until you terminate the
+        instance or the tasks stop through some other means, but they're orphaned (no longer
+        monitored or accounted for by Amazon ECS)" (ECS API reference). What ListTasks and
+        DescribeTasks then answer for them is not documented; if they leave the listing while
+        DescribeTasks keeps their last RUNNING state, and the host's deregistration event was
+        lost, nothing else would ever remove them. So their container instances are described
+        (one call per 100): DEREGISTERING or INACTIVE is ECS's own word that the host is gone
+        (a tombstone like host_state's, which no event can pass); a MISSING instance is taken as
+        proof under the MISSING rule (record an hour old), and tagged like a MISSING task. A
+        task on a host that is still ACTIVE is one the listing missed: kept.
+        """
+        if not unlisted:
+            return {}
+        arns = {str(event.container_instance_arn) for event in unlisted.values()}
+        instances, failures = self._ecs.container_instances(arns)
+        gone: dict[str, Gone] = {}
+        for tid, event in sorted(unlisted.items()):
+            arn = str(event.container_instance_arn)
+            status = instances.get(arn, {}).get("status")
+            if status in host_state.DEREGISTERED_STATUSES:
+                gone[tid] = Gone(host_state.GONE_VERSION)
+            elif failures.get(arn) == "MISSING" and self._may_be_forgotten(owned, tid):
+                gone[tid] = Gone(host_state.GONE_VERSION, MISSING_REASON)
+            else:
+                logs.info("the listing missed a running task; kept", task_id=tid)
+                continue
+            logs.warning(
+                "task orphaned by a deregistered container instance; removing it",
+                task_id=tid,
+                container_instance_arn=arn,
+                status=status or failures.get(arn),
+            )
         return gone
 
     def _may_be_forgotten(self, owned: Owned, task_id: str) -> bool:

@@ -32,7 +32,7 @@ from decide import (
     desired_registration,
     mesh_target,
 )
-from ecs_fake import FakeEcs, denied, running_ids, throttled
+from ecs_fake import FakeEcs, Instance, denied, running_ids, throttled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from model import MISSING_REASON, RUNNING, STOPPED, StateRecord, parse_event
@@ -554,6 +554,72 @@ def test_a_task_the_listing_missed_is_kept(world: World) -> None:
 
     assert node(1) in world.consul.nodes()
     assert report.stale == 0
+
+
+OTHER_HOST = INSTANCE_ARN[: INSTANCE_ARN.rindex("/")] + "/" + "f" * 32
+
+
+def add_other_host(world: World) -> None:
+    """A second host, known to ECS, SSM and the event path's host source."""
+    world.ecs.instances[OTHER_HOST] = Instance(OTHER_HOST, "mi-0fff", "10.20.30.41")
+    assert isinstance(world.rt.hosts, FakeHosts)
+    world.rt.hosts.addresses[OTHER_HOST] = "10.20.30.41"
+
+
+@pytest.mark.parametrize("host", ["INACTIVE", "DEREGISTERING", "MISSING"])
+def test_tasks_orphaned_by_a_force_deregistered_host_are_removed(world: World, host: str) -> None:
+    # GIVEN tasks 1 and 2 on a host, task 3 on another, all registered by their events
+    add_other_host(world)
+    world.run(1, 2)
+    world.run(3, container_instance_arn=OTHER_HOST)
+    # AND the first host deregistered with force, its event lost: its tasks are orphaned, out
+    # of ListTasks while DescribeTasks still answers RUNNING; DescribeContainerInstances says
+    # INACTIVE or DEREGISTERING, or has forgotten the host (MISSING)
+    if host == "MISSING":
+        del world.ecs.instances[INSTANCE_ARN]
+    else:
+        world.ecs.instances[INSTANCE_ARN].status = host
+    world.ecs.orphaned |= {tid(1), tid(2)}
+    # (a MISSING host is proof under the MISSING rule only: the records must be an hour old)
+    later = datetime.now(UTC) + reconcile.MISSING_PROOF_AGE
+
+    # WHEN passes run, with a deletion cap of 1
+    first = world.reconcile(now=later, max_deletions=1)
+
+    # THEN the orphans go through the deletion path and its cap, the other host's task stays
+    assert (first.stale, first.held_back) == (1, 1)
+    second = world.reconcile(now=later, max_deletions=1)
+    assert (second.stale, second.held_back) == (1, 0)
+    assert sorted(world.consul.nodes()) == [node(3)]
+    # AND they are tombstoned for good (no event can pass that version); only the MISSING
+    # host's are tagged as inferred
+    for n in (1, 2):
+        record = world.record(n)
+        assert record is not None
+        assert (record.status, record.version) == (STOPPED, host_state.GONE_VERSION)
+        assert record.reason == (MISSING_REASON if host == "MISSING" else None)
+    # AND the next pass writes nothing
+    world.consul.reset_requests()
+    world.reconcile(now=later)
+    assert world.consul.writes() == 0
+
+
+def test_an_unlisted_task_on_an_active_host_or_a_young_record_is_kept(world: World) -> None:
+    # GIVEN task 1 left out of ListTasks but described RUNNING on its ACTIVE host, and task 2
+    # the same on a host DescribeContainerInstances answers MISSING, its record just written
+    add_other_host(world)
+    world.run(1)
+    event = world.ecs.put_task(tid(2), container_instance_arn=OTHER_HOST)
+    assert world.deliver({**event, "time": datetime.now(UTC).isoformat()}) == []
+    del world.ecs.instances[OTHER_HOST]
+    world.ecs.orphaned |= {tid(1), tid(2)}
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN both are kept: an eventually consistent listing, and a MISSING too young to prove
+    assert report.stale == 0
+    assert sorted(world.consul.nodes()) == [node(1), node(2)]
 
 
 def test_a_task_that_cannot_be_confirmed_gone_is_kept(world: World) -> None:
