@@ -7,9 +7,11 @@ registrar's environment (CONSUL_HTTP_ADDR, ECS_CLUSTER_ARN, ...):
 One pass
 1. What the registrar owns, in 3 Consul requests whatever the cluster's size: this cluster's
    task nodes (`/v1/catalog/nodes?filter=Meta["source"] == ... and Meta["cluster-arn"] == ...`),
-   the state records (`/v1/kv/ecs-registrar/<cluster-name>/?recurse`: this cluster's, keyed by
-   its ARN, and the legacy name-keyed ones, kv_layout.py) and the disconnection markers
+   its state records (`/v1/kv/ecs-registrar/<name>/<region>/<account>/?recurse`, kv_layout.py)
+   and the disconnection markers
    (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
+   Until the legacy name-keyed layout is migrated (and MIGRATION_SETTLE after), 2 more: its
+   `tasks/` and `hosts/` prefixes, read apart so that no same-named cluster's records come along.
 2. ECS's truth (listing.py): ListTasks + DescribeTasks, 100 tasks per call; task definitions
    through the registrar's cache (immutable per ARN); container instances and SSM addresses
    in batches, fresh every pass.
@@ -273,7 +275,9 @@ class Reconciler:
                 problems=list(running.problems[:10]),
             )
         wanted, stopping, hosts = self._wanted(running.tasks)
-        self._migrate(owned, set(running.tasks), hosts)
+        settled = self._migrate(owned, set(running.tasks), hosts)
+        if settled and self.report.complete and owned.kv.migrated_at is None:
+            migration.mark_done(self._consul, self._cluster_arn, self._now())
         self._repair(wanted, owned)
         if self.report.complete:
             self._delete_gone(owned, set(running.tasks), stopping)
@@ -287,7 +291,7 @@ class Reconciler:
             for n in self._consul.nodes(inventory.owned_nodes_filter(self._cluster_arn))
             if isinstance(n.get("Node"), str)
         }
-        kv = migration.read(self._consul, self._cluster_arn)
+        kv = migration.read(self._consul, self._cluster_arn, self._now())
         markers = host_state.marked_nodes(self._consul)
         return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)
 
@@ -398,10 +402,13 @@ class Reconciler:
 
     # -- phase: migration of legacy records (kv_layout.py, migration.py) ----------------------
 
-    def _migrate(self, owned: Owned, listed: set[str], hosts: listing.Hosts | None) -> None:
+    def _migrate(self, owned: Owned, listed: set[str], hosts: listing.Hosts | None) -> bool:
+        """Move what the legacy layout holds of this cluster; True when nothing was left."""
         kv = owned.kv
+        if not kv.legacy_read:
+            return False
         if not kv.legacy_tasks and not kv.legacy_hosts:
-            return
+            return True
         our_tasks = listed | {node.removeprefix(identity.NODE_PREFIX) for node in owned.nodes}
         described = hosts.instances if hosts is not None else {}
         steps = migration.plan(
@@ -412,19 +419,22 @@ class Reconciler:
             now=self._now(),
             tombstone_grace=self._settings.tombstone_grace,
         )
-        if not steps or self._out_of_time():
-            return
+        if not steps:
+            return True
+        if self._out_of_time():
+            return False
         try:
             done = migration.apply(self._consul, steps, self._out_of_time)
         except Exception as err:
             self.report.failed += 1
             logs.error("migrating legacy records failed", error=f"{type(err).__name__}: {err}")
-            return
+            return False
         for step in done:
             if step.moves_task:
                 owned.records[step.item_id] = (step.record, 0)
         self.report.migrated += len(done)
         logs.info("legacy state records migrated to the cluster ARN layout", records=len(done))
+        return False
 
     # -- phase: registrations ----------------------------------------------------------------
 
@@ -631,15 +641,11 @@ class Reconciler:
     # -- phase: tombstones -------------------------------------------------------------------
 
     def _collect_tombstones(self, owned: Owned, listed: set[str]) -> None:
-        """Old tombstones of tasks ECS forgot, in both layouts (migration.py copies the young
-        legacy ones and leaves the legacy copy to age out here)."""
+        """Old tombstones of tasks ECS forgot, in this cluster's prefix only: a legacy one is
+        either provably this cluster's (migration.py moves or drops it) or left alone."""
         cutoff = self._now() - self._settings.tombstone_grace
         candidates = [
             (kv_layout.task_key(self._cluster_arn, tid), tid, r) for tid, r in owned.records.items()
-        ]
-        candidates += [
-            (pair.key, tid, (migration.decode(pair.value), pair.modify_index))
-            for tid, pair in owned.kv.legacy_tasks.items()
         ]
         old: dict[str, tuple[str, int]] = {}  # key -> (task ID, ModifyIndex)
         for key, tid, (record, index) in sorted(candidates):

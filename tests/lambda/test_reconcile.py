@@ -18,6 +18,7 @@ import handler
 import host_state
 import kv_layout
 import listing
+import migration
 import pytest
 import reconcile
 import registrar
@@ -152,9 +153,17 @@ def test_tasks_whose_events_were_lost_are_registered(world: World) -> None:
     assert (record.status, record.version) == (RUNNING, 3)
 
 
+def settle_migration(world: World) -> None:
+    """The cluster moved off the legacy layout long ago (migration.py's marker, settled)."""
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    marker = json.dumps({"migrated_at": long_ago.isoformat()}).encode()
+    world.consul.seed_kv(kv_layout.migration_key(CLUSTER_ARN), marker)
+
+
 def test_a_pass_over_a_catalog_in_sync_writes_nothing(world: World) -> None:
-    # GIVEN three tasks registered by their events
+    # GIVEN three tasks registered by their events, on a cluster migrated long ago
     world.run(1, 2, 3)
+    settle_migration(world)
     world.consul.reset_requests()
 
     # WHEN a pass runs
@@ -769,6 +778,7 @@ def test_a_pass_out_of_time_leaves_the_rest_to_the_next_pass(world: World) -> No
     # GIVEN 6 tasks missing from the catalog and a budget that runs out once the pass has read
     # the catalog (3 requests) and registered one task (record read, txn, sidecar, re-read)
     world.run(*range(1, 7), deliver=False)
+    settle_migration(world)
     consul = world.consul
     consul.reset_requests()
 
@@ -948,6 +958,7 @@ def test_an_in_sync_pass_costs_two_aws_calls_per_100_tasks_and_three_consul_read
             host_ports={"web": {8080: 32768 + n}, "envoy": {20000: 42768 + n}},
         )
     assert world.reconcile().missing == 250
+    settle_migration(world)
     world.consul.reset_requests()
     world.ecs.calls.clear()
 
@@ -1014,9 +1025,10 @@ def test_the_first_pass_moves_what_is_this_clusters_and_leaves_the_rest(world: W
     assert (report.in_sync, report.missing, report.changed) == (1, 0, 0)
     # AND the young tombstone was copied (and kept for whoever else may own it)
     assert (key(2) in kv, legacy_key(2) in kv) == (True, True)
-    # AND the week-old tombstone of a forgotten task was collected
-    assert legacy_key(3) not in kv
-    assert report.tombstones_collected == 1
+    # AND the week-old tombstone of a forgotten task, which nothing attributes to this cluster,
+    # is left for its owner (or the one-off cleanup in docs/operations.md), not collected
+    assert legacy_key(3) in kv
+    assert report.tombstones_collected == 0
     # AND the record nothing proves ours is left as it was, and not copied
     assert kv[legacy_key(4)][0] == twin
     assert key(4) not in kv
@@ -1024,13 +1036,73 @@ def test_the_first_pass_moves_what_is_this_clusters_and_leaves_the_rest(world: W
     assert kv[kv_layout.host_key(CLUSTER_ARN, INSTANCE_ID)][0] == host
     assert report.migrated == 3
 
-    # WHEN the next pass runs, THEN it writes nothing
+    # WHEN the next pass runs, THEN its only write is the marker saying the migration is done
     world.consul.reset_requests()
     assert world.reconcile().repaired == 0
+    assert world.consul.writes() == 1
+    assert kv_layout.migration_key(CLUSTER_ARN) in world.consul.kv()
+    # AND the pass after it writes nothing
+    world.consul.reset_requests()
+    world.reconcile()
     assert world.consul.writes() == 0
     # AND a late RUNNING event of task 2 finds its tombstone
     assert world.deliver(task_event(task_id=tid(2), version=3)) == []
     assert f"ecs-task-{tid(2)}" not in world.consul.nodes()
+
+
+def test_the_legacy_layout_costs_two_reads_until_the_migration_settles(world: World) -> None:
+    # GIVEN a cluster running tasks registered by their events, nothing in the legacy layout
+    world.run(1, 2)
+    now = datetime.now(UTC)
+    world.consul.reset_requests()
+
+    # WHEN the first pass after the deploy runs
+    world.reconcile(now=now)
+
+    # THEN it read this cluster's prefix and the two legacy prefixes, found nothing left to
+    # move, and wrote the marker (its one write)
+    kv_reads = sorted(r.path for r in world.consul.requests if r.path.startswith("/v1/kv/"))
+    name = "/v1/kv/ecs-registrar/mesh/"
+    assert kv_reads == [f"{name}hosts/", f"{name}tasks/", f"{name}us-east-1/123456789012/"]
+    assert (world.consul.count(), world.consul.writes()) == (3 + 2 + 1, 1)
+    assert kv_layout.migration_key(CLUSTER_ARN) in world.consul.kv()
+
+    # AND passes within MIGRATION_SETTLE still read the legacy prefixes, writing nothing
+    world.consul.reset_requests()
+    world.reconcile(now=now + migration.MIGRATION_SETTLE / 2)
+    assert (world.consul.count(), world.consul.writes()) == (3 + 2, 0)
+
+    # AND the passes after it make the 3 requests of a pass, no legacy read
+    world.consul.reset_requests()
+    world.reconcile(now=now + migration.MIGRATION_SETTLE)
+    assert (world.consul.count(), world.consul.writes()) == (3, 0)
+
+
+def test_no_pass_reads_or_collects_a_same_named_clusters_records(world: World) -> None:
+    # GIVEN a cluster "mesh" of another account in the same Consul, running the ARN layout:
+    # its running task 9, and its tombstone of task 8 from a week ago
+    registrar.set_runtime(fake_runtime(world.consul.url, cluster_arn=TWIN_CLUSTER_ARN))
+    assert world.deliver(task_event(task_id=tid(9), cluster_arn=TWIN_CLUSTER_ARN)) == []
+    registrar.set_runtime(world.rt)
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+    old_stop = StateRecord(6, STOPPED, event_time=week_ago.isoformat()).encode()
+    twin_tombstone = kv_layout.task_key(TWIN_CLUSTER_ARN, tid(8))
+    world.consul.seed_kv(twin_tombstone, old_stop)
+    # AND a week-old legacy tombstone of task 7 nothing attributes to us (ECS forgot it)
+    world.consul.seed_kv(legacy_key(7), old_stop)
+    world.ecs.forget(tid(7))
+    world.run(1)
+    world.consul.reset_requests()
+
+    # WHEN our passes run
+    world.reconcile()
+
+    # THEN no answer of Consul carried the twin's records (no read of the whole name)
+    assert not any(r.path.rstrip("/") == "/v1/kv/ecs-registrar/mesh" for r in world.consul.requests)
+    # AND neither the twin's tombstone nor the unattributable legacy one was collected
+    kv = world.consul.kv()
+    assert twin_tombstone in kv
+    assert legacy_key(7) in kv
 
 
 def test_a_stop_before_the_first_pass_lands_and_the_pass_drops_the_old_record(
@@ -1049,12 +1121,14 @@ def test_a_stop_before_the_first_pass_lands_and_the_pass_drops_the_old_record(
     tombstone = world.record(1)
     assert tombstone is not None
     assert tombstone.status == STOPPED
-    # AND the first pass deletes the superseded running record, the second writes nothing
+    # AND the first pass deletes the superseded running record, the second writes only the
+    # migration marker, the third nothing
     world.reconcile()
     assert legacy_key(1) not in world.consul.kv()
-    world.consul.reset_requests()
-    world.reconcile()
-    assert world.consul.writes() == 0
+    for writes in (1, 0):
+        world.consul.reset_requests()
+        world.reconcile()
+        assert world.consul.writes() == writes
 
 
 def test_a_late_running_event_before_the_first_pass_is_removed_by_it(world: World) -> None:
