@@ -16,10 +16,18 @@ request after CONNECT_TIMEOUT_S to connect and READ_TIMEOUT_S per read ("The tim
 till a timeout exception is thrown when attempting to make a connection / to read from a
 connection", botocore config.py), so a request needs up to their sum, and one that cannot have
 it fails at once with BudgetExhausted (the message goes back to SQS, a pass stops there).
+
+Those timeouts do not bound a request, though: urllib3 (2.x, `util/connection.py`
+`create_connection`) tries every address DNS returns with the connect timeout each, and
+botocore's read timeout applies per socket read. So a request inside a budget also runs under a
+hard deadline (`_before`): when the budget runs out first, the caller gets BudgetExhausted and
+the request is left to finish on its own thread. Every AWS request the registrar makes is a
+read (Describe*, List*, GetSecretValue), so an abandoned one has no effect.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import json
 import threading
@@ -155,7 +163,7 @@ def aws_call(what: str, fn: Callable[[], T]) -> T:
     )
 
     try:
-        return fn()
+        return fn() if budget is None else _before(budget.remaining_s(), what, fn)
     except ClientError as err:
         error = err.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -168,6 +176,32 @@ def aws_call(what: str, fn: Callable[[], T]) -> T:
         raise AwsUnavailable(f"{what}: {err}") from err
     except BotoCoreError as err:
         raise AwsLookupError(f"{what}: {err}") from err
+
+
+def _before(deadline_s: float, what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, or BudgetExhausted when it has not returned within `deadline_s` (it goes on,
+    abandoned, on its own daemon thread; its answer is dropped)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            outcome.append(context.run(fn))
+        except BaseException as err:  # re-raised in the caller's thread
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name=f"aws {what}", daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    if worker.is_alive():
+        raise BudgetExhausted(
+            f"{what}: no answer within the {deadline_s:.1f} s left in this invocation "
+            "(the request is abandoned)"
+        )
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 # --------------------------------------------------------------------------------------------
