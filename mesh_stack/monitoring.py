@@ -50,6 +50,7 @@ HOST_METRICS = (
     "HostChecksRestored",
     "HostDeregistered",
     "HostAddressRefused",
+    "HostAddressDoubtful",
 )
 LAG_METRIC = "EventToCatalogLagMs"
 DRIFT_METRICS = ("DriftMissing", "DriftChanged", "DriftStale", "DriftHosts", "DriftResurrected")

@@ -38,6 +38,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
+import logs
 from model import Host, TaskDefinition, task_definition_from_api, valid_address
 from retry import Budget, BudgetExhausted, RetryableError
 
@@ -246,6 +247,15 @@ class EcsTaskDefinitions:
 # Docker gives docker0 172.17.0.0/16 unless configured otherwise (Docker's default-address-pools
 # / bip). An operator who really numbers hosts there sets the attribute, which is trusted.
 DOCKER_DEFAULT_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
+# Docker numbers user-defined bridges (`br-*`, which can be the first interface just as well)
+# from its other local-scope default pools, 172.18.0.0/16 to 172.31.0.0/16 (moby
+# daemon/libnetwork/ipamutils/utils.go `localScopeDefaultNetworks`; its 192.168.0.0/16 pool is
+# left out, on-prem networks use it too). Real hosts are numbered there as well, so an SSM
+# address in them is not refused: it is reported (`address_doubt`), and the attribute settles it.
+DOCKER_BRIDGE_POOLS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("172.18.0.0/15", "172.20.0.0/14", "172.24.0.0/14", "172.28.0.0/14")
+)
 
 
 def address_problem(value: str, *, from_ssm: bool) -> str | None:
@@ -264,6 +274,17 @@ def address_problem(value: str, *, from_ssm: bool) -> str | None:
     if from_ssm and ip in DOCKER_DEFAULT_BRIDGE:
         return f"in Docker's default bridge network {DOCKER_DEFAULT_BRIDGE} (docker0)"
     return None
+
+
+def address_doubt(value: str) -> str | None:
+    """Why an address SSM reports may be a Docker bridge's rather than the host's, or None."""
+    ip = ipaddress.ip_address(value)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    pool = next((n for n in DOCKER_BRIDGE_POOLS if ip in n), None)
+    if pool is None:
+        return None
+    return f"in {pool}, from which Docker numbers user-defined bridges (br-*)"
 
 
 class HostSource(Protocol):
@@ -352,7 +373,15 @@ class EcsSsmHosts:
                 f"aws ecs put-attributes --cluster {cluster_arn} --attributes "
                 f"name={ADDRESS_ATTRIBUTE},value=<ip>,targetId={container_instance_arn}",
             )
-        return Host(address=address, instance_id=instance_id, source="ssm")
+        doubt = address_doubt(address)
+        if doubt:
+            logs.warning(
+                f"SSM reports {address} for {instance_id}, {doubt}: registered, but if it is a "
+                f"Docker bridge no other host can reach it; set the container instance "
+                f"attribute {ADDRESS_ATTRIBUTE} to the host's reachable IP",
+                container_instance_arn=container_instance_arn,
+            )
+        return Host(address=address, instance_id=instance_id, source="ssm", doubt=doubt)
 
     def _instance_information(
         self, container_instance_arn: str, instance_id: str

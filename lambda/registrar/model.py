@@ -467,6 +467,7 @@ class Host:
     address: str
     instance_id: str  # SSM managed instance id (mi-...) or EC2 instance id
     source: Literal["ssm", "attribute"]
+    doubt: str | None = None  # why the address may not be the host's (aws.address_doubt)
 
 
 def valid_address(value: str) -> bool:

@@ -162,6 +162,7 @@ class PassReport:
     failed: int = 0
     invalid: int = 0
     refused: int = 0
+    doubtful: int = 0  # hosts whose SSM address may be a Docker bridge's (aws.address_doubt)
     marked: int = 0
     resurrected: int = 0
     complete: bool = True
@@ -188,6 +189,7 @@ class PassReport:
             "ReconcileFailed": self.failed,
             "InvalidTaskDefinition": self.invalid,
             "HostAddressRefused": self.refused,
+            "HostAddressDoubtful": self.doubtful,
             "HostChecksCritical": self.marked,
         }
 
@@ -260,6 +262,7 @@ class Reconciler:
         # container instance ARN -> task nodes of the running mesh tasks ECS places on it
         self._on_instance: dict[str, set[str]] = {}
         self._refused_hosts: set[str] = set()
+        self._doubted_hosts: set[str] = set()
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -359,6 +362,9 @@ class Reconciler:
                 if instance is None:
                     raise MalformedEvent("containerInstanceArn is missing for a RUNNING task")
                 host = hosts.source.get(self._cluster_arn, instance)
+                if host.doubt and instance not in self._doubted_hosts:
+                    self._doubted_hosts.add(instance)
+                    self.report.doubtful += 1
                 registration = decide.desired_registration(event, definition, app, host)
             except (InvalidTaskDefinition, MalformedEvent) as err:
                 self.report.invalid += 1

@@ -257,6 +257,32 @@ def test_a_task_publishing_a_port_range_is_registered(world: World) -> None:
     assert f"ecs-task-{task_id}" in world.consul.nodes()
 
 
+def test_a_host_reported_in_a_docker_bridge_pool_is_registered_with_a_warning(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN two running tasks (events lost) on a host whose SSM address lies in 172.18.0.0/16,
+    # which Docker also gives user-defined bridges (br-*), and on-prem networks use too
+    world.run(1, 2, deliver=False)
+    world.ecs.instances[INSTANCE_ARN].address = "172.18.0.1"
+    capsys.readouterr()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN both are registered (the address may be right), the host is counted once, and a
+    # warning names the host and the attribute that settles it
+    assert len(world.consul.nodes()) == 2
+    assert (report.doubtful, report.metrics()["HostAddressDoubtful"]) == (1, 1)
+    warnings = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if '"level":"WARNING"' in line and "172.18.0.1" in line
+    ]
+    assert warnings
+    assert {w["container_instance_arn"] for w in warnings} == {INSTANCE_ARN}
+    assert all("consul-mesh.address" in w["message"] for w in warnings)
+
+
 def test_a_host_reported_on_docker0_keeps_its_tasks_out_until_its_address_is_set(
     world: World, capsys: pytest.CaptureFixture[str]
 ) -> None:

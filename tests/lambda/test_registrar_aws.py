@@ -221,6 +221,37 @@ def test_fails_when_ssm_does_not_know_the_instance(world: MotoWorld) -> None:
 
 
 @pytest.mark.parametrize(
+    ("address", "doubt"),
+    [
+        ("172.18.0.1", "172.18.0.0/15"),
+        ("172.31.255.1", "172.28.0.0/14"),
+        ("::ffff:172.20.0.1", "172.20.0.0/14"),
+        ("172.16.0.1", None),
+        ("192.168.50.7", None),
+        ("10.0.0.5", None),
+    ],
+)
+def test_an_ssm_address_in_a_docker_bridge_pool_is_kept_but_doubted(
+    world: MotoWorld, address: str, doubt: str | None
+) -> None:
+    # GIVEN SSM reports an address that may be a user-defined Docker bridge's (moby
+    # libnetwork/ipamutils localScopeDefaultNetworks) or the host's own
+    world.ssm.ip_by_instance[world.instance_id] = address
+    hosts = aws.EcsSsmHosts(
+        lambda: boto3.client("ecs", region_name=REGION), lambda: world.ssm, ttl_s=300
+    )
+
+    # WHEN the host is looked up, THEN the address is used, and doubted only in Docker's pools
+    host = hosts.get(world.cluster_arn, world.container_instance_arn)
+    assert host.address == address
+    if doubt is None:
+        assert host.doubt is None
+    else:
+        assert host.doubt is not None
+        assert doubt in host.doubt
+
+
+@pytest.mark.parametrize(
     ("address", "why"),
     [
         ("172.17.0.1", r"Docker's default bridge network 172.17.0.0/16 \(docker0\)"),
