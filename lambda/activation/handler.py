@@ -8,11 +8,11 @@ only ever sees the activation ID.
 
 Events:
 - CloudFormation Create: a new activation; its ID becomes the physical ID, for good.
-- CloudFormation Update (the limit, expiry or role changed): a new activation replaces the
-  previous one in the secret and the previous one is revoked here, like a reissue. The
-  physical ID is kept on purpose: a new one would make CloudFormation send Delete for the old
-  ID afterwards, and that Delete, seeing the secret name another activation, would revoke the
-  new one too (and so would an update rollback).
+- CloudFormation Update (the limit, expiry or role changed; nothing else counts, see SETTINGS):
+  a new activation replaces the previous one in the secret and the previous one is revoked
+  here, like a reissue. The physical ID is kept on purpose: a new one would make CloudFormation
+  send Delete for the old ID afterwards, and that Delete, seeing the secret name another
+  activation, would revoke the new one too (and so would an update rollback).
 - CloudFormation Delete: delete the activation (already registered hosts stay registered).
 - `{"action": "reissue"}` invoked by an operator: a fresh activation when the old one expired
   or was used up, replacing the secret's value and deleting the previous activation.
@@ -45,6 +45,11 @@ logger = logging.getLogger()
 logger.setLevel(logging.INFO)
 
 TEARDOWN_TYPE = "Custom::EcsAnywhereTeardown"
+# The properties that define the activation. An Update compares only these: CloudFormation
+# also passes ServiceToken (and ServiceTimeout, once set) in ResourceProperties, and a stack
+# update that only adds ServiceTimeout or replaces the function must not reissue the
+# activation (and revoke the one operators are using).
+SETTINGS = ("RegistrationLimit", "ExpiryDays", "Role")
 ROLE_PROPAGATION_SECONDS = 90.0
 _PROPAGATION_HINTS = ("nonexistent role", "missing ssm service principal")
 
@@ -179,7 +184,8 @@ def on_event(event: dict[str, Any], ssm: Ssm, secrets: Secrets) -> tuple[str, di
     if request == "Update":
         physical = str(event["PhysicalResourceId"])
         current = current_activation(secrets) or physical
-        if props == event.get("OldResourceProperties"):
+        old = event.get("OldResourceProperties") or {}
+        if all(str(props.get(key)) == str(old.get(key)) for key in SETTINGS):
             return physical, {"ActivationId": current}
         activation_id = issue(ssm, secrets, limit=limit, days=days)
         if current != activation_id and current.count("-") == 4:
