@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import time
 import urllib.request
@@ -76,8 +77,24 @@ def _clients() -> tuple[Ssm, Secrets]:
 
 def _teardown_clients() -> tuple[teardown.Ecs, teardown.Ssm]:
     import boto3  # noqa: PLC0415 (only the Lambda runtime needs it; tests inject stubs)
+    from botocore.config import Config  # noqa: PLC0415
 
-    return boto3.client("ecs"), boto3.client("ssm")
+    # Short timeouts so a hung call cannot eat the teardown's deadline; standard retries back
+    # off on ThrottlingException; one pooled connection per worker thread.
+    config = Config(
+        connect_timeout=5,
+        read_timeout=20,
+        retries={"mode": "standard", "max_attempts": 5},
+        max_pool_connections=teardown.WORKERS,
+    )
+    return boto3.client("ecs", config=config), boto3.client("ssm", config=config)
+
+
+def _time_left(context: Any) -> teardown.TimeLeft:
+    """Seconds until the Lambda's deadline (unlimited outside Lambda)."""
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return lambda: math.inf
+    return lambda: float(context.get_remaining_time_in_millis()) / 1000
 
 
 def _error(exc: Exception) -> tuple[str, str]:
@@ -238,7 +255,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, str]:
     physical = str(event.get("PhysicalResourceId", ""))
     try:
         if event.get("ResourceType") == TEARDOWN_TYPE:
-            physical, data = teardown.on_event(event, *_teardown_clients())
+            physical, data = teardown.on_event(event, *_teardown_clients(), _time_left(context))
         else:
             physical, data = on_event(event, *_clients())
     except Exception as exc:
