@@ -521,6 +521,15 @@ def test_acl_bootstrap_waits_for_a_new_leader_to_set_up_acls() -> None:
         assert consul.internal_errors == []
 
 
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """consul_admin's clock and sleep, moved only by the code under test."""
+    fake = FakeClock()
+    monkeypatch.setattr(consul_admin, "_clock", fake.monotonic)
+    monkeypatch.setattr(consul_admin, "_sleep", fake.sleep)
+    return fake
+
+
 class UntilInitialized(FakeAcl):
     """A fresh cluster as a server sees it at boot (fake clock): no leader for the first
     `no_leader` seconds, then a leader that creates the initial management token only after
@@ -550,11 +559,8 @@ class UntilInitialized(FakeAcl):
 
 
 def test_acl_bootstrap_waits_while_token_self_cannot_find_the_management_token(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
 ) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(consul_admin, "_clock", clock.monotonic)
-    monkeypatch.setattr(consul_admin, "_sleep", clock.sleep)
     # GIVEN token/self answers 404 for 20 s after the election, as Consul does until
     # initializeACLs has written the initial management token
     api = UntilInitialized(clock, no_leader=2, not_created=20)
@@ -571,11 +577,8 @@ def test_acl_bootstrap_waits_while_token_self_cannot_find_the_management_token(
 
 
 def test_acl_bootstrap_names_both_causes_when_the_token_never_appears(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
 ) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(consul_admin, "_clock", clock.monotonic)
-    monkeypatch.setattr(consul_admin, "_sleep", clock.sleep)
     # GIVEN a token Consul never finds (a wrong secret looks exactly like "not created yet")
     api = UntilInitialized(clock, no_leader=0, not_created=10_000)
     with pytest.raises(consul_admin.AclError) as err:
@@ -591,11 +594,8 @@ def test_acl_bootstrap_names_both_causes_when_the_token_never_appears(
 
 
 def test_acl_bootstrap_gives_up_at_its_deadline_with_backoff(
-    monkeypatch: pytest.MonkeyPatch,
+    clock: FakeClock,
 ) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(consul_admin, "_clock", clock.monotonic)
-    monkeypatch.setattr(consul_admin, "_sleep", clock.sleep)
     with ConsulDouble(acl_tokens={MANAGEMENT}) as consul:
         consul.acls_not_ready_for(3600)
         api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
