@@ -31,7 +31,7 @@ sys.path.insert(0, str(ASSETS))
 import consul_admin  # noqa: E402
 
 from tests.consul_double import ConsulDouble  # noqa: E402
-from tests.fake_clock import FakeClock  # noqa: E402
+from tests.fake_clock import FakeClock, patch_clock  # noqa: E402
 
 
 def bash(script: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -524,10 +524,7 @@ def test_acl_bootstrap_waits_for_a_new_leader_to_set_up_acls() -> None:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
     """consul_admin's clock and sleep, moved only by the code under test."""
-    fake = FakeClock()
-    monkeypatch.setattr(consul_admin, "_clock", fake.monotonic)
-    monkeypatch.setattr(consul_admin, "_sleep", fake.sleep)
-    return fake
+    return patch_clock(monkeypatch, consul_admin)
 
 
 class UntilInitialized(FakeAcl):

@@ -16,7 +16,7 @@ from typing import Any, ClassVar
 
 import pytest
 
-from tests.fake_clock import FakeClock
+from tests.fake_clock import FakeClock, patch_clock
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = "Fjz3/sZfSvv78EXAMPLEcode"
@@ -324,10 +324,7 @@ def test_fails_when_the_expiry_exceeds_what_ssm_allows(
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(handler, "_sleep", fake.sleep)
-    monkeypatch.setattr(handler, "_clock", fake.monotonic)
-    return fake
+    return patch_clock(monkeypatch, handler)
 
 
 def test_create_waits_for_the_new_host_role_to_reach_ssm(
