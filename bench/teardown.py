@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import time
 
-from teardown_fakes import CLUSTER, ROLE, ROLE_ARN, Api, big_world, load
+from asset_modules import load
+from teardown_fakes import CLUSTER, ROLE, ROLE_ARN, Api, big_world
 
 from bench.report import Row
 
@@ -31,7 +32,7 @@ FUNCTION_SECONDS = 180.0  # mesh_stack/ecs_anywhere.py FUNCTION_TIMEOUT
 
 def simulated_seconds(workers: int) -> tuple[float, int]:
     """(simulated time of one teardown of HOSTS hosts, an upper bound; API calls)."""
-    teardown = load("teardown")
+    teardown = load("activation", "teardown")
     teardown.WORKERS = workers
     ecs, ssm = big_world(HOSTS, others=HOSTS, api=Api(latency=LATENCY / SCALE))
     started = time.perf_counter()
@@ -42,10 +43,10 @@ def simulated_seconds(workers: int) -> tuple[float, int]:
 
 
 def measure() -> list[Row]:
-    workers = load("teardown").WORKERS
+    workers = load("activation", "teardown").WORKERS
     pooled, calls = simulated_seconds(workers)
     sequential, _ = simulated_seconds(1)
-    budget = FUNCTION_SECONDS - load("teardown").STOP_STARTING_SECONDS
+    budget = FUNCTION_SECONDS - load("activation", "teardown").STOP_STARTING_SECONDS
     per_host = pooled / HOSTS
     return [
         Row(

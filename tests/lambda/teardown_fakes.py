@@ -20,36 +20,18 @@ calls in flight. Used by tests/lambda/test_teardown.py and bench/teardown.py.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from botocore.exceptions import ClientError
 from botocore.session import get_session
 from botocore.validate import ParamValidator
 
-ROOT = Path(__file__).resolve().parents[2]
-ACTIVATION = ROOT / "lambda" / "activation"
 CLUSTER = "arn:aws:ecs:us-east-1:111122223333:cluster/mesh"
 ROLE = "mesh-EcsAnywhereHostRole"
 ROLE_ARN = f"arn:aws:iam::111122223333:role/{ROLE}"
-
-
-def load(name: str) -> ModuleType:
-    if str(ACTIVATION) not in sys.path:
-        sys.path.insert(0, str(ACTIVATION))
-    spec = importlib.util.spec_from_file_location(f"activation_{name}", ACTIVATION / f"{name}.py")
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
 
 
 _SESSION = get_session()

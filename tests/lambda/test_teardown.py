@@ -10,6 +10,7 @@ import json
 from typing import Any
 
 import pytest
+from asset_modules import load
 from botocore.exceptions import ClientError
 from teardown_fakes import (
     CLUSTER,
@@ -22,11 +23,10 @@ from teardown_fakes import (
     big_world,
     error,
     instance_arn,
-    load,
     mi,
 )
 
-teardown = load("teardown")
+teardown = load("activation", "teardown")
 
 
 @pytest.fixture
@@ -167,7 +167,7 @@ def test_a_teardown_that_runs_out_of_time_answers_before_the_deadline_and_resume
 def test_the_handler_answers_failed_with_the_rerun_message_before_the_deadline(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    handler = load("handler")
+    handler = load("activation", "handler")
     api = Api(cost=2.0, budget=100.0)
     ecs, ssm = big_world(200, api=api)
     answered: list[tuple[str, str]] = []
@@ -231,7 +231,7 @@ def test_fails_when_created_without_a_cluster_arn(world: tuple[FakeEcs, FakeSsm]
 def test_the_handler_answers_cloudformation_for_the_teardown(
     world: tuple[FakeEcs, FakeSsm], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    handler = load("handler")
+    handler = load("activation", "handler")
     ecs, ssm = world
     answered: list[dict[str, Any]] = []
     monkeypatch.setattr(handler, "_teardown_clients", lambda: (ecs, ssm))
