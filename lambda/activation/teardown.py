@@ -27,7 +27,8 @@ still up: docs/operations.md says how to clean a host.
 
 Scale: each host costs one DeregisterContainerInstance and one DeregisterManagedInstance call
 (plus one list/describe call per 100 hosts and one DescribeInstanceInformation per 50). They
-run on WORKERS threads (boto3 clients are thread-safe). Before each call the teardown checks
+run on WORKERS threads (boto3 clients, once created, are thread-safe: boto3 guide
+"Multithreading or multiprocessing with clients"). Before each call the teardown checks
 the Lambda's remaining time: once less than STOP_STARTING_SECONDS remain it starts nothing new,
 and it stops waiting for calls in flight RESPOND_SECONDS before the deadline. Whatever is left
 fails the request with TeardownIncomplete ("re-run cdk destroy; N left"): every step is
