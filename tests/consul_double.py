@@ -85,11 +85,12 @@ Deliberate simplifications (documented so nobody mistakes them for Consul behavi
 
 - ACL: "default deny". A request with an accepted token may do anything (policy Rules are stored
   verbatim, never parsed nor enforced). An unknown token gets 403 "ACL not found" on every
-  endpoint but /v1/status/*. A request without a token is the anonymous token: writes get 403
-  "Permission denied: ...", txn write ops get a "Permission denied" error each (409), catalog and
-  health reads are filtered to empty (with ``X-Consul-Results-Filtered-By-ACLs: true``), KV and
-  config single reads get 403. Accepted tokens: the constructor's (or ``set_tokens``) plus the
-  SecretIDs of tokens created through the API. The initial tokens are not listed by /v1/acl/tokens.
+  endpoint but /v1/status/* and /v1/acl/token/self (404, see below). A request without a token is
+  the anonymous token: writes get 403 "Permission denied: ...", txn write ops get a "Permission
+  denied" error each (409), catalog and health reads are filtered to empty (with
+  ``X-Consul-Results-Filtered-By-ACLs: true``), KV and config single reads get 403. Accepted
+  tokens: the constructor's (or ``set_tokens``) plus the SecretIDs of tokens created through the
+  API. The initial tokens are not listed by /v1/acl/tokens.
 - Raft: one simulated log index, ``index``. Every accepted write (including one that changes
   nothing, or a cas/txn that fails inside the state store) consumes an index, as in Consul;
   rejections before raft (validation, ACL, preCheck) do not. Never assume indexes are contiguous.
@@ -102,11 +103,25 @@ Deliberate simplifications (documented so nobody mistakes them for Consul behavi
 - No leader (``has_leader = False``): /v1/status/leader answers ``""`` and every other endpoint
   500 "No cluster leader", except GETs with ``?stale``.
 - Leader elected, ACLs not ready (``acls_not_ready_for(seconds)``): /v1/status/leader already
-  names a leader, but for ``seconds`` every other request, with any token or none, is 403 "ACL
-  not found". A new leader creates the ``initial_management`` token (and the anonymous token)
-  only in ``initializeACLs``, which ``establishLeadership`` runs after the Raft barrier
-  (agent/consul/leader.go); until then the token resolves to nothing (``acl.ErrNotFound``, 403
-  by agent/http.go). The window is real time, measured by ``time.monotonic``.
+  names a leader, but for ``seconds`` the initial tokens and the anonymous token do not exist
+  yet. A new leader creates the ``initial_management`` token (and the anonymous token) only in
+  ``initializeACLs``, which ``establishLeadership`` runs after the Raft barrier
+  (agent/consul/leader.go). In that window Consul answers two different ways, and so does the
+  double:
+
+  - ``GET /v1/acl/token/self`` does not resolve the caller's token: ``ACLTokenSelf``
+    (agent/acl_endpoint.go, hashicorp/consul 7fa1034, lines 344-378) calls the RPC
+    ``ACL.TokenRead`` with ``TokenIDType: ACLTokenSecret``, and ``TokenRead``
+    (agent/consul/acl_endpoint.go) only reads ``state.ACLTokenGetBySecret`` for that type ("no
+    extra validation is needed here. If you have the secret ID you can read it."). No token,
+    no error: the endpoint answers **404 "Supplied token does not exist"** (line 374). It
+    answers the same for any secret that is not a token, in or out of the window.
+  - Every endpoint that resolves the caller's token (policies, tokens, catalog, KV, config...)
+    gets ``acl.ErrNotFound`` from the resolver, which agent/http.go answers with **403 "ACL not
+    found"**; so does a request without a token (the anonymous token is missing too).
+
+  Tokens created through the API stay valid (they are in the Raft state already). The window is
+  real time, measured by ``time.monotonic``.
 - Not modelled: sessions, namespaces/partitions, peering, virtual IPs, node IDs as identity
   (renames), prepared queries, agent endpoints, ``?near``, consistency modes beyond ``?stale``,
   HCL parsing of policy Rules, normalisation of config entries (stored as sent, Kind/Name set).
@@ -380,7 +395,9 @@ class ConsulDouble:
             self._initial_tokens = None if tokens is None else frozenset(tokens)
 
     def acls_not_ready_for(self, seconds: float) -> None:
-        """A leader exists but has not set up its ACLs yet: 403 "ACL not found" for `seconds`."""
+        """A leader exists but has not created the initial tokens yet, for `seconds`:
+        /v1/acl/token/self answers 404 "Supplied token does not exist" for them, every endpoint
+        that resolves a token 403 "ACL not found" (see the module docstring)."""
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         with self._cond:
@@ -560,7 +577,7 @@ class ConsulDouble:
         route, match = self._find_route(request)
         if not route.status_endpoint:
             self._check_leader_and_dc(request)
-            self._authenticate(request)
+            self._authenticate(request, route)
         if route.query and request.method == "GET":
             return self._run_query(route, request, match)
         with self._cond:
@@ -591,24 +608,36 @@ class ConsulDouble:
         if dc and dc != self.datacenter:
             raise HTTPError(500, "No path to datacenter")
 
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request, route: Route) -> None:
         token = request.headers.get("x-consul-token", "")
         authorization = request.headers.get("authorization", "")
         if not token and authorization.lower().startswith("bearer "):
             token = authorization[len("bearer ") :].strip()
         token = token or (request.param("token") or "")
         request.token = token
+        if not route.resolves_token:
+            return  # the handler looks the secret up itself
         with self._cond:
-            initial = self._initial_tokens
+            initial = self._existing_initial_tokens()
             if initial is None:
                 return
-            if time.monotonic() < self._acls_ready_at:
-                raise HTTPError(403, "ACL not found")
             if not token:
+                if not self._acls_ready():  # the anonymous token does not exist yet either
+                    raise HTTPError(403, "ACL not found")
                 request.anonymous = True
                 return
             if token not in initial and self._store.token_by_secret(token) is None:
                 raise HTTPError(403, "ACL not found")
+
+    def _acls_ready(self) -> bool:
+        return time.monotonic() >= self._acls_ready_at
+
+    def _existing_initial_tokens(self) -> frozenset[str] | None:
+        """The initial tokens the leader has created so far; None when ACLs are off."""
+        with self._cond:
+            if self._initial_tokens is None:
+                return None
+            return self._initial_tokens if self._acls_ready() else frozenset()
 
     def _run_query(self, route: Route, request: Request, match: re.Match[str]) -> Reply:
         min_index, wait = blocking_params(request)
@@ -651,7 +680,7 @@ class _Backend:
 
     @property
     def accepted_tokens(self) -> frozenset[str] | None:
-        return self._double._initial_tokens
+        return self._double._existing_initial_tokens()
 
 
 def _empty_match() -> re.Match[str]:
