@@ -1121,6 +1121,39 @@ def test_delay_fault_serves_normally_after_the_delay(consul_double: ConsulDouble
     assert consul_double.kv()["k"][0] == b"v"
 
 
+def test_late_fault_drops_the_connection_and_applies_the_write_when_told(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN a registration whose client gets no answer
+    consul_double.inject(kind="late", path_prefix="/v1/catalog/register")
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        call(consul_double, "PUT", "/v1/catalog/register", registration())
+    assert NODE not in consul_double.nodes()
+
+    # WHEN the node is deleted meanwhile and the kept write then lands
+    call(consul_double, "PUT", "/v1/catalog/deregister", {"Node": NODE})
+    landed = consul_double.land_late()
+
+    # THEN the late write recreates the node, after the delete; it was recorded once, unanswered
+    assert landed == 1
+    assert NODE in consul_double.nodes()
+    assert [r.status for r in consul_double.requests] == [0, 200]
+    assert consul_double.land_late() == 0
+
+
+def test_wait_idle_returns_once_every_request_is_served(consul_double: ConsulDouble) -> None:
+    consul_double.inject(kind="delay", delay=0.3)
+    writer = threading.Thread(target=call, args=(consul_double, "PUT", "/v1/kv/k", b"v"))
+    writer.start()
+    while not consul_double.requests_in_service():
+        time.sleep(0.01)
+
+    consul_double.wait_idle()
+
+    assert consul_double.kv()["k"][0] == b"v"
+    writer.join()
+
+
 def test_faults_apply_in_order_and_forever_until_cleared(consul_double: ConsulDouble) -> None:
     consul_double.inject(kind="status", status=503, times=2)
     consul_double.inject(kind="status", status=502, times=-1)
