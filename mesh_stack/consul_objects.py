@@ -52,6 +52,7 @@ from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IDependable
 
 from mesh_stack.nag import acknowledge
+from mesh_stack.services_config import pascal
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA_DIR = ROOT / "lambda" / "consul_config"
@@ -85,7 +86,7 @@ def _pascal(name: str) -> str:
     """`frontend-api` -> `FrontendApi`, `*` -> `Wildcard`: construct IDs from Consul names."""
     if name == WILDCARD:
         return "Wildcard"
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
+    return pascal(name)
 
 
 def _check_service(name: str, what: str, *, wildcard: bool = False) -> None:

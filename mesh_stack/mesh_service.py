@@ -478,7 +478,8 @@ class MeshService(Construct):
                 "service_name must be a DNS label (lowercase letters, digits, '-', at most 63 "
                 f"characters), got {service_name!r}"
             )
-        if not _SEMVER.match(envoy_version):
+        # A token: the platform's SSM contract (platform_parameters.py) supplies the version.
+        if not Token.is_unresolved(envoy_version) and not _SEMVER.match(envoy_version):
             raise ValueError(f"envoy_version must look like 1.34.14, got {envoy_version!r}")
         if not isinstance(desired_count, int) or not 0 <= desired_count <= 1000:
             raise ValueError(f"desired_count must be 0..1000, got {desired_count!r}")

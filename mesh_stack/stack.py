@@ -14,14 +14,16 @@ from aws_cdk import CfnOutput, Fn, Stack
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct
 
+from mesh_stack import demo
 from mesh_stack.config import MeshConfig
+from mesh_stack.configured_services import ConfiguredServices
 from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
-from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
 from mesh_stack.ecs_anywhere import EcsAnywhere
 from mesh_stack.keys import Keys
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
+from mesh_stack.platform_parameters import PlatformParameters
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
 
@@ -121,23 +123,46 @@ class MeshStack(Stack):
             alarm_email=config.alarm_email,
         )
 
-        if config.demo_enabled:
-            MeshDemo(
-                self,
-                "Demo",
-                cluster=ecs_anywhere.cluster,
-                token_secrets={name: objects.service_token(name) for name in DEMO_SERVICES},
-                ca_secret=fleet.ca_cert_secret,
-                consul_grpc_host=fleet.grpc_host,
-                consul_tls_server_name=fleet.tls_server_name,
-                envoy_version=config.envoy_version,
-                log_key=keys.key,
-                # Always gRPC-TLS 8503: plaintext_listeners opens 8500/8502 for other clients
-                # and never downgrades the project's own sidecars.
-                prometheus_port=config.prometheus_port,
+        # Mesh services are configuration (`services`, `team_services`); the demo is two such
+        # entries under its own construct scope, which keeps its logical IDs.
+        common: dict[str, Any] = {
+            "ports": config.service_ports,
+            "consul": objects,
+            "cluster": ecs_anywhere.cluster,
+            "ca_secret": fleet.ca_cert_secret,
+            # Always gRPC-TLS 8503: plaintext_listeners opens 8500/8502 for other clients and
+            # never downgrades the project's own sidecars.
+            "consul_grpc_host": fleet.grpc_host,
+            "consul_tls_server_name": fleet.tls_server_name,
+            "envoy_version": config.envoy_version,
+            "log_key": keys.key,
+        }
+        if config.demo_services:
+            ConfiguredServices(
+                self, demo.SCOPE, services=config.demo_services, config_key="demo", **common
             )
-            for source, destination in DEMO_INTENTIONS:
-                objects.intention(source, destination)
+        services = ConfiguredServices(
+            self,
+            "Services",
+            services=config.services,
+            team_services=config.team_services,
+            **common,
+        )
+        # What a service team's own CDK app reads to build its services into this mesh.
+        PlatformParameters(
+            self,
+            "MeshParameters",
+            prefix=config.prefix,
+            environment=config.environment,
+            cluster=ecs_anywhere.cluster,
+            consul_grpc_host=fleet.grpc_host,
+            consul_tls_server_name=fleet.tls_server_name,
+            ca_secret=fleet.ca_cert_secret,
+            envoy_version=config.envoy_version,
+            key=keys.key,
+            vpc=self.vpc,
+            team_tokens=services.team_tokens,
+        )
 
         CfnOutput(self, "ConsulHttpsAddress", value=fleet.https_address)
         CfnOutput(self, "ConsulGrpcAddress", value=Fn.join("", [fleet.grpc_host, ":8503"]))

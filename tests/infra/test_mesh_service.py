@@ -15,7 +15,8 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk.assertions import Template
 
 from mesh_stack import init_program
-from mesh_stack.demo import DEMO_INTENTIONS, MeshDemo
+from mesh_stack.config import MeshConfig
+from mesh_stack.configured_services import ConfiguredServices
 from mesh_stack.mesh_service import MeshService
 from mesh_stack.ports import BRIDGE_DYNAMIC_HOST_PORTS, ENVOY_INBOUND_PORTS
 from tests.infra.nag_util import open_findings
@@ -39,6 +40,23 @@ def scaffold(outdir: Path) -> tuple[cdk.App, cdk.Stack, dict[str, Any]]:
 
 def token(stack: cdk.Stack, name: str, key: kms.IKey) -> secretsmanager.ISecret:
     return secretsmanager.Secret(stack, f"{name}Token", encryption_key=key)
+
+
+class RecordingConsul:
+    """Stands in for ConsulObjects: a token secret per service, intentions recorded."""
+
+    def __init__(self, stack: cdk.Stack, key: kms.IKey) -> None:
+        self.stack, self.key = stack, key
+        self.intentions: list[tuple[str, str]] = []
+
+    def service_token(self, service_name: str) -> secretsmanager.ISecret:
+        return token(self.stack, service_name.capitalize(), self.key)
+
+    def intention(self, source: str, destination: str, action: str = "allow") -> None:
+        self.intentions.append((source, destination))
+
+
+DEMO_CONSUL: list[RecordingConsul] = []
 
 
 def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
@@ -71,10 +89,17 @@ def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
         upstreams={"api": 9101},
         **common,
     )
-    MeshDemo(
+    # The demo: two `services` entries of the default configuration.
+    demo = MeshConfig.from_context({})
+    consul = RecordingConsul(stack, key)
+    DEMO_CONSUL.append(consul)
+    ConfiguredServices(
         stack,
         "Demo",
-        token_secrets={n: token(stack, n.capitalize(), key) for n in ("frontend", "backend")},
+        services=demo.demo_services,
+        ports=demo.service_ports,
+        consul=consul,
+        config_key="demo",
         **common,
     )
     return app, stack
@@ -304,7 +329,7 @@ def test_demo_frontend_calls_backend_through_its_envoy(template: Template) -> No
     # the health path is served by each Envoy on its expose listener (proxy port + 500)
     assert backend["DockerLabels"][identity.LABEL_EXPOSE_PORT] == "20500"
     assert frontend["DockerLabels"][identity.LABEL_EXPOSE_PORT] == "20501"
-    assert DEMO_INTENTIONS == (("frontend", "backend"),)
+    assert DEMO_CONSUL[0].intentions == [("frontend", "backend")]
 
 
 def test_constructs_are_nag_clean(tmp_path: Path) -> None:
@@ -387,17 +412,6 @@ def test_plaintext_opt_in_needs_no_ca_and_tells_the_init_container(tmp_path: Pat
     init = containers(Template.from_stack(stack), "web")["envoy-init"]
     assert [s["Name"] for s in init["Secrets"]] == ["CONSUL_HTTP_TOKEN"]
     assert {"Name": "CONSUL_GRPC_PLAINTEXT", "Value": "true"} in init["Environment"]
-
-
-def test_fails_when_the_demo_lacks_a_token(tmp_path: Path) -> None:
-    _, stack, common = scaffold(tmp_path)
-    with pytest.raises(ValueError, match=r"missing \['backend'\]"):
-        MeshDemo(
-            stack,
-            "Demo",
-            token_secrets={"frontend": token(stack, "Frontend", common["log_key"])},
-            **common,
-        )
 
 
 def test_upstream_address_names_only_declared_upstreams(tmp_path: Path) -> None:

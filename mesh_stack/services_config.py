@@ -1,0 +1,578 @@
+"""The `services`, `external_services` and `team_services` configuration keys. Pure: no CDK.
+
+A platform team declares each mesh service as data (cdk.json or `-c services='{...}'`) instead
+of code; docs/services.md is the user's guide. This module turns the JSON into validated,
+frozen specs and checks them across services; `mesh_stack/configured_services.py` builds them.
+Every error is a `ConfigError` of one line naming the service, the field, the value and what
+is allowed. Values that look like secrets are never echoed back.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from mesh_stack import image_ref, service_ports
+from mesh_stack.config_errors import ConfigError, fail
+from mesh_stack.init_program import load_identity
+from mesh_stack.suggest import closest
+
+identity = load_identity()
+
+KEY = "services"
+EXTERNAL_KEY = "external_services"
+TEAM_KEY = "team_services"
+# What MeshService itself tells the app (mesh_service.LISTEN_ENV): the config may not set it.
+RESERVED_ENV = ("CONSUL_MESH_LISTEN_ADDR", "CONSUL_MESH_LISTEN_HOST", "CONSUL_MESH_LISTEN_PORT")
+NETWORK_MODES = ("host", "bridge")
+# ECS container `cpu` (CPU shares; 1024 = one vCPU): the Linux kernel's minimum share is 2, and
+# ECS supports up to 10240 units for tasks on EC2 or external instances. `memory` is the hard
+# limit in MiB: Docker 20.10 reserves 6 MiB per container (ECS developer guide, task definition
+# parameters, `cpu` and `memory`).
+CPU_RANGE = (2, 10240)
+MEMORY_RANGE = (6, 1_048_576)
+COUNT_RANGE = (0, 1000)
+
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+_USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
+_ROOT = {"root", "0"}
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
+# A complete Secrets Manager secret ARN: the name ends in "-" and the six random characters
+# Secrets Manager appends, so an IAM grant on it names exactly this secret (a partial ARN would
+# need a `-??????` wildcard). Names: letters, digits and /_+=.@- (Secrets Manager API
+# reference, CreateSecret `Name`).
+_SECRET_ARN = re.compile(
+    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):secretsmanager:(?P<region>[a-z0-9-]+):"
+    r"(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512}-[A-Za-z0-9]{6})$"
+)
+_KMS_KEY_ARN = re.compile(
+    r"^arn:(aws|aws-cn|aws-us-gov):kms:[a-z0-9-]+:\d{12}:key/"
+    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
+)
+# Environment values that are secrets whatever their name: AWS access keys, PEM blocks, JWTs,
+# GitHub and Slack tokens, and URLs carrying a password.
+_SECRET_VALUES = (
+    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key ID"),
+    (re.compile(r"-----BEGIN [A-Z ]*(PRIVATE KEY|CERTIFICATE)-----"), "a PEM block"),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."), "a JSON web token"),
+    (re.compile(r"\b(ghp|gho|ghs|ghu|github_pat)_[A-Za-z0-9_]{20,}"), "a GitHub token"),
+    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "a Slack token"),
+    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "a URL with a password"),
+)
+# Environment names whose value is a secret: the last word (or two) of the name.
+_SECRET_NAME_ENDINGS = (
+    ("PASSWORD",),
+    ("PASSWD",),
+    ("PASSPHRASE",),
+    ("SECRET",),
+    ("TOKEN",),
+    ("APIKEY",),
+    ("API", "KEY"),
+    ("PRIVATE", "KEY"),
+    ("SECRET", "KEY"),
+    ("ACCESS", "KEY"),
+    ("CREDENTIALS",),
+)
+REDACTED = "<redacted>"
+
+
+def pascal(name: str) -> str:
+    """`frontend-api` -> `FrontendApi`: construct IDs (and output names) from Consul names."""
+    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
+
+
+@dataclass(frozen=True)
+class SecretRef:
+    """One entry of `secrets`: an environment variable the ECS agent fills from Secrets Manager.
+
+    value_from: what ECS receives, `<secret ARN>[:json-key:version-stage:version-id]`
+    (ECS developer guide, "Using Secrets Manager": the three optional parts keep their colons).
+    """
+
+    env: str
+    secret_arn: str
+    json_key: str | None = None
+    version_stage: str | None = None
+    version_id: str | None = None
+    kms_key_arn: str | None = None
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    """One mesh service as configured; ports left None are chosen by `service_ports.assign`."""
+
+    name: str
+    image: str
+    port: int
+    app_user: str | None = None
+    upstreams: Mapping[str, int] = field(default_factory=dict)
+    health_check_path: str | None = None
+    allow_from: tuple[str, ...] = ()
+    cpu: int = 256
+    memory: int = 512
+    count: int = 1
+    daemon: bool = False
+    environment: Mapping[str, str] = field(default_factory=dict)
+    secrets: tuple[SecretRef, ...] = ()
+    network_mode: str = "host"
+    insecure_published_app_port: bool = False
+    tags: tuple[str, ...] = ()
+    proxy_port: int | None = None
+    expose_port: int | None = None
+    prometheus_port: int | None = None
+    metrics: bool = True  # False: `"prometheus_port": null`, no metrics listener
+
+    @property
+    def host_mode(self) -> bool:
+        return self.network_mode == "host"
+
+
+@dataclass(frozen=True)
+class TeamService:
+    """A service a team deploys from its own CDK app; the platform owns its token and intentions."""
+
+    name: str
+    allow_from: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------- helpers
+
+
+def _object(key: str, value: object) -> Mapping[str, Any]:
+    """A JSON object from cdk.json, or from `-c key='{...}'` on the command line."""
+    parsed = value
+    if isinstance(value, str):
+        try:
+            parsed = json.loads(value) if value.strip() else {}
+        except json.JSONDecodeError as err:
+            raise fail(key, value, f"is not a JSON object ({err.msg})") from None
+    if not isinstance(parsed, Mapping):
+        raise fail(key, value, "must be a JSON object")
+    return parsed
+
+
+def _string_list(key: str, value: object) -> tuple[str, ...]:
+    if isinstance(value, str):
+        try:
+            value = json.loads(value) if value.strip().startswith("[") else value.split(",")
+        except json.JSONDecodeError as err:
+            raise fail(key, value, f"is not a JSON list ({err.msg})") from None
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise fail(key, value, "must be a list of strings")
+    items = tuple(v.strip() for v in value if v.strip())
+    duplicates = sorted({v for v in items if items.count(v) > 1})
+    if duplicates:
+        raise fail(key, list(items), f"lists {duplicates} more than once")
+    return items
+
+
+def _int(key: str, value: object, low: int, high: int, what: str = "an integer") -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        raise fail(key, value, f"must be {what} from {low} to {high}")
+    return value
+
+
+def _port(key: str, value: object) -> int:
+    return _int(key, value, 1, 65535, "a port")
+
+
+def _bool(key: str, value: object) -> bool:
+    if not isinstance(value, bool):
+        raise fail(key, value, "must be true or false")
+    return value
+
+
+def _str(key: str, value: object, pattern: re.Pattern[str], allowed: str) -> str:
+    if not isinstance(value, str) or not pattern.match(value):
+        raise fail(key, value, allowed)
+    return value
+
+
+def service_name(key: str, name: object) -> str:
+    if not isinstance(name, str) or not identity.valid_service_name(name):
+        raise fail(
+            key, name, "must be a DNS label (lowercase letters, digits, '-', at most 63 characters)"
+        )
+    return name
+
+
+def _names(key: str, value: object) -> tuple[str, ...]:
+    names = _string_list(key, value)
+    for name in names:
+        if name == "*":
+            raise fail(
+                key, name, "must name callers; a wildcard would undo the mesh's default deny"
+            )
+        service_name(key, name)
+    return names
+
+
+# ------------------------------------------------------------------------ per-field parsers
+
+
+def _image(key: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise fail(key, value, "must be an image reference string")
+    try:
+        image_ref.parse(value)
+    except ValueError as err:
+        raise fail(key, value, str(err)) from None
+    return value
+
+
+def _app_user(key: str, value: object) -> str:
+    user = _str(key, value, _USER, "must be a user like '1000' or '1000:1000' (uid[:gid] or names)")
+    if any(part.lower() in _ROOT for part in user.split(":")):
+        raise fail(key, value, "must not be root: in host mode the app shares the host's network")
+    return user
+
+
+def _upstreams(key: str, value: object) -> dict[str, int]:
+    upstreams = _object(key, value)
+    return {
+        service_name(f"{key}.{name}", name): _port(f"{key}.{name}", port)
+        for name, port in upstreams.items()
+    }
+
+
+def _health_check_path(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value):
+        raise fail(key, value, "must be an HTTP path starting with '/', without spaces")
+    return value
+
+
+def _tags(key: str, value: object) -> tuple[str, ...]:
+    tags = _string_list(key, value)
+    for tag in tags:
+        _str(key, tag, _TAG, "Consul tags are 1-63 letters, digits or '_.:=-' (no commas)")
+    return tags
+
+
+def looks_secret(name: str, value: str) -> str | None:
+    """Why an environment variable looks like a secret, or None."""
+    words = tuple(w for w in re.split(r"[^A-Za-z0-9]+", name.upper()) if w)
+    for ending in _SECRET_NAME_ENDINGS:
+        if words[-len(ending) :] == ending:
+            return f"its name ends in {'_'.join(ending)}"
+    for pattern, what in _SECRET_VALUES:
+        if pattern.search(value):
+            return f"its value looks like {what}"
+    return None
+
+
+def _environment(key: str, value: object) -> dict[str, str]:
+    environment: dict[str, str] = {}
+    for name, raw in _object(key, value).items():
+        where = f"{key}.{name}"
+        if not _ENV_NAME.match(name):
+            raise fail(where, REDACTED, "environment names are letters, digits and '_'")
+        if name in RESERVED_ENV:
+            raise fail(where, raw, "is set by MeshService itself (where the app must listen)")
+        if isinstance(raw, bool) or not isinstance(raw, str | int):
+            raise fail(where, REDACTED, "must be a string or an integer (plain values only)")
+        text = str(raw)
+        reason = looks_secret(name, text)
+        if reason:
+            raise fail(
+                where,
+                REDACTED,
+                f"looks like a secret ({reason}); store it in Secrets Manager and reference it "
+                "under `secrets` instead",
+            )
+        environment[name] = text
+    return environment
+
+
+def _secret_ref(key: str, env: str, value: object) -> SecretRef:
+    where = f"{key}.{env}"
+    kms_key_arn: str | None = None
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - {"arn", "kms_key_arn"})
+        if unknown:
+            raise fail(where, unknown, "a secret object takes only `arn` and `kms_key_arn`")
+        if "kms_key_arn" in value:
+            kms_key_arn = _str(
+                f"{where}.kms_key_arn",
+                value["kms_key_arn"],
+                _KMS_KEY_ARN,
+                "must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>)",
+            )
+        value = value.get("arn")
+    allowed = (
+        "must be a complete Secrets Manager secret ARN (the name ends in '-' and six "
+        "characters), optionally followed by :json-key:version-stage:version-id"
+    )
+    if not isinstance(value, str):
+        raise fail(where, value, allowed)
+    parts = value.split(":")
+    if len(parts) not in (7, 10):
+        raise fail(where, value, allowed)
+    arn = ":".join(parts[:7])
+    if not _SECRET_ARN.match(arn):
+        raise fail(where, value, allowed)
+    json_key, stage, version = [*parts[7:], "", "", ""][:3]
+    if stage and version:
+        raise fail(where, value, "name a version stage or a version ID, not both")
+    return SecretRef(
+        env=env,
+        secret_arn=arn,
+        json_key=json_key or None,
+        version_stage=stage or None,
+        version_id=version or None,
+        kms_key_arn=kms_key_arn,
+    )
+
+
+def _secrets(key: str, value: object) -> tuple[SecretRef, ...]:
+    refs = []
+    for env, raw in _object(key, value).items():
+        if not _ENV_NAME.match(env):
+            raise fail(f"{key}.{env}", env, "environment names are letters, digits and '_'")
+        if env in RESERVED_ENV:
+            raise fail(f"{key}.{env}", env, "is set by MeshService itself")
+        refs.append(_secret_ref(key, env, raw))
+    return tuple(refs)
+
+
+def _network_mode(key: str, value: object) -> str:
+    if value not in NETWORK_MODES:
+        raise fail(
+            key, value, "must be host (the secure default) or bridge (ECS Anywhere has no awsvpc)"
+        )
+    return str(value)
+
+
+# field -> parser(key, value) -> value for ServiceSpec
+_FIELDS: dict[str, Callable[[str, object], Any]] = {
+    "image": _image,
+    "port": _port,
+    "app_user": _app_user,
+    "upstreams": _upstreams,
+    "health_check_path": _health_check_path,
+    "allow_from": _names,
+    "cpu": lambda k, v: _int(k, v, *CPU_RANGE, "CPU units"),
+    "memory": lambda k, v: _int(k, v, *MEMORY_RANGE, "MiB"),
+    "count": lambda k, v: _int(k, v, *COUNT_RANGE, "a task count"),
+    "daemon": _bool,
+    "environment": _environment,
+    "secrets": _secrets,
+    "network_mode": _network_mode,
+    "insecure_published_app_port": _bool,
+    "tags": _tags,
+    "proxy_port": _port,
+    "expose_port": _port,
+    "prometheus_port": _port,
+}
+REQUIRED = ("image", "port")
+FIELD_NAMES = tuple(_FIELDS)
+
+
+def _unknown_field(key: str, name: str, known: Sequence[str]) -> ConfigError:
+    guess = closest(name, known)
+    hint = f"did you mean {guess}?" if guess else "fields are " + ", ".join(known)
+    return fail(f"{key}.{name}", REDACTED, f"unknown field; {hint}")
+
+
+def parse_service(key: str, name: str, entry: object) -> ServiceSpec:
+    """One `services` entry (key is e.g. `services.orders`)."""
+    if not isinstance(entry, Mapping):
+        raise fail(key, entry, "must be a JSON object of service settings")
+    for field_name in entry:
+        if field_name not in _FIELDS:
+            raise _unknown_field(key, str(field_name), FIELD_NAMES)
+    for required in REQUIRED:
+        if required not in entry:
+            raise fail(f"{key}.{required}", None, "is required")
+    values: dict[str, Any] = {"name": name}
+    for field_name, raw in entry.items():
+        where = f"{key}.{field_name}"
+        if field_name == "prometheus_port" and raw is None:
+            values["metrics"] = False
+            continue
+        parsed = _FIELDS[field_name](where, raw)
+        values[field_name] = parsed
+    spec = ServiceSpec(**values)
+    _check_service(key, spec, entry)
+    return spec
+
+
+def _check_service(key: str, spec: ServiceSpec, entry: Mapping[str, Any]) -> None:
+    if spec.daemon and "count" in entry:
+        raise fail(f"{key}.count", spec.count, "a daemon runs one task per host; remove count")
+    if spec.name in spec.upstreams:
+        raise fail(
+            f"{key}.upstreams.{spec.name}",
+            spec.upstreams[spec.name],
+            "a service cannot be its own upstream",
+        )
+    if spec.name in spec.allow_from:
+        raise fail(f"{key}.allow_from", list(spec.allow_from), "a service cannot list itself")
+    if spec.host_mode and spec.app_user is None:
+        raise fail(
+            f"{key}.app_user",
+            None,
+            "is required in host mode: a non-root user like '1000:1000' (the app shares the "
+            "host's network namespace)",
+        )
+    if spec.network_mode == "bridge" and not spec.insecure_published_app_port:
+        raise fail(
+            f"{key}.network_mode",
+            "bridge",
+            "publishes the app's port on the host, around mTLS and intentions; set "
+            "insecure_published_app_port=true to accept that (docs/services.md, Bridge mode)",
+        )
+    if spec.host_mode and spec.insecure_published_app_port:
+        raise fail(
+            f"{key}.insecure_published_app_port", True, "applies to network_mode=bridge only"
+        )
+    if spec.expose_port is not None and not (spec.host_mode and spec.health_check_path):
+        raise fail(
+            f"{key}.expose_port",
+            spec.expose_port,
+            "is used only in host mode with a health_check_path; remove it",
+        )
+    taken = sorted({s.env for s in spec.secrets} & set(spec.environment))
+    if taken:
+        raise fail(f"{key}.secrets", taken, "are also set in environment; set each variable once")
+
+
+def parse_services(key: str, value: object) -> tuple[ServiceSpec, ...]:
+    """The `services` key: {name: settings}."""
+    services = _object(key, value)
+    return tuple(
+        parse_service(f"{key}.{name}", service_name(f"{key}.{name}", name), entry)
+        for name, entry in services.items()
+    )
+
+
+def parse_external(key: str, value: object) -> tuple[str, ...]:
+    """The `external_services` key: names registered in Consul by other means."""
+    return _names(key, value)
+
+
+def parse_team(key: str, value: object) -> tuple[TeamService, ...]:
+    """The `team_services` key: {name: {"allow_from": [...]}} for teams' own CDK apps."""
+    teams = []
+    for name, raw in _object(key, value).items():
+        where = f"{key}.{name}"
+        service_name(where, name)
+        entry = raw if raw is not None else {}
+        if not isinstance(entry, Mapping):
+            raise fail(where, entry, 'must be a JSON object like {"allow_from": ["orders"]}')
+        for field_name in entry:
+            if field_name != "allow_from":
+                raise _unknown_field(where, str(field_name), ("allow_from",))
+        allow = _names(f"{where}.allow_from", entry.get("allow_from", []))
+        if name in allow:
+            raise fail(f"{where}.allow_from", list(allow), "a service cannot list itself")
+        teams.append(TeamService(name=name, allow_from=allow))
+    return tuple(teams)
+
+
+# ----------------------------------------------------------------------- across services
+
+
+def check_references(
+    services: Sequence[ServiceSpec],
+    teams: Sequence[TeamService],
+    external: Sequence[str],
+    demo: Sequence[ServiceSpec] = (),
+) -> None:
+    """Names are unique; every upstream and caller is declared; every upstream is allowed."""
+    owners: dict[str, str] = {}
+    for kind, names in (
+        ("the demo (demo_enabled=true)", [s.name for s in demo]),
+        (KEY, [s.name for s in services]),
+        (TEAM_KEY, [t.name for t in teams]),
+        (EXTERNAL_KEY, list(external)),
+    ):
+        for name in names:
+            if name in owners:
+                where = EXTERNAL_KEY if kind == EXTERNAL_KEY else f"{kind}.{name}"
+                raise fail(where, name, f"is already declared by {owners[name]}; names are unique")
+            owners[name] = kind
+    by_pascal: dict[str, str] = {}
+    for name in owners:
+        other = by_pascal.setdefault(pascal(name), name)
+        if other != name:
+            raise fail(
+                f"{KEY}.{name}",
+                name,
+                f"reads as {pascal(name)} in CDK IDs, like {other!r}; rename one",
+            )
+    declared = set(owners)
+    allowed_callers: dict[str, tuple[str, ...]] = {s.name: s.allow_from for s in [*demo, *services]}
+    allowed_callers.update((t.name, t.allow_from) for t in teams)
+    hint = f"declare it under {KEY}, {TEAM_KEY} or {EXTERNAL_KEY}"
+    for spec in [*demo, *services]:
+        for upstream in spec.upstreams:
+            if upstream not in declared:
+                raise fail(
+                    f"{KEY}.{spec.name}.upstreams.{upstream}",
+                    upstream,
+                    f"is not a known service; {hint}",
+                )
+            if upstream in allowed_callers and spec.name not in allowed_callers[upstream]:
+                raise fail(
+                    f"{KEY}.{spec.name}.upstreams.{upstream}",
+                    upstream,
+                    f"{upstream} does not allow {spec.name}: the mesh denies by default; add "
+                    f'"{spec.name}" to {upstream}\'s allow_from',
+                )
+    for name, callers in allowed_callers.items():
+        for caller in callers:
+            if caller not in declared:
+                raise fail(
+                    f"{owners[name]}.{name}.allow_from", caller, f"is not a known service; {hint}"
+                )
+
+
+def plan_ports(specs: Sequence[ServiceSpec]) -> dict[str, service_ports.ServicePorts]:
+    """Every service's ports, chosen where unset (`service_ports.assign`) and checked: each
+    service's own rules, then host-mode services against each other (they share each host)."""
+    requests = [
+        service_ports.PortRequest(
+            service=spec.name,
+            host_mode=spec.host_mode,
+            needs_expose=spec.host_mode and spec.health_check_path is not None,
+            proxy=spec.proxy_port,
+            expose=spec.expose_port,
+            metrics=spec.prometheus_port,
+            metrics_enabled=spec.metrics,
+            fixed=(spec.port, *spec.upstreams.values()),
+        )
+        for spec in specs
+    ]
+    try:
+        assigned = service_ports.assign(requests)
+    except ValueError as err:
+        raise ConfigError(f"invalid context value {KEY}: {err}") from None
+    plans: dict[str, service_ports.ServicePorts] = {}
+    for spec in specs:
+        ports = assigned[spec.name]
+        try:
+            plan = service_ports.plan(
+                service=spec.name,
+                network_mode=spec.network_mode,
+                port=spec.port,
+                proxy_port=ports.proxy,
+                expose_port=ports.expose,
+                health_check_path=spec.health_check_path,
+                prometheus_port=ports.metrics,
+                upstreams=spec.upstreams,
+            )
+            service_ports.check_distinct(plan, plans.values())
+        except ValueError as err:
+            raise ConfigError(f"invalid context value {KEY}.{spec.name}: {err}") from None
+        plans[spec.name] = plan
+    return plans
+
+
+def intentions(
+    services: Sequence[ServiceSpec | TeamService],
+) -> list[tuple[str, str]]:
+    """The allow intentions the services declare, as (source, destination) pairs."""
+    return [(caller, spec.name) for spec in services for caller in spec.allow_from]
