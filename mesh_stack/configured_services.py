@@ -28,6 +28,7 @@ from constructs import Construct
 from mesh_stack import image_ref
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.mesh_service import MeshService
+from mesh_stack.nag import acknowledge
 from mesh_stack.service_ports import ServicePorts
 from mesh_stack.services_config import (
     SecretRef,
@@ -140,6 +141,13 @@ class ConfiguredServices(Construct):
             **common,
         )
         self._add_secrets(service, spec.secrets)
+        if image_ref.ecr_repository(image_ref.parse(spec.image)) is not None:
+            acknowledge(
+                service.task_definition.obtain_execution_role(),
+                "AwsSolutions-IAM5[Resource::*]",
+                "ecr:GetAuthorizationToken takes no resource ARN (Amazon ECR API reference); "
+                "image pulls are granted on this service's one repository only.",
+            )
         return service
 
     def _image(self, spec: ServiceSpec) -> ecs.ContainerImage:

@@ -28,9 +28,10 @@ import json
 import re
 from typing import Any
 
-from aws_cdk import Stack
+from aws_cdk import Aws, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk import aws_ssm as ssm
@@ -164,7 +165,9 @@ class PlatformParameters(Construct):
 
 class _PlatformImports(Construct):
     """The platform's resources seen from a team's stack, imported once per stack and path, so
-    every MeshService of the stack shares one cluster (and its port collision check)."""
+    every MeshService of the stack shares one cluster (and its port collision check). Only the
+    parameters a MeshService needs are read: CloudFormation warns of parameters no resource
+    uses."""
 
     def __init__(self, scope: Construct, construct_id: str, *, path: str) -> None:
         super().__init__(scope, construct_id)
@@ -173,23 +176,35 @@ class _PlatformImports(Construct):
             return ssm.StringParameter.value_for_string_parameter(self, f"{path}/{leaf}")
 
         self.value = value
-        self.cluster = ecs.Cluster.from_cluster_attributes(
-            self,
-            "Cluster",
-            cluster_name=value("cluster-name"),
-            cluster_arn=value("cluster-arn"),
-            # Required by the type; EXTERNAL tasks in bridge or host mode never use it.
-            vpc=ec2.Vpc.from_vpc_attributes(
-                self, "Vpc", vpc_id=value("vpc-id"), availability_zones=["unused"]
-            ),
+        # From the ARN alone: EXTERNAL tasks in host or bridge mode need no VPC.
+        self.cluster = ecs.Cluster.from_cluster_arn(self, "Cluster", value("cluster-arn"))
+        self.key_arn = value("key-arn")
+        self.key = kms.Key.from_key_arn(self, "Key", self.key_arn)
+        self.ca_secret_arn = value("ca-secret-arn")
+        self.ca_key_arn = value("ca-secret-key-arn")
+        # Imported without their keys: CDK cannot grant an imported key through Secrets Manager
+        # (the grant would be silently dropped); `_grant_decrypt` grants the keys instead.
+        self.ca_secret = secretsmanager.Secret.from_secret_complete_arn(
+            self, "CaSecret", self.ca_secret_arn
         )
-        self.key = kms.Key.from_key_arn(self, "Key", value("key-arn"))
-        self.ca_secret = secretsmanager.Secret.from_secret_attributes(
-            self,
-            "CaSecret",
-            secret_complete_arn=value("ca-secret-arn"),
-            encryption_key=kms.Key.from_key_arn(self, "CaKey", value("ca-secret-key-arn")),
+
+
+def _grant_decrypt(service: MeshService, keys: list[str], secrets: list[str]) -> None:
+    """kms:Decrypt on the keys of the token and CA secrets, for the execution role that reads
+    them: only through Secrets Manager and only for those secrets' encryption context
+    (`SecretARN`; Secrets Manager user guide, "Secret encryption and decryption")."""
+    service.task_definition.obtain_execution_role().add_to_principal_policy(
+        iam.PolicyStatement(
+            actions=["kms:Decrypt"],
+            resources=keys,
+            conditions={
+                "StringEquals": {
+                    "kms:ViaService": f"secretsmanager.{Aws.REGION}.amazonaws.com",
+                    "kms:EncryptionContext:SecretARN": secrets,
+                }
+            },
         )
+    )
 
 
 def mesh_service_from_parameters(
@@ -213,19 +228,17 @@ def mesh_service_from_parameters(
     kwargs: any other MeshService argument (image, port, app_user, upstreams, ...).
     """
     path = root(prefix, environment)
-    parameter_name(prefix, environment, token_leaf(service_name))
+    token_name = parameter_name(prefix, environment, token_leaf(service_name))
     stack = Stack.of(scope)
     imports_id = f"MeshPlatform{pascal(prefix)}{pascal(environment)}"
     imports = stack.node.try_find_child(imports_id)
     if not isinstance(imports, _PlatformImports):
         imports = _PlatformImports(stack, imports_id, path=path)
-    token = secretsmanager.Secret.from_secret_attributes(
-        imports,
-        f"{pascal(service_name)}Token",
-        secret_complete_arn=imports.value(token_leaf(service_name)),
-        encryption_key=imports.key,
+    token_arn = ssm.StringParameter.value_for_string_parameter(imports, token_name)
+    token = secretsmanager.Secret.from_secret_complete_arn(
+        imports, f"{pascal(service_name)}Token", token_arn
     )
-    return MeshService(
+    service = MeshService(
         scope,
         construct_id,
         cluster=imports.cluster,
@@ -240,3 +253,7 @@ def mesh_service_from_parameters(
         prometheus_port=prometheus_port,
         **kwargs,
     )
+    _grant_decrypt(
+        service, [imports.key_arn, imports.ca_key_arn], [token_arn, imports.ca_secret_arn]
+    )
+    return service
