@@ -277,7 +277,7 @@ FIELDS: dict[str, Field] = {
     ),
     "demo_enabled": Field(
         True,
-        "Deploy the `frontend` -> `backend` demo services.",
+        "Deploy the `frontend` -> `backend` demo: two built-in `services` entries.",
         _as_bool,
     ),
     "services": Field(

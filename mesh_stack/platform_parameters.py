@@ -3,7 +3,7 @@
 The platform stack publishes, under `/<prefix>/<environment>/mesh/` (docs/services.md,
 "Services from your own CDK app"), plain String parameters (standard tier):
 
-    cluster-name, cluster-arn, vpc-id        the ECS Anywhere cluster the services run on
+    cluster-name, cluster-arn                the ECS Anywhere cluster the services run on
     consul-grpc-host, consul-grpc-port       where Envoy takes its xDS (gRPC-TLS)
     consul-tls-server-name                   the name on the Consul servers' certificate
     ca-secret-arn, ca-secret-key-arn         the Consul CA secret and its KMS key
@@ -29,7 +29,6 @@ import re
 from typing import Any
 
 from aws_cdk import Aws, Stack
-from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
@@ -116,7 +115,6 @@ class PlatformParameters(Construct):
         prefix: str,
         environment: str,
         cluster: ecs.ICluster,
-        vpc: ec2.IVpc,
         consul_grpc_host: str,
         consul_tls_server_name: str,
         ca_secret: secretsmanager.ISecret,
@@ -130,7 +128,6 @@ class PlatformParameters(Construct):
         values: list[tuple[str, str, str]] = [
             ("cluster-name", cluster.cluster_name, "ECS Anywhere cluster of the mesh services"),
             ("cluster-arn", cluster.cluster_arn, "ARN of the ECS Anywhere cluster"),
-            ("vpc-id", vpc.vpc_id, "VPC of the Consul servers (ECS Anywhere tasks do not use it)"),
             ("consul-grpc-host", consul_grpc_host, "Consul servers' xDS endpoint (internal NLB)"),
             ("consul-grpc-port", str(ports.CONSUL_GRPC_TLS), "Consul gRPC-TLS port (xDS)"),
             ("consul-tls-server-name", consul_tls_server_name, "Name on the Consul certificates"),

@@ -160,7 +160,6 @@ class MeshStack(Stack):
             ca_secret=fleet.ca_cert_secret,
             envoy_version=config.envoy_version,
             key=keys.key,
-            vpc=self.vpc,
             team_tokens=services.team_tokens,
         )
 

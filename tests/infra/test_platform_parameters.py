@@ -48,7 +48,6 @@ def platform() -> dict[str, Any]:
         prefix="consul-mesh",
         environment="dev",
         cluster=ecs.Cluster(stack, "Cluster", vpc=vpc),
-        vpc=vpc,
         consul_grpc_host="consul.internal.example",
         consul_tls_server_name="consul.internal.example",
         ca_secret=secretsmanager.Secret(stack, "Ca", encryption_key=kms.Key(stack, "FleetKey")),
@@ -90,7 +89,6 @@ def test_the_default_stack_publishes_the_contract(synthesized: Synthesized) -> N
         for leaf in (
             "cluster-name",
             "cluster-arn",
-            "vpc-id",
             "consul-grpc-host",
             "consul-grpc-port",
             "consul-tls-server-name",

@@ -14,7 +14,7 @@ from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.services_config import intentions, looks_secret
 from mesh_stack.suggest import closest
-from tests.conftest import cdk_json_context
+from tests.conftest import ROOT, cdk_json_context
 
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:orders/db-AbC123"
 KEY_ARN = "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
@@ -501,3 +501,16 @@ def test_ecr_images_are_recognised_with_their_repository_arn() -> None:
     assert cn is not None
     assert cn.partition == "aws-cn"
     assert image_ref.ecr_repository(image_ref.parse("ghcr.io/acme/app:1")) is None
+
+
+def test_the_example_of_docs_services_md_is_a_valid_configuration() -> None:
+    text = (ROOT / "docs" / "services.md").read_text()
+    section = text.split("## Services as configuration", 1)[1]
+    example = json.loads("{" + section.split("```json\n", 1)[1].split("```", 1)[0] + "}")
+    cfg = MeshConfig.from_context(example)
+    assert intentions([*cfg.services, *cfg.team_services]) == [
+        ("orders", "payments"),
+        ("orders", "billing"),
+    ]
+    (orders_spec, _) = cfg.services
+    assert [s.env for s in orders_spec.secrets] == ["DB_URL"]
