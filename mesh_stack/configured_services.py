@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any, Protocol
 
-from aws_cdk import Aws, CfnOutput, Stack
+from aws_cdk import Aws, CfnOutput, CfnResource, Stack
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
@@ -45,6 +45,29 @@ class ConsulDeclarations(Protocol):
     def service_token(self, service_name: str) -> secretsmanager.ISecret: ...
 
     def intention(self, source: str, destination: str, action: str = "allow") -> Any: ...
+
+
+# Per template (CloudFormation user guide, "Understand CloudFormation quotas",
+# https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html).
+MAX_RESOURCES = 500
+MAX_OUTPUTS = 200
+
+
+def check_template_quotas(stack: Stack) -> None:
+    """Fail synthesis, not the deploy, when the configured services outgrow one template."""
+    children = stack.node.find_all()
+    resources = sum(isinstance(c, CfnResource) for c in children)
+    outputs = sum(isinstance(c, CfnOutput) for c in children)
+    for count, limit, what in (
+        (resources, MAX_RESOURCES, "resources"),
+        (outputs, MAX_OUTPUTS, "outputs"),
+    ):
+        if count > limit:
+            raise ConfigError(
+                f"invalid context value services: the stack would declare {count} "
+                f"CloudFormation {what}, more than the {limit} a template may hold; build some "
+                "services from their teams' own CDK apps (team_services, docs/services.md)"
+            )
 
 
 def output_id(service: str) -> str:

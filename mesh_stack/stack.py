@@ -16,7 +16,7 @@ from constructs import Construct
 
 from mesh_stack import demo
 from mesh_stack.config import MeshConfig
-from mesh_stack.configured_services import ConfiguredServices
+from mesh_stack.configured_services import ConfiguredServices, check_template_quotas
 from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
 from mesh_stack.ecs_anywhere import EcsAnywhere
@@ -169,3 +169,4 @@ class MeshStack(Stack):
         CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
         CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
         CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
+        check_template_quotas(self)

@@ -14,6 +14,8 @@ import pytest
 from aws_cdk.assertions import Template
 
 from mesh_stack.config import MeshConfig
+from mesh_stack.config_errors import ConfigError
+from mesh_stack.configured_services import check_template_quotas
 from mesh_stack.stack import MeshStack
 from tests.conftest import cdk_json_context
 from tools.nag_gate import unacknowledged
@@ -350,3 +352,17 @@ def test_configured_services_pass_both_nag_packs(extras: tuple[dict[str, Any], P
     _, outdir = extras
     findings = unacknowledged(outdir)
     assert findings == [], "\n".join(f"{f.rule} at {f.path}" for f in findings)
+
+
+@pytest.mark.parametrize(("count", "fails"), [(500, False), (501, True)])
+def test_fails_at_synth_when_the_template_would_hold_too_many_resources(
+    count: int, fails: bool
+) -> None:
+    stack = cdk.Stack(cdk.App(), "Big")
+    for i in range(count):
+        cdk.CfnResource(stack, f"R{i}", type="AWS::CloudFormation::WaitConditionHandle")
+    if fails:
+        with pytest.raises(ConfigError, match=r"501 CloudFormation resources, more than the 500"):
+            check_template_quotas(stack)
+    else:
+        check_template_quotas(stack)
