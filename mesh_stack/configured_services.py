@@ -29,9 +29,9 @@ from mesh_stack import image_ref
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.mesh_service import MeshService
 from mesh_stack.nag import acknowledge
+from mesh_stack.service_environment import SecretRef
 from mesh_stack.service_ports import ServicePorts
 from mesh_stack.services_config import (
-    SecretRef,
     ServiceSpec,
     TeamService,
     intentions,

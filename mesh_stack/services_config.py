@@ -18,6 +18,8 @@ from typing import Any
 from mesh_stack import image_ref, service_ports
 from mesh_stack.config_errors import ConfigError, fail
 from mesh_stack.init_program import load_identity
+from mesh_stack.json_values import json_object
+from mesh_stack.service_environment import REDACTED, SecretRef, parse_environment, parse_secrets
 from mesh_stack.suggest import closest
 
 identity = load_identity()
@@ -25,8 +27,6 @@ identity = load_identity()
 KEY = "services"
 EXTERNAL_KEY = "external_services"
 TEAM_KEY = "team_services"
-# What MeshService itself tells the app (mesh_service.LISTEN_ENV): the config may not set it.
-RESERVED_ENV = ("CONSUL_MESH_LISTEN_ADDR", "CONSUL_MESH_LISTEN_HOST", "CONSUL_MESH_LISTEN_PORT")
 NETWORK_MODES = ("host", "bridge")
 # ECS container `cpu` (CPU shares; 1024 = one vCPU): the Linux kernel's minimum share is 2, and
 # ECS supports up to 10240 units for tasks on EC2 or external instances. `memory` is the hard
@@ -36,68 +36,14 @@ CPU_RANGE = (2, 10240)
 MEMORY_RANGE = (6, 1_048_576)
 COUNT_RANGE = (0, 1000)
 
-_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
 _ROOT = {"root", "0"}
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
-# A complete Secrets Manager secret ARN: the name ends in "-" and the six random characters
-# Secrets Manager appends, so an IAM grant on it names exactly this secret (a partial ARN would
-# need a `-??????` wildcard). Names: letters, digits and /_+=.@- (Secrets Manager API
-# reference, CreateSecret `Name`).
-_SECRET_ARN = re.compile(
-    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):secretsmanager:(?P<region>[a-z0-9-]+):"
-    r"(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512}-[A-Za-z0-9]{6})$"
-)
-_KMS_KEY_ARN = re.compile(
-    r"^arn:(aws|aws-cn|aws-us-gov):kms:[a-z0-9-]+:\d{12}:key/"
-    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
-)
-# Environment values that are secrets whatever their name: AWS access keys, PEM blocks, JWTs,
-# GitHub and Slack tokens, and URLs carrying a password.
-_SECRET_VALUES = (
-    (re.compile(r"\b(AKIA|ASIA)[0-9A-Z]{16}\b"), "an AWS access key ID"),
-    (re.compile(r"-----BEGIN [A-Z ]*(PRIVATE KEY|CERTIFICATE)-----"), "a PEM block"),
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."), "a JSON web token"),
-    (re.compile(r"\b(ghp|gho|ghs|ghu|github_pat)_[A-Za-z0-9_]{20,}"), "a GitHub token"),
-    (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "a Slack token"),
-    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "a URL with a password"),
-)
-# Environment names whose value is a secret: the last word (or two) of the name.
-_SECRET_NAME_ENDINGS = (
-    ("PASSWORD",),
-    ("PASSWD",),
-    ("PASSPHRASE",),
-    ("SECRET",),
-    ("TOKEN",),
-    ("APIKEY",),
-    ("API", "KEY"),
-    ("PRIVATE", "KEY"),
-    ("SECRET", "KEY"),
-    ("ACCESS", "KEY"),
-    ("CREDENTIALS",),
-)
-REDACTED = "<redacted>"
 
 
 def pascal(name: str) -> str:
     """`frontend-api` -> `FrontendApi`: construct IDs (and output names) from Consul names."""
     return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
-
-
-@dataclass(frozen=True)
-class SecretRef:
-    """One entry of `secrets`: an environment variable the ECS agent fills from Secrets Manager.
-
-    value_from: what ECS receives, `<secret ARN>[:json-key:version-stage:version-id]`
-    (ECS developer guide, "Using Secrets Manager": the three optional parts keep their colons).
-    """
-
-    env: str
-    secret_arn: str
-    json_key: str | None = None
-    version_stage: str | None = None
-    version_id: str | None = None
-    kms_key_arn: str | None = None
 
 
 @dataclass(frozen=True)
@@ -139,19 +85,6 @@ class TeamService:
 
 
 # --------------------------------------------------------------------------------- helpers
-
-
-def _object(key: str, value: object) -> Mapping[str, Any]:
-    """A JSON object from cdk.json, or from `-c key='{...}'` on the command line."""
-    parsed = value
-    if isinstance(value, str):
-        try:
-            parsed = json.loads(value) if value.strip() else {}
-        except json.JSONDecodeError as err:
-            raise fail(key, value, f"is not a JSON object ({err.msg})") from None
-    if not isinstance(parsed, Mapping):
-        raise fail(key, value, "must be a JSON object")
-    return parsed
 
 
 def _string_list(key: str, value: object) -> tuple[str, ...]:
@@ -231,7 +164,7 @@ def _app_user(key: str, value: object) -> str:
 
 
 def _upstreams(key: str, value: object) -> dict[str, int]:
-    upstreams = _object(key, value)
+    upstreams = json_object(key, value)
     return {
         service_name(f"{key}.{name}", name): _port(f"{key}.{name}", port)
         for name, port in upstreams.items()
@@ -249,92 +182,6 @@ def _tags(key: str, value: object) -> tuple[str, ...]:
     for tag in tags:
         _str(key, tag, _TAG, "Consul tags are 1-63 letters, digits or '_.:=-' (no commas)")
     return tags
-
-
-def looks_secret(name: str, value: str) -> str | None:
-    """Why an environment variable looks like a secret, or None."""
-    words = tuple(w for w in re.split(r"[^A-Za-z0-9]+", name.upper()) if w)
-    for ending in _SECRET_NAME_ENDINGS:
-        if words[-len(ending) :] == ending:
-            return f"its name ends in {'_'.join(ending)}"
-    for pattern, what in _SECRET_VALUES:
-        if pattern.search(value):
-            return f"its value looks like {what}"
-    return None
-
-
-def _environment(key: str, value: object) -> dict[str, str]:
-    environment: dict[str, str] = {}
-    for name, raw in _object(key, value).items():
-        where = f"{key}.{name}"
-        if not _ENV_NAME.match(name):
-            raise fail(where, REDACTED, "environment names are letters, digits and '_'")
-        if name in RESERVED_ENV:
-            raise fail(where, raw, "is set by MeshService itself (where the app must listen)")
-        if isinstance(raw, bool) or not isinstance(raw, str | int):
-            raise fail(where, REDACTED, "must be a string or an integer (plain values only)")
-        text = str(raw)
-        reason = looks_secret(name, text)
-        if reason:
-            raise fail(
-                where,
-                REDACTED,
-                f"looks like a secret ({reason}); store it in Secrets Manager and reference it "
-                "under `secrets` instead",
-            )
-        environment[name] = text
-    return environment
-
-
-def _secret_ref(key: str, env: str, value: object) -> SecretRef:
-    where = f"{key}.{env}"
-    kms_key_arn: str | None = None
-    if isinstance(value, Mapping):
-        unknown = sorted(set(value) - {"arn", "kms_key_arn"})
-        if unknown:
-            raise fail(where, unknown, "a secret object takes only `arn` and `kms_key_arn`")
-        if "kms_key_arn" in value:
-            kms_key_arn = _str(
-                f"{where}.kms_key_arn",
-                value["kms_key_arn"],
-                _KMS_KEY_ARN,
-                "must be a KMS key ARN (arn:aws:kms:<region>:<account>:key/<key id>)",
-            )
-        value = value.get("arn")
-    allowed = (
-        "must be a complete Secrets Manager secret ARN (the name ends in '-' and six "
-        "characters), optionally followed by :json-key:version-stage:version-id"
-    )
-    if not isinstance(value, str):
-        raise fail(where, value, allowed)
-    parts = value.split(":")
-    if len(parts) not in (7, 10):
-        raise fail(where, value, allowed)
-    arn = ":".join(parts[:7])
-    if not _SECRET_ARN.match(arn):
-        raise fail(where, value, allowed)
-    json_key, stage, version = [*parts[7:], "", "", ""][:3]
-    if stage and version:
-        raise fail(where, value, "name a version stage or a version ID, not both")
-    return SecretRef(
-        env=env,
-        secret_arn=arn,
-        json_key=json_key or None,
-        version_stage=stage or None,
-        version_id=version or None,
-        kms_key_arn=kms_key_arn,
-    )
-
-
-def _secrets(key: str, value: object) -> tuple[SecretRef, ...]:
-    refs = []
-    for env, raw in _object(key, value).items():
-        if not _ENV_NAME.match(env):
-            raise fail(f"{key}.{env}", env, "environment names are letters, digits and '_'")
-        if env in RESERVED_ENV:
-            raise fail(f"{key}.{env}", env, "is set by MeshService itself")
-        refs.append(_secret_ref(key, env, raw))
-    return tuple(refs)
 
 
 def _network_mode(key: str, value: object) -> str:
@@ -357,8 +204,8 @@ _FIELDS: dict[str, Callable[[str, object], Any]] = {
     "memory": lambda k, v: _int(k, v, *MEMORY_RANGE, "MiB"),
     "count": lambda k, v: _int(k, v, *COUNT_RANGE, "a task count"),
     "daemon": _bool,
-    "environment": _environment,
-    "secrets": _secrets,
+    "environment": parse_environment,
+    "secrets": parse_secrets,
     "network_mode": _network_mode,
     "insecure_published_app_port": _bool,
     "tags": _tags,
@@ -441,7 +288,7 @@ def _check_service(key: str, spec: ServiceSpec, entry: Mapping[str, Any]) -> Non
 
 def parse_services(key: str, value: object) -> tuple[ServiceSpec, ...]:
     """The `services` key: {name: settings}."""
-    services = _object(key, value)
+    services = json_object(key, value)
     return tuple(
         parse_service(f"{key}.{name}", service_name(f"{key}.{name}", name), entry)
         for name, entry in services.items()
@@ -456,7 +303,7 @@ def parse_external(key: str, value: object) -> tuple[str, ...]:
 def parse_team(key: str, value: object) -> tuple[TeamService, ...]:
     """The `team_services` key: {name: {"allow_from": [...]}} for teams' own CDK apps."""
     teams = []
-    for name, raw in _object(key, value).items():
+    for name, raw in json_object(key, value).items():
         where = f"{key}.{name}"
         service_name(where, name)
         entry = raw if raw is not None else {}

@@ -56,10 +56,7 @@ class RecordingConsul:
         self.intentions.append((source, destination))
 
 
-DEMO_CONSUL: list[RecordingConsul] = []
-
-
-def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
+def build(outdir: Path) -> tuple[cdk.App, cdk.Stack, RecordingConsul]:
     app, stack, common = scaffold(outdir)
     key = common["log_key"]
     MeshService(
@@ -92,7 +89,6 @@ def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
     # The demo: two `services` entries of the default configuration.
     demo = MeshConfig.from_context({})
     consul = RecordingConsul(stack, key)
-    DEMO_CONSUL.append(consul)
     ConfiguredServices(
         stack,
         "Demo",
@@ -102,12 +98,18 @@ def build(outdir: Path) -> tuple[cdk.App, cdk.Stack]:
         config_key="demo",
         **common,
     )
-    return app, stack
+    return app, stack, consul
 
 
 @pytest.fixture(scope="module")
-def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
-    _, stack = build(tmp_path_factory.mktemp("mesh-service"))
+def built(tmp_path_factory: pytest.TempPathFactory) -> tuple[cdk.Stack, RecordingConsul]:
+    _, stack, consul = build(tmp_path_factory.mktemp("mesh-service"))
+    return stack, consul
+
+
+@pytest.fixture(scope="module")
+def template(built: tuple[cdk.Stack, RecordingConsul]) -> Template:
+    stack, _ = built
     return Template.from_stack(stack)
 
 
@@ -312,7 +314,9 @@ def _actions(statement: dict[str, Any]) -> list[str]:
     return [action] if isinstance(action, str) else list(action)
 
 
-def test_demo_frontend_calls_backend_through_its_envoy(template: Template) -> None:
+def test_demo_frontend_calls_backend_through_its_envoy(
+    template: Template, built: tuple[cdk.Stack, RecordingConsul]
+) -> None:
     frontend = containers(template, "frontend")["frontend"]
     env = {e["Name"]: e["Value"] for e in frontend["Environment"]}
     # host mode: the upstream listener and the app are on loopback, nothing is published
@@ -329,11 +333,11 @@ def test_demo_frontend_calls_backend_through_its_envoy(template: Template) -> No
     # the health path is served by each Envoy on its expose listener (proxy port + 500)
     assert backend["DockerLabels"][identity.LABEL_EXPOSE_PORT] == "20500"
     assert frontend["DockerLabels"][identity.LABEL_EXPOSE_PORT] == "20501"
-    assert DEMO_CONSUL[0].intentions == [("frontend", "backend")]
+    assert built[1].intentions == [("frontend", "backend")]
 
 
 def test_constructs_are_nag_clean(tmp_path: Path) -> None:
-    app, _ = build(tmp_path)
+    app, _, _ = build(tmp_path)
     mine = [
         f
         for f in open_findings(app)

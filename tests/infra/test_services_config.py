@@ -12,7 +12,9 @@ from hypothesis import strategies as st
 from mesh_stack import image_ref, service_ports
 from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
-from mesh_stack.services_config import intentions, looks_secret
+from mesh_stack.mesh_service import LISTEN_ENV
+from mesh_stack.service_environment import RESERVED_ENV, looks_secret
+from mesh_stack.services_config import intentions
 from mesh_stack.suggest import closest
 from tests.conftest import ROOT, cdk_json_context
 
@@ -245,6 +247,10 @@ def test_a_value_that_looks_secret_is_refused_and_never_echoed(
 )
 def test_what_looks_like_a_secret(name: str, value: str, secret: bool) -> None:
     assert (looks_secret(name, value) is not None) is secret
+
+
+def test_the_environment_meshservice_sets_is_the_one_configuration_reserves() -> None:
+    assert RESERVED_ENV == LISTEN_ENV
 
 
 def test_secrets_take_the_ecs_value_from_forms() -> None:
