@@ -26,7 +26,8 @@ FRONTEND_PORT = 9080
 BACKEND_LOCAL_PORT = 9091
 # Envoy public listeners; the expose (health) listeners are these + 500 (identity.py).
 PROXY_PORTS = {"backend": 20000, "frontend": 20001}
-# Envoy metrics listeners: `prometheus_port` + this offset (one port per service in host mode).
+# Envoy metrics listeners, on each host's 127.0.0.1 (the default bind in host mode):
+# `prometheus_port` + this offset (one port per service in host mode).
 METRICS_OFFSETS = {"backend": 0, "frontend": 1}
 # Construct scope of the demo's services: `Demo/Backend`, `Demo/Frontend` (logical IDs).
 SCOPE = "Demo"
@@ -42,7 +43,8 @@ def app_ports() -> dict[int, str]:
 
 
 def demo_services(prometheus_port: int) -> dict[str, dict[str, Any]]:
-    """The demo as `services` entries (backend's metrics on `prometheus_port`, frontend's next).
+    """The demo as `services` entries (backend's metrics on `prometheus_port` of each host's
+    127.0.0.1, frontend's on the next port).
 
     Both are DAEMON services: one task on every host that joins, zero before any has, so the
     stack deploys before a host exists (a replica service would wait for placement).

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from aws_cdk import RemovalPolicy, Token
+from aws_cdk import Annotations, RemovalPolicy, Token
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -13,6 +14,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from mesh_stack import envoy, init_program
+from mesh_stack.key_use import task_secret
 from mesh_stack.nag import acknowledge
 from mesh_stack.ports import BRIDGE_DYNAMIC_HOST_PORTS, ENVOY_INBOUND_PORTS
 from mesh_stack.service_ports import ENVOY_USER_ID, ServicePorts, check_distinct, plan
@@ -34,9 +36,15 @@ INIT_IMAGE = "public.ecr.aws/docker/library/python:3.13-slim"
 NETWORK_MODES = {"host": ecs.NetworkMode.HOST, "bridge": ecs.NetworkMode.BRIDGE}
 LOOPBACK = "127.0.0.1"
 ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - bridge mode: inside the app's own namespace
+# Synth-time warning id of a host-mode service whose only check is Envoy's public listener;
+# acknowledge with Annotations.of(service).acknowledge_warning(<id>, <why>).
+NO_HEALTH_PATH_WARNING = "consul-mesh:MeshService.noHealthCheckPath"
 # What MeshService tells the app about where to listen (docs/services.md, "What your app must do").
 LISTEN_ENV = ("CONSUL_MESH_LISTEN_ADDR", "CONSUL_MESH_LISTEN_HOST", "CONSUL_MESH_LISTEN_PORT")
-_ROOT_USERS = {"root", "0"}
+# Docker hands `user` to runc, which splits it at ':' and reads each part with Go's
+# strconv.Atoi, so "00", "+0" and "0000" all mean uid/gid 0 (runc libcontainer/user
+# GetExecUser); an empty user part means the image's own user, which may be root.
+_NUMERIC_ID = re.compile(r"[+-]?[0-9]+")
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
@@ -63,6 +71,19 @@ def _check_upstream_names(service_name: str, upstreams: Mapping[str, int]) -> No
             raise ValueError(f"{service_name} cannot be its own upstream")
 
 
+def _may_be_root(user: str) -> bool:
+    """Whether a container `user` ("user", "uid", "user:group", "uid:gid") can mean root."""
+    parts = [part.strip() for part in user.split(":")]
+    if not parts[0]:
+        return True
+    for part in parts:
+        if _NUMERIC_ID.fullmatch(part) and int(part) == 0:
+            return True
+        if part.lower() == "root":
+            return True
+    return False
+
+
 def _check_mode(network_mode: str, insecure_published_app_port: bool, app_user: str | None) -> None:
     """Host mode is the secure default; bridge publishes the app and must be acknowledged."""
     if network_mode == "bridge" and insecure_published_app_port is not True:
@@ -77,13 +98,77 @@ def _check_mode(network_mode: str, insecure_published_app_port: bool, app_user: 
             "insecure_published_app_port=True applies to network_mode='bridge' only; host mode "
             "publishes no app port"
         )
-    if network_mode == "host" and (
-        app_user is None or any(part.lower() in _ROOT_USERS for part in app_user.split(":"))
-    ):
+    if network_mode == "host" and (app_user is None or _may_be_root(app_user)):
         raise ValueError(
             "app_user must name a non-root user (e.g. '1000' or '1000:1000') in host mode, "
             f"where the app shares the host's network namespace; got {app_user!r}"
         )
+
+
+@dataclass(frozen=True)
+class _ClusterIdentity:
+    """Which ECS cluster a MeshService runs on, as far as synth can tell.
+
+    The name, account and region identify a cluster whatever construct refers to it (two
+    imports of one cluster in two stacks are still one cluster); a part still a token at
+    synth (a cluster created in the app, an environment-agnostic stack) is unknown.
+    """
+
+    path: str
+    name: str | None
+    account: str | None
+    region: str | None
+
+    @classmethod
+    def of(cls, cluster: ecs.ICluster) -> _ClusterIdentity:
+        def known(value: str) -> str | None:
+            return None if Token.is_unresolved(value) else value
+
+        return cls(
+            path=cluster.node.path,
+            name=known(cluster.cluster_name),
+            account=known(cluster.env.account),
+            region=known(cluster.env.region),
+        )
+
+    def may_be(self, other: _ClusterIdentity) -> bool:
+        """Same cluster, or cannot be told apart: an unknown account or region may match."""
+        if self.name is None or other.name is None:
+            return self.path == other.path
+
+        def may_match(mine: str | None, theirs: str | None) -> bool:
+            return mine is None or theirs is None or mine == theirs
+
+        return (
+            self.name == other.name
+            and may_match(self.account, other.account)
+            and may_match(self.region, other.region)
+        )
+
+
+def _metrics_bind(
+    network_mode: str, prometheus_port: int | None, bind_address: str | None
+) -> str | None:
+    """Where Envoy's metrics listener binds: host mode defaults to the host's loopback."""
+    if prometheus_port is None:
+        if bind_address is not None:
+            raise ValueError(
+                "prometheus_bind_address applies only with a prometheus_port; remove it"
+            )
+        return None
+    if bind_address is None:
+        bind_address = LOOPBACK if network_mode == "host" else ALL_INTERFACES
+    if bind_address not in (LOOPBACK, ALL_INTERFACES):
+        raise ValueError(
+            f"prometheus_bind_address must be {LOOPBACK!r} or {ALL_INTERFACES!r}, "
+            f"got {bind_address!r}"
+        )
+    if network_mode == "bridge" and bind_address == LOOPBACK:
+        raise ValueError(
+            f"prometheus_bind_address {LOOPBACK!r} in bridge mode is the Envoy container's own "
+            "loopback, which no scraper reaches; leave it unset"
+        )
+    return f"{bind_address}:{prometheus_port}"
 
 
 class MeshService(Construct):
@@ -101,7 +186,10 @@ class MeshService(Construct):
     listens on 127.0.0.1 only (it is told where in CONSUL_MESH_LISTEN_ADDR/_HOST/_PORT), Envoy
     reaches it there and is the only thing listening on the network, and consul-esm checks it
     through Envoy. Every host-mode service of one cluster must use ports of its own; that is
-    checked across all MeshServices of the cluster at synth.
+    checked across all MeshServices of the cluster at synth. Host-mode ports are >= 1024 and
+    outside the ports ECS reserves (22, 2375, 2376, 51678-51680) and the ephemeral range
+    32768-60999. ECS reserves only Envoy's port-mapped ports: the app's and upstream ports are
+    on 127.0.0.1, unmapped, so other host-mode workloads on the hosts must avoid them.
 
     service_name: Consul service name (DNS label); also the app container's name.
     image / port: the application image and the container port it serves on.
@@ -117,8 +205,12 @@ class MeshService(Construct):
     envoy_version: Envoy release (image envoyproxy/envoy:v<version>), from the validated config.
     log_key: KMS key of the service's log group.
     environment / health_check: the app container's environment and ECS health check.
-    health_check_path: HTTP path Consul checks; default a TCP check. In host mode Envoy serves
-        exactly this path on `expose_port` (a Consul expose path), outside mTLS.
+    health_check_path: HTTP path Consul checks (consul-esm, from the Consul servers). In host
+        mode Envoy serves exactly this path on `expose_port` (a Consul expose path), outside
+        mTLS. Without it the check is TCP: in bridge mode to the app's published port, in host
+        mode to Envoy's public listener, which only proves that the sidecar is up, so Consul
+        routes traffic to a task whose app is still starting or hung. Set it in host mode; a
+        host-mode service without it gets a synth-time warning (NO_HEALTH_PATH_WARNING).
     tags: Consul service tags.
     upstreams: {service: local port}; the app reaches each at `upstream_address(service)`.
     network_mode: "host" (default: the task shares the host's network namespace, one task per
@@ -135,6 +227,10 @@ class MeshService(Construct):
     cpu / memory_mib: the app container's CPU units and hard memory limit.
     proxy_port: Envoy's public (inbound mTLS) listener port; default 20000.
     prometheus_port: Envoy listener serving /stats/prometheus only; None disables it.
+    prometheus_bind_address: where that listener binds. Host mode: "127.0.0.1" (default, the
+        host's loopback: a scraper on the host itself) or "0.0.0.0" (every interface of the
+        host, for an off-host Prometheus: open the port on the host firewall to the
+        Prometheus hosts only). Bridge mode: "0.0.0.0" of the Envoy container (the only value).
     proxy_port / expose_port in host mode: both in ENVOY_INBOUND_PORTS (20000-20999), the only
         range the Consul servers and other hosts may reach; expose_port defaults to
         proxy_port + 500 and exists only with a health_check_path.
@@ -174,6 +270,7 @@ class MeshService(Construct):
         proxy_port: int = identity.DEFAULT_PROXY_PORT,
         expose_port: int | None = None,
         prometheus_port: int | None = 9102,
+        prometheus_bind_address: str | None = None,
         app_user: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -199,7 +296,8 @@ class MeshService(Construct):
             prometheus_port=prometheus_port,
             upstreams=upstreams,
         )
-        self._cluster_path = cluster.node.path
+        metrics_bind = _metrics_bind(network_mode, prometheus_port, prometheus_bind_address)
+        self._cluster = _ClusterIdentity.of(cluster)
         check_distinct(self.ports, self._host_mode_neighbours())
         self.service_name = service_name
         self.network_mode = network_mode
@@ -220,7 +318,7 @@ class MeshService(Construct):
             consul_grpc_port=consul_grpc_port,
             consul_tls_server_name=consul_tls_server_name,
             plaintext=plaintext,
-            prometheus_port=prometheus_port,
+            metrics_bind=metrics_bind,
         )
         self._dry_run_bootstrap(init_environment, plaintext)
 
@@ -354,6 +452,15 @@ class MeshService(Construct):
                 circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
             )
         self._acknowledge(host_mode)
+        if host_mode and not health_check_path:
+            Annotations.of(self).add_warning_v2(
+                NO_HEALTH_PATH_WARNING,
+                f"mesh service {service_name!r} has no health_check_path: in host mode its only "
+                f"Consul check is a TCP connect to its Envoy's public listener ({proxy_port}), "
+                "which only proves that its Envoy sidecar is up, not that the app listens, so "
+                "Consul sends it traffic while the app starts or hangs; set health_check_path "
+                "(docs/services.md, 'What your app must do')",
+            )
 
     def upstream_address(self, service: str) -> str:
         """`host:port` at which the app reaches `service` through its Envoy."""
@@ -366,13 +473,15 @@ class MeshService(Construct):
         return f"{host}:{self.upstreams[service]}"
 
     def _host_mode_neighbours(self) -> list[ServicePorts]:
-        """The port plans of the other MeshServices of this app on the same ECS cluster."""
+        """The port plans of the other MeshServices of this app that may share its cluster."""
         return [
             other.ports
             for other in self.node.root.node.find_all()
             if isinstance(other, MeshService)
             and other is not self
-            and getattr(other, "_cluster_path", None) == self._cluster_path
+            # unset on a MeshService whose validation failed
+            and hasattr(other, "_cluster")
+            and self._cluster.may_be(other._cluster)
         ]
 
     @staticmethod
@@ -427,13 +536,13 @@ class MeshService(Construct):
         consul_grpc_port: int | None,
         consul_tls_server_name: str | None,
         plaintext: bool,
-        prometheus_port: int | None,
+        metrics_bind: str | None,
     ) -> dict[str, str]:
         env = {
             "CONSUL_MESH_SERVICE": service_name,
             "CONSUL_GRPC_HOST": consul_grpc_host,
             "ENVOY_ADMIN_SOCKET": ADMIN_SOCKET,
-            "ENVOY_PROMETHEUS_BIND": f"0.0.0.0:{prometheus_port}" if prometheus_port else "",
+            "ENVOY_PROMETHEUS_BIND": metrics_bind or "",
             "ENVOY_BOOTSTRAP_PATH": BOOTSTRAP_PATH,
             "ENVOY_UID": str(ENVOY_USER_ID),
             "ENVOY_GID": str(ENVOY_USER_ID),
@@ -446,19 +555,26 @@ class MeshService(Construct):
             env["CONSUL_GRPC_PLAINTEXT"] = "true"
         return env
 
-    @staticmethod
     def _init_secrets(
+        self,
         token_secret: secretsmanager.ISecret,
         token_field: str | None,
         ca_secret: secretsmanager.ISecret | None,
         ca_field: str | None,
         plaintext: bool,
     ) -> dict[str, ecs.Secret]:
+        """The init container's secrets; the execution role may decrypt their keys through
+        its own policy, and no key policy names it (key_use.task_secret)."""
+        role = self.task_definition.obtain_execution_role()
         secrets = {
-            "CONSUL_HTTP_TOKEN": ecs.Secret.from_secrets_manager(token_secret, token_field),
+            "CONSUL_HTTP_TOKEN": task_secret(
+                self, "TokenSecret", token_secret, reader=role, field=token_field
+            ),
         }
         if not plaintext and ca_secret is not None:
-            secrets["CONSUL_CACERT_PEM"] = ecs.Secret.from_secrets_manager(ca_secret, ca_field)
+            secrets["CONSUL_CACERT_PEM"] = task_secret(
+                self, "CaSecret", ca_secret, reader=role, field=ca_field
+            )
         return secrets
 
     @staticmethod

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mesh_stack.init_program import load_identity
-from mesh_stack.ports import ENVOY_INBOUND_PORTS
+from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
 
 identity = load_identity()
 
@@ -141,6 +141,9 @@ def _check_host_rules(ports: ServicePorts) -> None:
                 f"the host, bound by Envoy (uid {ENVOY_USER_ID}) or the non-root app, and only "
                 f"root may bind ports below {MIN_UNPRIVILEGED_PORT}"
             )
+        problem = fixed_host_port_problem(value)
+        if problem:
+            raise ValueError(f"{name} {problem}")
     low, high = ENVOY_INBOUND_PORTS
     for name, value in ports.inbound().items():
         if not low <= value <= high:

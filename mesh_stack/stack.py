@@ -8,11 +8,13 @@ Construct IDs below are a contract: the logical IDs of stateful resources derive
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from aws_cdk import CfnOutput, Fn, Stack
+import jsii
+from aws_cdk import Aspects, CfnOutput, CfnResource, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from mesh_stack import demo
 from mesh_stack.config import MeshConfig
@@ -21,9 +23,11 @@ from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
 from mesh_stack.ecs_anywhere import EcsAnywhere
 from mesh_stack.keys import Keys
+from mesh_stack.mesh_service import MeshService
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
 from mesh_stack.platform_parameters import PlatformParameters
+from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
 
@@ -40,6 +44,15 @@ class MeshStack(Stack):
         keys = Keys(self, "Keys")
         network = Network(self, "Network", config=config, log_key=keys.key)
         self.vpc = network.vpc
+        # CDK's own direct-Lambda custom resource (feature flag
+        # @aws-cdk/aws-ec2:restrictDefaultSecurityGroup): its handler may run 15 minutes, so
+        # CloudFormation waits a minute more for an answer rather than its default hour.
+        for child in self.vpc.node.find_all():
+            if (
+                isinstance(child, CfnResource)
+                and child.cfn_resource_type == "Custom::VpcRestrictDefaultSG"
+            ):
+                child.add_property_override("ServiceTimeout", 960)
 
         fleet = ConsulFleet(
             self,
@@ -57,7 +70,14 @@ class MeshStack(Stack):
         )
         for cidr in config.onprem_cidrs:
             fleet.allow_clients(ec2.Peer.ipv4(cidr), f"ECS Anywhere hosts in {cidr}")
+            # consul-esm checks the host-mode sidecars' public and expose listeners.
+            fleet.allow_checks_to(
+                ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
+            )
         self.fleet = fleet
+        # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
+        # host ports) gets its range opened too, whoever adds it to the stack and when.
+        Aspects.of(self).add(_OpenServiceCheckPorts(fleet, config.onprem_cidrs))
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
         objects = ConsulObjects(
@@ -94,6 +114,7 @@ class MeshStack(Stack):
             ca_secret=fleet.ca_cert_secret,
             key=keys.key,
             max_concurrency=config.registrar_concurrency,
+            reserve_concurrency=config.reserve_concurrency,
         )
         fleet.allow_from(registrar.function)
         self.registrar = registrar
@@ -105,7 +126,9 @@ class MeshStack(Stack):
             registrar=registrar,
             interval_minutes=config.reconcile_interval_minutes,
             max_deletions=config.reconcile_max_deletions,
+            host_disconnect_grace_minutes=config.host_disconnect_grace_minutes,
             drain_on_delete=config.drain_on_delete,
+            reserve_concurrency=config.reserve_concurrency,
         )
         # Drain while the token and servers exist, and while the registrar's security group
         # still has its egress rule to the NLB (a standalone resource nothing else depends on,
@@ -119,12 +142,14 @@ class MeshStack(Stack):
             cluster=ecs_anywhere.cluster,
             consul_target_groups=fleet.target_groups,
             consul_server_count=config.server_count,
+            consul_snapshots=fleet.snapshot_metric,
             key=keys.key,
             alarm_email=config.alarm_email,
         )
 
         # Mesh services are configuration (`services`, `team_services`); the demo is two such
-        # entries under its own construct scope, which keeps its logical IDs.
+        # entries under its own construct scope, which keeps its logical IDs. Each MeshService
+        # grants its execution role its secrets' keys in the role's own policy (key_use.py).
         common: dict[str, Any] = {
             "ports": config.service_ports,
             "consul": objects,
@@ -137,9 +162,12 @@ class MeshStack(Stack):
             "envoy_version": config.envoy_version,
             "log_key": keys.key,
         }
+        configured: list[ConfiguredServices] = []
         if config.demo_services:
-            ConfiguredServices(
-                self, demo.SCOPE, services=config.demo_services, config_key="demo", **common
+            configured.append(
+                ConfiguredServices(
+                    self, demo.SCOPE, services=config.demo_services, config_key="demo", **common
+                )
             )
         services = ConfiguredServices(
             self,
@@ -148,6 +176,10 @@ class MeshStack(Stack):
             team_services=config.team_services,
             **common,
         )
+        configured.append(services)
+        # Deregister the hosts before any service is deleted: a DAEMON service's deletion waits
+        # for its tasks to stop, which never happens on a host that is gone.
+        ecs_anywhere.tear_down_before(*configured)
         # What a service team's own CDK app reads to build its services into this mesh.
         PlatformParameters(
             self,
@@ -169,4 +201,37 @@ class MeshStack(Stack):
         CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
         CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
         CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
+        if network.onprem is not None:
+            for name, (value, description) in network.onprem.outputs().items():
+                CfnOutput(self, name, value=value, description=description)
         check_template_quotas(self)
+
+
+@jsii.implements(IAspect)
+class _OpenServiceCheckPorts:
+    """Lets consul-esm reach every MeshService of the stack on the host ports it listens on.
+
+    The stack opens `ENVOY_INBOUND_PORTS` to each on-prem CIDR itself (host mode). A service
+    listening elsewhere (`MeshService.inbound_host_ports`: a bridge-mode service publishes on
+    ECS's dynamic host port range) would otherwise stay critical: the servers' egress is
+    closed to everything else, and Consul routes no mesh traffic to an instance whose checks
+    fail. Run as an aspect, at synthesis, so services added after the stack's constructor
+    (in app code, or from configuration) are covered too; each range opens once per CIDR.
+    """
+
+    def __init__(self, fleet: ConsulFleet, onprem_cidrs: Sequence[str]) -> None:
+        self._fleet = fleet
+        self._cidrs = list(onprem_cidrs)
+        self._opened: set[tuple[int, int]] = {ENVOY_INBOUND_PORTS}
+
+    def visit(self, node: IConstruct) -> None:
+        if not isinstance(node, MeshService) or node.inbound_host_ports in self._opened:
+            return
+        low, high = node.inbound_host_ports
+        self._opened.add(node.inbound_host_ports)
+        for cidr in self._cidrs:
+            self._fleet.allow_checks_to(
+                ec2.Peer.ipv4(cidr),
+                node.inbound_host_ports,
+                f"mesh services' host ports {low}-{high} in {cidr}",
+            )

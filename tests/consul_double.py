@@ -101,6 +101,12 @@ Deliberate simplifications (documented so nobody mistakes them for Consul behavi
   are 500 like Consul.
 - No leader (``has_leader = False``): /v1/status/leader answers ``""`` and every other endpoint
   500 "No cluster leader", except GETs with ``?stale``.
+- Leader elected, ACLs not ready (``acls_not_ready_for(seconds)``): /v1/status/leader already
+  names a leader, but for ``seconds`` every other request, with any token or none, is 403 "ACL
+  not found". A new leader creates the ``initial_management`` token (and the anonymous token)
+  only in ``initializeACLs``, which ``establishLeadership`` runs after the Raft barrier
+  (agent/consul/leader.go); until then the token resolves to nothing (``acl.ErrNotFound``, 403
+  by agent/http.go). The window is real time, measured by ``time.monotonic``.
 - Not modelled: sessions, namespaces/partitions, peering, virtual IPs, node IDs as identity
   (renames), prepared queries, agent endpoints, ``?near``, consistency modes beyond ``?stale``,
   HCL parsing of policy Rules, normalisation of config entries (stored as sent, Kind/Name set).
@@ -280,6 +286,7 @@ class ConsulDouble:
             None if acl_tokens is None else frozenset(acl_tokens)
         )
         self._faults: list[_Fault] = []
+        self._acls_ready_at = 0.0
         self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -371,6 +378,13 @@ class ConsulDouble:
         """Replace the initial tokens (None turns ACLs off). API-created tokens stay valid."""
         with self._cond:
             self._initial_tokens = None if tokens is None else frozenset(tokens)
+
+    def acls_not_ready_for(self, seconds: float) -> None:
+        """A leader exists but has not set up its ACLs yet: 403 "ACL not found" for `seconds`."""
+        if seconds < 0:
+            raise ValueError(f"seconds must be >= 0, got {seconds}")
+        with self._cond:
+            self._acls_ready_at = time.monotonic() + seconds
 
     def inject(
         self,
@@ -588,6 +602,8 @@ class ConsulDouble:
             initial = self._initial_tokens
             if initial is None:
                 return
+            if time.monotonic() < self._acls_ready_at:
+                raise HTTPError(403, "ACL not found")
             if not token:
                 request.anonymous = True
                 return

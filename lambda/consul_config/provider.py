@@ -12,7 +12,11 @@ does not know yet (the new leader creates it just after the election); after tha
 rejected token fails the deployment with a message that says so.
 
 A delete that cannot reach a leader for DELETE_GIVE_UP_SECONDS gives up with a warning: a
-stack whose servers never came up (or are already gone) must still roll back or delete.
+stack whose servers never came up (or are already gone) must still roll back or delete. The
+window is short on purpose. On stack deletion the catalog drain has already run against these
+servers; an object that cannot be deleted a minute later belongs to a Consul that is unreachable
+or leaderless, and is about to be deleted with the fleet anyway. Waiting longer only multiplies:
+tokens are deleted before the policies they name, one chain after the other.
 
 Logs are one JSON object per line and never contain a token, a SecretID or the CA.
 """
@@ -40,7 +44,7 @@ SKIP = "ConsulConfigNothingToDo"
 
 LEADER_WAIT_PER_CALL = 20.0  # seconds one is_complete call polls for a leader
 SAFETY_MARGIN = 10.0  # seconds of the Lambda timeout kept free to answer the framework
-DELETE_GIVE_UP_SECONDS = 900.0
+DELETE_GIVE_UP_SECONDS = 60.0  # covers a leader election (seconds), not a fleet that is gone
 TOKEN_REJECTED_GRACE_SECONDS = 300.0
 
 # Replaced by tests with a fake clock, so no test sleeps on wall time.

@@ -148,12 +148,14 @@ def _registered_ports(app: ContainerDefinition, labels: MeshLabels, mode: str) -
     return ports
 
 
-def _host_port(event: TaskEvent, task_definition: TaskDefinition, container: str, port: int) -> int:
+def _host_port(
+    event: TaskEvent, task_definition: TaskDefinition, container: str, port: int, host: Host
+) -> int:
     """The host port Consul must advertise for `container`'s container port `port`."""
     if task_definition.network_mode == "host":
         return port
     state = event.container(container)
-    bound = state.host_port(port) if state else None
+    bound = state.host_port(port, ipv6=":" in host.address) if state else None
     if bound is not None:
         return bound
     definition = task_definition.container(container)
@@ -167,14 +169,74 @@ def _host_port(event: TaskEvent, task_definition: TaskDefinition, container: str
     )
 
 
-def _expose_port(labels: MeshLabels, ports: tuple[int, ...]) -> int:
-    """Host mode: the Envoy listener that serves the health path, distinct from other ports."""
+def _host_ports_held(
+    task_definition: TaskDefinition,
+    labels: MeshLabels,
+    ports: tuple[int, ...],
+    *,
+    own: tuple[str, int],
+) -> dict[int, str]:
+    """Host mode: who else holds each port of the network namespace every container shares.
+
+    A TCP port mapping is a port its container listens on (in host mode hostPort equals
+    containerPort: ECS developer guide, task definition parameters, `portMappings`); `own` is
+    the (proxy container, port) mapping that reserves the listener being checked itself.
+    """
+    held: dict[int, str] = {}
+    for container in task_definition.containers:
+        for pm in container.port_mappings:
+            if pm.protocol == "tcp" and (container.name, pm.container_port) != own:
+                held.setdefault(pm.container_port, f"a port mapping of container {container.name}")
+    held.update((p, f"registered app port {p}") for p in ports)
+    held.update((u.local_bind_port, identity.LABEL_UPSTREAMS) for u in labels.upstreams)
+    return held
+
+
+def _check_proxy_port(
+    task_definition: TaskDefinition,
+    proxy: ContainerDefinition,
+    labels: MeshLabels,
+    ports: tuple[int, ...],
+) -> None:
+    """Host mode: Envoy's public listener must be free in the task (else Envoy NACKs it)."""
+    port = labels.proxy_port
+    held = _host_ports_held(task_definition, labels, ports, own=(proxy.name, port))
+    if port in held:
+        raise InvalidTaskDefinition(
+            f"label {identity.LABEL_PROXY_PORT}: Envoy's public listener port {port} collides "
+            f"with {held[port]}; set {identity.LABEL_PROXY_PORT} to a free port"
+        )
+
+
+def _expose_port(
+    task_definition: TaskDefinition,
+    proxy: ContainerDefinition,
+    labels: MeshLabels,
+    ports: tuple[int, ...],
+) -> int:
+    """Host mode: the Envoy listener that serves the health path, distinct from other ports.
+
+    The proxy container's port mappings are Envoy's listeners: its public one, the health
+    listener and static ones such as metrics, which a mapping does not tell apart. A mapping
+    of the health listener's port on the proxy container counts as its reservation only when
+    the label names that port; under the default port it may as well be the metrics listener
+    (MeshService always writes the label).
+    """
     port = labels.expose_port or labels.proxy_port + identity.EXPOSE_PORT_OFFSET
-    taken = {labels.proxy_port: identity.LABEL_PROXY_PORT}
-    taken.update((p, f"registered app port {p}") for p in ports)
-    taken.update((u.local_bind_port, identity.LABEL_UPSTREAMS) for u in labels.upstreams)
-    if port > 65535 or port in taken:
-        why = "is above 65535" if port > 65535 else f"collides with {taken[port]}"
+    held = _host_ports_held(task_definition, labels, ports, own=(proxy.name, port))
+    mapped_by_proxy = any(
+        pm.protocol == "tcp" and pm.container_port == port for pm in proxy.port_mappings
+    )
+    if labels.expose_port is None and mapped_by_proxy:
+        held.setdefault(
+            port,
+            f"a port mapping of proxy container {proxy.name} (another Envoy listener, such as "
+            f"its metrics; if it reserves the health listener, set {identity.LABEL_EXPOSE_PORT}"
+            f"={port})",
+        )
+    held[labels.proxy_port] = identity.LABEL_PROXY_PORT
+    if port > 65535 or port in held:
+        why = "is above 65535" if port > 65535 else f"collides with {held[port]}"
         raise InvalidTaskDefinition(
             f"label {identity.LABEL_EXPOSE_PORT}: Envoy's health listener port {port} {why}; "
             f"set {identity.LABEL_EXPOSE_PORT} to a free port"
@@ -217,16 +279,19 @@ def desired_registration(
         "source": identity.SOURCE,
     }
     path = labels.health_check_path
-    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port)
+    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port, host)
     expose: tuple[ExposePath, ...] = ()
+    if mode == "host":
+        _check_proxy_port(task_definition, proxy, labels, ports)
     if mode == "host" and path:
-        expose = (ExposePath(_expose_port(labels, ports), path, ports[0], EXPOSE_PROTOCOL),)
+        listener = _expose_port(task_definition, proxy, labels, ports)
+        expose = (ExposePath(listener, path, ports[0], EXPOSE_PROTOCOL),)
     services = []
     for port in ports:
         svc_id = identity.service_id(
             labels.service, event.task_arn, port if len(ports) > 1 else None
         )
-        host_port = _host_port(event, task_definition, app.name, port)
+        host_port = _host_port(event, task_definition, app.name, port, host)
         if mode == "bridge":
             # The app's port is published on the host: check it there.
             name, target, check_path = f"{labels.service} on", host_port, path

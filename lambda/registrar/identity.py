@@ -21,7 +21,8 @@ SOURCE = "ecs-anywhere-registrar"
 # - no node is ever shared with a Consul agent, whose anti-entropy would delete our entries.
 NODE_PREFIX = "ecs-task-"
 
-# KV prefix holding one state record (version, status) per task: ordering and tombstones.
+# KV prefix of the registrar's state records (ordering, tombstones, host state); the layout
+# under it, one prefix per cluster ARN, is kv_layout.py's.
 STATE_PREFIX = "ecs-registrar/"
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -63,11 +64,6 @@ def service_id(service: str, task_arn: str, port: int | None = None) -> str:
 def proxy_id(svc_id: str) -> str:
     """ID of the connect-proxy sidecar registered for service instance `svc_id`."""
     return f"{svc_id}-sidecar-proxy"
-
-
-def state_key(cluster_arn: str, task_arn: str) -> str:
-    """KV key of the task's state record (ordering by detail.version, tombstones)."""
-    return f"{STATE_PREFIX}{cluster_name(cluster_arn)}/tasks/{task_id(task_arn)}"
 
 
 # Docker labels a service owner sets on the application container of a task definition

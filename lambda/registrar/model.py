@@ -119,19 +119,61 @@ class NetworkBinding:
     protocol: str
     bind_ip: str | None
 
+    @property
+    def ipv6(self) -> bool:
+        return self.bind_ip is not None and ":" in self.bind_ip
+
 
 @dataclass(frozen=True)
 class ContainerState:
+    """A container of the event. Its `networkBindings` are kept as sent and validated only when
+    the registrar reads them, so that a container it never reads (a log router, a container
+    publishing a port range) cannot make the whole event malformed."""
+
     name: str
     last_status: str | None
-    network_bindings: tuple[NetworkBinding, ...]
+    raw_bindings: Any
+    path: str
 
-    def host_port(self, container_port: int) -> int | None:
-        """Host port bound to a TCP container port (first binding: v4 and v6 share it)."""
-        for binding in self.network_bindings:
-            if binding.container_port == container_port and binding.protocol == "tcp":
-                return binding.host_port
-        return None
+    @property
+    def network_bindings(self) -> tuple[NetworkBinding, ...]:
+        """The single-port bindings, validated (MalformedEvent names the field).
+
+        NetworkBinding (ECS API reference) makes `containerPort` and `hostPort` optional: a
+        binding of a port range carries `containerPortRange`/`hostPortRange` instead
+        (amazon-ecs-agent PR #3505 shows `{"containerPortRange": "8080-8085", "hostPortRange":
+        "32780-32785"}`). Such a binding gives no single host port to advertise: skipped.
+        """
+        if self.raw_bindings is None:
+            return ()
+        if not isinstance(self.raw_bindings, list):
+            raise MalformedEvent(
+                f"{self.path}.networkBindings must be a list, "
+                f"got {type(self.raw_bindings).__name__}"
+            )
+        found = []
+        for i, raw in enumerate(self.raw_bindings):
+            binding = _binding(raw, f"{self.path}.networkBindings[{i}]")
+            if binding is not None:
+                found.append(binding)
+        return tuple(found)
+
+    def host_port(self, container_port: int, *, ipv6: bool = False) -> int | None:
+        """Host port bound to a TCP container port, from a binding of the host's address family.
+
+        Docker publishes a dynamic port on 0.0.0.0 and on :: separately, and the two can differ
+        (moby/moby#42442; ECS hosts logged `{8080 50195 0.0.0.0} {8080 50191 ::}` in
+        moby/moby#42375): the port Consul advertises must be the one bound on the family of
+        the address it advertises. A binding of the other family is the fallback.
+        """
+        tcp = [
+            b
+            for b in self.network_bindings
+            if b.container_port == container_port and b.protocol == "tcp"
+        ]
+        same_family = [b for b in tcp if b.ipv6 == ipv6]
+        chosen = same_family or tcp
+        return chosen[0].host_port if chosen else None
 
 
 @dataclass(frozen=True)
@@ -160,8 +202,10 @@ class TaskEvent:
         return next((c for c in self.containers if c.name == name), None)
 
 
-def _binding(raw: Any, path: str) -> NetworkBinding:
+def _binding(raw: Any, path: str) -> NetworkBinding | None:
     obj = _obj(raw, path)
+    if obj.get("containerPort") is None or obj.get("hostPort") is None:
+        return None  # a port range, or no single port to advertise
     protocol = _str(obj, "protocol", path, required=False) or "tcp"
     if protocol not in ("tcp", "udp"):
         raise MalformedEvent(f"{path}.protocol must be 'tcp' or 'udp', got {protocol!r}")
@@ -173,15 +217,16 @@ def _binding(raw: Any, path: str) -> NetworkBinding:
     )
 
 
-def _container(raw: Any, path: str) -> ContainerState:
-    obj = _obj(raw, path)
-    bindings = _list(obj, "networkBindings", path)
+def _container(raw: Any, path: str) -> ContainerState | None:
+    """A container the registrar can look up by name; None for one it never could."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        return None
+    status = raw.get("lastStatus")
     return ContainerState(
-        name=_req_str(obj, "name", path),
-        last_status=_str(obj, "lastStatus", path, required=False),
-        network_bindings=tuple(
-            _binding(b, f"{path}.networkBindings[{i}]") for i, b in enumerate(bindings)
-        ),
+        name=raw["name"],
+        last_status=status if isinstance(status, str) else None,
+        raw_bindings=raw.get("networkBindings"),
+        path=path,
     )
 
 
@@ -213,7 +258,9 @@ def task_event_from_detail(
         version=_int(detail, "version", path, 0, 2**63 - 1),
         group=_str(detail, "group", path, required=False),
         containers=tuple(
-            _container(c, f"{path}.containers[{i}]") for i, c in enumerate(containers)
+            state
+            for i, c in enumerate(containers)
+            if (state := _container(c, f"{path}.containers[{i}]")) is not None
         ),
         stopped_reason=_str(detail, "stoppedReason", path, required=False),
     )

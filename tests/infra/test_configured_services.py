@@ -81,9 +81,14 @@ def _names_one_of(value: Any, logical_ids: set[str]) -> bool:
 
 def _without(value: Any, logical_ids: set[str]) -> Any:
     """`value` with every list element that names one of `logical_ids` dropped; one-element
-    lists read as their element (IAM merges a single principal or resource into a list)."""
+    lists read as their element (IAM merges a single principal or resource into a list), and a
+    list that named only those is dropped with its key (a DependsOn on added resources only)."""
     if isinstance(value, dict):
-        return {k: _without(v, logical_ids) for k, v in value.items()}
+        return {
+            k: _without(v, logical_ids)
+            for k, v in value.items()
+            if not (isinstance(v, list) and v and all(_names_one_of(e, logical_ids) for e in v))
+        }
     if isinstance(value, list):
         kept = [_without(v, logical_ids) for v in value if not _names_one_of(v, logical_ids)]
         return kept[0] if len(kept) == 1 else kept

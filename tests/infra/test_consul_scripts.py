@@ -30,6 +30,9 @@ sys.path.insert(0, str(ASSETS))
 
 import consul_admin  # noqa: E402
 
+from tests.consul_double import ConsulDouble  # noqa: E402
+from tests.fake_clock import FakeClock  # noqa: E402
+
 
 def bash(script: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `script` in bash after sourcing consul_lib.sh."""
@@ -401,6 +404,8 @@ class FakeAcl:
             current.update(body)
             return 200, current
         if method == "GET" and path == "/v1/acl/token/self":
+            if token is None:  # the client's default token: the initial management token
+                return 200, {"AccessorID": "management", "Policies": [{"Name": "global"}]}
             return (
                 (200, dict(self.tokens[token])) if token in self.tokens else (403, "ACL not found")
             )
@@ -484,10 +489,58 @@ def test_acl_bootstrap_stops_on_an_unexpected_refusal() -> None:
         def request(
             self, method: str, path: str, body: Any = None, token: str | None = None
         ) -> tuple[int, Any]:
+            if path == "/v1/acl/token/self":
+                return super().request(method, path, body, token)
             return 500, "rpc error: No cluster leader"
 
     with pytest.raises(consul_admin.AclError, match="reading policy consul-esm: HTTP 500"):
         consul_admin.acl_bootstrap(Broken(), SPECS[:1])
+
+
+MANAGEMENT = "99999999-8888-7777-6666-555555555555"
+
+
+def test_acl_bootstrap_waits_for_a_new_leader_to_set_up_acls() -> None:
+    # GIVEN a cluster whose leader is elected but has not created the management token yet
+    with ConsulDouble(acl_tokens={MANAGEMENT}) as consul:
+        consul.acls_not_ready_for(1.5)
+        api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
+        # WHEN the boot applies the servers' ACLs
+        consul_admin.acl_bootstrap(api, SPECS, timeout=60)
+        # THEN it waited through the 403s and then created every policy and token
+        refused = [r for r in consul.requests if r.status == 403]
+        assert refused
+        assert {r.path for r in refused} == {"/v1/acl/token/self"}
+        assert {p["Name"] for p in consul.acl_policies().values()} == {n for n, _, _ in SPECS}
+        secrets = {t["SecretID"] for t in consul.acl_tokens().values()}
+        assert {secret for _, _, secret in SPECS} <= secrets
+        assert consul.internal_errors == []
+
+
+def test_acl_bootstrap_gives_up_at_its_deadline_with_backoff(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    clock = FakeClock()
+    monkeypatch.setattr(consul_admin, "_clock", clock.monotonic)
+    monkeypatch.setattr(consul_admin, "_sleep", clock.sleep)
+    with ConsulDouble(acl_tokens={MANAGEMENT}) as consul:
+        consul.acls_not_ready_for(3600)
+        api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
+        with pytest.raises(consul_admin.AclError, match="not accepted within 120s"):
+            consul_admin.acl_bootstrap(api, SPECS, timeout=120)
+        assert consul.acl_policies() == {}
+    # Backoff doubles up to 15 s and the last pause ends exactly at the deadline
+    assert clock.sleeps[:5] == [1.0, 2.0, 4.0, 8.0, 15.0]
+    assert max(clock.sleeps) == 15.0
+    assert sum(clock.sleeps) == 120.0
+
+
+def test_acl_bootstrap_fails_at_once_when_acls_are_off() -> None:
+    with ConsulDouble(acl_tokens=None) as consul:
+        api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
+        with pytest.raises(consul_admin.AclError, match="HTTP 401"):
+            consul_admin.acl_bootstrap(api, SPECS, timeout=60)
+        assert consul.count(path_prefix="/v1/acl/token/self") == 1
 
 
 # --- health gate -----------------------------------------------------------------------------
@@ -543,6 +596,36 @@ def test_gate_stays_closed_while_quorum_would_be_at_risk(health: Any, reason: st
     ok, why = consul_admin.gate(health, "consul-server-new", 3)
     assert not ok
     assert reason in why
+
+
+def test_gate_logs_why_autopilot_answers_429(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN autopilot reports the cluster unhealthy (429, with the reason in the body), then
+    # healthy
+    sick = {
+        "Healthy": False,
+        "FailureTolerance": 0,
+        "Servers": [
+            {**server("consul-server-a"), "SerfStatus": "alive", "LastContact": "0s"},
+            {**server("consul-server-b", healthy=False), "SerfStatus": "failed"},
+            {**server("consul-server-new"), "SerfStatus": "alive"},
+        ],
+    }
+    answers = [(429, sick), (200, HEALTHY)]
+
+    class Autopilot:
+        def request(
+            self, method: str, path: str, body: Any = None, token: str | None = None
+        ) -> tuple[int, Any]:
+            assert path == "/v1/operator/autopilot/health"
+            return answers.pop(0)
+
+    # WHEN the gate waits
+    assert consul_admin.wait(Autopilot(), "consul-server-new", 3, timeout=60, interval=0)
+    # THEN the log names the unhealthy server and what autopilot says about it
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "2 of 3 voters are healthy" in first
+    assert "HTTP 429" in first
+    assert "consul-server-b: voter=True healthy=False serf=failed" in first
 
 
 def test_gate_wait_gives_up_after_the_timeout() -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +13,7 @@ from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
-from aws_cdk.assertions import Template
+from aws_cdk.assertions import Annotations, Match, Template
 
 from mesh_stack import init_program
 from mesh_stack.config import MeshConfig
@@ -260,8 +261,10 @@ def test_host_mode_is_the_default_and_publishes_no_app_port(template: Template) 
     # tasks on one host)
     mappings = {(m["ContainerPort"], m["HostPort"]) for m in by_name["envoy"]["PortMappings"]}
     assert mappings == {(20100, 20100), (9202, 9202)}
+    # AND the metrics listener stays on the host's loopback unless scraping off-host is
+    # opted into
     init_env = {e["Name"]: e["Value"] for e in by_name["envoy-init"]["Environment"]}
-    assert init_env["ENVOY_PROMETHEUS_BIND"] == "0.0.0.0:9202"
+    assert init_env["ENVOY_PROMETHEUS_BIND"] == "127.0.0.1:9202"
     assert app["DockerLabels"][identity.LABEL_PROXY_PORT] == "20100"
     assert app["DockerLabels"][identity.LABEL_PORTS] == "8081"
 
@@ -295,18 +298,16 @@ def test_execution_role_reads_only_the_secrets_its_task_needs(template: Template
         if a.startswith("secretsmanager:")
     )
     assert not any(s["Resource"] == "*" for s in statements), statements
-    # and it may decrypt them only through Secrets Manager (key policy grant)
-    key_policy = next(iter(template.find_resources("AWS::KMS::Key").values()))["Properties"]
-    grants = [
-        s
-        for s in key_policy["KeyPolicy"]["Statement"]
-        if s["Principal"].get("AWS") == {"Fn::GetAtt": [role, "Arn"]}
-    ]
-    assert grants, "execution role cannot decrypt the secrets"
-    for grant in grants:
+    # and it may decrypt them only through Secrets Manager, in its own policy: no key policy
+    # names it (a role created in the same deployment can make the key policy invalid)
+    decrypts = [s for s in statements if "kms:Decrypt" in _actions(s)]
+    assert decrypts, "execution role cannot decrypt the secrets"
+    for grant in decrypts:
         assert _actions(grant) == ["kms:Decrypt"]
         via = grant["Condition"]["StringEquals"]["kms:ViaService"]
-        assert via == "secretsmanager.us-east-1.amazonaws.com"
+        assert "secretsmanager." in json.dumps(via)
+    for key in template.find_resources("AWS::KMS::Key").values():
+        assert role not in json.dumps(key["Properties"]["KeyPolicy"])
 
 
 def _actions(statement: dict[str, Any]) -> list[str]:
@@ -354,9 +355,30 @@ def test_constructs_are_nag_clean(tmp_path: Path) -> None:
         ({"insecure_published_app_port": True}, r"applies to network_mode='bridge' only"),
         ({"app_user": None}, r"app_user must name a non-root user .* got None"),
         ({"app_user": "0:1000"}, r"app_user must name a non-root user .* got '0:1000'"),
+        # uid/gid are numbers to Docker (runc's user lookup uses strconv.Atoi): 00 is root
+        ({"app_user": "00"}, r"app_user must name a non-root user .* got '00'"),
+        ({"app_user": "0000:1000"}, r"app_user must name a non-root user .* got '0000:1000'"),
+        ({"app_user": "+0"}, r"app_user must name a non-root user .* got '\+0'"),
+        ({"app_user": "1000:00"}, r"app_user must name a non-root user .* got '1000:00'"),
+        ({"app_user": " 0"}, r"app_user must name a non-root user .* got ' 0'"),
+        ({"app_user": "root "}, r"app_user must name a non-root user .* got 'root '"),
+        ({"app_user": "root"}, r"app_user must name a non-root user .* got 'root'"),
+        ({"app_user": "Root:1000"}, r"app_user must name a non-root user .* got 'Root:1000'"),
+        # no user part: Docker falls back to the image's user, which may be root
+        ({"app_user": ""}, r"app_user must name a non-root user .* got ''"),
+        ({"app_user": ":1000"}, r"app_user must name a non-root user .* got ':1000'"),
         ({"port": 80}, r"port 80 is below 1024: in host mode it is a port of the host"),
         ({"upstreams": {"api": 443}}, r"upstreams\[api\] 443 is below 1024"),
         ({"proxy_port": 21000}, r"proxy_port 21000 must lie in 20000\.\.20999 in host mode"),
+        # ECS reserves 22, 2375, 2376 and 51678-51680 on every instance, and hands out the
+        # ephemeral range to bridge tasks: a host-mode task asking for them is never placed,
+        # or loses its loopback port to an outgoing connection
+        ({"upstreams": {"api": 2375}}, r"upstreams\[api\] 2375 is reserved by ECS on every"),
+        ({"prometheus_port": 2376}, r"prometheus_port 2376 is reserved by ECS on every"),
+        ({"prometheus_port": 51678}, r"prometheus_port 51678 is reserved by ECS on every"),
+        ({"port": 40000}, r"port 40000 lies in the ephemeral range 32768\.\.60999"),
+        ({"upstreams": {"api": 32768}}, r"upstreams\[api\] 32768 lies in the ephemeral range"),
+        ({"prometheus_port": 60999}, r"prometheus_port 60999 lies in the ephemeral range"),
         (
             {"health_check_path": "/h", "proxy_port": 20600},
             r"expose_port 21100 must lie in 20000\.\.20999",
@@ -494,6 +516,156 @@ def test_services_on_different_clusters_or_in_bridge_mode_may_reuse_ports(tmp_pa
     # another cluster's hosts are other hosts
     other = {**common, "cluster": ecs.Cluster(stack, "OtherCluster", vpc=common["cluster"].vpc)}
     _service(stack, other, "db", port=8080)
+
+
+def test_non_root_users_and_bridge_container_ports_are_accepted(tmp_path: Path) -> None:
+    _, stack, common = scaffold(tmp_path)
+    for i, user in enumerate(("1000", "65534:65534", "nobody", "app:1000", "10:20")):
+        _service(
+            stack,
+            common,
+            f"web{i}",
+            port=8080 + i,
+            proxy_port=20000 + i,
+            app_user=user,
+            prometheus_port=9102 + i,
+        )
+    # bridge mode: these are container ports; ECS picks the host ports itself
+    _service(
+        stack,
+        common,
+        "api",
+        port=40000,
+        upstreams={"db": 2375},
+        network_mode="bridge",
+        insecure_published_app_port=True,
+    )
+
+
+@pytest.mark.parametrize(
+    ("kw", "bind"),
+    [
+        ({}, "127.0.0.1:9102"),
+        ({"prometheus_bind_address": "0.0.0.0"}, "0.0.0.0:9102"),
+        ({"network_mode": "bridge", "insecure_published_app_port": True}, "0.0.0.0:9102"),
+    ],
+)
+def test_metrics_listener_is_on_loopback_unless_off_host_scraping_is_chosen(
+    tmp_path: Path, kw: dict[str, Any], bind: str
+) -> None:
+    _, stack, common = scaffold(tmp_path)
+    _service(stack, common, "web", port=8080, **kw)
+    init = containers(Template.from_stack(stack), "web")["envoy-init"]
+    assert {e["Name"]: e["Value"] for e in init["Environment"]}["ENVOY_PROMETHEUS_BIND"] == bind
+
+
+@pytest.mark.parametrize(
+    ("kw", "message"),
+    [
+        (
+            {"prometheus_bind_address": "10.0.0.5"},
+            r"prometheus_bind_address must be '127\.0\.0\.1' or '0\.0\.0\.0', got '10\.0\.0\.5'",
+        ),
+        (
+            {
+                "prometheus_bind_address": "127.0.0.1",
+                "network_mode": "bridge",
+                "insecure_published_app_port": True,
+            },
+            r"prometheus_bind_address '127\.0\.0\.1' in bridge mode is the Envoy container's",
+        ),
+        (
+            {"prometheus_bind_address": "0.0.0.0", "prometheus_port": None},
+            r"prometheus_bind_address applies only with a prometheus_port",
+        ),
+    ],
+)
+def test_fails_when_the_metrics_bind_address_is_invalid(
+    tmp_path: Path, kw: dict[str, Any], message: str
+) -> None:
+    _, stack, common = scaffold(tmp_path)
+    with pytest.raises(ValueError, match=message):
+        _service(stack, common, "web", port=8080, **kw)
+
+
+def _imported(stack: cdk.Stack, construct_id: str, name: str) -> ecs.ICluster:
+    vpc = ec2.Vpc.from_vpc_attributes(
+        stack, f"{construct_id}Vpc", vpc_id="vpc-0123456789abcdef0", availability_zones=["a"]
+    )
+    return ecs.Cluster.from_cluster_attributes(stack, construct_id, cluster_name=name, vpc=vpc)
+
+
+@pytest.mark.parametrize("second_import", ["by_name", "by_arn"])
+def test_fails_when_one_cluster_imported_twice_gets_two_services_on_one_port(
+    tmp_path: Path, second_import: str
+) -> None:
+    # GIVEN one ECS cluster `mesh` referenced from two stacks of one app (two imports, two
+    # construct paths)
+    app, _, common = scaffold(tmp_path)
+    env = cdk.Environment(account="111111111111", region="us-east-1")
+    first, other = cdk.Stack(app, "First", env=env), cdk.Stack(app, "Other", env=env)
+    _service(first, {**common, "cluster": _imported(first, "Mesh", "mesh")}, "web", port=8080)
+    if second_import == "by_name":
+        cluster = _imported(other, "Mesh", "mesh")
+    else:
+        cluster = ecs.Cluster.from_cluster_arn(
+            other, "Mesh", "arn:aws:ecs:us-east-1:111111111111:cluster/mesh"
+        )
+    # WHEN a service in the other stack takes the same proxy port
+    # THEN synth stops: both land on the same hosts
+    with pytest.raises(ValueError, match=r"proxy_port 20000 of mesh service 'api' collides"):
+        _service(other, {**common, "cluster": cluster}, "api", port=8081)
+
+
+def test_imported_clusters_of_other_names_or_accounts_do_not_collide(tmp_path: Path) -> None:
+    app, _, common = scaffold(tmp_path)
+    first = cdk.Stack(app, "First", env=cdk.Environment(account="111111111111", region="us-east-1"))
+    _service(first, {**common, "cluster": _imported(first, "Mesh", "mesh")}, "web", port=8080)
+    _service(first, {**common, "cluster": _imported(first, "Edge", "edge")}, "api", port=8080)
+    elsewhere = cdk.Stack(
+        app, "Elsewhere", env=cdk.Environment(account="222222222222", region="us-east-1")
+    )
+    _service(
+        elsewhere, {**common, "cluster": _imported(elsewhere, "Mesh", "mesh")}, "db", port=8080
+    )
+
+
+def _warnings(stack: cdk.Stack) -> dict[str, list[str]]:
+    """Synth-time warnings by construct path."""
+    found = Annotations.from_stack(stack).find_warning("*", Match.any_value())
+    by_path: dict[str, list[str]] = {}
+    for message in found:
+        by_path.setdefault(message.id, []).append(str(message.entry.data))
+    return by_path
+
+
+def test_host_mode_without_health_path_warns_that_only_the_sidecar_is_checked(
+    tmp_path: Path,
+) -> None:
+    # GIVEN host-mode services with and without a health path, and a bridge one without
+    _, stack, common = scaffold(tmp_path)
+    _service(stack, common, "web", port=8080)
+    _service(
+        stack,
+        common,
+        "api",
+        port=8081,
+        proxy_port=20001,
+        prometheus_port=9103,
+        health_check_path="/ready",
+    )
+    _service(
+        stack, common, "db", port=8082, network_mode="bridge", insecure_published_app_port=True
+    )
+    # WHEN the stack is synthesized
+    warnings = _warnings(stack)
+    # THEN exactly the host-mode service without a path is flagged, by name, with what its
+    # only check proves
+    assert list(warnings) == ["/Test/Web"]
+    (message,) = warnings["/Test/Web"]
+    assert "mesh service 'web' has no health_check_path" in message
+    assert "only proves that its Envoy sidecar is up" in message
+    assert "consul-mesh:MeshService.noHealthCheckPath" in message
 
 
 def test_inbound_host_ports_name_what_the_consul_servers_must_reach(tmp_path: Path) -> None:

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import datetime
 import http.server
-import importlib.util
 import json
 import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import pytest
+from asset_modules import load
+
+from tests.fake_clock import FakeClock
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = "Fjz3/sZfSvv78EXAMPLEcode"
@@ -21,26 +22,20 @@ FIRST = "e488f2f6-e686-4afb-8a04-ef6dfEXAMPLE"
 SECOND = "0b6e6a6c-1d2e-4f00-9a51-2c7f3EXAMPLE"
 
 
-def load_handler() -> ModuleType:
-    # `handler` is also the registrar's module name: load this one under its own name.
-    path = ROOT / "lambda" / "activation" / "handler.py"
-    spec = importlib.util.spec_from_file_location("activation_handler", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-handler = load_handler()
+handler = load("activation", "handler")
 
 
 class ClientError(Exception):
-    """Shaped like botocore's: the handler reads `response["Error"]["Code"]`."""
+    """Shaped like botocore's: the handler reads `response["Error"]["Code"]` and `Message`."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, message: str = "") -> None:
         super().__init__(code)
-        self.response = {"Error": {"Code": code}}
+        self.response = {"Error": {"Code": code, "Message": message or code}}
+
+
+# What SSM answers while IAM has not propagated the new host role yet
+# (hashicorp/terraform-provider-aws#27952).
+PROPAGATING = "Nonexistent role or missing ssm service principal in trust policy"
 
 
 class FakeSsm:
@@ -49,8 +44,11 @@ class FakeSsm:
         self.created: list[dict[str, Any]] = []
         self.deleted: list[str] = []
         self.missing: set[str] = set()
+        self.failures: list[Exception] = []  # raised by the next create_activation calls
 
     def create_activation(self, **kwargs: Any) -> dict[str, Any]:
+        if self.failures:
+            raise self.failures.pop(0)
         self.created.append(kwargs)
         return {"ActivationId": self.ids.pop(0), "ActivationCode": CODE}
 
@@ -259,3 +257,48 @@ def test_fails_when_the_expiry_exceeds_what_ssm_allows(
     assert body["Status"] == "FAILED"
     assert "ExpiryDays must be 1..30 (SSM allows at most 30), got 45" in body["Reason"]
     assert ssm.created == []
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(handler, "_sleep", fake.sleep)
+    monkeypatch.setattr(handler, "_clock", fake.monotonic)
+    return fake
+
+
+def test_create_waits_for_the_new_host_role_to_reach_ssm(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    # GIVEN SSM does not see the host role CloudFormation just created, twice
+    ssm, secrets = FakeSsm([FIRST]), FakeSecrets()
+    ssm.failures = [ClientError("ValidationException", PROPAGATING) for _ in range(2)]
+    # WHEN CloudFormation sends Create
+    run(cfn_event("Create", response_url), ssm, secrets, monkeypatch)
+    # THEN the handler retried with backoff and the activation was created
+    assert clock.sleeps == [2.0, 4.0]
+    assert _Responses.bodies[0]["Status"] == "SUCCESS"
+    assert secrets.value == f"{FIRST} {CODE}"
+
+
+def test_create_gives_up_when_the_role_never_appears(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    ssm, secrets = FakeSsm([FIRST]), FakeSecrets()
+    ssm.failures = [ClientError("ValidationException", PROPAGATING) for _ in range(50)]
+    run(cfn_event("Create", response_url), ssm, secrets, monkeypatch)
+    (body,) = _Responses.bodies
+    assert body["Status"] == "FAILED"
+    assert "ClientError" in body["Reason"]
+    assert clock.sleeps[:4] == [2.0, 4.0, 8.0, 16.0]
+    assert 60 <= sum(clock.sleeps) <= handler.ROLE_PROPAGATION_SECONDS
+
+
+def test_create_fails_at_once_on_any_other_refusal(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    ssm, secrets = FakeSsm([FIRST]), FakeSecrets()
+    ssm.failures = [ClientError("ValidationException", "RegistrationLimit must be <= 1000")]
+    run(cfn_event("Create", response_url), ssm, secrets, monkeypatch)
+    assert _Responses.bodies[0]["Status"] == "FAILED"
+    assert clock.sleeps == []
