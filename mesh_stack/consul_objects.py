@@ -51,6 +51,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IDependable
 
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 from mesh_stack.services_config import pascal
@@ -249,7 +250,7 @@ class ConsulObjects(Construct):
             )
         )
 
-        code = lambda_.Code.from_asset(str(LAMBDA_DIR), exclude=["__pycache__", "*.pyc"])
+        code = lambda_code.from_directory(LAMBDA_DIR)
         functions: dict[str, lambda_.Function] = {}
         for name, handler, purpose in (
             ("OnEvent", "provider.on_event", "validates and names Consul objects"),
