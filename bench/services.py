@@ -31,6 +31,7 @@ def _services(count: int) -> dict[str, dict[str, Any]]:
             "image": "ghcr.io/acme/app:1.0.0",
             "port": 10000 + i,
             "app_user": "1000",
+            "health_check_path": "/healthz",
             **({"allow_from": [f"svc-{i - 1}"]} if i else {}),
         }
         for i in range(count)

@@ -161,8 +161,11 @@ class ConfiguredServices(Construct):
             proxy_port=ports.proxy,
             expose_port=ports.expose,
             prometheus_port=ports.metrics,
+            prometheus_bind_address=spec.prometheus_bind_address,
             **common,
         )
+        if spec.tcp_check_reason is not None:
+            service.accept_tcp_check(spec.tcp_check_reason)
         self._add_secrets(service, spec.secrets)
         if image_ref.ecr_repository(image_ref.parse(spec.image)) is not None:
             acknowledge(

@@ -28,6 +28,8 @@ ENVOY_USER_ID = 1337
 MIN_UNPRIVILEGED_PORT = 1024
 # MeshService's default metrics listener port; in bridge mode each task has its own namespace.
 BRIDGE_METRICS_PORT = 9102
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - bridge mode: inside the app's own namespace
 NETWORK_MODES = ("host", "bridge")
 # Ports chosen for configured services (`services` key) that set none: slot s gives the proxy
 # port 20000+s, the expose port 20500+s (the registrar's default, proxy + 500) and the metrics
@@ -151,6 +153,38 @@ def _check_host_rules(ports: ServicePorts) -> None:
                 f"{name} {value} must lie in {low}..{high} in host mode: the Consul servers "
                 "and other hosts may reach Envoy on that range only (ENVOY_INBOUND_PORTS)"
             )
+
+
+def metrics_bind_address(
+    network_mode: str, has_metrics: bool, bind_address: str | None
+) -> str | None:
+    """Where Envoy's metrics listener binds (None without one), or ValueError.
+
+    Host mode defaults to the host's loopback: the endpoint names the service and its upstreams
+    and counts their traffic, so a scraper on the host itself reads it and nothing else on the
+    network does; "0.0.0.0" (every interface of the host) is the explicit opt-in for an
+    off-host Prometheus. In bridge mode the listener binds every interface of the Envoy
+    container, the only address a port mapping reaches.
+    """
+    if not has_metrics:
+        if bind_address is not None:
+            raise ValueError(
+                "prometheus_bind_address applies only with a prometheus_port; remove it"
+            )
+        return None
+    if bind_address is None:
+        return LOOPBACK if network_mode == "host" else ALL_INTERFACES
+    if bind_address not in (LOOPBACK, ALL_INTERFACES):
+        raise ValueError(
+            f"prometheus_bind_address must be {LOOPBACK!r} or {ALL_INTERFACES!r}, "
+            f"got {bind_address!r}"
+        )
+    if network_mode == "bridge" and bind_address == LOOPBACK:
+        raise ValueError(
+            f"prometheus_bind_address {LOOPBACK!r} in bridge mode is the Envoy container's own "
+            "loopback, which no scraper reaches; leave it unset"
+        )
+    return bind_address
 
 
 def check_distinct(ports: ServicePorts, others: Iterable[ServicePorts]) -> None:

@@ -17,6 +17,7 @@ from typing import Any
 
 from mesh_stack import image_ref, service_ports
 from mesh_stack.config_errors import ConfigError, fail
+from mesh_stack.container_user import may_be_root
 from mesh_stack.init_program import load_identity
 from mesh_stack.json_values import json_object
 from mesh_stack.service_environment import REDACTED, SecretRef, parse_environment, parse_secrets
@@ -37,7 +38,6 @@ MEMORY_RANGE = (6, 1_048_576)
 COUNT_RANGE = (0, 1000)
 
 _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]*(?::[A-Za-z0-9_][A-Za-z0-9_.-]*)?$")
-_ROOT = {"root", "0"}
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
 
 
@@ -70,6 +70,8 @@ class ServiceSpec:
     expose_port: int | None = None
     prometheus_port: int | None = None
     metrics: bool = True  # False: `"prometheus_port": null`, no metrics listener
+    prometheus_bind_address: str | None = None  # None: MeshService's default (host: loopback)
+    tcp_check_reason: str | None = None  # host mode without a health_check_path: why that is fine
 
     @property
     def host_mode(self) -> bool:
@@ -158,8 +160,13 @@ def _image(key: str, value: object) -> str:
 
 def _app_user(key: str, value: object) -> str:
     user = _str(key, value, _USER, "must be a user like '1000' or '1000:1000' (uid[:gid] or names)")
-    if any(part.lower() in _ROOT for part in user.split(":")):
-        raise fail(key, value, "must not be root: in host mode the app shares the host's network")
+    if may_be_root(user):
+        raise fail(
+            key,
+            value,
+            "must not be root (uid or gid 0 however written): in host mode the app shares the "
+            "host's network",
+        )
     return user
 
 
@@ -182,6 +189,12 @@ def _tags(key: str, value: object) -> tuple[str, ...]:
     for tag in tags:
         _str(key, tag, _TAG, "Consul tags are 1-63 letters, digits or '_.:=-' (no commas)")
     return tags
+
+
+def _text(key: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise fail(key, value, "must be a non-empty string")
+    return value.strip()
 
 
 def _network_mode(key: str, value: object) -> str:
@@ -212,6 +225,8 @@ _FIELDS: dict[str, Callable[[str, object], Any]] = {
     "proxy_port": _port,
     "expose_port": _port,
     "prometheus_port": _port,
+    "prometheus_bind_address": _text,  # the values: service_ports.metrics_bind_address
+    "tcp_check_reason": _text,
 }
 REQUIRED = ("image", "port")
 FIELD_NAMES = tuple(_FIELDS)
@@ -281,9 +296,39 @@ def _check_service(key: str, spec: ServiceSpec, entry: Mapping[str, Any]) -> Non
             spec.expose_port,
             "is used only in host mode with a health_check_path; remove it",
         )
+    try:
+        service_ports.metrics_bind_address(
+            spec.network_mode, spec.metrics, spec.prometheus_bind_address
+        )
+    except ValueError as err:
+        raise fail(
+            f"{key}.prometheus_bind_address", spec.prometheus_bind_address, str(err)
+        ) from None
+    _check_tcp_check_reason(key, spec)
     taken = sorted({s.env for s in spec.secrets} & set(spec.environment))
     if taken:
         raise fail(f"{key}.secrets", taken, "are also set in environment; set each variable once")
+
+
+def _check_tcp_check_reason(key: str, spec: ServiceSpec) -> None:
+    """A host-mode service without a health path is checked only at its Envoy sidecar: the
+    configuration says why that is acceptable, as MeshService's synth warning asks."""
+    tcp_only = spec.host_mode and spec.health_check_path is None
+    if tcp_only and spec.tcp_check_reason is None:
+        raise fail(
+            f"{key}.health_check_path",
+            None,
+            "is needed in host mode: without it Consul's only check is a TCP connect to the "
+            "service's Envoy, which passes while the app starts or hangs; set a path the app "
+            'answers, or accept the TCP check with "tcp_check_reason": "<why>" '
+            "(docs/services.md, What your app must do)",
+        )
+    if not tcp_only and spec.tcp_check_reason is not None:
+        raise fail(
+            f"{key}.tcp_check_reason",
+            spec.tcp_check_reason,
+            "applies only to a host-mode service without health_check_path; remove it",
+        )
 
 
 def parse_services(key: str, value: object) -> tuple[ServiceSpec, ...]:

@@ -16,9 +16,12 @@ from aws_cdk.assertions import Template
 from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.configured_services import check_template_quotas
+from mesh_stack.mesh_service import NO_HEALTH_PATH_WARNING
 from mesh_stack.stack import MeshStack
 from tests.conftest import cdk_json_context
-from tools.nag_gate import unacknowledged
+from tools.nag_gate import stale, unacknowledged
+from tools.review.load import load_assembly
+from tools.review.nag import nag_review
 
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:shop/orders-db-AbC123"
 KEYED_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:shop/stripe-XyZ789"
@@ -36,6 +39,7 @@ PAYMENTS = {
     "image": "ghcr.io/acme/payments:2.0.1",
     "port": 8081,
     "app_user": "1000:1000",
+    "health_check_path": "/healthz",
     "allow_from": ["orders"],
 }
 SHOP = {"orders": ORDERS, "payments": PAYMENTS}
@@ -217,6 +221,10 @@ EXTRAS = {
         "app_user": "1000",
         "daemon": True,
         "tags": ["v1"],
+        # no health path: the TCP check is accepted, which acknowledges MeshService's warning
+        "tcp_check_reason": "a worker with no HTTP endpoint; a crash stops the task",
+        # an off-host Prometheus scrapes it: the explicit opt-in
+        "prometheus_bind_address": "0.0.0.0",
         "environment": {"LOG_LEVEL": "info", "WORKERS": 4},
         "secrets": {
             "DB_URL": SECRET_ARN,
@@ -340,7 +348,20 @@ def test_entries_reach_the_service_as_configured(extras: tuple[dict[str, Any], P
     by_strategy = {s.get("SchedulingStrategy", "REPLICA"): s for s in services}
     assert set(by_strategy) == {"DAEMON", "REPLICA"}
     assert by_strategy["REPLICA"]["DesiredCount"] == 0
+    # orders' metrics are opened to an off-host scraper; legacy's are in its bridge namespace
+    _, orders = _task(template, "orders")
     _, legacy = _task(template, "legacy")
+    binds = {
+        name: next(
+            e["Value"]
+            for c in task["ContainerDefinitions"]
+            for e in c.get("Environment", [])
+            if e["Name"] == "ENVOY_PROMETHEUS_BIND"
+        )
+        for name, task in (("orders", orders), ("legacy", legacy))
+    }
+    assert binds["orders"].startswith("0.0.0.0:")
+    assert binds["legacy"] == "0.0.0.0:9102"
     assert legacy["NetworkMode"] == "bridge"
     app = next(c for c in legacy["ContainerDefinitions"] if c["Name"] == "legacy")
     assert app["PortMappings"] == [{"ContainerPort": 8080, "HostPort": 0, "Protocol": "tcp"}]
@@ -357,6 +378,16 @@ def test_configured_services_pass_both_nag_packs(extras: tuple[dict[str, Any], P
     _, outdir = extras
     findings = unacknowledged(outdir)
     assert findings == [], "\n".join(f"{f.rule} at {f.path}" for f in findings)
+    assert stale(outdir) == []
+    # orders has no health path: its tcp_check_reason acknowledges MeshService's warning on
+    # that service only (`make synth` fails on an unacknowledged warning), and the review reads
+    # the acknowledgement with its reason from the assembly
+    accepted = [
+        (a.path, a.reason)
+        for a in nag_review(load_assembly(outdir)).not_checked
+        if a.rule == NO_HEALTH_PATH_WARNING
+    ]
+    assert accepted == [("consul-mesh-dev/Services/Orders", EXTRAS["orders"]["tcp_check_reason"])]
 
 
 @pytest.mark.parametrize(("count", "fails"), [(500, False), (501, True)])

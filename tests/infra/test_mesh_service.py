@@ -18,7 +18,7 @@ from aws_cdk.assertions import Annotations, Match, Template
 from mesh_stack import init_program
 from mesh_stack.config import MeshConfig
 from mesh_stack.configured_services import ConfiguredServices
-from mesh_stack.mesh_service import MeshService
+from mesh_stack.mesh_service import NO_HEALTH_PATH_WARNING, MeshService
 from mesh_stack.ports import BRIDGE_DYNAMIC_HOST_PORTS, ENVOY_INBOUND_PORTS
 from tests.infra.nag_util import open_findings
 
@@ -666,6 +666,34 @@ def test_host_mode_without_health_path_warns_that_only_the_sidecar_is_checked(
     assert "mesh service 'web' has no health_check_path" in message
     assert "only proves that its Envoy sidecar is up" in message
     assert "consul-mesh:MeshService.noHealthCheckPath" in message
+
+
+def test_an_accepted_tcp_check_is_acknowledged_with_its_reason(tmp_path: Path) -> None:
+    # GIVEN a host-mode service without a path whose TCP-only check is accepted for a reason
+    _, stack, common = scaffold(tmp_path)
+    web = _service(stack, common, "web", port=8080)
+    web.accept_tcp_check("speaks gRPC only; a crash stops the task")
+    # THEN the warning is acknowledged where the synth gate and the review read it: the
+    # construct's acknowledged rules, with the reason
+    metadata = {
+        entry.type: entry.data for entry in web.node.metadata if entry.type.startswith("aws:cdk:")
+    }
+    assert metadata["aws:cdk:acknowledged-rules"] == {
+        f"Annotation::{NO_HEALTH_PATH_WARNING}": "speaks gRPC only; a crash stops the task"
+    }
+    assert _warnings(stack) == {}
+    # AND there is nothing to accept on a service that has a path
+    api = _service(
+        stack,
+        common,
+        "api",
+        port=8081,
+        proxy_port=20001,
+        prometheus_port=9103,
+        health_check_path="/ready",
+    )
+    with pytest.raises(ValueError, match=r"no TCP-only check to accept"):
+        api.accept_tcp_check("why not")
 
 
 def test_inbound_host_ports_name_what_the_consul_servers_must_reach(tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from typing import Any
 
 import pytest
@@ -14,7 +15,7 @@ from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.mesh_service import LISTEN_ENV
 from mesh_stack.service_environment import RESERVED_ENV, looks_secret
-from mesh_stack.services_config import intentions
+from mesh_stack.services_config import FIELD_NAMES, intentions
 from mesh_stack.suggest import closest
 from tests.conftest import ROOT, cdk_json_context
 
@@ -27,6 +28,7 @@ def orders(**overrides: Any) -> dict[str, Any]:
         "image": "registry.example/shop/orders:1.4.2",
         "port": 8080,
         "app_user": "1000:1000",
+        "health_check_path": "/healthz",
         **overrides,
     }
 
@@ -36,8 +38,17 @@ def payments(**overrides: Any) -> dict[str, Any]:
         "image": "registry.example/shop/payments:2.0.1",
         "port": 8081,
         "app_user": "1000:1000",
+        "health_check_path": "/healthz",
         "allow_from": ["orders"],
         **overrides,
+    }
+
+
+def tcp_only(entry: dict[str, Any], reason: str = "speaks gRPC only") -> dict[str, Any]:
+    """`entry` without a health path, accepting Envoy's TCP check for the reason given."""
+    return {
+        **{k: v for k, v in entry.items() if k != "health_check_path"},
+        "tcp_check_reason": reason,
     }
 
 
@@ -58,7 +69,9 @@ def test_a_service_takes_the_documented_defaults() -> None:
         1,
         False,
     )
-    assert spec.health_check_path is None
+    # metrics on the host's loopback (MeshService's default); a health path, so no TCP-only
+    # acknowledgement
+    assert (spec.prometheus_bind_address, spec.tcp_check_reason) == (None, None)
     assert dict(spec.upstreams) == {"payments": 9001}
     assert intentions(cfg.services) == [("orders", "payments")]
 
@@ -104,6 +117,63 @@ BAD_ENTRIES: list[tuple[str, dict[str, Any], str]] = [
     ),
     ("low port", {"orders": orders(port=80)}, r"services\.orders: port 80 is below 1024"),
     ("root", {"orders": orders(app_user="0:1000")}, r"app_user='0:1000': must not be root"),
+    # the rule MeshService applies (container_user.may_be_root): runc reads "00" as uid 0
+    ("numeric root", {"orders": orders(app_user="1000:00")}, r"app_user='1000:00': must not be"),
+    (
+        "no health path",
+        {"orders": {k: v for k, v in orders().items() if k != "health_check_path"}},
+        r"services\.orders\.health_check_path=None: is needed in host mode: .*TCP connect .*"
+        r"\"tcp_check_reason\"",
+    ),
+    (
+        "tcp reason beside a path",
+        {"orders": orders(tcp_check_reason="legacy")},
+        r"tcp_check_reason='legacy': applies only to a host-mode service without",
+    ),
+    (
+        "empty tcp reason",
+        {"orders": tcp_only(orders(), reason=" ")},
+        r"tcp_check_reason=' ': must be a non-empty string",
+    ),
+    (
+        "metrics bind address",
+        {"orders": orders(prometheus_bind_address="10.0.0.7")},
+        r"services\.orders\.prometheus_bind_address='10\.0\.0\.7': prometheus_bind_address "
+        r"must be '127\.0\.0\.1' or '0\.0\.0\.0'",
+    ),
+    (
+        "metrics bind without metrics",
+        {"orders": orders(prometheus_port=None, prometheus_bind_address="0.0.0.0")},
+        r"prometheus_bind_address='0\.0\.0\.0': prometheus_bind_address applies only with",
+    ),
+    (
+        "metrics bind on the bridge's loopback",
+        {
+            "orders": orders(
+                network_mode="bridge",
+                insecure_published_app_port=True,
+                prometheus_bind_address="127.0.0.1",
+            )
+        },
+        r"in bridge mode is the Envoy container's own loopback",
+    ),
+    # main's refusal of ECS-reserved and ephemeral host ports (ports.fixed_host_port_problem,
+    # through service_ports.plan), for configured ports as for MeshService's
+    (
+        "ephemeral app port",
+        {"orders": orders(port=40000)},
+        r"services\.orders: port 40000 lies in the ephemeral range 32768\.\.60999",
+    ),
+    (
+        "reserved upstream port",
+        {"orders": orders(upstreams={"payments": 2375}), "payments": payments()},
+        r"services\.orders: upstreams\[payments\] 2375 is reserved by ECS",
+    ),
+    (
+        "reserved metrics port",
+        {"orders": orders(prometheus_port=51678)},
+        r"services\.orders: prometheus_port 51678 is reserved by ECS",
+    ),
     ("bad name", {"Orders_1": orders()}, r"services\.Orders_1='Orders_1': must be a DNS label"),
     ("self upstream", {"orders": orders(upstreams={"orders": 9001})}, r"own upstream"),
     (
@@ -165,7 +235,11 @@ BAD_ENTRIES: list[tuple[str, dict[str, Any], str]] = [
     ("daemon and count", {"orders": orders(daemon=True, count=2)}, r"count=2: a daemon runs"),
     ("cpu", {"orders": orders(cpu=1)}, r"cpu=1: must be CPU units from 2 to 10240"),
     ("memory", {"orders": orders(memory=4)}, r"memory=4: must be MiB from 6 to"),
-    ("expose without path", {"orders": orders(expose_port=20600)}, r"health_check_path"),
+    (
+        "expose without path",
+        {"orders": tcp_only(orders(expose_port=20600))},
+        r"expose_port=20600: is used only in host mode with a health_check_path",
+    ),
     (
         "proxy outside inbound range",
         {"orders": orders(proxy_port=21000)},
@@ -334,7 +408,9 @@ def test_default_ports_follow_the_name_not_the_order() -> None:
         slot = service_ports.home_slot(name)
         assert forward[name].proxy == 20000 + slot
         assert forward[name].metrics == 21000 + slot
-    assert forward["orders"].expose is None  # no health path: TCP check on the proxy port
+        assert forward[name].expose == forward[name].proxy + 500
+    tcp = config({"orders": tcp_only(orders())}).service_ports["orders"]
+    assert tcp.expose is None  # no health path: TCP check on the proxy port
 
 
 def test_a_service_keeps_its_ports_when_another_is_added() -> None:
@@ -371,6 +447,25 @@ def test_explicit_ports_are_kept_and_health_listens_500_above_the_proxy() -> Non
     )
     ports = cfg.service_ports["orders"]
     assert (ports.proxy, ports.expose, ports.metrics) == (20300, 20800, 9300)
+
+
+def test_a_host_mode_service_without_a_path_says_why_a_tcp_check_is_enough() -> None:
+    (spec,) = config(
+        {"orders": tcp_only(orders(), reason="  gRPC only; crashes stop the task ")}
+    ).services
+    assert (spec.health_check_path, spec.tcp_check_reason) == (
+        None,
+        "gRPC only; crashes stop the task",
+    )
+    # a bridge-mode service's TCP check dials the app itself: nothing to accept
+    bridged = orders(network_mode="bridge", insecure_published_app_port=True)
+    del bridged["health_check_path"]
+    assert config({"orders": bridged}).services[0].tcp_check_reason is None
+
+
+def test_metrics_may_be_opened_to_an_off_host_scraper_explicitly() -> None:
+    (spec,) = config({"orders": orders(prometheus_bind_address="0.0.0.0")}).services
+    assert spec.prometheus_bind_address == "0.0.0.0"
 
 
 def test_a_null_metrics_port_turns_the_metrics_listener_off() -> None:
@@ -520,3 +615,15 @@ def test_the_example_of_docs_services_md_is_a_valid_configuration() -> None:
     ]
     (orders_spec, _) = cfg.services
     assert [s.env for s in orders_spec.secrets] == ["DB_URL"]
+
+
+def test_docs_services_md_documents_every_field_of_an_entry() -> None:
+    text = (ROOT / "docs" / "services.md").read_text()
+    table = text.split("### Fields of a `services` entry", 1)[1].split("\n### ", 1)[0]
+    documented = {
+        name
+        for line in table.splitlines()
+        if line.startswith("| `")
+        for name in re.findall(r"`([a-z_]+)`", line.split("|")[1])
+    }
+    assert documented == set(FIELD_NAMES)
