@@ -1,4 +1,4 @@
-"""Figure 7: what one configured service costs the stack's template, and how many fit in it.
+"""Figure 8: what one configured service costs the stack's template, and how many fit in it.
 
 Synthesizes the stack (demo off, cdk.json's context otherwise) with no service and with
 SERVICES configured services (each allowing the previous one: one intentions entry each but
@@ -21,7 +21,7 @@ from mesh_stack.config import MeshConfig
 from mesh_stack.configured_services import MAX_OUTPUTS, MAX_RESOURCES
 from mesh_stack.stack import MeshStack
 
-FIGURE = "7 services"
+FIGURE = "8 services"
 SERVICES = 10
 
 
