@@ -20,8 +20,10 @@ from mesh_stack.mesh_service import NO_HEALTH_PATH_WARNING
 from mesh_stack.stack import MeshStack
 from tests.conftest import cdk_json_context
 from tools.nag_gate import stale, unacknowledged
+from tools.review.collect import build_review
 from tools.review.load import load_assembly
 from tools.review.nag import nag_review
+from tools.review.posture import weaknesses
 
 SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:shop/orders-db-AbC123"
 KEYED_SECRET_ARN = "arn:aws:secretsmanager:us-east-1:123456789012:secret:shop/stripe-XyZ789"
@@ -351,15 +353,7 @@ def test_entries_reach_the_service_as_configured(extras: tuple[dict[str, Any], P
     # orders' metrics are opened to an off-host scraper; legacy's are in its bridge namespace
     _, orders = _task(template, "orders")
     _, legacy = _task(template, "legacy")
-    binds = {
-        name: next(
-            e["Value"]
-            for c in task["ContainerDefinitions"]
-            for e in c.get("Environment", [])
-            if e["Name"] == "ENVOY_PROMETHEUS_BIND"
-        )
-        for name, task in (("orders", orders), ("legacy", legacy))
-    }
+    binds = {name: _metrics_bind(task) for name, task in (("orders", orders), ("legacy", legacy))}
     assert binds["orders"].startswith("0.0.0.0:")
     assert binds["legacy"] == "0.0.0.0:9102"
     assert legacy["NetworkMode"] == "bridge"
@@ -372,6 +366,40 @@ def test_entries_reach_the_service_as_configured(extras: tuple[dict[str, Any], P
     }
     # the team service's token exists for its own app; no task definition of it here
     assert token_identities(template["Resources"]) == [["billing"], ["legacy"], ["orders"]]
+
+
+def test_only_the_entry_that_opts_in_serves_metrics_off_the_host_and_the_review_flags_it(
+    templates: dict[str, dict[str, Any]], extras: tuple[dict[str, Any], Path]
+) -> None:
+    # GIVEN entries that leave prometheus_bind_address unset: main's host-mode default, the
+    # host's loopback
+    shop = templates["shop"]
+    assert {
+        name: _metrics_bind(_task(shop, name)[1]).split(":")[0] for name in ("orders", "payments")
+    } == {"orders": "127.0.0.1", "payments": "127.0.0.1"}
+    # AND an app where orders opts in to every interface (legacy is bridge mode: its
+    # listener binds the Envoy container's own namespace)
+    _, outdir = extras
+    review = build_review(outdir, linter=None)
+    # THEN the review shows orders', and only orders', metrics as weaker than the default
+    flagged = [
+        w.subject.path
+        for w in weaknesses(review)
+        if w.subject and w.kind == "metrics-every-interface"
+    ]
+    (path,) = flagged
+    assert path.startswith("consul-mesh-dev/Services/Orders/"), path
+
+
+def _metrics_bind(task: dict[str, Any]) -> str:
+    return str(
+        next(
+            e["Value"]
+            for c in task["ContainerDefinitions"]
+            for e in c.get("Environment", [])
+            if e["Name"] == "ENVOY_PROMETHEUS_BIND"
+        )
+    )
 
 
 def test_configured_services_pass_both_nag_packs(extras: tuple[dict[str, Any], Path]) -> None:
