@@ -281,6 +281,18 @@ def test_fails_when_a_service_entry_is_bad(services: Any, message: str) -> None:
     assert text.startswith("invalid context value services")
 
 
+def test_fails_when_a_name_is_given_twice_on_the_command_line() -> None:
+    # json.loads (like Node's JSON.parse) would keep only the second orders entry, unseen
+    entry = json.dumps(orders())
+    given = f'{{"orders": {entry}, "orders": {entry}}}'
+    with pytest.raises(ConfigError) as err:
+        MeshConfig.from_context({"demo_enabled": False, "services": given})
+    assert str(err.value) == (
+        "invalid context value services: the name 'orders' appears twice in one JSON object, "
+        "where only the last would count; give it once"
+    )
+
+
 def test_fails_when_a_host_mode_service_names_no_user() -> None:
     entry = orders()
     del entry["app_user"]
