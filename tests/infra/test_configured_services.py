@@ -170,6 +170,14 @@ def test_two_services_add_exactly_their_resources_and_one_intention(
         if c.get("DockerLabels", {}).get(identity.LABEL_ENABLED) == "true"
     }
     assert apps == {"orders", "payments"}
+    # AND their logs are encrypted with the stack's key, the one its tokens are encrypted with
+    keys = {
+        json.dumps(r["Properties"].get("KmsKeyId"))
+        for r in added.values()
+        if r["Type"] in ("AWS::Logs::LogGroup", "AWS::SecretsManager::Secret")
+    }
+    (key,) = keys
+    assert "Fn::GetAtt" in key
     # AND nothing else changes beyond naming them (key and provider grants, drain order)
     assert changed == set()
     shop_outputs = templates["shop"]["Outputs"]
