@@ -15,13 +15,15 @@ NPM = PATH="$(NODE_BIN):$$PATH" node $(NODE_LIB)/node_modules/npm/bin/npm-cli.js
 CDK = PATH="$(NODE_BIN):$$PATH" node node_modules/aws-cdk/bin/cdk
 ARGS ?=
 
-.PHONY: help install synth test lint unit deploy diff bootstrap review bench clean
+.PHONY: help install synth test lint unit deploy diff bootstrap review bench preflight clean
 
 help:
 	@echo "make synth   - install everything pinned, synthesize into cdk.out/, fail on any unacknowledged cdk-nag finding"
 	@echo "make test    - lint (ruff, mypy) and run the test suite"
 	@echo "make deploy  - cdk deploy (needs AWS credentials); make bootstrap once per account/region"
-	@echo "make review  - synthesize and write cdk.out/REVIEW.md for security review"
+	@echo "make review  - synthesize, then review/REVIEW.md (one-page security review + appendix) and review/review.json"
+	@echo "               BASELINE=<git ref>: REVIEW.md opens with what changed since that ref (docs/review.md)"
+	@echo "make preflight - which network path to on-prem is configured, and what is left to do"
 	@echo "make bench   - run the benchmarks under bench/"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
@@ -56,9 +58,21 @@ BENCH_ARGS ?=
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
 
+# Same -c key=value overrides as synth; no credentials, no synthesis.
+preflight: $(VENV)/.installed
+	$(PY) -m tools.preflight $(ARGS)
+
+# The report goes to review/ (git-ignored), outside cdk.out, which every synth wipes.
+# BASELINE=<git ref>: also synthesize that ref (same toolchain, same ARGS) and put
+# "Changes since baseline" first; e.g. REVIEW_ARGS="--fail-on broadening" in CI.
+# The ref and ARGS reach the tool through the environment, so no quoting of theirs breaks.
 REVIEW_ARGS ?=
+BASELINE ?=
+review: export REVIEW_BASELINE = $(BASELINE)
+review: export REVIEW_CDK_ARGS = $(ARGS)
 review: synth
-	$(PY) -m tools.review cdk.out $(REVIEW_ARGS)
+	$(PY) -m tools.review cdk.out --out-dir review \
+		$(if $(BASELINE),--baseline-ref="$$REVIEW_BASELINE" --cdk-args="$$REVIEW_CDK_ARGS") $(REVIEW_ARGS)
 
 bootstrap: install
 	$(CDK) bootstrap $(ARGS)
@@ -70,4 +84,4 @@ deploy: synth
 	$(CDK) deploy --app cdk.out --require-approval broadening $(ARGS)
 
 clean:
-	rm -rf cdk.out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf cdk.out review .pytest_cache .mypy_cache .ruff_cache

@@ -18,6 +18,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from mesh_stack import demo_ports
+from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
+
 
 class ConfigError(ValueError):
     """An invalid configuration value; the message is one line meant for the operator."""
@@ -44,6 +47,26 @@ _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# Transit gateway IDs: `tgw-` and 8 (older) or 17 hex digits, like every EC2 resource ID.
+_TGW_ID = re.compile(r"^tgw-([0-9a-f]{8}|[0-9a-f]{17})$")
+
+# Network path to on-prem (README "Prerequisites"): `none` leaves it to the operator.
+ONPREM_CONNECTIVITY = ("none", "vpn", "transit_gateway")
+# ASN of the virtual private gateway's side of the BGP session, set explicitly in the
+# template: the default of CreateVpnGateway / AWS::EC2::VPNGateway `AmazonSideAsn`.
+AMAZON_SIDE_ASN = 64512
+# Customer gateway ASNs. AWS::EC2::CustomerGateway takes `BgpAsn` up to 2,147,483,647 and
+# `BgpAsnExtended` from 2,147,483,648 to 4,294,967,294 (its schema's maximum; the Site-to-Site
+# VPN guide says 4,294,967,295, which RFC 7300 reserves). AWS reserves some ASNs
+# (Site-to-Site VPN User Guide, "Customer gateway options"): region "" means every region.
+BGP_ASN_MAX = 4_294_967_294
+BGP_ASN_EXTENDED_MIN = 2_147_483_648
+RESERVED_ASNS: dict[int, str] = {
+    7224: "",
+    9059: "eu-west-1",
+    10124: "ap-northeast-1",
+    17943: "ap-southeast-1",
+}
 
 
 def _fail(key: str, value: object, allowed: str) -> ConfigError:
@@ -141,6 +164,52 @@ def _vpc_cidr(key: str, value: object) -> str:
     return str(net)
 
 
+def _choice(key: str, value: object, allowed: tuple[str, ...]) -> str:
+    if not isinstance(value, str) or value not in allowed:
+        raise _fail(key, value, "must be one of " + ", ".join(allowed))
+    return value
+
+
+def _public_ipv4(key: str, value: object) -> str:
+    if value in ("", None):
+        return ""
+    allowed = "must be the public IPv4 address of the on-prem VPN device (or of its NAT)"
+    if not isinstance(value, str):
+        raise _fail(key, value, allowed)
+    try:
+        address = ipaddress.IPv4Address(value.strip())
+    except ValueError:
+        raise _fail(key, value, allowed) from None
+    # is_global excludes RFC 1918, shared (100.64/10), loopback, link-local, documentation and
+    # reserved ranges; multicast addresses count as global but can never be a tunnel endpoint.
+    if not address.is_global or address.is_multicast:
+        raise _fail(key, value, allowed + "; private and reserved addresses are refused")
+    return str(address)
+
+
+def _bgp_asn(key: str, value: object) -> int | None:
+    if value in ("", None):
+        return None
+    asn = _as_int(key, value, 1, BGP_ASN_MAX)
+    if RESERVED_ASNS.get(asn) == "":
+        raise _fail(key, value, "is reserved by AWS in every region")
+    return asn
+
+
+# Lambda keeps this much of the account's concurrency unreserved: "You can reserve up to the
+# Unreserved account concurrency value minus 100" (Lambda Developer Guide,
+# configuration-concurrency). Unreserved = the "Concurrent executions" quota minus what other
+# functions already reserve (GetAccountSettings AccountLimit.UnreservedConcurrentExecutions:
+# "minus the capacity that's reserved for individual functions with PutFunctionConcurrency",
+# botocore's Lambda model). New accounts may start with a quota of 10 or 50, where any
+# reservation fails ("... decreases account's UnreservedConcurrentExecution below its minimum
+# value").
+LAMBDA_UNRESERVED_MINIMUM = 100
+# Reserved besides the registrar's MaximumConcurrency: 2 for the registrar's headroom, 1 for the
+# reconcile pass (mesh_stack/registrar.py, mesh_stack/reconcile.py).
+RESERVED_BESIDES_REGISTRAR = 3
+
+
 def _server_count(key: str, value: object) -> int:
     number = _as_int(key, value, 1, 99)
     if number not in (3, 5):
@@ -236,9 +305,37 @@ FIELDS: dict[str, Field] = {
     ),
     "onprem_cidrs": Field(
         ["192.168.0.0/16"],
-        "On-prem networks (ECS Anywhere hosts) allowed to reach Consul on 8501/8503. "
-        "0.0.0.0/0 and networks wider than /8 are rejected.",
+        "On-prem networks of the ECS Anywhere hosts: they may reach Consul on 8501/8503, and "
+        "the servers may reach their Envoy listeners on TCP "
+        f"{ENVOY_INBOUND_PORTS[0]}-{ENVOY_INBOUND_PORTS[1]}. 0.0.0.0/0 and networks wider "
+        "than /8 are rejected.",
         _cidrs,
+    ),
+    "onprem_connectivity": Field(
+        "none",
+        "Network path from the VPC's private subnets to `onprem_cidrs`: `none` (already routed, "
+        "or provided by you), `vpn` (Site-to-Site VPN) or `transit_gateway` (attach to an "
+        "existing one). Must be `none` with `vpc_id`. See Prerequisites.",
+        lambda k, v: _choice(k, v, ONPREM_CONNECTIVITY),
+    ),
+    "vpn_customer_gateway_ip": Field(
+        "",
+        "Public IPv4 of the on-prem VPN device; required with `onprem_connectivity=vpn`.",
+        _public_ipv4,
+    ),
+    "vpn_bgp_asn": Field(
+        None,
+        "BGP ASN of the on-prem VPN device (`vpn` only; 1-4294967294, not an AWS-reserved ASN "
+        f"nor the VPN gateway's {AMAZON_SIDE_ASN}). Empty = static routes for `onprem_cidrs`.",
+        _bgp_asn,
+    ),
+    "transit_gateway_id": Field(
+        "",
+        "Existing transit gateway the private subnets attach to; required with "
+        "`onprem_connectivity=transit_gateway` (`tgw-` and 8 or 17 hex digits).",
+        lambda k, v: (
+            "" if v in ("", None) else _as_str(k, v, _TGW_ID, "must look like tgw-0abc1234")
+        ),
     ),
     "plaintext_listeners": Field(
         False,
@@ -250,6 +347,23 @@ FIELDS: dict[str, Field] = {
         "SQS event source MaximumConcurrency of the registrar (2-1000): bounds load on Consul.",
         lambda k, v: _as_int(k, v, 2, 1000),
     ),
+    "reserve_concurrency": Field(
+        False,
+        "Reserve Lambda concurrency: `registrar_concurrency` + 2 for the registrar, 1 for the "
+        "reconcile pass. Off by default: Lambda keeps 100 of the account's concurrency "
+        "unreserved, other functions' reservations count against it too, and new accounts' "
+        "quotas allow no reservation at all.",
+        _as_bool,
+    ),
+    "lambda_unreserved_concurrency": Field(
+        1000,
+        "The account's unreserved Lambda concurrency in the region: the \"Concurrent "
+        'executions" quota minus what other functions already reserve (`aws lambda '
+        "get-account-settings`, AccountLimit.UnreservedConcurrentExecutions; 1000 on a fresh "
+        "account with AWS's default quota). Only with `reserve_concurrency`, which may reserve "
+        "at most this minus 100.",
+        lambda k, v: _as_int(k, v, 1, 10_000_000),
+    ),
     "reconcile_interval_minutes": Field(
         5,
         "Minutes between reconcile passes that repair drift (1-1440).",
@@ -259,6 +373,12 @@ FIELDS: dict[str, Field] = {
         50,
         "Most catalog entries one reconcile pass may delete (1-10000); the rest wait.",
         lambda k, v: _as_int(k, v, 1, 10000),
+    ),
+    "host_disconnect_grace_minutes": Field(
+        5,
+        "Minutes an ECS agent may stay disconnected before its host's tasks are marked "
+        "critical (1-1440); agents reconnect several times an hour as normal operation.",
+        lambda k, v: _as_int(k, v, 1, 1440),
     ),
     "drain_on_delete": Field(
         True,
@@ -282,8 +402,10 @@ FIELDS: dict[str, Field] = {
     ),
     "prometheus_port": Field(
         9102,
-        "Port of the Envoy sidecars' Prometheus listener (serves /stats/prometheus only).",
-        lambda k, v: _as_int(k, v, 1024, 65535),
+        "Port of the demo backend's Envoy Prometheus listener on 127.0.0.1 of each host "
+        "(serves /stats/prometheus only); frontend's is the next one (1024-65534, outside "
+        "20000-20999, 32768-60999 and the ECS-reserved 2375/2376).",
+        lambda k, v: _as_int(k, v, 1024, 65534),
     ),
     "snapshot_interval_hours": Field(
         1,
@@ -322,10 +444,17 @@ class MeshConfig:
     server_count: int
     instance_type: str
     onprem_cidrs: tuple[str, ...]
+    onprem_connectivity: str
+    vpn_customer_gateway_ip: str
+    vpn_bgp_asn: int | None
+    transit_gateway_id: str
     plaintext_listeners: bool
     registrar_concurrency: int
+    reserve_concurrency: bool
+    lambda_unreserved_concurrency: int
     reconcile_interval_minutes: int
     reconcile_max_deletions: int
+    host_disconnect_grace_minutes: int
     drain_on_delete: bool
     activation_registration_limit: int
     activation_expiry_days: int
@@ -359,6 +488,12 @@ class MeshConfig:
         }
         config = cls(**values)
         config._check_combinations()
+        if "lambda_unreserved_concurrency" in context and not config.reserve_concurrency:
+            raise _fail(
+                "lambda_unreserved_concurrency",
+                context["lambda_unreserved_concurrency"],
+                "is only used with reserve_concurrency=true (nothing is reserved otherwise)",
+            )
         return config
 
     def _check_combinations(self) -> None:
@@ -379,23 +514,51 @@ class MeshConfig:
             )
         if self.vpc_id and not self.account:
             raise _fail("vpc_id", self.vpc_id, "an existing VPC needs `account` set (VPC lookup)")
+        self._check_onprem_path()
         if self.availability_zones:
             if len(self.availability_zones) != len(set(self.availability_zones)):
                 raise _fail("availability_zones", list(self.availability_zones), "has duplicates")
             wrong = [az for az in self.availability_zones if not az.startswith(self.region)]
             if wrong:
                 raise _fail("availability_zones", wrong, f"must be zones of region {self.region}")
-        # Envoy's admin (19000) and public listener (20000), and the demo's upstream (9091),
-        # share the sidecar's network namespace with the Prometheus listener.
-        taken = {19000: "Envoy admin", 20000: "the Envoy public listener"}
-        if self.demo_enabled:
-            taken[9091] = "the demo's upstream listener"
-        if self.prometheus_port in taken:
-            raise _fail(
-                "prometheus_port",
-                self.prometheus_port,
-                f"is used by {taken[self.prometheus_port]}; pick another port",
-            )
+        # The demo runs in host mode: its two metrics listeners (prometheus_port and the next
+        # port) share each host's ports with its apps, upstream and Envoy listeners.
+        first, last = ENVOY_INBOUND_PORTS
+        taken = demo_ports.app_ports() if self.demo_enabled else {}
+        for port in (self.prometheus_port, self.prometheus_port + 1):
+            problem = fixed_host_port_problem(port)
+            if problem:
+                raise _fail(
+                    "prometheus_port",
+                    self.prometheus_port,
+                    f"the demo's metrics listeners would use {problem}",
+                )
+            if port in taken or first <= port <= last:
+                used = taken.get(port, f"Envoy's public and health listeners ({first}-{last})")
+                raise _fail(
+                    "prometheus_port",
+                    self.prometheus_port,
+                    f"the demo's metrics listeners would use {port}, taken by {used}; "
+                    "pick another port",
+                )
+        if self.reserve_concurrency:
+            reserved = self.registrar_concurrency + RESERVED_BESIDES_REGISTRAR
+            allowed = self.lambda_unreserved_concurrency - LAMBDA_UNRESERVED_MINIMUM
+            if reserved > allowed:
+                raise _fail(
+                    "registrar_concurrency",
+                    self.registrar_concurrency,
+                    f"with reserve_concurrency it reserves {reserved} (registrar_concurrency + 2 "
+                    "for the registrar, 1 for the reconcile pass), but the account can reserve "
+                    f"at most {max(allowed, 0)}: its unreserved concurrency "
+                    f"(lambda_unreserved_concurrency={self.lambda_unreserved_concurrency}: the "
+                    'Lambda "Concurrent executions" quota minus what other functions already '
+                    "reserve; `aws lambda get-account-settings` shows it as "
+                    "AccountLimit.UnreservedConcurrentExecutions) minus the "
+                    f"{LAMBDA_UNRESERVED_MINIMUM} Lambda keeps unreserved. Lower "
+                    "registrar_concurrency, free or raise concurrency, or turn "
+                    "reserve_concurrency off",
+                )
         zones = len(self.zones)
         # At most 2 servers per AZ: losing one AZ must never take a quorum with it.
         if self.server_count > 2 * zones or (self.server_count == 5 and zones < 3):
@@ -404,3 +567,52 @@ class MeshConfig:
                 self.server_count,
                 f"needs at least 3 availability zones (at most 2 servers per AZ); have {zones}",
             )
+
+    def _check_onprem_path(self) -> None:
+        mode = self.onprem_connectivity
+        if self.vpc_id and mode != "none":
+            raise _fail(
+                "onprem_connectivity",
+                mode,
+                f"must be none with vpc_id {self.vpc_id}: an existing VPC is assumed to be "
+                "routed to on-prem already",
+            )
+        used_by = {
+            "vpn_customer_gateway_ip": ("vpn", self.vpn_customer_gateway_ip),
+            "vpn_bgp_asn": ("vpn", self.vpn_bgp_asn),
+            "transit_gateway_id": ("transit_gateway", self.transit_gateway_id),
+        }
+        for key, (owner, value) in used_by.items():
+            if value not in ("", None) and mode != owner:
+                raise _fail(key, value, f"is used only with onprem_connectivity={owner}")
+        if mode == "vpn" and not self.vpn_customer_gateway_ip:
+            raise _fail(
+                "vpn_customer_gateway_ip",
+                self.vpn_customer_gateway_ip,
+                "is required with onprem_connectivity=vpn (the on-prem VPN device's public IPv4)",
+            )
+        if mode == "transit_gateway" and not self.transit_gateway_id:
+            raise _fail(
+                "transit_gateway_id",
+                self.transit_gateway_id,
+                "is required with onprem_connectivity=transit_gateway",
+            )
+        asn = self.vpn_bgp_asn
+        if asn == AMAZON_SIDE_ASN:
+            raise _fail(
+                "vpn_bgp_asn",
+                asn,
+                f"must differ from the VPN gateway's Amazon side ASN {AMAZON_SIDE_ASN}",
+            )
+        if asn is not None and RESERVED_ASNS.get(asn) == self.region:
+            raise _fail("vpn_bgp_asn", asn, f"is reserved by AWS in {self.region}")
+        if mode != "none":
+            vpc = ipaddress.ip_network(self.vpc_cidr)
+            for cidr in self.onprem_cidrs:
+                if ipaddress.ip_network(cidr).overlaps(vpc):
+                    raise _fail(
+                        "onprem_cidrs",
+                        cidr,
+                        f"overlaps vpc_cidr {self.vpc_cidr}: on-prem and the VPC must not "
+                        "share addresses to be routed to each other",
+                    )

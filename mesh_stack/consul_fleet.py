@@ -11,15 +11,20 @@ What it guarantees, and how (details in docs/operations.md):
 - Rolling changes (Consul version, instance type, AMI, scripts) replace one server at a time;
   CloudFormation waits for the new server's signal, sent only after it is a healthy Raft voter
   (`consul_admin.py health-gate`), so quorum is never lost to an update.
+- A boot that fails says so: every step of the user data is bounded (`BOOT`), any failing
+  command signals FAILURE at once (ERR trap), and the bounds add up to less than the signal
+  timeout, so CloudFormation never waits out a boot that can no longer succeed.
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import Aws, Duration, Fn, Names, RemovalPolicy, SecretValue, Stack, Tags, Token
 from aws_cdk import aws_autoscaling as autoscaling
+from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_elasticloadbalancingv2 as elbv2
 from aws_cdk import aws_iam as iam
@@ -30,6 +35,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from mesh_stack import consul_server_config as csc
+from mesh_stack.key_use import grant_secret_read_write
 from mesh_stack.nag import acknowledge
 
 ASSETS = Path(__file__).parent / "assets" / "consul_server"
@@ -39,6 +45,55 @@ SCRIPTS_DIR = "/opt/consul-fleet"
 # Placeholder value of every boot-generated secret until the first server publishes the real
 # one as the version named by its fixed ClientRequestToken.
 PENDING = "pending: published by the first Consul server at boot"
+# CloudWatch namespace of the servers' own metrics (consul_snapshot.sh); the role may write here
+# and nowhere else (cloudwatch:namespace condition).
+METRIC_NAMESPACE = "ConsulMesh/Fleet"
+SNAPSHOT_METRIC = "SnapshotsSaved"
+
+
+@dataclass(frozen=True)
+class BootBudget:
+    """Upper bound, in seconds, of every step of one server's boot; the user data enforces each.
+
+    CloudFormation waits `signal_timeout` for a server's signal (CreationPolicy, and PauseTime of
+    the rolling update). Every step below is cut off at its bound, and the bounds add up to
+    less than that timeout, so a boot that cannot succeed signals FAILURE itself.
+    """
+
+    signal_timeout: int = 30 * 60
+    metadata: int = 60  # IMDSv2 token and instance id (curl: 4 tries of at most 5 s, twice)
+    copy_attempts: int = 5  # S3 copy of the boot scripts: attempts, pauses 2, 4, 8, 16 s
+    copy_attempt: int = 30  # seconds one attempt may take
+    leader_wait: int = 8 * 60  # a Raft leader (all servers of a new fleet boot together)
+    acl_wait: int = 5 * 60  # the leader's ACL setup (initial management token accepted)
+    installs: int = 4 * 60  # downloads, signature and checksum checks, secrets, CA, config
+    health_gate: int = 6 * 60  # autopilot: this server a healthy voter of a healthy cluster
+    gate_request: int = 30  # the gate's last request may still be in flight at its deadline
+    signal: int = 60  # `aws cloudformation signal-resource`
+
+    @property
+    def scripts_copy(self) -> int:
+        pauses: int = sum(1 << n for n in range(1, self.copy_attempts))
+        return self.copy_attempts * self.copy_attempt + pauses
+
+    @property
+    def bootstrap(self) -> int:
+        """consul_bootstrap.sh as a whole (it waits for the leader and the ACLs itself)."""
+        return self.installs + self.leader_wait + self.acl_wait
+
+    @property
+    def worst_case(self) -> int:
+        return (
+            self.metadata
+            + self.scripts_copy
+            + self.bootstrap
+            + self.health_gate
+            + self.gate_request
+            + self.signal
+        )
+
+
+BOOT = BootBudget()
 
 
 class ConsulFleet(Construct):
@@ -86,12 +141,26 @@ class ConsulFleet(Construct):
             )
         if snapshot_retention_days < 1:
             raise ValueError(f"snapshot_retention_days must be >= 1, got {snapshot_retention_days}")
+        if BOOT.worst_case >= BOOT.signal_timeout:
+            raise ValueError(
+                f"the boot may take {BOOT.worst_case}s, more than the {BOOT.signal_timeout}s "
+                "CloudFormation waits for the signal"
+            )
         self.server_count = server_count
         self.plaintext_listeners = plaintext_listeners
         self.client_ports = [csc.HTTPS_PORT, csc.GRPC_TLS_PORT] + (
             [csc.HTTP_PORT, csc.GRPC_PORT] if plaintext_listeners else []
         )
         join_tag_value = Names.unique_id(self)
+        self.fleet_id = join_tag_value
+        # One datapoint per snapshot that reached S3, summed per snapshot interval.
+        self.snapshot_metric = cw.Metric(
+            namespace=METRIC_NAMESPACE,
+            metric_name=SNAPSHOT_METRIC,
+            dimensions_map={"Fleet": self.fleet_id},
+            statistic="Sum",
+            period=Duration.hours(snapshot_interval_hours),
+        )
         server_config = csc.render_server_config(
             datacenter=datacenter,
             server_count=server_count,
@@ -170,14 +239,22 @@ class ConsulFleet(Construct):
                 additional_types=[autoscaling.AdditionalHealthCheckType.ELB],
                 grace_period=Duration.minutes(20),
             ),
-            signals=autoscaling.Signals.wait_for_all(timeout=Duration.minutes(30)),
+            signals=autoscaling.Signals.wait_for_all(timeout=Duration.seconds(BOOT.signal_timeout)),
             update_policy=autoscaling.UpdatePolicy.rolling_update(
                 max_batch_size=1,
                 min_instances_in_service=server_count - 1,
-                pause_time=Duration.minutes(30),
+                pause_time=Duration.seconds(BOOT.signal_timeout),
                 wait_on_resource_signals=True,
             ),
             group_metrics=[autoscaling.GroupMetrics.all()],
+        )
+        # The servers download Consul and call AWS APIs through the NAT gateways from their
+        # first second: launching them before the private subnets' default routes exist would
+        # fail the boot (and the stack). Nothing else orders the group after those routes.
+        self.auto_scaling_group.node.add_dependency(
+            vpc.select_subnets(
+                subnet_type=ec2.SubnetType.PRIVATE_WITH_EGRESS
+            ).internet_connectivity_established
         )
         Tags.of(self.auto_scaling_group).add(JOIN_TAG_KEY, join_tag_value)
         asg_logical_id = Stack.of(self).get_logical_id(
@@ -220,6 +297,26 @@ class ConsulFleet(Construct):
             self.load_balancer_security_group.add_ingress_rule(
                 peer, ec2.Port.tcp(port), f"{description} to Consul {port}"
             )
+
+    def allow_checks_to(
+        self, peer: ec2.IPeer, port_range: tuple[int, int], description: str
+    ) -> None:
+        """Let consul-esm on the servers reach `peer` on TCP `port_range` (inclusive).
+
+        The stack opens `ports.ENVOY_INBOUND_PORTS` (the host-mode Envoy public and expose
+        listeners) to each on-prem CIDR; a bridge-mode service, an explicit opt-in, needs
+        ECS's dynamic host port range instead. Nothing else leaves the servers for on-prem.
+        """
+        if peer.unique_id in ("0.0.0.0/0", "::/0"):
+            raise ValueError(
+                f"allow_checks_to refuses {peer.unique_id}: name the networks the hosts are in"
+            )
+        low, high = port_range
+        if not 1 <= low <= high <= 65535:
+            raise ValueError(f"allow_checks_to needs a port range within 1-65535, got {port_range}")
+        self.server_security_group.add_egress_rule(
+            peer, ec2.Port.tcp_range(low, high), f"consul-esm health checks of {description}"
+        )
 
     def allow_from(self, other: ec2.IConnectable) -> None:
         """Let a security-group-bearing construct (a Lambda in the VPC) reach the client ports."""
@@ -290,13 +387,20 @@ class ConsulFleet(Construct):
         )
 
     def _security_groups(self, vpc: ec2.IVpc) -> tuple[ec2.SecurityGroup, ec2.SecurityGroup]:
+        """The servers' and the NLB's groups, with every rule the fleet needs by itself.
+
+        Egress of the servers is closed except for what they really dial (every outbound
+        call of assets/consul_server/*): HTTPS, and Raft/gossip to their peers. DNS to the
+        VPC resolver, the Amazon Time Sync Service and IMDS are not filtered by security
+        groups at all (VPC User Guide, "Security group basics"). Health checks of on-prem
+        hosts are opened per network by the stack through `allow_checks_to`.
+        """
         servers = ec2.SecurityGroup(
             self,
             "ServerSecurityGroup",
             vpc=vpc,
             description="Consul servers: Raft and gossip among themselves, API from the NLB",
-            # Egress: HTTPS to releases.hashicorp.com, AWS APIs and S3; peers on 8300/8301.
-            allow_all_outbound=True,
+            allow_all_outbound=False,
         )
         balancer = ec2.SecurityGroup(
             self,
@@ -305,9 +409,19 @@ class ConsulFleet(Construct):
             description="Consul NLB: the only door for clients; sources added by allow_clients",
             allow_all_outbound=False,
         )
-        servers.add_ingress_rule(servers, ec2.Port.tcp(csc.SERVER_RPC_PORT), "Consul server RPC")
-        servers.add_ingress_rule(servers, ec2.Port.tcp(csc.SERF_LAN_PORT), "Consul LAN gossip")
-        servers.add_ingress_rule(servers, ec2.Port.udp(csc.SERF_LAN_PORT), "Consul LAN gossip")
+        servers.add_egress_rule(
+            ec2.Peer.any_ipv4(),
+            ec2.Port.tcp(443),
+            "HTTPS via NAT: AWS APIs (Secrets Manager, S3, EC2 auto-join, CloudFormation "
+            "signal, SSM) and HashiCorp releases and release key at boot",
+        )
+        for peer_port, purpose in (
+            (ec2.Port.tcp(csc.SERVER_RPC_PORT), "Consul server RPC"),
+            (ec2.Port.tcp(csc.SERF_LAN_PORT), "Consul LAN gossip"),
+            (ec2.Port.udp(csc.SERF_LAN_PORT), "Consul LAN gossip"),
+        ):
+            servers.add_ingress_rule(servers, peer_port, purpose)
+            servers.add_egress_rule(servers, peer_port, f"{purpose} to peer servers")
         ports = [csc.HTTPS_PORT, csc.GRPC_TLS_PORT] + (
             [csc.HTTP_PORT, csc.GRPC_PORT] if self.plaintext_listeners else []
         )
@@ -331,9 +445,7 @@ class ConsulFleet(Construct):
         # go-discover's provider=aws lists instances by tag; DescribeInstances supports no
         # resource-level permission (acknowledged below).
         role.add_to_policy(iam.PolicyStatement(actions=["ec2:DescribeInstances"], resources=["*"]))
-        for secret in self._secrets.values():
-            secret.grant_read(role)
-            secret.grant_write(role)
+        grant_secret_read_write(role, *self._secrets.values())
         # Snapshots: upload (the leader, on a timer) and the restore runbook of
         # docs/operations.md (list and download, run on a server), only under the prefix.
         role.add_to_policy(
@@ -362,6 +474,16 @@ class ConsulFleet(Construct):
         )
         role.add_to_policy(
             iam.PolicyStatement(actions=["cloudformation:SignalResource"], resources=[Aws.STACK_ID])
+        )
+        # PutMetricData has no resource-level permission; the namespace condition keeps the
+        # servers out of every other namespace (CloudWatch User Guide, "Using condition keys to
+        # limit access to CloudWatch namespaces").
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["cloudwatch:PutMetricData"],
+                resources=["*"],
+                conditions={"StringEquals": {"cloudwatch:namespace": METRIC_NAMESPACE}},
+            )
         )
         return role
 
@@ -427,6 +549,10 @@ class ConsulFleet(Construct):
             "SNAPSHOT_PREFIX": SNAPSHOT_PREFIX,
             "SNAPSHOT_INTERVAL_HOURS": str(snapshot_interval_hours),
             "KMS_KEY_ARN": self.kms_key.key_arn,
+            "METRIC_NAMESPACE": METRIC_NAMESPACE,
+            "FLEET_ID": self.fleet_id,
+            "LEADER_TIMEOUT_SECONDS": str(BOOT.leader_wait),
+            "ACL_TIMEOUT_SECONDS": str(BOOT.acl_wait),
         }
         files = {
             "fleet.env": "".join(f"{k}={v}\n" for k, v in env.items()),
@@ -435,9 +561,24 @@ class ConsulFleet(Construct):
             "policies/consul-server-agent.hcl": csc.server_agent_policy(),
             "policies/consul-esm.hcl": esm_policy,
         }
+        curl = "curl -fsS --retry 3 --retry-connrefused --max-time 5"
         lines = [
-            "set -euo pipefail",
+            # -E: functions inherit the ERR trap below.
+            "set -Eeuo pipefail",
             "exec > >(tee -a /var/log/consul-fleet-boot.log) 2>&1",
+            f"imds() {{ local t; t=$({curl} -X PUT "
+            "-H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
+            "http://169.254.169.254/latest/api/token); "
+            f'{curl} -H "X-aws-ec2-metadata-token: $t" "http://169.254.169.254/latest/$1"; }}',
+            # The signal names the instance: without its id nothing can be signalled at all.
+            "INSTANCE_ID=$(imds meta-data/instance-id)",
+            f"signal() {{ timeout {BOOT.signal} aws cloudformation signal-resource "
+            f"--region {Aws.REGION} --stack-name {Aws.STACK_NAME} "
+            f'--logical-resource-id {asg_logical_id} --unique-id "$INSTANCE_ID" --status "$1"; }}',
+            # From here on any failing command (a file write, the S3 copy, the unzip) signals
+            # FAILURE at once instead of leaving CloudFormation to wait out the timeout.
+            "trap 'rc=$?; trap - ERR; echo \"consul-fleet: boot failed (exit $rc): "
+            "$BASH_COMMAND\"; signal FAILURE; exit $rc' ERR",
             f"install -d -m 0755 /etc/consul-fleet /etc/consul-fleet/policies {SCRIPTS_DIR}",
         ]
         for name, content in files.items():
@@ -445,20 +586,22 @@ class ConsulFleet(Construct):
             lines.append(content.rstrip("\n"))
             lines.append("CONSUL_FLEET_EOF")
         lines += [
-            f"aws s3 cp --only-show-errors --region {Aws.REGION} "
-            f"s3://{scripts.s3_bucket_name}/{scripts.s3_object_key} {SCRIPTS_DIR}/scripts.zip",
+            # S3 may refuse the first requests of a new instance profile (IAM propagation) or
+            # time out while the NAT path settles: retry with backoff, each attempt bounded.
+            f"fetch_scripts() {{ local n; for n in $(seq 1 {BOOT.copy_attempts}); do "
+            f"timeout {BOOT.copy_attempt} aws s3 cp --only-show-errors --region {Aws.REGION} "
+            f"s3://{scripts.s3_bucket_name}/{scripts.s3_object_key} {SCRIPTS_DIR}/scripts.zip "
+            "&& return 0; "
+            f'[ "$n" -lt {BOOT.copy_attempts} ] && echo "consul-fleet: retrying the S3 copy" '
+            "&& sleep $((2 ** n)); done; return 1; }",
+            "fetch_scripts",
             f"python3 -m zipfile -e {SCRIPTS_DIR}/scripts.zip {SCRIPTS_DIR}/",
             f"chmod 0755 {SCRIPTS_DIR}/*.sh {SCRIPTS_DIR}/*.py",
-            "imds() { local t; t=$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 60' "
-            "http://169.254.169.254/latest/api/token); "
-            'curl -fsS -H "X-aws-ec2-metadata-token: $t" "http://169.254.169.254/latest/$1"; }',
-            "INSTANCE_ID=$(imds meta-data/instance-id)",
-            f"signal() {{ aws cloudformation signal-resource --region {Aws.REGION} "
-            f"--stack-name {Aws.STACK_NAME} --logical-resource-id {asg_logical_id} "
-            '--unique-id "$INSTANCE_ID" --status "$1"; }',
-            f"if {SCRIPTS_DIR}/consul_bootstrap.sh && python3 {SCRIPTS_DIR}/consul_admin.py "
-            f'health-gate "consul-server-$INSTANCE_ID" {self.server_count} 1200; then '
-            "signal SUCCESS; else signal FAILURE; exit 1; fi",
+            "trap - ERR",
+            f"if timeout {BOOT.bootstrap} {SCRIPTS_DIR}/consul_bootstrap.sh && "
+            f"timeout {BOOT.health_gate + BOOT.gate_request} python3 {SCRIPTS_DIR}/consul_admin.py "
+            f'health-gate "consul-server-$INSTANCE_ID" {self.server_count} {BOOT.health_gate}; '
+            "then signal SUCCESS; else signal FAILURE; exit 1; fi",
         ]
         return lines
 
@@ -474,9 +617,11 @@ class ConsulFleet(Construct):
         acknowledge(
             role,
             "AwsSolutions-IAM5[Resource::*]",
-            "ec2:DescribeInstances (Consul cloud auto-join) supports no resource-level "
-            "permission; it is read-only and the servers only join peers presenting a "
-            "certificate signed by the fleet's CA (verify_incoming on server RPC).",
+            "ec2:DescribeInstances (Consul cloud auto-join) and cloudwatch:PutMetricData "
+            "support no resource-level permission. DescribeInstances is read-only and the "
+            "servers only join peers presenting a certificate signed by the fleet's CA "
+            "(verify_incoming on server RPC); PutMetricData is limited to the fleet's own "
+            "namespace by a cloudwatch:namespace condition.",
         )
         stack = Stack.of(self)
         account = "<AWS::AccountId>" if Token.is_unresolved(stack.account) else stack.account
@@ -488,15 +633,12 @@ class ConsulFleet(Construct):
             "AwsSolutions-IAM5[Action::s3:List*]",
             f"AwsSolutions-IAM5[Resource::arn:{partition}:s3:::cdk-hnb659fds-assets-"
             f"{account}-{region}/*]",
-            "AwsSolutions-IAM5[Action::kms:GenerateDataKey*]",
-            "AwsSolutions-IAM5[Action::kms:ReEncrypt*]",
         ):
             acknowledge(
                 role,
                 finding,
-                "CDK-generated grants: read of the boot-script asset in the CDK staging "
-                "bucket, and KMS data-key use limited by kms:ViaService to this fleet's own "
-                "secrets in Secrets Manager.",
+                "CDK-generated grant: read of the boot-script asset in the CDK staging bucket, "
+                "which holds only this app's assets.",
             )
         snapshot_objects = stack.resolve(self.snapshot_bucket.bucket_arn)["Fn::GetAtt"][0]
         acknowledge(

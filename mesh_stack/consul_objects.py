@@ -51,6 +51,7 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IDependable
 
+from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -152,9 +153,9 @@ class ConsulObjects(Construct):
     tls_server_name: name the servers' certificate carries (the NLB DNS name); used for SNI
         and hostname verification.
     management_token_secret / ca_cert_secret: read (only these two) at every call.
-    kms_key: customer-managed key of the token secrets this construct creates and of the
+    kms_key: customer-managed key of the token secrets this construct creates, of the
         provider's log groups (its key policy must let CloudWatch Logs use it, as `Keys.key`'s
-        does).
+        does) and of every provider function's environment.
     proxy_protocol: protocol of `proxy-defaults` (`tcp`, `http`, `http2`, `grpc`); `tcp`
         works for any application, `http` enables L7 metrics and routing.
     timeout: how long one object may wait for the fleet to elect a leader (max 1 hour).
@@ -193,6 +194,12 @@ class ConsulObjects(Construct):
             "ManagementTokenSecretArn": management_token_secret.secret_arn,
             "CaCertSecretArn": ca_cert_secret.secret_arn,
         }
+        total_timeout = timeout or Duration.minutes(30)
+        # CloudFormation waits an hour for a custom resource's answer unless told otherwise. The
+        # framework answers within total_timeout (its waiter's onTimeout reports the failure),
+        # so CloudFormation's own deadline only matters if the framework itself dies: a little
+        # more than the framework's bound, never the default hour.
+        self._service_timeout = Duration.seconds(min(3600, total_timeout.to_seconds() + 300))
         self._objects: list[CustomResource] = []
         self._dependencies: list[IDependable] = []
         self._claimed: dict[str, str] = {}  # Consul identity -> construct path
@@ -228,8 +235,7 @@ class ConsulObjects(Construct):
                 )
             ],
         )
-        management_token_secret.grant_read(self.role)
-        ca_cert_secret.grant_read(self.role)
+        grant_secret_read(self.role, management_token_secret, ca_cert_secret)
         # Writing a token secret: Secrets Manager asks KMS for a data key on the caller's
         # behalf (and Decrypt for the secrets it reads); only through Secrets Manager.
         self.role.add_to_policy(
@@ -286,7 +292,7 @@ class ConsulObjects(Construct):
             on_event_handler=self.on_event_function,
             is_complete_handler=self.is_complete_function,
             query_interval=Duration.seconds(10),
-            total_timeout=timeout or Duration.minutes(30),
+            total_timeout=total_timeout,
             vpc=vpc,
             vpc_subnets=subnets,
             security_groups=[framework_sg],
@@ -297,6 +303,12 @@ class ConsulObjects(Construct):
             waiter_state_machine_log_options=cr.LogOptions(
                 destination=framework_logs, level=sfn.LogLevel.ALL, include_execution_data=False
             ),
+        )
+        encrypt_environment(
+            kms_key,
+            self.on_event_function,
+            self.is_complete_function,
+            *(c for c in self.provider.node.find_all() if isinstance(c, lambda_.Function)),
         )
         self._acknowledge_findings()
 
@@ -428,12 +440,14 @@ class ConsulObjects(Construct):
             service_token=self.provider.service_token,
             resource_type=f"Custom::Consul{object_type}",
             properties={"ObjectType": object_type, **self._connection, **properties},
+            service_timeout=self._service_timeout,
         )
         if self._dependencies:
             resource.node.add_dependency(*self._dependencies)
         # The provider's security group and every rule on it, including the egress to Consul
         # that the stack adds later: created before the object, deleted only after it, so the
-        # delete still reaches Consul instead of waiting DELETE_GIVE_UP_SECONDS and giving up.
+        # delete still reaches Consul instead of waiting DELETE_GIVE_UP_SECONDS and giving up
+        # (leaving the object in Consul).
         resource.node.add_dependency(self.security_group)
         self._objects.append(resource)
         return resource

@@ -96,6 +96,7 @@ def render_server_config(
         "grpc": GRPC_PORT if plaintext_listeners else -1,
         # The servers answer no DNS: nothing in the mesh resolves through Consul DNS.
         "dns": -1,
+        "serf_wan": -1,  # one DC: no WAN gossip, 8302 is never open (config docs: -1 disables)
     }
     # client_addr stays 127.0.0.1 (the default); only the API listeners the NLB forwards to
     # bind every interface. Security groups decide who reaches them.

@@ -1,8 +1,10 @@
 """The default demo: `frontend` calls `backend` through its Envoy, the only allowed intention.
 
 A fresh deploy plus one registered host shows a working mesh: on the host,
-`curl http://localhost:<frontend host port>/` returns frontend's answer with backend's
-response nested inside it. Turn it off with `-c demo_enabled=false`.
+`curl http://127.0.0.1:9080/` returns frontend's answer with backend's response nested inside
+it. Both run in host mode, the secure default: each app listens on 127.0.0.1 only and is
+reachable from other machines only through its Envoy (mTLS, intentions). Turn the demo off
+with `-c demo_enabled=false`.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from mesh_stack import demo_ports
 from mesh_stack.mesh_service import MeshService
 
 # HashiCorp's demo service: answers HTTP and calls UPSTREAM_URIS, nesting their answers.
@@ -21,15 +24,21 @@ DEMO_IMAGE = "nicholasjackson/fake-service:v0.26.2"
 DEMO_SERVICES = ("frontend", "backend")
 # Consul intentions the fleet must hold for the demo: exactly frontend -> backend.
 DEMO_INTENTIONS = (("frontend", "backend"),)
-DEMO_PORT = 9090
-BACKEND_LOCAL_PORT = 9091
+# fake-service needs no privilege: run it as `nobody` (host mode refuses root).
+DEMO_USER = "65534:65534"
 
 
 class MeshDemo(Construct):
-    """Two MeshServices in bridge mode: `frontend` -> (Envoy, mTLS) -> `backend`.
+    """Two host-mode MeshServices: `frontend` -> (Envoy, mTLS) -> `backend`.
+
+    The demo always takes its xDS over gRPC-TLS (8503), whatever the fleet's
+    `plaintext_listeners` opt-in opens for other clients: that option must never downgrade the
+    project's own sidecars.
 
     token_secrets: the per-service ACL token secrets for "frontend" and "backend" (from the
         Consul fleet construct, which also writes DEMO_INTENTIONS).
+    prometheus_port: backend's metrics listener on each host's 127.0.0.1; frontend's is the
+        next port (host mode needs one port per service). None disables both.
     The other arguments are passed to both MeshServices unchanged.
     """
 
@@ -40,12 +49,11 @@ class MeshDemo(Construct):
         *,
         cluster: ecs.ICluster,
         token_secrets: Mapping[str, secretsmanager.ISecret],
-        ca_secret: secretsmanager.ISecret | None,
+        ca_secret: secretsmanager.ISecret,
         consul_grpc_host: str,
         envoy_version: str,
         log_key: kms.IKey,
         consul_tls_server_name: str | None = None,
-        plaintext: bool = False,
         prometheus_port: int | None = 9102,
     ) -> None:
         super().__init__(scope, construct_id)
@@ -58,24 +66,30 @@ class MeshDemo(Construct):
         image = ecs.ContainerImage.from_registry(DEMO_IMAGE)
 
         def service(
-            name: str, environment: dict[str, str], upstreams: dict[str, int] | None = None
+            name: str,
+            port: int,
+            environment: dict[str, str],
+            upstreams: dict[str, int] | None = None,
         ) -> MeshService:
-            return MeshService(
+            mesh_service = MeshService(
                 self,
                 name.capitalize(),
                 cluster=cluster,
                 service_name=name,
                 image=image,
-                port=DEMO_PORT,
+                port=port,
                 token_secret=token_secrets[name],
                 ca_secret=ca_secret,
                 consul_grpc_host=consul_grpc_host,
                 consul_tls_server_name=consul_tls_server_name,
-                plaintext=plaintext,
                 envoy_version=envoy_version,
                 log_key=log_key,
-                prometheus_port=prometheus_port,
-                environment={"LISTEN_ADDR": f"0.0.0.0:{DEMO_PORT}", "NAME": name, **environment},
+                proxy_port=demo_ports.PROXY_PORTS[name],
+                prometheus_port=None
+                if prometheus_port is None
+                else prometheus_port + demo_ports.METRICS_OFFSETS[name],
+                app_user=DEMO_USER,
+                environment={"NAME": name, **environment},
                 health_check_path="/health",
                 cpu=128,
                 memory_mib=128,
@@ -85,12 +99,18 @@ class MeshDemo(Construct):
                 # one registered host shows the working mesh.
                 daemon=True,
             )
+            # fake-service listens where LISTEN_ADDR says: 127.0.0.1 in host mode.
+            mesh_service.app_container.add_environment("LISTEN_ADDR", mesh_service.listen_address)
+            return mesh_service
 
-        self.backend = service("backend", {"MESSAGE": "hello from backend"})
+        self.backend = service(
+            "backend", demo_ports.BACKEND_PORT, {"MESSAGE": "hello from backend"}
+        )
         self.frontend = service(
             "frontend",
+            demo_ports.FRONTEND_PORT,
             {"MESSAGE": "hello from frontend"},
-            upstreams={"backend": BACKEND_LOCAL_PORT},
+            upstreams={"backend": demo_ports.BACKEND_LOCAL_PORT},
         )
         # fake-service reads its upstreams from the environment: the Envoy upstream listener.
         self.frontend.app_container.add_environment(

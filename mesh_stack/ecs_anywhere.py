@@ -1,10 +1,11 @@
-"""The ECS cluster on-prem hosts join, the role they run with, and their SSM activation."""
+"""The ECS cluster on-prem hosts join, the role they run with, their SSM activation, and the
+teardown that lets the cluster be deleted while hosts are still registered."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from aws_cdk import Aws, CfnOutput, CustomResource, Duration, RemovalPolicy
+from aws_cdk import ArnFormat, Aws, CfnOutput, CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
@@ -12,12 +13,22 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
 from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
-from constructs import Construct
+from constructs import Construct, IConstruct
 
+from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
+from mesh_stack.registrar_function import nag_form
 
 ACTIVATION_CODE = Path(__file__).resolve().parent.parent / "lambda" / "activation"
 INSTALL_SCRIPT = "https://amazon-ecs-agent.s3.amazonaws.com/ecs-anywhere-install-latest.sh"
+# The function retries CreateActivation for up to 90 s while IAM propagates the new host role
+# (lambda/activation/handler.py, ROLE_PROPAGATION_SECONDS) and, on teardown, deregisters hosts 8
+# at a time until 30 s before its own timeout, then answers FAILED with what is left, so that a
+# re-run of `cdk destroy` carries on (lambda/activation/teardown.py; bench/README.md figure 7:
+# about 3,000 hosts per run at 100 ms per call). CloudFormation stops waiting for an answer after
+# SERVICE_TIMEOUT instead of the default hour, should the function die without answering.
+FUNCTION_TIMEOUT = Duration.minutes(3)
+SERVICE_TIMEOUT = Duration.minutes(5)
 
 
 class EcsAnywhere(Construct):
@@ -30,11 +41,17 @@ class EcsAnywhere(Construct):
 
     vpc: where the activation function runs (private subnets with egress to AWS APIs); the
         cluster itself only needs it because ecs.Cluster would otherwise create a VPC.
-    key: customer-managed KMS key for the secret and the function's log group.
+    key: customer-managed KMS key for the secret, the function's log group and environment.
     registration_limit: hosts one activation may register (SSM: 1-1000).
     expiry_days: days the activation stays valid (SSM: at most 30); reissue with
         `aws lambda invoke --function-name <ActivationFunctionName> --payload
         '{"action":"reissue"}' /dev/stdout`.
+
+    `teardown` (Custom::EcsAnywhereTeardown, served by the same function) deregisters every
+    container instance (force) and the hosts' SSM managed instances when it is deleted. It
+    depends on the cluster, so CloudFormation deletes it first; `tear_down_before(...)` makes it
+    run before the services on the cluster are deleted as well (a service's deletion waits for
+    its tasks, which never stop on a host that is gone).
     """
 
     def __init__(
@@ -90,8 +107,22 @@ class EcsAnywhere(Construct):
                 "ExpiryDays": expiry_days,
                 "Role": self.host_role.role_name,
             },
+            service_timeout=SERVICE_TIMEOUT,
         )
         self.activation.node.add_dependency(self.activation_secret)
+        self.teardown = CustomResource(
+            self,
+            "Teardown",
+            service_token=self.function.function_arn,
+            resource_type="Custom::EcsAnywhereTeardown",
+            properties={
+                "ClusterArn": self.cluster.cluster_arn,
+                "HostRoleName": self.host_role.role_name,
+                # SSM's server-side IamRole filter gets both forms (teardown.py)
+                "HostRoleArn": self.host_role.role_arn,
+            },
+            service_timeout=SERVICE_TIMEOUT,
+        )
 
         self.registration_command = (
             "read -r ACTIVATION_ID ACTIVATION_CODE < <(aws secretsmanager get-secret-value "
@@ -118,9 +149,13 @@ class EcsAnywhere(Construct):
             value=self.function.function_name,
         )
 
-    def grant_read_activation(self, grantee: iam.IGrantable) -> iam.Grant:
+    def tear_down_before(self, *scopes: IConstruct) -> None:
+        """Deregister the hosts before CloudFormation deletes `scopes` (services on the cluster)."""
+        self.teardown.node.add_dependency(*scopes)
+
+    def grant_read_activation(self, grantee: iam.IGrantable) -> None:
         """Let an operator principal read the activation (secret value and its KMS key)."""
-        return self.activation_secret.grant_read(grantee)
+        grant_secret_read(grantee, self.activation_secret)
 
     def _host_role(self, cluster: ecs.ICluster) -> iam.Role:
         """The role SSM hands to registered hosts: SSM agent + the ECS agent, this cluster only.
@@ -218,7 +253,20 @@ class EcsAnywhere(Construct):
             self,
             "ActivationRole",
             assumed_by=iam.ServicePrincipal("lambda.amazonaws.com"),
-            description="Activation function: SSM activations, its secret, its logs, VPC ENIs",
+            description="Activation function: SSM activations, its secret, its logs, VPC ENIs, "
+            "and deregistering the cluster's hosts on teardown",
+        )
+        container_instances = Stack.of(self).format_arn(
+            service="ecs",
+            resource="container-instance",
+            resource_name=f"{self.cluster.cluster_name}/*",
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
+        )
+        managed_instances = Stack.of(self).format_arn(
+            service="ssm",
+            resource="managed-instance",
+            resource_name="*",
+            arn_format=ArnFormat.SLASH_RESOURCE_NAME,
         )
         policy = iam.ManagedPolicy(
             self,
@@ -236,6 +284,26 @@ class EcsAnywhere(Construct):
                     actions=["iam:PassRole"],
                     resources=[self.host_role.role_arn],
                     conditions={"StringEquals": {"iam:PassedToService": "ssm.amazonaws.com"}},
+                ),
+                iam.PolicyStatement(
+                    sid="TeardownListAndDeregisterHosts",
+                    actions=["ecs:ListContainerInstances", "ecs:DeregisterContainerInstance"],
+                    resources=[self.cluster.cluster_arn],
+                ),
+                iam.PolicyStatement(
+                    sid="TeardownDescribeHosts",
+                    actions=["ecs:DescribeContainerInstances"],
+                    resources=[container_instances],
+                ),
+                iam.PolicyStatement(
+                    sid="TeardownFindManagedInstances",
+                    actions=["ssm:DescribeInstanceInformation"],
+                    resources=["*"],
+                ),
+                iam.PolicyStatement(
+                    sid="TeardownDeregisterManagedInstances",
+                    actions=["ssm:DeregisterManagedInstance"],
+                    resources=[managed_instances],
                 ),
                 iam.PolicyStatement(
                     sid="ActivationSecret",
@@ -274,9 +342,26 @@ class EcsAnywhere(Construct):
         acknowledge(
             policy,
             "AwsSolutions-IAM5[Resource::*]",
-            "ssm:CreateActivation/DeleteActivation and the Lambda VPC ENI actions have no "
-            "resource-level permissions; iam:PassRole is limited to the host role and SSM.",
+            "ssm:CreateActivation/DeleteActivation, ssm:DescribeInstanceInformation (read-only) "
+            "and the Lambda VPC ENI actions have no resource-level permissions; iam:PassRole is "
+            "limited to the host role and SSM.",
         )
+        stack = Stack.of(self)
+        for arn, reason in (
+            (
+                container_instances,
+                "Container instances of this cluster only (teardown); their IDs exist only "
+                "after the hosts register.",
+            ),
+            (
+                managed_instances,
+                "ssm:DeregisterManagedInstance on managed instances (mi-...), whose IDs exist "
+                "only after registration; the function deregisters only those registered with "
+                "this stack's host role or backing this cluster's container instances, and runs "
+                "only when CloudFormation deletes the teardown resource.",
+            ),
+        ):
+            acknowledge(policy, f"AwsSolutions-IAM5[Resource::{nag_form(stack, arn)}]", reason)
         function = lambda_.Function(
             self,
             "ActivationFunction",
@@ -284,7 +369,7 @@ class EcsAnywhere(Construct):
             runtime=lambda_.Runtime.PYTHON_3_14,
             handler="handler.handler",
             code=lambda_.Code.from_asset(str(ACTIVATION_CODE)),
-            timeout=Duration.seconds(60),
+            timeout=FUNCTION_TIMEOUT,
             memory_size=256,
             role=role,
             log_group=log_group,
@@ -299,12 +384,13 @@ class EcsAnywhere(Construct):
                 "EXPIRY_DAYS": str(days),
             },
         )
+        encrypt_environment(key, function, policy=policy)
         # Lambda checks the ENI permissions when the function is created.
         function.node.add_dependency(policy)
         acknowledge(
             function,
             "NIST.800.53.R5-LambdaConcurrency",
-            "Invoked only by CloudFormation on deploy and by an operator to reissue; "
+            "Invoked only by CloudFormation (activation, teardown) and by an operator to reissue; "
             "reserving concurrency would take from the account's unreserved pool for nothing.",
         )
         acknowledge(

@@ -10,6 +10,13 @@ Facts it is built on (DESIGN.md "Agentless Envoy"; consul-dataplane
 - Consul servers answer only the delta xDS protocol: `DELTA_GRPC`, V3 resource/transport APIs.
 - `node.id` selects the proxy registration, `node.metadata.node_name` the catalog node it is on.
 - The ACL token travels as gRPC metadata `x-consul-token`; it is the only secret in the output.
+- The admin API serves `/config_dump` (this bootstrap, token included) and `/quitquitquit`, so
+  it listens on a unix socket (mode 0600) and never on a TCP port: in host mode 127.0.0.1 is the
+  host's loopback, open to every local process. Envoy binds a `pipe` address for admin like any
+  listen socket and chmods it to `mode` right after bind (envoyproxy/envoy
+  `source/server/admin/admin.cc` startHttpListener -> `TcpListenSocket`;
+  `source/common/network/socket_impl.cc` SocketImpl::bind); a STATIC cluster may point at a
+  pipe (consul-dataplane's own bootstrap does so for its agent socket).
 """
 
 from __future__ import annotations
@@ -23,7 +30,8 @@ SELF_ADMIN_CLUSTER = "self_admin"
 PROMETHEUS_LISTENER = "envoy_prometheus_metrics_listener"
 PROMETHEUS_PATH = "/stats/prometheus"
 
-DEFAULT_ADMIN_PORT = 19000
+DEFAULT_ADMIN_SOCKET = "/consul-mesh-admin/admin.sock"
+ADMIN_SOCKET_MODE = 0o600
 DEFAULT_PROMETHEUS_BIND = "0.0.0.0:9102"
 DEFAULT_TLS_PORT = 8503  # Consul >= 1.14 serves gRPC-TLS here by default
 DEFAULT_PLAINTEXT_PORT = 8502  # off on the servers unless explicitly configured
@@ -33,6 +41,12 @@ _HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _TLS_CONTEXT = "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 _HCM = "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 _ROUTER = "envoy.extensions.filters.http.router.v3.Router"
+_DNS_CLUSTER = "envoy.extensions.clusters.dns.v3.DnsCluster"
+# The name the DNS cluster factory registers (envoyproxy/envoy
+# `source/extensions/clusters/dns/dns_cluster.h`, DnsClusterFactory).
+DNS_CLUSTER_FACTORY = "envoy.cluster.dns"
+# Linux `sockaddr_un.sun_path` holds 108 bytes including the terminating NUL (unix(7)).
+_MAX_SOCKET_PATH = 107
 
 # Hostnames (RFC 1123 labels) and Consul IDs/names we put into the bootstrap. IDs may hold
 # anything the registrar derives from service names and task IDs; quoting is never needed.
@@ -88,14 +102,34 @@ def parse_bind(value: str, name: str = "prometheus_bind") -> tuple[str, int]:
     return host, _check_port(f"{name} port", int(port_text))
 
 
+def check_socket_path(name: str, path: object) -> str:
+    """An absolute filesystem path for a unix socket; abstract (`@`) sockets are refused.
+
+    An abstract socket has no file, so no mode protects it, and it belongs to the network
+    namespace: in host mode every process on the host could connect to it.
+    """
+    if (
+        not isinstance(path, str)
+        or not path.startswith("/")
+        or path.endswith("/")
+        or any(c.isspace() or c == "\0" for c in path)
+        or len(path.encode("utf-8")) > _MAX_SOCKET_PATH
+    ):
+        raise ValueError(
+            f"{name} must be an absolute file path of at most {_MAX_SOCKET_PATH} bytes without "
+            f"spaces (a unix socket, never an abstract '@' one), got {path!r}"
+        )
+    return path
+
+
 def _socket(address: str, port: int) -> dict[str, Any]:
     return {"socket_address": {"address": address, "port_value": port}}
 
 
-def _single_endpoint(cluster: str, address: str, port: int) -> dict[str, Any]:
+def _single_endpoint(cluster: str, address: dict[str, Any]) -> dict[str, Any]:
     return {
         "cluster_name": cluster,
-        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": _socket(address, port)}}]}],
+        "endpoints": [{"lb_endpoints": [{"endpoint": {"address": address}}]}],
     }
 
 
@@ -134,16 +168,27 @@ def xds_cluster(
 ) -> dict[str, Any]:
     """The static cluster Envoy streams ADS from: the Consul servers behind their load balancer.
 
-    STRICT_DNS keeps every address the load balancer name resolves to (one per AZ), so a
-    reconnect after losing one AZ lands on another. HTTP/2 keepalive pings every 30 s keep the
-    idle stream alive through the NLB (350 s idle timeout) and detect a dead peer; Consul's
-    gRPC server permits pings down to 15 s.
+    Strict DNS keeps every address the load balancer name resolves to (one per AZ), so a
+    reconnect after losing one AZ lands on another. It is configured through the DNS cluster
+    extension: Envoy 1.34 deprecates the Cluster-level `respect_dns_ttl`/`dns_refresh_rate`
+    and ignores `dns_lookup_family` there once `cluster_type` is a DnsCluster
+    (envoyproxy/data-plane-api `envoy/config/cluster/v3/cluster.proto` at the 1.34.0 cut,
+    2025-04-14); `all_addresses_in_single_endpoint: false` selects strict DNS
+    (`envoy/extensions/clusters/dns/v3/dns_cluster.proto`, added in 1.33). HTTP/2 keepalive
+    pings every 30 s keep the idle stream alive through the NLB (350 s idle timeout) and detect
+    a dead peer; Consul's gRPC server permits pings down to 15 s.
     """
     cluster: dict[str, Any] = {
         "name": XDS_CLUSTER,
-        "type": "STRICT_DNS",
-        "dns_lookup_family": "V4_ONLY",
-        "respect_dns_ttl": True,
+        "cluster_type": {
+            "name": DNS_CLUSTER_FACTORY,
+            "typed_config": {
+                "@type": _TYPE + _DNS_CLUSTER,
+                "dns_lookup_family": "V4_ONLY",
+                "respect_dns_ttl": True,
+                "all_addresses_in_single_endpoint": False,
+            },
+        },
         "connect_timeout": "5s",
         "typed_extension_protocol_options": {
             _HTTP_OPTIONS: {
@@ -155,7 +200,7 @@ def xds_cluster(
                 },
             }
         },
-        "load_assignment": _single_endpoint(XDS_CLUSTER, host, port),
+        "load_assignment": _single_endpoint(XDS_CLUSTER, _socket(host, port)),
     }
     if not plaintext:
         if ca_pem is None or _PEM_CERT not in ca_pem:
@@ -172,15 +217,14 @@ def _describe(value: str | None) -> str:
     return "nothing" if not value else f"{len(value)} characters without a certificate"
 
 
-def prometheus_resources(bind: str, admin_port: int) -> tuple[dict[str, Any], dict[str, Any]]:
+def prometheus_resources(bind: str, admin_socket: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(listener, cluster) that publish `/stats/prometheus` and nothing else of the admin API.
 
-    The admin interface itself stays on 127.0.0.1 (it can drain listeners and quit Envoy);
-    this listener forwards exactly one path to it and answers 404 to every other request.
+    The admin interface itself stays on its unix socket (it can dump the token, drain
+    listeners and quit Envoy); this listener forwards exactly one path to it over that socket
+    and answers 404 to every other request.
     """
     address, port = parse_bind(bind)
-    if port == admin_port:
-        raise ValueError(f"prometheus_bind port {port} collides with the admin port {admin_port}")
     listener = {
         "name": PROMETHEUS_LISTENER,
         "address": _socket(address, port),
@@ -228,7 +272,7 @@ def prometheus_resources(bind: str, admin_port: int) -> tuple[dict[str, Any], di
         "name": SELF_ADMIN_CLUSTER,
         "type": "STATIC",
         "connect_timeout": "5s",
-        "load_assignment": _single_endpoint(SELF_ADMIN_CLUSTER, "127.0.0.1", admin_port),
+        "load_assignment": _single_endpoint(SELF_ADMIN_CLUSTER, {"pipe": {"path": admin_socket}}),
     }
     return listener, cluster
 
@@ -244,7 +288,7 @@ def render_bootstrap(
     ca_pem: str | None = None,
     tls_server_name: str | None = None,
     plaintext: bool = False,
-    admin_port: int = DEFAULT_ADMIN_PORT,
+    admin_socket: str = DEFAULT_ADMIN_SOCKET,
     prometheus_bind: str | None = DEFAULT_PROMETHEUS_BIND,
 ) -> dict[str, Any]:
     """The Envoy bootstrap (a JSON-ready dict) for one sidecar.
@@ -257,7 +301,8 @@ def render_bootstrap(
         or 8502 when `plaintext` is opted in.
     ca_pem / tls_server_name: the Consul CA that signs the server certificates and the DNS name
         those certificates carry (default: `xds_host`); both ignored with `plaintext`.
-    admin_port: Envoy admin API, bound to 127.0.0.1 only.
+    admin_socket: unix socket of the Envoy admin API (created mode 0600); its directory must be
+        writable by Envoy and closed to everyone else.
     prometheus_bind: `<ip>:<port>` serving `/stats/prometheus` only; None disables it.
     """
     _check_ident("proxy_id", proxy_id)
@@ -274,7 +319,7 @@ def render_bootstrap(
     if xds_port is None:
         xds_port = DEFAULT_PLAINTEXT_PORT if plaintext else DEFAULT_TLS_PORT
     _check_port("xds_port", xds_port)
-    _check_port("admin_port", admin_port)
+    check_socket_path("admin_socket", admin_socket)
 
     clusters = [
         xds_cluster(
@@ -287,7 +332,7 @@ def render_bootstrap(
     ]
     static: dict[str, Any] = {"clusters": clusters}
     if prometheus_bind is not None:
-        listener, admin_cluster = prometheus_resources(prometheus_bind, admin_port)
+        listener, admin_cluster = prometheus_resources(prometheus_bind, admin_socket)
         clusters.append(admin_cluster)
         static["listeners"] = [listener]
 
@@ -297,11 +342,14 @@ def render_bootstrap(
             "cluster": service,
             "metadata": {"node_name": node_name, "namespace": "default", "partition": "default"},
         },
-        "admin": {"address": _socket("127.0.0.1", admin_port)},
+        "admin": {"address": {"pipe": {"path": admin_socket, "mode": ADMIN_SOCKET_MODE}}},
         "static_resources": static,
         "dynamic_resources": {
-            "lds_config": {"ads": {}, "resource_api_version": "V3"},
-            "cds_config": {"ads": {}, "resource_api_version": "V3"},
+            # Wait for the listeners and clusters however long it takes (consul-dataplane
+            # `bootstrap_tpl.go` does the same): the registrar writes the sidecar only once
+            # ECS reports the task RUNNING, so the first xDS answer can come late.
+            "lds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
+            "cds_config": {"ads": {}, "initial_fetch_timeout": "0s", "resource_api_version": "V3"},
             "ads_config": {
                 "api_type": "DELTA_GRPC",
                 "transport_api_version": "V3",

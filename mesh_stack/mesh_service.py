@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 
-from aws_cdk import RemovalPolicy, Token
+from aws_cdk import Annotations, RemovalPolicy, Token
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -14,6 +15,8 @@ from constructs import Construct
 
 from mesh_stack import envoy, init_program
 from mesh_stack.nag import acknowledge
+from mesh_stack.ports import BRIDGE_DYNAMIC_HOST_PORTS, ENVOY_INBOUND_PORTS
+from mesh_stack.service_ports import ENVOY_USER_ID, ServicePorts, check_distinct, plan
 
 identity = init_program.load_identity()
 
@@ -22,23 +25,31 @@ INIT_CONTAINER = "envoy-init"
 BOOTSTRAP_DIR = "/consul-mesh"
 BOOTSTRAP_PATH = f"{BOOTSTRAP_DIR}/envoy-bootstrap.json"
 BOOTSTRAP_VOLUME = "consul-mesh-bootstrap"
-# Envoy runs as this non-root user; the init container hands it the (0600) bootstrap file.
-ENVOY_USER_ID = 1337
+# Envoy's admin socket lives in a volume of its own: Envoy must create the socket there, while
+# it only reads the bootstrap volume. The init container makes the directory Envoy's (0700).
+ADMIN_DIR = "/consul-mesh-admin"
+ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"
+ADMIN_VOLUME = "consul-mesh-admin"
 # Stock Python from ECR Public (no Docker Hub pull limits); the init program needs only stdlib.
 INIT_IMAGE = "public.ecr.aws/docker/library/python:3.13-slim"
-NETWORK_MODES = {"bridge": ecs.NetworkMode.BRIDGE, "host": ecs.NetworkMode.HOST}
+NETWORK_MODES = {"host": ecs.NetworkMode.HOST, "bridge": ecs.NetworkMode.BRIDGE}
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - bridge mode: inside the app's own namespace
+# Synth-time warning id of a host-mode service whose only check is Envoy's public listener;
+# acknowledge with Annotations.of(service).acknowledge_warning(<id>, <why>).
+NO_HEALTH_PATH_WARNING = "consul-mesh:MeshService.noHealthCheckPath"
+# What MeshService tells the app about where to listen (docs/services.md, "What your app must do").
+LISTEN_ENV = ("CONSUL_MESH_LISTEN_ADDR", "CONSUL_MESH_LISTEN_HOST", "CONSUL_MESH_LISTEN_PORT")
+# Docker hands `user` to runc, which splits it at ':' and reads each part with Go's
+# strconv.Atoi, so "00", "+0" and "0000" all mean uid/gid 0 (runc libcontainer/user
+# GetExecUser); an empty user part means the image's own user, which may be root.
+_NUMERIC_ID = re.compile(r"[+-]?[0-9]+")
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
 # Any well-formed task ARN: the synth-time dry run of the bootstrap needs one.
 _SAMPLE_ACL = "00000000-0000-0000-0000-000000000000"
 _SAMPLE_TASK = "arn:aws:ecs:us-east-1:000000000000:task/cluster/00000000000000000000000000000000"
-
-
-def _port(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"{name} must be a port in 1..65535, got {value!r}")
-    return value
 
 
 def _check_registration(health_check_path: str | None, tags: Sequence[str]) -> None:
@@ -51,37 +62,112 @@ def _check_registration(health_check_path: str | None, tags: Sequence[str]) -> N
             )
 
 
-def _check_ports(
-    *,
-    service_name: str,
-    network_mode: str,
-    upstreams: Mapping[str, int],
-    port: int,
-    proxy_port: int,
-    admin_port: int,
-    prometheus_port: int | None,
-) -> None:
-    """Ports sharing Envoy's network namespace (in host mode also the app's) must not collide."""
-    named = {
-        "port": _port("port", port),
-        "proxy_port": _port("proxy_port", proxy_port),
-        "admin_port": _port("admin_port", admin_port),
-    }
-    if prometheus_port is not None:
-        named["prometheus_port"] = _port("prometheus_port", prometheus_port)
-    for name, local in upstreams.items():
+def _check_upstream_names(service_name: str, upstreams: Mapping[str, int]) -> None:
+    for name in upstreams:
         if not identity.valid_service_name(name):
             raise ValueError(f"upstream names must be Consul service names, got {name!r}")
         if name == service_name:
             raise ValueError(f"{service_name} cannot be its own upstream")
-        named[f"upstreams[{name}]"] = _port(f"upstreams[{name}]", local)
-    if network_mode == "bridge":
-        named.pop("port")  # the app has its own network namespace in bridge mode
-    seen: dict[int, str] = {}
-    for name, value in named.items():
-        if value in seen:
-            raise ValueError(f"{name} {value} collides with {seen[value]} ({network_mode} mode)")
-        seen[value] = name
+
+
+def _may_be_root(user: str) -> bool:
+    """Whether a container `user` ("user", "uid", "user:group", "uid:gid") can mean root."""
+    parts = [part.strip() for part in user.split(":")]
+    if not parts[0]:
+        return True
+    for part in parts:
+        if _NUMERIC_ID.fullmatch(part) and int(part) == 0:
+            return True
+        if part.lower() == "root":
+            return True
+    return False
+
+
+def _check_mode(network_mode: str, insecure_published_app_port: bool, app_user: str | None) -> None:
+    """Host mode is the secure default; bridge publishes the app and must be acknowledged."""
+    if network_mode == "bridge" and insecure_published_app_port is not True:
+        raise ValueError(
+            "network_mode='bridge' publishes the app's port on the host, where any client on "
+            "the network reaches the app without mTLS or intentions; use host mode (the "
+            "default), or pass insecure_published_app_port=True to accept that exposure "
+            "(docs/services.md, 'Bridge mode')"
+        )
+    if network_mode != "bridge" and insecure_published_app_port:
+        raise ValueError(
+            "insecure_published_app_port=True applies to network_mode='bridge' only; host mode "
+            "publishes no app port"
+        )
+    if network_mode == "host" and (app_user is None or _may_be_root(app_user)):
+        raise ValueError(
+            "app_user must name a non-root user (e.g. '1000' or '1000:1000') in host mode, "
+            f"where the app shares the host's network namespace; got {app_user!r}"
+        )
+
+
+@dataclass(frozen=True)
+class _ClusterIdentity:
+    """Which ECS cluster a MeshService runs on, as far as synth can tell.
+
+    The name, account and region identify a cluster whatever construct refers to it (two
+    imports of one cluster in two stacks are still one cluster); a part still a token at
+    synth (a cluster created in the app, an environment-agnostic stack) is unknown.
+    """
+
+    path: str
+    name: str | None
+    account: str | None
+    region: str | None
+
+    @classmethod
+    def of(cls, cluster: ecs.ICluster) -> _ClusterIdentity:
+        def known(value: str) -> str | None:
+            return None if Token.is_unresolved(value) else value
+
+        return cls(
+            path=cluster.node.path,
+            name=known(cluster.cluster_name),
+            account=known(cluster.env.account),
+            region=known(cluster.env.region),
+        )
+
+    def may_be(self, other: _ClusterIdentity) -> bool:
+        """Same cluster, or cannot be told apart: an unknown account or region may match."""
+        if self.name is None or other.name is None:
+            return self.path == other.path
+
+        def may_match(mine: str | None, theirs: str | None) -> bool:
+            return mine is None or theirs is None or mine == theirs
+
+        return (
+            self.name == other.name
+            and may_match(self.account, other.account)
+            and may_match(self.region, other.region)
+        )
+
+
+def _metrics_bind(
+    network_mode: str, prometheus_port: int | None, bind_address: str | None
+) -> str | None:
+    """Where Envoy's metrics listener binds: host mode defaults to the host's loopback."""
+    if prometheus_port is None:
+        if bind_address is not None:
+            raise ValueError(
+                "prometheus_bind_address applies only with a prometheus_port; remove it"
+            )
+        return None
+    if bind_address is None:
+        bind_address = LOOPBACK if network_mode == "host" else ALL_INTERFACES
+    if bind_address not in (LOOPBACK, ALL_INTERFACES):
+        raise ValueError(
+            f"prometheus_bind_address must be {LOOPBACK!r} or {ALL_INTERFACES!r}, "
+            f"got {bind_address!r}"
+        )
+    if network_mode == "bridge" and bind_address == LOOPBACK:
+        raise ValueError(
+            f"prometheus_bind_address {LOOPBACK!r} in bridge mode is the Envoy container's own "
+            "loopback, which no scraper reaches; leave it unset"
+        )
+    return f"{bind_address}:{prometheus_port}"
 
 
 class MeshService(Construct):
@@ -91,8 +177,18 @@ class MeshService(Construct):
     ARN from the ECS metadata endpoint and writes the Envoy bootstrap (mesh_stack/envoy.py)
     into a task volume; Envoy starts only after it exits 0. The ACL token and the Consul CA
     reach the init container as ECS `secrets` and exist only in that file (mode 0600, owned by
-    the Envoy user). The app container carries the docker labels the registrar reads
+    the Envoy user). Envoy's admin API is a unix socket in a second task volume, never a TCP
+    port. The app container carries the docker labels the registrar reads
     (docs/architecture.md), so the task is registered in Consul when it runs.
+
+    Host mode (the default) is the only mode in which the mesh cannot be bypassed: the app
+    listens on 127.0.0.1 only (it is told where in CONSUL_MESH_LISTEN_ADDR/_HOST/_PORT), Envoy
+    reaches it there and is the only thing listening on the network, and consul-esm checks it
+    through Envoy. Every host-mode service of one cluster must use ports of its own; that is
+    checked across all MeshServices of the cluster at synth. Host-mode ports are >= 1024 and
+    outside the ports ECS reserves (22, 2375, 2376, 51678-51680) and the ephemeral range
+    32768-60999. ECS reserves only Envoy's port-mapped ports: the app's and upstream ports are
+    on 127.0.0.1, unmapped, so other host-mode workloads on the hosts must avoid them.
 
     service_name: Consul service name (DNS label); also the app container's name.
     image / port: the application image and the container port it serves on.
@@ -108,22 +204,36 @@ class MeshService(Construct):
     envoy_version: Envoy release (image envoyproxy/envoy:v<version>), from the validated config.
     log_key: KMS key of the service's log group.
     environment / health_check: the app container's environment and ECS health check.
-    health_check_path: HTTP path Consul checks (label); default a TCP check.
+    health_check_path: HTTP path Consul checks (consul-esm, from the Consul servers). In host
+        mode Envoy serves exactly this path on `expose_port` (a Consul expose path), outside
+        mTLS. Without it the check is TCP: in bridge mode to the app's published port, in host
+        mode to Envoy's public listener, which only proves that the sidecar is up, so Consul
+        routes traffic to a task whose app is still starting or hung. Set it in host mode; a
+        host-mode service without it gets a synth-time warning (NO_HEALTH_PATH_WARNING).
     tags: Consul service tags.
     upstreams: {service: local port}; the app reaches each at `upstream_address(service)`.
-    network_mode: "bridge" (default; ports are mapped dynamically, many tasks per host) or
-        "host" (the task shares the host's ports: proxy_port, admin_port and
-        prometheus_port must differ from other host-mode services on the same host).
+    network_mode: "host" (default: the task shares the host's network namespace, one task per
+        host, ports of its own) or "bridge" (ports mapped dynamically, many tasks per host,
+        but the app's port is published on the host: only with insecure_published_app_port).
+    insecure_published_app_port: the explicit acknowledgement bridge mode needs: any client
+        that reaches the host can call the app on its published port, around Envoy, mTLS and
+        intentions (docs/services.md explains the host firewall rule that closes it).
     desired_count: running tasks (replica scheduling). A replica service whose tasks cannot be
         placed keeps CloudFormation waiting for it to stabilise, so keep it 0 until hosts joined.
     daemon: one task on every registered host instead of `desired_count` (ECS DAEMON
         scheduling). A daemon service with no host yet is stable at zero tasks, so it deploys
         before any host has joined and starts on each host as it registers.
     cpu / memory_mib: the app container's CPU units and hard memory limit.
-    proxy_port: Envoy's public (inbound mTLS) listener port inside the task; default 20000.
-    admin_port: Envoy admin API, bound to 127.0.0.1 only; default 19000.
+    proxy_port: Envoy's public (inbound mTLS) listener port; default 20000.
     prometheus_port: Envoy listener serving /stats/prometheus only; None disables it.
-    app_user: user the app container runs as (required non-root in host mode by cdk-nag).
+    prometheus_bind_address: where that listener binds. Host mode: "127.0.0.1" (default, the
+        host's loopback: a scraper on the host itself) or "0.0.0.0" (every interface of the
+        host, for an off-host Prometheus: open the port on the host firewall to the
+        Prometheus hosts only). Bridge mode: "0.0.0.0" of the Envoy container (the only value).
+    proxy_port / expose_port in host mode: both in ENVOY_INBOUND_PORTS (20000-20999), the only
+        range the Consul servers and other hosts may reach; expose_port defaults to
+        proxy_port + 500 and exists only with a health_check_path.
+    app_user: user the app container runs as; required and non-root in host mode.
     """
 
     def __init__(
@@ -150,37 +260,56 @@ class MeshService(Construct):
         health_check_path: str | None = None,
         tags: Sequence[str] = (),
         upstreams: Mapping[str, int] | None = None,
-        network_mode: str = "bridge",
+        network_mode: str = "host",
+        insecure_published_app_port: bool = False,
         desired_count: int = 1,
         daemon: bool = False,
         cpu: int = 256,
         memory_mib: int = 512,
         proxy_port: int = identity.DEFAULT_PROXY_PORT,
-        admin_port: int = envoy.DEFAULT_ADMIN_PORT,
+        expose_port: int | None = None,
         prometheus_port: int | None = 9102,
+        prometheus_bind_address: str | None = None,
         app_user: str | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         upstreams = dict(upstreams or {})
         self._validate(
             service_name=service_name,
-            port=port,
             envoy_version=envoy_version,
-            network_mode=network_mode,
             desired_count=desired_count,
             health_check_path=health_check_path,
             tags=tags,
             upstreams=upstreams,
-            proxy_port=proxy_port,
-            admin_port=admin_port,
-            prometheus_port=prometheus_port,
             plaintext=plaintext,
             ca_secret=ca_secret,
         )
+        _check_mode(network_mode, insecure_published_app_port, app_user)
+        self.ports: ServicePorts = plan(
+            service=service_name,
+            network_mode=network_mode,
+            port=port,
+            proxy_port=proxy_port,
+            expose_port=expose_port,
+            health_check_path=health_check_path,
+            prometheus_port=prometheus_port,
+            upstreams=upstreams,
+        )
+        metrics_bind = _metrics_bind(network_mode, prometheus_port, prometheus_bind_address)
+        self._cluster = _ClusterIdentity.of(cluster)
+        check_distinct(self.ports, self._host_mode_neighbours())
         self.service_name = service_name
         self.network_mode = network_mode
         self.upstreams = upstreams
         host_mode = network_mode == "host"
+        self.listen_address = f"{LOOPBACK if host_mode else ALL_INTERFACES}:{port}"
+        # The host ports (inclusive range) the Consul servers (consul-esm) and other mesh hosts
+        # must reach for this service: its Envoy listeners in host mode, the ECS dynamic host
+        # port range in bridge mode.
+        self.inbound_host_ports: tuple[int, int] = (
+            ENVOY_INBOUND_PORTS if host_mode else BRIDGE_DYNAMIC_HOST_PORTS
+        )
+        app_environment = self._app_environment(environment, host_mode, port)
 
         init_environment = self._init_environment(
             service_name=service_name,
@@ -188,8 +317,7 @@ class MeshService(Construct):
             consul_grpc_port=consul_grpc_port,
             consul_tls_server_name=consul_tls_server_name,
             plaintext=plaintext,
-            admin_port=admin_port,
-            prometheus_port=prometheus_port,
+            metrics_bind=metrics_bind,
         )
         self._dry_run_bootstrap(init_environment, plaintext)
 
@@ -198,6 +326,7 @@ class MeshService(Construct):
         )
         # Host volume without a source path: an empty directory ECS creates for this task.
         self.task_definition.add_volume(name=BOOTSTRAP_VOLUME)
+        self.task_definition.add_volume(name=ADMIN_VOLUME)
         self.log_group = logs.LogGroup(
             self,
             "Logs",
@@ -228,10 +357,17 @@ class MeshService(Construct):
         self.init_container.add_mount_points(
             ecs.MountPoint(
                 container_path=BOOTSTRAP_DIR, source_volume=BOOTSTRAP_VOLUME, read_only=False
-            )
+            ),
+            ecs.MountPoint(container_path=ADMIN_DIR, source_volume=ADMIN_VOLUME, read_only=False),
         )
 
-        envoy_ports = [proxy_port] + ([prometheus_port] if prometheus_port else [])
+        # Host mode: these mappings publish nothing (the container is in the host's namespace)
+        # but make ECS reserve the ports, so it never places two such tasks on one host.
+        envoy_ports = [proxy_port]
+        if self.ports.expose is not None:
+            envoy_ports.append(self.ports.expose)
+        if prometheus_port:
+            envoy_ports.append(prometheus_port)
         self.envoy_container = self.task_definition.add_container(
             "Envoy",
             container_name=ENVOY_CONTAINER,
@@ -252,7 +388,8 @@ class MeshService(Construct):
         self.envoy_container.add_mount_points(
             ecs.MountPoint(
                 container_path=BOOTSTRAP_DIR, source_volume=BOOTSTRAP_VOLUME, read_only=True
-            )
+            ),
+            ecs.MountPoint(container_path=ADMIN_DIR, source_volume=ADMIN_VOLUME, read_only=False),
         )
         self.envoy_container.add_container_dependencies(
             ecs.ContainerDependency(
@@ -267,10 +404,12 @@ class MeshService(Construct):
             essential=True,
             cpu=cpu,
             memory_limit_mib=memory_mib,
-            environment=dict(environment or {}),
+            environment=app_environment,
             health_check=health_check,
             user=app_user,
-            port_mappings=[mapping(port)],
+            # Only the bridge opt-in publishes the app's port; in host mode the app listens
+            # on 127.0.0.1 and is reachable only through Envoy.
+            port_mappings=[] if host_mode else [mapping(port)],
             docker_labels=self._labels(
                 service_name=service_name,
                 port=port,
@@ -278,6 +417,7 @@ class MeshService(Construct):
                 upstreams=upstreams,
                 health_check_path=health_check_path,
                 proxy_port=proxy_port,
+                expose_port=self.ports.expose,
             ),
             logging=ecs.LogDriver.aws_logs(stream_prefix=service_name, log_group=self.log_group),
         )
@@ -311,6 +451,15 @@ class MeshService(Construct):
                 circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
             )
         self._acknowledge(host_mode)
+        if host_mode and not health_check_path:
+            Annotations.of(self).add_warning_v2(
+                NO_HEALTH_PATH_WARNING,
+                f"mesh service {service_name!r} has no health_check_path: in host mode its only "
+                f"Consul check is a TCP connect to its Envoy's public listener ({proxy_port}), "
+                "which only proves that its Envoy sidecar is up, not that the app listens, so "
+                "Consul sends it traffic while the app starts or hangs; set health_check_path "
+                "(docs/services.md, 'What your app must do')",
+            )
 
     def upstream_address(self, service: str) -> str:
         """`host:port` at which the app reaches `service` through its Envoy."""
@@ -319,8 +468,33 @@ class MeshService(Construct):
                 f"{service!r} is not an upstream of {self.service_name}; "
                 f"upstreams are {sorted(self.upstreams)}"
             )
-        host = "127.0.0.1" if self.network_mode == "host" else ENVOY_CONTAINER
+        host = LOOPBACK if self.network_mode == "host" else ENVOY_CONTAINER
         return f"{host}:{self.upstreams[service]}"
+
+    def _host_mode_neighbours(self) -> list[ServicePorts]:
+        """The port plans of the other MeshServices of this app that may share its cluster."""
+        return [
+            other.ports
+            for other in self.node.root.node.find_all()
+            if isinstance(other, MeshService)
+            and other is not self
+            # unset on a MeshService whose validation failed
+            and hasattr(other, "_cluster")
+            and self._cluster.may_be(other._cluster)
+        ]
+
+    @staticmethod
+    def _app_environment(
+        environment: Mapping[str, str] | None, host_mode: bool, port: int
+    ) -> dict[str, str]:
+        """The app's environment plus where it must listen (127.0.0.1 in host mode)."""
+        env = dict(environment or {})
+        taken = sorted(set(env) & set(LISTEN_ENV))
+        if taken:
+            raise ValueError(f"environment must not set {taken}: MeshService sets them")
+        host = LOOPBACK if host_mode else ALL_INTERFACES
+        listen = dict(zip(LISTEN_ENV, (f"{host}:{port}", host, str(port)), strict=True))
+        return {**env, **listen}
 
     @staticmethod
     def _labels(
@@ -331,6 +505,7 @@ class MeshService(Construct):
         upstreams: Mapping[str, int],
         health_check_path: str | None,
         proxy_port: int,
+        expose_port: int | None,
     ) -> dict[str, str]:
         """The registrar's docker labels (identity.LABEL_*, docs/architecture.md)."""
         labels = {
@@ -348,6 +523,8 @@ class MeshService(Construct):
             )
         if health_check_path:
             labels[str(identity.LABEL_HEALTH_PATH)] = health_check_path
+        if expose_port is not None:
+            labels[str(identity.LABEL_EXPOSE_PORT)] = str(expose_port)
         return labels
 
     @staticmethod
@@ -358,14 +535,13 @@ class MeshService(Construct):
         consul_grpc_port: int | None,
         consul_tls_server_name: str | None,
         plaintext: bool,
-        admin_port: int,
-        prometheus_port: int | None,
+        metrics_bind: str | None,
     ) -> dict[str, str]:
         env = {
             "CONSUL_MESH_SERVICE": service_name,
             "CONSUL_GRPC_HOST": consul_grpc_host,
-            "ENVOY_ADMIN_PORT": str(admin_port),
-            "ENVOY_PROMETHEUS_BIND": f"0.0.0.0:{prometheus_port}" if prometheus_port else "",
+            "ENVOY_ADMIN_SOCKET": ADMIN_SOCKET,
+            "ENVOY_PROMETHEUS_BIND": metrics_bind or "",
             "ENVOY_BOOTSTRAP_PATH": BOOTSTRAP_PATH,
             "ENVOY_UID": str(ENVOY_USER_ID),
             "ENVOY_GID": str(ENVOY_USER_ID),
@@ -397,16 +573,11 @@ class MeshService(Construct):
     def _validate(
         *,
         service_name: str,
-        port: int,
         envoy_version: str,
-        network_mode: str,
         desired_count: int,
         health_check_path: str | None,
         tags: Sequence[str],
         upstreams: Mapping[str, int],
-        proxy_port: int,
-        admin_port: int,
-        prometheus_port: int | None,
         plaintext: bool,
         ca_secret: secretsmanager.ISecret | None,
     ) -> None:
@@ -415,11 +586,6 @@ class MeshService(Construct):
                 "service_name must be a DNS label (lowercase letters, digits, '-', at most 63 "
                 f"characters), got {service_name!r}"
             )
-        if network_mode not in NETWORK_MODES:
-            raise ValueError(
-                f"network_mode must be 'bridge' or 'host' (ECS Anywhere has no awsvpc), "
-                f"got {network_mode!r}"
-            )
         if not _SEMVER.match(envoy_version):
             raise ValueError(f"envoy_version must look like 1.34.14, got {envoy_version!r}")
         if not isinstance(desired_count, int) or not 0 <= desired_count <= 1000:
@@ -427,15 +593,7 @@ class MeshService(Construct):
         _check_registration(health_check_path, tags)
         if not plaintext and ca_secret is None:
             raise ValueError("ca_secret (the Consul CA) is required unless plaintext is opted in")
-        _check_ports(
-            service_name=service_name,
-            network_mode=network_mode,
-            upstreams=upstreams,
-            port=port,
-            proxy_port=proxy_port,
-            admin_port=admin_port,
-            prometheus_port=prometheus_port,
-        )
+        _check_upstream_names(service_name, upstreams)
 
     @staticmethod
     def _dry_run_bootstrap(environment: Mapping[str, str], plaintext: bool) -> None:
@@ -473,6 +631,8 @@ class MeshService(Construct):
             acknowledge(
                 self.task_definition,
                 "NIST.800.53.R5-ECSTaskDefinitionUserForHostMode",
-                "Envoy runs as uid 1337; the init container runs as root for under a second "
-                "only to hand the bootstrap file to that uid, and serves no port.",
+                "Envoy runs as uid 1337 and the app as app_user, which MeshService refuses to "
+                "be root in host mode; the init container runs as root for under a second only "
+                "to hand the bootstrap and admin socket directory to uid 1337, and serves no "
+                "port. None runs privileged.",
             )

@@ -8,8 +8,11 @@ What is watched, and why each alarm exists:
   so an error is a crash or a timeout).
 - Reconcile: drift repaired per pass (events are being lost: above the threshold pages),
   deletions held back by the cap, passes that could not read ECS, and the function's errors.
+- Hosts: a host address the registrar refuses (docker0 reported by SSM, loopback...) pages:
+  the host's tasks stay out of the mesh until the operator sets its address.
 - Consul: healthy servers behind the NLB, per listener; fewer than a quorum pages (the catalog
-  can no longer accept writes).
+  can no longer accept writes). No snapshot in S3 for three snapshot intervals pages too
+  (missing data counts as breaching: a job that stopped running sends nothing at all).
 
 Metric names, namespace and dimension are the ones the Lambda code emits; a test checks them
 against the code so a rename cannot silently blank a graph.
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_cloudwatch as cw
 from aws_cdk import aws_cloudwatch_actions as cw_actions
 from aws_cdk import aws_ecs as ecs
@@ -39,7 +42,13 @@ DIMENSION = "ClusterName"
 
 # Names emitted by the registrar (handler.py, host_state.py) and the reconcile pass.
 EVENT_METRICS = ("Registered", "Deregistered", "Failed", "Malformed", "IgnoredStale")
-HOST_METRICS = ("HostChecksCritical", "HostChecksRestored", "HostDeregistered")
+HOST_METRICS = (
+    "HostDisconnected",
+    "HostChecksCritical",
+    "HostChecksRestored",
+    "HostDeregistered",
+    "HostAddressRefused",
+)
 LAG_METRIC = "EventToCatalogLagMs"
 DRIFT_METRICS = ("DriftMissing", "DriftChanged", "DriftStale", "DriftHosts")
 DRIFT_TOTAL = "DriftRepaired"
@@ -57,6 +66,8 @@ class Monitoring(Construct):
     consul_target_groups: the Consul NLB's target groups (HTTPS 8501, gRPC-TLS 8503, ...);
         each one's HealthyHostCount is graphed and alarmed on.
     consul_server_count: Raft voters (3 or 5); fewer healthy than a majority raises an alarm.
+    consul_snapshots: the fleet's count of snapshots saved to S3, one period per snapshot
+        interval (`ConsulFleet.snapshot_metric`); none for three periods raises an alarm.
     key: the stack's KMS key; the alarm topic is encrypted with it (CloudWatch is allowed to
         use it to publish).
     alarm_email: subscribed to the alarm topic when set (the address confirms by e-mail).
@@ -77,6 +88,7 @@ class Monitoring(Construct):
         consul_target_groups: Sequence[elbv2.INetworkTargetGroup],
         consul_server_count: int,
         key: kms.IKey,
+        consul_snapshots: cw.IMetric | None = None,
         alarm_email: str = "",
         oldest_message_age: Duration = OLDEST_MESSAGE_AGE,
         drift_threshold: int = 10,
@@ -99,8 +111,44 @@ class Monitoring(Construct):
             master_key=key,
             enforce_ssl=True,
         )
-        # CloudWatch publishes to an encrypted topic only if the key lets it (an imported key
-        # cannot be changed here: grant it in its own policy).
+        # An AWS::SNS::TopicPolicy replaces the topic's default policy, and the one enforce_ssl
+        # creates holds only the TLS deny: without this statement nothing may publish, and
+        # every alarm action fails ("... is not authorized to perform: SNS:Publish"). Only
+        # alarms of this account and region (confused-deputy guard: aws:SourceAccount and
+        # aws:SourceArn, as AWS's "CloudWatch alarm does not send SNS notification" knowledge
+        # center article shows for cloudwatch.amazonaws.com).
+        self.topic.add_to_resource_policy(
+            iam.PolicyStatement(
+                sid="AllowCloudWatchAlarmsOfThisAccount",
+                principals=[iam.ServicePrincipal("cloudwatch.amazonaws.com")],
+                actions=["sns:Publish"],
+                resources=[self.topic.topic_arn],
+                conditions={
+                    "StringEquals": {"aws:SourceAccount": Aws.ACCOUNT_ID},
+                    "ArnLike": {
+                        "aws:SourceArn": (
+                            f"arn:{Aws.PARTITION}:cloudwatch:{Aws.REGION}:{Aws.ACCOUNT_ID}:alarm:*"
+                        )
+                    },
+                },
+            )
+        )
+        # CloudWatch publishes to an encrypted topic only if the key lets it use the key
+        # (SNS Developer Guide, "Enable compatibility between event sources from AWS services
+        # and encrypted topics"; without it the alarm history says "CloudWatch Alarms does not
+        # have authorization to access the SNS topic encryption key"). An imported key cannot
+        # be changed here: grant it in its own policy.
+        # No condition, on purpose. The AWS documentation for this case (the SNS Developer
+        # Guide's key statement for CloudWatch, and the AWS Knowledge Center's "configure a
+        # CloudWatch alarm with an encrypted SNS topic") gives the statement without
+        # aws:SourceAccount/aws:SourceArn, and does not say that the KMS request CloudWatch
+        # makes carries them; for EventBridge it says they are NOT supported. A condition the
+        # request does not carry silently drops every alarm e-mail, so it waits for proof on a
+        # real account (the snapshot alarm fires on every fresh deploy: its e-mail, or the
+        # alarm history's "does not have authorization to access the SNS topic encryption
+        # key", settles it). Meanwhile the topic policy above is the confused-deputy guard: only
+        # this account's alarms may publish to the topic; this grant gives the CloudWatch
+        # service nothing but Decrypt and GenerateDataKey* on the key.
         key.grant(
             iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
         )
@@ -112,6 +160,8 @@ class Monitoring(Construct):
         self._function_alarms(registrar, reconciler)
         self._reconcile_alarms(drift_threshold)
         consul_health = self._consul_alarms(consul_target_groups)
+        if consul_snapshots is not None:
+            self._snapshot_alarm(consul_snapshots)
         action = cw_actions.SnsAction(self.topic)
         for alarm in self.alarms.values():
             alarm.add_alarm_action(action)
@@ -224,6 +274,14 @@ class Monitoring(Construct):
             "allows (reconcile_max_deletions); check why before raising the cap.",
         )
         self._alarm(
+            "HostAddressRefusedAlarm",
+            self.metric("HostAddressRefused", period=interval),
+            threshold=0,
+            description="A host's address cannot go in the catalog (loopback, link-local, "
+            "unspecified, or Docker's bridge 172.17.0.0/16 reported by SSM): its tasks are out of "
+            "the mesh. Set the container instance attribute consul-mesh.address (docs/runbook.md).",
+        )
+        self._alarm(
             "ReconcileIncompleteAlarm",
             self.metric("ReconcileIncomplete", period=interval),
             threshold=0,
@@ -250,6 +308,20 @@ class Monitoring(Construct):
                 "health check: the Raft quorum is at risk or lost, the catalog rejects writes.",
             )
         return metrics
+
+    def _snapshot_alarm(self, snapshots: cw.IMetric) -> None:
+        self._alarm(
+            "ConsulSnapshotAlarm",
+            snapshots,
+            threshold=1,
+            comparison=cw.ComparisonOperator.LESS_THAN_THRESHOLD,
+            periods=3,
+            missing=cw.TreatMissingData.BREACHING,
+            description="No Consul snapshot reached S3 for three snapshot intervals: the "
+            "leader's consul-snapshot.timer is failing or not running (journalctl -u "
+            "consul-snapshot on the leader). Also raised right after a new deploy, until the "
+            "first snapshot lands (about 20 minutes after the servers boot).",
+        )
 
     # --- dashboard ----------------------------------------------------------------------------
 

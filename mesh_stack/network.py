@@ -1,4 +1,5 @@
-"""The VPC the Consul servers and the Lambdas run in: created, or an existing one."""
+"""The VPC the Consul servers and the Lambdas run in (created, or an existing one), and its
+path to on-prem (`onprem.py`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from constructs import Construct
 
 from mesh_stack.config import MeshConfig
 from mesh_stack.nag import acknowledge
+from mesh_stack.onprem import OnPremConnection, connect_onprem
 
 
 class Network(Construct):
@@ -19,14 +21,17 @@ class Network(Construct):
     subnets hold only the NAT gateways the servers need to download Consul at boot and to
     reach AWS APIs; they never assign public IPs. With `vpc_id` set, the existing VPC is
     looked up instead (this needs an account and a committed cdk.context.json, see README).
+    A created VPC gets the on-prem path `onprem_connectivity` asks for (`onprem`: None with
+    `none`, which an existing VPC must use: it is assumed routed already).
 
-    log_key: customer-managed KMS key the flow log group is encrypted with.
+    log_key: customer-managed KMS key the flow log and VPN tunnel log groups are encrypted with.
     """
 
     def __init__(
         self, scope: Construct, construct_id: str, *, config: MeshConfig, log_key: kms.IKey
     ) -> None:
         super().__init__(scope, construct_id)
+        self.onprem: OnPremConnection | None = None
         if config.vpc_id:
             self.vpc: ec2.IVpc = ec2.Vpc.from_lookup(self, "Vpc", vpc_id=config.vpc_id)
             return
@@ -81,3 +86,4 @@ class Network(Construct):
         )
         self.vpc = vpc
         self.flow_log_group = flow_logs
+        self.onprem = connect_onprem(self, config=config, vpc=vpc, log_key=log_key)

@@ -20,6 +20,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import custom_resources as cr
 from constructs import Construct
 
+from mesh_stack.key_use import encrypt_environment
 from mesh_stack.nag import acknowledge
 from mesh_stack.registrar import Registrar
 from mesh_stack.registrar_function import grant_cluster_reads, nag_form, registrar_function
@@ -32,6 +33,11 @@ _NO_DLQ = (
 
 RECONCILE_TIMEOUT = Duration.minutes(5)
 DRAIN_TIMEOUT = Duration.minutes(10)
+# The provider framework's onEvent function invokes the drain synchronously and answers
+# CloudFormation itself; it runs at most 15 minutes (FRAMEWORK_HANDLER_TIMEOUT, aws-cdk-lib
+# custom-resources/lib/provider-framework/provider.ts). CloudFormation waits a minute more
+# for the answer, not its default hour, should the framework die without answering.
+DRAIN_SERVICE_TIMEOUT = Duration.minutes(16)
 
 
 class Reconciler(Construct):
@@ -39,11 +45,19 @@ class Reconciler(Construct):
 
     registrar: whose settings (subnets, security group, Consul address, secrets, key) and
         event source this reuses.
-    interval_minutes: minutes between passes (1-1440); at most one pass runs at a time.
+    interval_minutes: minutes between passes (1-1440). A pass is stopped at the interval (its
+        timeout is at most the interval), so passes do not overlap.
     max_deletions: catalog entries one pass may delete (1-10000); the rest waits (and alarms).
+    host_disconnect_grace_minutes: how long an ECS agent may stay disconnected (1-1440) before
+        the pass marks its host's task nodes critical; it confirms with
+        DescribeContainerInstances first. Agents reconnect several times an hour as normal
+        operation (ECS developer guide, "Container instance state change events"), so a
+        disconnect shorter than this is never visible in the catalog.
     drain_on_delete: on deletion, remove every entry the registrar owns. The custom resource
         exists either way and carries the flag as a property, so switching it is an update that
         drains nothing.
+    reserve_concurrency: reserve 1 for the pass, so that not even an invocation delayed by
+        throttling can run next to the following pass. Off by default (see Registrar).
     """
 
     def __init__(
@@ -55,12 +69,19 @@ class Reconciler(Construct):
         interval_minutes: int = 5,
         max_deletions: int = 50,
         drain_on_delete: bool = True,
+        reserve_concurrency: bool = False,
+        host_disconnect_grace_minutes: int = 5,
     ) -> None:
         super().__init__(scope, construct_id)
         if not 1 <= interval_minutes <= 1440:
             raise ValueError(f"interval_minutes must be from 1 to 1440, got {interval_minutes}")
         if not 1 <= max_deletions <= 10000:
             raise ValueError(f"max_deletions must be from 1 to 10000, got {max_deletions}")
+        if not 1 <= host_disconnect_grace_minutes <= 1440:
+            raise ValueError(
+                "host_disconnect_grace_minutes must be from 1 to 1440, "
+                f"got {host_disconnect_grace_minutes}"
+            )
         self.interval = Duration.minutes(interval_minutes)
         self._registrar = registrar
         settings = registrar.settings
@@ -70,18 +91,28 @@ class Reconciler(Construct):
             settings,
             handler="reconcile.handler",
             description="Reconciles the Consul catalog with the ECS Anywhere tasks on a schedule",
-            timeout=RECONCILE_TIMEOUT,
+            timeout=Duration.seconds(
+                min(RECONCILE_TIMEOUT.to_seconds(), self.interval.to_seconds())
+            ),
             # CPU scales with memory: a pass over 10,000 tasks is ~15 s of one core (digests,
             # JSON), so 1 GB (~0.6 vCPU) keeps it well inside the timeout.
             memory_size=1024,
             extra_environment={"RECONCILE_MAX_DELETIONS": str(max_deletions)},
             # One pass at a time: passes never race each other for the deletion cap.
-            reserved_concurrency=1,
+            reserved_concurrency=1 if reserve_concurrency else None,
+            concurrency_reason="Started once per interval by the schedule and stopped at the "
+            "interval by its timeout, so passes do not overlap; reserving 1 is an opt-in "
+            "(reserve_concurrency) because accounts on a low Lambda quota reject any "
+            "reservation.",
             dlq_reason=_NO_DLQ,
         )
         # A pass that failed or was throttled is not retried: the next one starts from scratch.
         self.function.configure_async_invoke(
             retry_attempts=0, max_event_age=Duration.seconds(max(60, self.interval.to_seconds()))
+        )
+        # Only the pass marks a disconnected host (the event path records the disconnection).
+        self.function.add_environment(
+            "HOST_DISCONNECT_GRACE_MINUTES", str(host_disconnect_grace_minutes)
         )
         grant_cluster_reads(self.function, settings.cluster, list_tasks=True)
         self.schedule = events.Rule(
@@ -100,13 +131,10 @@ class Reconciler(Construct):
             timeout=DRAIN_TIMEOUT,
             memory_size=256,
             reserved_concurrency=None,
+            concurrency_reason="Invoked only by the CloudFormation custom resource framework, "
+            "once per stack operation; reserving concurrency for it would only shrink the "
+            "account's pool.",
             dlq_reason=_NO_DLQ,
-        )
-        acknowledge(
-            self.drain_function,
-            "NIST.800.53.R5-LambdaConcurrency",
-            "Invoked only by the CloudFormation custom resource framework, once per stack "
-            "operation; reserving concurrency for it would only shrink the account's pool.",
         )
         drain_role = self.drain_function.role
         assert drain_role is not None
@@ -140,8 +168,8 @@ class Reconciler(Construct):
                 retention=logs.RetentionDays.ONE_YEAR,
                 encryption_key=self._registrar.settings.key,
             ),
-            provider_function_env_encryption=self._registrar.settings.key,
         )
+        encrypt_environment(self._registrar.settings.key, *_functions(provider))
         resource = CustomResource(
             scope,
             "Resource",
@@ -151,6 +179,7 @@ class Reconciler(Construct):
                 "ClusterArn": cluster.cluster_arn,
                 "Drain": "true" if drain_on_delete else "false",
             },
+            service_timeout=DRAIN_SERVICE_TIMEOUT,
         )
         # On deletion CloudFormation removes dependents first: the registrar's SQS event source
         # and this schedule are gone before the drain runs, so nothing re-registers behind it.
@@ -160,6 +189,11 @@ class Reconciler(Construct):
         self.schedule.node.add_dependency(resource)
         _acknowledge_provider(provider, self.drain_function)
         return resource
+
+
+def _functions(provider: cr.Provider) -> list[lambda_.Function]:
+    """The custom resource framework's own functions (created by aws-cdk-lib)."""
+    return [c for c in provider.node.find_all() if isinstance(c, lambda_.Function)]
 
 
 def _acknowledge_provider(provider: cr.Provider, on_event: lambda_.IFunction) -> None:
@@ -197,9 +231,4 @@ def _acknowledge_provider(provider: cr.Provider, on_event: lambda_.IFunction) ->
         framework,
         f"AwsSolutions-IAM5[Resource::{nag_form(Stack.of(provider), on_event.function_arn)}:*]",
         "The framework may invoke only the drain function (any of its versions).",
-    )
-    acknowledge(
-        framework,
-        "AwsSolutions-L1",
-        "The CDK pins the framework's Node.js runtime and updates it with aws-cdk-lib.",
     )

@@ -37,6 +37,11 @@ class Registrar(Construct):
     ca_secret: the Consul CA certificate the HTTPS connection is verified against.
     key: customer-managed KMS key for the queues and the log group.
     max_concurrency: SQS event source MaximumConcurrency (2-1000); bounds Consul load.
+    reserve_concurrency: also reserve max_concurrency + 2 of the account's Lambda concurrency,
+      so that other functions can never starve the event path. Off by default: a reservation
+      must leave the account 100 unreserved, and fails the deploy on accounts whose quota
+      is low (config key `reserve_concurrency` checks it against
+      `lambda_unreserved_concurrency`).
     max_receive_count: receives before a message moves to the DLQ; each receive already
       retries with backoff inside the invocation, so 5 covers minutes of Consul outage.
     """
@@ -54,6 +59,7 @@ class Registrar(Construct):
         key: kms.IKey,
         max_concurrency: int = 5,
         max_receive_count: int = 5,
+        reserve_concurrency: bool = False,
     ) -> None:
         super().__init__(scope, construct_id)
         if not 2 <= max_concurrency <= 1000:
@@ -136,9 +142,13 @@ class Registrar(Construct):
             description="Registers ECS Anywhere tasks in the Consul catalog from ECS events",
             timeout=FUNCTION_TIMEOUT,
             memory_size=256,
-            # The event source's MaximumConcurrency bounds polling; reserve a little more so
-            # the reconcile pass and the drain never starve the event path (and vice versa).
-            reserved_concurrency=max_concurrency + 2,
+            # The event source's MaximumConcurrency bounds polling; when reserving, reserve a
+            # little more so the reconcile pass and the drain never starve the event path.
+            reserved_concurrency=max_concurrency + 2 if reserve_concurrency else None,
+            concurrency_reason="The SQS event source's MaximumConcurrency "
+            f"({max_concurrency}, config key registrar_concurrency) bounds the concurrent "
+            "invocations and so the load on Consul. Reserving is an opt-in "
+            "(reserve_concurrency): accounts on a low Lambda quota reject any reservation.",
             dlq_reason="Invoked by an SQS event source: failed records return to the queue and "
             "its redrive policy moves them to the dead-letter queue; a function DLQ applies "
             "only to asynchronous invocations.",

@@ -21,6 +21,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 
 LAMBDA_DIR = Path(__file__).resolve().parent.parent / "lambda" / "registrar"
@@ -37,7 +38,7 @@ class RegistrarSettings:
     cluster: the ECS cluster whose tasks are registered.
     consul_http_addr: `https://<consul lb>:8501`.
     token_secret / ca_secret: the registrar's ACL token and the Consul CA (read, never logged).
-    key: customer-managed KMS key of the log groups.
+    key: customer-managed KMS key of the log groups and the functions' environments.
     """
 
     vpc: ec2.IVpc
@@ -68,11 +69,18 @@ def registrar_function(
     timeout: Duration,
     memory_size: int,
     reserved_concurrency: int | None,
+    concurrency_reason: str,
     dlq_reason: str,
     extra_environment: dict[str, str] | None = None,
 ) -> lambda_.Function:
     """`scope/Function` with its log group `scope/Logs`, reading the token and the CA.
 
+    reserved_concurrency: None (the default everywhere) reserves nothing: a reservation may
+      take at most the account's unreserved concurrency (its "Concurrent executions" quota
+      minus other functions' reservations) minus 100, and new accounts start with a quota so
+      low that any reservation fails the deployment.
+    concurrency_reason: what bounds the function's concurrency when nothing is reserved
+      (cdk-nag asks for a reservation on every function).
     dlq_reason: why this function needs no function-level DLQ (cdk-nag asks for one on every
       function; the reason names where its failures go instead).
     """
@@ -99,11 +107,13 @@ def registrar_function(
         reserved_concurrent_executions=reserved_concurrency,
         environment={**settings.environment, **(extra_environment or {})},
     )
-    settings.token_secret.grant_read(function)
-    settings.ca_secret.grant_read(function)
+    grant_secret_read(function, settings.token_secret, settings.ca_secret)
+    encrypt_environment(settings.key, function)
     role = function.role
     assert role is not None
     acknowledge(function, "NIST.800.53.R5-LambdaDLQ", dlq_reason)
+    if reserved_concurrency is None:
+        acknowledge(function, "NIST.800.53.R5-LambdaConcurrency", concurrency_reason)
     acknowledge(
         role,
         "NIST.800.53.R5-IAMNoInlinePolicy",

@@ -8,20 +8,25 @@ Construct IDs below are a contract: the logical IDs of stateful resources derive
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
-from aws_cdk import CfnOutput, Fn, Stack
+import jsii
+from aws_cdk import Aspects, CfnOutput, CfnResource, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
-from constructs import Construct
+from constructs import Construct, IConstruct
 
 from mesh_stack.config import MeshConfig
 from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
 from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
 from mesh_stack.ecs_anywhere import EcsAnywhere
+from mesh_stack.key_use import grant_key_use, keyless
 from mesh_stack.keys import Keys
+from mesh_stack.mesh_service import MeshService
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
+from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
 
@@ -38,6 +43,15 @@ class MeshStack(Stack):
         keys = Keys(self, "Keys")
         network = Network(self, "Network", config=config, log_key=keys.key)
         self.vpc = network.vpc
+        # CDK's own direct-Lambda custom resource (feature flag
+        # @aws-cdk/aws-ec2:restrictDefaultSecurityGroup): its handler may run 15 minutes, so
+        # CloudFormation waits a minute more for an answer rather than its default hour.
+        for child in self.vpc.node.find_all():
+            if (
+                isinstance(child, CfnResource)
+                and child.cfn_resource_type == "Custom::VpcRestrictDefaultSG"
+            ):
+                child.add_property_override("ServiceTimeout", 960)
 
         fleet = ConsulFleet(
             self,
@@ -55,7 +69,14 @@ class MeshStack(Stack):
         )
         for cidr in config.onprem_cidrs:
             fleet.allow_clients(ec2.Peer.ipv4(cidr), f"ECS Anywhere hosts in {cidr}")
+            # consul-esm checks the host-mode sidecars' public and expose listeners.
+            fleet.allow_checks_to(
+                ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
+            )
         self.fleet = fleet
+        # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
+        # host ports) gets its range opened too, whoever adds it to the stack and when.
+        Aspects.of(self).add(_OpenServiceCheckPorts(fleet, config.onprem_cidrs))
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
         objects = ConsulObjects(
@@ -92,6 +113,7 @@ class MeshStack(Stack):
             ca_secret=fleet.ca_cert_secret,
             key=keys.key,
             max_concurrency=config.registrar_concurrency,
+            reserve_concurrency=config.reserve_concurrency,
         )
         fleet.allow_from(registrar.function)
         self.registrar = registrar
@@ -103,7 +125,9 @@ class MeshStack(Stack):
             registrar=registrar,
             interval_minutes=config.reconcile_interval_minutes,
             max_deletions=config.reconcile_max_deletions,
+            host_disconnect_grace_minutes=config.host_disconnect_grace_minutes,
             drain_on_delete=config.drain_on_delete,
+            reserve_concurrency=config.reserve_concurrency,
         )
         # Drain while the token and servers exist, and while the registrar's security group
         # still has its egress rule to the NLB (a standalone resource nothing else depends on,
@@ -117,26 +141,45 @@ class MeshStack(Stack):
             cluster=ecs_anywhere.cluster,
             consul_target_groups=fleet.target_groups,
             consul_server_count=config.server_count,
+            consul_snapshots=fleet.snapshot_metric,
             key=keys.key,
             alarm_email=config.alarm_email,
         )
 
         if config.demo_enabled:
-            MeshDemo(
+            # The task definitions grant their execution roles the secrets themselves (ECS task
+            # secrets): hand them the secrets without their keys, so that no key policy names
+            # those roles, and grant the keys in the roles' own policies (key_use.py).
+            token_secrets = {name: objects.service_token(name) for name in DEMO_SERVICES}
+            demo_secrets = Construct(self, "DemoSecrets")
+            demo = MeshDemo(
                 self,
                 "Demo",
                 cluster=ecs_anywhere.cluster,
-                token_secrets={name: objects.service_token(name) for name in DEMO_SERVICES},
-                ca_secret=fleet.ca_cert_secret,
+                token_secrets={
+                    name: keyless(demo_secrets, name, secret)
+                    for name, secret in token_secrets.items()
+                },
+                ca_secret=keyless(demo_secrets, "CaCertificate", fleet.ca_cert_secret),
                 consul_grpc_host=fleet.grpc_host,
                 consul_tls_server_name=fleet.tls_server_name,
                 envoy_version=config.envoy_version,
                 log_key=keys.key,
-                plaintext=config.plaintext_listeners,
+                # Always gRPC-TLS 8503: plaintext_listeners opens 8500/8502 for other clients
+                # and never downgrades the project's own sidecars.
                 prometheus_port=config.prometheus_port,
             )
             for source, destination in DEMO_INTENTIONS:
                 objects.intention(source, destination)
+            for name, service in (("backend", demo.backend), ("frontend", demo.frontend)):
+                grant_key_use(
+                    service.task_definition.obtain_execution_role(),
+                    token_secrets[name],
+                    fleet.ca_cert_secret,
+                )
+            # Deregister the hosts before the demo services are deleted: a DAEMON service's
+            # deletion waits for its tasks to stop, which never happens on a host that is gone.
+            ecs_anywhere.tear_down_before(demo)
 
         CfnOutput(self, "ConsulHttpsAddress", value=fleet.https_address)
         CfnOutput(self, "ConsulGrpcAddress", value=Fn.join("", [fleet.grpc_host, ":8503"]))
@@ -144,3 +187,36 @@ class MeshStack(Stack):
         CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
         CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
         CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
+        if network.onprem is not None:
+            for name, (value, description) in network.onprem.outputs().items():
+                CfnOutput(self, name, value=value, description=description)
+
+
+@jsii.implements(IAspect)
+class _OpenServiceCheckPorts:
+    """Lets consul-esm reach every MeshService of the stack on the host ports it listens on.
+
+    The stack opens `ENVOY_INBOUND_PORTS` to each on-prem CIDR itself (host mode). A service
+    listening elsewhere (`MeshService.inbound_host_ports`: a bridge-mode service publishes on
+    ECS's dynamic host port range) would otherwise stay critical: the servers' egress is
+    closed to everything else, and Consul routes no mesh traffic to an instance whose checks
+    fail. Run as an aspect, at synthesis, so services added after the stack's constructor
+    (in app code, or from configuration) are covered too; each range opens once per CIDR.
+    """
+
+    def __init__(self, fleet: ConsulFleet, onprem_cidrs: Sequence[str]) -> None:
+        self._fleet = fleet
+        self._cidrs = list(onprem_cidrs)
+        self._opened: set[tuple[int, int]] = {ENVOY_INBOUND_PORTS}
+
+    def visit(self, node: IConstruct) -> None:
+        if not isinstance(node, MeshService) or node.inbound_host_ports in self._opened:
+            return
+        low, high = node.inbound_host_ports
+        self._opened.add(node.inbound_host_ports)
+        for cidr in self._cidrs:
+            self._fleet.allow_checks_to(
+                ec2.Peer.ipv4(cidr),
+                node.inbound_host_ports,
+                f"mesh services' host ports {low}-{high} in {cidr}",
+            )

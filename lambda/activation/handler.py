@@ -8,14 +8,24 @@ only ever sees the activation ID.
 
 Events:
 - CloudFormation Create: a new activation; its ID becomes the physical ID, for good.
-- CloudFormation Update (the limit, expiry or role changed): a new activation replaces the
-  previous one in the secret and the previous one is revoked here, like a reissue. The
-  physical ID is kept on purpose: a new one would make CloudFormation send Delete for the old
-  ID afterwards, and that Delete, seeing the secret name another activation, would revoke the
-  new one too (and so would an update rollback).
+- CloudFormation Update (the limit, expiry or role changed; nothing else counts, see SETTINGS):
+  a new activation replaces the previous one in the secret and the previous one is revoked
+  here, like a reissue. The physical ID is kept on purpose: a new one would make CloudFormation
+  send Delete for the old ID afterwards, and that Delete, seeing the secret name another
+  activation, would revoke the new one too (and so would an update rollback).
 - CloudFormation Delete: delete the activation (already registered hosts stay registered).
 - `{"action": "reissue"}` invoked by an operator: a fresh activation when the old one expired
   or was used up, replacing the secret's value and deleting the previous activation.
+
+IAM is eventually consistent: right after CloudFormation created the host role, SSM may not see
+it yet, and CreateActivation fails with ValidationException "Nonexistent role or missing ssm
+service principal in trust policy" (hashicorp/terraform-provider-aws#27952, labelled
+eventual-consistency; the same call succeeds moments later). That error is retried with backoff
+for up to ROLE_PROPAGATION_SECONDS; any other error fails at once.
+
+The same function serves a second resource type, `Custom::EcsAnywhereTeardown` (teardown.py):
+it deregisters the cluster's hosts before the cluster is deleted. Both share the
+CloudFormation response below.
 """
 
 from __future__ import annotations
@@ -23,12 +33,30 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
+import time
 import urllib.request
+from collections.abc import Callable
 from typing import Any, Protocol
+
+import teardown
 
 logger = logging.getLogger()
 logger.setLevel(logging.INFO)
+
+TEARDOWN_TYPE = "Custom::EcsAnywhereTeardown"
+# The properties that define the activation. An Update compares only these: CloudFormation
+# also passes ServiceToken (and ServiceTimeout, once set) in ResourceProperties, and a stack
+# update that only adds ServiceTimeout or replaces the function must not reissue the
+# activation (and revoke the one operators are using).
+SETTINGS = ("RegistrationLimit", "ExpiryDays", "Role")
+ROLE_PROPAGATION_SECONDS = 90.0
+_PROPAGATION_HINTS = ("nonexistent role", "missing ssm service principal")
+
+# Replaced by tests with a fake clock, so no test sleeps on wall time.
+_sleep: Callable[[float], None] = time.sleep
+_clock: Callable[[], float] = time.monotonic
 
 
 class Ssm(Protocol):
@@ -45,6 +73,53 @@ def _clients() -> tuple[Ssm, Secrets]:
     import boto3  # noqa: PLC0415 (only the Lambda runtime needs it; tests inject stubs)
 
     return boto3.client("ssm"), boto3.client("secretsmanager")
+
+
+def _teardown_clients() -> tuple[teardown.Ecs, teardown.Ssm]:
+    import boto3  # noqa: PLC0415 (only the Lambda runtime needs it; tests inject stubs)
+    from botocore.config import Config  # noqa: PLC0415
+
+    # Short timeouts so a hung call cannot eat the teardown's deadline; standard retries back
+    # off on ThrottlingException; one pooled connection per worker thread.
+    config = Config(
+        connect_timeout=5,
+        read_timeout=20,
+        retries={"mode": "standard", "max_attempts": 5},
+        max_pool_connections=teardown.WORKERS,
+    )
+    return boto3.client("ecs", config=config), boto3.client("ssm", config=config)
+
+
+def _time_left(context: Any) -> teardown.TimeLeft:
+    """Seconds until the Lambda's deadline (unlimited outside Lambda)."""
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return lambda: math.inf
+    return lambda: float(context.get_remaining_time_in_millis()) / 1000
+
+
+def _error(exc: Exception) -> tuple[str, str]:
+    """(code, message) of a botocore ClientError (or the tests' stand-in)."""
+    error = getattr(exc, "response", {}).get("Error", {})
+    return str(error.get("Code", "")), str(error.get("Message", exc))
+
+
+def _create_activation(ssm: Ssm, **request: Any) -> dict[str, Any]:
+    """CreateActivation, retried while SSM cannot see the (new) host role yet."""
+    deadline = _clock() + ROLE_PROPAGATION_SECONDS
+    pause = 2.0
+    while True:
+        try:
+            return ssm.create_activation(**request)
+        except Exception as exc:
+            code, message = _error(exc)
+            propagating = code == "ValidationException" and any(
+                hint in message.lower() for hint in _PROPAGATION_HINTS
+            )
+            if not propagating or _clock() + pause > deadline:
+                raise
+            _log("host role not visible to SSM yet: retrying", wait_seconds=pause, error=message)
+            _sleep(pause)
+            pause = min(pause * 2, 20.0)
 
 
 def _log(message: str, **fields: Any) -> None:
@@ -65,7 +140,8 @@ def issue(
 ) -> str:
     """Create an activation, store id and code in the secret; returns the activation ID."""
     now = now or datetime.datetime.now(datetime.UTC)
-    response = ssm.create_activation(
+    response = _create_activation(
+        ssm,
         Description=f"ECS Anywhere hosts of cluster {os.environ['CLUSTER_NAME']}",
         DefaultInstanceName=os.environ["CLUSTER_NAME"],
         IamRole=os.environ["ROLE_NAME"],
@@ -91,8 +167,7 @@ def revoke(ssm: Ssm, activation_id: str) -> None:
     try:
         ssm.delete_activation(ActivationId=activation_id)
     except Exception as exc:  # botocore's ClientError, or the stub's
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code not in ("InvalidActivation", "InvalidActivationId"):
+        if _error(exc)[0] not in ("InvalidActivation", "InvalidActivationId"):
             raise
     _log("activation deleted", activation_id=activation_id)
 
@@ -102,8 +177,7 @@ def current_activation(secrets: Secrets) -> str | None:
     try:
         value = secrets.get_secret_value(SecretId=os.environ["SECRET_ARN"])["SecretString"]
     except Exception as exc:
-        code = getattr(exc, "response", {}).get("Error", {}).get("Code", "")
-        if code == "ResourceNotFoundException":
+        if _error(exc)[0] == "ResourceNotFoundException":
             return None
         raise
     parts = str(value).split()
@@ -127,7 +201,8 @@ def on_event(event: dict[str, Any], ssm: Ssm, secrets: Secrets) -> tuple[str, di
     if request == "Update":
         physical = str(event["PhysicalResourceId"])
         current = current_activation(secrets) or physical
-        if props == event.get("OldResourceProperties"):
+        old = event.get("OldResourceProperties") or {}
+        if all(str(props.get(key)) == str(old.get(key)) for key in SETTINGS):
             return physical, {"ActivationId": current}
         activation_id = issue(ssm, secrets, limit=limit, days=days)
         if current != activation_id and current.count("-") == 4:
@@ -174,16 +249,23 @@ def _respond(
 
 
 def handler(event: dict[str, Any], context: Any) -> dict[str, str]:
-    """Lambda entry point for CloudFormation and for `{"action": "reissue"}`."""
-    ssm, secrets = _clients()
+    """Lambda entry point for CloudFormation (both resource types) and `{"action": "reissue"}`."""
     if event.get("action") == "reissue":
-        return reissue(ssm, secrets)
+        return reissue(*_clients())
     physical = str(event.get("PhysicalResourceId", ""))
     try:
-        physical, data = on_event(event, ssm, secrets)
+        if event.get("ResourceType") == TEARDOWN_TYPE:
+            physical, data = teardown.on_event(event, *_teardown_clients(), _time_left(context))
+        else:
+            physical, data = on_event(event, *_clients())
     except Exception as exc:
         # The message may name the role or limits but never holds the activation code.
-        _log("activation request failed", request=event.get("RequestType"), error=str(exc))
+        _log(
+            "custom resource request failed",
+            resource_type=event.get("ResourceType"),
+            request=event.get("RequestType"),
+            error=str(exc),
+        )
         _respond(event, "FAILED", physical, {}, f"{type(exc).__name__}: {exc}")
         return {}
     _respond(event, "SUCCESS", physical, data, "")

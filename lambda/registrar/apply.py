@@ -30,7 +30,14 @@ CAS_ATTEMPTS = 5
 SIDECAR_ROUNDS = 5
 
 ResultKind = Literal[
-    "registered", "deregistered", "stale", "duplicate", "repaired", "ignored", "invalid"
+    "registered",
+    "deregistered",
+    "stale",
+    "duplicate",
+    "repaired",
+    "ignored",
+    "invalid",
+    "unaddressable",
 ]
 
 

@@ -9,23 +9,34 @@
 boto3 is imported on first use (events of other clusters never need it) and each client is
 created once per container. botocore's own retries are off: retry.py retries throttling
 inside the invocation's time budget instead of letting two retry loops multiply.
+
+Time budget: like a Consul request (whose timeout shrinks to the time left), an AWS request is
+not started when it could outlast the invocation's budget (`within`): botocore gives up on a
+request after CONNECT_TIMEOUT_S to connect and READ_TIMEOUT_S per read ("The time in seconds
+till a timeout exception is thrown when attempting to make a connection / to read from a
+connection", botocore config.py), so a request needs up to their sum, and one that cannot have
+it fails at once with BudgetExhausted (the message goes back to SQS, a pass stops there).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
 from model import Host, TaskDefinition, task_definition_from_api, valid_address
-from retry import RetryableError
+from retry import Budget, BudgetExhausted, RetryableError
 
 T = TypeVar("T")
 
 ADDRESS_ATTRIBUTE = "consul-mesh.address"
+MAX_SSM_PAGES = 20  # pages of one filtered DescribeInstanceInformation before giving up
 
 _THROTTLING = frozenset(
     {
@@ -51,15 +62,55 @@ class AwsUnavailable(RetryableError):
 
 
 class AwsLookupError(Exception):
-    """AWS answered, but not with what we need (unknown ARN, access denied, no IP)."""
+    """AWS answered, but not with what we need (unknown ARN, access denied, no IP).
+
+    `code` is AWS's error code when AWS refused the call (e.g. `InvalidInstanceId`).
+    """
+
+    def __init__(self, message: str, *, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+# DescribeInstanceInformation fails the whole call when one of its InstanceIds is not a managed
+# instance SSM will describe (SSM API reference, Errors: InvalidInstanceId "SSM Agent isn't
+# registered with the SSM endpoint", "isn't in valid state"; InvalidInstanceInformationFilterValue
+# "The specified filter value isn't valid"). Which of the two a deregistered mi- ID draws is not
+# documented: both are treated as "this ID is bad, the others may be fine".
+SSM_BAD_ID_CODES = frozenset({"InvalidInstanceId", "InvalidInstanceInformationFilterValue"})
+
+
+class UnusableHostAddress(AwsLookupError):
+    """The host's address is one no other host can reach: it is never registered."""
+
+    def __init__(self, container_instance_arn: str, message: str) -> None:
+        super().__init__(message)
+        self.container_instance_arn = container_instance_arn
 
 
 # --------------------------------------------------------------------------------------------
 # Clients
 
 
+CONNECT_TIMEOUT_S = 3
+READ_TIMEOUT_S = 5
+# The longest one request takes before botocore gives up on it: one connect, one read (the
+# answers the registrar reads are small JSON documents, read at once).
+ATTEMPT_S = CONNECT_TIMEOUT_S + READ_TIMEOUT_S
+
 _clients: dict[str, Any] = {}
 _clients_lock = threading.Lock()
+_budget: ContextVar[Budget | None] = ContextVar("aws_budget", default=None)
+
+
+@contextmanager
+def within(budget: Budget) -> Iterator[None]:
+    """Hold every AWS request made inside to `budget` (one invocation's, per thread)."""
+    token = _budget.set(budget)
+    try:
+        yield
+    finally:
+        _budget.reset(token)
 
 
 def client(service: str) -> Any:
@@ -69,7 +120,11 @@ def client(service: str) -> Any:
             import boto3  # noqa: PLC0415 - lazy: not every invocation needs AWS
             from botocore.config import Config  # noqa: PLC0415
 
-            config = Config(retries={"total_max_attempts": 1}, connect_timeout=3, read_timeout=5)
+            config = Config(
+                retries={"total_max_attempts": 1},
+                connect_timeout=CONNECT_TIMEOUT_S,
+                read_timeout=READ_TIMEOUT_S,
+            )
             _clients[service] = boto3.client(service, config=config)
         return _clients[service]
 
@@ -81,7 +136,17 @@ def reset_clients() -> None:
 
 
 def aws_call(what: str, fn: Callable[[], T]) -> T:
-    """Run one AWS call, mapping its failures to AwsUnavailable or AwsLookupError."""
+    """Run one AWS call, mapping its failures to AwsUnavailable or AwsLookupError.
+
+    Not started (BudgetExhausted) when the invocation's budget (`within`) is shorter than
+    ATTEMPT_S: the request could still be running when the function must return.
+    """
+    budget = _budget.get()
+    if budget is not None and budget.remaining_s() < ATTEMPT_S:
+        raise BudgetExhausted(
+            f"{what}: {budget.remaining_s():.1f} s left in this invocation, and a request may "
+            f"take {ATTEMPT_S} s (connect {CONNECT_TIMEOUT_S} s + read {READ_TIMEOUT_S} s)"
+        )
     from botocore.exceptions import (  # noqa: PLC0415
         BotoCoreError,
         ClientError,
@@ -98,7 +163,7 @@ def aws_call(what: str, fn: Callable[[], T]) -> T:
         message = f"{what}: {code}: {error.get('Message', '')}"
         if code in _THROTTLING or status == 429 or status >= 500:
             raise AwsUnavailable(message) from err
-        raise AwsLookupError(message) from err
+        raise AwsLookupError(message, code=code) from err
     except (ConnectionError, HTTPClientError) as err:
         raise AwsUnavailable(f"{what}: {err}") from err
     except BotoCoreError as err:
@@ -141,6 +206,30 @@ class EcsTaskDefinitions:
 
 # --------------------------------------------------------------------------------------------
 # Host addresses
+
+# The SSM agent reports the first interface by index as a hybrid host's IPAddress, which on a
+# Docker host can be the default bridge, docker0 (aws/amazon-ssm-agent#553, open; #27, #75).
+# Docker gives docker0 172.17.0.0/16 unless configured otherwise (Docker's default-address-pools
+# / bip). An operator who really numbers hosts there sets the attribute, which is trusted.
+DOCKER_DEFAULT_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
+
+
+def address_problem(value: str, *, from_ssm: bool) -> str | None:
+    """Why `value` cannot be a host's address in the catalog, or None when it can."""
+    ip = ipaddress.ip_address(value)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    for kind, hit in (
+        ("an unspecified", ip.is_unspecified),
+        ("a loopback", ip.is_loopback),
+        ("a link-local", ip.is_link_local),
+        ("a multicast", ip.is_multicast),
+    ):
+        if hit:
+            return f"{kind} address"
+    if from_ssm and ip in DOCKER_DEFAULT_BRIDGE:
+        return f"in Docker's default bridge network {DOCKER_DEFAULT_BRIDGE} (docker0)"
+    return None
 
 
 class HostSource(Protocol):
@@ -198,25 +287,69 @@ class EcsSsmHosts:
                     f"attribute {ADDRESS_ATTRIBUTE} of {container_instance_arn} must be an IP "
                     f"address, got {override!r}"
                 )
+            problem = address_problem(override, from_ssm=False)
+            if problem:
+                raise UnusableHostAddress(
+                    container_instance_arn,
+                    f"attribute {ADDRESS_ATTRIBUTE} of container instance {container_instance_arn}"
+                    f" is {override}, {problem}, which other hosts cannot reach; set it to the "
+                    "host's own reachable IP",
+                )
             return Host(address=override, instance_id=instance_id, source="attribute")
         if not instance_id:
             raise AwsLookupError(
                 f"container instance {container_instance_arn} has no ec2InstanceId"
             )
-        info = aws_call(
-            f"DescribeInstanceInformation {instance_id}",
-            lambda: self._ssm().describe_instance_information(
-                Filters=[{"Key": "InstanceIds", "Values": [instance_id]}]
-            ),
-        )
-        found = info.get("InstanceInformationList") or []
-        address = found[0].get("IPAddress") if found else None
+        info = self._instance_information(container_instance_arn, instance_id)
+        address = info.get("IPAddress") if info else None
         if not isinstance(address, str) or not valid_address(address):
             raise AwsLookupError(
                 f"SSM reports no IP address for {instance_id} (got {address!r}); set the "
                 f"container instance attribute {ADDRESS_ATTRIBUTE}"
             )
+        problem = address_problem(address, from_ssm=True)
+        if problem:
+            raise UnusableHostAddress(
+                container_instance_arn,
+                f"container instance {container_instance_arn}: SSM reports {address} for "
+                f"{instance_id}, {problem}, which other hosts cannot reach (the SSM agent "
+                "reports the first interface it finds, aws/amazon-ssm-agent#553); set the "
+                f"container instance attribute {ADDRESS_ATTRIBUTE} to the host's reachable IP: "
+                f"aws ecs put-attributes --cluster {cluster_arn} --attributes "
+                f"name={ADDRESS_ATTRIBUTE},value=<ip>,targetId={container_instance_arn}",
+            )
         return Host(address=address, instance_id=instance_id, source="ssm")
+
+    def _instance_information(
+        self, container_instance_arn: str, instance_id: str
+    ) -> Mapping[str, Any] | None:
+        """The managed instance's InstanceInformation, following NextToken: a filtered page may
+        come back empty with a token (the filter applies to a page, not before paging)."""
+        kwargs: dict[str, Any] = {"Filters": [{"Key": "InstanceIds", "Values": [instance_id]}]}
+        for _ in range(MAX_SSM_PAGES):
+            try:
+                page = aws_call(
+                    f"DescribeInstanceInformation {instance_id}",
+                    lambda: self._ssm().describe_instance_information(**kwargs),
+                )
+            except AwsLookupError as err:
+                if err.code not in SSM_BAD_ID_CODES:
+                    raise
+                raise AwsLookupError(
+                    f"SSM will not describe managed instance {instance_id} of container instance "
+                    f"{container_instance_arn} ({err}): it may have been deregistered from SSM; "
+                    f"register the host again, or set the container instance attribute "
+                    f"{ADDRESS_ATTRIBUTE}",
+                    code=err.code,
+                ) from err
+            found = page.get("InstanceInformationList") or []
+            if found and isinstance(found[0], Mapping):
+                return found[0]
+            token = page.get("NextToken")
+            if not token:
+                return None
+            kwargs["NextToken"] = token
+        return None
 
 
 # --------------------------------------------------------------------------------------------

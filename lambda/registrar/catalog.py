@@ -2,9 +2,11 @@
 
 Field names follow Consul's HTTP API (`api-docs/txn.mdx`, `api-docs/catalog.mdx`). The split
 between the two is forced by Consul: a txn Service op keeps only ID, Service, Tags, Address,
-Meta, Port (and a few more) and drops `Proxy.Upstreams` and `Proxy.Config`, so the plain
-service instances and their checks go in the txn, atomically with the state record, and the
-connect-proxy goes through /v1/catalog/register afterwards.
+Meta, Port (and a few more) and drops `Proxy.Upstreams`, `Proxy.Config` and `Proxy.Expose`,
+so the plain service instances and their checks go in the txn, atomically with the state
+record, and the connect-proxy goes through /v1/catalog/register afterwards, which keeps the
+whole NodeService after `NodeService.Validate` (agent/consul/catalog_endpoint.go
+servicePreApply).
 """
 
 from __future__ import annotations
@@ -96,6 +98,38 @@ def sidecar_body(registration: Registration) -> Json:
     this call recreates (after a concurrent stop) carries the ownership meta reconcile needs.
     """
     sc = registration.sidecar
+    proxy: Json = {
+        "DestinationServiceName": sc.destination_name,
+        "DestinationServiceID": sc.destination_id,
+        "LocalServiceAddress": sc.local_service_address,
+        "LocalServicePort": sc.local_service_port,
+        "Config": {"bind_address": "0.0.0.0", "bind_port": sc.bind_port},  # noqa: S104
+        "Upstreams": [
+            {
+                "DestinationType": "service",
+                "DestinationName": u.destination_name,
+                "LocalBindPort": u.local_bind_port,
+                "LocalBindAddress": u.local_bind_address,
+            }
+            for u in sc.upstreams
+        ],
+    }
+    if sc.expose:
+        # api/agent.go ExposeConfig/ExposePath. Explicit paths, not `Checks: true`: Consul
+        # limits listeners made from registered checks to sources 127.0.0.1 and its own
+        # advertise address (agent/xds/listeners.go makeExposedCheckListener), which would
+        # shut out consul-esm on the servers.
+        proxy["Expose"] = {
+            "Paths": [
+                {
+                    "ListenerPort": p.listener_port,
+                    "Path": p.path,
+                    "LocalPathPort": p.local_path_port,
+                    "Protocol": p.protocol,
+                }
+                for p in sc.expose
+            ]
+        }
     return {
         "Node": registration.node,
         "Address": registration.address,
@@ -109,22 +143,7 @@ def sidecar_body(registration: Registration) -> Json:
             "Address": registration.address,
             "Port": sc.port,
             "Meta": dict(sc.meta),
-            "Proxy": {
-                "DestinationServiceName": sc.destination_name,
-                "DestinationServiceID": sc.destination_id,
-                "LocalServiceAddress": sc.local_service_address,
-                "LocalServicePort": sc.local_service_port,
-                "Config": {"bind_address": "0.0.0.0", "bind_port": sc.bind_port},  # noqa: S104
-                "Upstreams": [
-                    {
-                        "DestinationType": "service",
-                        "DestinationName": u.destination_name,
-                        "LocalBindPort": u.local_bind_port,
-                        "LocalBindAddress": u.local_bind_address,
-                    }
-                    for u in sc.upstreams
-                ],
-            },
+            "Proxy": proxy,
         },
         "Checks": [check_body(registration.node, c) for c in sc.checks],
     }
@@ -133,13 +152,15 @@ def sidecar_body(registration: Registration) -> Json:
 def sidecar_matches(body: Json, entries: list[Json]) -> bool:
     """Does a /v1/catalog/service listing hold the sidecar `body` describes?
 
-    Compares what a reader of the mesh depends on: node, address, port, destination and
-    upstreams. Consul adds defaults to what it stores, so whole-object equality would not do.
+    Compares what a reader of the mesh depends on: node, address, port, destination,
+    upstreams and exposed paths (the checks of a host-mode task need them). Consul adds
+    defaults to what it stores, so whole-object equality would not do.
     """
     service = body["Service"]
     want_upstreams = sorted(
         (u["DestinationName"], u["LocalBindPort"]) for u in service["Proxy"]["Upstreams"]
     )
+    want_expose = _expose_paths(service["Proxy"])
     for entry in entries:
         if entry.get("ServiceID") != service["ID"] or entry.get("Node") != body["Node"]:
             continue
@@ -152,5 +173,11 @@ def sidecar_matches(body: Json, entries: list[Json]) -> bool:
             and entry.get("ServicePort") == service["Port"]
             and proxy.get("DestinationServiceID") == service["Proxy"]["DestinationServiceID"]
             and upstreams == want_upstreams
+            and _expose_paths(proxy) == want_expose
         )
     return False
+
+
+def _expose_paths(proxy: Json) -> list[tuple[object, object, object]]:
+    paths = (proxy.get("Expose") or {}).get("Paths") or []
+    return sorted((p.get("ListenerPort"), p.get("Path"), p.get("LocalPathPort")) for p in paths)

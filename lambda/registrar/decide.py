@@ -19,6 +19,7 @@ from model import (
     RUNNING,
     SUPPORTED_NETWORK_MODES,
     ContainerDefinition,
+    ExposePath,
     HealthCheck,
     Host,
     InvalidTaskDefinition,
@@ -46,6 +47,9 @@ CHECK_TIMEOUT = "5s"
 UPSTREAM_BIND = {"bridge": "0.0.0.0", "host": "127.0.0.1"}  # noqa: S104 - inside the container
 # The public listener binds inside the Envoy container (DESIGN.md: bind_address/bind_port).
 PUBLIC_BIND_ADDRESS = "0.0.0.0"  # noqa: S104
+# Expose paths: Consul's allowed protocols are "http" and "http2" (agent/structs
+# connect_proxy_config.go allowedExposeProtocols); consul-esm's HTTP check speaks HTTP/1.1.
+EXPOSE_PROTOCOL = "http"
 
 Phase = Literal["run", "stop"]
 SkipKind = Literal["ignored", "stale", "duplicate", "invalid"]
@@ -116,9 +120,13 @@ def _host(address: str) -> str:
     return f"[{address}]" if ":" in address else address
 
 
-def _registered_ports(app: ContainerDefinition, labels: MeshLabels) -> tuple[int, ...]:
+def _registered_ports(app: ContainerDefinition, labels: MeshLabels, mode: str) -> tuple[int, ...]:
     mapped = [pm.container_port for pm in app.port_mappings if pm.protocol == "tcp"]
-    if labels.ports is None:
+    if mode == "host" and labels.ports is not None:
+        # In host mode a container binds host ports without any mapping; a mesh app maps none,
+        # since it listens on 127.0.0.1 only (MeshService sets consul-mesh.ports instead).
+        ports = labels.ports
+    elif labels.ports is None:
         ports = tuple(dict.fromkeys(mapped))
         if not ports:
             raise InvalidTaskDefinition(
@@ -140,12 +148,14 @@ def _registered_ports(app: ContainerDefinition, labels: MeshLabels) -> tuple[int
     return ports
 
 
-def _host_port(event: TaskEvent, task_definition: TaskDefinition, container: str, port: int) -> int:
+def _host_port(
+    event: TaskEvent, task_definition: TaskDefinition, container: str, port: int, host: Host
+) -> int:
     """The host port Consul must advertise for `container`'s container port `port`."""
     if task_definition.network_mode == "host":
         return port
     state = event.container(container)
-    bound = state.host_port(port) if state else None
+    bound = state.host_port(port, ipv6=":" in host.address) if state else None
     if bound is not None:
         return bound
     definition = task_definition.container(container)
@@ -159,6 +169,81 @@ def _host_port(event: TaskEvent, task_definition: TaskDefinition, container: str
     )
 
 
+def _host_ports_held(
+    task_definition: TaskDefinition,
+    labels: MeshLabels,
+    ports: tuple[int, ...],
+    *,
+    own: tuple[str, int],
+) -> dict[int, str]:
+    """Host mode: who else holds each port of the network namespace every container shares.
+
+    A TCP port mapping is a port its container listens on (in host mode hostPort equals
+    containerPort: ECS developer guide, task definition parameters, `portMappings`); `own` is
+    the (proxy container, port) mapping that reserves the listener being checked itself.
+    """
+    held: dict[int, str] = {}
+    for container in task_definition.containers:
+        for pm in container.port_mappings:
+            if pm.protocol == "tcp" and (container.name, pm.container_port) != own:
+                held.setdefault(pm.container_port, f"a port mapping of container {container.name}")
+    held.update((p, f"registered app port {p}") for p in ports)
+    held.update((u.local_bind_port, identity.LABEL_UPSTREAMS) for u in labels.upstreams)
+    return held
+
+
+def _check_proxy_port(
+    task_definition: TaskDefinition,
+    proxy: ContainerDefinition,
+    labels: MeshLabels,
+    ports: tuple[int, ...],
+) -> None:
+    """Host mode: Envoy's public listener must be free in the task (else Envoy NACKs it)."""
+    port = labels.proxy_port
+    held = _host_ports_held(task_definition, labels, ports, own=(proxy.name, port))
+    if port in held:
+        raise InvalidTaskDefinition(
+            f"label {identity.LABEL_PROXY_PORT}: Envoy's public listener port {port} collides "
+            f"with {held[port]}; set {identity.LABEL_PROXY_PORT} to a free port"
+        )
+
+
+def _expose_port(
+    task_definition: TaskDefinition,
+    proxy: ContainerDefinition,
+    labels: MeshLabels,
+    ports: tuple[int, ...],
+) -> int:
+    """Host mode: the Envoy listener that serves the health path, distinct from other ports.
+
+    The proxy container's port mappings are Envoy's listeners: its public one, the health
+    listener and static ones such as metrics, which a mapping does not tell apart. A mapping
+    of the health listener's port on the proxy container counts as its reservation only when
+    the label names that port; under the default port it may as well be the metrics listener
+    (MeshService always writes the label).
+    """
+    port = labels.expose_port or labels.proxy_port + identity.EXPOSE_PORT_OFFSET
+    held = _host_ports_held(task_definition, labels, ports, own=(proxy.name, port))
+    mapped_by_proxy = any(
+        pm.protocol == "tcp" and pm.container_port == port for pm in proxy.port_mappings
+    )
+    if labels.expose_port is None and mapped_by_proxy:
+        held.setdefault(
+            port,
+            f"a port mapping of proxy container {proxy.name} (another Envoy listener, such as "
+            f"its metrics; if it reserves the health listener, set {identity.LABEL_EXPOSE_PORT}"
+            f"={port})",
+        )
+    held[labels.proxy_port] = identity.LABEL_PROXY_PORT
+    if port > 65535 or port in held:
+        why = "is above 65535" if port > 65535 else f"collides with {held[port]}"
+        raise InvalidTaskDefinition(
+            f"label {identity.LABEL_EXPOSE_PORT}: Envoy's health listener port {port} {why}; "
+            f"set {identity.LABEL_EXPOSE_PORT} to a free port"
+        )
+    return port
+
+
 def desired_registration(
     event: TaskEvent,
     task_definition: TaskDefinition,
@@ -167,12 +252,17 @@ def desired_registration(
 ) -> Registration:
     """The catalog entries of a running task (DESIGN.md section 3, docs/architecture.md).
 
+    Host mode (the app listens on 127.0.0.1 only) routes every check through Envoy, because
+    consul-esm checks from the Consul servers: an HTTP health path becomes a Consul expose
+    path served on Envoy's expose listener, and a TCP check dials the public listener.
+    Bridge mode checks the app's published port.
+
     Raises InvalidTaskDefinition (labels, ports, proxy container) or MalformedEvent (a bridge
     port without a network binding).
     """
     labels = parse_labels(app)
-    ports = _registered_ports(app, labels)
     mode = task_definition.network_mode
+    ports = _registered_ports(app, labels, mode)
     proxy = task_definition.container(labels.proxy_container)
     if proxy is None:
         raise InvalidTaskDefinition(
@@ -188,12 +278,29 @@ def desired_registration(
         "container-instance-arn": event.container_instance_arn,
         "source": identity.SOURCE,
     }
+    path = labels.health_check_path
+    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port, host)
+    expose: tuple[ExposePath, ...] = ()
+    if mode == "host":
+        _check_proxy_port(task_definition, proxy, labels, ports)
+    if mode == "host" and path:
+        listener = _expose_port(task_definition, proxy, labels, ports)
+        expose = (ExposePath(listener, path, ports[0], EXPOSE_PROTOCOL),)
     services = []
     for port in ports:
         svc_id = identity.service_id(
             labels.service, event.task_arn, port if len(ports) > 1 else None
         )
-        host_port = _host_port(event, task_definition, app.name, port)
+        host_port = _host_port(event, task_definition, app.name, port, host)
+        if mode == "bridge":
+            # The app's port is published on the host: check it there.
+            name, target, check_path = f"{labels.service} on", host_port, path
+        elif expose:
+            # Host mode: the app is on loopback; Envoy serves its health path (expose path).
+            name, target, check_path = "health path through Envoy on", expose[0].listener_port, path
+        else:
+            # Host mode without a path: Envoy's public listener stands in for the app.
+            name, target, check_path = "Envoy public listener on", envoy_port, None
         services.append(
             ServiceInstance(
                 id=svc_id,
@@ -203,17 +310,42 @@ def desired_registration(
                 meta=meta,
                 check=_check(
                     check_id=f"service:{svc_id}",
-                    name=f"{labels.service} on {host.address}:{host_port}",
+                    name=f"{name} {host.address}:{target}",
                     service_id=svc_id,
                     address=host.address,
-                    port=host_port,
-                    path=labels.health_check_path,
+                    port=target,
+                    path=check_path,
                 ),
             )
         )
     primary = services[0]
     proxy_id = identity.proxy_id(primary.id)
-    envoy_port = _host_port(event, task_definition, proxy.name, labels.proxy_port)
+    # Envoy's public listener answers ...
+    proxy_checks = [
+        _check(
+            check_id=f"service:{proxy_id}",
+            name=f"Envoy public listener on {host.address}:{envoy_port}",
+            service_id=proxy_id,
+            address=host.address,
+            port=envoy_port,
+            path=None,
+        )
+    ]
+    if mode == "bridge" or expose:
+        # ... and the app behind it is healthy: Consul routes mesh traffic by the proxy's
+        # checks alone, so the app's check is mirrored here (an agent would use an alias
+        # check, which consul-esm does not run). Host mode without a path has nothing more to
+        # check than the public listener.
+        proxy_checks.append(
+            _check(
+                check_id=f"service:{proxy_id}:destination",
+                name=f"{labels.service} behind the proxy",
+                service_id=proxy_id,
+                address=host.address,
+                port=expose[0].listener_port if expose else primary.port,
+                path=path,
+            )
+        )
     sidecar = SidecarProxy(
         id=proxy_id,
         name=f"{labels.service}-sidecar-proxy",
@@ -229,28 +361,8 @@ def desired_registration(
             ProxyUpstream(u.destination_name, u.local_bind_port, UPSTREAM_BIND[mode])
             for u in labels.upstreams
         ),
-        checks=(
-            # Envoy's public listener answers ...
-            _check(
-                check_id=f"service:{proxy_id}",
-                name=f"Envoy public listener on {host.address}:{envoy_port}",
-                service_id=proxy_id,
-                address=host.address,
-                port=envoy_port,
-                path=None,
-            ),
-            # ... and the app behind it is healthy: Consul routes mesh traffic by the proxy's
-            # checks alone, so the app's check is mirrored here (an agent would use an alias
-            # check, which consul-esm does not run).
-            _check(
-                check_id=f"service:{proxy_id}:destination",
-                name=f"{labels.service} behind the proxy",
-                service_id=proxy_id,
-                address=host.address,
-                port=primary.port,
-                path=labels.health_check_path,
-            ),
-        ),
+        checks=tuple(proxy_checks),
+        expose=expose,
     )
     return Registration(
         task_arn=event.task_arn,

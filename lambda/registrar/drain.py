@@ -7,7 +7,9 @@ Entry point `on_event(event, context)` for a CDK `custom_resources.Provider`.
 - Delete: when the property `Drain` is "true", every task node this registrar owns for the
   cluster (node meta `source` and `cluster-arn`; nothing else is ever listed) is deleted, node
   by node in txns of up to 128 ops, until a fresh listing comes back empty; then the KV records
-  (`ecs-registrar/<cluster>/`, tasks and hosts) go with one `delete-tree`. `Drain` is a property,
+  of the cluster (`kv_layout.cluster_prefix`: name, Region and account, tasks and hosts) go with
+  one `delete-tree`, which cannot reach a same-named cluster of another account or Region (the
+  legacy name-keyed layout could). `Drain` is a property,
   not the resource's existence, so turning the flag off is an Update and drains nothing.
 
 The stack makes the registrar's SQS event source and the reconcile schedule depend on this
@@ -22,20 +24,34 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import aws
 import catalog
 import identity
 import inventory
+import kv_layout
 import logs
 import registrar
 import retry
 from inventory import Inventory
 
-MAX_TXN_OPS = 128
+# The node delete and its task's record in the legacy layout: two ops per node.
+NODES_PER_TXN = inventory.MAX_TXN_OPS // 2
 MAX_ROUNDS = 20
 
 
 def physical_id(cluster_arn: str) -> str:
     return f"consul-catalog-drain:{cluster_arn}"
+
+
+def _removal_ops(cluster_arn: str, node: str) -> list[dict[str, Any]]:
+    """Delete the node and, if it is still there, its task's record in the legacy layout.
+
+    A legacy record (kv_layout.py) of a node this cluster owns is this cluster's: task IDs are
+    unique. Other legacy records cannot be told apart from a same-named cluster's and stay.
+    """
+    task_id = node.removeprefix(identity.NODE_PREFIX)
+    legacy = kv_layout.legacy_key(cluster_arn, kv_layout.TASKS, task_id)
+    return [*catalog.deregister_ops(node), {"KV": {"Verb": "delete", "Key": legacy}}]
 
 
 def drain(consul: Inventory, cluster_arn: str, budget: retry.Budget) -> int:
@@ -48,14 +64,13 @@ def drain(consul: Inventory, cluster_arn: str, budget: retry.Budget) -> int:
         names = sorted(str(n["Node"]) for n in consul.nodes(expression) if n.get("Node"))
         if not names:
             break
-        for start in range(0, len(names), MAX_TXN_OPS):
-            batch = names[start : start + MAX_TXN_OPS]
-            consul.txn([op for name in batch for op in catalog.deregister_ops(name)])
+        for start in range(0, len(names), NODES_PER_TXN):
+            batch = names[start : start + NODES_PER_TXN]
+            consul.txn([op for name in batch for op in _removal_ops(cluster_arn, name)])
             removed += len(batch)
     else:
         raise RuntimeError(f"entries kept reappearing after {MAX_ROUNDS} drain rounds")
-    prefix = f"{identity.STATE_PREFIX}{identity.cluster_name(cluster_arn)}/"
-    consul.txn([{"KV": {"Verb": "delete-tree", "Key": prefix}}])
+    consul.txn([{"KV": {"Verb": "delete-tree", "Key": kv_layout.cluster_prefix(cluster_arn)}}])
     return removed
 
 
@@ -66,7 +81,7 @@ def on_event(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
     rt = registrar.runtime()
     cluster_arn = str(properties.get("ClusterArn") or rt.settings.cluster_arn)
     try:
-        identity.cluster_name(cluster_arn)
+        kv_layout.scope(cluster_arn)
     except ValueError as err:
         raise ValueError(f"ResourceProperties.ClusterArn: {err}") from None
     physical = physical_id(cluster_arn)
@@ -85,7 +100,8 @@ def on_event(event: Mapping[str, Any], context: Any) -> dict[str, Any]:
         else retry.Budget.fixed(600.0)
     )
     try:
-        removed = drain(inventory.connect(rt, budget), cluster_arn, budget)
+        with aws.within(budget):
+            removed = drain(inventory.connect(rt, budget), cluster_arn, budget)
     except Exception as err:
         logs.error("drain failed", cluster_arn=cluster_arn, error=f"{type(err).__name__}: {err}")
         raise RuntimeError(

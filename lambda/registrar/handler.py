@@ -11,10 +11,11 @@ would lose the evidence; raising would fail the batch.)
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import aws
 import host_state
 import identity
 import logs
@@ -32,6 +33,7 @@ _METRIC = {
     "repaired": "Repaired",
     "ignored": "Skipped",
     "invalid": "InvalidTaskDefinition",
+    "unaddressable": "HostAddressRefused",
 }
 
 
@@ -54,6 +56,21 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, 
         budget = retry.Budget.fixed(60.0)
     metrics = Metrics({"ClusterName": identity.cluster_name(rt.settings.cluster_arn)})
     worker = registrar.Registrar(rt, budget)
+    with aws.within(budget):
+        failures = _handle_records(worker, records, budget, metrics)
+    try:
+        metrics.flush()
+    except Exception as err:  # metrics must never turn a success into a redelivery
+        logs.error("could not write metrics", error=str(err))
+    return {"batchItemFailures": failures}
+
+
+def _handle_records(
+    worker: registrar.Registrar,
+    records: list[Any],
+    budget: retry.Budget,
+    metrics: Metrics,
+) -> list[dict[str, str]]:
     failures = []
     for record in records:
         if not isinstance(record, Mapping):
@@ -69,11 +86,7 @@ def handler(event: Mapping[str, Any], context: Any) -> dict[str, list[dict[str, 
                 applied = False
             if not applied:
                 failures.append({"itemIdentifier": message_id})
-    try:
-        metrics.flush()
-    except Exception as err:  # metrics must never turn a success into a redelivery
-        logs.error("could not write metrics", error=str(err))
-    return {"batchItemFailures": failures}
+    return failures
 
 
 def _route(body: object, metrics: Metrics) -> str | None:
@@ -132,7 +145,10 @@ def _process(
         lag_ms = (datetime.now(UTC) - event.event_time).total_seconds() * 1000
         metrics.lag(lag_ms)
         fields["lag_ms"] = round(lag_ms)
-    # An opted-in task the mesh cannot serve is the service owner's to fix: make it stand out.
-    log = logs.warning if result.kind == "invalid" else logs.info
+    # An opted-in task the mesh cannot serve is the service owner's to fix: make it stand out;
+    # a host whose address cannot be registered is the operator's, and takes its tasks out.
+    log: Callable[..., None] = {"invalid": logs.warning, "unaddressable": logs.error}.get(
+        result.kind, logs.info
+    )
     log(f"event {result.kind}", **fields)
     return True

@@ -1,13 +1,23 @@
 """ECS Container Instance State Change: a host's agent disconnects, reconnects, or the host leaves.
 
 What lands in Consul
-- Agent disconnected (`agentConnected` false): every task node of the host gets one node-level
-  check, `ecs-agent-connectivity`, in state critical. Consul folds node checks into the health of
-  every service on the node, so the host's services and sidecars drop out of healthy endpoint
-  sets (DNS, `?passing`, Envoy's EDS) at once: traffic drains away from a host ECS has lost.
-- Agent reconnected: the marker is deleted, nothing else is written. The service checks were
-  never touched, so what remains is consul-esm's own verdict, which it kept computing throughout
-  (restoring "passing" ourselves would claim a health nobody measured). The marker carries no
+- Agent disconnected (`agentConnected` false): nothing visible at first. "The Amazon ECS
+  container agent disconnects and reconnects several times per hour as a part of its normal
+  operation, so agent connection events should be expected. These events are not an indication
+  that there is an issue with the container agent or your container instance." (ECS developer
+  guide, "Container instance state change events"). The host's record notes when the
+  disconnection began (the event's time) and nothing else happens.
+- Still disconnected after the grace (HOST_DISCONNECT_GRACE_MINUTES, config key
+  host_disconnect_grace_minutes, 5 by default): the reconcile pass, having confirmed with a
+  DescribeContainerInstances of its own that the agent is still disconnected, marks the record
+  and every task node of the host gets one node-level check, `ecs-agent-connectivity`, in state
+  critical (`mark_after_grace`). Consul folds node checks into the health of every service on the
+  node, so the host's services and sidecars drop out of healthy endpoint sets (DNS, `?passing`,
+  Envoy's EDS) at once: traffic drains away from a host ECS has lost.
+- Agent reconnected: the record forgets the disconnection and any marker is deleted at once,
+  nothing else is written. The service checks were never touched, so what remains is
+  consul-esm's own verdict, which it kept computing throughout (restoring "passing" ourselves
+  would claim a health nobody measured). The marker carries no
   Definition, so consul-esm, which runs only HTTP and TCP definitions (consul-esm check.go,
   `UpdateChecks`), leaves it alone.
 - Deregistered (status DEREGISTERING or INACTIVE): its tasks can never run again, so each is
@@ -15,7 +25,7 @@ What lands in Consul
   version no event can exceed: a late RUNNING event cannot bring it back.
 
 Ordering: these events are also delivered at least once and out of order, with a `version` per
-container instance. One KV record per instance, `ecs-registrar/<cluster>/hosts/<instance-id>`,
+container instance. One KV record per instance, `kv_layout.host_key` (`.../hosts/<instance-id>`),
 moves forward only (cas on its ModifyIndex). The markers are then converged to the record and
 converged again until the record read after the writes is the one they were computed from: a
 newer event handled concurrently either lands before that read (we redo its state) or its own
@@ -27,13 +37,14 @@ from __future__ import annotations
 import base64
 import json
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import apply
 import identity
 import inventory
+import kv_layout
 import logs
 import registrar
 import retry
@@ -49,9 +60,9 @@ DEREGISTERED_STATUSES = frozenset({"DEREGISTERING", "INACTIVE"})
 GONE_VERSION = 2**63 - 1
 CAS_ATTEMPTS = 5
 CONVERGE_ROUNDS = 5
-MAX_TXN_OPS = 128  # Consul >= 1.14
 
 _METRIC = {
+    "recorded": "HostDisconnected",
     "marked": "HostChecksCritical",
     "unmarked": "HostChecksRestored",
     "deregistered": "HostDeregistered",
@@ -86,8 +97,7 @@ def instance_id(container_instance_arn: str) -> str:
 
 
 def host_key(cluster_arn: str, container_instance_arn: str) -> str:
-    name = identity.cluster_name(cluster_arn)
-    return f"{identity.STATE_PREFIX}{name}/hosts/{instance_id(container_instance_arn)}"
+    return kv_layout.host_key(cluster_arn, instance_id(container_instance_arn))
 
 
 def instance_state(detail: Mapping[str, Any], path: str = "detail") -> InstanceState:
@@ -105,7 +115,7 @@ def instance_state(detail: Mapping[str, Any], path: str = "detail") -> InstanceS
     if not isinstance(connected, bool):
         raise MalformedEvent(f"{path}.agentConnected must be true or false, got {connected!r}")
     try:
-        identity.cluster_name(values["clusterArn"])
+        kv_layout.scope(values["clusterArn"])
         instance_id(values["containerInstanceArn"])
     except ValueError as err:
         raise MalformedEvent(f"{path}: {err}") from None
@@ -152,19 +162,35 @@ def parse_instance_event(body: str | bytes) -> tuple[InstanceState, datetime]:
 
 @dataclass(frozen=True)
 class HostRecord:
+    """The instance's last applied state, and where its current disconnection stands.
+
+    `disconnected_since`: when the disconnection began (ISO time; None when connected, or
+    unknown for a record written before it was kept). `marked`: the disconnection outlasted the
+    grace and was confirmed, so the task nodes carry the critical marker.
+    """
+
     version: int
     agent_connected: bool
     status: str
+    disconnected_since: str | None = None
+    marked: bool = False
 
     @property
     def deregistered(self) -> bool:
         return self.status in DEREGISTERED_STATUSES
+
+    @property
+    def drained(self) -> bool:
+        """Should the host's task nodes carry the marker?"""
+        return self.marked and not self.agent_connected and not self.deregistered
 
     def encode(self) -> bytes:
         doc = {
             "version": self.version,
             "agent_connected": self.agent_connected,
             "status": self.status,
+            "disconnected_since": self.disconnected_since,
+            "marked": self.marked,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -180,7 +206,46 @@ class HostRecord:
             return None
         if not isinstance(connected, bool) or not isinstance(status, str):
             return None
-        return cls(version, connected, status)
+        since = doc.get("disconnected_since")
+        marked = doc.get("marked")
+        if not isinstance(marked, bool):
+            # A record of a release without the grace: it marked a disconnected host at once.
+            marked = not connected
+        return cls(version, connected, status, since if isinstance(since, str) else None, marked)
+
+
+def next_record(previous: HostRecord | None, state: InstanceState, seen_at: datetime) -> HostRecord:
+    """The record after `state`, which was observed at `seen_at`.
+
+    A disconnection keeps its start and its verdict only across consecutive versions: the
+    version grows with every change of the instance (ECS developer guide, "Amazon ECS events"),
+    so a gap may hide a reconnect whose event is late or lost, and carrying the start over it
+    could mark a host before its new disconnection has lasted the grace. The start restarts at
+    `seen_at` instead: marking can come late, never early.
+    """
+    if state.agent_connected or state.deregistered:
+        return HostRecord(state.version, state.agent_connected, state.status)
+    if (
+        previous is not None
+        and not previous.agent_connected
+        and not previous.deregistered
+        and state.version == previous.version + 1
+    ):
+        return replace(previous, version=state.version, status=state.status)
+    return HostRecord(state.version, False, state.status, seen_at.isoformat(timespec="seconds"))
+
+
+def due_for_marking(record: HostRecord | None, now: datetime, grace: timedelta) -> bool:
+    """Has this disconnection outlasted the grace, and is it not marked yet?"""
+    if record is None or record.agent_connected or record.deregistered or record.marked:
+        return False
+    if record.disconnected_since is None:
+        return True
+    try:
+        since = parse_time(record.disconnected_since, "disconnected_since")
+    except MalformedEvent:
+        return True
+    return since <= now - grace
 
 
 def _read(
@@ -194,7 +259,7 @@ def _read(
 
 @dataclass(frozen=True)
 class Outcome:
-    kind: str  # marked | unmarked | deregistered | unchanged | duplicate | stale | ignored
+    kind: str  # recorded | marked | unmarked | deregistered | unchanged | stale | ignored
     reason: str
     tasks: int = 0  # task nodes the outcome touched
 
@@ -203,8 +268,23 @@ class Contention(retry.RetryableError):
     """The instance's record kept changing while we converged: let SQS redeliver."""
 
 
-def apply_instance_state(consul: Inventory, state: InstanceState) -> Outcome:
-    """Advance the instance's record to `state` (never backwards), then converge its tasks."""
+def _cas(consul: Inventory, key: str, record: HostRecord, index: int) -> bool:
+    """Write `record` if the stored one is still at `index`; False when another writer won."""
+    value = base64.b64encode(record.encode()).decode()
+    try:
+        consul.txn([{"KV": {"Verb": "cas", "Key": key, "Value": value, "Index": index}}])
+    except TxnConflict as conflict:
+        if conflict.failed_op(0):
+            return False
+        raise
+    return True
+
+
+def apply_instance_state(consul: Inventory, state: InstanceState, seen_at: datetime) -> Outcome:
+    """Advance the instance's record to `state` (never backwards), then converge its tasks.
+
+    `seen_at`: when the state was observed (the event's time), which starts a disconnection.
+    """
     key = host_key(state.cluster_arn, state.container_instance_arn)
     for attempt in range(1, CAS_ATTEMPTS + 1):
         record, index = _read(consul, key)
@@ -212,25 +292,35 @@ def apply_instance_state(consul: Inventory, state: InstanceState) -> Outcome:
             return Outcome("stale", f"version {state.version} is older than {record.version}")
         if record is not None and state.version == record.version:
             break  # a duplicate: make sure the tasks match what it recorded
-        new = HostRecord(state.version, state.agent_connected, state.status)
-        op = {
-            "KV": {
-                "Verb": "cas",
-                "Key": key,
-                "Value": base64.b64encode(new.encode()).decode(),
-                "Index": index,
-            }
-        }
-        try:
-            consul.txn([op])
-        except TxnConflict as conflict:
-            if conflict.failed_op(0):
-                logs.info("host record changed under us; deciding again", attempt=attempt)
-                continue
-            raise
-        break
+        if _cas(consul, key, next_record(record, state, seen_at), index):
+            break
+        logs.info("host record changed under us; deciding again", attempt=attempt)
     else:
         raise Contention(f"host record {key} changed {CAS_ATTEMPTS} times while applying")
+    return converge(consul, state.cluster_arn, state.container_instance_arn)
+
+
+def mark_after_grace(
+    consul: Inventory, state: InstanceState, now: datetime, grace: timedelta
+) -> Outcome:
+    """Mark a host disconnected for longer than `grace`; `state` is a DescribeContainerInstances
+    answer read just now that still says disconnected (the reconcile pass's confirmation)."""
+    key = host_key(state.cluster_arn, state.container_instance_arn)
+    for attempt in range(1, CAS_ATTEMPTS + 1):
+        record, index = _read(consul, key)
+        if record is None or record.agent_connected or record.deregistered:
+            return Outcome("ignored", "the record no longer says disconnected")
+        if record.marked:
+            break
+        if state.version > record.version:
+            record = next_record(record, state, now)
+        if not due_for_marking(record, now, grace):
+            return Outcome("recorded", "disconnected for less than the grace")
+        if _cas(consul, key, replace(record, marked=True), index):
+            break
+        logs.info("host record changed under us; deciding again", attempt=attempt)
+    else:
+        raise Contention(f"host record {key} changed {CAS_ATTEMPTS} times while marking")
     return converge(consul, state.cluster_arn, state.container_instance_arn)
 
 
@@ -256,9 +346,8 @@ def marked_nodes(consul: Inventory) -> set[str]:
 
 
 def marker_ops(
-    container_instance_arn: str, add: Iterable[str], remove: Iterable[str]
+    container_instance_arn: str, add: Iterable[str], remove: Iterable[str], since: str | None
 ) -> list[dict[str, Any]]:
-    since = datetime.now(UTC).isoformat(timespec="seconds")
     ops: list[dict[str, Any]] = [
         {
             "Check": {
@@ -272,7 +361,7 @@ def marker_ops(
                         "Set by the ECS Anywhere registrar while the ECS agent of "
                         f"{container_instance_arn} is disconnected; deleted when it reconnects."
                     ),
-                    "Output": f"ECS agent disconnected (seen at {since})",
+                    "Output": f"ECS agent disconnected since {since or 'an unknown time'}",
                     "ServiceID": "",
                 },
             }
@@ -287,8 +376,8 @@ def marker_ops(
 
 
 def _txn_chunks(consul: Inventory, ops: Sequence[Mapping[str, Any]]) -> None:
-    for start in range(0, len(ops), MAX_TXN_OPS):
-        consul.txn(ops[start : start + MAX_TXN_OPS])
+    for start in range(0, len(ops), inventory.MAX_TXN_OPS):
+        consul.txn(ops[start : start + inventory.MAX_TXN_OPS])
 
 
 def converge(consul: Inventory, cluster_arn: str, container_instance_arn: str) -> Outcome:
@@ -302,19 +391,26 @@ def converge(consul: Inventory, cluster_arn: str, container_instance_arn: str) -
         if record.deregistered:
             return _remove_tasks(consul, cluster_arn, record, tasks)
         marked = marked_nodes(consul) & set(tasks)
-        want = set() if record.agent_connected else set(tasks)
+        want = set(tasks) if record.drained else set()
         add, remove = want - marked, marked - want
+        if not add and not remove and not record.agent_connected and not record.marked:
+            return Outcome(
+                "recorded", f"agent disconnected since {record.disconnected_since}: within grace"
+            )
         if not add and not remove:
             return Outcome("unchanged", "the host's task nodes already match its agent state")
+        ops = marker_ops(container_instance_arn, add, remove, record.disconnected_since)
         try:
-            _txn_chunks(consul, marker_ops(container_instance_arn, add, remove))
+            _txn_chunks(consul, ops)
         except TxnConflict as conflict:
             logs.info("a task node changed while marking it; listing again", error=str(conflict))
             continue
         after, _ = _read(consul, key, consistent=True)
         if after == record:
             if add:
-                return Outcome("marked", "agent disconnected: task checks critical", len(add))
+                return Outcome(
+                    "marked", "agent disconnected past the grace: task checks critical", len(add)
+                )
             return Outcome("unmarked", "agent reconnected: marker removed", len(remove))
         logs.info("host record moved while converging; converging again")
     raise Contention(f"host record {key} kept moving while converging its tasks")
@@ -328,7 +424,7 @@ def _remove_tasks(
         with logs.task_context(task_arn):
             result = apply.apply(
                 consul,
-                key=identity.state_key(cluster_arn, task_arn),
+                key=kv_layout.task_key(cluster_arn, identity.task_id(task_arn)),
                 node=node,
                 desired=None,
                 version=GONE_VERSION,
@@ -368,7 +464,7 @@ def process(body: str | bytes, budget: retry.Budget, metrics: Metrics) -> bool:
             metrics.count("Skipped")
             logs.info("event ignored", reason=f"instance of cluster {state.cluster_arn}", **fields)
             return True
-        outcome = apply_instance_state(inventory.connect(rt, budget), state)
+        outcome = apply_instance_state(inventory.connect(rt, budget), state, event_time)
     except Exception as err:
         logs.error(
             "failed to apply the host event; SQS will redeliver it",

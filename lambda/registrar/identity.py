@@ -21,7 +21,8 @@ SOURCE = "ecs-anywhere-registrar"
 # - no node is ever shared with a Consul agent, whose anti-entropy would delete our entries.
 NODE_PREFIX = "ecs-task-"
 
-# KV prefix holding one state record (version, status) per task: ordering and tombstones.
+# KV prefix of the registrar's state records (ordering, tombstones, host state); the layout
+# under it, one prefix per cluster ARN, is kv_layout.py's.
 STATE_PREFIX = "ecs-registrar/"
 
 _TASK_ID = re.compile(r"^[A-Za-z0-9-]{1,64}$")
@@ -65,11 +66,6 @@ def proxy_id(svc_id: str) -> str:
     return f"{svc_id}-sidecar-proxy"
 
 
-def state_key(cluster_arn: str, task_arn: str) -> str:
-    """KV key of the task's state record (ordering by detail.version, tombstones)."""
-    return f"{STATE_PREFIX}{cluster_name(cluster_arn)}/tasks/{task_id(task_arn)}"
-
-
 # Docker labels a service owner sets on the application container of a task definition
 # (MeshService sets them; docs/services.md documents them for hand-written task definitions).
 LABEL_ENABLED = "consul-mesh.enabled"  # "true" opts the task in; anything else opts out
@@ -80,6 +76,11 @@ LABEL_UPSTREAMS = "consul-mesh.upstreams"  # "backend:9001,db:9002" (service:loc
 LABEL_HEALTH_PATH = "consul-mesh.health-check-path"  # HTTP check path; default: TCP check
 LABEL_PROXY_CONTAINER = "consul-mesh.proxy-container"  # Envoy container name; default "envoy"
 LABEL_PROXY_PORT = "consul-mesh.proxy-port"  # Envoy public listener container port; 20000
+# Host mode: Envoy listener that serves the health path (Consul expose path); proxy port + 500
+LABEL_EXPOSE_PORT = "consul-mesh.expose-port"
 
 DEFAULT_PROXY_CONTAINER = "envoy"
 DEFAULT_PROXY_PORT = 20000
+# Proxy ports 20000-20499 get expose ports 20500-20999: both inside the range the Consul servers
+# may reach on-prem (mesh_stack/ports.py ENVOY_INBOUND_PORTS).
+EXPOSE_PORT_OFFSET = 500

@@ -15,14 +15,16 @@ from __future__ import annotations
 
 import base64
 import urllib.parse
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import identity
 import registrar
 import retry
-from consul import Consul, HttpConsul, Json, RetryingConsul
+from consul import Consul, HttpConsul, Json, RetryingConsul, TxnConflict
+
+MAX_TXN_OPS = 128  # Consul >= 1.14 (64 before)
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,54 @@ def instance_services_filter(cluster_arn: str, container_instance_arn: str) -> s
         f"NodeMeta[{quoted('cluster-arn')}] == {quoted(cluster_arn)} and "
         f"ServiceMeta[{quoted('container-instance-arn')}] == {quoted(container_instance_arn)}"
     )
+
+
+def txn_groups(
+    consul: Consul,
+    groups: Sequence[Sequence[Mapping[str, Any]]],
+    *,
+    stop: Callable[[], bool] = lambda: False,
+) -> list[int]:
+    """Write groups of ops, each all or nothing, packed into txns of at most MAX_TXN_OPS.
+
+    A txn that Consul rolls back (409) is sent once more without the groups whose ops failed
+    (a cas or delete-cas that lost to another writer); those are left to the caller's next
+    round. Stops between txns when `stop()` says so. The indexes of the groups that landed.
+    """
+    landed: list[int] = []
+    batch: list[int] = []
+    size = 0
+    for n, group in enumerate(groups):
+        if batch and size + len(group) > MAX_TXN_OPS:
+            if stop():
+                return landed
+            landed += _commit(consul, groups, batch)
+            batch, size = [], 0
+        batch.append(n)
+        size += len(group)
+    if batch and not stop():
+        landed += _commit(consul, groups, batch)
+    return landed
+
+
+def _commit(
+    consul: Consul, groups: Sequence[Sequence[Mapping[str, Any]]], batch: list[int]
+) -> list[int]:
+    for _ in range(2):
+        if not batch:
+            return []
+        try:
+            consul.txn([op for n in batch for op in groups[n]])
+        except TxnConflict as conflict:
+            failed, start = set(), 0
+            for n in batch:
+                if any(conflict.failed_op(i) for i in range(start, start + len(groups[n]))):
+                    failed.add(n)
+                start += len(groups[n])
+            batch = [n for n in batch if n not in failed]
+            continue
+        return batch
+    return []
 
 
 def _list_of_dicts(doc: Any) -> list[Json]:

@@ -11,8 +11,10 @@
   exactly the event path's, at 1/100th of the calls, and fresh on every pass (a moved host is
   seen at the next pass, not when a cache expires).
 
-Every call goes through `aws.aws_call` (error mapping) and `retry.call` (backoff within the
-invocation's budget); a call that still fails marks what it covered as unknown.
+Every call goes through `aws.aws_call` (error mapping, and no request started that could
+outlast the invocation) and `retry.call` (backoff within the invocation's budget); a call that
+still fails marks what it covered as unknown. DescribeInstanceInformation fails whole for one ID
+SSM will not describe: the batch is halved until that ID stands alone (`_describe_managed`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import aws
+import logs
 import retry
 
 T = TypeVar("T")
@@ -91,13 +94,18 @@ class _PrefetchedEcs:
 
 
 class _PrefetchedSsm:
-    """`describe_instance_information` by instance IDs, answered from a batch read beforehand."""
+    """`describe_instance_information` by instance IDs, answered from a batch read beforehand:
+    an ID the batch could not read fails with the error that batch read got for it."""
 
-    def __init__(self, information: Mapping[str, Json]) -> None:
+    def __init__(self, information: Mapping[str, Json], errors: Mapping[str, Exception]) -> None:
         self._information = information
+        self._errors = errors
 
     def describe_instance_information(self, *, Filters: Sequence[Json], **_: Any) -> Json:
         ids: list[str] = next((f["Values"] for f in Filters if f.get("Key") == "InstanceIds"), [])
+        for i in ids:
+            if i in self._errors:
+                raise self._errors[i]
         return {
             "InstanceInformationList": [self._information[i] for i in ids if i in self._information]
         }
@@ -203,10 +211,26 @@ class EcsReader:
 
     def hosts(self, container_instance_arns: Iterable[str], ttl_s: float = 3600.0) -> Hosts:
         """Every container instance in 1/100th of the calls, served as a HostSource."""
+        instances, failures = self.container_instances(container_instance_arns)
+        information, errors = self._instance_information(
+            str(i["ec2InstanceId"])
+            for i in instances.values()
+            if i.get("ec2InstanceId") and not _has_override(i)
+        )
+        ecs = _PrefetchedEcs(instances, failures)
+        ssm = _PrefetchedSsm(information, errors)
+        return Hosts(
+            source=aws.EcsSsmHosts(lambda: ecs, lambda: ssm, ttl_s),
+            instances=instances,
+        )
+
+    def container_instances(
+        self, container_instance_arns: Iterable[str]
+    ) -> tuple[dict[str, Json], dict[str, str]]:
+        """DescribeContainerInstances, 100 per call: instances by ARN, and why others are not."""
         instances: dict[str, Json] = {}
         failures: dict[str, str] = {}
-        arns = sorted(set(container_instance_arns))
-        for batch in chunks(arns, DESCRIBE_BATCH):
+        for batch in chunks(sorted(set(container_instance_arns)), DESCRIBE_BATCH):
             try:
                 response = self._describe_instances(batch)
             except (retry.RetryableError, aws.AwsLookupError) as err:
@@ -216,39 +240,52 @@ class EcsReader:
                 instances[str(instance["containerInstanceArn"])] = instance
             for failure in response.get("failures") or []:
                 failures[str(failure.get("arn", ""))] = str(failure.get("reason", "unknown"))
-        information = self._instance_information(
-            str(i["ec2InstanceId"])
-            for i in instances.values()
-            if i.get("ec2InstanceId") and not _has_override(i)
-        )
-        ecs = _PrefetchedEcs(instances, failures)
-        ssm = _PrefetchedSsm(information)
-        return Hosts(
-            source=aws.EcsSsmHosts(lambda: ecs, lambda: ssm, ttl_s),
-            instances=instances,
-        )
+        return instances, failures
 
-    def _instance_information(self, instance_ids: Iterable[str]) -> dict[str, Json]:
+    def _instance_information(
+        self, instance_ids: Iterable[str]
+    ) -> tuple[dict[str, Json], dict[str, Exception]]:
+        """InstanceInformation by managed instance ID, and the error of each ID not read."""
         found: dict[str, Json] = {}
+        errors: dict[str, Exception] = {}
         for batch in chunks(sorted(set(instance_ids)), SSM_BATCH):
-            token: str | None = None
-            while True:
-                kwargs: dict[str, Any] = {
-                    "Filters": [{"Key": "InstanceIds", "Values": list(batch)}],
-                    "MaxResults": SSM_BATCH,
-                }
-                if token:
-                    kwargs["NextToken"] = token
-                try:
-                    response = self._instance_page(kwargs)
-                except (retry.RetryableError, aws.AwsLookupError):
-                    break  # those hosts' lookups fail with EcsSsmHosts' own message
-                for info in response.get("InstanceInformationList") or []:
-                    found[str(info.get("InstanceId"))] = info
-                token = response.get("NextToken")
-                if not token:
-                    break
-        return found
+            self._describe_managed(list(batch), found, errors)
+        return found, errors
+
+    def _describe_managed(
+        self, ids: list[str], found: dict[str, Json], errors: dict[str, Exception]
+    ) -> None:
+        """One filtered listing of `ids`. SSM fails the whole call for one ID it will not
+        describe (aws.SSM_BAD_ID_CODES): the batch is halved until that ID stands alone, so one
+        deregistered host costs ~2 log2(50) calls and never the addresses of the others."""
+        token: str | None = None
+        while True:
+            kwargs: dict[str, Any] = {
+                "Filters": [{"Key": "InstanceIds", "Values": ids}],
+                "MaxResults": SSM_BATCH,
+            }
+            if token:
+                kwargs["NextToken"] = token
+            try:
+                response = self._instance_page(kwargs)
+            except aws.AwsLookupError as err:
+                if err.code in aws.SSM_BAD_ID_CODES and len(ids) > 1:
+                    half = len(ids) // 2
+                    self._describe_managed(ids[:half], found, errors)
+                    self._describe_managed(ids[half:], found, errors)
+                    return
+                if err.code in aws.SSM_BAD_ID_CODES:
+                    logs.warning("SSM will not describe this managed instance", instance_id=ids[0])
+                errors.update({i: err for i in ids if i not in found})
+                return
+            except retry.RetryableError as err:
+                errors.update({i: err for i in ids if i not in found})
+                return
+            for info in response.get("InstanceInformationList") or []:
+                found[str(info.get("InstanceId"))] = info
+            token = response.get("NextToken")
+            if not token:
+                return
 
 
 def _has_override(instance: Json) -> bool:

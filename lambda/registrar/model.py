@@ -119,19 +119,61 @@ class NetworkBinding:
     protocol: str
     bind_ip: str | None
 
+    @property
+    def ipv6(self) -> bool:
+        return self.bind_ip is not None and ":" in self.bind_ip
+
 
 @dataclass(frozen=True)
 class ContainerState:
+    """A container of the event. Its `networkBindings` are kept as sent and validated only when
+    the registrar reads them, so that a container it never reads (a log router, a container
+    publishing a port range) cannot make the whole event malformed."""
+
     name: str
     last_status: str | None
-    network_bindings: tuple[NetworkBinding, ...]
+    raw_bindings: Any
+    path: str
 
-    def host_port(self, container_port: int) -> int | None:
-        """Host port bound to a TCP container port (first binding: v4 and v6 share it)."""
-        for binding in self.network_bindings:
-            if binding.container_port == container_port and binding.protocol == "tcp":
-                return binding.host_port
-        return None
+    @property
+    def network_bindings(self) -> tuple[NetworkBinding, ...]:
+        """The single-port bindings, validated (MalformedEvent names the field).
+
+        NetworkBinding (ECS API reference) makes `containerPort` and `hostPort` optional: a
+        binding of a port range carries `containerPortRange`/`hostPortRange` instead
+        (amazon-ecs-agent PR #3505 shows `{"containerPortRange": "8080-8085", "hostPortRange":
+        "32780-32785"}`). Such a binding gives no single host port to advertise: skipped.
+        """
+        if self.raw_bindings is None:
+            return ()
+        if not isinstance(self.raw_bindings, list):
+            raise MalformedEvent(
+                f"{self.path}.networkBindings must be a list, "
+                f"got {type(self.raw_bindings).__name__}"
+            )
+        found = []
+        for i, raw in enumerate(self.raw_bindings):
+            binding = _binding(raw, f"{self.path}.networkBindings[{i}]")
+            if binding is not None:
+                found.append(binding)
+        return tuple(found)
+
+    def host_port(self, container_port: int, *, ipv6: bool = False) -> int | None:
+        """Host port bound to a TCP container port, from a binding of the host's address family.
+
+        Docker publishes a dynamic port on 0.0.0.0 and on :: separately, and the two can differ
+        (moby/moby#42442; ECS hosts logged `{8080 50195 0.0.0.0} {8080 50191 ::}` in
+        moby/moby#42375): the port Consul advertises must be the one bound on the family of
+        the address it advertises. A binding of the other family is the fallback.
+        """
+        tcp = [
+            b
+            for b in self.network_bindings
+            if b.container_port == container_port and b.protocol == "tcp"
+        ]
+        same_family = [b for b in tcp if b.ipv6 == ipv6]
+        chosen = same_family or tcp
+        return chosen[0].host_port if chosen else None
 
 
 @dataclass(frozen=True)
@@ -160,8 +202,10 @@ class TaskEvent:
         return next((c for c in self.containers if c.name == name), None)
 
 
-def _binding(raw: Any, path: str) -> NetworkBinding:
+def _binding(raw: Any, path: str) -> NetworkBinding | None:
     obj = _obj(raw, path)
+    if obj.get("containerPort") is None or obj.get("hostPort") is None:
+        return None  # a port range, or no single port to advertise
     protocol = _str(obj, "protocol", path, required=False) or "tcp"
     if protocol not in ("tcp", "udp"):
         raise MalformedEvent(f"{path}.protocol must be 'tcp' or 'udp', got {protocol!r}")
@@ -173,15 +217,16 @@ def _binding(raw: Any, path: str) -> NetworkBinding:
     )
 
 
-def _container(raw: Any, path: str) -> ContainerState:
-    obj = _obj(raw, path)
-    bindings = _list(obj, "networkBindings", path)
+def _container(raw: Any, path: str) -> ContainerState | None:
+    """A container the registrar can look up by name; None for one it never could."""
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str) or not raw["name"]:
+        return None
+    status = raw.get("lastStatus")
     return ContainerState(
-        name=_req_str(obj, "name", path),
-        last_status=_str(obj, "lastStatus", path, required=False),
-        network_bindings=tuple(
-            _binding(b, f"{path}.networkBindings[{i}]") for i, b in enumerate(bindings)
-        ),
+        name=raw["name"],
+        last_status=status if isinstance(status, str) else None,
+        raw_bindings=raw.get("networkBindings"),
+        path=path,
     )
 
 
@@ -213,7 +258,9 @@ def task_event_from_detail(
         version=_int(detail, "version", path, 0, 2**63 - 1),
         group=_str(detail, "group", path, required=False),
         containers=tuple(
-            _container(c, f"{path}.containers[{i}]") for i, c in enumerate(containers)
+            state
+            for i, c in enumerate(containers)
+            if (state := _container(c, f"{path}.containers[{i}]")) is not None
         ),
         stopped_reason=_str(detail, "stoppedReason", path, required=False),
     )
@@ -335,6 +382,7 @@ class MeshLabels:
     health_check_path: str | None
     proxy_container: str
     proxy_port: int
+    expose_port: int | None  # None: the label is absent (default proxy_port + offset)
 
 
 def _label_port(label: str, raw: str) -> int:
@@ -389,6 +437,7 @@ def parse_labels(container: ContainerDefinition) -> MeshLabels:
             f"label {identity.LABEL_HEALTH_PATH}: {path!r} must be a URL path starting with '/'"
         )
     proxy_port_raw = labels.get(identity.LABEL_PROXY_PORT, "").strip()
+    expose_port_raw = labels.get(identity.LABEL_EXPOSE_PORT, "").strip()
     return MeshLabels(
         container=container.name,
         service=service,
@@ -401,6 +450,9 @@ def parse_labels(container: ContainerDefinition) -> MeshLabels:
         proxy_port=_label_port(identity.LABEL_PROXY_PORT, proxy_port_raw)
         if proxy_port_raw
         else identity.DEFAULT_PROXY_PORT,
+        expose_port=_label_port(identity.LABEL_EXPOSE_PORT, expose_port_raw)
+        if expose_port_raw
+        else None,
     )
 
 
@@ -460,6 +512,20 @@ class ProxyUpstream:
 
 
 @dataclass(frozen=True)
+class ExposePath:
+    """An HTTP path of the app that Envoy serves on a listener of its own, outside mTLS.
+
+    Consul's `Proxy.Expose.Paths[]` (api/agent.go ExposePath): Envoy listens on
+    `listener_port` and forwards exactly `path` to the local app on `local_path_port`.
+    """
+
+    listener_port: int
+    path: str
+    local_path_port: int
+    protocol: str
+
+
+@dataclass(frozen=True)
 class SidecarProxy:
     """The connect-proxy of the task's primary service instance (one Envoy per task)."""
 
@@ -475,6 +541,7 @@ class SidecarProxy:
     bind_port: int
     upstreams: tuple[ProxyUpstream, ...]
     checks: tuple[HealthCheck, ...]
+    expose: tuple[ExposePath, ...] = ()  # added after the first release: see _LATER_FIELDS
 
 
 @dataclass(frozen=True)
@@ -494,12 +561,17 @@ class Registration:
         Stored in every running task's state record, so its canonical form must never change
         (tests/lambda/test_registrar_digest.py pins it): the JSON of `dataclasses.asdict`, with
         sorted keys and compact separators, built here without asdict's recursive deep copy
-        (3x faster; it was a third of a 10,000-task reconcile pass).
+        (3x faster; it was a third of a 10,000-task reconcile pass). A field added after the
+        first release (`_LATER_FIELDS`) is left out while it is empty, so a registration that
+        does not use it keeps the digest its record holds.
         """
         return hashlib.sha256(_CANONICAL.encode(self).encode()).hexdigest()
 
 
-_FIELD_NAMES: dict[type, tuple[str, ...]] = {}
+# (class, field) pairs added after digests were first stored: omitted from the canonical JSON
+# while empty (an empty tuple), so records written before they existed still match.
+_LATER_FIELDS = frozenset({("SidecarProxy", "expose")})
+_FIELD_NAMES: dict[type, tuple[tuple[str, bool], ...]] = {}
 
 
 def _as_json_object(value: object) -> dict[str, Any]:
@@ -511,8 +583,13 @@ def _as_json_object(value: object) -> dict[str, Any]:
             return dict(value)
         if not is_dataclass(value):
             raise TypeError(f"Object of type {cls.__name__} is not JSON serializable")
-        names = _FIELD_NAMES.setdefault(cls, tuple(f.name for f in fields(value)))
-    return {name: getattr(value, name) for name in names}
+        names = _FIELD_NAMES.setdefault(
+            cls,
+            tuple((f.name, (cls.__name__, f.name) in _LATER_FIELDS) for f in fields(value)),
+        )
+    return {
+        name: getattr(value, name) for name, later in names if not later or getattr(value, name)
+    }
 
 
 _CANONICAL = json.JSONEncoder(default=_as_json_object, sort_keys=True, separators=(",", ":"))

@@ -7,11 +7,14 @@ registrar's environment (CONSUL_HTTP_ADDR, ECS_CLUSTER_ARN, ...):
 One pass
 1. What the registrar owns, in 3 Consul requests whatever the cluster's size: this cluster's
    task nodes (`/v1/catalog/nodes?filter=Meta["source"] == ... and Meta["cluster-arn"] == ...`),
-   the state records (`/v1/kv/ecs-registrar/<cluster>/tasks/?recurse`) and the disconnection
-   markers (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
+   the state records (`/v1/kv/ecs-registrar/<cluster-name>/?recurse`: this cluster's, keyed by
+   its ARN, and the legacy name-keyed ones, kv_layout.py) and the disconnection markers
+   (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
 2. ECS's truth (listing.py): ListTasks + DescribeTasks, 100 tasks per call; task definitions
    through the registrar's cache (immutable per ARN); container instances and SSM addresses
    in batches, fresh every pass.
+   Legacy records that this pass proves to be the cluster's are moved to the ARN layout
+   (migration.py) before anything is compared.
 3. Every running mesh task gets its desired registration (`decide.desired_registration`, the
    event path's own function). In sync = a running record with the same digest and the node
    present on the same address: nothing is written. Otherwise `apply.apply(repair=True)` with
@@ -19,17 +22,22 @@ One pass
    newer record always wins and reconcile can never resurrect a stopped task.
 4. Deletions, only when the ECS listing is complete (every page read, every task described):
    the tasks the catalog or a running record has and the listing lacks are confirmed with
-   DescribeTasks (stopped, or MISSING). At most RECONCILE_MAX_DELETIONS are removed (through
-   `apply`: tombstone + node delete); the rest is reported (DeletionsHeldBack metric and a
-   warning) and left to the next pass. Only nodes carrying our `source` and cluster meta are
-   ever listed, so nothing else can be deleted.
+   DescribeTasks (stopped, or MISSING with a record at least an hour old: one MISSING for a
+   younger record is eventual consistency, not proof). At most RECONCILE_MAX_DELETIONS are
+   removed (through `apply`: tombstone + node delete); the rest is reported (DeletionsHeldBack
+   metric and a warning) and left to the next pass. Only nodes carrying our `source` and
+   cluster meta are ever listed, so nothing else can be deleted.
 5. Tombstone garbage collection: stopped records older than TOMBSTONE_GRACE_HOURS of tasks ECS
    no longer knows (MISSING) are deleted with KV delete-cas (a record that changed stays). The
    grace (default 5 days) outlives every delayed event: EventBridge retries for 24 h and the
    queue keeps messages 4 days, so no late RUNNING event can find the tombstone gone. A message
    redriven from the DLQ later than that is caught by the next pass (its task is MISSING).
-6. Hosts whose agent state (DescribeContainerInstances) disagrees with the markers go through
-   `host_state.apply_instance_state`, the path of the container instance events.
+6. Hosts whose agent state (DescribeContainerInstances) disagrees with their record or markers
+   go through `host_state.apply_instance_state`, the path of the container instance events.
+   Hosts whose agent has been disconnected longer than HOST_DISCONNECT_GRACE_MINUTES are
+   described once more, at the time of marking, and marked only if still disconnected
+   (`host_state.mark_after_grace`): the event path never marks, so a routine reconnect within
+   the grace is never visible.
 
 Large clusters and the time budget: the pass is stateless. The listings cost ~2 AWS calls per
 100 tasks, the repairs ~4 Consul requests each, and every phase stops when the invocation's
@@ -40,8 +48,10 @@ could not read the whole listing deletes nothing (ReconcileIncomplete metric).
 
 Metrics (EMF, namespace of metrics.py, dimension ClusterName): ReconcileTasks (running mesh
 tasks), DriftMissing, DriftChanged, DriftStale, DriftHosts and their sum DriftRepaired,
-DeletionsHeldBack, TombstonesCollected, ReconcileIncomplete, ReconcileDeferred (repairs left
-for lack of time), ReconcileFailed (repairs that failed), InvalidTaskDefinition.
+DeletionsHeldBack, TombstonesCollected, RecordsMigrated, ReconcileIncomplete,
+ReconcileDeferred (repairs left for lack of time), ReconcileFailed (repairs that failed),
+InvalidTaskDefinition, HostAddressRefused (tasks kept out because their host's address is
+loopback, link-local, unspecified or docker0's: aws.address_problem).
 """
 
 from __future__ import annotations
@@ -58,11 +68,12 @@ import decide
 import host_state
 import identity
 import inventory
+import kv_layout
 import listing
 import logs
+import migration
 import registrar
 import retry
-from consul import TxnConflict
 from inventory import Inventory
 from metrics import Metrics
 from model import (
@@ -80,8 +91,10 @@ from model import (
 )
 
 RESERVE_MS = 15_000
+# Age a task's record must have before DescribeTasks' MISSING is taken as proof the task is gone
+# (Reconciler._may_be_forgotten): ECS keeps stopped tasks describable for at least this long.
+MISSING_PROOF_AGE = timedelta(hours=1)
 GC_PER_PASS = 1000  # tombstones examined per pass; bounds the pass's DescribeTasks calls
-MAX_TXN_OPS = 128
 
 # AWS clients: replaced in tests (moto or fakes) with a function of the same shape.
 aws_client: Callable[[str], Any] = aws.client
@@ -103,10 +116,13 @@ def _int_env(env: Mapping[str, str], name: str, default: int, lo: int, hi: int) 
 @dataclass(frozen=True)
 class ReconcileSettings:
     """RECONCILE_MAX_DELETIONS (50, config key reconcile_max_deletions): entries one pass may
-    delete. TOMBSTONE_GRACE_HOURS (120): age before a stopped task's record may go."""
+    delete. TOMBSTONE_GRACE_HOURS (120): age before a stopped task's record may go.
+    HOST_DISCONNECT_GRACE_MINUTES (5, config key host_disconnect_grace_minutes): how long an ECS
+    agent may stay disconnected before its host's task nodes are marked critical."""
 
     max_deletions: int = 50
     tombstone_grace: timedelta = timedelta(hours=120)
+    host_disconnect_grace: timedelta = timedelta(minutes=5)
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> ReconcileSettings:
@@ -114,6 +130,9 @@ class ReconcileSettings:
             max_deletions=_int_env(env, "RECONCILE_MAX_DELETIONS", 50, 1, 10000),
             tombstone_grace=timedelta(
                 hours=_int_env(env, "TOMBSTONE_GRACE_HOURS", 120, 25, 24 * 365)
+            ),
+            host_disconnect_grace=timedelta(
+                minutes=_int_env(env, "HOST_DISCONNECT_GRACE_MINUTES", 5, 1, 1440)
             ),
         )
 
@@ -130,9 +149,12 @@ class PassReport:
     hosts: int = 0
     held_back: int = 0
     tombstones_collected: int = 0
+    migrated: int = 0
     deferred: int = 0
     failed: int = 0
     invalid: int = 0
+    refused: int = 0
+    marked: int = 0
     complete: bool = True
     problems: list[str] = field(default_factory=list)
 
@@ -150,10 +172,13 @@ class PassReport:
             "DriftRepaired": self.repaired,
             "DeletionsHeldBack": self.held_back,
             "TombstonesCollected": self.tombstones_collected,
+            "RecordsMigrated": self.migrated,
             "ReconcileIncomplete": 0 if self.complete else 1,
             "ReconcileDeferred": self.deferred,
             "ReconcileFailed": self.failed,
             "InvalidTaskDefinition": self.invalid,
+            "HostAddressRefused": self.refused,
+            "HostChecksCritical": self.marked,
         }
 
     def summary(self) -> dict[str, Any]:
@@ -172,6 +197,7 @@ class Owned:
     nodes: dict[str, Mapping[str, Any]]  # node name -> catalog node
     records: dict[str, tuple[StateRecord | None, int]]  # task ID -> (record, ModifyIndex)
     markers: set[str]  # nodes carrying the disconnection marker
+    kv: migration.Records  # every record of the read, legacy layout included
 
 
 @dataclass(frozen=True)
@@ -211,10 +237,10 @@ class Reconciler:
         self._budget = budget
         self._policy = policy
         self._now = now
-        self._prefix = f"{identity.STATE_PREFIX}{identity.cluster_name(cluster_arn)}/tasks/"
         self.report = PassReport()
         # container instance ARN -> task nodes of the running mesh tasks ECS places on it
         self._on_instance: dict[str, set[str]] = {}
+        self._refused_hosts: set[str] = set()
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -230,6 +256,7 @@ class Reconciler:
                 problems=list(running.problems[:10]),
             )
         wanted, stopping, hosts = self._wanted(running.tasks)
+        self._migrate(owned, set(running.tasks), hosts)
         self._repair(wanted, owned)
         if self.report.complete:
             self._delete_gone(owned, set(running.tasks), stopping)
@@ -243,18 +270,9 @@ class Reconciler:
             for n in self._consul.nodes(inventory.owned_nodes_filter(self._cluster_arn))
             if isinstance(n.get("Node"), str)
         }
-        records: dict[str, tuple[StateRecord | None, int]] = {}
-        for pair in self._consul.kv_list(self._prefix):
-            task_id = pair.key[len(self._prefix) :]
-            if not task_id or "/" in task_id:
-                continue
-            try:
-                record: StateRecord | None = StateRecord.decode(pair.value)
-            except ValueError:
-                record = None  # unreadable: apply overwrites it with cas
-            records[task_id] = (record, pair.modify_index)
+        kv = migration.read(self._consul, self._cluster_arn)
         markers = host_state.marked_nodes(self._consul)
-        return Owned(nodes=nodes, records=records, markers=markers)
+        return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)
 
     def _event(self, task: Mapping[str, Any], task_id: str) -> TaskEvent | None:
         try:
@@ -325,11 +343,25 @@ class Reconciler:
                 self.report.invalid += 1
                 logs.warning("task cannot be registered", task_arn=event.task_arn, error=str(err))
                 continue
+            except aws.UnusableHostAddress as err:
+                self._refuse(err)
+                continue
             except (retry.RetryableError, aws.AwsLookupError) as err:
                 self._fail(event, "host address lookup failed", err)
                 continue
             wanted.append(Wanted(event, registration))
         return wanted
+
+    def _refuse(self, err: aws.UnusableHostAddress) -> None:
+        """A task kept out of the catalog by its host's address; one log line per host."""
+        self.report.refused += 1
+        if err.container_instance_arn not in self._refused_hosts:
+            self._refused_hosts.add(err.container_instance_arn)
+            logs.error(
+                "host address refused: its tasks stay unregistered",
+                container_instance_arn=err.container_instance_arn,
+                error=str(err),
+            )
 
     def _definition(self, arn: str) -> TaskDefinition:
         return retry.call(
@@ -346,6 +378,36 @@ class Reconciler:
         self.report.failed += 1
         with logs.task_context(event.task_arn):
             logs.error(what, error=f"{type(err).__name__}: {err}")
+
+    # -- phase: migration of legacy records (kv_layout.py, migration.py) ----------------------
+
+    def _migrate(self, owned: Owned, listed: set[str], hosts: listing.Hosts | None) -> None:
+        kv = owned.kv
+        if not kv.legacy_tasks and not kv.legacy_hosts:
+            return
+        our_tasks = listed | {node.removeprefix(identity.NODE_PREFIX) for node in owned.nodes}
+        described = hosts.instances if hosts is not None else {}
+        steps = migration.plan(
+            kv,
+            self._cluster_arn,
+            our_tasks=our_tasks,
+            our_hosts={host_state.instance_id(arn) for arn in described},
+            now=self._now(),
+            tombstone_grace=self._settings.tombstone_grace,
+        )
+        if not steps or self._out_of_time():
+            return
+        try:
+            done = migration.apply(self._consul, steps, self._out_of_time)
+        except Exception as err:
+            self.report.failed += 1
+            logs.error("migrating legacy records failed", error=f"{type(err).__name__}: {err}")
+            return
+        for step in done:
+            if step.moves_task:
+                owned.records[step.item_id] = (step.record, 0)
+        self.report.migrated += len(done)
+        logs.info("legacy state records migrated to the cluster ARN layout", records=len(done))
 
     # -- phase: registrations ----------------------------------------------------------------
 
@@ -387,7 +449,7 @@ class Reconciler:
             try:
                 result = apply.apply(
                     self._consul,
-                    key=identity.state_key(self._cluster_arn, task_arn),
+                    key=kv_layout.task_key(self._cluster_arn, identity.task_id(task_arn)),
                     node=identity.node_name(task_arn),
                     desired=desired,
                     version=version,
@@ -424,19 +486,7 @@ class Reconciler:
             record, _ = owned.records.get(event.task_id, (None, 0))
             if node in owned.nodes or (record is not None and record.status == RUNNING):
                 gone[event.task_id] = event.version
-        described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
-        for tid in sorted(suspects):
-            if tid in described.tasks:
-                seen = self._event(described.tasks[tid], tid)
-                if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
-                    gone[tid] = seen.version
-                else:
-                    logs.info("the listing missed a running task; kept", task_id=tid)
-            elif described.failures.get(tid) == "MISSING":
-                gone[tid] = host_state.GONE_VERSION
-            else:
-                reason = described.failures.get(tid) or described.unknown.get(tid)
-                logs.warning("cannot confirm the task is gone; kept", task_id=tid, reason=reason)
+        gone.update(self._confirm_gone(owned, suspects))
         cap = self._settings.max_deletions
         ordered = sorted(gone)
         if len(ordered) > cap:
@@ -457,12 +507,63 @@ class Reconciler:
             if result is not None and present and result.kind in ("deregistered", "repaired"):
                 self.report.stale += 1
 
+    def _confirm_gone(self, owned: Owned, suspects: set[str]) -> dict[str, int]:
+        """The suspects DescribeTasks proves gone -> the version to write their tombstone at."""
+        gone: dict[str, int] = {}
+        described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
+        for tid in sorted(suspects):
+            if tid in described.tasks:
+                seen = self._event(described.tasks[tid], tid)
+                if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
+                    gone[tid] = seen.version
+                else:
+                    logs.info("the listing missed a running task; kept", task_id=tid)
+            elif described.failures.get(tid) == "MISSING":
+                if self._may_be_forgotten(owned, tid):
+                    gone[tid] = host_state.GONE_VERSION
+                else:
+                    logs.info("MISSING for a task registered within the hour; kept", task_id=tid)
+            else:
+                reason = described.failures.get(tid) or described.unknown.get(tid)
+                logs.warning("cannot confirm the task is gone; kept", task_id=tid, reason=reason)
+        return gone
+
+    def _may_be_forgotten(self, owned: Owned, task_id: str) -> bool:
+        """Is MISSING proof that ECS forgot the task, rather than eventual consistency?
+
+        "Currently, stopped tasks appear in the returned results for at least one hour"
+        (DescribeTasks, ECS API reference), so a task ECS has forgotten stopped at least an hour
+        ago, and its record (written at its RUNNING event, or by a pass that saw it RUNNING) is
+        older still. A younger record answered MISSING is the API's eventual consistency (the
+        RunTask reference recommends retrying DescribeTasks for up to five minutes): the task
+        is kept, and decided again by the passes after its record turns an hour old. A record
+        without a time predates them, and a node without a record was not written by the event
+        path: both are judged on MISSING alone, as before.
+        """
+        record, _ = owned.records.get(task_id, (None, 0))
+        if record is None or record.event_time is None:
+            return True
+        try:
+            written = parse_time(record.event_time, "event_time")
+        except MalformedEvent:
+            return True
+        return written <= self._now() - MISSING_PROOF_AGE
+
     # -- phase: tombstones -------------------------------------------------------------------
 
     def _collect_tombstones(self, owned: Owned, listed: set[str]) -> None:
+        """Old tombstones of tasks ECS forgot, in both layouts (migration.py copies the young
+        legacy ones and leaves the legacy copy to age out here)."""
         cutoff = self._now() - self._settings.tombstone_grace
-        old: dict[str, int] = {}
-        for tid, (record, index) in sorted(owned.records.items()):
+        candidates = [
+            (kv_layout.task_key(self._cluster_arn, tid), tid, r) for tid, r in owned.records.items()
+        ]
+        candidates += [
+            (pair.key, tid, (migration.decode(pair.value), pair.modify_index))
+            for tid, pair in owned.kv.legacy_tasks.items()
+        ]
+        old: dict[str, tuple[str, int]] = {}  # key -> (task ID, ModifyIndex)
+        for key, tid, (record, index) in sorted(candidates):
             if (
                 record is None
                 or record.status != STOPPED
@@ -475,75 +576,118 @@ class Reconciler:
             except MalformedEvent:
                 continue
             if stopped_at < cutoff:
-                old[tid] = index
+                old[key] = (tid, index)
             if len(old) >= GC_PER_PASS:
                 break
         if not old or self._out_of_time():
             return
-        described = self._ecs.describe_tasks(old)
-        forgotten = [tid for tid in sorted(old) if described.failures.get(tid) == "MISSING"]
+        described = self._ecs.describe_tasks({tid for tid, _ in old.values()})
         ops = [
-            {"KV": {"Verb": "delete-cas", "Key": self._prefix + tid, "Index": old[tid]}}
-            for tid in forgotten
+            {"KV": {"Verb": "delete-cas", "Key": key, "Index": index}}
+            for key, (tid, index) in sorted(old.items())
+            if described.failures.get(tid) == "MISSING"
         ]
-        for start in range(0, len(ops), MAX_TXN_OPS):
-            if self._out_of_time():
-                return
-            self.report.tombstones_collected += self._delete_records(
-                ops[start : start + MAX_TXN_OPS]
+        try:
+            landed = inventory.txn_groups(
+                self._consul, [(op,) for op in ops], stop=self._out_of_time
             )
-
-    def _delete_records(self, ops: list[dict[str, Any]]) -> int:
-        """One txn of delete-cas ops; after a 409 once more without the records that changed."""
-        for _ in range(2):
-            if not ops:
-                return 0
-            try:
-                self._consul.txn(ops)
-            except TxnConflict as conflict:
-                ops = [op for i, op in enumerate(ops) if not conflict.failed_op(i)]
-                continue
-            except Exception as err:
-                logs.warning("tombstone collection failed; the next pass retries", error=str(err))
-                return 0
-            return len(ops)
-        return 0
+        except Exception as err:
+            logs.warning("tombstone collection failed; the next pass retries", error=str(err))
+            return
+        self.report.tombstones_collected += len(landed)
 
     # -- phase: hosts ------------------------------------------------------------------------
 
     def _repair_hosts(self, owned: Owned, hosts: listing.Hosts | None) -> None:
-        """Hosts whose agent state or registration disagrees with their task nodes."""
+        """Hosts whose agent state or markers disagree with their record (lost events), then
+        the disconnections that outlasted the grace, confirmed by a fresh describe."""
         if hosts is None:
             return
+        due: list[str] = []
+        now = self._now()
         for arn, nodes in sorted(self._on_instance.items()):
             instance = hosts.instances.get(arn)
-            if instance is None or self._out_of_time():
+            state = None if instance is None else self._instance_state(arn, instance)
+            if state is None or self._out_of_time():
                 continue
-            try:
-                state = host_state.instance_state({**instance, "clusterArn": self._cluster_arn})
-            except MalformedEvent as err:
+            record = self._host_record(owned, arn)
+            if not self._host_in_sync(state, record, nodes, owned):
+                self._host_outcome(arn, state)
+            if record is None or state.version > record.version:
+                record = host_state.next_record(record, state, now)
+            if host_state.due_for_marking(record, now, self._settings.host_disconnect_grace):
+                due.append(arn)
+        if due and not self._out_of_time():
+            self._mark_after_grace(due)
+
+    def _mark_after_grace(self, due: list[str]) -> None:
+        """Mark the hosts still disconnected now (DescribeContainerInstances read here, at the
+        time of marking: a reconnect since the pass began leaves its host alone)."""
+        fresh, failures = self._ecs.container_instances(due)
+        for arn in due:
+            state = self._instance_state(arn, fresh[arn]) if arn in fresh else None
+            if state is None:
                 logs.warning(
-                    "container instance unusable", container_instance_arn=arn, error=str(err)
+                    "disconnection not confirmed; not marked",
+                    container_instance_arn=arn,
+                    reason=failures.get(arn),
                 )
-                continue
-            if state.deregistered:
-                if not nodes & set(owned.nodes):
-                    continue
+            elif state.agent_connected or state.deregistered:
+                self._host_outcome(arn, state)  # it reconnected or left: its event may lag
             else:
-                expected = set() if state.agent_connected else nodes
-                if owned.markers & nodes == expected:
-                    continue
-            try:
-                outcome = host_state.apply_instance_state(self._consul, state)
-            except Exception as err:
-                self.report.failed += 1
-                logs.error("host state repair failed", container_instance_arn=arn, error=str(err))
-                continue
-            logs.info(
-                f"reconcile host {outcome.kind}", container_instance_arn=arn, reason=outcome.reason
-            )
-            if outcome.kind in ("marked", "unmarked", "deregistered") and outcome.tasks:
-                self.report.hosts += 1
+                self._host_outcome(arn, state, mark=True)
+
+    def _instance_state(
+        self, arn: str, instance: Mapping[str, Any]
+    ) -> host_state.InstanceState | None:
+        try:
+            return host_state.instance_state({**instance, "clusterArn": self._cluster_arn})
+        except MalformedEvent as err:
+            logs.warning("container instance unusable", container_instance_arn=arn, error=str(err))
+            return None
+
+    @staticmethod
+    def _host_record(owned: Owned, arn: str) -> host_state.HostRecord | None:
+        pair = owned.kv.hosts.get(host_state.instance_id(arn))
+        return None if pair is None else host_state.HostRecord.decode(pair.value)
+
+    @staticmethod
+    def _host_in_sync(
+        state: host_state.InstanceState,
+        record: host_state.HostRecord | None,
+        nodes: set[str],
+        owned: Owned,
+    ) -> bool:
+        """Nothing to write: the record is as new as ECS's answer and the markers match it."""
+        if state.deregistered:
+            return not nodes & set(owned.nodes)
+        if record is None:
+            return state.agent_connected and not owned.markers & nodes
+        if state.version > record.version:
+            return False
+        return owned.markers & nodes == (nodes if record.drained else set())
+
+    def _host_outcome(
+        self, arn: str, state: host_state.InstanceState, *, mark: bool = False
+    ) -> None:
+        """Apply ECS's `state` to the host (or, with `mark`, its disconnection verdict)."""
+        try:
+            if mark:
+                grace = self._settings.host_disconnect_grace
+                outcome = host_state.mark_after_grace(self._consul, state, self._now(), grace)
+            else:
+                outcome = host_state.apply_instance_state(self._consul, state, self._now())
+        except Exception as err:
+            self.report.failed += 1
+            logs.error("host state repair failed", container_instance_arn=arn, error=str(err))
+            return
+        logs.info(
+            f"reconcile host {outcome.kind}", container_instance_arn=arn, reason=outcome.reason
+        )
+        if mark and outcome.kind == "marked":
+            self.report.marked += 1
+        elif outcome.kind in ("marked", "unmarked", "deregistered") and outcome.tasks:
+            self.report.hosts += 1
 
 
 # --------------------------------------------------------------------------------------------
@@ -568,16 +712,17 @@ def run_pass(
         policy=rt.settings.retry_policy,
         budget=budget,
     )
-    return Reconciler(
-        consul=inventory.connect(rt, budget),
-        ecs=reader,
-        task_definitions=rt.task_definitions,
-        cluster_arn=cluster_arn,
-        settings=settings,
-        budget=budget,
-        policy=rt.settings.retry_policy,
-        now=now,
-    ).run()
+    with aws.within(budget):
+        return Reconciler(
+            consul=inventory.connect(rt, budget),
+            ecs=reader,
+            task_definitions=rt.task_definitions,
+            cluster_arn=cluster_arn,
+            settings=settings,
+            budget=budget,
+            policy=rt.settings.retry_policy,
+            now=now,
+        ).run()
 
 
 def handler(event: Any, context: Any) -> dict[str, Any]:

@@ -32,15 +32,21 @@ import aws
 import consul
 import decide
 import identity
+import kv_layout
+import logs
 import retry
 from connections import ConnectionPool
-from model import InvalidTaskDefinition, MalformedEvent, TaskEvent
+from model import InvalidTaskDefinition, MalformedEvent, Registration, TaskEvent
 
 T = TypeVar("T")
 
 
 class ConfigError(ValueError):
     """The function's environment is wrong: every message fails until it is fixed."""
+
+
+class UnansweredWrite(retry.RetryableError):
+    """The event is applied, but a write it sent got no answer and may still land later."""
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:
@@ -80,8 +86,8 @@ class Settings:
             raise ConfigError(str(err)) from None
         cluster_arn = env.get("ECS_CLUSTER_ARN", "").strip()
         try:
-            identity.cluster_name(cluster_arn)
-            valid_arn = cluster_arn.startswith("arn:") and ":cluster/" in cluster_arn
+            kv_layout.scope(cluster_arn)
+            valid_arn = True
         except ValueError:
             valid_arn = False
         if not valid_arn:
@@ -179,7 +185,7 @@ class Runtime:
         if connections is not None:
             connections.close()
 
-    def consul(self, budget: retry.Budget) -> consul.Consul:
+    def consul(self, budget: retry.Budget) -> consul.RetryingConsul:
         """A Consul client bound to this invocation's budget, retrying transient failures."""
         http = consul.HttpConsul(
             self.settings.consul_addr,
@@ -233,10 +239,25 @@ class Registrar:
         phase = decide.triage(event, settings.cluster_arn)
         if isinstance(phase, decide.Skip):
             return apply.Result(phase.kind, phase.reason)
-        task_definition = self._aws(
-            "DescribeTaskDefinition",
-            lambda: self._rt.task_definitions.get(event.task_definition_arn),
-        )
+        try:
+            task_definition = self._aws(
+                "DescribeTaskDefinition",
+                lambda: self._rt.task_definitions.get(event.task_definition_arn),
+            )
+        except (aws.AwsLookupError, retry.RetryableError) as err:
+            if phase != "stop":
+                raise
+            # "You can only describe INACTIVE task definitions while an active task or service
+            # references them" (DescribeTaskDefinition, ECS API reference): a stop handled late
+            # (a backlog, a DLQ redrive) may find its revision gone. A stop needs nothing from
+            # it: the record says whether the task was registered, and a stop without a record
+            # leaves a tombstone (collected after TOMBSTONE_GRACE_HOURS) rather than let a
+            # RUNNING event delivered after it register the task.
+            logs.info(
+                "task definition unavailable; applying the stop from the state record",
+                error=f"{type(err).__name__}: {err}",
+            )
+            return self._apply(event, None)
         app = decide.mesh_target(task_definition)
         if isinstance(app, decide.Skip):
             return apply.Result(app.kind, app.reason)
@@ -245,18 +266,40 @@ class Registrar:
             instance = event.container_instance_arn
             if instance is None:
                 raise MalformedEvent("detail.containerInstanceArn is missing for a RUNNING task")
-            host = self._aws(
-                "host address", lambda: self._rt.hosts.get(event.cluster_arn, instance)
-            )
+            try:
+                host = self._aws(
+                    "host address", lambda: self._rt.hosts.get(event.cluster_arn, instance)
+                )
+            except aws.UnusableHostAddress as err:
+                # Redelivery cannot fix it; the reconcile pass registers the task once the
+                # operator has set the address (it reads addresses afresh every pass).
+                return apply.Result("unaddressable", str(err))
             try:
                 desired = decide.desired_registration(event, task_definition, app, host)
             except InvalidTaskDefinition as err:
                 return apply.Result("invalid", f"{task_definition.arn}: {err}")
-        return apply.apply(
-            self._rt.consul(self._budget),
-            key=identity.state_key(event.cluster_arn, event.task_arn),
+        return self._apply(event, desired)
+
+    def _apply(self, event: TaskEvent, desired: Registration | None) -> apply.Result:
+        client = self._rt.consul(self._budget)
+        result = apply.apply(
+            client,
+            key=kv_layout.task_key(event.cluster_arn, event.task_id),
             node=identity.node_name(event.task_arn),
             desired=desired,
             version=event.version,
             event_time=event.event_time.isoformat(),
         )
+        if client.unanswered_registers:
+            # The catalog is right as of the re-read that ended `apply`, but an unanswered
+            # sidecar write may land after it and recreate the node of a task that stopped
+            # meanwhile. Acknowledging now would leave that to the reconcile pass; failing the
+            # message makes SQS redeliver it after the visibility timeout, when the write has
+            # landed or never will, and the redelivery checks the node (decide.VerifyAbsent,
+            # VerifySidecar).
+            raise UnansweredWrite(
+                f"{result.kind} ({result.reason}), but {client.unanswered_registers} sidecar "
+                "write(s) got no answer and may still land; SQS will redeliver the message so "
+                "that the catalog is checked again"
+            )
+        return result

@@ -4,7 +4,10 @@ The proxy's `node.id` contains the task id, which exists only once the task runs
 be rendered at synth time. This program asks the ECS task metadata endpoint for the task ARN,
 derives the IDs with the registrar's own `identity` functions, renders the bootstrap with
 `envoy.render_bootstrap` and writes it (mode 0600, owned by the Envoy user) to the task volume
-that the Envoy container reads. Envoy starts only after this container exits 0.
+that the Envoy container reads. It also hands the directory of Envoy's admin socket (a second
+task volume) to the Envoy user with mode 0700, so no other user can reach the socket, not even
+in the instant between Envoy's bind and its chmod to 0600. Envoy starts only after this
+container exits 0.
 
 It runs in a stock Python image as `python3 -c <identity.py + envoy.py + this file>` (built by
 `mesh_stack/init_program.py`), which preloads the two modules under the names below; run from
@@ -21,7 +24,8 @@ Environment (set by MeshService; the two secrets come from Secrets Manager via E
   CONSUL_TLS_SERVER_NAME         name on the server certificates; default CONSUL_GRPC_HOST
   CONSUL_HTTP_TOKEN              secret: the service's ACL token
   CONSUL_CACERT_PEM              secret: the Consul CA certificate (PEM), required with TLS
-  ENVOY_ADMIN_PORT               default 19000 (bound to 127.0.0.1)
+  ENVOY_ADMIN_SOCKET             default /consul-mesh-admin/admin.sock: the admin API's unix
+                                 socket; its directory must be a volume Envoy mounts writable
   ENVOY_PROMETHEUS_BIND          default 0.0.0.0:9102; empty disables the metrics listener
   ENVOY_BOOTSTRAP_PATH           default /consul-mesh/envoy-bootstrap.json
   ENVOY_UID / ENVOY_GID          owner of the written file (the Envoy image's user), optional
@@ -125,6 +129,11 @@ def build_bootstrap(
     plaintext = env.get("CONSUL_GRPC_PLAINTEXT", "").strip().lower() == "true"
     prometheus = env.get("ENVOY_PROMETHEUS_BIND", envoy.DEFAULT_PROMETHEUS_BIND).strip()
     port = _int(env, "CONSUL_GRPC_PORT", 0)
+    if env.get("ENVOY_ADMIN_PORT", "").strip():
+        raise InitError(
+            "ENVOY_ADMIN_PORT is no longer used: the admin API listens only on the unix socket "
+            "ENVOY_ADMIN_SOCKET (a TCP admin port would expose the token); remove it"
+        )
     try:
         bootstrap: dict[str, Any] = envoy.render_bootstrap(
             proxy_id=identity.proxy_id(identity.service_id(service, task_arn, primary_port)),
@@ -136,12 +145,24 @@ def build_bootstrap(
             ca_pem=None if plaintext else _required(env, "CONSUL_CACERT_PEM", CA_HINT),
             tls_server_name=env.get("CONSUL_TLS_SERVER_NAME", "").strip() or None,
             plaintext=plaintext,
-            admin_port=_int(env, "ENVOY_ADMIN_PORT", envoy.DEFAULT_ADMIN_PORT),
+            admin_socket=env.get("ENVOY_ADMIN_SOCKET", "").strip() or envoy.DEFAULT_ADMIN_SOCKET,
             prometheus_bind=prometheus or None,
         )
     except ValueError as exc:
         raise InitError(str(exc)) from exc
     return bootstrap
+
+
+def prepare_socket_dir(path: str, uid: int | None, gid: int | None) -> None:
+    """Give the socket's directory to the Envoy user, mode 0700: only Envoy may enter it."""
+    directory = os.path.dirname(path) or "."
+    if not os.path.isdir(directory):
+        raise InitError(
+            f"admin socket directory {directory} does not exist (is the admin volume mounted?)"
+        )
+    if uid is not None or gid is not None:
+        os.chown(directory, -1 if uid is None else uid, -1 if gid is None else gid)
+    os.chmod(directory, 0o700)
 
 
 def write_private(path: str, text: str, uid: int | None, gid: int | None) -> None:
@@ -183,7 +204,15 @@ def run(
     task = fetch(base)
     bootstrap = build_bootstrap(env, task, identity, envoy)
     path = env.get("ENVOY_BOOTSTRAP_PATH", "").strip() or DEFAULT_BOOTSTRAP_PATH
-    write_private(path, json.dumps(bootstrap), _owner(env, "ENVOY_UID"), _owner(env, "ENVOY_GID"))
+    uid, gid = _owner(env, "ENVOY_UID"), _owner(env, "ENVOY_GID")
+    socket_path = bootstrap["admin"]["address"]["pipe"]["path"]
+    if os.path.dirname(socket_path) == os.path.dirname(path):
+        raise InitError(
+            f"ENVOY_ADMIN_SOCKET {socket_path} must not share the bootstrap's directory: Envoy "
+            "mounts that one read-only"
+        )
+    prepare_socket_dir(socket_path, uid, gid)
+    write_private(path, json.dumps(bootstrap), uid, gid)
     return {
         "msg": "envoy bootstrap written",
         "path": path,
@@ -191,6 +220,7 @@ def run(
         "cluster": task.get("Cluster"),
         "node-id": bootstrap["node"]["id"],
         "node-name": bootstrap["node"]["metadata"]["node_name"],
+        "admin-socket": socket_path,
     }
 
 

@@ -261,6 +261,39 @@ def _validate_upstreams(proxy: dict[str, Any]) -> list[str]:
     return errors
 
 
+# agent/structs/connect_proxy_config.go allowedExposeProtocols.
+_EXPOSE_PROTOCOLS = ("http", "http2")
+
+
+def _validate_expose(proxy: dict[str, Any]) -> list[str]:
+    """agent/structs/structs.go NodeService.Validate, its `s.Proxy.Expose.Paths` loop (1.21).
+
+    Consul checks neither that a path starts with '/' nor LocalPathPort; the listener is
+    built from whatever is stored (agent/xds/listeners.go makeExposedCheckListener).
+    """
+    errors: list[str] = []
+    raw = proxy.get("Expose") or {}
+    paths = Fields(raw, "structs.ExposeConfig").raw("Paths", list, "[]structs.ExposePath") or []
+    seen: set[int] = set()
+    for item in paths:
+        path = Fields(item, "structs.ExposePath")
+        if not path.string("Path"):
+            errors.append("expose.paths: empty path exposed")
+        port = path.integer("ListenerPort")
+        if port in seen:
+            errors.append("expose.paths: duplicate listener ports exposed")
+        seen.add(port)
+        if port <= 0 or port > 65535:
+            errors.append(f"expose.paths: invalid listener port: {port}")
+        protocol = path.string("Protocol").lower()
+        if protocol and protocol not in _EXPOSE_PROTOCOLS:
+            errors.append(
+                f"protocol '{protocol}' not supported for path: {path.string('Path')}, "
+                f"must be in: [{' '.join(_EXPOSE_PROTOCOLS)}]"
+            )
+    return errors
+
+
 def _validate_service(record: dict[str, Any]) -> list[str]:
     """agent/structs NodeService.Validate (the parts that apply to a catalog-only service)."""
     errors: list[str] = []
@@ -283,6 +316,7 @@ def _validate_service(record: dict[str, Any]) -> list[str]:
         if native:
             errors.append("A Proxy cannot also be Connect Native, only typical services")
         errors.extend(_validate_upstreams(proxy))
+        errors.extend(_validate_expose(proxy))
     if kind in GATEWAY_KINDS:
         if not port and kind not in ("ingress-gateway", "api-gateway"):
             errors.append(f"Port must be non-zero for a {kind}")

@@ -20,11 +20,11 @@ BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
 
-def blocks(language: str) -> list[tuple[str, str]]:
+def blocks(*languages: str) -> list[tuple[str, str]]:
     found = []
     for doc in DOCS:
         for lang, body in BLOCK.findall(doc.read_text()):
-            if lang == language:
+            if lang in languages:
                 found.append((f"{doc.relative_to(ROOT)}:{body.splitlines()[0][:40]}", body))
     return found
 
@@ -38,7 +38,7 @@ def test_docs_have_shell_blocks_to_check() -> None:
     assert len(blocks("sh")) >= 4
 
 
-@pytest.mark.parametrize(("where", "script"), blocks("sh"))
+@pytest.mark.parametrize(("where", "script"), blocks("sh", "bash"))
 def test_shell_blocks_parse_and_pass_shellcheck(where: str, script: str) -> None:
     parsed = subprocess.run(
         ["bash", "-n"], input=script, capture_output=True, text=True, check=False
@@ -67,3 +67,20 @@ def test_every_make_target_in_the_docs_exists() -> None:
 @pytest.mark.parametrize(("where", "code"), blocks("python"))
 def test_python_blocks_compile(where: str, code: str) -> None:
     compile(code, where, "exec")
+
+
+def test_docker_user_rules_drop_on_every_interface_but_the_docker_bridge() -> None:
+    # A rule bound to one interface (-i eth0) leaves a second NIC or a VPN tunnel open to the
+    # published app port; excluding the bridge the tasks sit on covers every other interface.
+    rules = [
+        line.strip()
+        for _, script in blocks("sh", "bash")
+        for line in script.splitlines()
+        if line.strip().startswith("iptables") and "DOCKER-USER" in line
+    ]
+    assert rules, "no DOCKER-USER rule in the docs"
+    for rule in rules:
+        words = rule.split()
+        assert "-i" in words, rule
+        at = words.index("-i")
+        assert words[at - 1 : at + 2] == ["!", "-i", "docker0"], rule

@@ -87,16 +87,34 @@ FAILURES = [
     ("onprem_cidrs", "fd00::/8", "IPv4"),
     ("onprem_cidrs", "[1, 2]", "list of strings"),
     ("onprem_cidrs", "[oops", "JSON list"),
+    ("onprem_connectivity", "direct_connect", "one of none, vpn, transit_gateway"),
+    ("onprem_connectivity", "VPN", "one of none, vpn, transit_gateway"),
+    ("vpn_customer_gateway_ip", "vpn.example.com", "public IPv4"),
+    ("vpn_customer_gateway_ip", "10.1.2.3", "private and reserved addresses are refused"),
+    ("vpn_customer_gateway_ip", "100.64.0.1", "private and reserved addresses are refused"),
+    ("vpn_customer_gateway_ip", "224.0.0.5", "private and reserved addresses are refused"),
+    ("vpn_customer_gateway_ip", "2600:1f18::1", "public IPv4"),
+    ("vpn_bgp_asn", "0", "from 1 to 4294967294"),
+    ("vpn_bgp_asn", "4294967295", "from 1 to 4294967294"),
+    ("vpn_bgp_asn", "AS65010", "integer"),
+    ("vpn_bgp_asn", "7224", "reserved by AWS in every region"),
+    ("transit_gateway_id", "tgw-123", "tgw-0abc1234"),
+    ("transit_gateway_id", "tgw-0123456789abcdef", "tgw-0abc1234"),
+    ("transit_gateway_id", "tgw-0123456789ABCDEF0", "tgw-0abc1234"),
     ("plaintext_listeners", "yes", "true or false"),
     ("registrar_concurrency", "1", "from 2 to 1000"),
     ("registrar_concurrency", "1001", "from 2 to 1000"),
+    ("reserve_concurrency", "yes", "true or false"),
+    ("lambda_unreserved_concurrency", "0", "from 1 to 10000000"),
     ("reconcile_interval_minutes", "0", "from 1 to 1440"),
     ("reconcile_max_deletions", "0", "from 1 to 10000"),
+    ("host_disconnect_grace_minutes", "0", "from 1 to 1440"),
+    ("host_disconnect_grace_minutes", "1441", "from 1 to 1440"),
     ("drain_on_delete", "maybe", "true or false"),
     ("activation_registration_limit", "0", "from 1 to 1000"),
     ("activation_expiry_days", "31", "from 1 to 30"),
     ("demo_enabled", "1", "true or false"),
-    ("prometheus_port", "80", "from 1024 to 65535"),
+    ("prometheus_port", "80", "from 1024 to 65534"),
     ("snapshot_interval_hours", "25", "from 1 to 24"),
     ("snapshot_retention_days", "0", "from 1 to 3650"),
     ("alarm_email", "ops-at-example", "e-mail"),
@@ -145,11 +163,182 @@ def test_supported_pairs_are_accepted() -> None:
     assert config(consul_version="2.0.1", envoy_version="1.37.2").envoy_version == "1.37.2"
 
 
-@pytest.mark.parametrize("port", ["19000", "20000", "9091"])
-def test_fails_when_prometheus_port_collides_with_a_sidecar_port(port: str) -> None:
-    with pytest.raises(ConfigError, match=rf"prometheus_port={int(port)}.*pick another port"):
+@pytest.mark.parametrize(
+    ("port", "taken"),
+    [
+        ("20000", "20000, taken by Envoy's public and health listeners"),
+        ("19999", "20000, taken by Envoy's public and health listeners"),
+        ("9091", "9091, taken by the demo frontend's upstream listener"),
+        ("9079", "9080, taken by the demo frontend's app"),
+    ],
+)
+def test_fails_when_a_demo_metrics_port_collides_with_a_host_port(port: str, taken: str) -> None:
+    # The demo runs in host mode: its metrics listeners (prometheus_port and the next one)
+    # share the host's ports with its apps and Envoy listeners.
+    with pytest.raises(ConfigError, match=rf"prometheus_port={int(port)}.*would use {taken}"):
         config(prometheus_port=port)
+
+
+def test_nothing_is_reserved_by_default() -> None:
+    assert config().reserve_concurrency is False
+
+
+def test_a_reservation_within_the_unreserved_concurrency_is_accepted() -> None:
+    # 897 + 2 + 1 = 900 = a fresh account's 1000 unreserved minus the 100 Lambda keeps
+    chosen = config(reserve_concurrency="true", registrar_concurrency="897")
+    assert chosen.reserve_concurrency is True
+    assert chosen.lambda_unreserved_concurrency == 1000
+
+
+@pytest.mark.parametrize(
+    ("options", "reserves", "allowed"),
+    [
+        ({"registrar_concurrency": "898"}, 901, 900),
+        ({"registrar_concurrency": "5", "lambda_unreserved_concurrency": "50"}, 8, 0),
+        # a 1000 quota of which other functions already reserve 880
+        ({"registrar_concurrency": "20", "lambda_unreserved_concurrency": "120"}, 23, 20),
+    ],
+)
+def test_fails_when_the_reservation_exceeds_what_the_account_can_reserve(
+    options: dict[str, str], reserves: int, allowed: int
+) -> None:
+    with pytest.raises(ConfigError) as err:
+        config(reserve_concurrency="true", **options)
+    message = str(err.value)
+    assert message.startswith("invalid context value registrar_concurrency=")
+    assert f"reserves {reserves}" in message
+    assert f"at most {allowed}" in message
+    # the limit is the UNRESERVED concurrency: other functions' reservations reduce it
+    assert "unreserved concurrency" in message
+    assert "minus what other functions already reserve" in message
+    assert "UnreservedConcurrentExecutions" in message
+    assert "100 Lambda keeps unreserved" in message
+
+
+def test_fails_when_the_unreserved_concurrency_is_set_but_nothing_is_reserved() -> None:
+    with pytest.raises(ConfigError, match=r"lambda_unreserved_concurrency='2000'.*only used with"):
+        config(lambda_unreserved_concurrency="2000")
+
+
+@pytest.mark.parametrize(
+    ("port", "why"),
+    [
+        ("2375", "2375 is reserved by ECS on every container instance"),
+        ("2374", "2375 is reserved by ECS on every container instance"),  # frontend's is +1
+        ("40000", "40000 lies in the ephemeral range 32768..60999"),
+        ("32767", "32768 lies in the ephemeral range 32768..60999"),
+    ],
+)
+def test_fails_when_a_demo_metrics_port_is_reserved_or_ephemeral(port: str, why: str) -> None:
+    # ECS never places a task that asks for a reserved host port, and the ephemeral range is
+    # what ECS and the kernel hand out to others; with or without the demo, the key is refused
+    for demo in ("true", "false"):
+        with pytest.raises(ConfigError, match=rf"prometheus_port={int(port)}: .*{why}") as err:
+            config(prometheus_port=port, demo_enabled=demo)
+        assert "\n" not in str(err.value)
 
 
 def test_demo_port_is_free_when_the_demo_is_off() -> None:
     assert config(prometheus_port="9091", demo_enabled="false").prometheus_port == 9091
+
+
+# --- on-prem network path ------------------------------------------------------------------
+
+PUBLIC_IP = "44.192.10.20"
+TGW = "tgw-0123456789abcdef0"
+
+
+def test_default_path_is_none_and_needs_no_input() -> None:
+    cfg = config()
+    assert cfg.onprem_connectivity == "none"
+    assert (cfg.vpn_customer_gateway_ip, cfg.vpn_bgp_asn, cfg.transit_gateway_id) == ("", None, "")
+
+
+def test_vpn_and_transit_gateway_paths_parse_command_line_strings() -> None:
+    vpn = config(onprem_connectivity="vpn", vpn_customer_gateway_ip=PUBLIC_IP, vpn_bgp_asn="65010")
+    assert (vpn.vpn_customer_gateway_ip, vpn.vpn_bgp_asn) == (PUBLIC_IP, 65010)
+    four_byte = config(
+        onprem_connectivity="vpn", vpn_customer_gateway_ip=PUBLIC_IP, vpn_bgp_asn="4200000000"
+    )
+    assert four_byte.vpn_bgp_asn == 4_200_000_000
+    static = config(onprem_connectivity="vpn", vpn_customer_gateway_ip=PUBLIC_IP, vpn_bgp_asn="")
+    assert static.vpn_bgp_asn is None
+    tgw = config(onprem_connectivity="transit_gateway", transit_gateway_id="tgw-0abc1234")
+    assert tgw.transit_gateway_id == "tgw-0abc1234"
+
+
+def test_fails_when_vpn_has_no_customer_gateway_ip() -> None:
+    with pytest.raises(ConfigError, match=r"vpn_customer_gateway_ip='': is required with"):
+        config(onprem_connectivity="vpn")
+
+
+def test_fails_when_transit_gateway_has_no_id() -> None:
+    with pytest.raises(ConfigError, match=r"transit_gateway_id='': is required with"):
+        config(onprem_connectivity="transit_gateway")
+
+
+@pytest.mark.parametrize("mode", ["vpn", "transit_gateway"])
+def test_fails_when_an_existing_vpc_asks_for_a_path(mode: str) -> None:
+    with pytest.raises(
+        ConfigError, match=rf"onprem_connectivity='{mode}': must be none with vpc_id vpc-0abc1234"
+    ) as err:
+        config(
+            vpc_id="vpc-0abc1234",
+            account="123456789012",
+            onprem_connectivity=mode,
+            vpn_customer_gateway_ip=PUBLIC_IP if mode == "vpn" else "",
+            transit_gateway_id=TGW if mode == "transit_gateway" else "",
+        )
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("mode", "key", "value", "owner"),
+    [
+        ("none", "vpn_customer_gateway_ip", PUBLIC_IP, "vpn"),
+        ("none", "vpn_bgp_asn", "65010", "vpn"),
+        ("none", "transit_gateway_id", TGW, "transit_gateway"),
+        ("transit_gateway", "vpn_bgp_asn", "65010", "vpn"),
+        ("vpn", "transit_gateway_id", TGW, "transit_gateway"),
+    ],
+)
+def test_fails_when_a_path_key_is_set_for_another_path(
+    mode: str, key: str, value: str, owner: str
+) -> None:
+    # No key a user set is silently ignored.
+    context = {"onprem_connectivity": mode, key: value}
+    if mode == "vpn":
+        context.setdefault("vpn_customer_gateway_ip", PUBLIC_IP)
+    if mode == "transit_gateway":
+        context.setdefault("transit_gateway_id", TGW)
+    with pytest.raises(
+        ConfigError, match=rf"{key}=.*is used only with onprem_connectivity={owner}"
+    ):
+        config(**context)
+
+
+def test_fails_when_bgp_asn_is_the_amazon_side_asn() -> None:
+    with pytest.raises(ConfigError, match=r"vpn_bgp_asn=64512: must differ .* Amazon side ASN"):
+        config(onprem_connectivity="vpn", vpn_customer_gateway_ip=PUBLIC_IP, vpn_bgp_asn="64512")
+
+
+def test_fails_when_bgp_asn_is_reserved_in_the_region() -> None:
+    vpn = {
+        "onprem_connectivity": "vpn",
+        "vpn_customer_gateway_ip": PUBLIC_IP,
+        "vpn_bgp_asn": "9059",
+    }
+    with pytest.raises(ConfigError, match=r"vpn_bgp_asn=9059: is reserved by AWS in eu-west-1"):
+        config(region="eu-west-1", **vpn)
+    assert config(region="us-east-1", **vpn).vpn_bgp_asn == 9059
+
+
+@pytest.mark.parametrize("mode", ["vpn", "transit_gateway"])
+def test_fails_when_onprem_overlaps_the_vpc(mode: str) -> None:
+    with pytest.raises(ConfigError, match=r"onprem_cidrs='10.40.128.0/20': overlaps vpc_cidr"):
+        config(
+            onprem_connectivity=mode,
+            vpn_customer_gateway_ip=PUBLIC_IP if mode == "vpn" else "",
+            transit_gateway_id=TGW if mode == "transit_gateway" else "",
+            onprem_cidrs="192.168.0.0/16,10.40.128.0/20",
+        )

@@ -19,6 +19,7 @@ from mesh_stack.config import MeshConfig
 from mesh_stack.consul_fleet import ASSETS, ConsulFleet
 from mesh_stack.keys import Keys
 from mesh_stack.network import Network
+from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from tests.conftest import cdk_json_context
 
 ONPREM = "192.168.0.0/16"
@@ -45,6 +46,7 @@ def build(tmp_path: Path, *, nag: bool = False, **kwargs: Any) -> tuple[cdk.App,
     vpc = Network(stack, "Network", config=config, log_key=keys.key).vpc
     fleet = ConsulFleet(stack, "ConsulFleet", vpc=vpc, consul_version="1.21.4", **kwargs)
     fleet.allow_clients(ec2.Peer.ipv4(ONPREM), "on-prem ECS Anywhere hosts")
+    fleet.allow_checks_to(ec2.Peer.ipv4(ONPREM), ENVOY_INBOUND_PORTS, "on-prem Envoy listeners")
     registrar = ec2.SecurityGroup(stack, "Registrar", vpc=vpc, allow_all_outbound=False)
     fleet.allow_from(registrar)
     if nag:
@@ -104,7 +106,7 @@ def test_signal_is_sent_only_after_the_health_gate(default: Built) -> None:
     text = user_data(default)
     gate = re.search(r"if (.*); then signal SUCCESS; else signal FAILURE", text)
     assert gate is not None
-    assert "consul_bootstrap.sh && python3" in gate.group(1)
+    assert re.search(r"consul_bootstrap.sh && timeout \d+ python3", gate.group(1))
     assert 'health-gate "consul-server-$INSTANCE_ID" 3' in gate.group(1)
     logical_id = default.stack.get_logical_id(
         default.fleet.auto_scaling_group.node.default_child  # type: ignore[arg-type]
@@ -266,6 +268,65 @@ def test_clients_reach_only_the_tls_ports_through_the_nlb(default: Built) -> Non
     assert onprem == lambdas == {8501, 8503}
 
 
+def egress(built: Built, group: str) -> list[dict[str, Any]]:
+    """Egress rules of the group with logical id `group`, inline or standalone."""
+    rules = list(built.json["Resources"][group]["Properties"].get("SecurityGroupEgress", []))
+    rules += [
+        r["Properties"]
+        for r in built.resources("AWS::EC2::SecurityGroupEgress").values()
+        if r["Properties"]["GroupId"]["Fn::GetAtt"][0] == group
+    ]
+    return rules
+
+
+def test_servers_dial_only_https_their_peers_and_onprem_checks(default: Built) -> None:
+    # GIVEN the fleet wired like the stack does (clients and checks for one on-prem CIDR)
+    servers = group_id(default, default.fleet.server_security_group)
+    # WHEN we list where the servers may open connections
+    rules = egress(default, servers)
+    destinations = {
+        (
+            r["IpProtocol"],
+            r["FromPort"],
+            r["ToPort"],
+            r.get("CidrIp") or r["DestinationSecurityGroupId"]["Fn::GetAtt"][0],
+        )
+        for r in rules
+    }
+    # THEN: HTTPS anywhere (AWS APIs, HashiCorp releases, via NAT), Raft and gossip to peers,
+    # and exactly the Envoy listener range to on-prem; no all-traffic rule.
+    low, high = ENVOY_INBOUND_PORTS
+    assert destinations == {
+        ("tcp", 443, 443, "0.0.0.0/0"),
+        ("tcp", 8300, 8300, servers),
+        ("tcp", 8301, 8301, servers),
+        ("udp", 8301, 8301, servers),
+        ("tcp", low, high, ONPREM),
+    }
+    # Every rule says why it exists.
+    assert all(len(r.get("Description", "")) > 15 for r in rules), rules
+
+
+def test_the_nlb_dials_only_the_servers(default: Built) -> None:
+    servers = group_id(default, default.fleet.server_security_group)
+    balancer = group_id(default, default.fleet.load_balancer_security_group)
+    rules = egress(default, balancer)
+    assert {r["DestinationSecurityGroupId"]["Fn::GetAtt"][0] for r in rules} == {servers}
+
+
+def test_fails_when_checks_are_opened_to_the_whole_internet(default: Built) -> None:
+    with pytest.raises(ValueError, match=r"allow_checks_to refuses 0\.0\.0\.0/0"):
+        default.fleet.allow_checks_to(ec2.Peer.any_ipv4(), ENVOY_INBOUND_PORTS, "everyone")
+
+
+@pytest.mark.parametrize("ports", [(0, 10), (20999, 20000), (60000, 70000)])
+def test_fails_when_the_check_port_range_is_not_a_port_range(
+    default: Built, ports: tuple[int, int]
+) -> None:
+    with pytest.raises(ValueError, match=r"port range within 1-65535"):
+        default.fleet.allow_checks_to(ec2.Peer.ipv4("10.9.0.0/16"), ports, "hosts")
+
+
 def test_fails_when_a_client_peer_is_the_whole_internet(default: Built) -> None:
     with pytest.raises(ValueError, match=r"allow_clients refuses 0\.0\.0\.0/0"):
         default.fleet.allow_clients(ec2.Peer.any_ipv4(), "everyone")
@@ -301,7 +362,13 @@ def as_list(value: Any) -> list[Any]:
 def test_iam_is_scoped_to_join_own_secrets_own_key_snapshots_and_signal(default: Built) -> None:
     stmts = statements(default)
     wildcard = [s for s in stmts if "*" in as_list(s["Resource"])]
-    assert [as_list(s["Action"]) for s in wildcard] == [["ec2:DescribeInstances"]]
+    assert [as_list(s["Action"]) for s in wildcard] == [
+        ["ec2:DescribeInstances"],
+        ["cloudwatch:PutMetricData"],
+    ]
+    assert wildcard[1]["Condition"] == {
+        "StringEquals": {"cloudwatch:namespace": "ConsulMesh/Fleet"}
+    }
     secret_arns = {
         json.dumps(default.stack.resolve(s.secret_arn)) for s in default.fleet._secrets.values()
     }

@@ -30,6 +30,9 @@ sys.path.insert(0, str(ASSETS))
 
 import consul_admin  # noqa: E402
 
+from tests.consul_double import ConsulDouble  # noqa: E402
+from tests.fake_clock import FakeClock, patch_clock  # noqa: E402
+
 
 def bash(script: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
     """Run `script` in bash after sourcing consul_lib.sh."""
@@ -372,7 +375,10 @@ def test_publishing_identical_content_twice_is_idempotent(
 
 
 class FakeAcl:
-    """Consul's ACL endpoints as the bootstrap uses them (403 "ACL not found" when missing)."""
+    """Consul's ACL endpoints as the bootstrap uses them: a missing policy is 403 "ACL not found"
+    (older releases; 1.21 answers 404, both are handled), an unknown secret on
+    /v1/acl/token/self is 404 "Supplied token does not exist" (agent/acl_endpoint.go
+    ACLTokenSelf)."""
 
     def __init__(self) -> None:
         self.policies: dict[str, dict[str, Any]] = {}
@@ -401,9 +407,11 @@ class FakeAcl:
             current.update(body)
             return 200, current
         if method == "GET" and path == "/v1/acl/token/self":
-            return (
-                (200, dict(self.tokens[token])) if token in self.tokens else (403, "ACL not found")
-            )
+            if token is None:  # the client's default token: the initial management token
+                return 200, {"AccessorID": "management", "Policies": [{"Name": "global"}]}
+            if token in self.tokens:
+                return 200, dict(self.tokens[token])
+            return 404, "Supplied token does not exist"
         if method == "PUT" and path == "/v1/acl/token":
             if body["SecretID"] in self.tokens:
                 return 500, "Invalid Token: SecretID is already in use"
@@ -484,10 +492,125 @@ def test_acl_bootstrap_stops_on_an_unexpected_refusal() -> None:
         def request(
             self, method: str, path: str, body: Any = None, token: str | None = None
         ) -> tuple[int, Any]:
+            if path == "/v1/acl/token/self":
+                return super().request(method, path, body, token)
             return 500, "rpc error: No cluster leader"
 
     with pytest.raises(consul_admin.AclError, match="reading policy consul-esm: HTTP 500"):
         consul_admin.acl_bootstrap(Broken(), SPECS[:1])
+
+
+MANAGEMENT = "99999999-8888-7777-6666-555555555555"
+
+
+def test_acl_bootstrap_waits_for_a_new_leader_to_set_up_acls() -> None:
+    # GIVEN a cluster whose leader is elected but has not created the management token yet
+    with ConsulDouble(acl_tokens={MANAGEMENT}) as consul:
+        consul.acls_not_ready_for(1.5)
+        api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
+        # WHEN the boot applies the servers' ACLs
+        consul_admin.acl_bootstrap(api, SPECS, timeout=60)
+        # THEN it waited through token/self's 404s and then created every policy and token
+        checks = [r.status for r in consul.requests if r.path == "/v1/acl/token/self"]
+        assert checks[0] == 404
+        assert set(checks[: checks.index(200)]) == {404}
+        assert not [r for r in consul.requests if r.status == 403]
+        assert {p["Name"] for p in consul.acl_policies().values()} == {n for n, _, _ in SPECS}
+        secrets = {t["SecretID"] for t in consul.acl_tokens().values()}
+        assert {secret for _, _, secret in SPECS} <= secrets
+        assert consul.internal_errors == []
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """consul_admin's clock and sleep, moved only by the code under test."""
+    return patch_clock(monkeypatch, consul_admin)
+
+
+class UntilInitialized(FakeAcl):
+    """A fresh cluster as a server sees it at boot (fake clock): no leader for the first
+    `no_leader` seconds, then a leader that creates the initial management token only after
+    `not_created` more seconds (agent/consul/leader.go initializeACLs); meanwhile token/self
+    cannot find the token (404, agent/acl_endpoint.go ACLTokenSelf)."""
+
+    def __init__(self, clock: FakeClock, *, no_leader: float, not_created: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.leader_at = no_leader
+        self.ready_at = no_leader + not_created
+        self.answers: list[tuple[float, int]] = []
+
+    def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        answer: tuple[int, Any]
+        if self.clock.now < self.leader_at:
+            answer = 500, "No cluster leader"
+        elif self.clock.now < self.ready_at and token is None:
+            answer = 404, "Supplied token does not exist"
+        else:
+            answer = super().request(method, path, body, token)
+        if path == "/v1/acl/token/self" and token is None:
+            self.answers.append((self.clock.now, answer[0]))
+        return answer
+
+
+def test_acl_bootstrap_waits_while_token_self_cannot_find_the_management_token(
+    clock: FakeClock,
+) -> None:
+    # GIVEN token/self answers 404 for 20 s after the election, as Consul does until
+    # initializeACLs has written the initial management token
+    api = UntilInitialized(clock, no_leader=2, not_created=20)
+    # WHEN a server boots
+    consul_admin.acl_bootstrap(api, SPECS, timeout=300)
+    # THEN it waited through the 500 and the 404s, then created every policy and token
+    statuses = [status for _, status in api.answers]
+    assert statuses[0] == 500
+    assert 404 in statuses
+    assert statuses[-1] == 200
+    assert api.answers[-1][0] >= 22
+    assert {name for name, _, _ in SPECS} == set(api.policies)
+    assert {secret for _, _, secret in SPECS} == set(api.tokens)
+
+
+def test_acl_bootstrap_names_both_causes_when_the_token_never_appears(
+    clock: FakeClock,
+) -> None:
+    # GIVEN a token Consul never finds (a wrong secret looks exactly like "not created yet")
+    api = UntilInitialized(clock, no_leader=0, not_created=10_000)
+    with pytest.raises(consul_admin.AclError) as err:
+        consul_admin.acl_bootstrap(api, SPECS, timeout=120)
+    # THEN it gave up at the deadline with one message that names both causes
+    message = str(err.value)
+    assert "not found within 120s" in message
+    assert "HTTP 404 Supplied token does not exist" in message
+    assert "has not created it yet" in message
+    assert "does not hold the initial_management token" in message
+    assert api.policies == {}
+    assert sum(clock.sleeps) == 120
+
+
+def test_acl_bootstrap_gives_up_at_its_deadline_with_backoff(
+    clock: FakeClock,
+) -> None:
+    with ConsulDouble(acl_tokens={MANAGEMENT}) as consul:
+        consul.acls_not_ready_for(3600)
+        api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
+        with pytest.raises(consul_admin.AclError, match="not found within 120s"):
+            consul_admin.acl_bootstrap(api, SPECS, timeout=120)
+        assert consul.acl_policies() == {}
+    # Backoff doubles up to 15 s and the last pause ends exactly at the deadline
+    assert clock.sleeps[:5] == [1.0, 2.0, 4.0, 8.0, 15.0]
+    assert max(clock.sleeps) == 15.0
+    assert sum(clock.sleeps) == 120.0
+
+
+def test_acl_bootstrap_fails_at_once_when_acls_are_off() -> None:
+    with ConsulDouble(acl_tokens=None) as consul:
+        api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
+        with pytest.raises(consul_admin.AclError, match="HTTP 401"):
+            consul_admin.acl_bootstrap(api, SPECS, timeout=60)
+        assert consul.count(path_prefix="/v1/acl/token/self") == 1
 
 
 # --- health gate -----------------------------------------------------------------------------
@@ -543,6 +666,36 @@ def test_gate_stays_closed_while_quorum_would_be_at_risk(health: Any, reason: st
     ok, why = consul_admin.gate(health, "consul-server-new", 3)
     assert not ok
     assert reason in why
+
+
+def test_gate_logs_why_autopilot_answers_429(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN autopilot reports the cluster unhealthy (429, with the reason in the body), then
+    # healthy
+    sick = {
+        "Healthy": False,
+        "FailureTolerance": 0,
+        "Servers": [
+            {**server("consul-server-a"), "SerfStatus": "alive", "LastContact": "0s"},
+            {**server("consul-server-b", healthy=False), "SerfStatus": "failed"},
+            {**server("consul-server-new"), "SerfStatus": "alive"},
+        ],
+    }
+    answers = [(429, sick), (200, HEALTHY)]
+
+    class Autopilot:
+        def request(
+            self, method: str, path: str, body: Any = None, token: str | None = None
+        ) -> tuple[int, Any]:
+            assert path == "/v1/operator/autopilot/health"
+            return answers.pop(0)
+
+    # WHEN the gate waits
+    assert consul_admin.wait(Autopilot(), "consul-server-new", 3, timeout=60, interval=0)
+    # THEN the log names the unhealthy server and what autopilot says about it
+    first = capsys.readouterr().out.splitlines()[0]
+    assert "2 of 3 voters are healthy" in first
+    assert "HTTP 429" in first
+    assert "consul-server-b: voter=True healthy=False serf=failed" in first
 
 
 def test_gate_wait_gives_up_after_the_timeout() -> None:

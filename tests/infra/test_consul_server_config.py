@@ -64,7 +64,14 @@ def test_tls_verifies_servers_mutually_and_clients_by_acl_token() -> None:
 
 def test_only_tls_listeners_are_open_by_default() -> None:
     config = render()
-    assert config["ports"] == {"https": 8501, "grpc_tls": 8503, "http": -1, "grpc": -1, "dns": -1}
+    assert config["ports"] == {
+        "https": 8501,
+        "grpc_tls": 8503,
+        "http": -1,
+        "grpc": -1,
+        "dns": -1,
+        "serf_wan": -1,
+    }
     assert set(config["addresses"]) == {"https", "grpc_tls"}
 
 
@@ -76,11 +83,22 @@ def test_plaintext_opt_in_adds_http_8500_and_grpc_8502_only() -> None:
         "http": 8500,
         "grpc": 8502,
         "dns": -1,
+        "serf_wan": -1,
     }
     assert set(plain["addresses"]) == {"https", "grpc_tls", "http", "grpc"}
     # Nothing else changes: TLS and ACLs stay as strict as without the opt-in.
     for key in set(secure) - {"ports", "addresses"}:
         assert plain[key] == secure[key], key
+
+
+@pytest.mark.parametrize("plaintext", [False, True])
+def test_servers_join_no_wan_gossip_pool(plaintext: bool) -> None:
+    # One datacenter, and 8302 is open neither as ingress nor as egress between the servers.
+    # With the WAN pool on, each server flood-joins its LAN peers into it (agent/consul/flood.go)
+    # and logs failed probes forever. `ports.serf_wan = -1` disables it (agent configuration
+    # reference, `ports`: "Set to -1 to disable"; agent/config/builder.go binds the WAN serf only
+    # when the port is >= 0, agent/agent.go then leaves SerfWANConfig nil).
+    assert render(plaintext_listeners=plaintext)["ports"]["serf_wan"] == -1
 
 
 def test_gossip_encryption_is_enforced_both_ways_without_the_key_in_the_file() -> None:

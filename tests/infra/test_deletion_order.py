@@ -11,11 +11,11 @@ stack deletion fails (or the objects are waited on for 15 minutes, then left in 
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from tests.infra.cfn_graph import prerequisites, references
 from tests.infra.conftest import Synthesized
 
 HTTPS = 8501
@@ -28,38 +28,8 @@ def template(synthesized: Synthesized) -> Template:
     return only
 
 
-def _references(value: Any) -> Iterator[str]:
-    if isinstance(value, dict):
-        if "Ref" in value and isinstance(value["Ref"], str):
-            yield value["Ref"]
-        if "Fn::GetAtt" in value:
-            yield value["Fn::GetAtt"][0]
-        for inner in value.values():
-            yield from _references(inner)
-    elif isinstance(value, list):
-        for inner in value:
-            yield from _references(inner)
-
-
-def _prerequisites(template: Template, name: str) -> set[str]:
-    """Everything CloudFormation must create before `name` (and may delete only after it)."""
-    resources = template["Resources"]
-    seen: set[str] = set()
-    stack = [name]
-    while stack:
-        resource = resources[stack.pop()]
-        depends = resource.get("DependsOn", [])
-        direct = set([depends] if isinstance(depends, str) else depends)
-        direct |= set(_references(resource.get("Properties", {})))
-        for other in direct & resources.keys():
-            if other not in seen:
-                seen.add(other)
-                stack.append(other)
-    return seen
-
-
 def _group(value: Any) -> str | None:
-    refs = list(_references(value)) if value is not None else []
+    refs = list(references(value)) if value is not None else []
     return refs[0] if refs else None
 
 
@@ -87,7 +57,7 @@ def _function_groups(template: Template, handler: str) -> set[str]:
     for resource in template["Resources"].values():
         props = resource.get("Properties", {})
         if resource["Type"] == "AWS::Lambda::Function" and props.get("Handler") == handler:
-            groups |= set(_references(props["VpcConfig"]["SecurityGroupIds"]))
+            groups |= set(references(props["VpcConfig"]["SecurityGroupIds"]))
     assert groups, f"no function with handler {handler}"
     return groups
 
@@ -113,7 +83,7 @@ def test_consul_custom_resources_outlive_their_path_to_consul(
     assert names
     for name in names:
         # WHEN CloudFormation orders the stack's deletion
-        prerequisites = _prerequisites(template, name)
+        before = prerequisites(template, name)
         # THEN every such rule is deleted only after the resource has done its Consul work
-        missing = sorted(rules - prerequisites)
+        missing = sorted(rules - before)
         assert not missing, f"{name} may lose its path to Consul first: {missing}"

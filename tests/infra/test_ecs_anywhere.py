@@ -191,3 +191,37 @@ def test_fails_when_activation_settings_are_out_of_range(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         build(tmp_path, **kwargs)
+
+
+def test_teardown_deregisters_the_hosts_of_this_cluster_only(template: Template) -> None:
+    _, resource = only(template, "Custom::EcsAnywhereTeardown", "EcsAnywhereTeardown")
+    props = resource["Properties"]
+    cluster, _ = only(template, "AWS::ECS::Cluster", "EcsAnywhereCluster")
+    host_role, _ = only(template, "AWS::IAM::Role", "EcsAnywhereHostRole")
+    assert props["ClusterArn"] == {"Fn::GetAtt": [cluster, "Arn"]}
+    assert props["HostRoleName"] == {"Ref": host_role}
+    assert props["HostRoleArn"] == {"Fn::GetAtt": [host_role, "Arn"]}
+    # served by the activation function, which CloudFormation waits for at most 5 minutes
+    function, _ = only(template, "AWS::Lambda::Function", "EcsAnywhereActivationFunction")
+    assert props["ServiceToken"] == {"Fn::GetAtt": [function, "Arn"]}
+    assert int(props["ServiceTimeout"]) == 300
+    _, policy = only(template, "AWS::IAM::ManagedPolicy", "EcsAnywhereActivationPolicy")
+    statements = {s.get("Sid", ""): s for s in policy["Properties"]["PolicyDocument"]["Statement"]}
+    assert statements["TeardownListAndDeregisterHosts"]["Resource"] == {
+        "Fn::GetAtt": [cluster, "Arn"]
+    }
+    assert "managed-instance/*" in json.dumps(
+        statements["TeardownDeregisterManagedInstances"]["Resource"]
+    )
+    assert statements["TeardownDeregisterManagedInstances"]["Action"] == (
+        "ssm:DeregisterManagedInstance"
+    )
+
+
+def test_a_dead_function_holds_the_stack_minutes_not_an_hour(template: Template) -> None:
+    _, function = only(template, "AWS::Lambda::Function", "EcsAnywhereActivationFunction")
+    timeout = function["Properties"]["Timeout"]
+    for resource_type in ("Custom::SsmActivation", "Custom::EcsAnywhereTeardown"):
+        (resource,) = template.find_resources(resource_type).values()
+        # long enough for the function's own retries, far below CloudFormation's default hour
+        assert timeout < int(resource["Properties"]["ServiceTimeout"]) <= 300

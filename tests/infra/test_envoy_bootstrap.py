@@ -13,6 +13,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,13 +25,15 @@ import pytest
 # Importing these registers the message types that typed_config @type URLs name, so the Any
 # fields resolve (and are checked) instead of failing as unknown types.
 from envoy.config.bootstrap.v3 import bootstrap_pb2
+from envoy.extensions.clusters.common.dns.v3 import dns_pb2
+from envoy.extensions.clusters.dns.v3 import dns_cluster_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2  # noqa: F401
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2,
 )
 from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
 from envoy.extensions.upstreams.http.v3 import http_protocol_options_pb2  # noqa: F401
-from google.protobuf import json_format
+from google.protobuf import any_pb2, json_format, message, symbol_database
 
 from mesh_stack import envoy, init_program
 
@@ -42,11 +45,13 @@ CA_PEM = "-----BEGIN CERTIFICATE-----\nMIIBfake\n-----END CERTIFICATE-----\n"
 NLB = "consul-nlb-0123456789.elb.eu-west-1.amazonaws.com"
 
 # Bridge: Envoy has its own network namespace, defaults are fine. Host: the task shares the
-# host's ports, so a second mesh service on that host needs its own admin/metrics ports.
+# host's ports, so a second mesh service on that host needs its own metrics port. The admin
+# API is a unix socket in the task's own volume in both modes.
 MODES = {
-    "bridge": {"admin_port": 19000, "prometheus_bind": "0.0.0.0:9102"},
-    "host": {"admin_port": 19001, "prometheus_bind": "0.0.0.0:9202"},
+    "bridge": {"prometheus_bind": "0.0.0.0:9102"},
+    "host": {"prometheus_bind": "0.0.0.0:9202"},
 }
+ADMIN_SOCKET = "/consul-mesh-admin/admin.sock"
 TRANSPORTS = {
     "tls": {"ca_pem": CA_PEM, "tls_server_name": "server.dc1.consul"},
     "plaintext": {"plaintext": True},
@@ -87,7 +92,48 @@ def test_every_bootstrap_parses_strictly_into_envoy_v3(mode: str, transport: str
     ads = message.dynamic_resources.ads_config
     assert ads.api_type == ads.DELTA_GRPC
     assert message.node.id == "backend-0123456789abcdef0123456789abcdef-sidecar-proxy"
-    assert message.admin.address.socket_address.port_value == MODES[mode]["admin_port"]
+    assert message.admin.address.pipe.path == ADMIN_SOCKET
+
+
+def _set_fields(msg: message.Message, path: str = "") -> Iterator[tuple[str, Any]]:
+    """Every field set anywhere in `msg`, typed_config (Any) payloads unpacked."""
+    for field, value in msg.ListFields():
+        here = f"{path}.{field.name}" if path else field.name
+        yield here, field
+        if field.message_type is None:
+            continue
+        items = value if field.is_repeated else [value]
+        if field.message_type.GetOptions().map_entry:
+            items = [v for v in value.values() if isinstance(v, message.Message)]
+        for item in items:
+            if isinstance(item, any_pb2.Any):
+                name = item.TypeName()
+                inner = symbol_database.Default().GetSymbol(name)()
+                assert item.Unpack(inner), name
+                yield from _set_fields(inner, f"{here}<{name}>")
+            elif isinstance(item, message.Message):
+                yield from _set_fields(item, here)
+
+
+@pytest.mark.parametrize("transport", sorted(TRANSPORTS))
+def test_bootstrap_sets_no_field_the_pinned_envoy_deprecates(transport: str) -> None:
+    # GIVEN the bootstrap parsed as Envoy reads it (typed_config payloads included)
+    # THEN no field it sets is marked deprecated in the v3 protos
+    deprecated = [
+        path
+        for path, field in _set_fields(strict_parse(render(transport=transport)))
+        if field.GetOptions().deprecated
+    ]
+    assert deprecated == []
+
+
+def test_bootstrap_waits_for_its_listeners_however_late_they_come() -> None:
+    # The sidecar is registered only once ECS reports the task RUNNING: Envoy must keep
+    # waiting for LDS/CDS instead of starting without listeners after the default 15 s.
+    dynamic = strict_parse(render()).dynamic_resources
+    for source in (dynamic.lds_config, dynamic.cds_config):
+        assert source.HasField("initial_fetch_timeout")
+        assert source.initial_fetch_timeout.ToTimedelta().total_seconds() == 0
 
 
 def test_strict_parse_rejects_the_seed_documents_shape() -> None:
@@ -106,8 +152,9 @@ def test_ads_is_delta_grpc_with_v3_resource_and_transport_apis(transport: str) -
     dynamic = render(transport=transport)["dynamic_resources"]
     assert dynamic["ads_config"]["api_type"] == "DELTA_GRPC"
     assert dynamic["ads_config"]["transport_api_version"] == "V3"
-    assert dynamic["lds_config"] == {"ads": {}, "resource_api_version": "V3"}
-    assert dynamic["cds_config"] == {"ads": {}, "resource_api_version": "V3"}
+    for source in ("lds_config", "cds_config"):
+        assert dynamic[source]["ads"] == {}
+        assert dynamic[source]["resource_api_version"] == "V3"
     services = dynamic["ads_config"]["grpc_services"]
     assert [s["envoy_grpc"]["cluster_name"] for s in services] == [envoy.XDS_CLUSTER]
 
@@ -135,7 +182,23 @@ def test_xds_cluster_speaks_http2_to_the_consul_load_balancer(transport: str) ->
     endpoint = cluster["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     expected_port = 8503 if transport == "tls" else 8502
     assert endpoint["address"]["socket_address"] == {"address": NLB, "port_value": expected_port}
-    assert cluster["type"] in ("STRICT_DNS", "LOGICAL_DNS")
+
+
+def test_xds_cluster_keeps_every_address_of_the_load_balancer_through_the_dns_extension() -> None:
+    # GIVEN the xDS cluster as Envoy parses it
+    cluster = next(
+        c for c in strict_parse(render()).static_resources.clusters if c.name == envoy.XDS_CLUSTER
+    )
+    # THEN it is a DNS cluster extension (not the deprecated Cluster-level DNS fields) ...
+    assert cluster.WhichOneof("cluster_discovery_type") == "cluster_type"
+    assert cluster.cluster_type.name == "envoy.cluster.dns"
+    dns = dns_cluster_pb2.DnsCluster()
+    assert cluster.cluster_type.typed_config.Unpack(dns)
+    # ... with strict semantics: one host per address of the NLB name (one per AZ), IPv4,
+    # re-resolved when the records' TTL runs out
+    assert dns.all_addresses_in_single_endpoint is False
+    assert dns.respect_dns_ttl is True
+    assert dns.dns_lookup_family == dns_pb2.DnsLookupFamily.V4_ONLY
 
 
 def test_tls_trusts_only_the_consul_ca_and_checks_the_server_name() -> None:
@@ -163,13 +226,20 @@ def test_plaintext_only_when_opted_in() -> None:
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))
-def test_admin_listens_on_loopback_only(mode: str) -> None:
-    admin = render(mode)["admin"]
-    assert admin == {
-        "address": {
-            "socket_address": {"address": "127.0.0.1", "port_value": MODES[mode]["admin_port"]}
-        }
-    }
+def test_admin_listens_only_on_a_unix_socket_private_to_envoy(mode: str) -> None:
+    # GIVEN a sidecar in either mode (in host mode 127.0.0.1 would be the host's loopback)
+    message = strict_parse(render(mode))
+    # THEN the admin API, which serves /config_dump with the token, is a unix socket that
+    # Envoy creates with mode 0600 ...
+    address = message.admin.address
+    assert address.WhichOneof("address") == "pipe"
+    assert (address.pipe.path, address.pipe.mode) == (ADMIN_SOCKET, 0o600)
+    # ... and the only TCP listener of the bootstrap is the metrics listener
+    bound = [
+        (listener.address.socket_address.address, listener.address.socket_address.port_value)
+        for listener in message.static_resources.listeners
+    ]
+    assert bound == [tuple(envoy.parse_bind(MODES[mode]["prometheus_bind"]))]
 
 
 @pytest.mark.parametrize("transport", sorted(TRANSPORTS))
@@ -198,12 +268,12 @@ def test_prometheus_listener_forwards_only_the_stats_path(mode: str) -> None:
     # everything else is answered 404 by Envoy itself
     rest = [r for r in routes if not r.HasField("route")]
     assert [(r.match.prefix, r.direct_response.status) for r in rest] == [("/", 404)]
+    # AND it reaches the admin API over its unix socket, with a STATIC cluster
     self_admin = next(c for c in message.static_resources.clusters if c.name == "self_admin")
+    assert self_admin.type == self_admin.STATIC
     address = self_admin.load_assignment.endpoints[0].lb_endpoints[0].endpoint.address
-    assert (address.socket_address.address, address.socket_address.port_value) == (
-        "127.0.0.1",
-        MODES[mode]["admin_port"],
-    )
+    assert address.WhichOneof("address") == "pipe"
+    assert address.pipe.path == ADMIN_SOCKET
 
 
 def test_prometheus_listener_can_be_disabled() -> None:
@@ -215,14 +285,15 @@ def test_prometheus_listener_can_be_disabled() -> None:
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [
-        ({"admin_port": 0}, r"admin_port must be an integer port in 1\.\.65535, got 0"),
+        ({"admin_socket": "admin.sock"}, r"admin_socket must be an absolute file path"),
+        ({"admin_socket": "@envoy-admin"}, r"never an abstract '@' one\), got '@envoy-admin'"),
+        ({"admin_socket": "/" + "a" * 107}, r"admin_socket must be .* at most 107 bytes"),
         ({"xds_port": 70000}, r"xds_port must be an integer port in 1\.\.65535, got 70000"),
         ({"proxy_id": ""}, r"proxy_id must be .* got ''"),
         ({"node_name": "has space"}, r"node_name must be .* got 'has space'"),
         ({"xds_host": "not a host"}, r"xds_host must be a DNS name or IP address"),
         ({"prometheus_bind": "metrics:9102"}, r"IP address literal .* 'metrics:9102'"),
         ({"prometheus_bind": "0.0.0.0"}, r"prometheus_bind must be '<ip>:<port>'"),
-        ({"prometheus_bind": "0.0.0.0:19000"}, r"collides with the admin port 19000"),
         ({"ca_pem": None}, r"ca_pem must be the Consul CA certificate in PEM form"),
         ({"ca_pem": "garbage"}, r"ca_pem .* got 7 characters without a certificate"),
         ({"tls_server_name": "bad name"}, r"tls_server_name must be a DNS name"),
@@ -292,7 +363,14 @@ def run_init(program: str, env: dict[str, str]) -> subprocess.CompletedProcess[s
     )
 
 
-def init_env(endpoint: str, out: Path, **extra: str) -> dict[str, str]:
+@pytest.fixture
+def admin_dir() -> Iterator[Path]:
+    """The admin socket's task volume; short, because a socket path has at most 107 bytes."""
+    with tempfile.TemporaryDirectory(prefix="adm", dir="/tmp") as path:
+        yield Path(path)
+
+
+def init_env(endpoint: str, out: Path, admin: Path, **extra: str) -> dict[str, str]:
     return {
         "ECS_CONTAINER_METADATA_URI_V4": endpoint,
         "CONSUL_MESH_SERVICE": "backend",
@@ -301,6 +379,7 @@ def init_env(endpoint: str, out: Path, **extra: str) -> dict[str, str]:
         "CONSUL_HTTP_TOKEN": TOKEN,
         "CONSUL_CACERT_PEM": CA_PEM,
         "ENVOY_BOOTSTRAP_PATH": str(out),
+        "ENVOY_ADMIN_SOCKET": str(admin / "admin.sock"),
         **extra,
     }
 
@@ -314,17 +393,22 @@ def test_program_carries_the_registrars_identity_module_itself(program: str) -> 
 
 
 def test_init_container_writes_the_ids_the_registrar_registers(
-    metadata_endpoint: str, program: str, tmp_path: Path
+    metadata_endpoint: str, program: str, tmp_path: Path, admin_dir: Path
 ) -> None:
     # GIVEN a simulated task whose metadata endpoint reports its task ARN
     out = tmp_path / "envoy-bootstrap.json"
+    admin_dir.chmod(0o755)  # as a fresh task volume comes
     # WHEN the init container's command runs
-    result = run_init(program, init_env(metadata_endpoint, out))
+    result = run_init(program, init_env(metadata_endpoint, out, admin_dir))
     # THEN it writes a strict Envoy bootstrap, readable by its owner only
     assert result.returncode == 0, result.stderr
     assert stat.S_IMODE(out.stat().st_mode) == 0o600
     bootstrap = json.loads(out.read_text())
     strict_parse(bootstrap)
+    # AND the admin socket's directory is Envoy's alone: nobody else can reach the socket,
+    # even before Envoy's chmod to 0600 after bind
+    assert bootstrap["admin"]["address"]["pipe"]["path"] == str(admin_dir / "admin.sock")
+    assert stat.S_IMODE(admin_dir.stat().st_mode) == 0o700
     # AND its node identity is exactly what the registrar writes for this task
     assert bootstrap["node"]["id"] == identity.proxy_id(identity.service_id("backend", TASK_ARN))
     assert bootstrap["node"]["metadata"]["node_name"] == identity.node_name(TASK_ARN)
@@ -335,10 +419,10 @@ def test_init_container_writes_the_ids_the_registrar_registers(
 
 
 def test_init_container_appends_the_primary_port_for_multi_port_tasks(
-    metadata_endpoint: str, program: str, tmp_path: Path
+    metadata_endpoint: str, program: str, tmp_path: Path, admin_dir: Path
 ) -> None:
     out = tmp_path / "envoy-bootstrap.json"
-    env = init_env(metadata_endpoint, out, CONSUL_MESH_PRIMARY_PORT="8080")
+    env = init_env(metadata_endpoint, out, admin_dir, CONSUL_MESH_PRIMARY_PORT="8080")
     result = run_init(program, env)
     assert result.returncode == 0, result.stderr
     node = json.loads(out.read_text())["node"]
@@ -346,10 +430,12 @@ def test_init_container_appends_the_primary_port_for_multi_port_tasks(
 
 
 def test_init_container_with_plaintext_opt_in_needs_no_ca(
-    metadata_endpoint: str, program: str, tmp_path: Path
+    metadata_endpoint: str, program: str, tmp_path: Path, admin_dir: Path
 ) -> None:
     out = tmp_path / "envoy-bootstrap.json"
-    env = init_env(metadata_endpoint, out, CONSUL_GRPC_PLAINTEXT="true", CONSUL_CACERT_PEM="")
+    env = init_env(
+        metadata_endpoint, out, admin_dir, CONSUL_GRPC_PLAINTEXT="true", CONSUL_CACERT_PEM=""
+    )
     result = run_init(program, env)
     assert result.returncode == 0, result.stderr
     cluster = xds(json.loads(out.read_text()))
@@ -359,7 +445,7 @@ def test_init_container_with_plaintext_opt_in_needs_no_ca(
 
 
 @pytest.mark.parametrize(
-    ("change", "complaint"),
+    "case",
     [
         ({"CONSUL_HTTP_TOKEN": ""}, "CONSUL_HTTP_TOKEN is missing"),
         ({"CONSUL_CACERT_PEM": ""}, "CONSUL_CACERT_PEM is missing"),
@@ -367,23 +453,42 @@ def test_init_container_with_plaintext_opt_in_needs_no_ca(
         ({"CONSUL_MESH_SERVICE": "Backend_1"}, "CONSUL_MESH_SERVICE must be a DNS label"),
         ({"ENVOY_PROMETHEUS_BIND": "0.0.0.0:http"}, "must end in a port number"),
         ({"ECS_CONTAINER_METADATA_URI_V4": ""}, "must run as an ECS container"),
+        ({"ENVOY_ADMIN_PORT": "19000"}, "ENVOY_ADMIN_PORT is no longer used"),
+        ({"ENVOY_ADMIN_SOCKET": "admin.sock"}, "admin_socket must be an absolute file path"),
+        ({"ENVOY_ADMIN_SOCKET": "/no-such-volume/admin.sock"}, "is the admin volume mounted?"),
     ],
 )
 def test_init_container_fails_clearly_and_writes_nothing(
-    metadata_endpoint: str, program: str, tmp_path: Path, change: dict[str, str], complaint: str
+    metadata_endpoint: str,
+    program: str,
+    tmp_path: Path,
+    admin_dir: Path,
+    case: tuple[dict[str, str], str],
 ) -> None:
+    change, complaint = case
     out = tmp_path / "envoy-bootstrap.json"
-    result = run_init(program, {**init_env(metadata_endpoint, out), **change})
+    result = run_init(program, {**init_env(metadata_endpoint, out, admin_dir), **change})
     assert result.returncode == 1
     assert complaint in json.loads(result.stderr)["msg"]
     assert TOKEN not in result.stdout + result.stderr
     assert list(tmp_path.iterdir()) == []
 
 
-def test_init_container_fails_when_the_volume_is_missing(
+def test_init_container_refuses_the_socket_in_the_read_only_bootstrap_volume(
     metadata_endpoint: str, program: str, tmp_path: Path
 ) -> None:
+    out = tmp_path / "envoy-bootstrap.json"
+    env = init_env(metadata_endpoint, out, tmp_path)
+    result = run_init(program, env)
+    assert result.returncode == 1
+    assert "must not share the bootstrap's directory" in result.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_init_container_fails_when_the_volume_is_missing(
+    metadata_endpoint: str, program: str, tmp_path: Path, admin_dir: Path
+) -> None:
     out = tmp_path / "not-mounted" / "envoy-bootstrap.json"
-    result = run_init(program, init_env(metadata_endpoint, out))
+    result = run_init(program, init_env(metadata_endpoint, out, admin_dir))
     assert result.returncode == 1
     assert "is the volume mounted?" in result.stderr

@@ -86,6 +86,7 @@ write_private() { cat >/dev/null; printf 'private\t%s %s\n' "$1" "$2" >>"$RECORD
 id() { return 0; }
 useradd() { return 0; }
 instance_id() { echo i-0123456789abcdef0; }
+private_ip() { echo 10.40.1.10; }
 BIN_DIR="$FAKE_BIN"
 DATACENTER=dc1
 NLB_DNS_NAME=internal-consul.elb.example

@@ -3,6 +3,10 @@
 A refactor that moves a construct changes these IDs; CloudFormation would then create a new
 secret, key or bucket and delete the old one, losing the Consul CA, tokens or snapshots.
 If a change here is intended, write the migration in the commit message.
+
+The hosts' teardown is pinned too, though it holds no data: a new logical ID makes
+CloudFormation delete the old resource after creating the new one, and its Delete deregisters
+every host of the cluster (lambda/activation/teardown.py).
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ PINNED = {
     "AWS::AutoScaling::AutoScalingGroup": {"ConsulFleetServersASGF181F20D"},
     "AWS::EC2::VPC": {"NetworkVpc7FB7348F"},
     "AWS::ECS::Cluster": {"EcsAnywhereClusterAE2FDE4E"},
+    "Custom::EcsAnywhereTeardown": {"EcsAnywhereTeardown44783530"},
     "AWS::ElasticLoadBalancingV2::LoadBalancer": {"ConsulFleetLoadBalancer23568C2A"},
     "AWS::KMS::Key": {"ConsulFleetKey16BD162A", "KeysKeyFE944A9C"},
     "AWS::S3::Bucket": {"ConsulFleetAccessLogs436F84EB", "ConsulFleetSnapshotBucket4E7E7213"},

@@ -15,8 +15,10 @@ import pytest
 import reconcile
 from aws_cdk.assertions import Match, Template
 
-from mesh_stack import monitoring
+from mesh_stack import consul_fleet, monitoring
 from tests.infra.anti_entropy_stack import build
+from tests.infra.conftest import Synthesized
+from tests.infra.fleet_user_data import render
 from tests.infra.nag_util import open_findings
 
 
@@ -67,12 +69,43 @@ def test_errors_oldest_message_drift_and_the_cap_raise_alarms(template: Template
     assert alarm(template, "DeletionsHeldBack")["Threshold"] == 0
 
 
+def test_a_refused_host_address_pages(template: Template) -> None:
+    refused = alarm(template, "HostAddressRefused", Namespace=monitoring.NAMESPACE)
+    assert (refused["Threshold"], refused["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert "consul-mesh.address" in refused["AlarmDescription"]
+
+
 def test_fewer_healthy_consul_servers_than_a_quorum_pages(template: Template) -> None:
     quorum = [p for p in alarms(template).values() if p["MetricName"] == "HealthyHostCount"]
     assert len(quorum) == 2, "one per Consul listener"
     for p in quorum:
         assert (p["Threshold"], p["ComparisonOperator"]) == (2, "LessThanThreshold")
         assert p["TreatMissingData"] == "breaching"
+
+
+def test_three_intervals_without_a_consul_snapshot_page(synthesized: Synthesized) -> None:
+    # GIVEN the default app (hourly snapshots)
+    (template,) = synthesized.templates().values()
+    (props,) = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        and r["Properties"].get("MetricName") == consul_fleet.SNAPSHOT_METRIC
+    ]
+    # THEN no snapshot for three hours pages, and a job that sends nothing counts as failing
+    assert props["Namespace"] == consul_fleet.METRIC_NAMESPACE
+    assert (props["Period"], props["EvaluationPeriods"], props["DatapointsToAlarm"]) == (3600, 3, 3)
+    assert (props["Threshold"], props["ComparisonOperator"]) == (1, "LessThanThreshold")
+    assert props["TreatMissingData"] == "breaching"
+    assert props["Statistic"] == "Sum"
+    # AND its dimension is the one the servers' snapshot job publishes under (fleet.env)
+    user_data = render(template)
+    fleet_id = re.search(r"^FLEET_ID=(\S+)$", user_data, re.MULTILINE)
+    assert fleet_id is not None
+    assert props["Dimensions"] == [{"Name": "Fleet", "Value": fleet_id.group(1)}]
+    assert f"METRIC_NAMESPACE={props['Namespace']}" in user_data
+    assert props["AlarmActions"]
+    assert props["OKActions"]
 
 
 def test_five_servers_need_three_healthy(tmp_path: Path) -> None:
@@ -94,6 +127,63 @@ def test_every_alarm_notifies_the_encrypted_topic(template: Template) -> None:
     key = next(iter(template.find_resources("AWS::KMS::Key").values()))
     principals = [s["Principal"] for s in key["Properties"]["KeyPolicy"]["Statement"]]
     assert {"Service": "cloudwatch.amazonaws.com"} in principals
+
+
+def _as_list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_cloudwatch_may_publish_every_alarm_to_its_topic(synthesized: Synthesized) -> None:
+    (template,) = synthesized.templates().values()
+    resources = template["Resources"]
+    # GIVEN every topic any alarm notifies
+    topics = {
+        action["Ref"]
+        for r in resources.values()
+        if r["Type"] == "AWS::CloudWatch::Alarm"
+        for field in ("AlarmActions", "OKActions", "InsufficientDataActions")
+        for action in r["Properties"].get(field, [])
+    }
+    assert topics
+    for topic in topics:
+        statements = [
+            st
+            for r in resources.values()
+            if r["Type"] == "AWS::SNS::TopicPolicy" and {"Ref": topic} in r["Properties"]["Topics"]
+            for st in r["Properties"]["PolicyDocument"]["Statement"]
+        ]
+        # THEN its policy lets CloudWatch alarms of this account and region publish
+        allows = [
+            st
+            for st in statements
+            if st["Effect"] == "Allow"
+            and st["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+            and "sns:Publish" in _as_list(st["Action"])
+        ]
+        assert len(allows) == 1, f"nothing lets CloudWatch publish to {topic}"
+        condition = allows[0]["Condition"]
+        assert condition["StringEquals"] == {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}
+        source_arn = json.dumps(condition["ArnLike"]["aws:SourceArn"])
+        assert ":cloudwatch:" in source_arn
+        assert ":alarm:*" in source_arn
+        assert "AWS::AccountId" in source_arn
+        # AND it still refuses anything but TLS
+        assert any(
+            st["Effect"] == "Deny"
+            and st.get("Condition") == {"Bool": {"aws:SecureTransport": "false"}}
+            for st in statements
+        )
+        # AND the topic's key lets CloudWatch encrypt the message it publishes
+        key_ref = resources[topic]["Properties"]["KmsMasterKeyId"]
+        key = resources[key_ref["Fn::GetAtt"][0]]["Properties"]["KeyPolicy"]["Statement"]
+        actions = {
+            action
+            for st in key
+            if st["Effect"] == "Allow"
+            and st["Principal"] == {"Service": "cloudwatch.amazonaws.com"}
+            for action in _as_list(st["Action"])
+        }
+        assert {"kms:Decrypt", "kms:GenerateDataKey*"} <= actions
 
 
 def test_no_subscription_without_an_address(tmp_path: Path) -> None:

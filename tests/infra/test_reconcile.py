@@ -16,7 +16,11 @@ from tests.infra.nag_util import open_findings
 def template(tmp_path_factory: pytest.TempPathFactory) -> Template:
     parts = build(
         tmp_path_factory.mktemp("reconcile"),
-        reconciler={"interval_minutes": 7, "max_deletions": 25},
+        reconciler={
+            "interval_minutes": 7,
+            "max_deletions": 25,
+            "host_disconnect_grace_minutes": 9,
+        },
         with_monitoring=False,
     )
     return Template.from_stack(parts.stack)
@@ -40,14 +44,32 @@ def test_the_pass_runs_on_the_configured_schedule_one_at_a_time(template: Templa
             "Handler": "reconcile.handler",
             "Runtime": "python3.14",
             "Architectures": ["arm64"],
-            "ReservedConcurrentExecutions": 1,
+            # nothing reserved by default: a pass ends (timeout) before the next one starts
+            "ReservedConcurrentExecutions": Match.absent(),
+            "Timeout": 300,
             "Environment": {
-                "Variables": Match.object_like({"RECONCILE_MAX_DELETIONS": "25"}),
+                "Variables": Match.object_like(
+                    {"RECONCILE_MAX_DELETIONS": "25", "HOST_DISCONNECT_GRACE_MINUTES": "9"}
+                ),
             },
         },
     )
     # a failed pass is not retried: the next scheduled one starts from a fresh difference
     template.has_resource_properties("AWS::Lambda::EventInvokeConfig", {"MaximumRetryAttempts": 0})
+
+
+def test_a_pass_is_stopped_before_the_next_one_starts(tmp_path: Path) -> None:
+    parts = build(tmp_path, reconciler={"interval_minutes": 2}, with_monitoring=False)
+    Template.from_stack(parts.stack).has_resource_properties(
+        "AWS::Lambda::Function", {"Handler": "reconcile.handler", "Timeout": 120}
+    )
+
+
+def test_reserving_concurrency_is_an_opt_in(tmp_path: Path) -> None:
+    parts = build(tmp_path, reconciler={"reserve_concurrency": True}, with_monitoring=False)
+    Template.from_stack(parts.stack).has_resource_properties(
+        "AWS::Lambda::Function", {"Handler": "reconcile.handler", "ReservedConcurrentExecutions": 1}
+    )
 
 
 def test_both_functions_reuse_the_registrars_code_network_and_settings(
@@ -127,6 +149,10 @@ def test_the_flag_off_keeps_the_resource_and_says_so(tmp_path: Path) -> None:
     [
         ({"interval_minutes": 0}, "interval_minutes must be from 1 to 1440, got 0"),
         ({"max_deletions": 0}, "max_deletions must be from 1 to 10000, got 0"),
+        (
+            {"host_disconnect_grace_minutes": 0},
+            "host_disconnect_grace_minutes must be from 1 to 1440, got 0",
+        ),
     ],
 )
 def test_fails_when_a_setting_is_out_of_range(

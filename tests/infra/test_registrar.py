@@ -89,6 +89,17 @@ def test_event_source_reports_partial_failures_with_bounded_concurrency(
     )
 
 
+def test_nothing_is_reserved_unless_asked(template: Template, tmp_path: Path) -> None:
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {"Handler": "handler.handler", "ReservedConcurrentExecutions": Match.absent()},
+    )
+    _, reserving, _ = build(tmp_path, max_concurrency=7, reserve_concurrency=True)
+    Template.from_stack(reserving).has_resource_properties(
+        "AWS::Lambda::Function", {"Handler": "handler.handler", "ReservedConcurrentExecutions": 9}
+    )
+
+
 def test_function_runs_arm64_newest_python_in_the_vpc(template: Template) -> None:
     template.has_resource_properties(
         "AWS::Lambda::Function",

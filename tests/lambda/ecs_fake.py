@@ -21,6 +21,7 @@ from registrar_fixtures import (
     HOST_IP,
     INSTANCE_ARN,
     TASK_DEFINITIONS,
+    load_event,
     task_arn,
     task_event,
 )
@@ -36,6 +37,18 @@ def throttled(operation: str) -> ClientError:
 
 def denied(operation: str) -> ClientError:
     return ClientError({"Error": {"Code": "AccessDeniedException", "Message": "no"}}, operation)
+
+
+def undescribable(operation: str = "DescribeTaskDefinition") -> ClientError:
+    """What ECS answers for a task definition it will not describe (deleted, or INACTIVE with
+    nothing referencing it): the message terraform-provider-aws#29749 quotes."""
+    return ClientError(
+        {
+            "Error": {"Code": "ClientException", "Message": "Unable to describe task definition."},
+            "ResponseMetadata": {"HTTPStatusCode": 400},
+        },
+        operation,
+    )
 
 
 @dataclass
@@ -54,6 +67,17 @@ class FakeEcs:
     """One cluster's tasks and container instances; `calls` counts every API call by name.
 
     `forgotten` task IDs answer MISSING (ECS forgets stopped tasks after about an hour).
+    `hidden` task IDs run, but ListTasks omits them and DescribeTasks answers MISSING: "The
+    Amazon ECS API follows an eventual consistency model" (RunTask, ECS API reference).
+    `deregistered` task definition ARNs are INACTIVE: "You can only describe INACTIVE task
+    definitions while an active task or service references them" (DescribeTaskDefinition, ECS
+    API reference), so they are described (status INACTIVE, as in
+    tests/events/task_definition_inactive.json) only while a task not STOPPED uses them.
+    `ssm_refuses`: managed instance IDs SSM will not describe (deregistered hosts): a
+    DescribeInstanceInformation naming one fails whole, as the SSM API reference documents
+    (InvalidInstanceId, HTTP 400; its message for a deregistered mi- ID is not documented, so
+    none is made up). `ssm_empty_pages`: pages answered empty, with a NextToken, before the
+    rows (a filtered page may be empty while more follow).
     `faults[operation]`: one entry consumed per call, an exception to raise or None to answer.
     ListTasks takes its listing at the first page; `nextToken` pages through that listing.
     """
@@ -61,6 +85,10 @@ class FakeEcs:
     cluster_arn: str = CLUSTER_ARN
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
+    hidden: set[str] = field(default_factory=set)
+    deregistered: set[str] = field(default_factory=set)
+    ssm_refuses: set[str] = field(default_factory=set)
+    ssm_empty_pages: int = 0
     instances: dict[str, Instance] = field(
         default_factory=lambda: {INSTANCE_ARN: Instance(INSTANCE_ARN, INSTANCE_ID, HOST_IP)}
     )
@@ -125,7 +153,9 @@ class FakeEcs:
             listing = sorted(
                 tid
                 for tid, t in self.tasks.items()
-                if t["desiredStatus"] == wanted and (launch is None or t["launchType"] == launch)
+                if t["desiredStatus"] == wanted
+                and (launch is None or t["launchType"] == launch)
+                and tid not in self.hidden
             )
             self._listings.append(listing)
             key, start = len(self._listings) - 1, 0
@@ -147,7 +177,7 @@ class FakeEcs:
         found, failures = [], []
         for name in names:
             tid = name.rsplit("/", 1)[-1]
-            if tid in self.tasks:
+            if tid in self.tasks and tid not in self.hidden:
                 found.append(self.tasks[tid])
             else:
                 failures.append({"arn": task_arn(tid), "reason": "MISSING"})
@@ -157,7 +187,17 @@ class FakeEcs:
         self._fault("DescribeTaskDefinition")
         arn: str = kwargs["taskDefinition"]
         family = arn.rsplit("/", 1)[-1].split(":", maxsplit=1)[0]
-        return {"taskDefinition": {**TASK_DEFINITIONS[family], "taskDefinitionArn": arn}}
+        answer = {**TASK_DEFINITIONS[family], "taskDefinitionArn": arn, "status": "ACTIVE"}
+        if arn in self.deregistered:
+            referenced = any(
+                t["taskDefinitionArn"] == arn and t["lastStatus"] != "STOPPED"
+                for t in self.tasks.values()
+            )
+            if not referenced:
+                raise undescribable()
+            inactive = load_event("task_definition_inactive.json")["taskDefinition"]
+            answer.update(status="INACTIVE", deregisteredAt=inactive["deregisteredAt"])
+        return {"taskDefinition": answer}
 
     def describe_container_instances(self, **kwargs: Any) -> dict[str, Any]:
         self._fault("DescribeContainerInstances")
@@ -194,13 +234,25 @@ class FakeEcs:
         assert len(ids) <= 100, "InstanceIds filter takes at most 100 values"
         size = int(kwargs.get("MaxResults", 10))
         assert 5 <= size <= 50, "MaxResults is 5..50"
+        if set(ids) & self.ssm_refuses:
+            raise ClientError(
+                {
+                    "Error": {"Code": "InvalidInstanceId", "Message": ""},
+                    "ResponseMetadata": {"HTTPStatusCode": 400},
+                },
+                "DescribeInstanceInformation",
+            )
         by_id = {i.instance_id: i for i in self.instances.values()}
         rows = [
             {"InstanceId": i, "IPAddress": by_id[i].address, "PingStatus": "Online"}
             for i in ids
             if i in by_id
         ]
-        start = int(kwargs.get("NextToken") or 0)
+        token = str(kwargs.get("NextToken") or "")
+        empty_left = int(token[1:]) if token.startswith("e") else self.ssm_empty_pages
+        if empty_left and (not token or token.startswith("e")):
+            return {"InstanceInformationList": [], "NextToken": f"e{empty_left - 1}"}
+        start = int(token) if token and not token.startswith("e") else 0
         answer: dict[str, Any] = {"InstanceInformationList": rows[start : start + size]}
         if start + size < len(rows):
             answer["NextToken"] = str(start + size)

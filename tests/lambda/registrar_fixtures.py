@@ -262,8 +262,8 @@ def fake_runtime(
     consul_url: str,
     *,
     token: str | None = None,
-    hosts: FakeHosts | None = None,
-    task_definitions: FakeTaskDefinitions | None = None,
+    hosts: aws.HostSource | None = None,
+    task_definitions: aws.TaskDefinitionSource | None = None,
     **overrides: Any,
 ) -> registrar.Runtime:
     return registrar.Runtime(

@@ -4,16 +4,17 @@ from __future__ import annotations
 
 import datetime
 import http.server
-import importlib.util
 import json
 import logging
 import threading
 from collections.abc import Iterator
 from pathlib import Path
-from types import ModuleType
 from typing import Any, ClassVar
 
 import pytest
+from asset_modules import load
+
+from tests.fake_clock import FakeClock, patch_clock
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = "Fjz3/sZfSvv78EXAMPLEcode"
@@ -21,26 +22,20 @@ FIRST = "e488f2f6-e686-4afb-8a04-ef6dfEXAMPLE"
 SECOND = "0b6e6a6c-1d2e-4f00-9a51-2c7f3EXAMPLE"
 
 
-def load_handler() -> ModuleType:
-    # `handler` is also the registrar's module name: load this one under its own name.
-    path = ROOT / "lambda" / "activation" / "handler.py"
-    spec = importlib.util.spec_from_file_location("activation_handler", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-handler = load_handler()
+handler = load("activation", "handler")
 
 
 class ClientError(Exception):
-    """Shaped like botocore's: the handler reads `response["Error"]["Code"]`."""
+    """Shaped like botocore's: the handler reads `response["Error"]["Code"]` and `Message`."""
 
-    def __init__(self, code: str) -> None:
+    def __init__(self, code: str, message: str = "") -> None:
         super().__init__(code)
-        self.response = {"Error": {"Code": code}}
+        self.response = {"Error": {"Code": code, "Message": message or code}}
+
+
+# What SSM answers while IAM has not propagated the new host role yet
+# (hashicorp/terraform-provider-aws#27952).
+PROPAGATING = "Nonexistent role or missing ssm service principal in trust policy"
 
 
 class FakeSsm:
@@ -49,8 +44,11 @@ class FakeSsm:
         self.created: list[dict[str, Any]] = []
         self.deleted: list[str] = []
         self.missing: set[str] = set()
+        self.failures: list[Exception] = []  # raised by the next create_activation calls
 
     def create_activation(self, **kwargs: Any) -> dict[str, Any]:
+        if self.failures:
+            raise self.failures.pop(0)
         self.created.append(kwargs)
         return {"ActivationId": self.ids.pop(0), "ActivationCode": CODE}
 
@@ -199,6 +197,53 @@ def test_update_with_new_settings_leaves_one_usable_activation_in_the_secret(
     assert all(body["Status"] == "SUCCESS" for body in _Responses.bodies)
 
 
+@pytest.mark.parametrize(
+    "old",
+    [
+        # A stack deployed before ServiceTimeout was set on the resource
+        {"ServiceToken": "arn:aws:lambda:us-east-1:1:function:a", "RegistrationLimit": "10",
+         "ExpiryDays": "7", "Role": "r"},
+        # The function was replaced (a new ServiceToken), the activation's settings were not
+        {"ServiceToken": "arn:aws:lambda:us-east-1:1:function:old", "ServiceTimeout": "300",
+         "RegistrationLimit": "10", "ExpiryDays": "7", "Role": "r"},
+    ],
+)  # fmt: skip
+def test_an_update_that_changes_only_framework_properties_keeps_the_activation(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, old: dict[str, str]
+) -> None:
+    # GIVEN an activation in use
+    ssm, secrets = FakeSsm([SECOND]), FakeSecrets(f"{FIRST} {CODE}")
+    # WHEN a stack update adds ServiceTimeout (or replaces the function) but keeps the settings
+    event = cfn_event("Update", response_url, PhysicalResourceId=FIRST, OldResourceProperties=old)
+    event["ResourceProperties"] = {
+        "ServiceToken": "arn:aws:lambda:us-east-1:1:function:a",
+        "ServiceTimeout": "300",
+        "RegistrationLimit": "10",
+        "ExpiryDays": "7",
+        "Role": "r",
+    }
+    run(event, ssm, secrets, monkeypatch)
+    # THEN the activation is neither reissued nor revoked
+    assert ssm.created == []
+    assert ssm.deleted == []
+    assert secrets.value == f"{FIRST} {CODE}"
+    (body,) = _Responses.bodies
+    assert (body["Status"], body["PhysicalResourceId"]) == ("SUCCESS", FIRST)
+    assert body["Data"] == {"ActivationId": FIRST}
+
+
+@pytest.mark.parametrize("changed", ["RegistrationLimit", "ExpiryDays", "Role"])
+def test_an_update_of_any_setting_reissues_the_activation(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, changed: str
+) -> None:
+    ssm, secrets = FakeSsm([SECOND]), FakeSecrets(f"{FIRST} {CODE}")
+    old = {"RegistrationLimit": "10", "ExpiryDays": "7", "Role": "r", changed: "3"}
+    event = cfn_event("Update", response_url, PhysicalResourceId=FIRST, OldResourceProperties=old)
+    run(event, ssm, secrets, monkeypatch)
+    assert secrets.value == f"{SECOND} {CODE}"
+    assert ssm.deleted == [FIRST]
+
+
 def test_stack_deletion_after_an_update_revokes_the_current_activation(
     response_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -259,3 +304,45 @@ def test_fails_when_the_expiry_exceeds_what_ssm_allows(
     assert body["Status"] == "FAILED"
     assert "ExpiryDays must be 1..30 (SSM allows at most 30), got 45" in body["Reason"]
     assert ssm.created == []
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    return patch_clock(monkeypatch, handler)
+
+
+def test_create_waits_for_the_new_host_role_to_reach_ssm(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    # GIVEN SSM does not see the host role CloudFormation just created, twice
+    ssm, secrets = FakeSsm([FIRST]), FakeSecrets()
+    ssm.failures = [ClientError("ValidationException", PROPAGATING) for _ in range(2)]
+    # WHEN CloudFormation sends Create
+    run(cfn_event("Create", response_url), ssm, secrets, monkeypatch)
+    # THEN the handler retried with backoff and the activation was created
+    assert clock.sleeps == [2.0, 4.0]
+    assert _Responses.bodies[0]["Status"] == "SUCCESS"
+    assert secrets.value == f"{FIRST} {CODE}"
+
+
+def test_create_gives_up_when_the_role_never_appears(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    ssm, secrets = FakeSsm([FIRST]), FakeSecrets()
+    ssm.failures = [ClientError("ValidationException", PROPAGATING) for _ in range(50)]
+    run(cfn_event("Create", response_url), ssm, secrets, monkeypatch)
+    (body,) = _Responses.bodies
+    assert body["Status"] == "FAILED"
+    assert "ClientError" in body["Reason"]
+    assert clock.sleeps[:4] == [2.0, 4.0, 8.0, 16.0]
+    assert 60 <= sum(clock.sleeps) <= handler.ROLE_PROPAGATION_SECONDS
+
+
+def test_create_fails_at_once_on_any_other_refusal(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, clock: FakeClock
+) -> None:
+    ssm, secrets = FakeSsm([FIRST]), FakeSecrets()
+    ssm.failures = [ClientError("ValidationException", "RegistrationLimit must be <= 1000")]
+    run(cfn_event("Create", response_url), ssm, secrets, monkeypatch)
+    assert _Responses.bodies[0]["Status"] == "FAILED"
+    assert clock.sleeps == []

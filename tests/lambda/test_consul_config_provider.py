@@ -15,6 +15,7 @@ import socket
 import ssl
 import sys
 import threading
+import time
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -609,12 +610,49 @@ def test_a_rejected_management_token_is_waited_out_briefly_then_reported(
     merged = {**request, **started}
     # Right after the election: ACL bootstrap may be in flight
     assert provider.is_complete(merged, Context()) == {"IsComplete": False}
-    # Still rejected long after: a wrong token, reported without its value
+    # Still not found long after: reported with both causes, without the token's value
     clock.now += provider.TOKEN_REJECTED_GRACE_SECONDS
-    with pytest.raises(consul_api.ConsulError, match="rejected the management token") as err:
+    with pytest.raises(consul_api.ConsulError) as err:
         provider.is_complete(merged, Context())
-    assert other not in str(err.value)
+    message = str(err.value)
+    assert "-> 404: Supplied token does not exist" in message
+    assert "has not created it yet" in message
+    assert "does not hold the fleet's initial_management token" in message
+    assert other not in message
     assert consul.writes() == 0
+
+
+def test_a_new_leader_still_setting_up_acls_is_waited_for(
+    consul: ConsulDouble, secrets: Secrets, clock: FakeTime
+) -> None:
+    # GIVEN a leader that has not created the initial management token yet (the double's
+    # "ACLs not ready" window, agent/consul/leader.go initializeACLs): token/self answers 404
+    consul.acls_not_ready_for(0.5)
+    request = event("Create", entry_props(consul, secrets, PROXY_DEFAULTS))
+    merged = {**request, **provider.on_event(request, Context())}
+    # THEN the provider waits instead of failing the deployment
+    assert provider.is_complete(merged, Context()) == {"IsComplete": False}
+    assert consul.writes() == 0
+    # AND applies the object once the leader accepts the token
+    time.sleep(0.6)
+    assert provider.is_complete(merged, Context())["IsComplete"] is True
+    assert ("proxy-defaults", "global") in consul.config_entries()
+
+
+def test_delete_gives_up_within_a_minute_when_consul_is_gone(
+    consul: ConsulDouble, secrets: Secrets, clock: FakeTime, caplog: pytest.LogCaptureFixture
+) -> None:
+    # GIVEN the servers no longer answer at delete time (the drain already emptied the catalog)
+    consul.stop()
+    request = event("Delete", entry_props(consul, secrets, PROXY_DEFAULTS), physical_id="x/y")
+    merged = {**request, **provider.on_event(request, Context())}
+    assert provider.is_complete(merged, Context()) == {"IsComplete": False}
+    # WHEN a minute has passed
+    clock.now += 60
+    # THEN the delete completes (with a warning) instead of holding the stack for 15 minutes
+    with caplog.at_level(logging.WARNING):
+        assert provider.is_complete(merged, Context()) == {"IsComplete": True}
+    assert "gave up deleting" in caplog.text
 
 
 def test_delete_gives_up_on_a_cluster_that_never_answers(

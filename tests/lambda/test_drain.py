@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import drain
+import kv_layout
 import pytest
 import registrar
 from registrar_fixtures import (
@@ -40,8 +41,9 @@ def seed_task(consul: ConsulDouble, n: int, cluster_arn: str = CLUSTER_ARN) -> s
             "Service": {"ID": f"web-{n:032x}", "Service": "web", "Port": 32768},
         }
     )
-    cluster = cluster_arn.rsplit("/", 1)[-1]
-    consul.seed_kv(f"ecs-registrar/{cluster}/tasks/{n:032x}", b'{"version":3,"status":"running"}')
+    consul.seed_kv(
+        kv_layout.task_key(cluster_arn, f"{n:032x}"), b'{"version":3,"status":"running"}'
+    )
     return name
 
 
@@ -61,7 +63,7 @@ def test_delete_removes_every_entry_of_the_cluster_and_nothing_else(consul: Cons
     ours = [seed_task(consul, n) for n in range(300)]
     theirs = seed_task(consul, 999, OTHER_CLUSTER_ARN)
     consul.seed_register({"Node": "consul-server-1", "Address": "10.0.0.3"})
-    consul.seed_kv("ecs-registrar/mesh/hosts/5d7e3c2a", b"{}")
+    consul.seed_kv(kv_layout.host_key(CLUSTER_ARN, "5d7e3c2a"), b"{}")
 
     # WHEN the stack (or the registrar) is deleted
     answer = drain.on_event(event("Delete"), LambdaContext())
@@ -71,7 +73,7 @@ def test_delete_removes_every_entry_of_the_cluster_and_nothing_else(consul: Cons
     assert sorted(consul.nodes()) == ["consul-server-1", theirs]
     assert {s["Node"] for s in consul.services()} == {theirs}
     # AND so are its KV records (tasks and hosts), but not the other cluster's
-    assert list(consul.kv()) == ["ecs-registrar/other/tasks/" + f"{999:032x}"]
+    assert list(consul.kv()) == [kv_layout.task_key(OTHER_CLUSTER_ARN, f"{999:032x}")]
     assert answer["PhysicalResourceId"] == drain.physical_id(CLUSTER_ARN)
 
 
@@ -117,3 +119,19 @@ def test_fails_when_the_request_type_is_unknown(consul: ConsulDouble) -> None:
 def test_fails_when_the_cluster_arn_is_not_one(consul: ConsulDouble) -> None:
     with pytest.raises(ValueError, match="ClusterArn: not an ECS cluster ARN"):
         drain.on_event(event("Delete", ClusterArn="mesh:"), LambdaContext())
+
+
+def test_delete_leaves_the_records_of_a_same_named_cluster_of_another_account(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN cluster "mesh" of this account and of another one, sharing the Consul
+    twin = CLUSTER_ARN.replace("123456789012", "210987654321")
+    seed_task(consul, 1)
+    theirs = seed_task(consul, 2, twin)
+
+    # WHEN this cluster's registrar is deleted
+    drain.on_event(event("Delete"), LambdaContext())
+
+    # THEN the other account's node and its state record are still there
+    assert list(consul.nodes()) == [theirs]
+    assert [key for key in consul.kv() if key.endswith(f"/tasks/{2:032x}")] != []

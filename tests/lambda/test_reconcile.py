@@ -15,6 +15,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import handler
+import host_state
+import kv_layout
 import listing
 import pytest
 import reconcile
@@ -42,6 +44,7 @@ from registrar_fixtures import (
     LambdaContext,
     failed_ids,
     fake_runtime,
+    load_event,
     sqs_event,
     task_definition,
     task_event,
@@ -61,7 +64,7 @@ def node(n: int) -> str:
 
 
 def key(n: int) -> str:
-    return f"ecs-registrar/mesh/tasks/{tid(n)}"
+    return kv_layout.task_key(CLUSTER_ARN, tid(n))
 
 
 @dataclass
@@ -229,6 +232,82 @@ def test_a_node_address_changed_behind_its_back_is_corrected(world: World) -> No
     assert world.consul.nodes()[node(1)]["Address"] == HOST_IP
 
 
+def test_a_task_publishing_a_port_range_is_registered(world: World) -> None:
+    # GIVEN a running task whose RUNNING event was lost, and whose DescribeTasks answer carries
+    # port-range bindings (no containerPort/hostPort) next to its single-port ones
+    detail = load_event("task_running_port_range.json")["detail"]
+    task_id = detail["taskArn"].rsplit("/", 1)[-1]
+    world.ecs.tasks[task_id] = detail
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the task is registered, not skipped as unusable
+    assert report.missing == 1
+    assert f"ecs-task-{task_id}" in world.consul.nodes()
+
+
+def test_a_host_reported_on_docker0_keeps_its_tasks_out_until_its_address_is_set(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN two running tasks (events lost) on a host whose SSM address is docker0's
+    world.run(1, 2, deliver=False)
+    world.ecs.instances[INSTANCE_ARN].address = "172.17.0.1"
+    capsys.readouterr()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN neither is registered; both are counted, and one error line names the host and the
+    # attribute that fixes it
+    assert world.consul.nodes() == {}
+    assert (report.refused, report.metrics()["HostAddressRefused"]) == (2, 2)
+    errors = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if '"level":"ERROR"' in line
+    ]
+    assert len(errors) == 1
+    assert INSTANCE_ARN in errors[0]["error"]
+    assert "consul-mesh.address" in errors[0]["error"]
+
+    # WHEN the operator sets the attribute, THEN the next pass registers both on it
+    world.ecs.instances[INSTANCE_ARN].override = "192.168.40.7"
+    assert world.reconcile().missing == 2
+    assert {n["Address"] for n in world.consul.nodes().values()} == {"192.168.40.7"}
+
+
+def test_one_host_ssm_will_not_describe_costs_only_its_own_tasks(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN 30 running tasks (events lost) on 30 hosts, one of which SSM no longer knows
+    # (deregistered from SSM: DescribeInstanceInformation fails whole for any batch naming it)
+    hosts = world.ecs.add_instances(30)
+    for n, host in enumerate(hosts):
+        world.ecs.put_task(
+            tid(n),
+            container_instance_arn=host,
+            host_ports={"web": {8080: 32768 + n}, "envoy": {20000: 42768 + n}},
+        )
+    bad = world.ecs.instances[hosts[7]].instance_id
+    world.ecs.ssm_refuses.add(bad)
+    capsys.readouterr()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN every other host keeps its address and its task is registered
+    assert report.missing == 29
+    assert node(7) not in world.consul.nodes()
+    # AND the lost one is reported by its ID, with SSM's error, not as "no IP"
+    out = capsys.readouterr().out
+    assert bad in out
+    assert "InvalidInstanceId" in out
+    assert report.failed == 1
+    # AND finding it cost a few calls, not one per host
+    assert world.ecs.calls["DescribeInstanceInformation"] <= 2 * 5 + 1
+
+
 def test_reconcile_never_resurrects_a_tombstoned_task(world: World) -> None:
     # GIVEN a task whose stop was applied, while ECS's (lagging) answer still says RUNNING
     world.run(1)
@@ -266,6 +345,31 @@ def test_entries_it_does_not_own_are_never_touched(world: World) -> None:
 
     assert sorted(world.consul.nodes()) == ["consul-server-1", "ecs-task-eeee", "ecs-task-ffff"]
     assert report.repaired == 0
+
+
+# A cluster named like ours in another account (cluster names are unique per account and Region).
+TWIN_CLUSTER_ARN = CLUSTER_ARN.replace("123456789012", "210987654321")
+
+
+def test_a_same_named_cluster_of_another_account_keeps_its_tasks(world: World) -> None:
+    # GIVEN a cluster "mesh" of another account registering its task 9 in the same Consul
+    registrar.set_runtime(fake_runtime(world.consul.url, cluster_arn=TWIN_CLUSTER_ARN))
+    assert world.deliver(task_event(task_id=tid(9), cluster_arn=TWIN_CLUSTER_ARN)) == []
+    registrar.set_runtime(world.rt)
+    # AND our own task 1, which our ECS runs (it knows nothing of the twin's task 9)
+    world.run(1)
+
+    # WHEN our reconcile pass runs
+    report = world.reconcile()
+
+    # THEN it neither deletes nor tombstones the twin's task
+    assert sorted(world.consul.nodes()) == [node(1), node(9)]
+    assert (report.stale, report.in_sync) == (0, 1)
+    # AND the twin's own stop still applies: its record was never taken for ours
+    registrar.set_runtime(fake_runtime(world.consul.url, cluster_arn=TWIN_CLUSTER_ARN))
+    stop = task_event("task_stopped.json", task_id=tid(9), cluster_arn=TWIN_CLUSTER_ARN)
+    assert world.deliver(stop) == []
+    assert sorted(world.consul.nodes()) == [node(1)]
 
 
 # --------------------------------------------------------------------------------------------
@@ -321,6 +425,53 @@ def test_a_partial_listing_deletes_nothing_but_still_registers_what_it_saw(
     assert not report.complete
     assert report.missing == 2
     assert sorted(world.consul.nodes()) == [node(1), node(2), node(3), node(4)]
+
+
+def test_a_running_task_answered_missing_once_stays_registered_throughout(world: World) -> None:
+    # GIVEN a task registered by its RUNNING event a minute ago
+    event = world.ecs.put_task(tid(1))
+    event["time"] = (datetime.now(UTC) - timedelta(minutes=1)).isoformat()
+    assert world.deliver(event) == []
+    # AND ECS, eventually consistent, leaves it out of ListTasks and answers MISSING for one pass
+    world.ecs.hidden.add(tid(1))
+
+    # WHEN that pass runs
+    first = world.reconcile()
+
+    # THEN the task is neither removed nor tombstoned
+    assert node(1) in world.consul.nodes()
+    assert first.stale == 0
+    record = world.record(1)
+    assert record is not None
+    assert record.status == RUNNING
+    # AND once ECS answers normally, the next pass finds it in sync
+    world.ecs.hidden.clear()
+    world.consul.reset_requests()
+    second = world.reconcile()
+    assert (second.in_sync, second.repaired) == (1, 0)
+    assert world.consul.writes() == 0
+
+
+def test_missing_is_proof_once_the_record_is_an_hour_old(world: World) -> None:
+    # GIVEN a task registered by its RUNNING event, whose stop was lost, and which ECS has
+    # since forgotten: an hour later a pass finds it MISSING
+    event = world.ecs.put_task(tid(1))
+    event["time"] = datetime.now(UTC).isoformat()
+    assert world.deliver(event) == []
+    world.ecs.forget(tid(1))
+
+    # WHEN a pass runs within the hour, THEN it keeps the task
+    assert world.reconcile().stale == 0
+    # AND the first pass after the hour removes it
+    report = reconcile.run_pass(
+        world.rt,
+        reconcile.ReconcileSettings(),
+        retry.Budget.fixed(60.0),
+        clients=world.ecs.clients,
+        now=lambda: datetime.now(UTC) + reconcile.MISSING_PROOF_AGE,
+    )
+    assert report.stale == 1
+    assert world.consul.nodes() == {}
 
 
 def test_a_task_the_listing_missed_is_kept(world: World) -> None:
@@ -499,6 +650,22 @@ def test_a_pass_out_of_time_leaves_the_rest_to_the_next_pass(world: World) -> No
     assert len(consul.nodes()) == 6
 
 
+def test_a_pass_starts_no_aws_request_it_could_not_finish(world: World) -> None:
+    # GIVEN a registered task that stopped unseen, and a pass with 6 s of budget left: less
+    # than one AWS request may take (connect + read timeouts)
+    world.run(1)
+    world.stop(1, deliver=False)
+    world.ecs.calls.clear()
+
+    # WHEN the pass runs
+    report = world.reconcile(budget=retry.Budget(lambda: 6_000, 0))
+
+    # THEN it starts no AWS request, knows its listing is incomplete, and deletes nothing
+    assert sum(world.ecs.calls.values()) == 0
+    assert not report.complete
+    assert node(1) in world.consul.nodes()
+
+
 # --------------------------------------------------------------------------------------------
 # The ordering rules in repair mode (pure)
 
@@ -537,17 +704,21 @@ def histories(draw: st.DrawFn) -> list[tuple[str, list[dict[str, Any]]]]:
     for n in range(draw(st.integers(min_value=1, max_value=8))):
         task = uuid_like(draw(st.integers(min_value=0, max_value=2**64)), n)
         family = draw(st.sampled_from(["web", "api", "plain"]))
-        fate = draw(st.sampled_from(["runs", "stops", "forgotten", "stops-before-running"]))
+        fate = draw(
+            st.sampled_from(["runs", "stops", "forgotten", "stops-before-running", "blinks"])
+        )
         steps = [("PENDING", "RUNNING")]
         if fate != "stops-before-running":
             steps.append(("RUNNING", "RUNNING"))
-        if fate != "runs":
+        if fate not in ("runs", "blinks"):
             steps += [("STOPPING", "STOPPED"), ("STOPPED", "STOPPED")]
         events = [
             {"family": family, "version": v + 1, "last_status": last, "desired_status": desired}
             for v, (last, desired) in enumerate(steps)
         ]
-        tasks.append((task, [*events, {"forget": fate == "forgotten"}]))
+        # "blinks": runs, registered by its (just delivered) events, while ECS answers MISSING
+        # for it during the pass (eventual consistency)
+        tasks.append((task, [*events, {"forget": fate == "forgotten", "blink": fate == "blinks"}]))
     return tasks
 
 
@@ -570,9 +741,10 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
         registrar.set_runtime(rt)
         try:
             # GIVEN each task's history played in ECS, ~10% of its events lost on the way,
-            # the rest delivered in any order
+            # the rest delivered in any order; blinking tasks' events all arrive, just now
             played = 0
             delivered = []
+            now = datetime.now(UTC).isoformat()
             for task, steps in history:
                 *changes, fate = steps
                 for change in changes:
@@ -583,11 +755,15 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
                         last_status=change["last_status"],
                         desired_status=change["desired_status"],
                     )
-                    if lost[played % len(lost)] >= 0.1:
+                    if fate["blink"]:
+                        delivered.append({**event, "time": now})
+                    elif lost[played % len(lost)] >= 0.1:
                         delivered.append(event)
                     played += 1
                 if fate["forget"]:
                     ecs.forget(task)
+                if fate["blink"]:
+                    ecs.hidden.add(task)
             order.shuffle(delivered)
             if delivered:
                 assert failed_ids(handler.handler(sqs_event(delivered), LambdaContext())) == []
@@ -605,7 +781,8 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
             nodes = consul.nodes()
             assert set(nodes) == {f"ecs-task-{t}" for t in running_ids(ecs)}
             assert all(n["Address"] == HOST_IP for n in nodes.values())
-            # AND a second pass finds nothing left to do
+            # AND a second pass, ECS answering normally again, finds nothing left to do
+            ecs.hidden.clear()
             consul.reset_requests()
             reconcile.run_pass(
                 rt, reconcile.ReconcileSettings(), retry.Budget.fixed(60.0), clients=ecs.clients
@@ -643,3 +820,112 @@ def test_an_in_sync_pass_costs_two_aws_calls_per_100_tasks_and_three_consul_read
     }
     # AND Consul three times, writing nothing
     assert (world.consul.count(), world.consul.writes()) == (3, 0)
+
+
+# --------------------------------------------------------------------------------------------
+# The move from the name-keyed layout to the cluster-ARN one (kv_layout.py, migration.py): the
+# first pass after the deploy moves what is provably this cluster's, copies young tombstones,
+# leaves the rest, and the next pass writes nothing.
+
+INSTANCE_ID = host_state.instance_id(INSTANCE_ARN)
+
+
+def legacy_key(n: int) -> str:
+    return kv_layout.legacy_key(CLUSTER_ARN, kv_layout.TASKS, tid(n))
+
+
+def demote(world: World, n: int) -> None:
+    """Put task n's record back where the release before the ARN layout kept it."""
+    world.consul.seed_kv(legacy_key(n), world.consul.kv()[key(n)][0])
+    request = urllib.request.Request(f"{world.consul.url}/v1/kv/{key(n)}", method="DELETE")
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+
+def test_the_first_pass_moves_what_is_this_clusters_and_leaves_the_rest(world: World) -> None:
+    now = datetime.now(UTC)
+    # GIVEN what the previous release left in the name-keyed layout: task 1 running, registered
+    # by its event; task 2 stopped an hour ago; task 3 stopped a week ago (ECS forgot it); a
+    # running record of task 4 that our ECS and catalog know nothing of (a same-named cluster's
+    # of another account); and the record of the host task 1 runs on
+    assert world.deliver(world.ecs.put_task(tid(1))) == []
+    demote(world, 1)
+    hour_ago = StateRecord(6, STOPPED, event_time=(now - timedelta(hours=1)).isoformat())
+    world.consul.seed_kv(legacy_key(2), hour_ago.encode())
+    world.ecs.put_task(tid(2), version=6, last_status="STOPPED", desired_status="STOPPED")
+    week_ago = StateRecord(6, STOPPED, event_time=(now - timedelta(days=7)).isoformat())
+    world.consul.seed_kv(legacy_key(3), week_ago.encode())
+    world.ecs.forget(tid(3))
+    twin = StateRecord(3, RUNNING, "d1", event_time=now.isoformat()).encode()
+    world.consul.seed_kv(legacy_key(4), twin)
+    host = host_state.HostRecord(5, True, "ACTIVE").encode()
+    world.consul.seed_kv(kv_layout.legacy_key(CLUSTER_ARN, kv_layout.HOSTS, INSTANCE_ID), host)
+
+    # WHEN the first pass after the deploy runs
+    report = world.reconcile()
+
+    # THEN task 1's record moved, and its catalog entries were found in sync (no rewrite)
+    kv = world.consul.kv()
+    assert (key(1) in kv, legacy_key(1) in kv) == (True, False)
+    assert (report.in_sync, report.missing, report.changed) == (1, 0, 0)
+    # AND the young tombstone was copied (and kept for whoever else may own it)
+    assert (key(2) in kv, legacy_key(2) in kv) == (True, True)
+    # AND the week-old tombstone of a forgotten task was collected
+    assert legacy_key(3) not in kv
+    assert report.tombstones_collected == 1
+    # AND the record nothing proves ours is left as it was, and not copied
+    assert kv[legacy_key(4)][0] == twin
+    assert key(4) not in kv
+    # AND the host's record moved
+    assert kv[kv_layout.host_key(CLUSTER_ARN, INSTANCE_ID)][0] == host
+    assert report.migrated == 3
+
+    # WHEN the next pass runs, THEN it writes nothing
+    world.consul.reset_requests()
+    assert world.reconcile().repaired == 0
+    assert world.consul.writes() == 0
+    # AND a late RUNNING event of task 2 finds its tombstone
+    assert world.deliver(task_event(task_id=tid(2), version=3)) == []
+    assert f"ecs-task-{tid(2)}" not in world.consul.nodes()
+
+
+def test_a_stop_before_the_first_pass_lands_and_the_pass_drops_the_old_record(
+    world: World,
+) -> None:
+    # GIVEN task 1 registered by the previous release (its record in the name-keyed layout)
+    assert world.deliver(world.ecs.put_task(tid(1))) == []
+    demote(world, 1)
+
+    # WHEN its stop arrives before any pass has run
+    stop = world.ecs.put_task(tid(1), version=6, last_status="STOPPED", desired_status="STOPPED")
+    assert world.deliver(stop) == []
+
+    # THEN the task is gone and tombstoned in the ARN layout
+    assert world.consul.nodes() == {}
+    tombstone = world.record(1)
+    assert tombstone is not None
+    assert tombstone.status == STOPPED
+    # AND the first pass deletes the superseded running record, the second writes nothing
+    world.reconcile()
+    assert legacy_key(1) not in world.consul.kv()
+    world.consul.reset_requests()
+    world.reconcile()
+    assert world.consul.writes() == 0
+
+
+def test_a_late_running_event_before_the_first_pass_is_removed_by_it(world: World) -> None:
+    # GIVEN task 1 stopped under the previous release: its tombstone is in the legacy layout
+    assert world.deliver(world.ecs.put_task(tid(1))) == []
+    stop = world.ecs.put_task(tid(1), version=6, last_status="STOPPED", desired_status="STOPPED")
+    assert world.deliver(stop) == []
+    demote(world, 1)
+
+    # WHEN its RUNNING event is delivered late, before the first pass (the one window the
+    # migration leaves: the event path reads the ARN layout only)
+    assert world.deliver(task_event(task_id=tid(1), version=4)) == []
+    assert f"ecs-task-{tid(1)}" in world.consul.nodes()
+
+    # THEN the first pass removes it: ECS reports the task stopped
+    report = world.reconcile()
+    assert world.consul.nodes() == {}
+    assert report.stale == 1

@@ -165,6 +165,64 @@ def test_sidecar_drift_behind_a_current_record_is_repaired(consul_double: Consul
     assert sidecar in {s["ServiceID"] for s in consul_double.services(node=NODE)}
 
 
+HOST_TASK = "7a6b5c4d3e2f1a0b9c8d7e6f5a4b3c2d"
+
+
+def host_registration() -> Registration:
+    """The host-mode `api` task with an HTTP health path (its app listens on loopback)."""
+    td = task_definition("api")
+    api = td.container("api")
+    assert api is not None
+    api = replace(api, labels={**api.labels, "consul-mesh.health-check-path": "/ready"})
+    td = replace(td, containers=(api, *[c for c in td.containers if c.name != "api"]))
+    event = parse_event(json.dumps(task_event("task_running_host.json")))
+    return desired_registration(event, td, api, Host(HOST_IP, "mi-0", "ssm"))
+
+
+def run_host(c: consul.Consul, version: int) -> apply.Result:
+    key = f"ecs-registrar/mesh/tasks/{HOST_TASK}"
+    return apply.apply(
+        c, key=key, node=f"ecs-task-{HOST_TASK}", desired=host_registration(), version=version
+    )
+
+
+def test_host_task_sidecar_lands_with_the_expose_path_its_checks_use(
+    consul_double: ConsulDouble,
+) -> None:
+    # WHEN a host-mode task with a health path is registered
+    run_host(client(consul_double), 3)
+    # THEN its sidecar carries the expose path (written by catalog/register, which keeps it)
+    node = f"ecs-task-{HOST_TASK}"
+    (proxy,) = [s for s in consul_double.services(node) if s.get("ServiceKind") == "connect-proxy"]
+    assert proxy["ServiceProxy"]["Expose"] == {
+        "Paths": [
+            {"ListenerPort": 21500, "Path": "/ready", "LocalPathPort": 9090, "Protocol": "http"}
+        ]
+    }
+    # AND every HTTP check consul-esm runs targets that Envoy listener
+    urls = {c["Definition"].get("HTTP") for c in consul_double.checks(node)}
+    assert urls == {f"http://{HOST_IP}:21500/ready", None}  # None: the public listener's TCP
+
+
+def test_sidecar_that_lost_its_expose_path_is_repaired(consul_double: ConsulDouble) -> None:
+    # GIVEN a registered host-mode task whose sidecar was rewritten as before, minus Expose
+    # (as an older registrar wrote it)
+    c = client(consul_double)
+    run_host(c, 3)
+    node = f"ecs-task-{HOST_TASK}"
+    body = catalog.sidecar_body(host_registration())
+    del body["Service"]["Proxy"]["Expose"]
+    c.catalog_register(body)
+    proxy = next(s for s in consul_double.services(node) if s.get("ServiceKind"))
+    assert proxy["ServiceProxy"]["Expose"] == {}
+    # WHEN a duplicate of the event arrives
+    result = run_host(c, 3)
+    # THEN the sidecar is written again, with its expose path
+    assert result.kind == "repaired"
+    proxy = next(s for s in consul_double.services(node) if s.get("ServiceKind"))
+    assert proxy["ServiceProxy"]["Expose"]["Paths"][0]["ListenerPort"] == 21500
+
+
 class ScriptedTxn:
     """A Consul whose KV is always empty and whose txn always fails as given."""
 

@@ -11,13 +11,16 @@ from typing import Any
 import aws
 import boto3
 import handler
+import kv_layout
 import pytest
 import registrar
 from botocore.stub import Stubber
+from ecs_fake import INSTANCE_ID, FakeEcs
 from moto import mock_aws
 from registrar_fixtures import (
     CLUSTER_ARN,
     HOST_IP,
+    INSTANCE_ARN,
     REGION,
     FakeSsm,
     LambdaContext,
@@ -173,6 +176,102 @@ def test_fails_when_ssm_does_not_know_the_instance(world: MotoWorld) -> None:
         hosts.get(world.cluster_arn, world.container_instance_arn)
 
 
+@pytest.mark.parametrize(
+    ("address", "why"),
+    [
+        ("172.17.0.1", r"Docker's default bridge network 172.17.0.0/16 \(docker0\)"),
+        ("127.0.0.1", "a loopback address"),
+        ("169.254.12.7", "a link-local address"),
+        ("0.0.0.0", "an unspecified address"),
+        ("fe80::1", "a link-local address"),
+        ("::ffff:127.0.0.1", "a loopback address"),
+    ],
+)
+def test_an_unreachable_ssm_address_is_refused_and_names_the_way_out(
+    world: MotoWorld, address: str, why: str
+) -> None:
+    # GIVEN SSM reports an address no other host can reach (the SSM agent reports the first
+    # interface, which can be docker0: aws/amazon-ssm-agent#553)
+    world.ssm.ip_by_instance[world.instance_id] = address
+    hosts = aws.EcsSsmHosts(
+        lambda: boto3.client("ecs", region_name=REGION), lambda: world.ssm, ttl_s=300
+    )
+
+    # WHEN the host is looked up, THEN it is refused with the instance and the attribute named
+    with pytest.raises(aws.UnusableHostAddress, match=why) as refused:
+        hosts.get(world.cluster_arn, world.container_instance_arn)
+    message = str(refused.value)
+    assert world.container_instance_arn in message
+    assert "consul-mesh.address" in message
+    assert refused.value.container_instance_arn == world.container_instance_arn
+
+
+def test_the_address_attribute_may_be_in_172_17_but_never_loopback(world: MotoWorld) -> None:
+    ecs = boto3.client("ecs", region_name=REGION)
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: world.ssm, ttl_s=0)
+
+    def set_attribute(value: str) -> None:
+        ecs.put_attributes(
+            cluster=world.cluster_arn,
+            attributes=[
+                {
+                    "name": "consul-mesh.address",
+                    "value": value,
+                    "targetId": world.container_instance_arn,
+                }
+            ],
+        )
+
+    # An operator whose hosts really are numbered in 172.17.0.0/16 says so with the attribute
+    set_attribute("172.17.8.9")
+    assert hosts.get(world.cluster_arn, world.container_instance_arn).address == "172.17.8.9"
+    # ... but no attribute makes a loopback address reachable
+    set_attribute("127.0.0.1")
+    refused = r"attribute consul-mesh\.address .* loopback"
+    with pytest.raises(aws.UnusableHostAddress, match=refused):
+        hosts.get(world.cluster_arn, world.container_instance_arn)
+
+
+def test_an_empty_first_page_with_a_token_is_followed() -> None:
+    # GIVEN SSM answers the filtered call with empty pages and a NextToken before the row
+    ecs = FakeEcs()
+    ecs.ssm_empty_pages = 2
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: ecs, ttl_s=300)
+
+    # WHEN the host is looked up, THEN the pages are followed to its address
+    assert hosts.get(CLUSTER_ARN, INSTANCE_ARN).address == HOST_IP
+    assert ecs.calls["DescribeInstanceInformation"] == 3
+
+
+def test_a_managed_instance_ssm_will_not_describe_is_named() -> None:
+    ecs = FakeEcs()
+    ecs.ssm_refuses.add(INSTANCE_ID)
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: ecs, ttl_s=300)
+
+    refused = f"SSM will not describe managed instance {INSTANCE_ID}"
+    with pytest.raises(aws.AwsLookupError, match=refused) as err:
+        hosts.get(CLUSTER_ARN, INSTANCE_ARN)
+    assert "InvalidInstanceId" in str(err.value)
+    assert "consul-mesh.address" in str(err.value)
+
+
+def test_invalid_instance_id_through_boto3_is_named() -> None:
+    # GIVEN a real boto3 SSM client answering InvalidInstanceId (HTTP 400, SSM API reference)
+    ssm = boto3.client("ssm", region_name=REGION)
+    hosts = aws.EcsSsmHosts(lambda: _StaticEcs(INSTANCE_ID), lambda: ssm, ttl_s=300)
+    with Stubber(ssm) as stub:
+        stub.add_client_error(
+            "describe_instance_information",
+            service_error_code="InvalidInstanceId",
+            http_status_code=400,
+        )
+
+        # THEN the lookup fails naming the managed instance, not "SSM reports no IP"
+        with pytest.raises(aws.AwsLookupError, match="SSM will not describe") as err:
+            hosts.get(CLUSTER_ARN, "ci")
+    assert err.value.code == "InvalidInstanceId"
+
+
 def test_ssm_request_shape_and_throttling_through_boto3() -> None:
     # GIVEN a real boto3 SSM client whose answers are stubbed
     ssm = boto3.client("ssm", region_name=REGION)
@@ -292,7 +391,8 @@ def test_runtime_built_from_the_environment_registers_and_deregisters(
     assert failed_ids(running) == failed_ids(stopping) == []
     assert {s["ServiceAddress"] for s in services} == {"172.16.0.9"}
     assert consul_double_acl.nodes() == {}
-    assert "ecs-registrar/mesh/tasks/0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b" in consul_double_acl.kv()
+    key = kv_layout.task_key(world.cluster_arn, "0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b")
+    assert key in consul_double_acl.kv()
 
 
 def test_throttled_ecs_is_retried_then_reported(consul_double: ConsulDouble) -> None:

@@ -22,6 +22,7 @@ from model import (
     Host,
     InvalidTaskDefinition,
     MalformedEvent,
+    PortMapping,
     Registration,
     StateRecord,
     TaskDefinition,
@@ -175,7 +176,6 @@ def test_host_task_with_two_ports_gets_port_suffixes_and_loopback_upstreams() ->
         (f"api-{task_id}-9090", 9090),
         (f"api-{task_id}-9091", 9091),
     ]
-    assert all(s.check.tcp == f"{HOST_IP}:{s.port}" for s in reg.services)
     sc = reg.sidecar
     assert sc.id == f"api-{task_id}-9090-sidecar-proxy"
     assert (sc.port, sc.bind_port) == (21000, 21000)
@@ -183,6 +183,156 @@ def test_host_task_with_two_ports_gets_port_suffixes_and_loopback_upstreams() ->
     assert [(u.destination_name, u.local_bind_address) for u in sc.upstreams] == [
         ("web", "127.0.0.1")
     ]
+
+
+def test_host_task_without_health_path_is_checked_at_envoys_public_listener() -> None:
+    # GIVEN a host-mode task (its app listens on 127.0.0.1 only) with no health path
+    reg = _registration("task_running_host.json", "api")
+    # THEN consul-esm, which checks from the Consul servers, never dials the app's own port:
+    # every check is a TCP connect to Envoy's public listener on the host
+    checks = [s.check for s in reg.services] + list(reg.sidecar.checks)
+    assert {(c.tcp, c.http) for c in checks} == {(f"{HOST_IP}:21000", None)}
+    assert len(reg.sidecar.checks) == 1
+    assert reg.sidecar.expose == ()
+
+
+def _host_task(labels: dict[str, str], *, app_mappings: bool = True) -> Registration:
+    td = task_definition("api")
+    api = td.container("api")
+    assert api is not None
+    api = replace(
+        api,
+        labels={**api.labels, **labels},
+        port_mappings=api.port_mappings if app_mappings else (),
+    )
+    td = replace(td, containers=(api, *[c for c in td.containers if c.name != "api"]))
+    app = mesh_target(td)
+    assert isinstance(app, ContainerDefinition)
+    return desired_registration(_event("task_running_host.json"), td, app, HOST)
+
+
+def test_host_task_health_path_is_an_expose_path_served_by_envoy() -> None:
+    # GIVEN a host-mode task with an HTTP health path and no app port published on the host
+    reg = _host_task({"consul-mesh.health-check-path": "/ready"}, app_mappings=False)
+    # THEN Envoy serves exactly that path on its expose listener (proxy port + 500), forwarded
+    # to the app's primary port on loopback
+    sc = reg.sidecar
+    assert [(p.listener_port, p.path, p.local_path_port, p.protocol) for p in sc.expose] == [
+        (21500, "/ready", 9090, "http")
+    ]
+    # AND every HTTP check targets that listener, never the app's port
+    url = f"http://{HOST_IP}:21500/ready"
+    assert [s.check.http for s in reg.services] == [url, url]
+    assert [(c.tcp, c.http) for c in sc.checks] == [(f"{HOST_IP}:21000", None), (None, url)]
+
+
+def test_expose_port_label_moves_envoys_health_listener() -> None:
+    reg = _host_task(
+        {"consul-mesh.health-check-path": "/ready", "consul-mesh.expose-port": "20999"}
+    )
+    assert [p.listener_port for p in reg.sidecar.expose] == [20999]
+    assert reg.services[0].check.http == f"http://{HOST_IP}:20999/ready"
+
+
+@pytest.mark.parametrize(
+    ("port", "clash"),
+    [("21000", "consul-mesh.proxy-port"), ("9091", "registered app port 9091")],
+)
+def test_fails_when_the_expose_port_collides(port: str, clash: str) -> None:
+    labels = {"consul-mesh.health-check-path": "/ready", "consul-mesh.expose-port": port}
+    with pytest.raises(InvalidTaskDefinition, match=rf"expose-port.*{port} collides with {clash}"):
+        _host_task(labels)
+
+
+def _with_containers(
+    labels: dict[str, str], envoy_ports: tuple[int, ...], *extra: ContainerDefinition
+) -> Registration:
+    """The host-mode `api` task with Envoy mapping `envoy_ports` and `extra` containers."""
+    td = task_definition("api")
+    api, envoy = td.container("api"), td.container("envoy")
+    assert api is not None
+    assert envoy is not None
+    envoy = replace(envoy, port_mappings=tuple(PortMapping(p, p, "tcp") for p in envoy_ports))
+    api = replace(api, labels={**api.labels, **labels})
+    td = replace(td, containers=(api, envoy, *extra))
+    app = mesh_target(td)
+    assert isinstance(app, ContainerDefinition)
+    return desired_registration(_event("task_running_host.json"), td, app, HOST)
+
+
+def _sidecar(name: str, *ports: int, protocol: str = "tcp") -> ContainerDefinition:
+    return ContainerDefinition(name, {}, tuple(PortMapping(p, p, protocol) for p in ports))
+
+
+HEALTH = {"consul-mesh.health-check-path": "/ready"}
+
+
+def test_meshservice_shaped_task_reserves_its_envoy_listeners_without_collision() -> None:
+    # GIVEN Envoy mapping its public, health (named by the label) and metrics ports, as
+    # MeshService writes it, and another container on ports of its own
+    reg = _with_containers(
+        {**HEALTH, "consul-mesh.expose-port": "21500"},
+        (21000, 21500, 9102),
+        _sidecar("log-agent", 24224),
+        _sidecar("dns", 21000, protocol="udp"),  # UDP never holds a TCP listener's port
+    )
+    assert [p.listener_port for p in reg.sidecar.expose] == [21500]
+
+
+@pytest.mark.parametrize(
+    ("labels", "envoy_ports", "extra", "message"),
+    [
+        # another container of the task maps Envoy's public listener port
+        (
+            {},
+            (21000,),
+            (_sidecar("log-agent", 21000),),
+            r"label consul-mesh\.proxy-port: Envoy's public listener port 21000 collides with "
+            r"a port mapping of container log-agent",
+        ),
+        # the app maps, without registering it, the port named as the proxy port
+        (
+            {"consul-mesh.proxy-port": "9999"},
+            (9999,),
+            (),
+            r"consul-mesh\.proxy-port: .* 9999 collides with a port mapping of container api",
+        ),
+        # Envoy's metrics listener sits on the default health port (proxy port + 500)
+        (
+            HEALTH,
+            (21000, 21500),
+            (),
+            r"label consul-mesh\.expose-port: Envoy's health listener port 21500 collides with "
+            r"a port mapping of proxy container envoy \(another Envoy listener, such as its "
+            r"metrics; if it reserves the health listener, set consul-mesh\.expose-port=21500\)",
+        ),
+        # an exporter container maps the port the label names for the health listener
+        (
+            {**HEALTH, "consul-mesh.expose-port": "9102"},
+            (21000, 9102),
+            (_sidecar("exporter", 9102),),
+            r"consul-mesh\.expose-port: .* 9102 collides with a port mapping of container "
+            r"exporter",
+        ),
+    ],
+)
+def test_fails_when_envoys_listener_port_is_held_in_the_task(
+    labels: dict[str, str],
+    envoy_ports: tuple[int, ...],
+    extra: tuple[ContainerDefinition, ...],
+    message: str,
+) -> None:
+    # GIVEN a hand-written host-mode task whose containers share the host's ports: Envoy would
+    # fail to bind that listener and NACK it, its checks staying critical with no reason given
+    # THEN the registrar refuses the task definition, naming the label to change
+    with pytest.raises(InvalidTaskDefinition, match=message):
+        _with_containers(labels, envoy_ports, *extra)
+
+
+def test_bridge_task_has_no_expose_path_its_app_port_is_published() -> None:
+    reg = _registration()
+    assert reg.sidecar.expose == ()
+    assert reg.services[0].check.http == f"http://{HOST_IP}:32768/healthz"
 
 
 def test_no_check_is_named_serf_health() -> None:

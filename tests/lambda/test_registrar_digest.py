@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from model import (
     ContainerDefinition,
+    ExposePath,
     HealthCheck,
     Host,
     ProxyUpstream,
@@ -100,15 +101,26 @@ FIXTURE_DIGESTS = {
     ("task_running_bridge.json", "web"): (
         "1a855b0fe4bd4de19e350f0624df88398b171602616838c97740f6e607c8bff4"
     ),
+    # Changed on purpose with issue 12: a host-mode app listens on 127.0.0.1 only, so its
+    # checks now dial Envoy's public listener instead of the app's port (and the mirrored
+    # check on the proxy went away). Each running host-mode task is rewritten once after the
+    # deploy; bridge-mode tasks keep their digest.
     ("task_running_host.json", "api"): (
-        "292f86de3664858a15261da3ded525661cc3ebd306b3a9c1c15c66e7cf30e9eb"
+        "22ce8466d2da00183535490bd21245e17a801a766e49bbaa6dc07ed80ae285a9"
     ),
 }
 
 
 def _asdict_digest(registration: Registration) -> str:
-    """The first implementation's digest, kept here as the reference."""
-    canonical = json.dumps(dataclasses.asdict(registration), sort_keys=True, separators=(",", ":"))
+    """The first implementation's digest, kept here as the reference.
+
+    Its one evolution rule: a field added later (SidecarProxy.expose) is left out while empty,
+    so the registrations of tasks that do not use it keep the digest their records hold.
+    """
+    doc = dataclasses.asdict(registration)
+    if not doc["sidecar"]["expose"]:
+        del doc["sidecar"]["expose"]
+    canonical = json.dumps(doc, sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
@@ -125,6 +137,17 @@ def test_digest_of_a_fixed_registration_never_changes() -> None:
     # WHEN its digest is taken
     # THEN it is the value stored in KV records since the first release
     assert PINNED.digest() == PINNED_DIGEST
+
+
+def test_a_field_added_later_changes_the_digest_only_when_used() -> None:
+    with_expose = dataclasses.replace(
+        PINNED,
+        sidecar=dataclasses.replace(
+            PINNED.sidecar, expose=(ExposePath(20500, "/health", 32768, "http"),)
+        ),
+    )
+    assert with_expose.digest() != PINNED_DIGEST
+    assert with_expose.digest() == _asdict_digest(with_expose)
 
 
 def test_digests_of_the_fixture_tasks_never_change() -> None:
@@ -157,6 +180,7 @@ _sidecars = st.builds(
     _ports,
     st.lists(st.builds(ProxyUpstream, _text, _ports, _text), max_size=3).map(tuple),
     st.lists(_checks, max_size=3).map(tuple),
+    st.lists(st.builds(ExposePath, _ports, _text, _ports, _text), max_size=2).map(tuple),
 )
 _registrations = st.builds(
     Registration,

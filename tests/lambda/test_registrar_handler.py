@@ -11,9 +11,12 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
+import aws
 import handler
+import kv_layout
 import pytest
 import registrar
+from ecs_fake import FakeEcs, throttled
 from registrar_fixtures import (
     CLUSTER_ARN,
     HOST_IP,
@@ -21,6 +24,7 @@ from registrar_fixtures import (
     OTHER_CLUSTER_ARN,
     PLAIN_TD,
     VPC_TD,
+    WEB_TD,
     FakeHosts,
     LambdaContext,
     failed_ids,
@@ -34,7 +38,7 @@ from tests.consul_double import ConsulDouble
 
 TASK = "0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b"
 NODE = f"ecs-task-{TASK}"
-KEY = f"ecs-registrar/mesh/tasks/{TASK}"
+KEY = kv_layout.task_key(CLUSTER_ARN, TASK)
 TASK_ARN = f"arn:aws:ecs:us-east-1:123456789012:task/mesh/{TASK}"
 META = {
     "task-arn": TASK_ARN,
@@ -145,6 +149,67 @@ def test_running_host_task_registers_each_port_and_one_sidecar(consul: ConsulDou
     assert (proxy["LocalServiceAddress"], proxy["LocalServicePort"]) == ("127.0.0.1", 9090)
     assert proxy["Upstreams"][0]["LocalBindAddress"] == "127.0.0.1"
     assert services[f"api-{task}-9090-sidecar-proxy"]["ServicePort"] == 21000
+
+
+def test_port_range_bindings_do_not_make_the_event_malformed(consul: ConsulDouble) -> None:
+    # GIVEN a RUNNING task whose app also publishes a port range and whose log router publishes
+    # only a range (NetworkBinding: containerPortRange/hostPortRange, no single ports)
+    # WHEN the registrar handles it
+    assert run(load_event("task_running_port_range.json")) == []
+
+    # THEN it is registered from the single-port bindings, as without the ranges
+    services = by_id(consul)
+    assert services[f"web-{TASK}"]["ServicePort"] == 32768
+    assert services[f"web-{TASK}-sidecar-proxy"]["ServicePort"] == 32769
+
+
+@pytest.mark.parametrize(
+    ("address", "app_port", "envoy_port"),
+    [("10.20.30.40", 32768, 32769), ("fd00:10:20::40", 32770, 32771)],
+    ids=["ipv4-host", "ipv6-host"],
+)
+def test_the_port_bound_on_the_hosts_address_family_is_advertised(
+    consul: ConsulDouble, hosts: FakeHosts, address: str, app_port: int, envoy_port: int
+) -> None:
+    # GIVEN Docker published the task's ports on :: and 0.0.0.0 with different host ports
+    # (the IPv6 binding first), on a host reached over IPv4 or IPv6
+    hosts.addresses[INSTANCE_ARN] = address
+
+    assert run(load_event("task_running_dual_stack.json")) == []
+
+    # THEN Consul advertises the ports bound on the family of the host's address
+    services = by_id(consul)
+    assert services[f"web-{TASK}"]["ServicePort"] == app_port
+    sidecar = services[f"web-{TASK}-sidecar-proxy"]
+    assert sidecar["ServicePort"] == envoy_port
+    assert sidecar["ServiceProxy"]["LocalServicePort"] == app_port
+
+
+def test_a_host_whose_ssm_address_is_docker0_is_never_registered(
+    consul: ConsulDouble, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN SSM reports the host's docker0 address (aws/amazon-ssm-agent#553)
+    ecs = FakeEcs()
+    ecs.instances[INSTANCE_ARN].address = "172.17.0.1"
+    hosts = aws.EcsSsmHosts(lambda: ecs, lambda: ecs, ttl_s=300)
+    registrar.set_runtime(fake_runtime(consul.url, hosts=hosts))
+    capsys.readouterr()
+
+    # WHEN a RUNNING event of a task on it is handled
+    failed = run(ecs.put_task(TASK))
+
+    # THEN nothing is registered, and the message is not retried (redelivery cannot fix it)
+    assert failed == []
+    assert consul.nodes() == {}
+    assert consul.writes() == 0
+    # AND one error line names the container instance and the attribute to set; a metric counts it
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    errors = [line for line in lines if line.get("level") == "ERROR"]
+    assert len(errors) == 1
+    assert INSTANCE_ARN in errors[0]["reason"]
+    assert "consul-mesh.address" in errors[0]["reason"]
+    (emf,) = [line for line in lines if "_aws" in line]
+    assert emf["HostAddressRefused"] == 1
 
 
 @pytest.mark.parametrize(
@@ -260,6 +325,72 @@ def test_stop_of_an_unknown_opted_in_task_writes_only_its_tombstone(consul: Cons
     assert (record(consul) or {})["status"] == "stopped"
 
 
+def _ecs_runtime(consul: ConsulDouble, ecs: FakeEcs) -> registrar.Runtime:
+    """A fresh Lambda container: its task definition cache is empty."""
+    definitions = aws.EcsTaskDefinitions(lambda: ecs)
+    rt = fake_runtime(consul.url, task_definitions=definitions)
+    registrar.set_runtime(rt)
+    return rt
+
+
+@pytest.mark.parametrize("why", ["deregistered", "throttled"])
+def test_a_stop_lands_when_its_task_definition_cannot_be_described(
+    consul: ConsulDouble, why: str
+) -> None:
+    # GIVEN a task registered by its RUNNING event
+    ecs = FakeEcs()
+    _ecs_runtime(consul, ecs)
+    assert run(ecs.put_task(TASK)) == []
+    # AND, by the time its stop is handled (a backlog, a DLQ redrive), the task has stopped
+    # and its revision was deregistered (ECS no longer describes it), or ECS throttles
+    stop = ecs.put_task(TASK, version=5, last_status="STOPPED", desired_status="STOPPED")
+    if why == "deregistered":
+        ecs.deregistered.add(WEB_TD)
+    else:
+        ecs.faults["DescribeTaskDefinition"] = [throttled("DescribeTaskDefinition")] * 4
+    _ecs_runtime(consul, ecs)
+
+    # WHEN the stop is handled by a container that never saw the task definition
+    failed = run(stop)
+
+    # THEN it is applied from the state record: the task is gone and tombstoned
+    assert failed == []
+    assert consul.nodes() == {}
+    assert (record(consul) or {})["status"] == "stopped"
+
+
+def test_a_stop_without_a_record_or_a_task_definition_leaves_a_tombstone(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a stop (delivered before its RUNNING event) of a task whose revision ECS no longer
+    # describes, so nobody can tell whether it was a mesh task
+    ecs = FakeEcs()
+    ecs.deregistered.add(WEB_TD)
+    _ecs_runtime(consul, ecs)
+    stop = ecs.put_task(TASK, version=5, last_status="STOPPED", desired_status="STOPPED")
+
+    # WHEN it is handled, THEN a tombstone is written, so the late RUNNING event cannot register
+    # the stopped task (a tombstone of a task that was not a mesh task is collected later)
+    assert run(stop) == []
+    assert (record(consul) or {})["status"] == "stopped"
+    registrar.set_runtime(fake_runtime(consul.url))
+    assert run(task_event(task_id=TASK, version=3)) == []
+    assert consul.nodes() == {}
+
+
+def test_a_running_event_of_an_inactive_but_referenced_definition_registers(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a revision deregistered while a task of it still runs: ECS still describes it
+    ecs = FakeEcs()
+    ecs.deregistered.add(WEB_TD)
+    _ecs_runtime(consul, ecs)
+
+    assert run(ecs.put_task(TASK)) == []
+
+    assert NODE in consul.nodes()
+
+
 # --------------------------------------------------------------------------------------------
 # Failures: retried, then reported alone
 
@@ -281,7 +412,7 @@ def _three_tasks() -> list[dict[str, Any]]:
 def test_consul_failure_fails_only_its_message(consul: ConsulDouble, fault: dict[str, Any]) -> None:
     # GIVEN Consul keeps failing every request about the first task (past the retries)
     first = f"{1:032x}"
-    consul.inject(path_prefix=f"/v1/kv/ecs-registrar/mesh/tasks/{first}", times=-1, **fault)
+    consul.inject(path_prefix=f"/v1/kv/{kv_layout.task_key(CLUSTER_ARN, first)}", times=-1, **fault)
 
     # WHEN a batch of three tasks is handled
     failed = run(*_three_tasks())
@@ -290,7 +421,7 @@ def test_consul_failure_fails_only_its_message(consul: ConsulDouble, fault: dict
     assert failed == ["msg-0"]
     assert sorted(consul.nodes()) == [f"ecs-task-{2:032x}", f"ecs-task-{3:032x}"]
     # AND it was retried before giving up (4 attempts per call)
-    assert consul.count(path_prefix=f"/v1/kv/ecs-registrar/mesh/tasks/{first}") == 4
+    assert consul.count(path_prefix=f"/v1/kv/{kv_layout.task_key(CLUSTER_ARN, first)}") == 4
 
     # WHEN Consul recovers and SQS redelivers the failed message
     consul.clear_faults()
@@ -338,6 +469,29 @@ def test_failed_sidecar_write_is_repaired_by_the_redelivery(consul: ConsulDouble
     assert f"web-{TASK}-sidecar-proxy" in by_id(consul)
 
 
+def test_a_sidecar_write_that_lands_late_cannot_bring_back_a_stopped_task(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a RUNNING event whose first sidecar write gets no answer, which Consul applies
+    # later all the same; the resend lands at once, so the registration looks complete
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    failed = run(task_event())
+
+    # WHEN the task stops, and only then does the unanswered write land, recreating the node
+    assert run(task_event("task_stopped.json")) == []
+    assert consul.land_late() == 1
+    assert NODE in consul.nodes()
+
+    # AND SQS redelivers what was not acknowledged, after the visibility timeout
+    if failed:
+        assert run(task_event(), prefix="again") == []
+
+    # THEN no zombie: the RUNNING message was left to SQS, and its redelivery removed the node
+    assert NODE not in consul.nodes()
+    assert failed == ["msg-0"]
+    assert (record(consul) or {})["status"] == "stopped"
+
+
 def test_no_time_left_reports_messages_without_touching_consul(
     consul_double: ConsulDouble,
 ) -> None:
@@ -349,6 +503,27 @@ def test_no_time_left_reports_messages_without_touching_consul(
 
     assert failed == ["msg-0", "msg-1", "msg-2"]
     assert consul_double.requests == []
+
+
+def test_an_aws_request_that_could_outlast_the_invocation_is_not_started(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN 5 s left before the reserve: enough for Consul (its timeout shrinks to fit), not
+    # for an AWS request, which botocore lets run for up to connect 3 s + read 5 s
+    ecs = FakeEcs()
+    rt = fake_runtime(consul_double.url, reserve_ms=2_000)
+    rt.task_definitions = aws.EcsTaskDefinitions(lambda: ecs)
+    registrar.set_runtime(rt)
+    try:
+        # WHEN a RUNNING event needs its task definition
+        failed = run(ecs.put_task(TASK), remaining_ms=7_000)
+    finally:
+        registrar.set_runtime(None)
+
+    # THEN the request is not started and the message is left to SQS
+    assert failed == ["msg-0"]
+    assert ecs.calls["DescribeTaskDefinition"] == 0
+    assert aws.ATTEMPT_S == 8
 
 
 # --------------------------------------------------------------------------------------------

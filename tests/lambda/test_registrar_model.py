@@ -112,12 +112,6 @@ def _mutated(mutate: str) -> str:
         (_mutated("bad-task-arn"), r"detail.taskArn: not an ECS task ARN"),
         (_mutated("bad-cluster-arn"), r"detail.clusterArn must be a non-empty string, got 42"),
         (_mutated("containers-object"), r"detail.containers must be a list, got dict"),
-        (
-            _mutated("binding-port"),
-            r"detail.containers\[0\].networkBindings\[0\].hostPort must be an integer in "
-            r"1..65535, got 70000",
-        ),
-        (_mutated("binding-protocol"), r"protocol must be 'tcp' or 'udp', got 'sctp'"),
         (_mutated("detail-list"), r"event.detail must be a JSON object, got list"),
         (_mutated("bad-time"), r"event.time must be an ISO 8601 timestamp, got 'yesterday'"),
         (_mutated("epoch-time"), r"event.time must be an ISO 8601 timestamp, got 0"),
@@ -127,6 +121,73 @@ def _mutated(mutate: str) -> str:
 def test_fails_when_the_body_is_malformed(body: str, message: str) -> None:
     with pytest.raises(MalformedEvent, match=message):
         parse_event(body)
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            "binding-port",
+            r"detail.containers\[0\].networkBindings\[0\].hostPort must be an integer in "
+            r"1..65535, got 70000",
+        ),
+        ("binding-protocol", r"protocol must be 'tcp' or 'udp', got 'sctp'"),
+    ],
+)
+def test_fails_when_a_binding_the_registrar_reads_is_malformed(mutate: str, message: str) -> None:
+    # GIVEN an event whose app container (the one the registrar reads) has a malformed binding
+    event = parse_event(_mutated(mutate))
+    web = event.container("web")
+    assert web is not None
+
+    # WHEN the registrar reads the container's bindings, THEN the error names the field
+    with pytest.raises(MalformedEvent, match=message):
+        web.host_port(8080)
+
+
+def test_bindings_of_containers_the_registrar_does_not_read_are_never_validated() -> None:
+    # GIVEN a container the registrar never reads, with bindings it could not use
+    doc = task_event()
+    doc["detail"]["containers"][2]["networkBindings"] = [{"hostPort": "x", "protocol": "sctp"}]
+    doc["detail"]["containers"].append("not a container")
+
+    # WHEN the event is parsed and its app and proxy containers read, THEN nothing fails
+    event = parse_event(json.dumps(doc))
+    assert [c.name for c in event.containers] == ["web", "envoy", "envoy-init"]
+    envoy = event.container("envoy")
+    assert envoy is not None
+    assert envoy.host_port(20000) == 32769
+
+
+def test_port_range_bindings_are_skipped() -> None:
+    # GIVEN a task whose app container also publishes a port range and whose log router
+    # publishes only a range (NetworkBinding: containerPort/hostPort optional, ranges instead)
+    event = parse_event(json.dumps(load_event("task_running_port_range.json")))
+
+    # THEN the single-port bindings are read and the ranges skipped
+    web, router = event.container("web"), event.container("log-router")
+    assert web is not None
+    assert router is not None
+    assert web.host_port(8080) == 32768
+    assert [b.container_port for b in web.network_bindings] == [8080, 8080]
+    assert router.network_bindings == ()
+
+
+def test_the_binding_of_the_hosts_address_family_wins() -> None:
+    # GIVEN Docker published the app's port on :: and 0.0.0.0 with different host ports
+    event = parse_event(json.dumps(load_event("task_running_dual_stack.json")))
+    web = event.container("web")
+    assert web is not None
+
+    # THEN an IPv4 host advertises the IPv4 binding, an IPv6 host the IPv6 one
+    assert web.host_port(8080) == 32768
+    assert web.host_port(8080, ipv6=True) == 32770
+
+
+def test_host_mode_events_carry_no_bindings() -> None:
+    # Current agents send none for host (and awsvpc) tasks: amazon-ecs-agent PR #3479
+    event = parse_event(json.dumps(load_event("task_running_host.json")))
+    assert all(c.network_bindings == () for c in event.containers)
 
 
 @pytest.mark.parametrize(

@@ -7,7 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from tools.review.lint import run_cfn_lint
+from tests.review.builder import write_assembly
+from tools.review.collect import build_review
+from tools.review.lint import GROUPED_RULES, run_cfn_lint
+from tools.review.render import render
 
 
 def test_counts_errors_and_warnings_with_their_location(tmp_path: Path) -> None:
@@ -41,3 +44,33 @@ def test_fails_when_cfn_lint_cannot_run(tmp_path: Path) -> None:
     template.write_text("{}")
     with pytest.raises(RuntimeError, match=r"cfn-lint failed \(exit 1\): Traceback: boom"):
         run_cfn_lint([template], executable=broken)
+
+
+def test_cdk_generated_redundant_depends_on_is_one_line_with_a_count(tmp_path: Path) -> None:
+    # GIVEN three resources that DependsOn what they already reference (as CDK writes them)
+    resources: dict[str, object] = {"Topic": {"Type": "AWS::SNS::Topic"}}
+    for index in range(3):
+        resources[f"Sub{index}"] = {
+            "Type": "AWS::SNS::Subscription",
+            "DependsOn": ["Topic"],
+            "Properties": {
+                "TopicArn": {"Ref": "Topic"},
+                "Protocol": "email",
+                "Endpoint": "ops@example.com",
+            },
+        }
+    file = tmp_path / "App.template.json"
+    file.write_text(json.dumps({"Resources": resources}, indent=1))
+    # WHEN cfn-lint runs and the report is written
+    result = run_cfn_lint([file])
+    outdir = write_assembly(tmp_path / "cdk.out", {"App": {"Resources": resources}})
+    review = build_review(outdir, linter=lambda files: result)
+    lines = render(review).splitlines()
+    # THEN the three W3005 matches are one line with their count, not three table rows
+    [group] = result.groups()
+    assert (group.rule, group.count) == ("W3005", 3)
+    assert result.ungrouped() == [m for m in result.matches if m.rule != "W3005"]
+    assert [line for line in lines if "W3005" in line and line.startswith("- ")] == [
+        "- Warning W3005 (3 matches): " + GROUPED_RULES["W3005"]
+    ]
+    assert not any(line.startswith("| Warning | W3005") for line in lines)

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.review.builder import plugin_report, suppressed, violation, write_assembly
+from tools import nag_gate
 from tools.review.load import load_assembly
 from tools.review.nag import acknowledged_findings, nag_review, unacknowledged_findings
 
@@ -96,3 +97,68 @@ def test_acknowledgements_the_report_does_not_show_are_classified(tmp_path: Path
     assert [a.qualified_id for a in review.unmatched] == [
         "AwsSolutions::AwsSolutions-IAM5[Action::kms:*]"
     ]
+
+
+def _gate(tmp_path: Path, acks: dict[str, dict[str, str]]) -> Path:
+    reports = [
+        plugin_report(
+            "AwsSolutions",
+            [],
+            [suppressed("AwsSolutions", "AwsSolutions-S1", "App/B/Resource", "used", "App/B")],
+        )
+    ]
+    return write_assembly(
+        tmp_path, {"App": {"Resources": {}}}, plugin_reports=reports, acknowledgements=acks
+    )
+
+
+def test_gate_fails_on_a_stale_acknowledgement_and_names_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN one acknowledgement a finding used, and one that no finding uses any more
+    outdir = _gate(
+        tmp_path,
+        {
+            "App/B": {"AwsSolutions::AwsSolutions-S1": "used"},
+            "App/Fleet/Role": {"AwsSolutions::AwsSolutions-IAM5[Action::kms:ReEncrypt*]": "old"},
+        },
+    )
+    # WHEN the gate runs
+    assert nag_gate.main(["nag_gate", str(outdir)]) == 1
+    # THEN it names the stale acknowledgement and the construct it was made on
+    err = capsys.readouterr().err
+    assert err.splitlines() == [
+        "stale acknowledgement AwsSolutions::AwsSolutions-IAM5[Action::kms:ReEncrypt*] at "
+        "App/Fleet/Role: no finding uses it (the code changed under it: remove it, or fix its id)"
+    ]
+
+
+def test_gate_fails_on_an_acknowledgement_that_can_never_be_checked(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    outdir = _gate(
+        tmp_path,
+        {
+            "App/B": {"AwsSolutions::AwsSolutions-S1": "used"},
+            "App/Q": {"Annotation::AwsSolutions-SQS3": "plain id"},
+        },
+    )
+    assert nag_gate.main(["nag_gate", str(outdir)]) == 1
+    assert "unverifiable acknowledgement AwsSolutions-SQS3 at App/Q" in capsys.readouterr().err
+
+
+def test_gate_ignores_unused_acknowledgements_of_checks_not_registered(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN aws-cdk-lib's own acknowledgement for a validator this app does not run
+    outdir = _gate(
+        tmp_path,
+        {
+            "App/B": {"AwsSolutions::AwsSolutions-S1": "used"},
+            "App": {"CloudFormation-Validate::W3010": "Literal AZs are expected"},
+        },
+    )
+    assert nag_gate.main(["nag_gate", str(outdir)]) == 0
+    assert "0 stale acknowledgements" in capsys.readouterr().out
+    review = nag_review(load_assembly(outdir))
+    assert [a.qualified_id for a in review.not_checked] == ["CloudFormation-Validate::W3010"]

@@ -96,9 +96,10 @@ def test_report_flags_open_ingress_and_unacknowledged_wildcard(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     outdir = _assembly(tmp_path)
+    out = tmp_path / "review"
     # WHEN `python -m tools.review cdk.out` runs (cfn-lint skipped to keep this test fast)
-    assert main([str(outdir), "--skip-cfn-lint"]) == 0
-    report = (outdir / "REVIEW.md").read_text()
+    assert main([str(outdir), "--skip-cfn-lint", "--out-dir", str(out)]) == 0
+    report = (out / "REVIEW.md").read_text()
     printed = capsys.readouterr().out
     # THEN the summary counts the critical rule and the unacknowledged wildcard ...
     assert "| Critical: ingress from 0.0.0.0/0 or ::/0 | 1 | **CRITICAL** |" in report
@@ -111,18 +112,37 @@ def test_report_flags_open_ingress_and_unacknowledged_wildcard(
     assert "Backup copies every object; limited by the bucket policy." in report
     # ... and the console shows the same summary
     assert "CRITICAL" in printed
-    assert f"Wrote {outdir / 'REVIEW.md'}" in printed
+    assert f"Wrote {out / 'REVIEW.md'} and {out / 'review.json'}" in printed
 
 
 def test_strict_mode_fails_on_flagged_findings(tmp_path: Path) -> None:
     outdir = _assembly(tmp_path)
-    assert main([str(outdir), "--skip-cfn-lint", "--strict"]) == 1
+    out = str(tmp_path / "review")
+    assert main([str(outdir), "--skip-cfn-lint", "--strict", "--out-dir", out]) == 1
 
 
 def test_clean_assembly_passes_strict_mode(tmp_path: Path) -> None:
     template = {"Resources": {"Topic": resource("AWS::SNS::Topic", KmsMasterKeyId="alias/aws/sns")}}
-    outdir = write_assembly(tmp_path, {"App": template}, plugin_reports=[])
-    assert main([str(outdir), "--skip-cfn-lint", "--strict"]) == 0
+    outdir = write_assembly(tmp_path / "cdk.out", {"App": template}, plugin_reports=[])
+    out = str(tmp_path / "review")
+    assert main([str(outdir), "--skip-cfn-lint", "--strict", "--out-dir", out]) == 0
+
+
+def test_report_is_written_outside_the_assembly_by_default(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a project folder with an assembly (which every synth wipes)
+    outdir = _assembly(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    # WHEN the review runs without an output option
+    assert main([str(outdir), "--skip-cfn-lint"]) == 0
+    # THEN the Markdown and its JSON twin are in review/, and nothing is added to the assembly
+    assert sorted(p.name for p in (tmp_path / "review").iterdir()) == ["REVIEW.md", "review.json"]
+    assert not (outdir / "REVIEW.md").exists()
+    facts = json.loads((tmp_path / "review" / "review.json").read_text())
+    assert [
+        rule["source"] for rule in facts["network"]["ingress"] if rule["reach"] == "anywhere"
+    ] == ["0.0.0.0/0"]
 
 
 def test_missing_assembly_is_a_clear_error(
@@ -147,6 +167,7 @@ def test_report_runs_cfn_lint_by_default(tmp_path: Path) -> None:
     outdir = _assembly(tmp_path)
     assert main([str(outdir), "--output", str(tmp_path / "out.md")]) == 0
     report = (tmp_path / "out.md").read_text()
+    assert (tmp_path / "review.json").is_file()
     # THEN cfn-lint's error is counted in the summary and listed with its rule and location
     assert "| cfn-lint | 1 errors, 0 warnings | **FLAG** |" in report
     assert "| Error | E3003 | App.template.json | Resources/Role/Properties" in report
@@ -155,7 +176,7 @@ def test_report_runs_cfn_lint_by_default(tmp_path: Path) -> None:
 def test_exposure_table_matches_the_template(tmp_path: Path) -> None:
     # GIVEN the report of an assembly with inline, standalone, self and VPC-CIDR rules
     outdir = _assembly(tmp_path)
-    main([str(outdir), "--skip-cfn-lint"])
+    main([str(outdir), "--skip-cfn-lint", "--output", str(outdir / "REVIEW.md")])
     templates = {"App": json.loads((outdir / "App.template.json").read_text())}
     # WHEN its ingress table is parsed back, THEN it is the template's rules, no more, no less
     expected = [
@@ -170,7 +191,7 @@ def test_exposure_table_matches_the_template(tmp_path: Path) -> None:
 
 def test_cross_check_catches_a_report_that_drops_a_rule(tmp_path: Path) -> None:
     outdir = _assembly(tmp_path)
-    main([str(outdir), "--skip-cfn-lint"])
+    main([str(outdir), "--skip-cfn-lint", "--output", str(outdir / "REVIEW.md")])
     report = (outdir / "REVIEW.md").read_text()
     tampered = "\n".join(line for line in report.splitlines() if "| 8301 |" not in line)
     templates = {"App": json.loads((outdir / "App.template.json").read_text())}
@@ -201,7 +222,7 @@ def test_cross_check_follows_imports_between_stacks(tmp_path: Path) -> None:
         }
     }
     outdir = write_assembly(tmp_path, {"Producer": producer, "Consumer": consumer})
-    main([str(outdir), "--skip-cfn-lint"])
+    main([str(outdir), "--skip-cfn-lint", "--output", str(outdir / "REVIEW.md")])
     templates = {"Producer": producer, "Consumer": consumer}
     expected = [("Consumer", "ServerSg", "tcp", "443", "10.9.0.0/16")]
     assert rows_from_templates(templates) == expected

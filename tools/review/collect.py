@@ -7,13 +7,23 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from tools.review.consul import ConsulSide, consul_side
+from tools.review.containers import TaskNetwork, task_networks
+from tools.review.egress import Egress, egress_rules
 from tools.review.encryption import StoreEncryption, stores
 from tools.review.exposure import Exposure, exposure
 from tools.review.iam import RoleReview, Wildcard, roles
+from tools.review.kms import KeyReview, keys
 from tools.review.lint import LintResult, run_cfn_lint
 from tools.review.load import Assembly, load_assembly
+from tools.review.model import Res
 from tools.review.nag import AckIndex, NagReview, nag_review
+from tools.review.reachability import Attachments, paths
+from tools.review.reachability import Path as ReachPath
+from tools.review.refs import Resolver
+from tools.review.resource_policies import ResourcePolicy, resource_policies
 from tools.review.secrets import Secrets, secrets
+from tools.review.workloads import runs_as
 
 Linter = Callable[[Sequence[Path]], LintResult]
 
@@ -28,6 +38,14 @@ class Review:
     nag: NagReview
     lint: LintResult
     vpc_cidrs: tuple[str, ...]
+    egress: Egress
+    keys: list[KeyReview]
+    resource_policies: list[ResourcePolicy]
+    task_networks: list[TaskNetwork]
+    consul: ConsulSide
+    reachability: list[ReachPath]
+    behind_groups: dict[Res, tuple[Res, ...]]  # security group -> what it is attached to
+    runs_as: dict[Res, tuple[Res, ...]]  # role -> the workloads that run as it
 
     @property
     def report_found(self) -> bool:
@@ -57,13 +75,24 @@ def build_review(
     role_reviews = roles(assembly, AckIndex(assembly, nag))
     files = [stack.file for stack in assembly.stacks]
     lint = linter(files) if linter is not None else LintResult([], skipped="skipped on request")
+    found = exposure(assembly, vpc_cidrs=vpc_cidrs)
+    networks = task_networks(assembly)
+    attachments = Attachments(assembly)
     return Review(
         assembly=assembly,
-        exposure=exposure(assembly, vpc_cidrs=vpc_cidrs),
+        exposure=found,
         roles=role_reviews,
         stores=stores(assembly),
         secrets=secrets(assembly, role_reviews),
         nag=nag,
         lint=lint,
         vpc_cidrs=tuple(vpc_cidrs),
+        egress=egress_rules(assembly, vpc_cidrs=vpc_cidrs),
+        keys=keys(assembly, role_reviews),
+        resource_policies=resource_policies(assembly),
+        task_networks=networks,
+        consul=consul_side(assembly),
+        reachability=paths(found, networks, attachments),
+        behind_groups=attachments.by_group,
+        runs_as=runs_as(assembly, Resolver(assembly)),
     )

@@ -11,7 +11,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 from tools.review.load import Assembly, Json, StackTemplate
-from tools.review.refs import Resolver
+from tools.review.model import Res
+from tools.review.refs import Resolver, Target, flatten
 
 KMS_KEY = "AWS::KMS::Key"
 KMS_ALIAS = "AWS::KMS::Alias"
@@ -41,23 +42,42 @@ class StoreEncryption:
     in_transit: str
     at_rest_ok: bool
     in_transit_ok: bool
+    res: Res | None = None
+
+
+def _through_aliases(
+    resolver: Resolver, stack: StackTemplate, value: Json
+) -> tuple[Target | None, StackTemplate, Json]:
+    """What a key property names once aliases are followed (an alias names a key)."""
+    for _ in range(3):
+        found = resolver.target(stack, value)
+        if found is None or found.type != KMS_ALIAS:
+            return found, stack, value
+        stack, value = found.stack, found.properties.get("TargetKeyId")
+    return None, stack, value
+
+
+def key_of(resolver: Resolver, stack: StackTemplate, value: Json) -> tuple[Res | None, str]:
+    """The KMS key a property names (through an alias), or the plain text of what it names."""
+    if value is None:
+        return None, ""
+    found, stack, value = _through_aliases(resolver, stack, value)
+    if found is not None:
+        return found.res, ""
+    return None, flatten(resolver.producer(stack, value)[1])
 
 
 def key_label(resolver: Resolver, stack: StackTemplate, value: Json) -> str:
     """The KMS key a property names: `Key` (path) with its rotation, or an AWS managed key."""
     if value is None:
         return ""
-    for _ in range(3):  # an alias names a key
-        found = resolver.target(stack, value)
-        if found is None:
-            break
-        if found.type == KMS_ALIAS:
-            stack, value = found.stack, found.properties.get("TargetKeyId")
-            continue
-        if found.type == KMS_KEY:
-            rotation = "on" if found.properties.get("EnableKeyRotation") else "off"
-            return f"{found.label(stack)}, rotation {rotation}"
-        return found.label(stack, attribute=True)
+    home = stack
+    found, stack, value = _through_aliases(resolver, stack, value)
+    if found is not None and found.type == KMS_KEY:
+        rotation = "on" if found.properties.get("EnableKeyRotation") else "off"
+        return f"{found.label(home)}, rotation {rotation}"
+    if found is not None:
+        return found.label(home, attribute=True)
     _, literal = resolver.producer(stack, value)
     if isinstance(literal, str) and literal.startswith("alias/aws/"):
         return f"AWS managed key `{literal}`"
@@ -254,6 +274,7 @@ def stores(assembly: Assembly) -> list[StoreEncryption]:
                         in_transit=transit,
                         at_rest_ok=ok,
                         in_transit_ok=transit_ok,
+                        res=stack.res(logical_id),
                     )
                 )
     return found

@@ -8,58 +8,38 @@ and `0.0.0.0/0` or `::/0` is CRITICAL. Anything the review cannot resolve counts
 
 from __future__ import annotations
 
-import enum
-import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tools.review.load import Assembly, Json, StackTemplate
+from tools.review.model import Res
+from tools.review.network import (
+    INGRESS,
+    SECURITY_GROUP,
+    Reach,
+    VpcCidrs,
+    group_of,
+    peer,
+    port_range,
+    protocol_name,
+    vpcs,
+)
 from tools.review.refs import Resolver, Target, flatten
 
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+__all__ = [
+    "Exposure",
+    "IngressRule",
+    "Listener",
+    "Reach",
+    "exposure",
+    "ingress_rules",
+    "listeners",
+    "port_range",
+    "vpcs",
+]
 
-SECURITY_GROUP = "AWS::EC2::SecurityGroup"
-INGRESS = "AWS::EC2::SecurityGroupIngress"
-VPC = "AWS::EC2::VPC"
-VPC_CIDR = "AWS::EC2::VPCCidrBlock"
 LISTENER = "AWS::ElasticLoadBalancingV2::Listener"
 CLASSIC_LB = "AWS::ElasticLoadBalancing::LoadBalancer"
-
-_PROTOCOLS = {"-1": "all", "6": "tcp", "17": "udp", "1": "icmp", "58": "icmpv6"}
-
-
-class Reach(enum.Enum):
-    ANYWHERE = "CRITICAL: any address"
-    OUTSIDE_VPC = "outside the VPC"
-    UNRESOLVED = "unresolved source (counted as outside the VPC)"
-    GROUP = "security group"
-    INSIDE_VPC = "inside the VPC"
-
-    @property
-    def external(self) -> bool:
-        """Reachable from outside the VPC, as far as the template can tell."""
-        return self in (Reach.ANYWHERE, Reach.OUTSIDE_VPC, Reach.UNRESOLVED)
-
-
-def protocol_name(value: Json) -> str:
-    """`tcp`, `udp`, `icmp`, `icmpv6`, `all`, or the IP protocol number as given."""
-    text = str(value).lower() if value is not None else "-1"
-    return _PROTOCOLS.get(text, text)
-
-
-def port_range(protocol: str, from_port: Json, to_port: Json) -> str:
-    """`443`, `8300-8302`, `all`; ICMP ports are a type and a code."""
-    if protocol == "all" or from_port is None:
-        return "all"
-    low = int(from_port)
-    high = int(to_port) if to_port is not None else low
-    if protocol in ("icmp", "icmpv6"):
-        if low == -1:
-            return "all"
-        return f"type {low}" + (f" code {high}" if high != -1 else "")
-    if low == -1 or (low == 0 and high == 65535):
-        return "all"
-    return str(low) if low == high else f"{low}-{high}"
 
 
 @dataclass(frozen=True)
@@ -74,6 +54,11 @@ class IngressRule:
     description: str
     declared_by: str  # logical id of the resource carrying the rule
     reach: Reach
+    group_res: Res | None = None
+    source_res: Res | None = None
+    source_kind: str = "cidr"  # cidr, group, prefix-list, vpc, unresolved
+    from_port: int | None = None  # the range as numbers, None for all
+    to_port: int | None = None
 
 
 @dataclass(frozen=True)
@@ -86,6 +71,9 @@ class Listener:
     port: str
     protocol: str
     reach: Reach
+    listener_res: Res | None = None
+    load_balancer_res: Res | None = None
+    default_targets: tuple[Res, ...] = ()  # target groups of the default actions
 
     @property
     def encrypted(self) -> bool:
@@ -110,116 +98,17 @@ class Exposure:
         return [listener for listener in self.listeners if listener.reach.external]
 
 
-def _networks(values: Iterable[Json]) -> list[Network]:
-    found: list[Network] = []
-    for value in values:
-        if isinstance(value, str):
-            try:
-                found.append(ipaddress.ip_network(value, strict=False))
-            except ValueError:
-                continue
-    return found
-
-
-class _VpcCidrs:
-    """CIDRs per VPC resource, and the fallback set when a group's VPC is not a resource."""
-
-    def __init__(self, assembly: Assembly, extra: Sequence[str]) -> None:
-        self.extra = _networks(extra)
-        self.by_vpc: dict[tuple[str, str], list[Network]] = {}
-        resolver = Resolver(assembly)
-        for stack in assembly.stacks:
-            for logical_id, resource in stack.resources_of(VPC):
-                cidr = (resource.get("Properties") or {}).get("CidrBlock")
-                self.by_vpc.setdefault((stack.name, logical_id), []).extend(_networks([cidr]))
-            for _, resource in stack.resources_of(VPC_CIDR):
-                props = resource.get("Properties") or {}
-                vpc = resolver.target(stack, props.get("VpcId"))
-                if vpc is not None:
-                    key = (vpc.stack.name, vpc.logical_id)
-                    blocks = [props.get("CidrBlock"), props.get("Ipv6CidrBlock")]
-                    self.by_vpc.setdefault(key, []).extend(_networks(blocks))
-
-    def of(self, vpc: Target | None) -> list[Network]:
-        if vpc is not None and (vpc.stack.name, vpc.logical_id) in self.by_vpc:
-            return self.by_vpc[(vpc.stack.name, vpc.logical_id)] + self.extra
-        return [net for nets in self.by_vpc.values() for net in nets] + self.extra
-
-
-def _cidr_reach(text: str, vpc_cidrs: list[Network]) -> Reach:
-    try:
-        network = ipaddress.ip_network(text, strict=False)
-    except ValueError:
-        return Reach.UNRESOLVED
-    if network.prefixlen == 0:
-        return Reach.ANYWHERE
-    inside = any(
-        network.version == vpc.version and network.subnet_of(vpc)  # type: ignore[arg-type]
-        for vpc in vpc_cidrs
-    )
-    return Reach.INSIDE_VPC if inside else Reach.OUTSIDE_VPC
-
-
-_VPC_ATTRIBUTES = ("CidrBlock", "Ipv6CidrBlocks", "Ipv6CidrBlock", "CidrBlockAssociations")
-
-
-def _cidr_source(
-    resolver: Resolver, stack: StackTemplate, value: Json, vpc_cidrs: list[Network]
-) -> tuple[str, str, Reach]:
-    """A CIDR given literally, through an import, or as the VPC's own block."""
-    home = stack
-    stack, value = resolver.producer(stack, value)
-    if isinstance(value, str):
-        return value, f"`{value}`", _cidr_reach(value, vpc_cidrs)
-    if isinstance(value, dict) and isinstance(value.get("Fn::Select"), list):
-        value = value["Fn::Select"][1]  # Fn::Select [0, Fn::GetAtt [Vpc, Ipv6CidrBlocks]]
-    found = resolver.target(stack, value)
-    if found is not None and found.type in (VPC, VPC_CIDR) and found.attribute in _VPC_ATTRIBUTES:
-        # `Peer.ipv4(vpc.vpc_cidr_block)`: the VPC itself, whatever its block is.
-        literal = found.properties.get("CidrBlock") if found.attribute == "CidrBlock" else None
-        if found.type == VPC and isinstance(literal, str):
-            return literal, f"`{literal}` = {found.label(home, attribute=True)}", Reach.INSIDE_VPC
-        key = f"{found.logical_id}.{found.attribute}"
-        return key, found.label(home, attribute=True), Reach.INSIDE_VPC
-    return "?", f"unresolved `{flatten(value)}`", Reach.UNRESOLVED
-
-
-def _named(resolver: Resolver, stack: StackTemplate, value: Json) -> tuple[str, str] | None:
-    """(key, label) of a group or prefix list named by logical id or literal id."""
-    found = resolver.target(stack, value)
-    if found is not None:
-        return found.logical_id, found.label(stack)
-    _, literal = resolver.producer(stack, value)
-    return (literal, f"`{literal}`") if isinstance(literal, str) else None
-
-
-def _source(
-    resolver: Resolver, stack: StackTemplate, rule: dict[str, Json], vpc_cidrs: list[Network]
-) -> tuple[str, str, Reach]:
-    """(row key, Markdown label, reach) of one rule's source."""
-    for key in ("CidrIp", "CidrIpv6"):
-        if key in rule:
-            return _cidr_source(resolver, stack, rule[key], vpc_cidrs)
-    for key in ("SourceSecurityGroupId", "SourceSecurityGroupName"):
-        if key in rule:
-            named = _named(resolver, stack, rule[key])
-            if named is None:
-                return "?", f"unresolved `{flatten(rule[key])}`", Reach.UNRESOLVED
-            owner = rule.get("SourceSecurityGroupOwnerId")
-            suffix = f" of account `{flatten(owner)}`" if owner is not None else ""
-            return named[0], named[1] + suffix, Reach.GROUP
-    if "SourcePrefixListId" in rule:
-        # A prefix list can hold any range: counted as outside the VPC.
-        named = _named(resolver, stack, rule["SourcePrefixListId"])
-        if named is None:
-            return "?", f"unresolved `{flatten(rule['SourcePrefixListId'])}`", Reach.UNRESOLVED
-        return named[0], f"prefix list {named[1]}", Reach.OUTSIDE_VPC
-    return "?", "no source", Reach.UNRESOLVED
+def _numbers(protocol: str, rule: dict[str, Json]) -> tuple[int | None, int | None]:
+    if protocol == "all" or rule.get("FromPort") is None or protocol.startswith("icmp"):
+        return None, None
+    low = int(rule["FromPort"])
+    high = int(rule.get("ToPort", low))
+    return (None, None) if low == -1 or (low, high) == (0, 65535) else (low, high)
 
 
 def _rule(
     resolver: Resolver,
-    cidrs: _VpcCidrs,
+    cidrs: VpcCidrs,
     stack: StackTemplate,
     *,
     declared_by: str,
@@ -229,34 +118,36 @@ def _rule(
 ) -> IngressRule:
     protocol = protocol_name(rule.get("IpProtocol"))
     vpc = resolver.target(group.stack, group.properties.get("VpcId")) if group else None
-    source, source_label, reach = _source(resolver, stack, rule, cidrs.of(vpc))
+    source = peer(resolver, stack, rule, cidrs.of(vpc))
+    group_res: Res | None
     if group is not None:
-        group_key, group_label = group.logical_id, group.label(stack)
+        group_key, group_label, group_res = group.logical_id, group.label(stack), group.res
     else:
-        literal = resolver.producer(stack, group_value)[1]
-        group_key, group_label = (
-            (literal, f"`{literal}`")
-            if isinstance(literal, str)
-            else ("?", f"unresolved `{flatten(literal)}`")
-        )
+        group_key, group_label, group_res = group_of(resolver, stack, group_value)
+    low, high = _numbers(protocol, rule)
     return IngressRule(
         stack=stack.name,
         group=group_key,
         group_label=group_label,
         protocol=protocol,
         ports=port_range(protocol, rule.get("FromPort"), rule.get("ToPort")),
-        source=source,
-        source_label=source_label,
+        source=source.key,
+        source_label=source.label,
         description=str(rule.get("Description", "")),
         declared_by=declared_by,
-        reach=reach,
+        reach=source.reach,
+        group_res=group_res,
+        source_res=source.res,
+        source_kind=source.kind,
+        from_port=low,
+        to_port=high,
     )
 
 
 def ingress_rules(assembly: Assembly, *, vpc_cidrs: Sequence[str] = ()) -> list[IngressRule]:
     """Inline `SecurityGroupIngress` entries and `AWS::EC2::SecurityGroupIngress` resources."""
     resolver = Resolver(assembly)
-    cidrs = _VpcCidrs(assembly, vpc_cidrs)
+    cidrs = VpcCidrs(assembly, vpc_cidrs)
     rules: list[IngressRule] = []
     for stack in assembly.stacks:
         for logical_id, resource in stack.resources_of(SECURITY_GROUP):
@@ -288,6 +179,22 @@ def _lb_reach(scheme: str) -> Reach:
     return Reach.INSIDE_VPC if scheme == "internal" else Reach.UNRESOLVED
 
 
+def _target_groups(
+    resolver: Resolver, stack: StackTemplate, props: dict[str, Json]
+) -> tuple[Res, ...]:
+    """Target groups the listener's default actions forward to (plain or weighted)."""
+    found: list[Res] = []
+    for action in props.get("DefaultActions") or []:
+        values = [action.get("TargetGroupArn")]
+        forward = action.get("ForwardConfig") or {}
+        values += [tg.get("TargetGroupArn") for tg in forward.get("TargetGroups") or []]
+        for value in values:
+            target = resolver.target(stack, value) if value is not None else None
+            if target is not None:
+                found.append(target.res)
+    return tuple(dict.fromkeys(found))
+
+
 def listeners(assembly: Assembly) -> list[Listener]:
     """ELBv2 listeners with their load balancer's scheme, and classic ELB listeners."""
     resolver = Resolver(assembly)
@@ -311,6 +218,9 @@ def listeners(assembly: Assembly) -> list[Listener]:
                     port=str(props.get("Port", "")),
                     protocol=str(props.get("Protocol", "")),
                     reach=_lb_reach(scheme),
+                    listener_res=stack.res(logical_id),
+                    load_balancer_res=lb.res if lb else None,
+                    default_targets=_target_groups(resolver, stack, props),
                 )
             )
         for logical_id, resource in stack.resources_of(CLASSIC_LB):
@@ -327,6 +237,8 @@ def listeners(assembly: Assembly) -> list[Listener]:
                         port=str(entry.get("LoadBalancerPort", "")),
                         protocol=str(entry.get("Protocol", "")),
                         reach=_lb_reach(scheme),
+                        listener_res=stack.res(logical_id),
+                        load_balancer_res=stack.res(logical_id),
                     )
                 )
     return found
@@ -334,19 +246,3 @@ def listeners(assembly: Assembly) -> list[Listener]:
 
 def exposure(assembly: Assembly, *, vpc_cidrs: Sequence[str] = ()) -> Exposure:
     return Exposure(ingress_rules(assembly, vpc_cidrs=vpc_cidrs), listeners(assembly))
-
-
-def vpcs(assembly: Assembly) -> list[tuple[str, str]]:
-    """(label, CIDR) of every VPC and extra VPC CIDR block the templates create."""
-    resolver = Resolver(assembly)
-    found: list[tuple[str, str]] = []
-    for stack in assembly.stacks:
-        for logical_id, resource in stack.resources_of(VPC, VPC_CIDR):
-            props = resource.get("Properties") or {}
-            for key in ("CidrBlock", "Ipv6CidrBlock"):
-                if key in props:
-                    _, cidr = resolver.producer(stack, props[key])
-                    found.append((stack.label(logical_id), flatten(cidr)))
-            if props.get("AmazonProvidedIpv6CidrBlock"):
-                found.append((stack.label(logical_id), "Amazon-provided IPv6 /56"))
-    return found

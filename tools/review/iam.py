@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from tools.review.load import Assembly, Json, StackTemplate
+from tools.review.model import Res
 from tools.review.nag import NAG_PACKS, AckIndex, Cover
 from tools.review.refs import Resolver, Target, flatten
 
@@ -23,6 +24,8 @@ MANAGED_POLICY = "AWS::IAM::ManagedPolicy"
 @dataclass(frozen=True)
 class Statement:
     policy: str  # Markdown label of the policy document it comes from
+    policy_res: Res  # the policy resource, or the role for an inline policy
+    policy_name: str  # the inline policy's name, '' for a policy resource
     effect: str
     actions_by_service: dict[str, list[str]]
     not_action: bool
@@ -42,6 +45,7 @@ class Wildcard:
     finding: str  # e.g. "Action::s3:*", "Resource::*"
     policy: str
     path: str  # construct path cdk-nag reports the finding on
+    role: Res | None  # None for a role outside the templates
     covers: list[Cover]
     open_in_report: bool
 
@@ -65,6 +69,8 @@ class RoleReview:
     stack: str
     label: str
     path: str
+    res: Res | None = None  # None for a role outside the templates that a policy names
+    name: str = ""  # the role name as given, for a role outside the templates
     assumed_by: list[str] = field(default_factory=list)
     managed: list[ManagedPolicyArn] = field(default_factory=list)
     statements: list[Statement] = field(default_factory=list)
@@ -135,6 +141,7 @@ class _Collector:
                 stack=target.stack.name,
                 label=target.label(),
                 path=target.path,
+                res=target.res,
                 assumed_by=_principals(props.get("AssumeRolePolicyDocument")),
             )
         return self.roles[key]
@@ -143,7 +150,9 @@ class _Collector:
         name = flatten(self.resolver.producer(stack, value)[1])
         key = ("", name)
         if key not in self.roles:
-            self.roles[key] = RoleReview(stack="", label=f"`{name}` (not in any template)", path="")
+            self.roles[key] = RoleReview(
+                stack="", label=f"`{name}` (not in any template)", path="", name=name
+            )
         return self.roles[key]
 
     def add_document(
@@ -152,6 +161,8 @@ class _Collector:
         *,
         stack: StackTemplate,
         policy: str,
+        policy_res: Res,
+        policy_name: str = "",
         path: str,
         document: Json,
         key: tuple[str, str],
@@ -171,6 +182,8 @@ class _Collector:
             review.statements.append(
                 Statement(
                     policy=policy,
+                    policy_res=policy_res,
+                    policy_name=policy_name,
                     effect=effect,
                     actions_by_service=_by_service(actions),
                     not_action="NotAction" in statement,
@@ -198,6 +211,7 @@ class _Collector:
                     finding=finding,
                     policy=policy,
                     path=path,
+                    role=review.res,
                     covers=self.acks.covering(path, rules),
                     open_in_report=self.acks.is_open(path, rules),
                 )
@@ -212,6 +226,8 @@ class _Collector:
                 review,
                 stack=stack,
                 policy=f"inline `{name}`",
+                policy_res=target.res,
+                policy_name=name,
                 path=target.path,
                 document=inline.get("PolicyDocument"),
                 key=(stack.name, f"{logical_id}#{name}"),
@@ -223,6 +239,7 @@ class _Collector:
                     review,
                     stack=policy.stack,
                     policy=policy.label(stack),
+                    policy_res=policy.res,
                     path=policy.path,
                     document=policy.properties.get("PolicyDocument"),
                     key=(policy.stack.name, policy.logical_id),
@@ -245,6 +262,7 @@ class _Collector:
                 review,
                 stack=stack,
                 policy=stack.label(logical_id),
+                policy_res=Target(stack, logical_id, None).res,
                 path=stack.path_of(logical_id),
                 document=props.get("PolicyDocument"),
                 key=(stack.name, logical_id),

@@ -3,6 +3,9 @@
 Runs the pinned `cfn-lint` next to the interpreter (the virtualenv's) with `--format json`.
 Its exit code is a bit mask (2 errors, 4 warnings, 8 informational); the JSON on stdout is
 what counts, and output that is not JSON means cfn-lint itself failed.
+
+Some rules fire once per CDK-generated construct dependency and say the same thing each time;
+the report shows each of those as one line with a count (`GROUPED_RULES`), the rest one by one.
 """
 
 from __future__ import annotations
@@ -25,10 +28,39 @@ class LintMatch:
     location: str  # e.g. Resources/Queue/Properties/VisibilityTimeout (line 12)
 
 
+# W3005 "dependency already enforced by a Ref/GetAtt": CDK writes a DependsOn for every
+# `node.add_dependency` and every dependency of a construct's children, whether or not a
+# property reference already orders the two resources. Harmless; one line says so.
+GROUPED_RULES = {
+    "W3005": "redundant DependsOn (CDK adds one per construct dependency; a Ref/GetAtt "
+    "already orders the resources)",
+}
+
+
+@dataclass(frozen=True)
+class LintGroup:
+    rule: str
+    level: str
+    count: int
+    meaning: str
+
+
 @dataclass(frozen=True)
 class LintResult:
     matches: list[LintMatch]
     skipped: str = ""  # why cfn-lint did not run; empty when it ran
+
+    def groups(self) -> list[LintGroup]:
+        """One entry per grouped rule that matched, with its count."""
+        found: list[LintGroup] = []
+        for rule, meaning in GROUPED_RULES.items():
+            hits = [match for match in self.matches if match.rule == rule]
+            if hits:
+                found.append(LintGroup(rule, hits[0].level, len(hits), meaning))
+        return found
+
+    def ungrouped(self) -> list[LintMatch]:
+        return [match for match in self.matches if match.rule not in GROUPED_RULES]
 
     def count(self, level: str) -> int:
         return sum(match.level == level for match in self.matches)

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tools.review.model import Res
+
 Json = Any  # parsed JSON: the templates are CloudFormation, not a schema we own
 
 VALIDATION_REPORT = "validation-report.json"
@@ -81,6 +83,9 @@ class StackTemplate:
     def path_of(self, logical_id: str) -> str:
         """Construct path of a logical ID ('' when the synthesizer recorded none)."""
         return self.paths.get(logical_id, "")
+
+    def res(self, logical_id: str) -> Res:
+        return Res(self.name, logical_id, self.path_of(logical_id), self.type_of(logical_id))
 
     def label(self, logical_id: str) -> str:
         """Markdown label: the logical ID in code, then the construct path reviewers know."""

@@ -16,6 +16,12 @@ aws-cdk-lib 2.275.0 with cdk-nag 3.0.2 (measured with a probe app, see the issue
   One without a namespace (`AwsSolutions-S1`) is recorded as `Annotation::AwsSolutions-S1`
   and applied inside cdk-nag: the finding then vanishes from the report without a trace,
   so the review reads those reasons from construct metadata instead.
+
+Stale acknowledgements: an acknowledgement under a cdk-nag pack's namespace that no reported
+finding used (the finding went away, or its id changed with the code) is stale and fails the
+gate, as does a plain-id one for a pack rule (its use leaves no trace, so it can never be
+checked). Acknowledgements aws-cdk-lib itself records for checks that are not registered here
+(`CloudFormation-Validate::...`) are listed, never failed.
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from tools.review.load import VALIDATION_REPORT, Acknowledgement, Assembly, Json
+from tools.review.load import VALIDATION_REPORT, Acknowledgement, Assembly, Json, load_assembly
 
 NAG_PACKS = (
     "AwsSolutions",
@@ -66,6 +72,40 @@ class NagReview:
     acknowledged: list[Finding]
     inside_nag: list[Acknowledgement]  # plain-id acks cdk-nag applied without a report trace
     unmatched: list[Acknowledgement]  # namespaced acks no reported finding used
+
+    @property
+    def stale(self) -> list[Acknowledgement]:
+        """Acknowledgements that fail the gate: unused pack acks and unverifiable plain ids."""
+        packs = set(NAG_PACKS) | {plugin.name for plugin in self.plugins}
+        unused = [ack for ack in self.unmatched if ack.namespace in packs]
+        return sorted([*unused, *self.inside_nag], key=lambda a: (a.path, a.qualified_id))
+
+    @property
+    def not_checked(self) -> list[Acknowledgement]:
+        """Unused acknowledgements of checks that are not registered (aws-cdk-lib's own)."""
+        stale = set(self.stale)
+        return [ack for ack in self.unmatched if ack not in stale]
+
+
+def stale_message(ack: Acknowledgement) -> str:
+    """One line for the gate: the acknowledgement, where it is, and what to do."""
+    where = ack.path or "the app"
+    if ack.namespace == "Annotation":
+        return (
+            f"unverifiable acknowledgement {ack.rule} at {where}: without the pack namespace "
+            "cdk-nag applies it without a trace, so nobody can tell when it goes stale "
+            "(acknowledge through mesh_stack/nag.py)"
+        )
+    return (
+        f"stale acknowledgement {ack.qualified_id} at {where}: no finding uses it "
+        "(the code changed under it: remove it, or fix its id)"
+    )
+
+
+def stale_acknowledgements(outdir: str | Path) -> list[Acknowledgement]:
+    """The gate's second check; FileNotFoundError like `unacknowledged_findings`."""
+    read_report(outdir)
+    return nag_review(load_assembly(outdir)).stale
 
 
 def _findings(report: Json, key: str) -> list[Finding]:

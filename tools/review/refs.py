@@ -4,15 +4,28 @@ A security group rule, a policy resource or a queue's key is almost always an in
 (`Ref`, `Fn::GetAtt`) and, between stacks, an `Fn::ImportValue` (CDK strong references) or an
 `Fn::GetStackOutput` (weak references): the reviewer wants the resource and its construct
 path, not the intrinsic.
+
+Custom resources: `Fn::GetAtt [<custom resource>, Attr]` is whatever the provider returned
+in `Data`. When the custom resource has an input property of the same name, the review
+follows that property (the provider echoes it; e.g. the Consul token resources return their
+`TokenSecretArn` input, lambda/consul_config/operations.py) and says so in `via`. A custom
+attribute without such a property, a template parameter or an import nobody exports is
+*unresolved*: `Resolver.mentions` lists it, so a section can say "unresolved", never "none".
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from tools.review.load import Assembly, Json, StackTemplate
+from tools.review.model import Res
+
+CUSTOM_RESOURCE = "AWS::CloudFormation::CustomResource"
+
+
+def is_custom(kind: str) -> bool:
+    return kind.startswith("Custom::") or kind == CUSTOM_RESOURCE
 
 
 @dataclass(frozen=True)
@@ -22,6 +35,14 @@ class Target:
     stack: StackTemplate
     logical_id: str
     attribute: str | None  # None for Ref
+    via: tuple[str, ...] = ()  # `Logical.Attr` of each custom resource output followed
+
+    @property
+    def res(self) -> Res:
+        return Res(self.stack.name, self.logical_id, self.path, self.type)
+
+    def same(self, other: Target) -> bool:
+        return self.stack is other.stack and self.logical_id == other.logical_id
 
     @property
     def type(self) -> str:
@@ -80,20 +101,15 @@ def _getatt(arg: Json) -> tuple[str, str]:
     return str(arg[0]), str(arg[1])
 
 
-def intrinsic_targets(value: Json) -> Iterator[tuple[str, str | None]]:
-    """Every (logical id, attribute) a value refers to with Ref/GetAtt, at any depth."""
-    if isinstance(value, dict):
-        if isinstance(value.get("Ref"), str):
-            yield value["Ref"], None
-        elif "Fn::GetAtt" in value:
-            resource, attribute = _getatt(value["Fn::GetAtt"])
-            yield resource, attribute
-        else:
-            for item in value.values():
-                yield from intrinsic_targets(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from intrinsic_targets(item)
+@dataclass
+class Mentions:
+    """Every resource a value names, at any depth, and every part the review cannot resolve."""
+
+    targets: list[Target]
+    unresolved: list[str]  # plain descriptions, e.g. "custom resource output X.Y (...)"
+
+
+_PSEUDO = "AWS::"
 
 
 class Resolver:
@@ -130,18 +146,93 @@ class Resolver:
                 break
         return stack, value
 
-    def target(self, stack: StackTemplate, value: Json) -> Target | None:
-        """The resource a Ref/GetAtt (possibly through an import) names, if it is in a template."""
-        stack, value = self.producer(stack, value)
-        if not isinstance(value, dict) or len(value) != 1:
-            return None
-        if isinstance(value.get("Ref"), str) and value["Ref"] in stack.resources:
-            return Target(stack, value["Ref"], None)
-        if "Fn::GetAtt" in value:
-            resource, attribute = _getatt(value["Fn::GetAtt"])
-            if resource in stack.resources:
-                return Target(stack, resource, attribute)
+    def _echo(self, stack: StackTemplate, resource: str, attribute: str) -> Json | None:
+        """The input property a custom resource's output of the same name echoes, if any."""
+        if is_custom(stack.type_of(resource)):
+            props = stack.properties(resource)
+            if attribute in props:
+                return props[attribute]
         return None
+
+    def target(self, stack: StackTemplate, value: Json) -> Target | None:
+        """The resource a Ref/GetAtt (through imports and echoing custom resource outputs)
+        names, if it is in a template."""
+        via: list[str] = []
+        for _ in range(10):
+            stack, value = self.producer(stack, value)
+            if not isinstance(value, dict) or len(value) != 1:
+                return None
+            if isinstance(value.get("Ref"), str) and value["Ref"] in stack.resources:
+                return Target(stack, value["Ref"], None, tuple(via))
+            if "Fn::GetAtt" not in value:
+                return None
+            resource, attribute = _getatt(value["Fn::GetAtt"])
+            if resource not in stack.resources:
+                return None
+            echoed = self._echo(stack, resource, attribute)
+            if echoed is None:
+                return Target(stack, resource, attribute, tuple(via))
+            via.append(f"{resource}.{attribute}")
+            value = echoed
+        return None
+
+    def mentions(self, stack: StackTemplate, value: Json) -> Mentions:
+        """Every resource `value` names (through imports and custom resource echoes)."""
+        found = Mentions([], [])
+        self._mentions(stack, value, (), found, 0)
+        return found
+
+    def _mentions(
+        self, stack: StackTemplate, value: Json, via: tuple[str, ...], found: Mentions, depth: int
+    ) -> None:
+        if depth > 10:
+            found.unresolved.append(f"reference chain too deep at {flatten(value)}")
+        elif isinstance(value, list):
+            for item in value:
+                self._mentions(stack, item, via, found, depth)
+        elif not isinstance(value, dict):
+            return
+        elif "Fn::ImportValue" in value or "Fn::GetStackOutput" in value:
+            producer, produced = self.producer(stack, value)
+            if produced is value:
+                found.unresolved.append(f"import nobody exports: {flatten(value)}")
+            else:
+                self._mentions(producer, produced, via, found, depth + 1)
+        elif isinstance(value.get("Ref"), str):
+            self._mention_ref(stack, value["Ref"], via, found)
+        elif "Fn::GetAtt" in value:
+            self._mention_getatt(stack, value["Fn::GetAtt"], via, found, depth)
+        else:
+            for item in value.values():
+                self._mentions(stack, item, via, found, depth)
+
+    @staticmethod
+    def _mention_ref(
+        stack: StackTemplate, name: str, via: tuple[str, ...], found: Mentions
+    ) -> None:
+        if name in stack.resources:
+            found.targets.append(Target(stack, name, None, via))
+        elif name in (stack.template.get("Parameters") or {}):
+            found.unresolved.append(f"template parameter {name} of {stack.name}")
+        elif not name.startswith(_PSEUDO):
+            found.unresolved.append(f"Ref {name}: no such resource in {stack.name}")
+
+    def _mention_getatt(
+        self, stack: StackTemplate, arg: Json, via: tuple[str, ...], found: Mentions, depth: int
+    ) -> None:
+        resource, attribute = _getatt(arg)
+        echoed = self._echo(stack, resource, attribute)
+        if resource not in stack.resources:
+            found.unresolved.append(f"{resource}.{attribute}: no such resource in {stack.name}")
+        elif echoed is not None:
+            self._mentions(stack, echoed, (*via, f"{resource}.{attribute}"), found, depth + 1)
+        elif is_custom(stack.type_of(resource)):
+            found.unresolved.append(
+                f"custom resource output {resource}.{attribute} "
+                "(not one of its input properties: only its provider knows the value)"
+            )
+        else:
+            found.targets.append(Target(stack, resource, attribute, via))
 
     def describe(self, stack: StackTemplate, value: Json) -> str:
         """Markdown for any value: a resource label, a literal, or the flattened intrinsic."""
@@ -153,21 +244,8 @@ class Resolver:
 
     def refers_to(self, stack: StackTemplate, value: Json, target: Target) -> bool:
         """True when `value` (evaluated in `stack`) mentions `target` anywhere inside it."""
-        stack, value = self.producer(stack, value)
-        if stack is target.stack and any(
-            logical_id == target.logical_id for logical_id, _ in intrinsic_targets(value)
-        ):
-            return True
-        return any(self.refers_to(stack, item, target) for item in _imports(value))
+        return any(found.same(target) for found in self.mentions(stack, value).targets)
 
-
-def _imports(value: Json) -> Iterator[Json]:
-    if isinstance(value, dict):
-        if "Fn::ImportValue" in value or "Fn::GetStackOutput" in value:
-            yield value
-        else:
-            for item in value.values():
-                yield from _imports(item)
-    elif isinstance(value, list):
-        for item in value:
-            yield from _imports(item)
+    def naming(self, stack: StackTemplate, value: Json, target: Target) -> Target | None:
+        """The mention of `target` inside `value` (with the custom resources it went through)."""
+        return next((t for t in self.mentions(stack, value).targets if t.same(target)), None)

@@ -1,115 +1,258 @@
-"""Secrets: each Secrets Manager secret, who can read it and where its value is injected.
+"""Secrets: each Secrets Manager secret, who can read or write it, and where it is injected.
 
-A reader is a role whose policy allows `secretsmanager:GetSecretValue` on a resource that
-names the secret (through Ref, GetAtt, a Join around them or a cross-stack import) or on a
-wildcard that may match it, or a principal the secret's resource policy allows. Injection
-points are ECS container `Secrets`, Lambda environment variables holding its ARN, and any
-other property that names it; `{{resolve:secretsmanager:...}}` dynamic references are listed
-apart because CloudFormation puts the secret's value into the resource itself.
+A reader (writer) is a role whose policy allows a read (write) action on a resource that names
+the secret — through Ref, GetAtt, a Join around them, a cross-stack import, or the output of a
+custom resource that echoes the secret's ARN (the Consul token resources do) — or on a wildcard
+that may match it, or a principal the secret's resource policy allows. A resource the review
+cannot resolve is an *unresolved* access of its role, listed apart: never "no reader".
+
+Injection points are ECS container `Secrets`, Lambda environment variables holding its ARN,
+and any other property that names it; `{{resolve:secretsmanager:...}}` dynamic references are
+listed apart because CloudFormation puts the secret's value into the resource itself.
 """
 
 from __future__ import annotations
 
-import fnmatch
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
-from tools.review.encryption import key_label
+from tools.review.encryption import key_label, key_of
 from tools.review.iam import RoleReview, Statement
 from tools.review.load import Assembly, Json, StackTemplate
+from tools.review.model import Res
+from tools.review.policy import (
+    Grant,
+    Principal,
+    allowed,
+    as_list,
+    condition_text,
+    principals,
+    statements,
+)
 from tools.review.refs import Resolver, Target, flatten
 
-READ_ACTION = "secretsmanager:getsecretvalue"
+SECRET_TYPE = "AWS::SecretsManager::Secret"  # noqa: S105 (a resource type)
+RESOURCE_POLICY = "AWS::SecretsManager::ResourcePolicy"
 DYNAMIC_REFERENCE = "{{resolve:secretsmanager:"
+# Secrets Manager API reference, "Actions": reading the value, and every action that changes
+# the value, which version is current, or who may read it.
+READ_ACTIONS = ("secretsmanager:GetSecretValue",)
+WRITE_ACTIONS = (
+    "secretsmanager:PutSecretValue",
+    "secretsmanager:UpdateSecret",
+    "secretsmanager:UpdateSecretVersionStage",
+    "secretsmanager:RotateSecret",
+    "secretsmanager:RestoreSecret",
+    "secretsmanager:DeleteSecret",
+    "secretsmanager:PutResourcePolicy",
+    "secretsmanager:DeleteResourcePolicy",
+)
 _NOT_INJECTION = {
     "AWS::IAM::Policy",
     "AWS::IAM::ManagedPolicy",
     "AWS::IAM::Role",
-    "AWS::SecretsManager::ResourcePolicy",
+    RESOURCE_POLICY,
     "AWS::SecretsManager::RotationSchedule",
     "AWS::SecretsManager::SecretTargetAttachment",
 }
 
 
+# A principal allowed some of READ_ACTIONS / WRITE_ACTIONS on one secret.
+Access = Grant
+
+
 @dataclass(frozen=True)
-class Reader:
-    principal: str
-    policy: str
-    how: str
+class Unresolved:
+    """A read or write allowed on a resource value the review cannot resolve to a secret."""
+
+    principal: Res | None
+    principal_text: str
+    policy: Res
+    actions: tuple[str, ...]
+    value: str  # the resource as cdk-nag flattens it
+    why: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Injection:
+    where: Res
+    kind: str  # ecs-secret, lambda-environment, property
+    detail: str  # container and variable, variable, or property path
+    via: tuple[str, ...] = ()  # custom resource outputs the reference went through
 
 
 @dataclass(frozen=True)
 class SecretReview:
-    stack: str
-    label: str
-    key: str
+    res: Res
+    description: str
+    key: str  # Markdown label of the KMS key
+    key_res: Res | None  # the customer-managed key, None for an AWS managed key
     rotation: str
-    readers: list[Reader]
-    injections: list[str]
+    readers: list[Access]
+    writers: list[Access]
+    injections: list[Injection]
+
+    @property
+    def stack(self) -> str:
+        return self.res.stack
+
+    @property
+    def label(self) -> str:
+        return self.res.markdown()
+
+
+@dataclass(frozen=True)
+class DynamicReference:
+    """`{{resolve:secretsmanager:...}}` in a property: the secret's value is in the resource."""
+
+    where: Res
+    path: str
+
+    def markdown(self) -> str:
+        return f"{self.where.markdown()} at `{self.path}`"
 
 
 @dataclass(frozen=True)
 class Secrets:
     secrets: list[SecretReview]
-    dynamic_references: list[str]  # resource label and property path of each
+    dynamic_references: list[DynamicReference]
+    unresolved: list[Unresolved] = field(default_factory=list)
 
 
-def _as_list(value: Json) -> list[Json]:
-    if value is None:
-        return []
-    return value if isinstance(value, list) else [value]
+@dataclass(frozen=True)
+class _Grant:
+    """One statement's secret actions, from a role policy or a secret's resource policy."""
+
+    principal: Res | None
+    principal_text: str
+    policy: Res
+    stack: StackTemplate
+    resources: list[Json]
+    reads: tuple[str, ...]
+    writes: tuple[str, ...]
+    condition: str
+    resource_policy_of: Target | None = None
 
 
-def _allows_read(statement: Statement) -> bool:
-    if statement.effect != "Allow":
-        return False
-    matches = any(fnmatch.fnmatchcase(READ_ACTION, action.lower()) for action in statement.actions)
-    return not matches if statement.not_action else matches
+def _short(actions: list[str]) -> tuple[str, ...]:
+    return tuple(action.partition(":")[2] for action in actions)
 
 
-def _how(resolver: Resolver, statement: Statement, secret: Target) -> str | None:
-    if statement.not_resource:
-        return None  # rare enough to leave to the IAM section, which flags it as a wildcard
-    for raw in _as_list(statement.raw.get("Resource")):
-        if resolver.refers_to(statement.stack, raw, secret):
-            return "names this secret"
-        text = flatten(resolver.producer(statement.stack, raw)[1])
-        if text == "*" or ("*" in text and "secretsmanager" in text):
-            return f"wildcard resource `{text}`"
-    return None
-
-
-def _readers(resolver: Resolver, roles: list[RoleReview], secret: Target) -> list[Reader]:
-    readers: list[Reader] = []
+def _role_grants(roles: list[RoleReview]) -> Iterator[_Grant]:
     for role in roles:
         for statement in role.statements:
-            how = _how(resolver, statement, secret) if _allows_read(statement) else None
-            if how is not None:
-                readers.append(Reader(role.label, statement.policy, how))
-    for stack in resolver.assembly.stacks:
-        for logical_id, resource in stack.resources_of("AWS::SecretsManager::ResourcePolicy"):
-            props = resource.get("Properties") or {}
-            if not resolver.refers_to(stack, props.get("SecretId"), secret):
+            reads, writes = _actions(statement.raw)
+            if not (reads or writes) or statement.not_resource:
                 continue
-            for raw in _as_list((props.get("ResourcePolicy") or {}).get("Statement")):
-                actions = [str(a).lower() for a in _as_list(raw.get("Action"))]
-                if raw.get("Effect") == "Allow" and any(
-                    fnmatch.fnmatchcase(READ_ACTION, action) for action in actions
-                ):
-                    principal = flatten(raw.get("Principal"))
-                    readers.append(
-                        Reader(f"`{principal}`", stack.label(logical_id), "resource policy")
+            yield _grant(role, statement, reads, writes)
+
+
+def _grant(
+    role: RoleReview, statement: Statement, reads: tuple[str, ...], writes: tuple[str, ...]
+) -> _Grant:
+    return _Grant(
+        principal=role.res,
+        principal_text=role.name,
+        policy=statement.policy_res,
+        stack=statement.stack,
+        resources=as_list(statement.raw.get("Resource")),
+        reads=reads,
+        writes=writes,
+        condition=condition_text(statement.raw),
+    )
+
+
+def _actions(statement: dict[str, Json]) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    return _short(allowed(statement, READ_ACTIONS)), _short(allowed(statement, WRITE_ACTIONS))
+
+
+def _policy_grants(resolver: Resolver) -> Iterator[_Grant]:
+    for stack in resolver.assembly.stacks:
+        for logical_id, resource in stack.resources_of(RESOURCE_POLICY):
+            props = resource.get("Properties") or {}
+            secret = resolver.target(stack, props.get("SecretId"))
+            for statement in statements(props.get("ResourcePolicy")):
+                reads, writes = _actions(statement)
+                if not (reads or writes):
+                    continue
+                for principal in principals(resolver, stack, statement) or [Principal("*", "?")]:
+                    yield _Grant(
+                        principal=principal.res,
+                        principal_text=principal.text(),
+                        policy=stack.res(logical_id),
+                        stack=stack,
+                        resources=[props.get("SecretId")],
+                        reads=reads,
+                        writes=writes,
+                        condition=condition_text(statement),
+                        resource_policy_of=secret,
                     )
-    return readers
+
+
+def _is_wildcard(text: str) -> bool:
+    return text == "*" or ("*" in text and "secretsmanager" in text)
+
+
+@dataclass
+class _Ledger:
+    readers: dict[tuple[str, str], list[Access]] = field(default_factory=dict)
+    writers: dict[tuple[str, str], list[Access]] = field(default_factory=dict)
+    unresolved: list[Unresolved] = field(default_factory=list)
+
+    def add(self, grant: _Grant, secret: Res, how: str) -> None:
+        key = (secret.stack, secret.logical_id)
+        for actions, book in ((grant.reads, self.readers), (grant.writes, self.writers)):
+            if actions:
+                book.setdefault(key, []).append(
+                    Access(
+                        principal=grant.principal,
+                        principal_text=grant.principal_text,
+                        policy=grant.policy,
+                        actions=actions,
+                        how=how,
+                        condition=grant.condition,
+                    )
+                )
+
+
+def _ledger(resolver: Resolver, grants: list[_Grant], secrets: list[Target]) -> _Ledger:
+    ledger = _Ledger()
+    for grant in grants:
+        for raw in grant.resources:
+            mentions = resolver.mentions(grant.stack, raw)
+            named = [t for t in mentions.targets if t.type == SECRET_TYPE]
+            for target in named:
+                how = "resource policy" if grant.resource_policy_of else "names it"
+                if target.via:
+                    how += " via " + ", ".join(target.via)
+                ledger.add(grant, target.res, how)
+            text = flatten(resolver.producer(grant.stack, raw)[1])
+            if _is_wildcard(text):
+                for secret in secrets:
+                    ledger.add(grant, secret.res, f"wildcard {text}")
+            elif mentions.unresolved or (not mentions.targets and "secretsmanager" in text):
+                why = tuple(mentions.unresolved) or ("a secret these templates do not create",)
+                ledger.unresolved.append(
+                    Unresolved(
+                        principal=grant.principal,
+                        principal_text=grant.principal_text,
+                        policy=grant.policy,
+                        actions=grant.reads + grant.writes,
+                        value=text,
+                        why=why,
+                    )
+                )
+    return ledger
 
 
 def _property_paths(
     resolver: Resolver, stack: StackTemplate, value: Json, secret: Target, path: str
-) -> Iterator[str]:
+) -> Iterator[tuple[str, Target]]:
     if isinstance(value, dict):
         if any(key == "Ref" or key.startswith("Fn::") for key in value):
-            if resolver.refers_to(stack, value, secret):
-                yield path
+            found = resolver.naming(stack, value, secret)
+            if found is not None:
+                yield path, found
             return
         for key, item in value.items():
             yield from _property_paths(resolver, stack, item, secret, f"{path}.{key}")
@@ -118,8 +261,8 @@ def _property_paths(
             yield from _property_paths(resolver, stack, item, secret, f"{path}[{index}]")
 
 
-def _injections(resolver: Resolver, secret: Target) -> list[str]:
-    found: list[str] = []
+def _injections(resolver: Resolver, secret: Target) -> list[Injection]:
+    found: list[Injection] = []
     for stack in resolver.assembly.stacks:
         for logical_id, resource in stack.resources.items():
             kind = resource.get("Type", "")
@@ -128,28 +271,29 @@ def _injections(resolver: Resolver, secret: Target) -> list[str]:
                 stack is secret.stack and logical_id == secret.logical_id
             ):
                 continue
-            label = stack.label(logical_id)
+            where = stack.res(logical_id)
             if kind == "AWS::ECS::TaskDefinition":
                 for container in props.get("ContainerDefinitions") or []:
                     for entry in container.get("Secrets") or []:
-                        if resolver.refers_to(stack, entry.get("ValueFrom"), secret):
-                            found.append(
-                                f"task definition {label}, container "
-                                f"`{flatten(container.get('Name'))}`, "
-                                f"as environment `{flatten(entry.get('Name'))}`"
+                        hit = resolver.naming(stack, entry.get("ValueFrom"), secret)
+                        if hit is not None:
+                            detail = (
+                                f"container {flatten(container.get('Name'))}, "
+                                f"environment {flatten(entry.get('Name'))}"
                             )
+                            found.append(Injection(where, "ecs-secret", detail, hit.via))
                 continue
             if kind == "AWS::Lambda::Function":
                 variables = (props.get("Environment") or {}).get("Variables") or {}
                 for name, value in variables.items():
-                    if resolver.refers_to(stack, value, secret):
+                    hit = resolver.naming(stack, value, secret)
+                    if hit is not None:
                         found.append(
-                            f"function {label}, environment `{name}` holds its ARN "
-                            "(the function reads the value at run time)"
+                            Injection(where, "lambda-environment", f"{name} (its ARN)", hit.via)
                         )
                 continue
-            for path in _property_paths(resolver, stack, props, secret, "Properties"):
-                found.append(f"{label} ({kind}) at `{path}`")
+            for path, hit in _property_paths(resolver, stack, props, secret, "Properties"):
+                found.append(Injection(where, "property", path, hit.via))
     return found
 
 
@@ -164,8 +308,8 @@ def _rotation(resolver: Resolver, secret: Target) -> str:
     return "no rotation schedule"
 
 
-def _dynamic_references(assembly: Assembly) -> list[str]:
-    found: list[str] = []
+def _dynamic_references(assembly: Assembly) -> list[DynamicReference]:
+    found: list[DynamicReference] = []
 
     def walk(value: Json, path: str) -> Iterator[str]:
         if isinstance(value, str) and DYNAMIC_REFERENCE in value:
@@ -180,27 +324,33 @@ def _dynamic_references(assembly: Assembly) -> list[str]:
     for stack in assembly.stacks:
         for logical_id, resource in stack.resources.items():
             for path in walk(resource.get("Properties"), "Properties"):
-                found.append(f"{stack.label(logical_id)} at `{path}`")
+                found.append(DynamicReference(stack.res(logical_id), path))
     return found
 
 
 def secrets(assembly: Assembly, roles: list[RoleReview]) -> Secrets:
     resolver = Resolver(assembly)
+    targets = [
+        Target(stack, logical_id, None)
+        for stack in assembly.stacks
+        for logical_id, _ in stack.resources_of(SECRET_TYPE)
+    ]
+    ledger = _ledger(resolver, [*_role_grants(roles), *_policy_grants(resolver)], targets)
     found: list[SecretReview] = []
-    for stack in assembly.stacks:
-        for logical_id, resource in stack.resources_of("AWS::SecretsManager::Secret"):
-            target = Target(stack, logical_id, None)
-            found.append(
-                SecretReview(
-                    stack=stack.name,
-                    label=stack.label(logical_id),
-                    key=key_label(
-                        resolver, stack, (resource.get("Properties") or {}).get("KmsKeyId")
-                    )
-                    or "AWS managed key `aws/secretsmanager`",
-                    rotation=_rotation(resolver, target),
-                    readers=_readers(resolver, roles, target),
-                    injections=_injections(resolver, target),
-                )
+    for target in targets:
+        props = target.properties
+        key = (target.stack.name, target.logical_id)
+        found.append(
+            SecretReview(
+                res=target.res,
+                description=str(props.get("Description") or ""),
+                key=key_label(resolver, target.stack, props.get("KmsKeyId"))
+                or "AWS managed key `aws/secretsmanager`",
+                key_res=key_of(resolver, target.stack, props.get("KmsKeyId"))[0],
+                rotation=_rotation(resolver, target),
+                readers=ledger.readers.get(key, []),
+                writers=ledger.writers.get(key, []),
+                injections=_injections(resolver, target),
             )
-    return Secrets(found, _dynamic_references(assembly))
+        )
+    return Secrets(found, _dynamic_references(assembly), ledger.unresolved)

@@ -1,6 +1,6 @@
 """Consul administration steps of the server boot (standard library only).
 
-    consul_admin.py acl-bootstrap --management-token-file F --token NAME:POLICY_FILE:SECRET_FILE
+    consul_admin.py acl-bootstrap --management-token-file F [--timeout S] --token NAME:POLICY:SECRET
     consul_admin.py health-gate NODE_NAME EXPECTED_VOTERS [TIMEOUT_SECONDS]
 
 Runs on the servers' own Python (Amazon Linux 2023 ships 3.9), so nothing newer than 3.9 is
@@ -8,7 +8,14 @@ used at run time. Always talks to the local agent on 127.0.0.1:8501 and verifies
 fleet's CA: the server certificate carries 127.0.0.1.
 
 acl-bootstrap: creates, or repairs, the ACL policies and tokens the servers themselves need. Run
-by consul_bootstrap.sh on every server at every boot, once the cluster has a leader. For each
+by consul_bootstrap.sh on every server at every boot, once the cluster has a leader. A leader is
+not enough: the new leader creates the `initial_management` token only when it establishes its
+leadership (`initializeACLs`, hashicorp/consul agent/consul/leader.go, run by
+`establishLeadership` after the Raft barrier). Until then `GET /v1/acl/token/self` with that
+token answers 404 "Supplied token does not exist" (it looks the secret up instead of resolving
+it, see `wait_for_acls`), and every endpoint that resolves the token answers 403 "ACL not
+found". So the step first waits, with backoff and a deadline (`--timeout`), until
+`GET /v1/acl/token/self` with the management token answers 200. For each
 `--token`, the policy NAME gets the rules in POLICY_FILE, and a token with the SecretID in
 SECRET_FILE (a UUID published once in Secrets Manager, see consul_lib.sh) is linked to it.
 Consul lets the caller choose a token's SecretID, so the token is the same on every server and
@@ -32,11 +39,18 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from typing import Any, Protocol
 
 LOCAL_HTTPS = "https://127.0.0.1:8501"
 CA_FILE = "/etc/consul.d/tls/consul-agent-ca.pem"
 ACL_TOKENS_FILE = "/etc/consul.d/50-acl-tokens.json"
+ACL_TIMEOUT = 300.0  # seconds acl-bootstrap waits for the leader's ACL setup (user data passes it)
+ACL_BACKOFF = (1.0, 15.0)  # first and longest pause between two readiness checks
+
+# Replaced by tests with a fake clock, so no test sleeps on wall time.
+_sleep: Callable[[float], None] = time.sleep
+_clock: Callable[[], float] = time.monotonic
 
 
 class ConsulAPI(Protocol):
@@ -50,7 +64,9 @@ class ConsulAPI(Protocol):
 class HttpsConsul:
     """`ConsulAPI` over HTTPS with a default token (the management token on the servers)."""
 
-    def __init__(self, token: str, ca_file: str = CA_FILE, base_url: str = LOCAL_HTTPS) -> None:
+    def __init__(
+        self, token: str, ca_file: str | None = CA_FILE, base_url: str = LOCAL_HTTPS
+    ) -> None:
         self._token = token
         self._base = base_url
         self._tls = ssl.create_default_context(cafile=ca_file)
@@ -92,6 +108,56 @@ _NOT_FOUND = (403, 404)  # Consul answers "ACL not found" with 403 on older rele
 
 class AclError(RuntimeError):
     """Consul refused a request the bootstrap needs; the message names it."""
+
+
+# What `GET /v1/acl/token/self` answers while the management token cannot be used yet:
+# - 404 "Supplied token does not exist": a leader is elected but has not created the token
+#   (initializeACLs). ACLTokenSelf (hashicorp/consul agent/acl_endpoint.go, 7fa1034 lines
+#   344-378) calls the RPC ACL.TokenRead with TokenIDType ACLTokenSecret; TokenRead
+#   (agent/consul/acl_endpoint.go) reads state.ACLTokenGetBySecret without resolving the
+#   caller, finds nothing and returns no error, so the endpoint answers 404 (line 374). A
+#   follower forwards the read to the leader and gets the same 404. A wrong secret looks
+#   exactly the same, which is why the deadline's message names both causes.
+# - 403 "ACL not found": what an endpoint that resolves the token answers in that window (and
+#   what releases before the 404 answered here); kept so an older server is waited for too.
+# - 500 "No cluster leader" (or no answer at all) before the election, 503 while the agent is
+#   still starting.
+# Any other answer (401 "ACL support disabled", 400, ...) will not change by waiting.
+_NOT_READY = (403, 404, 500, 503)
+
+
+def wait_for_acls(api: ConsulAPI, timeout: float) -> None:
+    """Return once the management token is accepted (`/v1/acl/token/self` = 200).
+
+    Polls with exponential backoff (ACL_BACKOFF) until `timeout` seconds have passed, then
+    raises AclError with the last answer and both possible causes. Connection errors count as
+    "not ready yet".
+    """
+    deadline = _clock() + timeout
+    pause, longest = ACL_BACKOFF
+    while True:
+        try:
+            status, body = api.request("GET", "/v1/acl/token/self")
+        except OSError as err:  # urllib's URLError is an OSError: the agent is not listening
+            status, body = 0, str(err)
+        if status == 200:
+            print("consul-fleet: ACLs ready: the management token is accepted", flush=True)
+            return
+        if status not in (0, *_NOT_READY):
+            raise AclError(f"checking the management token: HTTP {status} {body}")
+        left = deadline - _clock()
+        if left <= 0:
+            raise AclError(
+                f"the management token was not found within {timeout:.0f}s (last answer: "
+                f"HTTP {status} {body}). Either the leader has not created it yet (it does so "
+                "from acl.tokens.initial_management when it establishes leadership; see the "
+                "servers' consul logs for the election and ACL errors), or the management "
+                "token secret does not hold the initial_management token this cluster was "
+                "first bootstrapped with (a wrong secret answers the same 404)"
+            )
+        print(f"consul-fleet: waiting for ACLs (HTTP {status} {body})", flush=True)
+        _sleep(min(pause, left))
+        pause = min(pause * 2, longest)
 
 
 def ensure_policy(api: ConsulAPI, name: str, rules: str) -> str:
@@ -175,22 +241,47 @@ def gate(health: Any, node: str, expected_voters: int) -> tuple[bool, str]:
     return True, f"{node} is a healthy voter; {healthy_voters} healthy voters"
 
 
+def servers_summary(health: Any) -> str:
+    """One line per server of an autopilot answer: what makes it (un)healthy."""
+    if not isinstance(health, dict):
+        return ""
+    return "; ".join(
+        f"{s.get('Name')}: voter={s.get('Voter')} healthy={s.get('Healthy')} "
+        f"serf={s.get('SerfStatus')} leader={s.get('Leader')} "
+        f"last_contact={s.get('LastContact')} last_index={s.get('LastIndex')}"
+        for s in health.get("Servers") or []
+    )
+
+
 def wait(api: ConsulAPI, node: str, expected: int, timeout: float, interval: float = 10) -> bool:
-    """Poll the gate until it opens or `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
+    """Poll the gate until it opens or `timeout` seconds pass.
+
+    Consul answers `/v1/operator/autopilot/health` with 429 whenever the cluster is unhealthy,
+    with the same JSON body as a 200 (hashicorp/consul agent/operator_endpoint.go,
+    `OperatorServerHealth`): that body says which server is unhealthy and why, so it is logged.
+    """
+    deadline = _clock() + timeout
     while True:
         status, body = api.request("GET", "/v1/operator/autopilot/health")
-        ok, why = gate(body, node, expected) if status == 200 else (False, f"HTTP {status}")
+        if status in (200, 429):
+            ok, why = gate(body, node, expected)
+            if not ok and status == 429:
+                why = f"{why} (HTTP 429: {servers_summary(body) or body})"
+        else:
+            ok, why = False, f"HTTP {status} {body}"
         print(f"consul-fleet: health gate: {why}", flush=True)
         if ok:
             return True
-        if time.monotonic() >= deadline:
+        if _clock() >= deadline:
             return False
-        time.sleep(interval)
+        _sleep(interval)
 
 
-def acl_bootstrap(api: ConsulAPI, specs: list[tuple[str, str, str]]) -> None:
-    """Apply each (policy name, rules, token SecretID)."""
+def acl_bootstrap(
+    api: ConsulAPI, specs: list[tuple[str, str, str]], timeout: float = ACL_TIMEOUT
+) -> None:
+    """Once the management token is accepted, apply each (policy name, rules, token SecretID)."""
+    wait_for_acls(api, timeout)
     for name, rules, secret_id in specs:
         ensure_policy(api, name, rules)
         accessor = ensure_token(api, name, secret_id)
@@ -204,6 +295,7 @@ def main(argv: list[str], api: ConsulAPI | None = None) -> int:
     acl = sub.add_parser("acl-bootstrap")
     acl.add_argument("--ca-file", default=CA_FILE)
     acl.add_argument("--management-token-file", required=True)
+    acl.add_argument("--timeout", type=float, default=ACL_TIMEOUT)
     acl.add_argument("--token", action="append", default=[], metavar="NAME:POLICY:SECRET")
     health = sub.add_parser("health-gate")
     health.add_argument("node")
@@ -218,7 +310,7 @@ def main(argv: list[str], api: ConsulAPI | None = None) -> int:
                 parser.error(f"--token must be NAME:POLICY_FILE:SECRET_FILE, got {spec!r}")
             specs.append((parts[0], _read(parts[1]), _read(parts[2])))
         client = api or HttpsConsul(_read(args.management_token_file), ca_file=args.ca_file)
-        acl_bootstrap(client, specs)
+        acl_bootstrap(client, specs, args.timeout)
         return 0
     client = api or HttpsConsul(management_token())
     return 0 if wait(client, args.node, args.expected_voters, args.timeout) else 1

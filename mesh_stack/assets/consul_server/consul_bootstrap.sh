@@ -2,7 +2,9 @@
 # Boots one Consul server of the fleet, with no manual step and no secret in the user data.
 #
 #   consul_bootstrap.sh            full boot (run by the user data on every launch)
-#   consul_bootstrap.sh renew-cert re-sign this server's certificate (weekly systemd timer)
+#   consul_bootstrap.sh renew-cert re-sign this server's certificate when it expires within
+#                                  RENEW_BEFORE_DAYS (consul-cert-renew.timer: daily, at boot,
+#                                  and after any time the instance was off)
 #
 # Inputs, written by the user data (nothing in them is secret):
 #   /etc/consul-fleet/fleet.env    region, versions, datacenter, secret ARNs, NLB DNS name, ...
@@ -19,12 +21,17 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source-path=SCRIPTDIR source=consul_lib.sh
 source "${HERE}/consul_lib.sh"
 
+# Overridable only so that tests/infra/test_consul_scripts.py can run the functions in a sandbox.
 FLEET_DIR="${FLEET_DIR:-/etc/consul-fleet}"
-CONFIG_DIR=/etc/consul.d
+CONFIG_DIR="${CONFIG_DIR:-/etc/consul.d}"
 TLS_DIR="${CONFIG_DIR}/tls"
-DATA_DIR=/opt/consul/data
-ESM_DIR=/etc/consul-esm.d
-BIN_DIR=/usr/local/bin
+DATA_DIR="${DATA_DIR:-/opt/consul/data}"
+ESM_DIR="${ESM_DIR:-/etc/consul-esm.d}"
+BIN_DIR="${BIN_DIR:-/usr/local/bin}"
+SYSTEMD_DIR="${SYSTEMD_DIR:-/etc/systemd/system}"
+# Server certificates live CERT_DAYS; they are re-signed once fewer than RENEW_BEFORE_DAYS remain.
+CERT_DAYS=90
+RENEW_BEFORE_DAYS=30
 # Version ids of the secrets generated at boot. Fixed strings (32-64 characters, as
 # ClientRequestToken requires), so every server asks for the same version: see publish_once.
 TOKEN_GOSSIP="consul-fleet-bootstrap-v1-gossip-key"
@@ -91,18 +98,35 @@ sign_server_cert() {
   json_field cert <<<"$1" >"${work}/ca.pem"
   json_field key <<<"$1" >"${work}/ca-key.pem"
   (cd "$work" && "${BIN_DIR}/consul" tls cert create -server -dc "$DATACENTER" \
-    -ca ca.pem -key ca-key.pem -days 90 -additional-dnsname "$NLB_DNS_NAME" >/dev/null)
+    -ca ca.pem -key ca-key.pem -days "$CERT_DAYS" -additional-dnsname "$NLB_DNS_NAME" >/dev/null)
   install -m 0644 -o root -g consul "${work}/ca.pem" "${TLS_DIR}/consul-agent-ca.pem"
   install -m 0644 -o root -g consul "${work}/${DATACENTER}-server-consul-0.pem" "${TLS_DIR}/server.pem"
   install -m 0640 -o root -g consul "${work}/${DATACENTER}-server-consul-0-key.pem" "${TLS_DIR}/server-key.pem"
   rm -rf "$work"
 }
 
+# cert_expires_within FILE DAYS: true when FILE is missing, unreadable, or its certificate
+# expires within DAYS days (`openssl x509 -checkend` exits 0 only if it does not).
+cert_expires_within() {
+  [[ -r "$1" ]] || return 0
+  ! openssl x509 -checkend "$(($2 * 86400))" -noout -in "$1" >/dev/null 2>&1
+}
+
+# node_config NODE_NAME IP: this server's own fragment. bind_addr/advertise_addr are pinned to
+# the instance's primary private address: left unset, Consul refuses to start as soon as a
+# second private IPv4 appears (a docker bridge, a secondary ENI): "Multiple private IPv4
+# addresses found. Please configure one with 'bind' and/or 'advertise'" (hashicorp/consul
+# agent/config/builder.go, test "advertise address detect multiple v4" in builder_test.go).
+node_config() {
+  python3 -c 'import json, sys; n, ip = sys.argv[1:]; print(json.dumps({"node_name": n, "bind_addr": ip, "advertise_addr": ip}))' "$1" "$2"
+}
+
 write_consul_config() {
-  local gossip="$1" management="$2" agent="$3" node
+  local gossip="$1" management="$2" agent="$3" node ip
   node="consul-server-$(instance_id)"
+  ip="$(private_ip)"
   install -m 0640 -o root -g consul "${FLEET_DIR}/consul.json" "${CONFIG_DIR}/consul.json"
-  printf '{"node_name": "%s"}\n' "$node" | write_private "${CONFIG_DIR}/40-node.json" root:consul
+  node_config "$node" "$ip" | write_private "${CONFIG_DIR}/40-node.json" root:consul
   python3 -c 'import json, sys; print(json.dumps({"encrypt": sys.stdin.read().strip()}))' \
     <<<"$gossip" | write_private "${CONFIG_DIR}/50-gossip.json" root:consul
   python3 -c '
@@ -113,17 +137,8 @@ print(json.dumps({"acl": {"tokens": {"initial_management": management, "agent": 
   "${BIN_DIR}/consul" validate "$CONFIG_DIR" >/dev/null || die "consul validate rejected ${CONFIG_DIR}"
 }
 
-# instance_id: this instance's id, through IMDSv2 (the only version the launch template allows).
-instance_id() {
-  local token
-  token="$(curl -fsS -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
-    http://169.254.169.254/latest/api/token)"
-  curl -fsS -H "X-aws-ec2-metadata-token: ${token}" \
-    http://169.254.169.254/latest/meta-data/instance-id
-}
-
 write_units() {
-  cat >/etc/systemd/system/consul.service <<EOF
+  cat >"${SYSTEMD_DIR}/consul.service" <<EOF
 [Unit]
 Description=Consul server
 Wants=network-online.target
@@ -149,7 +164,7 @@ ReadWritePaths=/opt/consul
 [Install]
 WantedBy=multi-user.target
 EOF
-  cat >/etc/systemd/system/consul-esm.service <<EOF
+  cat >"${SYSTEMD_DIR}/consul-esm.service" <<EOF
 [Unit]
 Description=Consul External Service Monitor (health checks of catalog-only registrations)
 Requires=consul.service
@@ -169,7 +184,7 @@ PrivateTmp=yes
 [Install]
 WantedBy=multi-user.target
 EOF
-  cat >/etc/systemd/system/consul-snapshot.service <<EOF
+  cat >"${SYSTEMD_DIR}/consul-snapshot.service" <<EOF
 [Unit]
 Description=Save a Consul snapshot to S3 (leader only)
 After=consul.service
@@ -180,7 +195,7 @@ User=consul
 Group=consul
 ExecStart=${HERE}/consul_snapshot.sh
 EOF
-  cat >/etc/systemd/system/consul-snapshot.timer <<EOF
+  cat >"${SYSTEMD_DIR}/consul-snapshot.timer" <<EOF
 [Unit]
 Description=Consul snapshots to S3 every ${SNAPSHOT_INTERVAL_HOURS:-1} h
 
@@ -192,7 +207,7 @@ RandomizedDelaySec=5min
 [Install]
 WantedBy=timers.target
 EOF
-  cat >/etc/systemd/system/consul-cert-renew.service <<EOF
+  cat >"${SYSTEMD_DIR}/consul-cert-renew.service" <<EOF
 [Unit]
 Description=Re-sign this Consul server's TLS certificate
 
@@ -200,14 +215,20 @@ Description=Re-sign this Consul server's TLS certificate
 Type=oneshot
 ExecStart=${HERE}/consul_bootstrap.sh renew-cert
 EOF
-  cat >/etc/systemd/system/consul-cert-renew.timer <<EOF
+  # OnBootSec/OnUnitActiveSec alone restart their count at every boot: a server rebooted
+  # weekly for patches would never reach them. A calendar time with Persistent=true runs once a
+  # day and, after the instance was off at that time, right at the next boot (systemd.timer(5));
+  # OnBootSec also checks at every boot. Each run re-signs only when the certificate is near
+  # its end (renew_cert), so running often costs nothing.
+  cat >"${SYSTEMD_DIR}/consul-cert-renew.timer" <<EOF
 [Unit]
-Description=Weekly renewal of the 90-day Consul server certificate
+Description=Renew the ${CERT_DAYS}-day Consul server certificate ${RENEW_BEFORE_DAYS} days before it expires
 
 [Timer]
-OnUnitActiveSec=7d
-OnBootSec=7d
-RandomizedDelaySec=1h
+OnCalendar=daily
+Persistent=true
+OnBootSec=2min
+RandomizedDelaySec=10min
 
 [Install]
 WantedBy=timers.target
@@ -216,7 +237,7 @@ EOF
 }
 
 wait_for_leader() {
-  local deadline=$((SECONDS + ${LEADER_TIMEOUT_SECONDS:-900})) leader=""
+  local deadline=$((SECONDS + ${LEADER_TIMEOUT_SECONDS:-600})) leader=""
   while ((SECONDS < deadline)); do
     leader="$(curl -fsS --cacert "${TLS_DIR}/consul-agent-ca.pem" \
       https://127.0.0.1:8501/v1/status/leader 2>/dev/null || true)"
@@ -226,7 +247,7 @@ wait_for_leader() {
     fi
     sleep 5
   done
-  die "no Consul leader after ${LEADER_TIMEOUT_SECONDS:-900}s"
+  die "no Consul leader after ${LEADER_TIMEOUT_SECONDS:-600}s"
 }
 
 # write_esm_config TOKEN: consul-esm's config, token and its own copy of the CA certificate
@@ -247,7 +268,7 @@ apply_acls() {
   printf '%s' "$2" >"${work}/agent"
   printf '%s' "$3" >"${work}/esm"
   python3 "${HERE}/consul_admin.py" acl-bootstrap --ca-file "${TLS_DIR}/consul-agent-ca.pem" \
-    --management-token-file "${work}/management" \
+    --timeout "${ACL_TIMEOUT_SECONDS:-300}" --management-token-file "${work}/management" \
     --token "consul-server-agent:${FLEET_DIR}/policies/consul-server-agent.hcl:${work}/agent" \
     --token "consul-esm:${FLEET_DIR}/policies/consul-esm.hcl:${work}/esm"
   rm -rf "$work"
@@ -255,14 +276,23 @@ apply_acls() {
 
 renew_cert() {
   load_env
-  sign_server_cert "$(secret_version "$CA_SECRET_ARN" "$TOKEN_CA")"
-  systemctl reload consul
-  log "server certificate renewed"
+  if ! cert_expires_within "${TLS_DIR}/server.pem" "$RENEW_BEFORE_DAYS"; then
+    log "server certificate valid for more than ${RENEW_BEFORE_DAYS} days: nothing to do"
+    return 0
+  fi
+  local ca_json
+  ca_json="$(secret_version "$CA_SECRET_ARN" "$TOKEN_CA")" || die "cannot read the fleet CA"
+  sign_server_cert "$ca_json"
+  # Consul reloads its TLS files on SIGHUP; a stopped agent reads them when it starts.
+  systemctl try-reload-or-restart consul.service
+  log "server certificate renewed for ${CERT_DAYS} days"
 }
 
 main() {
   load_env
   create_users
+  # renew_cert reads certificate dates with openssl (part of the AL2023 AMI; installed if not).
+  command -v openssl >/dev/null || dnf install -y -q openssl
   install_release consul "$CONSUL_VERSION" "$BIN_DIR"
   install_release consul-esm "$ESM_VERSION" "$BIN_DIR"
 

@@ -100,11 +100,31 @@ release_arch() {
   esac
 }
 
+# version_args PRODUCT: the arguments that make PRODUCT print its version and exit. consul has
+# a `version` subcommand; consul-esm has none: it parses flags only (hashicorp/consul-esm
+# main.go, `-version`/`-v`), ignores a stray `version` argument and starts the daemon.
+version_args() {
+  case "$1" in
+    consul-esm) echo "-version" ;;
+    *) echo "version" ;;
+  esac
+}
+
+# installed_version_is PRODUCT VERSION DEST_DIR: whether DEST_DIR/PRODUCT reports vVERSION. The
+# output is captured first and matched after: `cmd | grep -q` under pipefail fails whenever cmd
+# is still writing when grep exits at its first match (SIGPIPE), and reads as "not installed".
+installed_version_is() {
+  local product="$1" version="$2" dest="$3" output
+  [[ -x "${dest}/${product}" ]] || return 1
+  output="$(timeout 10 "${dest}/${product}" "$(version_args "$product")" 2>/dev/null)" || return 1
+  [[ "$output" == *"v${version}"* ]]
+}
+
 # install_release PRODUCT VERSION DEST_DIR: download PRODUCT_VERSION_linux_ARCH.zip, verify it
 # (signature, then checksum) and install the PRODUCT binary into DEST_DIR. Idempotent.
 install_release() {
   local product="$1" version="$2" dest="$3" arch work zip sums
-  if [[ -x "${dest}/${product}" ]] && "${dest}/${product}" version 2>/dev/null | grep -q "v${version}"; then
+  if installed_version_is "$product" "$version" "$dest"; then
     log "${product} ${version} already installed"
     return 0
   fi
@@ -181,4 +201,39 @@ ensure_secret() {
 # new_uuid: a random UUID (Consul ACL SecretIDs must be UUIDs).
 new_uuid() {
   cat /proc/sys/kernel/random/uuid
+}
+
+# --- instance metadata (IMDSv2, the only version the launch template allows) ------------------
+
+IMDS="${IMDS:-http://169.254.169.254}"
+
+# imds PATH: one metadata value, e.g. `imds meta-data/local-ipv4`, with a fresh session token.
+imds() {
+  local token
+  token="$(curl -fsS --retry 3 -X PUT -H 'X-aws-ec2-metadata-token-ttl-seconds: 300' \
+    "${IMDS}/latest/api/token")"
+  curl -fsS --retry 3 -H "X-aws-ec2-metadata-token: ${token}" "${IMDS}/latest/$1"
+}
+
+# instance_id: this instance's id.
+instance_id() {
+  imds meta-data/instance-id
+}
+
+# private_ip: the primary private IPv4 address of this instance (its first interface).
+private_ip() {
+  local ip
+  ip="$(imds meta-data/local-ipv4)"
+  [[ "$ip" =~ ^[0-9]+\.[0-9]+\.[0-9]+\.[0-9]+$ ]] || die "IMDS returned no private IPv4 address: '${ip}'"
+  printf '%s' "$ip"
+}
+
+# is_leader: whether the local agent is the Raft leader (`consul info`, token from the env).
+# Its output is matched after it exited (no `| grep -q`, see installed_version_is). A failing
+# `consul info` stops the caller: errexit is off inside an `if` condition, and an unanswered
+# question must never read as "not the leader".
+is_leader() {
+  local info
+  info="$(consul info)" || die "consul info failed: cannot tell whether this server leads"
+  grep -Eq '^[[:space:]]*leader = true$' <<<"$info"
 }

@@ -6,6 +6,10 @@
 # `acl:write` (a management-equivalent right: it can mint any token), so a dedicated token
 # would reduce nothing; the job uses the management token the agent already reads from its own
 # config fragment on this instance, copied into a 0600 temp file for the CLI and removed.
+#
+# Every snapshot that reached S3 is counted in CloudWatch (METRIC_NAMESPACE, metric
+# SnapshotsSaved, dimension Fleet): the alarm of mesh_stack/monitoring.py fires when none landed
+# for three intervals, whatever the reason (the job failing, no leader, the timer not running).
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -14,18 +18,20 @@ source "${HERE}/consul_lib.sh"
 # shellcheck source=/dev/null
 source "${FLEET_DIR:-/etc/consul-fleet}/fleet.env"
 : "${AWS_REGION:?}" "${SNAPSHOT_BUCKET:?}" "${SNAPSHOT_PREFIX:?}" "${DATACENTER:?}" "${KMS_KEY_ARN:?}"
+: "${METRIC_NAMESPACE:?}" "${FLEET_ID:?}"
 export AWS_REGION AWS_DEFAULT_REGION="$AWS_REGION"
+CONFIG_DIR="${CONFIG_DIR:-/etc/consul.d}"
 
 work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 chmod 700 "$work"
 python3 -c 'import json, sys; print(json.load(sys.stdin)["acl"]["tokens"]["initial_management"], end="")' \
-  </etc/consul.d/50-acl-tokens.json >"${work}/token"
+  <"${CONFIG_DIR}/50-acl-tokens.json" >"${work}/token"
 export CONSUL_HTTP_ADDR=https://127.0.0.1:8501
-export CONSUL_CACERT=/etc/consul.d/tls/consul-agent-ca.pem
+export CONSUL_CACERT="${CONFIG_DIR}/tls/consul-agent-ca.pem"
 export CONSUL_HTTP_TOKEN_FILE="${work}/token"
 
-if ! consul info 2>/dev/null | grep -Eq '^[[:space:]]*leader = true$'; then
+if ! is_leader; then
   log "not the leader: no snapshot from this server"
   exit 0
 fi
@@ -35,3 +41,5 @@ consul snapshot inspect "${work}/${name}" >/dev/null || die "snapshot ${name} do
 aws s3 cp --only-show-errors --sse aws:kms --sse-kms-key-id "$KMS_KEY_ARN" \
   "${work}/${name}" "s3://${SNAPSHOT_BUCKET}/${SNAPSHOT_PREFIX}${DATACENTER}/${name}"
 log "snapshot ${name} saved to s3://${SNAPSHOT_BUCKET}/${SNAPSHOT_PREFIX}${DATACENTER}/"
+aws cloudwatch put-metric-data --namespace "$METRIC_NAMESPACE" --metric-name SnapshotsSaved \
+  --dimensions "Fleet=${FLEET_ID}" --unit Count --value 1

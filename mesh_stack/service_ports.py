@@ -1,0 +1,158 @@
+"""The ports a mesh service holds, and the rules they follow. Pure: no CDK.
+
+In host mode (the default) the app and its Envoy share the host's network namespace, so every
+port below is a port of the host: the app's (on 127.0.0.1), Envoy's public and expose
+listeners (which the Consul servers and other hosts dial), its metrics listener and its
+upstream listeners (on 127.0.0.1). Two host-mode services that can land on the same host must
+not share any of them. In bridge mode (an explicit opt-in) each task has its own namespace and
+ECS maps the published ports to dynamic host ports.
+
+MeshService builds one `ServicePorts` per service; configuration (issue 15) can build and
+check the same plan before any construct exists.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+from mesh_stack.init_program import load_identity
+from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
+
+identity = load_identity()
+
+# Envoy's user in the sidecar; the app runs as a non-root user too. Neither may bind a host
+# port below 1024 (only root may), which is what host mode asks of them.
+ENVOY_USER_ID = 1337
+MIN_UNPRIVILEGED_PORT = 1024
+NETWORK_MODES = ("host", "bridge")
+
+
+def _port(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"{name} must be a port in 1..65535, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ServicePorts:
+    """The validated port plan of one mesh service; build it with `plan`."""
+
+    service: str
+    network_mode: str
+    app: int
+    proxy: int
+    expose: int | None  # Envoy's listener for the health path (host mode with a path)
+    metrics: int | None
+    upstreams: Mapping[str, int] = field(default_factory=dict)
+
+    def named(self) -> dict[str, int]:
+        """Every port the task listens on, by the MeshService argument that sets it."""
+        named = {"port": self.app, "proxy_port": self.proxy}
+        if self.expose is not None:
+            named["expose_port"] = self.expose
+        if self.metrics is not None:
+            named["prometheus_port"] = self.metrics
+        named.update((f"upstreams[{name}]", port) for name, port in self.upstreams.items())
+        return named
+
+    def host_ports(self) -> dict[str, int]:
+        """The ports this service holds on the host itself (none in bridge mode: dynamic)."""
+        return self.named() if self.network_mode == "host" else {}
+
+    def inbound(self) -> dict[str, int]:
+        """The host-mode ports other hosts and the Consul servers dial (public, expose)."""
+        if self.network_mode != "host":
+            return {}
+        inbound = {"proxy_port": self.proxy}
+        if self.expose is not None:
+            inbound["expose_port"] = self.expose
+        return inbound
+
+
+def plan(
+    *,
+    service: str,
+    network_mode: str,
+    port: int,
+    proxy_port: int,
+    expose_port: int | None,
+    health_check_path: str | None,
+    prometheus_port: int | None,
+    upstreams: Mapping[str, int],
+) -> ServicePorts:
+    """The ports of one service, or ValueError naming the argument, its value and the rule."""
+    if network_mode not in NETWORK_MODES:
+        raise ValueError(
+            f"network_mode must be 'host' or 'bridge' (ECS Anywhere has no awsvpc), "
+            f"got {network_mode!r}"
+        )
+    host = network_mode == "host"
+    if expose_port is not None and not (host and health_check_path):
+        raise ValueError(
+            f"expose_port {expose_port!r} is used only in host mode with a health_check_path "
+            "(Envoy serves that path on it); remove it"
+        )
+    if host and health_check_path and expose_port is None:
+        expose_port = proxy_port + identity.EXPOSE_PORT_OFFSET
+    ports = ServicePorts(
+        service=service,
+        network_mode=network_mode,
+        app=_port("port", port),
+        proxy=_port("proxy_port", proxy_port),
+        expose=None if expose_port is None else _port("expose_port", expose_port),
+        metrics=None if prometheus_port is None else _port("prometheus_port", prometheus_port),
+        upstreams={name: _port(f"upstreams[{name}]", local) for name, local in upstreams.items()},
+    )
+    _check_within_task(ports)
+    if host:
+        _check_host_rules(ports)
+    return ports
+
+
+def _check_within_task(ports: ServicePorts) -> None:
+    """Ports sharing Envoy's network namespace (in host mode also the app's) must differ."""
+    named = ports.named()
+    if ports.network_mode == "bridge":
+        named.pop("port")  # the app has its own network namespace in bridge mode
+    seen: dict[int, str] = {}
+    for name, value in named.items():
+        if value in seen:
+            raise ValueError(
+                f"{name} {value} collides with {seen[value]} ({ports.network_mode} mode)"
+            )
+        seen[value] = name
+
+
+def _check_host_rules(ports: ServicePorts) -> None:
+    for name, value in ports.named().items():
+        if value < MIN_UNPRIVILEGED_PORT:
+            raise ValueError(
+                f"{name} {value} is below {MIN_UNPRIVILEGED_PORT}: in host mode it is a port of "
+                f"the host, bound by Envoy (uid {ENVOY_USER_ID}) or the non-root app, and only "
+                f"root may bind ports below {MIN_UNPRIVILEGED_PORT}"
+            )
+        problem = fixed_host_port_problem(value)
+        if problem:
+            raise ValueError(f"{name} {problem}")
+    low, high = ENVOY_INBOUND_PORTS
+    for name, value in ports.inbound().items():
+        if not low <= value <= high:
+            raise ValueError(
+                f"{name} {value} must lie in {low}..{high} in host mode: the Consul servers "
+                "and other hosts may reach Envoy on that range only (ENVOY_INBOUND_PORTS)"
+            )
+
+
+def check_distinct(ports: ServicePorts, others: Iterable[ServicePorts]) -> None:
+    """Host-mode services that can share a host must not share any host port."""
+    mine = ports.host_ports()
+    for other in others:
+        theirs = {port: name for name, port in other.host_ports().items()}
+        for name, port in mine.items():
+            if port in theirs:
+                raise ValueError(
+                    f"{name} {port} of mesh service {ports.service!r} collides with "
+                    f"{theirs[port]} of mesh service {other.service!r}: host-mode services "
+                    "of one cluster share each host's ports; give one of them another port"
+                )

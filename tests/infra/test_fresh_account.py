@@ -1,0 +1,184 @@
+"""The default app on a fresh AWS account: what would fail or hang there, read from the template.
+
+A new account has a low Lambda concurrency quota and eventually consistent IAM; a custom
+resource whose function dies holds the stack for an hour; a scanner reviews the template. Each
+test reads the synthesized default app (one synthesis per session).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT
+from tests.infra.cfn_graph import prerequisites, references
+from tests.infra.conftest import Synthesized
+
+Template = dict[str, Any]
+
+
+@pytest.fixture(scope="module")
+def template(synthesized: Synthesized) -> Template:
+    (only,) = synthesized.templates().values()
+    return only
+
+
+def of_type(template: Template, kind: str) -> dict[str, dict[str, Any]]:
+    return {n: r for n, r in template["Resources"].items() if r["Type"] == kind}
+
+
+def test_no_function_reserves_concurrency_by_default(template: Template) -> None:
+    # Lambda keeps 100 of the account's quota unreserved, and new accounts start with a quota
+    # of 10 or 50: any reservation would fail the deploy about 25 minutes in.
+    reserving = {
+        name: r["Properties"]["ReservedConcurrentExecutions"]
+        for name, r in of_type(template, "AWS::Lambda::Function").items()
+        if "ReservedConcurrentExecutions" in r["Properties"]
+    }
+    assert reserving == {}
+
+
+def test_hosts_are_deregistered_before_the_cluster_and_its_services_are_deleted(
+    template: Template,
+) -> None:
+    # ECS refuses to delete a cluster with registered container instances, and a service's
+    # deletion waits for its tasks, which never stop on a host that is gone.
+    (teardown,) = of_type(template, "Custom::EcsAnywhereTeardown")
+    before = prerequisites(template, teardown)
+    clusters = set(of_type(template, "AWS::ECS::Cluster"))
+    services = set(of_type(template, "AWS::ECS::Service"))
+    assert clusters
+    assert services
+    # CloudFormation deletes a resource before everything it depends on
+    assert clusters <= before
+    assert services <= before
+
+
+def test_the_operations_guide_names_the_ami_parameter_the_fleet_resolves(
+    template: Template,
+) -> None:
+    # An operator watching for new AMIs (each one rolls the fleet at the next deploy) must
+    # watch the parameter the template really resolves.
+    amis = [
+        p["Default"]
+        for p in template["Parameters"].values()
+        if str(p.get("Default", "")).startswith("/aws/service/ami-amazon-linux-latest/")
+    ]
+    assert len(amis) == 1
+    guide = (ROOT / "docs" / "operations.md").read_text()
+    assert f"`{amis[0]}`" in guide
+    assert "al2023-ami-kernel-default" not in guide
+
+
+def test_no_custom_resource_can_hold_the_stack_for_an_hour(template: Template) -> None:
+    # CloudFormation waits an hour for a custom resource's answer unless ServiceTimeout says
+    # otherwise; a function that dies without answering would hold the deploy that long.
+    resources = template["Resources"]
+    custom = {
+        name: r["Properties"]
+        for name, r in resources.items()
+        if r["Type"].startswith("Custom::") or r["Type"] == "AWS::CloudFormation::CustomResource"
+    }
+    assert len(custom) >= 5
+    for name, props in custom.items():
+        assert "ServiceTimeout" in props, f"{name} waits the default hour"
+        service_timeout = int(props["ServiceTimeout"])
+        function = resources[props["ServiceToken"]["Fn::GetAtt"][0]]
+        handler_timeout = int(function["Properties"].get("Timeout", 3))
+        # Never before the function that answers could have answered, never an hour
+        assert handler_timeout < service_timeout < 3600, name
+        if function["Properties"].get("Handler") == "handler.handler":  # our direct ones
+            assert service_timeout <= 300, f"{name}: a direct-Lambda resource waits 5 minutes"
+
+
+def _list(value: Any) -> list[Any]:
+    return value if isinstance(value, list) else [value]
+
+
+def test_no_key_policy_names_a_role_this_stack_creates(template: Template) -> None:
+    # A key policy naming a role created in the same deployment can be rejected ("invalid
+    # principals") while IAM propagates the role: grant the key in the role's own policy.
+    roles = set(of_type(template, "AWS::IAM::Role"))
+    for name, key in of_type(template, "AWS::KMS::Key").items():
+        for statement in key["Properties"]["KeyPolicy"]["Statement"]:
+            named = set(references(statement.get("Principal", {}))) & roles
+            assert not named, f"{name}'s policy names {sorted(named)}"
+
+
+def _secret_behind(template: Template, value: Any) -> str | None:
+    """The secret a policy resource points at: a Ref to it, or a custom resource's attribute
+    that echoes one of its properties (the Consul token secrets)."""
+    resources = template["Resources"]
+    if isinstance(value, dict) and "Ref" in value:
+        name = value["Ref"]
+        return (
+            name if resources.get(name, {}).get("Type") == "AWS::SecretsManager::Secret" else None
+        )
+    if isinstance(value, dict) and "Fn::GetAtt" in value:
+        owner, attribute = value["Fn::GetAtt"]
+        echoed = resources[owner].get("Properties", {}).get(attribute)
+        return _secret_behind(template, echoed) if echoed is not None else None
+    return None
+
+
+def test_every_reader_of_an_encrypted_secret_may_decrypt_it_through_secrets_manager(
+    template: Template,
+) -> None:
+    resources = template["Resources"]
+    readable: dict[str, set[str]] = {}  # role -> secrets it may read
+    decryptable: dict[str, set[str]] = {}  # role -> keys it may decrypt via Secrets Manager
+    for policy in resources.values():
+        if policy["Type"] not in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy"):
+            continue
+        props = policy["Properties"]
+        for role in (r["Ref"] for r in props.get("Roles", [])):
+            for statement in props["PolicyDocument"]["Statement"]:
+                actions = _list(statement["Action"])
+                targets = _list(statement["Resource"])
+                if "secretsmanager:GetSecretValue" in actions:
+                    secrets = {_secret_behind(template, t) for t in targets} - {None}
+                    readable.setdefault(role, set()).update(s for s in secrets if s)
+                via = statement.get("Condition", {}).get("StringEquals", {}).get("kms:ViaService")
+                if "kms:Decrypt" in actions and via and "secretsmanager" in json.dumps(via):
+                    decryptable.setdefault(role, set()).update(
+                        t["Fn::GetAtt"][0] for t in targets if "Fn::GetAtt" in t
+                    )
+    assert len(readable) >= 6, "fleet, objects, registrar functions, demo tasks"
+    for role, secrets in readable.items():
+        for secret in secrets:
+            key = resources[secret]["Properties"].get("KmsKeyId")
+            if key is None:
+                continue
+            assert key["Fn::GetAtt"][0] in decryptable.get(role, set()), (
+                f"{role} reads {secret} but may not decrypt it"
+            )
+
+
+def test_every_function_environment_is_encrypted_with_the_stack_key(template: Template) -> None:
+    resources = template["Resources"]
+    (stack_key,) = [n for n in of_type(template, "AWS::KMS::Key") if n.startswith("KeysKey")]
+    functions = {
+        name: r["Properties"]
+        for name, r in of_type(template, "AWS::Lambda::Function").items()
+        if r["Properties"].get("Environment", {}).get("Variables")
+    }
+    assert len(functions) >= 8
+    for name, props in functions.items():
+        assert props.get("KmsKeyArn") == {"Fn::GetAtt": [stack_key, "Arn"]}, name
+        # AND its role may decrypt it (through Lambda only)
+        role = props["Role"]["Fn::GetAtt"][0]
+        statements = [
+            s
+            for p in resources.values()
+            if p["Type"] in ("AWS::IAM::Policy", "AWS::IAM::ManagedPolicy")
+            and {"Ref": role} in p["Properties"].get("Roles", [])
+            for s in p["Properties"]["PolicyDocument"]["Statement"]
+        ]
+        assert any(
+            "kms:Decrypt" in _list(s["Action"])
+            and {"Fn::GetAtt": [stack_key, "Arn"]} in _list(s["Resource"])
+            and "lambda." in json.dumps(s.get("Condition", {}))
+            for s in statements
+        ), f"{name}'s role may not decrypt its environment"
