@@ -126,3 +126,14 @@ def test_review_exposure_table_matches_the_template(
     rows = rows_from_report(out.read_text())
     assert rows, "the report lists no ingress rule"
     assert rows == rows_from_templates(synthesized.templates())
+
+
+def test_importing_app_keeps_the_collector_on() -> None:
+    # Only the `python app.py` process (one synthesis, then exit) runs without the collector;
+    # a test session or any other importer of build_app keeps it.
+    import gc
+
+    import app
+
+    assert app.build_app is not None
+    assert gc.isenabled()
