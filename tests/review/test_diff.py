@@ -273,7 +273,9 @@ def test_an_unacknowledged_wildcard_is_highlighted_and_broadening(
         change.what
         == "Role/Resource: Allow s3:GetObject on * — wildcard `Resource::*` NOT acknowledged"
     )
-    assert change.broadening == "new wildcard Resource::* that no acknowledgement covers"
+    assert change.broadening == (
+        "a wildcard statement not in the baseline (*): `Resource::*` NOT acknowledged"
+    )
 
 
 def test_an_acknowledged_wildcard_names_its_acknowledgement_which_is_itself_broadening(
@@ -292,7 +294,11 @@ def test_an_acknowledged_wildcard_names_its_acknowledgement_which_is_itself_broa
     assert iam.what.endswith(
         "wildcard `Resource::*` acknowledged (AwsSolutions-IAM5[Resource::*] at App/Role)"
     )
-    assert iam.broadening == ""
+    # a new wildcard statement is broadening even when acknowledged: the reviewer re-judges it
+    assert iam.broadening == (
+        "a wildcard statement not in the baseline (*): `Resource::*` covered by a new "
+        "acknowledgement (“reads any object of the data lake”)"
+    )
     assert ack.action == "added"
     assert ack.what == f"`{ACK}` at App/Role: reads any object of the data lake"
     assert ack.broadening.startswith("a new acknowledgement waives a cdk-nag finding")

@@ -198,18 +198,27 @@ def match(
     identity: Callable[[Facts], Hashable],
     compared: Callable[[Facts], Any] = lambda item: item,
 ) -> Matched:
-    """Pair entries by `identity`; among pairs, those whose `compared` part differs changed."""
+    """Pair entries by `identity`; among pairs, those whose `compared` part differs changed.
+
+    Entries equal in full pair first, so when one identity has several entries (two grants of
+    one role on one key, under two conditions) only the one that really changed is paired."""
     before: dict[Hashable, list[Facts]] = {}
     for item in old:
         before.setdefault(identity(item), []).append(item)
+    unpaired: list[Facts] = []
+    for item in new:
+        same = before.get(identity(item)) or []
+        equal = next((was for was in same if canon(compared(was)) == canon(compared(item))), None)
+        if equal is None:
+            unpaired.append(item)
+        else:
+            same.remove(equal)
     added: list[Facts] = []
     changed: list[tuple[Facts, Facts]] = []
-    for item in new:
+    for item in unpaired:
         same = before.get(identity(item))
         if same:
-            was = same.pop(0)
-            if canon(compared(was)) != canon(compared(item)):
-                changed.append((was, item))
+            changed.append((same.pop(0), item))
         else:
             added.append(item)
     removed = [item for items in before.values() for item in items]

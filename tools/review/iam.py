@@ -41,6 +41,25 @@ class Statement:
 
 
 @dataclass(frozen=True)
+class TrustStatement:
+    """One statement of a role's trust policy (AssumeRolePolicyDocument), condition kept:
+    `aws:SourceAccount`/`aws:SourceArn` on a service principal is the confused-deputy guard."""
+
+    effect: str
+    principals: tuple[str, ...]  # `Kind value`, e.g. `Service ssm.amazonaws.com`
+    actions: tuple[str, ...]
+    condition: str  # the Condition as JSON, '' without one
+
+    def json(self) -> dict[str, Json]:
+        return {
+            "effect": self.effect,
+            "principals": list(self.principals),
+            "actions": list(self.actions),
+            "condition": self.condition,
+        }
+
+
+@dataclass(frozen=True)
 class Wildcard:
     finding: str  # e.g. "Action::s3:*", "Resource::*"
     policy: str
@@ -72,6 +91,7 @@ class RoleReview:
     res: Res | None = None  # None for a role outside the templates that a policy names
     name: str = ""  # the role name as given, for a role outside the templates
     assumed_by: list[str] = field(default_factory=list)
+    trust: list[TrustStatement] = field(default_factory=list)
     managed: list[ManagedPolicyArn] = field(default_factory=list)
     statements: list[Statement] = field(default_factory=list)
     wildcards: list[Wildcard] = field(default_factory=list)
@@ -115,6 +135,32 @@ def _wildcard_rules(finding: str) -> list[str]:
     return rules
 
 
+def _trust(document: Json) -> list[TrustStatement]:
+    found: list[TrustStatement] = []
+    for statement in _as_list((document or {}).get("Statement")):
+        principal = statement.get("Principal")
+        if isinstance(principal, dict):
+            who = [
+                f"{kind} {flatten(value)}"
+                for kind, values in principal.items()
+                for value in _as_list(values)
+            ]
+        else:
+            who = [flatten(principal)]
+        condition = statement.get("Condition")
+        found.append(
+            TrustStatement(
+                effect=str(statement.get("Effect", "")),
+                principals=tuple(sorted(who)),
+                actions=tuple(sorted(flatten(a) for a in _as_list(statement.get("Action")))),
+                condition=json.dumps(condition, sort_keys=True, separators=(",", ":"))
+                if condition
+                else "",
+            )
+        )
+    return found
+
+
 def _principals(document: Json) -> list[str]:
     found: list[str] = []
     for statement in _as_list((document or {}).get("Statement")):
@@ -143,6 +189,7 @@ class _Collector:
                 path=target.path,
                 res=target.res,
                 assumed_by=_principals(props.get("AssumeRolePolicyDocument")),
+                trust=_trust(props.get("AssumeRolePolicyDocument")),
             )
         return self.roles[key]
 

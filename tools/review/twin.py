@@ -264,6 +264,7 @@ def _policies(review: Review) -> Facts:
             {
                 "role": _res(role.res) or {"literal": role.name},
                 "assumed_by": [text.replace("`", "") for text in role.assumed_by],
+                "trust": _sorted(statement.json() for statement in role.trust),
                 "managed_policies": sorted(policy.arn for policy in role.managed),
                 "run_by": [r.json() for r in review.runs_as.get(role.res, ())] if role.res else [],
                 "statements": _sorted(
