@@ -216,9 +216,9 @@ def match(
     added: list[Facts] = []
     changed: list[tuple[Facts, Facts]] = []
     for item in unpaired:
-        same = before.get(identity(item))
-        if same:
-            changed.append((same.pop(0), item))
+        waiting = before.get(identity(item))
+        if waiting:
+            changed.append((waiting.pop(0), item))
         else:
             added.append(item)
     removed = [item for items in before.values() for item in items]

@@ -145,6 +145,16 @@ def _trust_why(added: set[str]) -> str:
     return f"{', '.join(others)} may assume it" if others else ""
 
 
+def _managed_why(gained: set[str], role: Facts) -> str:
+    """A newly attached managed policy is broadening; say whether the review evaluated it."""
+    if not gained:
+        return ""
+    unknown = sorted(set(role.get("managed_not_evaluated") or gained) & gained)
+    if unknown:
+        return f"a newly attached managed policy, contents not evaluated: {', '.join(unknown)}"
+    return "a newly attached managed policy (its statements are listed from the pinned copy)"
+
+
 def _trust_changes(name: str, where: tuple[Facts, ...], was: Facts, now: Facts) -> list[Change]:
     """Trust statements whose condition changed (who may assume the role is `assumed_by`)."""
     matched = match(
@@ -220,9 +230,7 @@ def _role_changes(
                     CHANGED,
                     f"role {name} managed policies: {plus_minus(managed_old, managed_new)}",
                     where,
-                    "a newly attached managed policy: its statements are not in the templates"
-                    if gained
-                    else "",
+                    _managed_why(gained, now),
                 )
             )
         changes += _trust_changes(name, where, was, now)

@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from tools.review.load import Assembly, Json, StackTemplate
+from tools.review.managed_policies import ManagedPolicy, known
 from tools.review.model import Res
 from tools.review.nag import NAG_PACKS, AckIndex, Cover
 from tools.review.refs import Resolver, Target, flatten
@@ -67,6 +68,7 @@ class Wildcard:
     role: Res | None  # None for a role outside the templates
     covers: list[Cover]
     open_in_report: bool
+    managed: str = ""  # the AWS managed policy granting it (pinned copy), '' for the templates'
 
     @property
     def rule(self) -> str:
@@ -81,6 +83,12 @@ class Wildcard:
 class ManagedPolicyArn:
     arn: str
     covers: list[Cover]  # AwsSolutions-IAM4 acknowledgements
+    evaluated: str = ""  # `AmazonSSMManagedInstanceCore v2` when its pinned copy was read
+    partial: str = ""  # what the pinned copy leaves out
+
+    @property
+    def name(self) -> str:
+        return self.arn.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -96,6 +104,11 @@ class RoleReview:
     statements: list[Statement] = field(default_factory=list)
     wildcards: list[Wildcard] = field(default_factory=list)
     documents: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    @property
+    def not_evaluated(self) -> list[ManagedPolicyArn]:
+        """Managed policies whose statements the review does not know: never "no access"."""
+        return [policy for policy in self.managed if not policy.evaluated]
 
     def actions_by_service(self) -> dict[str, list[str]]:
         merged: dict[str, set[str]] = {}
@@ -213,6 +226,8 @@ class _Collector:
         path: str,
         document: Json,
         key: tuple[str, str],
+        managed: ManagedPolicy | None = None,
+        managed_arn: str = "",
     ) -> None:
         if key in review.documents:
             return  # a managed policy both listed by the role and naming the role
@@ -252,7 +267,12 @@ class _Collector:
             else:
                 findings += [f"Resource::{r}" for r in resources if "*" in r]
         for finding in dict.fromkeys(findings):
-            rules = _wildcard_rules(finding)
+            # cdk-nag reports an AWS managed policy once, as IAM4, not its statements as IAM5
+            rules = (
+                [f"AwsSolutions-IAM4[Policy::{managed_arn}]"]
+                if managed
+                else _wildcard_rules(finding)
+            )
             review.wildcards.append(
                 Wildcard(
                     finding=finding,
@@ -261,6 +281,7 @@ class _Collector:
                     role=review.res,
                     covers=self.acks.covering(path, rules),
                     open_in_report=self.acks.is_open(path, rules),
+                    managed=f"{managed.short} {managed.version}" if managed else "",
                 )
             )
 
@@ -294,7 +315,28 @@ class _Collector:
                 continue
             arn = flatten(self.resolver.producer(stack, value)[1])
             covers = self.acks.covering(target.path, [f"AwsSolutions-IAM4[Policy::{arn}]"])
-            review.managed.append(ManagedPolicyArn(arn, covers))
+            pinned = known(arn)
+            if pinned is not None:
+                self.add_document(
+                    review,
+                    stack=stack,
+                    policy=f"AWS managed `{pinned.short}` ({pinned.version}, pinned copy)",
+                    policy_res=target.res,
+                    policy_name=f"aws-managed/{pinned.short}",
+                    path=target.path,
+                    document=pinned.document(),
+                    key=(stack.name, f"{logical_id}#aws-managed/{pinned.short}"),
+                    managed=pinned,
+                    managed_arn=arn,
+                )
+            review.managed.append(
+                ManagedPolicyArn(
+                    arn,
+                    covers,
+                    evaluated=f"{pinned.short} {pinned.version}" if pinned else "",
+                    partial=pinned.partial if pinned else "",
+                )
+            )
 
     def collect_policy(self, stack: StackTemplate, logical_id: str) -> None:
         props = stack.properties(logical_id)

@@ -266,7 +266,9 @@ def _weaker_row(item: Weakness, names: _Names) -> tuple[str, str, str]:
     subjects = [res for res in (item.subject, *item.others) if res is not None]
     where = names.join(subjects) or "—"
     what = abridge(f"{_KINDS.get(item.kind, item.kind)}: {item.what}", 64).replace("->", "→")
-    room = WIDTH - 10 - len(what) - min(len(where), 30)
+    # the table wraps a long list of places, never a single long name
+    longest = max((len(word) for word in where.split()), default=0)
+    room = WIDTH - 10 - len(what) - max(min(len(where), 30), longest)
     return (what, where, abridge(item.why, max(room, 30)))
 
 

@@ -18,6 +18,8 @@ from tools.review.model import Res
 from tools.review.network import Reach
 from tools.review.policy import DocStatement
 
+MANAGED_REASON = "AWS managed policies, statements from the review's pinned copies (A.4)"
+NOT_EVALUATED_REASON = "not in the review's pinned copies, contents not evaluated"
 SERVICE_IDENTITY_REASON = (
     "Consul's builtin service identity: write on the service and its sidecar, read on every "
     "service and node to discover upstreams"
@@ -46,9 +48,17 @@ def wildcard_groups(review: Review) -> list[WildcardGroup]:
     groups: dict[tuple[str, str], list[tuple[Res | None, str]]] = {}
     covers: dict[tuple[str, str], set[str]] = {}
     acknowledged: dict[tuple[str, str], bool] = {}
+    managed: set[str] = set()
     for role in review.roles:
+        for unknown in role.not_evaluated:
+            key = ("iam", f"AWS managed policy {unknown.name}: {NOT_EVALUATED_REASON}")
+            groups.setdefault(key, []).append((role.res, "wildcards unknown"))
+            acknowledged[key] = False
         for wildcard in role.wildcards:
             reason = wildcard.covers[0].reason if wildcard.covers else ""
+            if wildcard.managed and wildcard.acknowledged:  # one row for AWS managed policies
+                reason = MANAGED_REASON
+                managed.add(wildcard.managed)
             key = ("iam", reason)
             groups.setdefault(key, []).append((role.res, wildcard.finding))
             covers.setdefault(key, set()).update(
@@ -76,7 +86,9 @@ def wildcard_groups(review: Review) -> list[WildcardGroup]:
         found.append(
             WildcardGroup(
                 kind=kind,
-                reason=reason,
+                reason=f"{reason}: {', '.join(sorted(managed))}"
+                if reason == MANAGED_REASON
+                else reason,
                 covered_by=tuple(sorted(covers.get(key, set()))),
                 items=tuple(dict.fromkeys(items)),
                 acknowledged=acknowledged.get(key, kind == "consul"),

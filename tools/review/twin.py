@@ -266,6 +266,12 @@ def _policies(review: Review) -> Facts:
                 "assumed_by": [text.replace("`", "") for text in role.assumed_by],
                 "trust": _sorted(statement.json() for statement in role.trust),
                 "managed_policies": sorted(policy.arn for policy in role.managed),
+                "managed_not_evaluated": sorted(policy.arn for policy in role.not_evaluated),
+                "managed_evaluated_from": sorted(
+                    f"{policy.evaluated} ({policy.partial or 'complete'})"
+                    for policy in role.managed
+                    if policy.evaluated
+                ),
                 "run_by": [r.json() for r in review.runs_as.get(role.res, ())] if role.res else [],
                 "statements": _sorted(
                     {
