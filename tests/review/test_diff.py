@@ -255,7 +255,9 @@ def test_a_published_app_port_is_broadening_and_says_it_bypasses_the_mesh(
 
     change = _one(_changes(base, tmp_path, edit), "host-ports")
     assert change.action == "added"
-    assert change.what == "Task (host mode): app 9090/tcp → host 9090 (app, no mTLS)"
+    assert change.what == (
+        "Task (host mode): app 9090/tcp → host 9090 (app, no mTLS; binds unknown)"
+    )
     assert "bypasses mTLS and intentions" in change.broadening
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tools.review.collect import Review
+from tools.review.containers import LOOPBACK, UNKNOWN_BIND, PublishedPort
 from tools.review.exposure import IngressRule, Reach, vpcs
 from tools.review.iam import RoleReview, Wildcard
 from tools.review.markdown import table
@@ -142,6 +143,16 @@ def _egress(review: Review) -> list[str]:
     return [*lines, ""]
 
 
+def _bind_text(port: PublishedPort, mode: str) -> str:
+    if mode != "host":
+        return "all interfaces (published by Docker)"
+    if port.bind == UNKNOWN_BIND:
+        return "**not stated in the template**"
+    told = f" (told {port.told})" if port.told else ""
+    text = f"{port.bind}{told}"
+    return text if port.bind == LOOPBACK else f"**{text}**" if port.bypasses_mesh else text
+
+
 def _published(review: Review) -> list[str]:
     lines = [
         "### Container ports published on the hosts",
@@ -150,7 +161,10 @@ def _published(review: Review) -> list[str]:
         "port is a port of the host; `bridge`: published on `hostPort`, or on a port from the "
         "host's ephemeral range when it is 0. An app container (docker label "
         "`consul-mesh.enabled`) with a published port is reachable without its sidecar: no "
-        "mTLS, no intentions.",
+        "mTLS, no intentions. In host mode ECS only reserves a mapped port: who reaches it is "
+        "decided by the address the process binds, shown where the template tells the process "
+        "(an app's own ports are not mapped at all). The template cannot bound what a process "
+        "binds; it can only say where it is told to listen.",
         "",
     ]
     if not review.task_networks:
@@ -159,7 +173,9 @@ def _published(review: Review) -> list[str]:
     for network in review.task_networks:
         mode = network.network_mode + ("" if network.mode_given else " (default)")
         if not network.ports:
-            rows.append([network.task_definition.markdown(), mode, "—", "—", "—", "no port", ""])
+            rows.append(
+                [network.task_definition.markdown(), mode, "—", "—", "—", "—", "no port", ""]
+            )
         for port in network.ports:
             rows.append(
                 [
@@ -168,12 +184,22 @@ def _published(review: Review) -> list[str]:
                     f"`{port.container}`",
                     f"{port.protocol} {port.container_port}",
                     port.host_port,
+                    _bind_text(port, network.network_mode),
                     port.role,
                     "**bypasses mTLS and intentions**" if port.bypasses_mesh else "",
                 ]
             )
     lines += table(
-        ("Task definition", "Network mode", "Container", "Port", "On the host", "What", "Flag"),
+        (
+            "Task definition",
+            "Network mode",
+            "Container",
+            "Port",
+            "On the host",
+            "Binds",
+            "What",
+            "Flag",
+        ),
         rows,
     )
     return [*lines, ""]

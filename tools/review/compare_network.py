@@ -30,6 +30,7 @@ from tools.review.compare import (
     match,
     rid,
 )
+from tools.review.containers import ALL_INTERFACES, LOOPBACK
 
 _ENCRYPTED = ("HTTPS", "TLS", "SSL")
 
@@ -271,6 +272,7 @@ def _egress(old: Facts, new: Facts, names: Names) -> list[Change]:
 def _host_ports(facts: Facts) -> list[Facts]:
     return [
         {
+            "bind": ALL_INTERFACES,  # review.json written before binds were read
             **port,
             "task_definition": network["task_definition"],
             "network_mode": network["network_mode"],
@@ -282,14 +284,20 @@ def _host_ports(facts: Facts) -> list[Facts]:
 
 def _port_text(port: Facts) -> str:
     role = "app, no mTLS" if port.get("bypasses_mesh") else port.get("role", "")
+    told = f", told {port['told']}" if port.get("told") else ""
     return (
         f"{port['container']} {port['container_port']}/{port['protocol']} → "
-        f"host {port['host_port']} ({role})"
+        f"host {port['host_port']} ({role}; binds {port['bind']}{told})"
     )
 
 
+def _leaves_loopback(was: Facts, now: Facts) -> bool:
+    """A port that only the host's processes reached is now reachable by its clients."""
+    return bool(was["bind"] == LOOPBACK and now["bind"] != LOOPBACK)
+
+
 def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
-    fields = ("host_port", "role", "bypasses_mesh", "network_mode")
+    fields = ("host_port", "role", "bypasses_mesh", "network_mode", "bind")
     matched = match(
         _host_ports(old),
         _host_ports(new),
@@ -308,21 +316,24 @@ def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
                 )
                 for was, now in zip(olds, items, strict=True)
             ]
-            why = (
-                "an app port now bypasses mTLS and intentions"
-                if any(
-                    now.get("bypasses_mesh") and not was.get("bypasses_mesh")
-                    for was, now in zip(olds, items, strict=True)
+            pairs = list(zip(olds, items, strict=True))
+            reasons = []
+            if any(now.get("bypasses_mesh") and not was.get("bypasses_mesh") for was, now in pairs):
+                reasons.append("an app port now bypasses mTLS and intentions")
+            left = [now for was, now in pairs if _leaves_loopback(was, now)]
+            if left:
+                reasons.append(
+                    "no longer bound to loopback, now open to any client of the host: "
+                    + ", ".join(f"{p['container']} {p['container_port']}" for p in left)
                 )
-                else ""
-            )
+            why = "; ".join(reasons)
             changes.append(Change("host-ports", action, head + "; ".join(parts), (task,), why))
             continue
         text = head + "; ".join(
             _port_text(p) for p in sorted(items, key=lambda p: p["container_port"] or 0)
         )
         why = ""
-        if action == ADDED:
+        if action == ADDED and any(p["bind"] != LOOPBACK for p in items):
             why = "a new port on every host that runs the task, open to any client of the host"
             if any(p.get("bypasses_mesh") for p in items):
                 why += "; an app port that bypasses mTLS and intentions"

@@ -101,6 +101,8 @@ def _ports(paths: list[Path]) -> str:
                 port = f"**{port} (no mTLS)**"
             elif path.listens.startswith("mesh"):
                 port += " (mTLS)"
+            elif path.listens.startswith("expose"):
+                port += " (health path, no mTLS)"
             by_container.setdefault(container, []).append(port)
         dynamic = " → dynamic" if all("dynamic" in p.ports for p in paths) else ""
         return ", ".join(f"{c} {', '.join(ports)}" for c, ports in by_container.items()) + dynamic

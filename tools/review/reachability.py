@@ -154,7 +154,8 @@ def paths(exposure: Exposure, networks: list[TaskNetwork], attachments: Attachme
             )
         )
     for network in networks:
-        for port in network.ports:
+        # a host-mode port bound to loopback serves only the host's own processes
+        for port in (p for p in network.ports if p.reachable):
             found.append(
                 Path(
                     target=None,

@@ -64,7 +64,8 @@ def summary_rows(review: Review) -> list[tuple[str, str, str]]:
         ),
         (
             "Published app ports (bypass mTLS)",
-            f"{bypass} container ports of mesh apps published on the hosts",
+            f"{bypass} mesh app ports reachable on the hosts; host-mode apps: only as far "
+            "as the template states where they listen (A.1)",
             _flag(bypass, "REVIEW"),
         ),
         (

@@ -128,6 +128,8 @@ def _network(review: Review) -> Facts:
                         "protocol": port.protocol,
                         "role": port.role,
                         "bypasses_mesh": port.bypasses_mesh,
+                        "bind": port.bind,
+                        "told": port.told,
                     }
                     for port in sorted(
                         network.ports, key=lambda p: (p.container, p.container_port or 0)
