@@ -95,7 +95,11 @@ def _network(review: Review) -> list[str]:
             ("Reach", "Listener", "Load balancer", "Type", "Scheme", "Port", "Protocol", "Targets"),
             [
                 [
-                    f"**{item.reach.value}**" if item.reach.external else item.reach.value,
+                    f"**{item.reach.value}**"
+                    if item.reach.external
+                    else "networks routed to the VPC, as its security groups allow (A.1 rules)"
+                    if item.reach is Reach.INSIDE_VPC
+                    else item.reach.value,
                     item.listener_label,
                     item.load_balancer_label,
                     item.load_balancer_type,

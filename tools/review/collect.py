@@ -4,21 +4,21 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from tools.review.consul import ConsulSide, consul_side
 from tools.review.containers import TaskNetwork, task_networks
 from tools.review.egress import Egress, egress_rules
 from tools.review.encryption import StoreEncryption, stores
-from tools.review.exposure import Exposure, exposure
+from tools.review.exposure import Exposure, exposure, hidden_clients
 from tools.review.iam import RoleReview, Wildcard, roles
 from tools.review.kms import KeyReview, keys
 from tools.review.lint import LintResult, run_cfn_lint
 from tools.review.load import Assembly, load_assembly
 from tools.review.model import Res
 from tools.review.nag import AckIndex, NagReview, nag_review
-from tools.review.reachability import Attachments, paths
+from tools.review.reachability import Attachments, paths, through_open_load_balancers
 from tools.review.reachability import Path as ReachPath
 from tools.review.refs import Resolver
 from tools.review.resource_policies import ResourcePolicy, resource_policies
@@ -78,6 +78,8 @@ def build_review(
     found = exposure(assembly, vpc_cidrs=vpc_cidrs)
     networks = task_networks(assembly)
     attachments = Attachments(assembly)
+    hidden = hidden_clients(assembly, found.listeners)
+    found = replace(found, rules=through_open_load_balancers(found.rules, attachments, hidden))
     return Review(
         assembly=assembly,
         exposure=found,

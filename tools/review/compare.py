@@ -50,8 +50,9 @@ REACH_WORDS = {
     "inside_vpc": "inside the VPC",
     "group": "a security group",
     "unresolved": "an unresolved peer (counted as outside the VPC)",
+    "routed": "every network routed to the VPC (load balancer without security groups)",
 }
-EXTERNAL = ("anywhere", "outside_vpc", "unresolved")
+EXTERNAL = ("anywhere", "outside_vpc", "unresolved", "routed")
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from tools.review.collect import Review
 from tools.review.consul import AclPolicy, AclRule, AclToken
 from tools.review.markdown import abridge, abridge_list, compact, logical_names, table
 from tools.review.model import Res, brace_join, short_names
+from tools.review.network import Reach
 from tools.review.posture import Weakness, WildcardGroup, weaknesses, wildcard_groups
 from tools.review.reachability import Path
 from tools.review.secrets import Access, SecretReview
@@ -61,6 +62,8 @@ class _Names:
 def _source(path: Path, names: _Names) -> str:
     if path.source_kind == "host-clients":
         return "**clients of the host**"
+    if path.source_kind == "routed":  # the VPC's addresses include an open load balancer's
+        return f"**{Reach.ROUTED.value}** (via {names(path.source_res, path.source)})"
     if path.source_kind in ("group", "vpc"):
         itself = path.source_res is not None and path.source_res == path.target
         return names(path.source_res, path.source) + (" (itself)" if itself else "")
