@@ -117,6 +117,8 @@ def test_without_security_groups_every_routed_network_reaches_the_servers(
     assert _server_rule(review) is Reach.ROUTED
     page = "\n".join(first_page(review))
     assert "every network routed to the VPC" in page
+    # an internal load balancer is not an internet entry point, open as it is
+    assert "**the internet**" not in page
 
 
 def test_with_client_ip_preserved_the_targets_still_filter(tmp_path: Path) -> None:

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tools.review.consul import ConsulSide, consul_side
 from tools.review.containers import TaskNetwork, task_networks
 from tools.review.egress import Egress, egress_rules
 from tools.review.encryption import StoreEncryption, stores
+from tools.review.entry_points import EntryPoint, entry_points
 from tools.review.exposure import Exposure, exposure, hidden_clients
 from tools.review.iam import RoleReview, Wildcard, roles
 from tools.review.kms import KeyReview, keys
@@ -46,6 +47,7 @@ class Review:
     reachability: list[ReachPath]
     behind_groups: dict[Res, tuple[Res, ...]]  # security group -> what it is attached to
     runs_as: dict[Res, tuple[Res, ...]]  # role -> the workloads that run as it
+    entry_points: list[EntryPoint] = field(default_factory=list)  # reached by the internet
 
     @property
     def report_found(self) -> bool:
@@ -97,4 +99,5 @@ def build_review(
         reachability=paths(found, networks, attachments),
         behind_groups=attachments.by_group,
         runs_as=runs_as(assembly, Resolver(assembly)),
+        entry_points=entry_points(assembly),
     )

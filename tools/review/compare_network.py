@@ -341,9 +341,38 @@ def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
     return changes
 
 
+def _entry_points(old: Facts, new: Facts, names: Names) -> list[Change]:
+    """Function URLs without auth, public APIs, CDNs: the internet reaches them by design."""
+    matched = match(
+        get(old, "network", "entry_points"),
+        get(new, "network", "entry_points"),
+        lambda item: rid(item["resource"]),
+        lambda item: [item["what"]],
+    )
+    changes = additions_and_removals(
+        "ingress",
+        matched,
+        lambda item: f"the internet → {names(item['resource'])}: {item['what']}",
+        lambda item: (item["resource"],),
+        lambda _: "reachable from the internet, no security group in front",
+    )
+    changes += [
+        Change(
+            "ingress",
+            CHANGED,
+            f"the internet → {names(now['resource'])}: {was['what']} → {now['what']}",
+            (now["resource"],),
+            "reachable from the internet, no security group in front",
+        )
+        for was, now in matched.changed
+    ]
+    return changes
+
+
 def network_changes(old: Facts, new: Facts, names: Names) -> list[Change]:
     return [
         *_ingress(old, new, names),
+        *_entry_points(old, new, names),
         *_listeners(old, new, names),
         *_egress(old, new, names),
         *_published(old, new, names),

@@ -41,6 +41,7 @@ class _Names:
         found += [a.principal for a in review.secrets.unresolved if a.principal]
         for group in wildcard_groups(review):
             found += [principal for principal, _ in group.items if principal is not None]
+        found += [item.res for item in review.entry_points]
         for weakness in weaknesses(review):
             found += [r for r in (weakness.subject, *weakness.others) if r is not None]
         self.names = short_names(found)
@@ -130,7 +131,7 @@ def _ports(paths: list[Path]) -> str:
 def _reachability(review: Review, names: _Names) -> list[str]:
     lines = ["## 1. What is reachable from where"]
     internet = [p for p in review.reachability if p.source_kind == "internet"]
-    public = review.exposure.external_listeners
+    public = [item for item in review.exposure.external_listeners if item.reach is not Reach.ROUTED]
     # One row per (what is reached, the set of ports) with every source reaching exactly that.
     targets: dict[tuple[str, bool], dict[str, list[Path]]] = {}
     for path in review.reachability:
@@ -149,13 +150,15 @@ def _reachability(review: Review, names: _Names) -> list[str]:
                     rows.append((_sources(group), reaches, ports))
     rank = {"**clients of the host**": 2}
     rows.sort(key=lambda row: (rank.get(row[0], 1 if row[0].startswith("**") else 3), row[1:]))
-    if not internet and not public:
-        rows.insert(0, ("the internet", "nothing", "no 0.0.0.0/0 or ::/0 ingress, no public LB"))
+    if not internet and not public and not review.entry_points:
+        checked = "no 0.0.0.0/0 or ::/0 ingress, public LB, open function URL, API or CDN"
+        rows.insert(0, ("the internet", "nothing", checked))
     else:
         rows += [
             ("**the internet**", names(item.load_balancer_res), f"{item.protocol} {item.port}")
             for item in public
         ]
+        rows += [("**the internet**", names(item.res), item.what) for item in review.entry_points]
     lines += table(("From", "Reaches", "Ports: what listens"), rows, width=WIDTH)
     return [*lines, ""]
 

@@ -114,6 +114,9 @@ def _network(review: Review) -> Facts:
             {"group": group.json(), "attached_to": [r.json() for r in attached]}
             for group, attached in review.behind_groups.items()
         ),
+        "entry_points": _sorted(
+            {"resource": item.res.json(), "what": item.what} for item in review.entry_points
+        ),
         "published_ports": _sorted(
             {
                 "task_definition": network.task_definition.json(),
