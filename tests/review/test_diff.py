@@ -441,3 +441,42 @@ def test_resource_counts_change_by_type(base: dict[str, Any], tmp_path: Path) ->
     [store] = [c for c in changes if c.category == "encryption"]
     assert store.broadening == "not encrypted at rest; no TLS enforced"
     assert len(changes) == 2
+
+
+def test_a_vpn_into_the_vpc_is_a_broadening_network_path(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    # review M3: `onprem_connectivity=vpn` was "8 changes, 0 broadening", counts only
+    def edit(template: Template) -> None:
+        template["Resources"]["Vpn"] = resource(
+            "AWS::EC2::VPNConnection",
+            "App/Vpn/Resource",
+            CustomerGatewayId="cgw-0123",
+            VpnGatewayId="vgw-0123",
+            Type="ipsec.1",
+        )
+        template["Resources"]["ToOnPrem"] = resource(
+            "AWS::EC2::Route",
+            "App/Vpc/Private/ToOnPrem",
+            DestinationCidrBlock="192.168.0.0/16",
+            GatewayId="vgw-0123",
+            RouteTableId="rtb-0123",
+        )
+        template["Resources"]["ToNat"] = resource(
+            "AWS::EC2::Route",
+            "App/Vpc/Private/ToNat",
+            DestinationCidrBlock="0.0.0.0/0",
+            NatGatewayId="nat-0123",
+            RouteTableId="rtb-0123",
+        )
+
+    paths = sorted(
+        (c.what, bool(c.broadening))
+        for c in _changes(base, tmp_path, edit)
+        if c.category == "paths"
+    )
+    assert paths == [
+        ("VPN connection Vpn: customer gateway `cgw-0123` ↔ `vgw-0123`", True),
+        ("route ToNat: 0.0.0.0/0 → NAT gateway `nat-0123`", False),
+        ("route ToOnPrem: 192.168.0.0/16 → gateway `vgw-0123`", True),
+    ]

@@ -113,7 +113,7 @@ def _network(review: Review) -> list[str]:
         )
     else:
         lines.append("No load balancer listeners.")
-    lines += ["", *_egress(review), *_published(review)]
+    lines += ["", *_egress(review), *_published(review), *_paths(review)]
     return lines
 
 
@@ -145,6 +145,24 @@ def _egress(review: Review) -> list[str]:
         ],
     )
     return [*lines, ""]
+
+
+def _paths(review: Review) -> list[str]:
+    lines = [
+        "### Network paths: routes, VPN, transit gateway, peering",
+        "",
+        'Who else is routed to the VPC: "inside the VPC" and an internal load balancer reach '
+        "as far as these paths (a transit gateway attachment connects whatever its route table "
+        "propagates; route propagation means routes learnt over BGP, not in the templates).",
+        "",
+    ]
+    if not review.network_paths:
+        return [*lines, "No route or attachment in the templates.", ""]
+    rows = [
+        [item.kind, _md(item.res), item.what, "yes" if item.inbound else "no (outbound only)"]
+        for item in sorted(review.network_paths, key=lambda p: (p.kind, p.what))
+    ]
+    return [*lines, *table(("Kind", "Resource", "Connects", "Brings clients in"), rows), ""]
 
 
 def _bind_text(port: PublishedPort, mode: str) -> str:
@@ -231,7 +249,18 @@ def _accesses(title: str, accesses: list[Access]) -> list[str]:
 
 
 def _secrets(review: Review) -> list[str]:
-    lines = [f"## {SECRETS} Secrets: readers, writers, injection points", ""]
+    lines = [
+        f"## {SECRETS} Secrets: readers, writers, injection points",
+        "",
+        "Readers and writers are the roles of these templates whose policies allow it. A "
+        "principal of the same account needs only an IAM allow: a resource policy that allows "
+        "does not exclude it, and a key policy allowing the account root lets IAM decide (KMS "
+        'Developer Guide, "Default key policy"). So any principal of the account whose IAM '
+        "policies allow `secretsmanager:GetSecretValue` and `kms:Decrypt` reads these secrets "
+        "too, and an ECS execution-role reader means the ECS agent of every host that runs the "
+        "task fetches the value.",
+        "",
+    ]
     if not review.secrets.secrets:
         lines += ["No Secrets Manager secrets.", ""]
     for secret in review.secrets.secrets:

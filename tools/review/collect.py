@@ -19,6 +19,7 @@ from tools.review.lint import LintResult, run_cfn_lint
 from tools.review.load import Assembly, load_assembly
 from tools.review.model import Res
 from tools.review.nag import AckIndex, NagReview, nag_review
+from tools.review.network_paths import NetworkPath, network_paths
 from tools.review.reachability import Attachments, paths, through_open_load_balancers
 from tools.review.reachability import Path as ReachPath
 from tools.review.refs import Resolver
@@ -48,6 +49,7 @@ class Review:
     behind_groups: dict[Res, tuple[Res, ...]]  # security group -> what it is attached to
     runs_as: dict[Res, tuple[Res, ...]]  # role -> the workloads that run as it
     entry_points: list[EntryPoint] = field(default_factory=list)  # reached by the internet
+    network_paths: list[NetworkPath] = field(default_factory=list)  # routes, VPN, TGW, peering
 
     @property
     def report_found(self) -> bool:
@@ -100,4 +102,5 @@ def build_review(
         behind_groups=attachments.by_group,
         runs_as=runs_as(assembly, Resolver(assembly)),
         entry_points=entry_points(assembly),
+        network_paths=network_paths(assembly),
     )

@@ -33,6 +33,7 @@ ADDED, REMOVED, CHANGED, MOVED = "added", "removed", "changed", "moved"
 CATEGORIES = {
     "moves": "Moved: same construct, new logical ID",
     "ingress": "Ingress and listeners",
+    "paths": "Network paths: routes, VPN, transit gateway, peering",
     "egress": "Egress",
     "host-ports": "Published host ports",
     "iam": "IAM: roles and their statements",

@@ -369,9 +369,38 @@ def _entry_points(old: Facts, new: Facts, names: Names) -> list[Change]:
     return changes
 
 
+def _paths(old: Facts, new: Facts, names: Names) -> list[Change]:
+    """Routes, VPN, transit gateway and peering: who else is routed to the VPC."""
+    matched = match(
+        get(old, "network", "paths"),
+        get(new, "network", "paths"),
+        lambda item: rid(item["resource"]),
+        lambda item: [item["what"], item["inbound"]],
+    )
+
+    def text(item: Facts) -> str:
+        return f"{item['kind']} {names(item['resource'])}: {item['what']}"
+
+    def why(item: Facts) -> str:
+        if not item["inbound"]:
+            return ""
+        return (
+            "a new network path into the VPC: 'inside the VPC' and internal load balancers "
+            "now reach further"
+        )
+
+    changes = additions_and_removals("paths", matched, text, lambda i: (i["resource"],), why)
+    changes += [
+        Change("paths", CHANGED, f"{text(now)} (was {was['what']})", (now["resource"],), why(now))
+        for was, now in matched.changed
+    ]
+    return changes
+
+
 def network_changes(old: Facts, new: Facts, names: Names) -> list[Change]:
     return [
         *_ingress(old, new, names),
+        *_paths(old, new, names),
         *_entry_points(old, new, names),
         *_listeners(old, new, names),
         *_egress(old, new, names),

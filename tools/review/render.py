@@ -121,6 +121,6 @@ def render(review: Review, comparison: Comparison | None = None) -> str:
     a picture (marked against the baseline), and the appendix."""
     lines = section(comparison) if comparison is not None else []
     old = comparison.old if comparison is not None else None
-    lines += [*first_page(review), *picture(facts(review), old)]
+    lines += [*first_page(review), "", *picture(facts(review), old)]
     lines += appendix(review, summary_rows(review))
     return "\n".join(lines).rstrip() + "\n"

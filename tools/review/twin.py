@@ -114,6 +114,15 @@ def _network(review: Review) -> Facts:
             {"group": group.json(), "attached_to": [r.json() for r in attached]}
             for group, attached in review.behind_groups.items()
         ),
+        "paths": _sorted(
+            {
+                "resource": item.res.json(),
+                "kind": item.kind,
+                "what": item.what,
+                "inbound": item.inbound,
+            }
+            for item in review.network_paths
+        ),
         "entry_points": _sorted(
             {"resource": item.res.json(), "what": item.what} for item in review.entry_points
         ),
