@@ -196,9 +196,12 @@ def _bgp_asn(key: str, value: object) -> int | None:
     return asn
 
 
-# Lambda keeps this much of the account's "Concurrent executions" quota unreserved: "You can
-# reserve up to the Unreserved account concurrency value minus 100" (Lambda Developer Guide,
-# configuration-concurrency). New accounts may start with a quota of 10 or 50, where any
+# Lambda keeps this much of the account's concurrency unreserved: "You can reserve up to the
+# Unreserved account concurrency value minus 100" (Lambda Developer Guide,
+# configuration-concurrency). Unreserved = the "Concurrent executions" quota minus what other
+# functions already reserve (GetAccountSettings AccountLimit.UnreservedConcurrentExecutions:
+# "minus the capacity that's reserved for individual functions with PutFunctionConcurrency",
+# botocore's Lambda model). New accounts may start with a quota of 10 or 50, where any
 # reservation fails ("... decreases account's UnreservedConcurrentExecution below its minimum
 # value").
 LAMBDA_UNRESERVED_MINIMUM = 100
@@ -347,15 +350,18 @@ FIELDS: dict[str, Field] = {
     "reserve_concurrency": Field(
         False,
         "Reserve Lambda concurrency: `registrar_concurrency` + 2 for the registrar, 1 for the "
-        "reconcile pass. Off by default: Lambda keeps 100 of the account's \"Concurrent "
-        "executions\" quota unreserved, and new accounts' quotas allow no reservation at all.",
+        "reconcile pass. Off by default: Lambda keeps 100 of the account's concurrency "
+        "unreserved, other functions' reservations count against it too, and new accounts' "
+        "quotas allow no reservation at all.",
         _as_bool,
     ),
-    "lambda_concurrency_quota": Field(
+    "lambda_unreserved_concurrency": Field(
         1000,
-        'The account\'s Lambda "Concurrent executions" quota in the region (Service Quotas; '
-        "AWS's default 1000). Only with `reserve_concurrency`: the reservation must leave 100 "
-        "unreserved.",
+        "The account's unreserved Lambda concurrency in the region: the \"Concurrent "
+        'executions" quota minus what other functions already reserve (`aws lambda '
+        "get-account-settings`, AccountLimit.UnreservedConcurrentExecutions; 1000 on a fresh "
+        "account with AWS's default quota). Only with `reserve_concurrency`, which may reserve "
+        "at most this minus 100.",
         lambda k, v: _as_int(k, v, 1, 10_000_000),
     ),
     "reconcile_interval_minutes": Field(
@@ -445,7 +451,7 @@ class MeshConfig:
     plaintext_listeners: bool
     registrar_concurrency: int
     reserve_concurrency: bool
-    lambda_concurrency_quota: int
+    lambda_unreserved_concurrency: int
     reconcile_interval_minutes: int
     reconcile_max_deletions: int
     host_disconnect_grace_minutes: int
@@ -482,10 +488,10 @@ class MeshConfig:
         }
         config = cls(**values)
         config._check_combinations()
-        if "lambda_concurrency_quota" in context and not config.reserve_concurrency:
+        if "lambda_unreserved_concurrency" in context and not config.reserve_concurrency:
             raise _fail(
-                "lambda_concurrency_quota",
-                context["lambda_concurrency_quota"],
+                "lambda_unreserved_concurrency",
+                context["lambda_unreserved_concurrency"],
                 "is only used with reserve_concurrency=true (nothing is reserved otherwise)",
             )
         return config
@@ -537,17 +543,21 @@ class MeshConfig:
                 )
         if self.reserve_concurrency:
             reserved = self.registrar_concurrency + RESERVED_BESIDES_REGISTRAR
-            allowed = self.lambda_concurrency_quota - LAMBDA_UNRESERVED_MINIMUM
+            allowed = self.lambda_unreserved_concurrency - LAMBDA_UNRESERVED_MINIMUM
             if reserved > allowed:
                 raise _fail(
                     "registrar_concurrency",
                     self.registrar_concurrency,
                     f"with reserve_concurrency it reserves {reserved} (registrar_concurrency + 2 "
                     "for the registrar, 1 for the reconcile pass), but the account can reserve "
-                    f'at most {max(allowed, 0)}: its Lambda "Concurrent executions" quota '
-                    f"(lambda_concurrency_quota={self.lambda_concurrency_quota}) minus the "
+                    f"at most {max(allowed, 0)}: its unreserved concurrency "
+                    f"(lambda_unreserved_concurrency={self.lambda_unreserved_concurrency}: the "
+                    'Lambda "Concurrent executions" quota minus what other functions already '
+                    "reserve; `aws lambda get-account-settings` shows it as "
+                    "AccountLimit.UnreservedConcurrentExecutions) minus the "
                     f"{LAMBDA_UNRESERVED_MINIMUM} Lambda keeps unreserved. Lower "
-                    "registrar_concurrency, raise the quota, or turn reserve_concurrency off",
+                    "registrar_concurrency, free or raise concurrency, or turn "
+                    "reserve_concurrency off",
                 )
         zones = len(self.zones)
         # At most 2 servers per AZ: losing one AZ must never take a quorum with it.

@@ -22,9 +22,11 @@ from mesh_stack.registrar_function import nag_form
 ACTIVATION_CODE = Path(__file__).resolve().parent.parent / "lambda" / "activation"
 INSTALL_SCRIPT = "https://amazon-ecs-agent.s3.amazonaws.com/ecs-anywhere-install-latest.sh"
 # The function retries CreateActivation for up to 90 s while IAM propagates the new host role
-# (lambda/activation/handler.py, ROLE_PROPAGATION_SECONDS) and deregisters up to a thousand
-# hosts on teardown; CloudFormation stops waiting for an answer after SERVICE_TIMEOUT instead of
-# the default hour, should the function die without answering.
+# (lambda/activation/handler.py, ROLE_PROPAGATION_SECONDS) and, on teardown, deregisters hosts 8
+# at a time until 30 s before its own timeout, then answers FAILED with what is left, so that a
+# re-run of `cdk destroy` carries on (lambda/activation/teardown.py; bench/README.md figure 7:
+# about 3,000 hosts per run at 100 ms per call). CloudFormation stops waiting for an answer after
+# SERVICE_TIMEOUT instead of the default hour, should the function die without answering.
 FUNCTION_TIMEOUT = Duration.minutes(3)
 SERVICE_TIMEOUT = Duration.minutes(5)
 
@@ -116,6 +118,8 @@ class EcsAnywhere(Construct):
             properties={
                 "ClusterArn": self.cluster.cluster_arn,
                 "HostRoleName": self.host_role.role_name,
+                # SSM's server-side IamRole filter gets both forms (teardown.py)
+                "HostRoleArn": self.host_role.role_arn,
             },
             service_timeout=SERVICE_TIMEOUT,
         )

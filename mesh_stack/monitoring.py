@@ -138,6 +138,17 @@ class Monitoring(Construct):
         # and encrypted topics"; without it the alarm history says "CloudWatch Alarms does not
         # have authorization to access the SNS topic encryption key"). An imported key cannot
         # be changed here: grant it in its own policy.
+        # No condition, on purpose. The AWS documentation for this case (the SNS Developer
+        # Guide's key statement for CloudWatch, and the AWS Knowledge Center's "configure a
+        # CloudWatch alarm with an encrypted SNS topic") gives the statement without
+        # aws:SourceAccount/aws:SourceArn, and does not say that the KMS request CloudWatch
+        # makes carries them; for EventBridge it says they are NOT supported. A condition the
+        # request does not carry silently drops every alarm e-mail, so it waits for proof on a
+        # real account (the snapshot alarm fires on every fresh deploy: its e-mail, or the
+        # alarm history's "does not have authorization to access the SNS topic encryption
+        # key", settles it). Meanwhile the topic policy above is the confused-deputy guard: only
+        # this account's alarms may publish to the topic; this grant gives the CloudWatch
+        # service nothing but Decrypt and GenerateDataKey* on the key.
         key.grant(
             iam.ServicePrincipal("cloudwatch.amazonaws.com"), "kms:Decrypt", "kms:GenerateDataKey*"
         )

@@ -40,7 +40,8 @@ class Registrar(Construct):
     reserve_concurrency: also reserve max_concurrency + 2 of the account's Lambda concurrency,
       so that other functions can never starve the event path. Off by default: a reservation
       must leave the account 100 unreserved, and fails the deploy on accounts whose quota
-      is low (config key `reserve_concurrency` checks it against `lambda_concurrency_quota`).
+      is low (config key `reserve_concurrency` checks it against
+      `lambda_unreserved_concurrency`).
     max_receive_count: receives before a message moves to the DLQ; each receive already
       retries with backoff inside the invocation, so 5 covers minutes of Consul outage.
     """

@@ -75,9 +75,10 @@ def registrar_function(
 ) -> lambda_.Function:
     """`scope/Function` with its log group `scope/Logs`, reading the token and the CA.
 
-    reserved_concurrency: None (the default everywhere) reserves nothing: Lambda keeps 100 of
-      the account's "Concurrent executions" quota unreserved, and new accounts start with a
-      quota so low that any reservation fails the deployment.
+    reserved_concurrency: None (the default everywhere) reserves nothing: a reservation may
+      take at most the account's unreserved concurrency (its "Concurrent executions" quota
+      minus other functions' reservations) minus 100, and new accounts start with a quota so
+      low that any reservation fails the deployment.
     concurrency_reason: what bounds the function's concurrency when nothing is reserved
       (cdk-nag asks for a reservation on every function).
     dlq_reason: why this function needs no function-level DLQ (cdk-nag asks for one on every

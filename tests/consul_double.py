@@ -3,7 +3,8 @@
 No Consul binary can run on the build machines, so the registrar Lambda and the ACL/config-entry
 custom resource are tested against this double instead. It answers over real HTTP on 127.0.0.1 so
 clients exercise their real transport, retries and timeouts, and it lets a test inject the
-failures a real cluster produces (5xx, 429, dropped connections, slow answers, no leader).
+failures a real cluster produces (5xx, 429, dropped connections, slow answers, writes applied
+after their client gave up, no leader).
 
 Usage::
 
@@ -16,8 +17,10 @@ Usage::
 Beyond the interface the registrar and custom-resource tests were promised, the double offers
 ``seed_register``/``seed_kv``/``seed_config_entry`` (state without HTTP traffic), ``warnings``
 (things Consul accepts but this project must never do, such as a ``serfHealth`` check),
-``blocked_queries`` (to write only once a watcher is waiting) and ``internal_errors`` (bugs in
-the double itself; the pytest fixtures fail the test when it is not empty).
+``blocked_queries`` (to write only once a watcher is waiting), ``land_late``/``wait_idle`` (to
+decide when writes whose client gave up land, and to wait for every request to be served) and
+``internal_errors`` (bugs in the double itself; the pytest fixtures fail the test when it is not
+empty).
 
 Standard library only. One lock (a Condition) guards all state; blocking queries wait on it.
 This module holds the server, faults, recording and the public API; ``tests/consul_double_impl/``
@@ -62,6 +65,11 @@ stored versions unless noted), and where:
   ``NodeService.Validate`` such as "Proxy.DestinationServiceName must be non-empty for Connect
   proxy services"). hashicorp/consul-esm#9 shows the same 500. Deregister precedence: ServiceID,
   then CheckID, then the whole node; deregistering something absent still answers ``true``.
+- agent/catalog_endpoint.go: ``CatalogRegister``/``CatalogDeregister`` read the whole body, then
+  call ``s.agent.RPC("Catalog.Register", &args, &out)`` without the request's context: a client
+  that times out or drops the connection does not stop the write, which Consul applies when the
+  RPC gets to it (the ``late`` fault; the two stored versions of the file read alike, 1.21.4 was
+  not among them).
 - agent/catalog_endpoint.go: ``/v1/catalog/node/:n`` answers 200 ``null`` for an unknown node;
   ``/v1/catalog/node-services/:n`` answers ``{"Node": null, "Services": null}``; nil tags become [].
 - agent/http.go: ``X-Consul-Index`` is never 0 (0 is sent as 1); ``X-Consul-KnownLeader`` and
@@ -85,11 +93,12 @@ Deliberate simplifications (documented so nobody mistakes them for Consul behavi
 
 - ACL: "default deny". A request with an accepted token may do anything (policy Rules are stored
   verbatim, never parsed nor enforced). An unknown token gets 403 "ACL not found" on every
-  endpoint but /v1/status/*. A request without a token is the anonymous token: writes get 403
-  "Permission denied: ...", txn write ops get a "Permission denied" error each (409), catalog and
-  health reads are filtered to empty (with ``X-Consul-Results-Filtered-By-ACLs: true``), KV and
-  config single reads get 403. Accepted tokens: the constructor's (or ``set_tokens``) plus the
-  SecretIDs of tokens created through the API. The initial tokens are not listed by /v1/acl/tokens.
+  endpoint but /v1/status/* and /v1/acl/token/self (404, see below). A request without a token is
+  the anonymous token: writes get 403 "Permission denied: ...", txn write ops get a "Permission
+  denied" error each (409), catalog and health reads are filtered to empty (with
+  ``X-Consul-Results-Filtered-By-ACLs: true``), KV and config single reads get 403. Accepted
+  tokens: the constructor's (or ``set_tokens``) plus the SecretIDs of tokens created through the
+  API. The initial tokens are not listed by /v1/acl/tokens.
 - Raft: one simulated log index, ``index``. Every accepted write (including one that changes
   nothing, or a cas/txn that fails inside the state store) consumes an index, as in Consul;
   rejections before raft (validation, ACL, preCheck) do not. Never assume indexes are contiguous.
@@ -102,11 +111,25 @@ Deliberate simplifications (documented so nobody mistakes them for Consul behavi
 - No leader (``has_leader = False``): /v1/status/leader answers ``""`` and every other endpoint
   500 "No cluster leader", except GETs with ``?stale``.
 - Leader elected, ACLs not ready (``acls_not_ready_for(seconds)``): /v1/status/leader already
-  names a leader, but for ``seconds`` every other request, with any token or none, is 403 "ACL
-  not found". A new leader creates the ``initial_management`` token (and the anonymous token)
-  only in ``initializeACLs``, which ``establishLeadership`` runs after the Raft barrier
-  (agent/consul/leader.go); until then the token resolves to nothing (``acl.ErrNotFound``, 403
-  by agent/http.go). The window is real time, measured by ``time.monotonic``.
+  names a leader, but for ``seconds`` the initial tokens and the anonymous token do not exist
+  yet. A new leader creates the ``initial_management`` token (and the anonymous token) only in
+  ``initializeACLs``, which ``establishLeadership`` runs after the Raft barrier
+  (agent/consul/leader.go). In that window Consul answers two different ways, and so does the
+  double:
+
+  - ``GET /v1/acl/token/self`` does not resolve the caller's token: ``ACLTokenSelf``
+    (agent/acl_endpoint.go, hashicorp/consul 7fa1034, lines 344-378) calls the RPC
+    ``ACL.TokenRead`` with ``TokenIDType: ACLTokenSecret``, and ``TokenRead``
+    (agent/consul/acl_endpoint.go) only reads ``state.ACLTokenGetBySecret`` for that type ("no
+    extra validation is needed here. If you have the secret ID you can read it."). No token,
+    no error: the endpoint answers **404 "Supplied token does not exist"** (line 374). It
+    answers the same for any secret that is not a token, in or out of the window.
+  - Every endpoint that resolves the caller's token (policies, tokens, catalog, KV, config...)
+    gets ``acl.ErrNotFound`` from the resolver, which agent/http.go answers with **403 "ACL not
+    found"**; so does a request without a token (the anonymous token is missing too).
+
+  Tokens created through the API stay valid (they are in the Raft state already). The window is
+  real time, measured by ``time.monotonic``.
 - Not modelled: sessions, namespaces/partitions, peering, virtual IPs, node IDs as identity
   (renames), prepared queries, agent endpoints, ``?near``, consistency modes beyond ``?stale``,
   HCL parsing of policy Rules, normalisation of config entries (stored as sent, Kind/Name set).
@@ -158,6 +181,7 @@ ROUTES: tuple[Route, ...] = (
     *acl.router.routes,
 )
 WRITE_METHODS = frozenset({"PUT", "POST", "DELETE"})
+FaultKind = Literal["status", "refuse", "delay", "late"]
 
 
 @dataclass
@@ -173,7 +197,7 @@ class RecordedRequest:
 
 @dataclass
 class _Fault:
-    kind: Literal["status", "refuse", "delay"]
+    kind: FaultKind
     path_prefix: str
     method: str | None
     status: int
@@ -286,6 +310,8 @@ class ConsulDouble:
             None if acl_tokens is None else frozenset(acl_tokens)
         )
         self._faults: list[_Fault] = []
+        self._late: list[Request] = []
+        self._serving = 0
         self._acls_ready_at = 0.0
         self._connections: set[socket.socket] = set()
         self._server: _Server | None = None
@@ -380,7 +406,9 @@ class ConsulDouble:
             self._initial_tokens = None if tokens is None else frozenset(tokens)
 
     def acls_not_ready_for(self, seconds: float) -> None:
-        """A leader exists but has not set up its ACLs yet: 403 "ACL not found" for `seconds`."""
+        """A leader exists but has not created the initial tokens yet, for `seconds`:
+        /v1/acl/token/self answers 404 "Supplied token does not exist" for them, every endpoint
+        that resolves a token 403 "ACL not found" (see the module docstring)."""
         if seconds < 0:
             raise ValueError(f"seconds must be >= 0, got {seconds}")
         with self._cond:
@@ -389,7 +417,7 @@ class ConsulDouble:
     def inject(
         self,
         *,
-        kind: Literal["status", "refuse", "delay"],
+        kind: FaultKind,
         path_prefix: str = "/",
         method: str | None = None,
         status: int = 500,
@@ -400,9 +428,13 @@ class ConsulDouble:
 
         status: answer ``status`` without touching state (429/503 carry ``Retry-After: 1``).
         refuse: close the connection without any response. delay: sleep, then serve normally.
+        late: close the connection without any response and keep the request; ``land_late()``
+        applies it later, as Consul does with a write whose client gave up on it (the client
+        cannot tell this from ``refuse``). Unlike ``delay``, when it lands is up to the test,
+        not to a race between a sleep and the client's timeout.
         """
-        if kind not in ("status", "refuse", "delay"):
-            raise ValueError(f"kind must be 'status', 'refuse' or 'delay', got {kind!r}")
+        if kind not in ("status", "refuse", "delay", "late"):
+            raise ValueError(f"kind must be 'status', 'refuse', 'delay' or 'late', got {kind!r}")
         if times == 0 or times < -1:
             raise ValueError(f"times must be a positive count or -1 (forever), got {times}")
         if kind == "status" and not 400 <= status <= 599:
@@ -413,8 +445,31 @@ class ConsulDouble:
             self._faults.append(_Fault(kind, path_prefix, method, status, delay, times))
 
     def clear_faults(self) -> None:
+        """Forget the faults not yet used up (requests kept by ``late`` faults stay kept)."""
         with self._cond:
             self._faults.clear()
+
+    def land_late(self) -> int:
+        """Apply the requests kept by ``late`` faults, in arrival order; how many there were."""
+        with self._cond:
+            kept, self._late = self._late, []
+        for request in kept:  # recorded when it arrived, with status 0
+            self._serve_request(request, record=False)
+        return len(kept)
+
+    def requests_in_service(self) -> int:
+        """Requests read and not yet answered (those kept by ``late`` faults are not counted)."""
+        with self._cond:
+            return self._serving
+
+    def wait_idle(self, timeout: float = 30.0) -> None:
+        """Wait until no request is being served: every answer given, every write applied.
+
+        Raises TimeoutError after ``timeout`` seconds (a blocking query never ends by itself).
+        """
+        with self._cond:
+            if not self._cond.wait_for(lambda: self._serving == 0, timeout):
+                raise TimeoutError(f"{self._serving} request(s) still being served")
 
     # -- recorded traffic
     def reset_requests(self) -> None:
@@ -525,6 +580,16 @@ class ConsulDouble:
         )
 
     def _dispatch(self, request: Request) -> Reply | None:
+        with self._cond:
+            self._serving += 1
+        try:
+            return self._dispatch_serving(request)
+        finally:
+            with self._cond:
+                self._serving -= 1
+                self._cond.notify_all()
+
+    def _dispatch_serving(self, request: Request) -> Reply | None:
         if self.latency > 0:
             time.sleep(self.latency)
         with self._cond:
@@ -533,8 +598,10 @@ class ConsulDouble:
             time.sleep(fault.delay)
         elif fault is not None:
             with self._cond:
-                self._record(request, 0 if fault.kind == "refuse" else fault.status)
-            if fault.kind == "refuse":
+                self._record(request, 0 if fault.kind in ("refuse", "late") else fault.status)
+                if fault.kind == "late":
+                    self._late.append(request)
+            if fault.kind in ("refuse", "late"):
                 return None
             reply = text_reply(
                 fault.status, _FAULT_TEXT.get(fault.status, f"injected fault {fault.status}")
@@ -542,6 +609,9 @@ class ConsulDouble:
             if fault.status in (429, 503):
                 reply.headers["Retry-After"] = "1"
             return reply
+        return self._serve_request(request)
+
+    def _serve_request(self, request: Request, *, record: bool = True) -> Reply:
         try:
             reply = self._handle(request)
         except HTTPError as exc:
@@ -552,15 +622,16 @@ class ConsulDouble:
         except Exception as exc:  # a bug in the double: answer, and make the fixture fail
             self._internal_error(f"{request.method} {request.path}: {exc!r}")
             reply = text_reply(500, f"consul double internal error: {exc!r}")
-        with self._cond:
-            self._record(request, reply.status)
+        if record:
+            with self._cond:
+                self._record(request, reply.status)
         return reply
 
     def _handle(self, request: Request) -> Reply:
         route, match = self._find_route(request)
         if not route.status_endpoint:
             self._check_leader_and_dc(request)
-            self._authenticate(request)
+            self._authenticate(request, route)
         if route.query and request.method == "GET":
             return self._run_query(route, request, match)
         with self._cond:
@@ -591,24 +662,36 @@ class ConsulDouble:
         if dc and dc != self.datacenter:
             raise HTTPError(500, "No path to datacenter")
 
-    def _authenticate(self, request: Request) -> None:
+    def _authenticate(self, request: Request, route: Route) -> None:
         token = request.headers.get("x-consul-token", "")
         authorization = request.headers.get("authorization", "")
         if not token and authorization.lower().startswith("bearer "):
             token = authorization[len("bearer ") :].strip()
         token = token or (request.param("token") or "")
         request.token = token
+        if not route.resolves_token:
+            return  # the handler looks the secret up itself
         with self._cond:
-            initial = self._initial_tokens
+            initial = self._existing_initial_tokens()
             if initial is None:
                 return
-            if time.monotonic() < self._acls_ready_at:
-                raise HTTPError(403, "ACL not found")
             if not token:
+                if not self._acls_ready():  # the anonymous token does not exist yet either
+                    raise HTTPError(403, "ACL not found")
                 request.anonymous = True
                 return
             if token not in initial and self._store.token_by_secret(token) is None:
                 raise HTTPError(403, "ACL not found")
+
+    def _acls_ready(self) -> bool:
+        return time.monotonic() >= self._acls_ready_at
+
+    def _existing_initial_tokens(self) -> frozenset[str] | None:
+        """The initial tokens the leader has created so far; None when ACLs are off."""
+        with self._cond:
+            if self._initial_tokens is None:
+                return None
+            return self._initial_tokens if self._acls_ready() else frozenset()
 
     def _run_query(self, route: Route, request: Request, match: re.Match[str]) -> Reply:
         min_index, wait = blocking_params(request)
@@ -651,7 +734,7 @@ class _Backend:
 
     @property
     def accepted_tokens(self) -> frozenset[str] | None:
-        return self._double._initial_tokens
+        return self._double._existing_initial_tokens()
 
 
 def _empty_match() -> re.Match[str]:

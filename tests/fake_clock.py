@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+from types import ModuleType
+
+import pytest
+
 
 class FakeClock:
     """Patch a module's `_sleep` with `sleep` and its `_clock` with `monotonic`."""
@@ -16,3 +20,11 @@ class FakeClock:
 
     def monotonic(self) -> float:
         return self.now
+
+
+def patch_clock(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> FakeClock:
+    """A FakeClock in place of `module`'s `_clock` and `_sleep` for one test."""
+    fake = FakeClock()
+    monkeypatch.setattr(module, "_clock", fake.monotonic)
+    monkeypatch.setattr(module, "_sleep", fake.sleep)
+    return fake

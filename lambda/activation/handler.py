@@ -8,11 +8,11 @@ only ever sees the activation ID.
 
 Events:
 - CloudFormation Create: a new activation; its ID becomes the physical ID, for good.
-- CloudFormation Update (the limit, expiry or role changed): a new activation replaces the
-  previous one in the secret and the previous one is revoked here, like a reissue. The
-  physical ID is kept on purpose: a new one would make CloudFormation send Delete for the old
-  ID afterwards, and that Delete, seeing the secret name another activation, would revoke the
-  new one too (and so would an update rollback).
+- CloudFormation Update (the limit, expiry or role changed; nothing else counts, see SETTINGS):
+  a new activation replaces the previous one in the secret and the previous one is revoked
+  here, like a reissue. The physical ID is kept on purpose: a new one would make CloudFormation
+  send Delete for the old ID afterwards, and that Delete, seeing the secret name another
+  activation, would revoke the new one too (and so would an update rollback).
 - CloudFormation Delete: delete the activation (already registered hosts stay registered).
 - `{"action": "reissue"}` invoked by an operator: a fresh activation when the old one expired
   or was used up, replacing the secret's value and deleting the previous activation.
@@ -33,6 +33,7 @@ from __future__ import annotations
 import datetime
 import json
 import logging
+import math
 import os
 import time
 import urllib.request
@@ -45,6 +46,11 @@ logger = logging.getLogger()
 logger.setLevel(logging.INFO)
 
 TEARDOWN_TYPE = "Custom::EcsAnywhereTeardown"
+# The properties that define the activation. An Update compares only these: CloudFormation
+# also passes ServiceToken (and ServiceTimeout, once set) in ResourceProperties, and a stack
+# update that only adds ServiceTimeout or replaces the function must not reissue the
+# activation (and revoke the one operators are using).
+SETTINGS = ("RegistrationLimit", "ExpiryDays", "Role")
 ROLE_PROPAGATION_SECONDS = 90.0
 _PROPAGATION_HINTS = ("nonexistent role", "missing ssm service principal")
 
@@ -71,8 +77,24 @@ def _clients() -> tuple[Ssm, Secrets]:
 
 def _teardown_clients() -> tuple[teardown.Ecs, teardown.Ssm]:
     import boto3  # noqa: PLC0415 (only the Lambda runtime needs it; tests inject stubs)
+    from botocore.config import Config  # noqa: PLC0415
 
-    return boto3.client("ecs"), boto3.client("ssm")
+    # Short timeouts so a hung call cannot eat the teardown's deadline; standard retries back
+    # off on ThrottlingException; one pooled connection per worker thread.
+    config = Config(
+        connect_timeout=5,
+        read_timeout=20,
+        retries={"mode": "standard", "max_attempts": 5},
+        max_pool_connections=teardown.WORKERS,
+    )
+    return boto3.client("ecs", config=config), boto3.client("ssm", config=config)
+
+
+def _time_left(context: Any) -> teardown.TimeLeft:
+    """Seconds until the Lambda's deadline (unlimited outside Lambda)."""
+    if context is None or not hasattr(context, "get_remaining_time_in_millis"):
+        return lambda: math.inf
+    return lambda: float(context.get_remaining_time_in_millis()) / 1000
 
 
 def _error(exc: Exception) -> tuple[str, str]:
@@ -179,7 +201,8 @@ def on_event(event: dict[str, Any], ssm: Ssm, secrets: Secrets) -> tuple[str, di
     if request == "Update":
         physical = str(event["PhysicalResourceId"])
         current = current_activation(secrets) or physical
-        if props == event.get("OldResourceProperties"):
+        old = event.get("OldResourceProperties") or {}
+        if all(str(props.get(key)) == str(old.get(key)) for key in SETTINGS):
             return physical, {"ActivationId": current}
         activation_id = issue(ssm, secrets, limit=limit, days=days)
         if current != activation_id and current.count("-") == 4:
@@ -232,7 +255,7 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, str]:
     physical = str(event.get("PhysicalResourceId", ""))
     try:
         if event.get("ResourceType") == TEARDOWN_TYPE:
-            physical, data = teardown.on_event(event, *_teardown_clients())
+            physical, data = teardown.on_event(event, *_teardown_clients(), _time_left(context))
         else:
             physical, data = on_event(event, *_clients())
     except Exception as exc:

@@ -184,16 +184,22 @@ class ConsulClient:
             self._sleep(interval)
 
     def check_token(self) -> None:
-        """Fail clearly when the management token itself is unknown to Consul.
+        """Fail clearly when Consul does not know the management token (yet).
 
-        Older Consul releases answer 403 "ACL not found" both for an unknown caller token and
-        for a missing object; reading `/v1/acl/token/self` first tells the two apart.
+        `/v1/acl/token/self` looks the secret up instead of resolving it, so an unknown secret
+        is a 404 "Supplied token does not exist" (hashicorp/consul agent/acl_endpoint.go
+        ACLTokenSelf), while every other endpoint answers 403 "ACL not found" for it; reading
+        token/self first tells an unknown management token apart from a missing object. Right
+        after the first election the token is unknown because the leader has not created it
+        yet (agent/consul/leader.go initializeACLs); the caller decides how long to wait.
         """
-        status, _ = self.request("GET", "/v1/acl/token/self")
+        status, data = self.request("GET", "/v1/acl/token/self")
         if status != 200:
             raise ConsulError(
-                f"Consul rejected the management token (GET /v1/acl/token/self -> {status}): "
-                "check the management token secret and that ACLs are bootstrapped",
+                f"Consul does not accept the management token (GET /v1/acl/token/self -> "
+                f"{status}: {_reason(data)}). Either the leader has not created it yet (it does "
+                "so from acl.tokens.initial_management when it establishes leadership), or the "
+                "management token secret does not hold the fleet's initial_management token",
                 status=status,
             )
 

@@ -8,8 +8,9 @@ complete" and the framework calls again after its query interval, up to its tota
 a fleet that is still booting is waited for instead of failing the stack. "Not ready" also
 covers secrets that still hold their placeholder (the first server publishes the management
 token and the CA at boot) and, for TOKEN_REJECTED_GRACE_SECONDS, a management token Consul
-does not know yet (the new leader creates it just after the election); after that grace a
-rejected token fails the deployment with a message that says so.
+does not know yet (the new leader creates it just after the election: `/v1/acl/token/self`
+answers 404 until then); after that grace a token Consul still does not know fails the
+deployment with a message that names both causes (not created yet, or a wrong secret).
 
 A delete that cannot reach a leader for DELETE_GIVE_UP_SECONDS gives up with a warning: a
 stack whose servers never came up (or are already gone) must still roll back or delete. The
@@ -139,13 +140,21 @@ def _connect(
     )
 
 
+# What `GET /v1/acl/token/self` answers while the management token is not usable yet: 404
+# "Supplied token does not exist" between the election and initializeACLs (ACLTokenSelf reads
+# the secret without resolving it: hashicorp/consul agent/acl_endpoint.go, 7fa1034 lines
+# 344-378), 403 "ACL not found" on releases that resolved it, 500 while the agent is still
+# finding the leader. A wrong secret answers the same 404, hence the grace and then a failure.
+TOKEN_NOT_READY = frozenset({403, 404, 500})
+
+
 def _check_token(consul: ConsulClient, event: Mapping[str, Any]) -> None:
     """Right after the first election the leader may not have created the initial management
     token yet, so a rejection is waited out for TOKEN_REJECTED_GRACE_SECONDS, then reported."""
     try:
         consul.check_token()
     except ConsulError as err:
-        if err.status == 403 and _waited(event) < TOKEN_REJECTED_GRACE_SECONDS:
+        if err.status in TOKEN_NOT_READY and _waited(event) < TOKEN_REJECTED_GRACE_SECONDS:
             raise NotReady(f"{err} (waiting: ACLs may still be bootstrapping)") from None
         raise
 

@@ -28,8 +28,9 @@ Rules, each for a reason:
   (docs/architecture.md "Ordering, duplicates and concurrency"): a txn carries a KV cas on the
   task's record at the index read before it, so a txn that had landed makes its resend fail the
   cas (409), and apply.apply reads the record again and decides from what is really there; a
-  sidecar register or a node deregister writes the same state again, and a sidecar register is
-  always followed by the consistent read of the record that catches a stop that raced it.
+  node deregister only removes a stopped task's node. A sidecar register has no cas: its
+  unanswered first copy may land after everything else, so consul.RetryingConsul counts it and
+  the registrar leaves that message to SQS for one more check.
 """
 
 from __future__ import annotations

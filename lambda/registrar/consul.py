@@ -35,7 +35,17 @@ class ConsulError(Exception):
 
 
 class ConsulUnavailable(ConsulError, RetryableError):
-    """Consul did not answer, or answered 429/5xx: try again later."""
+    """Consul did not answer, or answered 429/5xx: try again later.
+
+    `unanswered`: the request may have reached Consul and no answer came back (a timeout, a
+    reset, a dropped connection). Consul may still apply such a write, at any later time: its
+    HTTP handler makes the RPC without the request's context (agent/catalog_endpoint.go
+    CatalogRegister), so a client giving up stops nothing.
+    """
+
+    def __init__(self, message: str, *, unanswered: bool = False) -> None:
+        super().__init__(message)
+        self.unanswered = unanswered
 
 
 class ConsulAuthError(ConsulError):
@@ -164,8 +174,12 @@ class HttpConsul:
             )
         except (http.client.HTTPException, OSError) as err:
             # OSError covers timeouts, refused/reset connections and TLS failures. A write that
-            # fails here may have been applied: RetryingConsul's resend is guarded (see there).
-            raise ConsulUnavailable(f"{method} {path}: {str(err) or type(err).__name__}") from err
+            # fails here may have been applied, or may still be: RetryingConsul's resend is
+            # guarded (see there). Only a refused connection proves nothing was sent.
+            raise ConsulUnavailable(
+                f"{method} {path}: {str(err) or type(err).__name__}",
+                unanswered=not isinstance(err, ConnectionRefusedError),
+            ) from err
 
     def _request(
         self, method: str, path: str, payload: object = None, *, ok_statuses: tuple[int, ...] = ()
@@ -249,6 +263,14 @@ class RetryingConsul:
     response fails its cas (409) and the caller decides again from the record it then reads;
     a catalog register or deregister writes the same state again. This is the only place a
     write is sent twice (the transport resends reads only: connections.py).
+
+    One hazard is left to the caller: a catalog register sent without an answer may land after
+    everything the caller does next, its resend and its re-read of the record included, and
+    then recreate the node of a task stopped meanwhile. Nothing here can wait for it, so
+    `unanswered_registers` counts them, and a message that sent one is not acknowledged
+    (registrar.Registrar.handle): SQS redelivers it after the visibility timeout, and the
+    redelivery checks the catalog again. (A late deregister only removes a node whose task
+    stopped: a stop is final, so it is harmless.)
     """
 
     def __init__(
@@ -263,6 +285,7 @@ class RetryingConsul:
         self._policy = policy
         self._budget = budget
         self._sleep = sleep
+        self.unanswered_registers = 0
 
     def _call(self, what: str, fn: Callable[[], T]) -> T:
         return retry.call(
@@ -276,7 +299,15 @@ class RetryingConsul:
         return self._call("PUT txn", lambda: self._inner.txn(ops))
 
     def catalog_register(self, body: Mapping[str, Any]) -> None:
-        self._call("PUT catalog/register", lambda: self._inner.catalog_register(body))
+        def attempt() -> None:
+            try:
+                self._inner.catalog_register(body)
+            except ConsulUnavailable as err:
+                if err.unanswered:
+                    self.unanswered_registers += 1
+                raise
+
+        self._call("PUT catalog/register", attempt)
 
     def catalog_deregister(self, node: str) -> None:
         self._call("PUT catalog/deregister", lambda: self._inner.catalog_deregister(node))

@@ -45,6 +45,10 @@ class ConfigError(ValueError):
     """The function's environment is wrong: every message fails until it is fixed."""
 
 
+class UnansweredWrite(retry.RetryableError):
+    """The event is applied, but a write it sent got no answer and may still land later."""
+
+
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     raw = env.get(name, "").strip()
     if not raw:
@@ -181,7 +185,7 @@ class Runtime:
         if connections is not None:
             connections.close()
 
-    def consul(self, budget: retry.Budget) -> consul.Consul:
+    def consul(self, budget: retry.Budget) -> consul.RetryingConsul:
         """A Consul client bound to this invocation's budget, retrying transient failures."""
         http = consul.HttpConsul(
             self.settings.consul_addr,
@@ -277,11 +281,25 @@ class Registrar:
         return self._apply(event, desired)
 
     def _apply(self, event: TaskEvent, desired: Registration | None) -> apply.Result:
-        return apply.apply(
-            self._rt.consul(self._budget),
+        client = self._rt.consul(self._budget)
+        result = apply.apply(
+            client,
             key=kv_layout.task_key(event.cluster_arn, event.task_id),
             node=identity.node_name(event.task_arn),
             desired=desired,
             version=event.version,
             event_time=event.event_time.isoformat(),
         )
+        if client.unanswered_registers:
+            # The catalog is right as of the re-read that ended `apply`, but an unanswered
+            # sidecar write may land after it and recreate the node of a task that stopped
+            # meanwhile. Acknowledging now would leave that to the reconcile pass; failing the
+            # message makes SQS redeliver it after the visibility timeout, when the write has
+            # landed or never will, and the redelivery checks the node (decide.VerifyAbsent,
+            # VerifySidecar).
+            raise UnansweredWrite(
+                f"{result.kind} ({result.reason}), but {client.unanswered_registers} sidecar "
+                "write(s) got no answer and may still land; SQS will redeliver the message so "
+                "that the catalog is checked again"
+            )
+        return result

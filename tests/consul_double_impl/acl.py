@@ -167,8 +167,11 @@ def _acl_token_create(backend: Backend, request: Request, match: re.Match[str]) 
     return _acl_token_write(backend, request, accessor="")
 
 
-@router.route(r"/v1/acl/token/self", "GET", query=True)
+@router.route(r"/v1/acl/token/self", "GET", query=True, resolves_token=False)
 def _acl_token_self(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
+    # hashicorp/consul agent/acl_endpoint.go ACLTokenSelf (7fa1034, lines 344-378): RPC
+    # ACL.TokenRead by SecretID, which reads the state store without resolving the caller
+    # (agent/consul/acl_endpoint.go TokenRead); nothing found -> 404, never 403.
     accepted = backend.accepted_tokens
     if accepted is None:
         raise HTTPError(401, "ACL support disabled")
@@ -177,7 +180,7 @@ def _acl_token_self(backend: Backend, request: Request, match: re.Match[str]) ->
     if token is not None:
         return query_reply(store.token_view(token), store.table_index("acl-tokens"))
     if request.token not in accepted:
-        raise HTTPError(403, "ACL not found")
+        raise HTTPError(404, "Supplied token does not exist")
     # An initial token: present it like Consul presents its initial management token.
     view = {
         "AccessorID": "",

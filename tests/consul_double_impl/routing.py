@@ -79,7 +79,8 @@ class Backend(Protocol):
 
     @property
     def accepted_tokens(self) -> frozenset[str] | None:
-        """None when ACLs are off."""
+        """The initial tokens that exist right now (none while a new leader has not set up its
+        ACLs yet); None when ACLs are off."""
 
 
 @dataclass(frozen=True)
@@ -89,6 +90,9 @@ class Route:
     handler: Handler
     query: bool = False  # a GET that supports blocking and sets the X-Consul-* query headers
     status_endpoint: bool = False  # needs neither a leader nor a token
+    # False for the one endpoint that looks the caller's secret up instead of resolving it
+    # (/v1/acl/token/self): an unknown secret is its 404, not the 403 "ACL not found".
+    resolves_token: bool = True
 
 
 class Router:
@@ -98,11 +102,24 @@ class Router:
         self.routes: list[Route] = []
 
     def route(
-        self, pattern: str, methods: str, *, query: bool = False, status_endpoint: bool = False
+        self,
+        pattern: str,
+        methods: str,
+        *,
+        query: bool = False,
+        status_endpoint: bool = False,
+        resolves_token: bool = True,
     ) -> Callable[[Handler], Handler]:
         def register(handler: Handler) -> Handler:
             self.routes.append(
-                Route(re.compile(pattern), tuple(methods.split()), handler, query, status_endpoint)
+                Route(
+                    re.compile(pattern),
+                    tuple(methods.split()),
+                    handler,
+                    query,
+                    status_endpoint,
+                    resolves_token,
+                )
             )
             return handler
 

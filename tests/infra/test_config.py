@@ -105,7 +105,7 @@ FAILURES = [
     ("registrar_concurrency", "1", "from 2 to 1000"),
     ("registrar_concurrency", "1001", "from 2 to 1000"),
     ("reserve_concurrency", "yes", "true or false"),
-    ("lambda_concurrency_quota", "0", "from 1 to 10000000"),
+    ("lambda_unreserved_concurrency", "0", "from 1 to 10000000"),
     ("reconcile_interval_minutes", "0", "from 1 to 1440"),
     ("reconcile_max_deletions", "0", "from 1 to 10000"),
     ("host_disconnect_grace_minutes", "0", "from 1 to 1440"),
@@ -183,19 +183,20 @@ def test_nothing_is_reserved_by_default() -> None:
     assert config().reserve_concurrency is False
 
 
-def test_a_reservation_within_the_quota_is_accepted() -> None:
-    # 897 + 2 + 1 = 900 = the default quota of 1000 minus the 100 Lambda keeps unreserved
+def test_a_reservation_within_the_unreserved_concurrency_is_accepted() -> None:
+    # 897 + 2 + 1 = 900 = a fresh account's 1000 unreserved minus the 100 Lambda keeps
     chosen = config(reserve_concurrency="true", registrar_concurrency="897")
     assert chosen.reserve_concurrency is True
-    assert chosen.lambda_concurrency_quota == 1000
+    assert chosen.lambda_unreserved_concurrency == 1000
 
 
 @pytest.mark.parametrize(
     ("options", "reserves", "allowed"),
     [
         ({"registrar_concurrency": "898"}, 901, 900),
-        ({"registrar_concurrency": "5", "lambda_concurrency_quota": "50"}, 8, 0),
-        ({"registrar_concurrency": "20", "lambda_concurrency_quota": "120"}, 23, 20),
+        ({"registrar_concurrency": "5", "lambda_unreserved_concurrency": "50"}, 8, 0),
+        # a 1000 quota of which other functions already reserve 880
+        ({"registrar_concurrency": "20", "lambda_unreserved_concurrency": "120"}, 23, 20),
     ],
 )
 def test_fails_when_the_reservation_exceeds_what_the_account_can_reserve(
@@ -207,13 +208,16 @@ def test_fails_when_the_reservation_exceeds_what_the_account_can_reserve(
     assert message.startswith("invalid context value registrar_concurrency=")
     assert f"reserves {reserves}" in message
     assert f"at most {allowed}" in message
-    assert 'Lambda "Concurrent executions" quota' in message
+    # the limit is the UNRESERVED concurrency: other functions' reservations reduce it
+    assert "unreserved concurrency" in message
+    assert "minus what other functions already reserve" in message
+    assert "UnreservedConcurrentExecutions" in message
     assert "100 Lambda keeps unreserved" in message
 
 
-def test_fails_when_the_quota_is_set_but_nothing_is_reserved() -> None:
-    with pytest.raises(ConfigError, match=r"lambda_concurrency_quota='2000'.*only used with"):
-        config(lambda_concurrency_quota="2000")
+def test_fails_when_the_unreserved_concurrency_is_set_but_nothing_is_reserved() -> None:
+    with pytest.raises(ConfigError, match=r"lambda_unreserved_concurrency='2000'.*only used with"):
+        config(lambda_unreserved_concurrency="2000")
 
 
 @pytest.mark.parametrize(

@@ -31,7 +31,7 @@ sys.path.insert(0, str(ASSETS))
 import consul_admin  # noqa: E402
 
 from tests.consul_double import ConsulDouble  # noqa: E402
-from tests.fake_clock import FakeClock  # noqa: E402
+from tests.fake_clock import FakeClock, patch_clock  # noqa: E402
 
 
 def bash(script: str, *, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
@@ -375,7 +375,10 @@ def test_publishing_identical_content_twice_is_idempotent(
 
 
 class FakeAcl:
-    """Consul's ACL endpoints as the bootstrap uses them (403 "ACL not found" when missing)."""
+    """Consul's ACL endpoints as the bootstrap uses them: a missing policy is 403 "ACL not found"
+    (older releases; 1.21 answers 404, both are handled), an unknown secret on
+    /v1/acl/token/self is 404 "Supplied token does not exist" (agent/acl_endpoint.go
+    ACLTokenSelf)."""
 
     def __init__(self) -> None:
         self.policies: dict[str, dict[str, Any]] = {}
@@ -406,9 +409,9 @@ class FakeAcl:
         if method == "GET" and path == "/v1/acl/token/self":
             if token is None:  # the client's default token: the initial management token
                 return 200, {"AccessorID": "management", "Policies": [{"Name": "global"}]}
-            return (
-                (200, dict(self.tokens[token])) if token in self.tokens else (403, "ACL not found")
-            )
+            if token in self.tokens:
+                return 200, dict(self.tokens[token])
+            return 404, "Supplied token does not exist"
         if method == "PUT" and path == "/v1/acl/token":
             if body["SecretID"] in self.tokens:
                 return 500, "Invalid Token: SecretID is already in use"
@@ -507,26 +510,93 @@ def test_acl_bootstrap_waits_for_a_new_leader_to_set_up_acls() -> None:
         api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
         # WHEN the boot applies the servers' ACLs
         consul_admin.acl_bootstrap(api, SPECS, timeout=60)
-        # THEN it waited through the 403s and then created every policy and token
-        refused = [r for r in consul.requests if r.status == 403]
-        assert refused
-        assert {r.path for r in refused} == {"/v1/acl/token/self"}
+        # THEN it waited through token/self's 404s and then created every policy and token
+        checks = [r.status for r in consul.requests if r.path == "/v1/acl/token/self"]
+        assert checks[0] == 404
+        assert set(checks[: checks.index(200)]) == {404}
+        assert not [r for r in consul.requests if r.status == 403]
         assert {p["Name"] for p in consul.acl_policies().values()} == {n for n, _, _ in SPECS}
         secrets = {t["SecretID"] for t in consul.acl_tokens().values()}
         assert {secret for _, _, secret in SPECS} <= secrets
         assert consul.internal_errors == []
 
 
-def test_acl_bootstrap_gives_up_at_its_deadline_with_backoff(
-    monkeypatch: pytest.MonkeyPatch,
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """consul_admin's clock and sleep, moved only by the code under test."""
+    return patch_clock(monkeypatch, consul_admin)
+
+
+class UntilInitialized(FakeAcl):
+    """A fresh cluster as a server sees it at boot (fake clock): no leader for the first
+    `no_leader` seconds, then a leader that creates the initial management token only after
+    `not_created` more seconds (agent/consul/leader.go initializeACLs); meanwhile token/self
+    cannot find the token (404, agent/acl_endpoint.go ACLTokenSelf)."""
+
+    def __init__(self, clock: FakeClock, *, no_leader: float, not_created: float) -> None:
+        super().__init__()
+        self.clock = clock
+        self.leader_at = no_leader
+        self.ready_at = no_leader + not_created
+        self.answers: list[tuple[float, int]] = []
+
+    def request(
+        self, method: str, path: str, body: Any = None, token: str | None = None
+    ) -> tuple[int, Any]:
+        answer: tuple[int, Any]
+        if self.clock.now < self.leader_at:
+            answer = 500, "No cluster leader"
+        elif self.clock.now < self.ready_at and token is None:
+            answer = 404, "Supplied token does not exist"
+        else:
+            answer = super().request(method, path, body, token)
+        if path == "/v1/acl/token/self" and token is None:
+            self.answers.append((self.clock.now, answer[0]))
+        return answer
+
+
+def test_acl_bootstrap_waits_while_token_self_cannot_find_the_management_token(
+    clock: FakeClock,
 ) -> None:
-    clock = FakeClock()
-    monkeypatch.setattr(consul_admin, "_clock", clock.monotonic)
-    monkeypatch.setattr(consul_admin, "_sleep", clock.sleep)
+    # GIVEN token/self answers 404 for 20 s after the election, as Consul does until
+    # initializeACLs has written the initial management token
+    api = UntilInitialized(clock, no_leader=2, not_created=20)
+    # WHEN a server boots
+    consul_admin.acl_bootstrap(api, SPECS, timeout=300)
+    # THEN it waited through the 500 and the 404s, then created every policy and token
+    statuses = [status for _, status in api.answers]
+    assert statuses[0] == 500
+    assert 404 in statuses
+    assert statuses[-1] == 200
+    assert api.answers[-1][0] >= 22
+    assert {name for name, _, _ in SPECS} == set(api.policies)
+    assert {secret for _, _, secret in SPECS} == set(api.tokens)
+
+
+def test_acl_bootstrap_names_both_causes_when_the_token_never_appears(
+    clock: FakeClock,
+) -> None:
+    # GIVEN a token Consul never finds (a wrong secret looks exactly like "not created yet")
+    api = UntilInitialized(clock, no_leader=0, not_created=10_000)
+    with pytest.raises(consul_admin.AclError) as err:
+        consul_admin.acl_bootstrap(api, SPECS, timeout=120)
+    # THEN it gave up at the deadline with one message that names both causes
+    message = str(err.value)
+    assert "not found within 120s" in message
+    assert "HTTP 404 Supplied token does not exist" in message
+    assert "has not created it yet" in message
+    assert "does not hold the initial_management token" in message
+    assert api.policies == {}
+    assert sum(clock.sleeps) == 120
+
+
+def test_acl_bootstrap_gives_up_at_its_deadline_with_backoff(
+    clock: FakeClock,
+) -> None:
     with ConsulDouble(acl_tokens={MANAGEMENT}) as consul:
         consul.acls_not_ready_for(3600)
         api = consul_admin.HttpsConsul(MANAGEMENT, ca_file=None, base_url=consul.url)
-        with pytest.raises(consul_admin.AclError, match="not accepted within 120s"):
+        with pytest.raises(consul_admin.AclError, match="not found within 120s"):
             consul_admin.acl_bootstrap(api, SPECS, timeout=120)
         assert consul.acl_policies() == {}
     # Backoff doubles up to 15 s and the last pause ends exactly at the deadline

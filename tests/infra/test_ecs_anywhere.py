@@ -200,6 +200,7 @@ def test_teardown_deregisters_the_hosts_of_this_cluster_only(template: Template)
     host_role, _ = only(template, "AWS::IAM::Role", "EcsAnywhereHostRole")
     assert props["ClusterArn"] == {"Fn::GetAtt": [cluster, "Arn"]}
     assert props["HostRoleName"] == {"Ref": host_role}
+    assert props["HostRoleArn"] == {"Fn::GetAtt": [host_role, "Arn"]}
     # served by the activation function, which CloudFormation waits for at most 5 minutes
     function, _ = only(template, "AWS::Lambda::Function", "EcsAnywhereActivationFunction")
     assert props["ServiceToken"] == {"Fn::GetAtt": [function, "Arn"]}

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import pytest
 from asset_modules import load
 
-from tests.fake_clock import FakeClock
+from tests.fake_clock import FakeClock, patch_clock
 
 ROOT = Path(__file__).resolve().parents[2]
 CODE = "Fjz3/sZfSvv78EXAMPLEcode"
@@ -197,6 +197,53 @@ def test_update_with_new_settings_leaves_one_usable_activation_in_the_secret(
     assert all(body["Status"] == "SUCCESS" for body in _Responses.bodies)
 
 
+@pytest.mark.parametrize(
+    "old",
+    [
+        # A stack deployed before ServiceTimeout was set on the resource
+        {"ServiceToken": "arn:aws:lambda:us-east-1:1:function:a", "RegistrationLimit": "10",
+         "ExpiryDays": "7", "Role": "r"},
+        # The function was replaced (a new ServiceToken), the activation's settings were not
+        {"ServiceToken": "arn:aws:lambda:us-east-1:1:function:old", "ServiceTimeout": "300",
+         "RegistrationLimit": "10", "ExpiryDays": "7", "Role": "r"},
+    ],
+)  # fmt: skip
+def test_an_update_that_changes_only_framework_properties_keeps_the_activation(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, old: dict[str, str]
+) -> None:
+    # GIVEN an activation in use
+    ssm, secrets = FakeSsm([SECOND]), FakeSecrets(f"{FIRST} {CODE}")
+    # WHEN a stack update adds ServiceTimeout (or replaces the function) but keeps the settings
+    event = cfn_event("Update", response_url, PhysicalResourceId=FIRST, OldResourceProperties=old)
+    event["ResourceProperties"] = {
+        "ServiceToken": "arn:aws:lambda:us-east-1:1:function:a",
+        "ServiceTimeout": "300",
+        "RegistrationLimit": "10",
+        "ExpiryDays": "7",
+        "Role": "r",
+    }
+    run(event, ssm, secrets, monkeypatch)
+    # THEN the activation is neither reissued nor revoked
+    assert ssm.created == []
+    assert ssm.deleted == []
+    assert secrets.value == f"{FIRST} {CODE}"
+    (body,) = _Responses.bodies
+    assert (body["Status"], body["PhysicalResourceId"]) == ("SUCCESS", FIRST)
+    assert body["Data"] == {"ActivationId": FIRST}
+
+
+@pytest.mark.parametrize("changed", ["RegistrationLimit", "ExpiryDays", "Role"])
+def test_an_update_of_any_setting_reissues_the_activation(
+    response_url: str, monkeypatch: pytest.MonkeyPatch, changed: str
+) -> None:
+    ssm, secrets = FakeSsm([SECOND]), FakeSecrets(f"{FIRST} {CODE}")
+    old = {"RegistrationLimit": "10", "ExpiryDays": "7", "Role": "r", changed: "3"}
+    event = cfn_event("Update", response_url, PhysicalResourceId=FIRST, OldResourceProperties=old)
+    run(event, ssm, secrets, monkeypatch)
+    assert secrets.value == f"{SECOND} {CODE}"
+    assert ssm.deleted == [FIRST]
+
+
 def test_stack_deletion_after_an_update_revokes_the_current_activation(
     response_url: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,10 +308,7 @@ def test_fails_when_the_expiry_exceeds_what_ssm_allows(
 
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(handler, "_sleep", fake.sleep)
-    monkeypatch.setattr(handler, "_clock", fake.monotonic)
-    return fake
+    return patch_clock(monkeypatch, handler)
 
 
 def test_create_waits_for_the_new_host_role_to_reach_ssm(

@@ -211,6 +211,29 @@ def test_a_write_on_a_flow_the_nlb_forgot_is_left_to_the_retry_layer(
     assert "n1" in consul_double.nodes()
 
 
+def test_registers_that_got_no_answer_are_counted_and_refusals_are_not(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN a register answered 500, then one whose connection is dropped unanswered
+    client = _retrying(_http(consul_double.url))
+    consul_double.inject(kind="status", status=500, path_prefix="/v1/catalog/register")
+    consul_double.inject(kind="late", path_prefix="/v1/catalog/register")
+
+    # WHEN the retrying client sends it until it lands
+    client.catalog_register(_node("n1"))
+
+    # THEN only the unanswered one counts: Consul may still apply it, at any time
+    assert [r.status for r in consul_double.requests] == [500, 0, 200]
+    assert client.unanswered_registers == 1
+
+    # AND a refused connection proves nothing was sent: it does not count
+    closed = ConnectionPool("http://127.0.0.1:1")
+    refused = _retrying(_http("http://127.0.0.1:1", closed))
+    with pytest.raises(ConsulUnavailable, match="refused"):
+        refused.catalog_register(_node("n1"))
+    assert refused.unanswered_registers == 0
+
+
 def test_a_read_is_sent_again_once_and_only_on_a_reused_connection(
     consul_double: ConsulDouble, front: TcpFront
 ) -> None:

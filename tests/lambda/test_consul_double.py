@@ -892,6 +892,39 @@ def test_anonymous_txn_write_fails_per_op(consul_double_acl: ConsulDouble) -> No
     assert answer.json()["Errors"][0]["What"].startswith("Permission denied")
 
 
+def test_token_self_answers_404_for_a_secret_that_is_no_token(
+    consul_double_acl: ConsulDouble,
+) -> None:
+    # agent/acl_endpoint.go ACLTokenSelf: the secret is looked up, not resolved
+    unknown = call(consul_double_acl, "GET", "/v1/acl/token/self", token="x")
+    known = call(consul_double_acl, "GET", "/v1/acl/token/self", token=ROOT)
+
+    assert (unknown.status, unknown.text) == (404, "Supplied token does not exist")
+    assert known.status == 200
+
+
+def test_a_leader_still_setting_up_acls_answers_like_consul(
+    consul_double_acl: ConsulDouble,
+) -> None:
+    # GIVEN a leader that has not run initializeACLs yet (agent/consul/leader.go)
+    consul_double_acl.acls_not_ready_for(0.5)
+    leader = call(consul_double_acl, "GET", "/v1/status/leader")
+    token_self = call(consul_double_acl, "GET", "/v1/acl/token/self", token=ROOT)
+    policies = call(consul_double_acl, "GET", "/v1/acl/policies", token=ROOT)
+    anonymous = call(consul_double_acl, "GET", "/v1/catalog/services")
+
+    # THEN a leader is named, token/self cannot find the management token (404), and every
+    # endpoint that resolves a token cannot resolve it (403 "ACL not found")
+    assert leader.json() == "127.0.0.1:8300"
+    assert (token_self.status, token_self.text) == (404, "Supplied token does not exist")
+    assert (policies.status, policies.text) == (403, "ACL not found")
+    assert (anonymous.status, anonymous.text) == (403, "ACL not found")
+    # AND once the leader has created the tokens, both accept the management token
+    time.sleep(0.6)
+    assert call(consul_double_acl, "GET", "/v1/acl/token/self", token=ROOT).status == 200
+    assert call(consul_double_acl, "GET", "/v1/acl/policies", token=ROOT).status == 200
+
+
 def test_status_endpoints_need_no_token(consul_double_acl: ConsulDouble) -> None:
     assert call(consul_double_acl, "GET", "/v1/status/leader").json() == "127.0.0.1:8300"
 
@@ -1086,6 +1119,39 @@ def test_delay_fault_serves_normally_after_the_delay(consul_double: ConsulDouble
     assert answer.status == 200
     assert time.monotonic() - started >= 0.2
     assert consul_double.kv()["k"][0] == b"v"
+
+
+def test_late_fault_drops_the_connection_and_applies_the_write_when_told(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN a registration whose client gets no answer
+    consul_double.inject(kind="late", path_prefix="/v1/catalog/register")
+    with pytest.raises((urllib.error.URLError, ConnectionError, http.client.HTTPException)):
+        call(consul_double, "PUT", "/v1/catalog/register", registration())
+    assert NODE not in consul_double.nodes()
+
+    # WHEN the node is deleted meanwhile and the kept write then lands
+    call(consul_double, "PUT", "/v1/catalog/deregister", {"Node": NODE})
+    landed = consul_double.land_late()
+
+    # THEN the late write recreates the node, after the delete; it was recorded once, unanswered
+    assert landed == 1
+    assert NODE in consul_double.nodes()
+    assert [r.status for r in consul_double.requests] == [0, 200]
+    assert consul_double.land_late() == 0
+
+
+def test_wait_idle_returns_once_every_request_is_served(consul_double: ConsulDouble) -> None:
+    consul_double.inject(kind="delay", delay=0.3)
+    writer = threading.Thread(target=call, args=(consul_double, "PUT", "/v1/kv/k", b"v"))
+    writer.start()
+    while not consul_double.requests_in_service():
+        time.sleep(0.01)
+
+    consul_double.wait_idle()
+
+    assert consul_double.kv()["k"][0] == b"v"
+    writer.join()
 
 
 def test_faults_apply_in_order_and_forever_until_cleared(consul_double: ConsulDouble) -> None:

@@ -469,6 +469,29 @@ def test_failed_sidecar_write_is_repaired_by_the_redelivery(consul: ConsulDouble
     assert f"web-{TASK}-sidecar-proxy" in by_id(consul)
 
 
+def test_a_sidecar_write_that_lands_late_cannot_bring_back_a_stopped_task(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a RUNNING event whose first sidecar write gets no answer, which Consul applies
+    # later all the same; the resend lands at once, so the registration looks complete
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    failed = run(task_event())
+
+    # WHEN the task stops, and only then does the unanswered write land, recreating the node
+    assert run(task_event("task_stopped.json")) == []
+    assert consul.land_late() == 1
+    assert NODE in consul.nodes()
+
+    # AND SQS redelivers what was not acknowledged, after the visibility timeout
+    if failed:
+        assert run(task_event(), prefix="again") == []
+
+    # THEN no zombie: the RUNNING message was left to SQS, and its redelivery removed the node
+    assert NODE not in consul.nodes()
+    assert failed == ["msg-0"]
+    assert (record(consul) or {})["status"] == "stopped"
+
+
 def test_no_time_left_reports_messages_without_touching_consul(
     consul_double: ConsulDouble,
 ) -> None:

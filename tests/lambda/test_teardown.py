@@ -1,152 +1,32 @@
 """The teardown custom resource: `cdk destroy` succeeds with hosts registered, connected or not.
 
-ECS and SSM are fakes with the documented behaviour the teardown depends on (botocore's service
-models, which the API references are generated from): ListContainerInstances returns every
-state but INACTIVE, in pages; DescribeContainerInstances takes at most 100 instances;
-DeleteCluster refuses a cluster with registered container instances
-(ClusterContainsContainerInstancesException); DescribeInstanceInformation pages 5 to 50 items;
-DeregisterManagedInstance of an unknown node is InvalidInstanceId. Every request is checked
-against the real botocore model, so a misspelt parameter or an out-of-range page size fails.
-With `force`, ECS moves the instance to INACTIVE and its tasks to STOPPED even when the agent
-is disconnected (aws/amazon-ecs-agent#125, maintainer's answer).
+The fakes (tests/lambda/teardown_fakes.py) say which documented ECS and SSM behaviour they
+model; every request they get is validated against botocore's service models.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 from asset_modules import load
 from botocore.exceptions import ClientError
-from botocore.session import get_session
-from botocore.validate import ParamValidator
-
-ROOT = Path(__file__).resolve().parents[2]
-ACTIVATION = ROOT / "lambda" / "activation"
-CLUSTER = "arn:aws:ecs:us-east-1:111122223333:cluster/mesh"
-ROLE = "mesh-EcsAnywhereHostRole"
-
+from teardown_fakes import (
+    CLUSTER,
+    ROLE,
+    ROLE_ARN,
+    Api,
+    FakeEcs,
+    FakeSsm,
+    Host,
+    big_world,
+    error,
+    instance_arn,
+    mi,
+)
 
 teardown = load("activation", "teardown")
-_SESSION = get_session()
-
-
-def validated(service: str, operation: str, params: dict[str, Any]) -> None:
-    model = _SESSION.get_service_model(service).operation_model(operation)
-    report = ParamValidator().validate(params, model.input_shape)
-    assert not report.has_errors(), report.generate_report()
-
-
-def error(code: str, operation: str, message: str = "") -> ClientError:
-    return ClientError({"Error": {"Code": code, "Message": message or code}}, operation)
-
-
-@dataclass
-class Host:
-    arn: str
-    mi: str
-    connected: bool = True
-    status: str = "ACTIVE"
-    tasks: int = 1
-
-
-@dataclass
-class FakeEcs:
-    hosts: list[Host]
-    page_size: int = 2
-    cluster_exists: bool = True
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def _cluster(self, operation: str, params: dict[str, Any]) -> None:
-        validated("ecs", operation, params)
-        self.calls.append((operation, params))
-        if params.get("cluster") not in (CLUSTER, "mesh"):
-            raise error("ClusterNotFoundException", operation, "Cluster not found.")
-        if not self.cluster_exists:
-            raise error("ClusterNotFoundException", operation, "Cluster not found.")
-
-    def list_container_instances(self, **params: Any) -> dict[str, Any]:
-        self._cluster("ListContainerInstances", params)
-        listed = [h.arn for h in self.hosts if h.status != "INACTIVE"]
-        start = int(params.get("nextToken", "0"))
-        size = min(params.get("maxResults", 100), self.page_size)
-        page: dict[str, Any] = {"containerInstanceArns": listed[start : start + size]}
-        if start + size < len(listed):
-            page["nextToken"] = str(start + size)
-        return page
-
-    def describe_container_instances(self, **params: Any) -> dict[str, Any]:
-        self._cluster("DescribeContainerInstances", params)
-        assert len(params["containerInstances"]) <= 100
-        wanted = set(params["containerInstances"])
-        return {
-            "containerInstances": [
-                {
-                    "containerInstanceArn": h.arn,
-                    "ec2InstanceId": h.mi,
-                    "agentConnected": h.connected,
-                    "status": h.status,
-                    "runningTasksCount": h.tasks,
-                }
-                for h in self.hosts
-                if h.arn in wanted
-            ]
-        }
-
-    def deregister_container_instance(self, **params: Any) -> dict[str, Any]:
-        self._cluster("DeregisterContainerInstance", params)
-        (host,) = [h for h in self.hosts if h.arn == params["containerInstance"]]
-        if host.tasks and not params.get("force"):
-            raise error("InvalidParameterException", "DeregisterContainerInstance", "has tasks")
-        host.status, host.tasks = "INACTIVE", 0
-        return {"containerInstance": {"containerInstanceArn": host.arn, "status": "INACTIVE"}}
-
-    def delete_cluster(self) -> None:
-        if any(h.status != "INACTIVE" for h in self.hosts):
-            raise error("ClusterContainsContainerInstancesException", "DeleteCluster")
-        self.cluster_exists = False
-
-
-@dataclass
-class FakeSsm:
-    nodes: dict[str, dict[str, str]]
-    calls: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
-
-    def describe_instance_information(self, **params: Any) -> dict[str, Any]:
-        validated("ssm", "DescribeInstanceInformation", params)
-        self.calls.append(("DescribeInstanceInformation", params))
-        assert params["Filters"] == [{"Key": "ResourceType", "Values": ["ManagedInstance"]}]
-        ids = sorted(self.nodes)
-        start = int(params.get("NextToken", "0"))
-        size = params["MaxResults"]
-        page: dict[str, Any] = {
-            "InstanceInformationList": [
-                {"InstanceId": i, "ResourceType": "ManagedInstance", **self.nodes[i]}
-                for i in ids[start : start + size]
-            ]
-        }
-        if start + size < len(ids):
-            page["NextToken"] = str(start + size)
-        return page
-
-    def deregister_managed_instance(self, **params: Any) -> dict[str, Any]:
-        validated("ssm", "DeregisterManagedInstance", params)
-        self.calls.append(("DeregisterManagedInstance", params))
-        if params["InstanceId"] not in self.nodes:
-            raise error("InvalidInstanceId", "DeregisterManagedInstance")
-        del self.nodes[params["InstanceId"]]
-        return {}
-
-
-def mi(n: int) -> str:
-    return f"mi-{n:017x}"
-
-
-def instance_arn(n: int) -> str:
-    return f"arn:aws:ecs:us-east-1:111122223333:container-instance/mesh/{n:032x}"
 
 
 @pytest.fixture
@@ -159,14 +39,20 @@ def world() -> tuple[FakeEcs, FakeSsm]:
     nodes.update({h.mi: {"IamRole": ROLE, "PingStatus": "ConnectionLost"} for h in hosts[3:]})
     nodes[mi(7)] = {"IamRole": ROLE, "PingStatus": "Online"}
     nodes[mi(9)] = {"IamRole": "someone-elses-role", "PingStatus": "Online"}
-    return FakeEcs(hosts), FakeSsm(nodes)
+    api = Api()
+    return FakeEcs(hosts, api=api), FakeSsm(nodes, api=api)
 
 
 def delete_event(**props: str) -> dict[str, Any]:
     return {
         "RequestType": "Delete",
         "PhysicalResourceId": teardown.physical_id(CLUSTER),
-        "ResourceProperties": {"ClusterArn": CLUSTER, "HostRoleName": ROLE, **props},
+        "ResourceProperties": {
+            "ClusterArn": CLUSTER,
+            "HostRoleName": ROLE,
+            "HostRoleArn": ROLE_ARN,
+            **props,
+        },
     }
 
 
@@ -222,9 +108,85 @@ def test_a_managed_instance_deregistered_by_hand_is_not_an_error(
 
 def test_a_role_reported_as_an_arn_is_recognised(world: tuple[FakeEcs, FakeSsm]) -> None:
     ecs, ssm = world
-    ssm.nodes[mi(7)]["IamRole"] = f"arn:aws:iam::111122223333:role/{ROLE}"
+    ssm.nodes[mi(7)]["IamRole"] = ROLE_ARN
     teardown.on_event(delete_event(), ecs, ssm)
     assert mi(7) not in ssm.nodes
+
+
+def test_managed_instances_are_filtered_by_role_on_the_server(
+    world: tuple[FakeEcs, FakeSsm],
+) -> None:
+    ecs, ssm = world
+    # GIVEN an account with 500 managed instances of other teams
+    ssm.nodes.update({mi(10_000 + n): {"IamRole": "other-team"} for n in range(500)})
+    teardown.on_event(delete_event(), ecs, ssm)
+    # THEN SSM was asked for this role's nodes only: one page, not eleven
+    (describe,) = [p for op, p in ssm.calls if op == "DescribeInstanceInformation"]
+    assert {"Key": "IamRole", "Values": [ROLE, ROLE_ARN]} in describe["Filters"]
+    assert len(ssm.nodes) == 501
+    assert mi(9) in ssm.nodes
+
+
+def test_hosts_are_deregistered_in_parallel_with_a_bounded_pool() -> None:
+    # GIVEN 64 hosts and an API that takes 20 ms per call
+    ecs, ssm = big_world(64, api=Api(latency=0.02))
+    _, data = teardown.on_event(delete_event(), ecs, ssm)
+    # THEN several calls were in flight at once, never more than the pool's size
+    assert 1 < ecs.api.most_in_flight <= teardown.WORKERS
+    assert data == {"ContainerInstancesDeregistered": "64", "ManagedInstancesDeregistered": "64"}
+
+
+def test_a_teardown_that_runs_out_of_time_answers_before_the_deadline_and_resumes() -> None:
+    # GIVEN 400 hosts, 2 fake seconds per call, and a Lambda with 180 s left
+    api = Api(cost=2.0, budget=180.0)
+    ecs, ssm = big_world(400, api=api)
+    # WHEN CloudFormation deletes the resource
+    with pytest.raises(teardown.TeardownIncomplete) as err:
+        teardown.on_event(delete_event(), ecs, ssm, api.time_left)
+    # THEN it stopped with time to answer, and says what is left and what to do
+    assert api.time_left() > teardown.RESPOND_SECONDS
+    left = sum(h.status != "INACTIVE" for h in ecs.hosts)
+    assert 0 < left < 400
+    message = str(err.value)
+    assert f"with {left} container instance(s) and 400 managed instance(s)" in message
+    assert "Run `cdk destroy` again" in message
+    # WHEN the operator runs the delete again, as often as it takes (each run gets a fresh
+    # Lambda; the fake clock charges every call in full, as if none ran in parallel)
+    for _ in range(30):
+        api.elapsed = 0.0
+        try:
+            teardown.on_event(delete_event(), ecs, ssm, api.time_left)
+            break
+        except teardown.TeardownIncomplete:
+            continue
+    # THEN every host is deregistered and the cluster can be deleted
+    ecs.delete_cluster()
+    assert ssm.nodes == {}
+
+
+def test_the_handler_answers_failed_with_the_rerun_message_before_the_deadline(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    handler = load("activation", "handler")
+    api = Api(cost=2.0, budget=100.0)
+    ecs, ssm = big_world(200, api=api)
+    answered: list[tuple[str, str]] = []
+    monkeypatch.setattr(handler, "_teardown_clients", lambda: (ecs, ssm))
+    monkeypatch.setattr(
+        handler,
+        "_respond",
+        lambda event, status, physical, data, reason: answered.append((status, reason)),
+    )
+
+    class Context:
+        def get_remaining_time_in_millis(self) -> int:
+            return int(api.time_left() * 1000)
+
+    handler.handler({**delete_event(), "ResourceType": handler.TEARDOWN_TYPE}, Context())
+    ((status, reason),) = answered
+    assert status == "FAILED"
+    assert reason.startswith("TeardownIncomplete: stopped before the Lambda's deadline")
+    assert "Run `cdk destroy` again" in reason
 
 
 def test_other_errors_fail_the_deletion(world: tuple[FakeEcs, FakeSsm]) -> None:

@@ -11,9 +11,11 @@ acl-bootstrap: creates, or repairs, the ACL policies and tokens the servers them
 by consul_bootstrap.sh on every server at every boot, once the cluster has a leader. A leader is
 not enough: the new leader creates the `initial_management` token only when it establishes its
 leadership (`initializeACLs`, hashicorp/consul agent/consul/leader.go, run by
-`establishLeadership` after the Raft barrier), and until then every request with that token is
-answered 403 "ACL not found". So the step first waits, with backoff and a deadline
-(`--timeout`), until `GET /v1/acl/token/self` with the management token answers 200. For each
+`establishLeadership` after the Raft barrier). Until then `GET /v1/acl/token/self` with that
+token answers 404 "Supplied token does not exist" (it looks the secret up instead of resolving
+it, see `wait_for_acls`), and every endpoint that resolves the token answers 403 "ACL not
+found". So the step first waits, with backoff and a deadline (`--timeout`), until
+`GET /v1/acl/token/self` with the management token answers 200. For each
 `--token`, the policy NAME gets the rules in POLICY_FILE, and a token with the SecretID in
 SECRET_FILE (a UUID published once in Secrets Manager, see consul_lib.sh) is linked to it.
 Consul lets the caller choose a token's SecretID, so the token is the same on every server and
@@ -108,18 +110,28 @@ class AclError(RuntimeError):
     """Consul refused a request the bootstrap needs; the message names it."""
 
 
-# While a new leader sets up its ACLs, Consul answers 403 "ACL not found" for the management
-# token; while there is no leader (or the agent is still starting), 500 "No cluster leader" or
-# no answer at all. Any other answer (401 "ACL support disabled", 400, ...) will not change by
-# waiting.
-_NOT_READY = (403, 500, 503)
+# What `GET /v1/acl/token/self` answers while the management token cannot be used yet:
+# - 404 "Supplied token does not exist": a leader is elected but has not created the token
+#   (initializeACLs). ACLTokenSelf (hashicorp/consul agent/acl_endpoint.go, 7fa1034 lines
+#   344-378) calls the RPC ACL.TokenRead with TokenIDType ACLTokenSecret; TokenRead
+#   (agent/consul/acl_endpoint.go) reads state.ACLTokenGetBySecret without resolving the
+#   caller, finds nothing and returns no error, so the endpoint answers 404 (line 374). A
+#   follower forwards the read to the leader and gets the same 404. A wrong secret looks
+#   exactly the same, which is why the deadline's message names both causes.
+# - 403 "ACL not found": what an endpoint that resolves the token answers in that window (and
+#   what releases before the 404 answered here); kept so an older server is waited for too.
+# - 500 "No cluster leader" (or no answer at all) before the election, 503 while the agent is
+#   still starting.
+# Any other answer (401 "ACL support disabled", 400, ...) will not change by waiting.
+_NOT_READY = (403, 404, 500, 503)
 
 
 def wait_for_acls(api: ConsulAPI, timeout: float) -> None:
     """Return once the management token is accepted (`/v1/acl/token/self` = 200).
 
     Polls with exponential backoff (ACL_BACKOFF) until `timeout` seconds have passed, then
-    raises AclError with the last answer. Connection errors count as "not ready yet".
+    raises AclError with the last answer and both possible causes. Connection errors count as
+    "not ready yet".
     """
     deadline = _clock() + timeout
     pause, longest = ACL_BACKOFF
@@ -136,9 +148,12 @@ def wait_for_acls(api: ConsulAPI, timeout: float) -> None:
         left = deadline - _clock()
         if left <= 0:
             raise AclError(
-                f"the management token was not accepted within {timeout:.0f}s (last answer: "
-                f"HTTP {status} {body}); the leader creates it from acl.tokens."
-                "initial_management when it establishes leadership"
+                f"the management token was not found within {timeout:.0f}s (last answer: "
+                f"HTTP {status} {body}). Either the leader has not created it yet (it does so "
+                "from acl.tokens.initial_management when it establishes leadership; see the "
+                "servers' consul logs for the election and ACL errors), or the management "
+                "token secret does not hold the initial_management token this cluster was "
+                "first bootstrapped with (a wrong secret answers the same 404)"
             )
         print(f"consul-fleet: waiting for ACLs (HTTP {status} {body})", flush=True)
         _sleep(min(pause, left))
