@@ -476,7 +476,23 @@ def test_a_vpn_into_the_vpc_is_a_broadening_network_path(
         if c.category == "paths"
     )
     assert paths == [
-        ("VPN connection Vpn: customer gateway `cgw-0123` ↔ `vgw-0123`", True),
-        ("route ToNat: 0.0.0.0/0 → NAT gateway `nat-0123`", False),
-        ("route ToOnPrem: 192.168.0.0/16 → gateway `vgw-0123`", True),
+        ("VPN connection Vpn: customer gateway cgw-0123 ↔ vgw-0123", True),
+        ("route ToNat: 0.0.0.0/0 → NAT gateway nat-0123", False),
+        ("route ToOnPrem: 192.168.0.0/16 → gateway vgw-0123", True),
     ]
+
+
+def test_removing_a_groups_egress_rules_says_what_an_update_does(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    # review m1: reported only as "EC2's default rule, all traffic", true only on a fresh deploy
+    def edit(template: Template) -> None:
+        del _props(template, "ServerGroup")["SecurityGroupEgress"]
+
+    added = [
+        c for c in _changes(base, tmp_path, edit) if c.category == "egress" and c.action == "added"
+    ]
+    assert len(added) == 2, added  # 0.0.0.0/0 and ::/0
+    for change in added:
+        assert "on an update of the deployed group CloudFormation adds none" in change.what
+        assert change.broadening  # a fresh deploy still gets allow-all

@@ -242,6 +242,7 @@ def _egress(old: Facts, new: Facts, names: Names) -> list[Change]:
         lambda r: [r["reach"], r.get("implicit", False)],
     )
     attached = {ADDED: _attached(new), CHANGED: _attached(new), REMOVED: _attached(old)}
+    existing = {rid(r.get("group")) for r in get(old, "network", "egress")}
     changes: list[Change] = []
     for action, items, olds in _grouped(
         matched,
@@ -252,6 +253,14 @@ def _egress(old: Facts, new: Facts, names: Names) -> list[Change]:
         behind = names.join(attached[action].get(rid(first.get("group")), []))
         who = f"{behind} (group {group})" if behind else f"group {group}"
         implicit = " (EC2's default rule)" if first.get("implicit") else ""
+        if implicit and action == ADDED and rid(first.get("group")) in existing:
+            # AWS::EC2::SecurityGroup, SecurityGroupEgress: "After the security group is
+            # created, if you remove all egress rules that you added, we do not add egress
+            # rules, so no outbound traffic is allowed."
+            implicit = (
+                " (EC2's default rule on a fresh deploy; on an update of the deployed group "
+                "CloudFormation adds none: no outbound traffic)"
+            )
         text = f"{who} → {_destination(first, names)}: {_ports(items)}{implicit}"
         why = ""
         external = [i for i in items if i["reach"] in EXTERNAL]

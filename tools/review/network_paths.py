@@ -6,7 +6,7 @@ whatever the transit gateway's route table propagates, not only on-prem) or a pe
 more clients. Each is listed with what it connects; route propagation from a virtual private
 gateway means routes learnt over BGP, which are not in the templates at all.
 
-Targets of `AWS::EC2::Route` as in the CloudFormation resource reference (AWS::EC2::Route):
+Targets of AWS::EC2::Route as in the CloudFormation resource reference (AWS::EC2::Route):
 exactly one of the target properties below is set.
 """
 
@@ -50,7 +50,7 @@ _ATTACHMENTS = {
 class NetworkPath:
     res: Res
     kind: str  # "route", or one of the attachment kinds above
-    what: str  # "10.50.0.0/16 → transit gateway `<Tgw>`"
+    what: str  # "10.50.0.0/16 → transit gateway <Tgw>"
     inbound: bool  # may bring clients into the VPC
 
 
@@ -64,29 +64,29 @@ def _route(props: dict[str, Json]) -> tuple[str, bool]:
     )
     for key, name in _ROUTE_TARGETS.items():
         if props.get(key) is not None:
-            return f"{destination} → {name} `{flatten(props[key])}`", name not in OUTBOUND_ONLY
+            return f"{destination} → {name} {flatten(props[key])}", name not in OUTBOUND_ONLY
     return f"{destination} → ?", True
 
 
 def _attachment(kind: str, props: dict[str, Json]) -> str:
     if kind == "VPN connection":
         gateway = _value(props, "VpnGatewayId", "TransitGatewayId")
-        return f"customer gateway `{_value(props, 'CustomerGatewayId')}` ↔ `{gateway}`"
+        return f"customer gateway {_value(props, 'CustomerGatewayId')} ↔ {gateway}"
     if kind == "VPN static route":
-        return f"{_value(props, 'DestinationCidrBlock')} over `{_value(props, 'VpnConnectionId')}`"
+        return f"{_value(props, 'DestinationCidrBlock')} over {_value(props, 'VpnConnectionId')}"
     if kind == "transit gateway attachment":
         gateway = _value(props, "TransitGatewayId")
-        return f"VPC `{_value(props, 'VpcId')}` ↔ transit gateway `{gateway}`"
+        return f"VPC {_value(props, 'VpcId')} ↔ transit gateway {gateway}"
     if kind == "VPC peering connection":
         peer = _value(props, "PeerVpcId")
         owner = props.get("PeerOwnerId")
-        return f"VPC `{_value(props, 'VpcId')}` ↔ `{peer}`" + (
-            f" of account `{flatten(owner)}`" if owner is not None else ""
+        return f"VPC {_value(props, 'VpcId')} ↔ {peer}" + (
+            f" of account {flatten(owner)}" if owner is not None else ""
         )
     if kind == "gateway attachment":
         gateway = _value(props, "InternetGatewayId", "VpnGatewayId")
-        return f"VPC `{_value(props, 'VpcId')}` ↔ `{gateway}`"
-    return f"`{_value(props, 'VpnGatewayId')}` into route tables"
+        return f"VPC {_value(props, 'VpcId')} ↔ {gateway}"
+    return f"{_value(props, 'VpnGatewayId')} into route tables"
 
 
 def network_paths(assembly: Assembly) -> list[NetworkPath]:
