@@ -496,3 +496,18 @@ def test_removing_a_groups_egress_rules_says_what_an_update_does(
     for change in added:
         assert "on an update of the deployed group CloudFormation adds none" in change.what
         assert change.broadening  # a fresh deploy still gets allow-all
+
+
+def test_a_management_token_newly_injected_is_marked(base: dict[str, Any], tmp_path: Path) -> None:
+    # review m5: the ARN is not the value, but a management token's deserves a second look
+    def edit(template: Template) -> None:
+        template["Resources"]["Secret"]["Properties"] = {
+            "Description": "Consul initial management ACL token"
+        }
+        _props(template, "Function")["Environment"]["Variables"]["ADMIN_ARN"] = ref("Secret")
+
+    [injected] = [
+        c for c in _changes(base, tmp_path, edit) if c.category == "secrets" and c.action == "added"
+    ]
+    assert "ADMIN_ARN" in injected.what
+    assert "a management token" in injected.what

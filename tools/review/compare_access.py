@@ -458,11 +458,22 @@ def _secrets(old: Facts, new: Facts, names: Names) -> list[Change]:
         _secret_list(new, "injections"),
         lambda i: (rid(i["secret"]), rid(i["where"]), i["kind"], i["detail"]),
     )
+    management = {
+        rid(s["secret"])
+        for side in (old, new)
+        for s in get(side, "secrets", "secrets")
+        if "management" in str(s.get("description") or "").lower()
+    }
     changes += additions_and_removals(
         "secrets",
         injections,
         lambda i: (
             f"{names(i['secret'])} injected into {names(i['where'])}: {i['kind']} {i['detail']}"
+            + (
+                " [a management token: whoever reads it holds every Consul permission]"
+                if rid(i["secret"]) in management
+                else ""
+            )
         ),
         lambda i: (i["where"],),
     )
