@@ -147,16 +147,25 @@ def _network(review: Review) -> list[Weakness]:
                         "host clients bypass mTLS and intentions",
                     )
                 )
+    # one row per plaintext port of a target, with every source that reaches it
+    plaintext: dict[tuple[Res | None, str, str, str], list[str]] = {}
     for path in review.reachability:
         if path.plaintext:
-            found.append(
-                Weakness(
-                    "plaintext-listener",
-                    path.target,
-                    f"{path.protocol} {path.ports} ({path.listens})",
-                    "no TLS: tokens and catalog data cross the network in clear",
-                )
+            target = (path.target, path.protocol, path.ports, path.listens)
+            source = path.source_res.logical_id if path.source_res else path.source
+            plaintext.setdefault(target, []).append(source or path.source_kind)
+    for (group, protocol, ports, listens), sources in plaintext.items():
+        unique = sorted(set(sources))
+        found.append(
+            Weakness(
+                "plaintext-listener",
+                group,
+                f"{protocol} {ports} ({listens}) from {len(unique)} sources: {', '.join(unique)}"
+                if len(unique) > 1
+                else f"{protocol} {ports} ({listens}) from {unique[0]}",
+                "no TLS: tokens and catalog data cross the network in clear",
             )
+        )
     anywhere = [rule for rule in review.egress.to_anywhere if rule.protocol == "all"]
     for out in anywhere:
         found.append(
