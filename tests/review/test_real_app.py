@@ -227,6 +227,9 @@ def test_first_page_answers_the_four_questions_one_table_each(real_review: Revie
     # the answers name what matters: the on-prem range, the token readers, the bypass
     assert "**outside the VPC 192.168.0.0/16**" in sections[0]
     assert "{Drain,Pass,Registrar}/Function" in sections[1]
+    # review M2: the hosts' and servers' managed policy grants ssm:GetParameter* on *; it is
+    # named on page 1 (widest first, before the row abridges)
+    assert "AWS managed: AmazonSSMManagedInstanceCore" in sections[2]
     assert "## A.1 Network" in appendix
 
 

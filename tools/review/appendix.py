@@ -404,12 +404,17 @@ def _role(role: RoleReview) -> list[str]:
     if role.managed:
         managed = [
             f"`{policy.arn}`"
+            + (
+                f" (statements from the review's pinned copy {policy.evaluated}"
+                + (f"; {policy.partial}" if policy.partial else "")
+                + ", listed below)"
+                if policy.evaluated
+                else " (**not evaluated**: contents not in the templates nor pinned)"
+            )
             + (f" (acknowledged: {_covers(policy.covers)})" if policy.covers else "")
             for policy in role.managed
         ]
-        lines.append(
-            "- AWS managed policies (contents not in the templates): " + "; ".join(managed)
-        )
+        lines.append("- AWS managed policies: " + "; ".join(managed))
     else:
         lines.append("- AWS managed policies: none")
     allowed = [

@@ -14,11 +14,13 @@ from dataclasses import dataclass
 
 from tools.review.collect import Review
 from tools.review.consul import AclRule, service_identity_rules
+from tools.review.managed_policies import TABLE
 from tools.review.model import Res
 from tools.review.network import Reach
 from tools.review.policy import DocStatement
 
-MANAGED_REASON = "AWS managed policies, statements from the review's pinned copies (A.4)"
+# Page 1 has room for the policies' names only: versions and statements are in A.4.
+MANAGED_REASON = "AWS managed"
 NOT_EVALUATED_REASON = "not in the review's pinned copies, contents not evaluated"
 SERVICE_IDENTITY_REASON = (
     "Consul's builtin service identity: write on the service and its sidecar, read on every "
@@ -58,7 +60,7 @@ def wildcard_groups(review: Review) -> list[WildcardGroup]:
             reason = wildcard.covers[0].reason if wildcard.covers else ""
             if wildcard.managed and wildcard.acknowledged:  # one row for AWS managed policies
                 reason = MANAGED_REASON
-                managed.add(wildcard.managed)
+                managed.add(wildcard.managed.split(" ")[0])  # without its version
             key = ("iam", reason)
             groups.setdefault(key, []).append((role.res, wildcard.finding))
             covers.setdefault(key, set()).update(
@@ -86,7 +88,7 @@ def wildcard_groups(review: Review) -> list[WildcardGroup]:
         found.append(
             WildcardGroup(
                 kind=kind,
-                reason=f"{reason}: {', '.join(sorted(managed))}"
+                reason=f"{reason}: {', '.join(sorted(managed, key=_breadth))}"
                 if reason == MANAGED_REASON
                 else reason,
                 covered_by=tuple(sorted(covers.get(key, set()))),
@@ -95,6 +97,13 @@ def wildcard_groups(review: Review) -> list[WildcardGroup]:
             )
         )
     return sorted(found, key=lambda g: (g.kind != "iam", g.acknowledged, g.reason))
+
+
+def _breadth(name: str) -> tuple[int, str]:
+    """Widest AWS managed policy first (most actions), so page 1 names it before it abridges."""
+    policy = TABLE.get(name)
+    actions = sum(len(s.get("Action") or ()) for s in policy.statements) if policy else 0
+    return (-actions, name)
 
 
 def _add_rule(
