@@ -127,18 +127,12 @@ def test_every_published_app_port_is_weaker_than_the_default(review: Review) -> 
 def test_metrics_opened_to_every_host_interface_are_weaker_than_the_default(
     review: Review,
 ) -> None:
-    roles = {
-        name: {
-            p.container_port: (p.role, p.metrics_on_every_interface)
-            for p in _network(review, name).ports
-        }
+    binds = {
+        name: {p.container_port: (p.bind, p.told) for p in _network(review, name).ports}
         for name in ("LoopMetrics", "OpenMetrics")
     }
-    assert roles["LoopMetrics"][9102] == (
-        "Envoy metrics (/stats/prometheus) on 127.0.0.1 only",
-        False,
-    )
-    assert roles["OpenMetrics"][9102] == ("Envoy metrics (/stats/prometheus) on 0.0.0.0", True)
+    assert binds["LoopMetrics"][9102] == ("loopback", "ENVOY_PROMETHEUS_BIND=127.0.0.1:9102")
+    assert binds["OpenMetrics"][9102] == ("all interfaces", "ENVOY_PROMETHEUS_BIND=0.0.0.0:9102")
     flagged = [
         (w.subject.path.split("/")[1], w.what)
         for w in weaknesses(review)
