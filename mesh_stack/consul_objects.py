@@ -51,11 +51,11 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IDependable
 
+from mesh_stack import lambda_assets
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 
 ROOT = Path(__file__).resolve().parent.parent
-LAMBDA_DIR = ROOT / "lambda" / "consul_config"
 IDENTITY_PATH = ROOT / "lambda" / "registrar" / "identity.py"
 
 PROXY_PROTOCOLS = ("tcp", "http", "http2", "grpc")
@@ -248,7 +248,7 @@ class ConsulObjects(Construct):
             )
         )
 
-        code = lambda_.Code.from_asset(str(LAMBDA_DIR), exclude=["__pycache__", "*.pyc"])
+        code = lambda_assets.code("consul_config")
         functions: dict[str, lambda_.Function] = {}
         for name, handler, purpose in (
             ("OnEvent", "provider.on_event", "validates and names Consul objects"),
