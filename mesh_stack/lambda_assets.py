@@ -38,7 +38,7 @@ ASSETS = ("activation", "consul_config", "registrar")
 _SKIPPED = ("__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache", ".ruff_cache")
 
 
-def _sources(folder: Path) -> list[Path]:
+def sources(folder: Path) -> list[Path]:
     """The files of `folder` that go into an asset, relative to it, sorted."""
     found = []
     for path in folder.rglob("*"):
@@ -55,15 +55,15 @@ def assemble(asset: str, into: Path) -> Path:
     module tree. A file in both is refused: the asset would silently lose one of them."""
     if asset not in ASSETS:
         raise ValueError(f"unknown Lambda asset {asset!r}; the assets are {', '.join(ASSETS)}")
-    own, shared = LAMBDA / asset, _sources(SHARED)
-    clash = sorted(set(_sources(own)) & set(shared))
+    own, shared = LAMBDA / asset, sources(SHARED)
+    clash = sorted(set(sources(own)) & set(shared))
     if clash:
         raise ValueError(
             f"lambda/{asset}/ and lambda/shared/ both hold {', '.join(map(str, clash))}; "
             "a module lives in one of them only"
         )
     into.mkdir(parents=True)
-    for folder, files in ((own, _sources(own)), (SHARED, shared)):
+    for folder, files in ((own, sources(own)), (SHARED, shared)):
         for relative in files:
             (into / relative).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(folder / relative, into / relative)
