@@ -47,7 +47,7 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict mesh_stack app.py tools
 	# Each Lambda asset is its own flat module tree plus lambda/shared/ (bundled into each at
-	# synth, mesh_stack/lambda_assets.py): type-check them separately.
+	# synth, mesh_stack/lambda_code.py): type-check them separately.
 	for dir in lambda/*/; do (cd $$dir && MYPYPATH=../shared ../../$(VENV)/bin/mypy --strict .) || exit 1; done
 
 unit: install

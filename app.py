@@ -8,15 +8,18 @@ import sys
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
-from mesh_stack.config import FIELDS, ConfigError, MeshConfig
+from mesh_stack.config import MeshConfig
+from mesh_stack.config_errors import ConfigError
 from mesh_stack.stack import MeshStack
 
 
 def build_app(context: dict[str, object] | None = None, outdir: str | None = None) -> cdk.App:
     """The app with both nag packs. Tests pass `context` (cdk.json's) and an `outdir`."""
     app = cdk.App(context=context, outdir=outdir)
-    keys = {key: app.node.try_get_context(key) for key in FIELDS}
-    config = MeshConfig.from_context({k: v for k, v in keys.items() if v is not None})
+    # All of it (cdk.json, ~/.cdk.json, `-c` overrides): a key that looks like a typo of ours
+    # stops synthesis instead of being ignored.
+    context = app.node.get_all_context()
+    config = MeshConfig.from_context({k: v for k, v in context.items() if v is not None})
     env = cdk.Environment(account=config.account or None, region=config.region)
     MeshStack(
         app,

@@ -6,7 +6,7 @@ import statement only, so interpreter start-up is excluded. The handler imports 
 (aws.client), so a ratio well below 1 is the design working.
 
 Two handler imports per asset, each from a copy of the asset assembled as synth assembles it
-(its own modules plus lambda/shared/, mesh_stack/lambda_assets.py): one with its bytecode
+(its own modules plus lambda/shared/, mesh_stack/lambda_code.py): one with its bytecode
 compiled ahead (compileall), one without, run with -B. The second is what a Lambda cold start
 pays: the asset holds no __pycache__/*.pyc and /var/task is read-only, so every cold start
 compiles the asset's modules again. Measured: the registrar's handler and the consul_config
@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 from bench.report import Row, median
-from mesh_stack import lambda_assets
+from mesh_stack import lambda_code
 
 FIGURE = "5 cold start"
 RUNS = 7
@@ -49,12 +49,12 @@ def import_seconds(module: str, path: Path, *, bytecode: bool = True) -> float:
 
 def _assets(root: Path) -> list[tuple[str, str, Path, Path]]:
     """(asset, module, source copy, compiled copy) of each measured asset, assembled as synth
-    assembles it (its own modules plus lambda/shared/: mesh_stack/lambda_assets.py)."""
+    assembles it (its own modules plus lambda/shared/: mesh_stack/lambda_code.py)."""
     found = []
     for asset, module in MEASURED:
         source, compiled = root / asset / "source", root / asset / "compiled"
         for copy in (source, compiled):
-            lambda_assets.assemble(asset, copy)
+            lambda_code.assemble(asset, copy)
         if not compileall.compile_dir(compiled, quiet=1):
             raise RuntimeError(f"could not compile {compiled}")
         found.append((asset, module, source, compiled))

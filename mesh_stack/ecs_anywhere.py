@@ -13,7 +13,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct, IConstruct
 
-from mesh_stack import lambda_assets
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 from mesh_stack.registrar_function import nag_form
@@ -366,7 +366,7 @@ class EcsAnywhere(Construct):
             description="Creates the ECS Anywhere SSM activation; code goes to Secrets Manager",
             runtime=lambda_.Runtime.PYTHON_3_14,
             handler="handler.handler",
-            code=lambda_assets.code("activation"),
+            code=lambda_code.for_asset("activation"),
             timeout=FUNCTION_TIMEOUT,
             memory_size=256,
             role=role,

@@ -20,7 +20,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from mesh_stack import lambda_assets
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 
@@ -93,7 +93,7 @@ def registrar_function(
         runtime=RUNTIME,
         architecture=lambda_.Architecture.ARM_64,
         handler=handler,
-        code=lambda_assets.code("registrar"),
+        code=lambda_code.for_asset("registrar"),
         timeout=timeout,
         memory_size=memory_size,
         vpc=settings.vpc,

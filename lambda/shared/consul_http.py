@@ -1,7 +1,7 @@
 """The one Consul HTTP client of every Lambda asset: address, TLS, token, error mapping.
 
 Every asset that talks to Consul (the registrar, the consul_config provider) bundles this
-folder (lambda/shared/, copied into each asset at synth by mesh_stack/lambda_assets.py) and
+folder (lambda/shared/, copied into each asset at synth by mesh_stack/lambda_code.py) and
 builds its slice of Consul's API on `ConsulHttp.request`: the registrar's catalog, KV and txn
 calls (registrar/consul.py, registrar/inventory.py), the provider's ACL and config-entry calls
 (consul_config/consul_api.py). Retries are retry.call, with each caller's policy and budget.

@@ -1,7 +1,7 @@
 """Every Lambda asset ships its own modules plus lambda/shared/, and Consul has one client.
 
 The shared folder holds the one Consul HTTP client (consul_http.py over connections.py), the
-retries (retry.py) and the structured logs (logs.py). mesh_stack/lambda_assets.py copies it
+retries (retry.py) and the structured logs (logs.py). mesh_stack/lambda_code.py copies it
 into each asset at synth; these tests read what a deployment would upload.
 """
 
@@ -16,10 +16,10 @@ from pathlib import Path
 import pytest
 from aws_cdk import FileSystem
 
-from mesh_stack import lambda_assets
+from mesh_stack import lambda_code
 from tests.infra.conftest import Synthesized
 
-LAMBDA = lambda_assets.LAMBDA
+LAMBDA = lambda_code.LAMBDA
 
 
 def _files(folder: Path) -> dict[str, bytes]:
@@ -31,7 +31,7 @@ def _files(folder: Path) -> dict[str, bytes]:
 
 def _sources(folder: Path) -> dict[str, bytes]:
     """The source files of `folder` (what a developer's caches, e.g. .mypy_cache, are not)."""
-    return {str(p): (folder / p).read_bytes() for p in lambda_assets.sources(folder)}
+    return {str(p): (folder / p).read_bytes() for p in lambda_code.sources(folder)}
 
 
 def _function_code_dirs(synthesized: Synthesized) -> list[Path]:
@@ -51,10 +51,10 @@ def _function_code_dirs(synthesized: Synthesized) -> list[Path]:
 def test_each_synthesized_asset_holds_its_code_and_the_shared_modules(
     synthesized: Synthesized,
 ) -> None:
-    shared = _sources(lambda_assets.SHARED)
+    shared = _sources(lambda_code.SHARED)
     assert "consul_http.py" in shared
     code_dirs = _function_code_dirs(synthesized)
-    for asset in lambda_assets.ASSETS:
+    for asset in lambda_code.ASSETS:
         own = _sources(LAMBDA / asset)
         # WHEN the app is synthesized, THEN each function built from lambda/<asset> ...
         dirs = [d for d in code_dirs if d.is_dir() and own.items() <= _files(d).items()]
@@ -74,11 +74,11 @@ def test_an_asset_is_its_folder_plus_shared_and_skips_caches(
     (lam / "registrar" / "__pycache__").mkdir()
     (lam / "registrar" / "__pycache__" / "handler.cpython-311.pyc").write_bytes(b"\0")
     (lam / "shared" / "stray.pyc").write_bytes(b"\0")
-    monkeypatch.setattr(lambda_assets, "LAMBDA", lam)
-    monkeypatch.setattr(lambda_assets, "SHARED", lam / "shared")
+    monkeypatch.setattr(lambda_code, "LAMBDA", lam)
+    monkeypatch.setattr(lambda_code, "SHARED", lam / "shared")
     # WHEN the registrar's asset is assembled twice, in two places
-    first = lambda_assets.assemble("registrar", tmp_path / "a")
-    second = lambda_assets.assemble("registrar", tmp_path / "b")
+    first = lambda_code.assemble("registrar", tmp_path / "a")
+    second = lambda_code.assemble("registrar", tmp_path / "b")
     # THEN it is the asset's modules plus the shared ones, without caches
     names = set(_files(first))
     assert {"handler.py", "consul.py", "consul_http.py", "connections.py", "retry.py"} <= names
@@ -87,7 +87,7 @@ def test_an_asset_is_its_folder_plus_shared_and_skips_caches(
     assert FileSystem.fingerprint(str(first)) == FileSystem.fingerprint(str(second))
     # AND a change under shared/ changes the hash of every asset that bundles it
     (lam / "shared" / "retry.py").write_text("# changed\n")
-    third = lambda_assets.assemble("registrar", tmp_path / "c")
+    third = lambda_code.assemble("registrar", tmp_path / "c")
     assert FileSystem.fingerprint(str(third)) != FileSystem.fingerprint(str(first))
 
 
@@ -97,16 +97,16 @@ def test_a_module_in_both_an_asset_and_shared_is_refused(
     lam = tmp_path / "lambda"
     shutil.copytree(LAMBDA, lam, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (lam / "consul_config" / "retry.py").write_text("# a second retry loop\n")
-    monkeypatch.setattr(lambda_assets, "LAMBDA", lam)
-    monkeypatch.setattr(lambda_assets, "SHARED", lam / "shared")
+    monkeypatch.setattr(lambda_code, "LAMBDA", lam)
+    monkeypatch.setattr(lambda_code, "SHARED", lam / "shared")
     with pytest.raises(ValueError, match=r"lambda/consul_config/ and lambda/shared/ both hold"):
-        lambda_assets.assemble("consul_config", tmp_path / "out")
+        lambda_code.assemble("consul_config", tmp_path / "out")
 
 
 def test_every_folder_under_lambda_is_an_asset_or_shared() -> None:
     folders = {p.name for p in LAMBDA.iterdir() if p.is_dir() and not p.name.startswith(".")}
     folders.discard("__pycache__")
-    assert folders == {*lambda_assets.ASSETS, "shared"}
+    assert folders == {*lambda_code.ASSETS, "shared"}
 
 
 # Modules that may open network connections, and why. Everything that talks to Consul goes

@@ -1,19 +1,22 @@
-"""Lambda code: each asset's own folder plus lambda/shared/, assembled at synth without Docker.
+"""The code of this app's Lambda functions: an asset's own modules plus lambda/shared/, no caches.
 
 Every Lambda asset is a flat module tree (Lambda puts the asset's root on sys.path). The code
 they share (the one Consul HTTP client, its kept-alive connections, retries within a budget,
 structured logs) lives once, in lambda/shared/, and `assemble` copies it beside each asset's
 own modules into a staging folder that `Code.from_asset` then stages into cdk.out. Tests,
 benchmarks and `mypy` import the same files (pyproject.toml pythonpath, the Makefile's
-MYPYPATH), so nothing is copied by hand and nothing can drift.
+MYPYPATH), so nothing is copied by hand and nothing can drift. Every function's code goes
+through `for_asset` (or `from_directory`).
 
-Why not CDK's bundling: `BundlingOptions` needs a Docker image even when a local bundler is
-given, and its default asset hash is the source folder's, which would not see a change under
-lambda/shared/. A staging folder hashed by content has neither problem.
+Why not CDK's bundling: `BundlingOptions.image` is required even when a local bundler is given,
+and the default asset hash (AssetHashType.SOURCE) is the source folder's, which would not see a
+change under lambda/shared/. A staging folder hashed by content has neither problem.
 
-Deterministic: only regular files are copied (no __pycache__, .pyc or tool caches), by
-content; the asset hash CDK computes from the staged folder is the hash of its paths and bytes,
-so the same sources always give the same hash. Standard library only (bench/ uses it too).
+No caches: `make lint` runs mypy inside each function's directory and the tests import the
+handlers, which leaves `.mypy_cache/` and `__pycache__/` there. An asset's hash covers every
+file it includes, so shipping them would make each deploy after a test run update the functions
+for nothing (and upload the caches). The asset hash CDK computes from the staged folder is the
+hash of its paths and bytes, so the same sources always give the same hash.
 """
 
 from __future__ import annotations
@@ -24,10 +27,8 @@ import functools
 import shutil
 import tempfile
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from aws_cdk import aws_lambda as lambda_
+from aws_cdk import aws_lambda as lambda_
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA = ROOT / "lambda"
@@ -35,7 +36,22 @@ SHARED = LAMBDA / "shared"
 # The folders under lambda/ that are functions' code (lambda/shared is bundled into each).
 ASSETS = ("activation", "consul_config", "registrar")
 
-_SKIPPED = ("__pycache__", "*.pyc", ".mypy_cache", ".pytest_cache", ".ruff_cache")
+# Written by tools, never read by a function: Python's bytecode cache, mypy, pytest, ruff and
+# hypothesis (CDK asset `exclude` takes .gitignore-style patterns; `sources` matches each path
+# part against them).
+EXCLUDE = [
+    "__pycache__",
+    "*.pyc",
+    ".mypy_cache",
+    ".pytest_cache",
+    ".ruff_cache",
+    ".hypothesis",
+]
+
+
+def from_directory(directory: Path) -> lambda_.Code:
+    """`directory` as a Lambda asset, without the caches of EXCLUDE."""
+    return lambda_.Code.from_asset(str(directory), exclude=EXCLUDE)
 
 
 def sources(folder: Path) -> list[Path]:
@@ -43,7 +59,7 @@ def sources(folder: Path) -> list[Path]:
     found = []
     for path in folder.rglob("*"):
         relative = path.relative_to(folder)
-        if any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in _SKIPPED):
+        if any(fnmatch.fnmatch(part, pattern) for part in relative.parts for pattern in EXCLUDE):
             continue
         if path.is_file():
             found.append(relative)
@@ -83,8 +99,6 @@ def staged(asset: str) -> Path:
     return assemble(asset, _staging_root() / asset)
 
 
-def code(asset: str) -> lambda_.Code:
-    """The function code of `asset`: its own modules plus lambda/shared/."""
-    from aws_cdk import aws_lambda  # noqa: PLC0415 (bench/ imports this module without CDK)
-
-    return aws_lambda.Code.from_asset(str(staged(asset)))
+def for_asset(asset: str) -> lambda_.Code:
+    """The function code of lambda/<asset>: its own modules plus lambda/shared/."""
+    return from_directory(staged(asset))
