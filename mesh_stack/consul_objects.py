@@ -57,7 +57,6 @@ from mesh_stack.nag import acknowledge
 from mesh_stack.services_config import pascal
 
 ROOT = Path(__file__).resolve().parent.parent
-LAMBDA_DIR = ROOT / "lambda" / "consul_config"
 IDENTITY_PATH = ROOT / "lambda" / "registrar" / "identity.py"
 
 PROXY_PROTOCOLS = ("tcp", "http", "http2", "grpc")
@@ -250,7 +249,7 @@ class ConsulObjects(Construct):
             )
         )
 
-        code = lambda_code.from_directory(LAMBDA_DIR)
+        code = lambda_code.for_asset("consul_config")
         functions: dict[str, lambda_.Function] = {}
         for name, handler, purpose in (
             ("OnEvent", "provider.on_event", "validates and names Consul objects"),
