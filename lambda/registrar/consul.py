@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import retry
-from connections import ConnectionPool
+from connections import ConnectionPool, NotSent
 from retry import RetryableError
 
 T = TypeVar("T")
@@ -38,9 +38,12 @@ class ConsulUnavailable(ConsulError, RetryableError):
     """Consul did not answer, or answered 429/5xx: try again later.
 
     `unanswered`: the request may have reached Consul and no answer came back (a timeout, a
-    reset, a dropped connection). Consul may still apply such a write, at any later time: its
-    HTTP handler makes the RPC without the request's context (agent/catalog_endpoint.go
-    CatalogRegister), so a client giving up stops nothing.
+    reset, a dropped connection; not a failed connect). Consul may still apply such a write
+    later, and nothing bounds how much later: in 1.21 `CatalogRegister`
+    (agent/catalog_endpoint.go) passes `req.Context()` to `s.agent.RPC`, but `(*Server).RPC`
+    (agent/consul/server.go) uses the context only for the caller's address (rate limiting)
+    and the Raft apply takes none, so a client giving up stops nothing; how long the servers
+    may hold the write is in recheck.py.
     """
 
     def __init__(self, message: str, *, unanswered: bool = False) -> None:
@@ -175,10 +178,10 @@ class HttpConsul:
         except (http.client.HTTPException, OSError) as err:
             # OSError covers timeouts, refused/reset connections and TLS failures. A write that
             # fails here may have been applied, or may still be: RetryingConsul's resend is
-            # guarded (see there). Only a refused connection proves nothing was sent.
+            # guarded (see there). Only a failed connect proves nothing was sent.
             raise ConsulUnavailable(
                 f"{method} {path}: {str(err) or type(err).__name__}",
-                unanswered=not isinstance(err, ConnectionRefusedError),
+                unanswered=not isinstance(err, (ConnectionRefusedError, NotSent)),
             ) from err
 
     def _request(
@@ -267,10 +270,9 @@ class RetryingConsul:
     One hazard is left to the caller: a catalog register sent without an answer may land after
     everything the caller does next, its resend and its re-read of the record included, and
     then recreate the node of a task stopped meanwhile. Nothing here can wait for it, so
-    `unanswered_registers` counts them, and a message that sent one is not acknowledged
-    (registrar.Registrar.handle): SQS redelivers it after the visibility timeout, and the
-    redelivery checks the catalog again. (A late deregister only removes a node whose task
-    stopped: a stop is final, so it is harmless.)
+    `unanswered_registers` counts them, and the handler sends a delayed re-check of the
+    message to its queue (recheck.py), which checks the catalog again. (A late deregister
+    only removes a node whose task stopped: a stop is final, so it is harmless.)
     """
 
     def __init__(
