@@ -701,6 +701,26 @@ def test_a_write_that_lands_after_its_recheck_is_removed_by_the_reconcile_pass(
     assert (record(consul) or {})["status"] == "stopped"
 
 
+def test_a_reconcile_repair_whose_sidecar_write_got_no_answer_is_counted(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a running task missing from the catalog (its event was lost)
+    ecs = FakeEcs()
+    ecs.put_task(TASK)
+    rt = fake_runtime(consul.url, task_definitions=aws.EcsTaskDefinitions(lambda: ecs))
+    # AND the repair's sidecar write gets no answer
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+
+    # WHEN the reconcile pass repairs it
+    report = reconcile.run_pass(
+        rt, reconcile.ReconcileSettings(), retry.Budget.fixed(60.0), clients=ecs.clients
+    )
+
+    # THEN the repair is made, and the write that may still land is counted, not hidden
+    assert NODE in consul.nodes()
+    assert report.metrics()["ReconcileUnansweredWrites"] == 1
+
+
 def test_no_time_left_reports_messages_without_touching_consul(
     consul_double: ConsulDouble,
 ) -> None:
