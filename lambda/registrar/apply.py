@@ -23,7 +23,7 @@ from typing import Any, Literal
 import catalog
 import logs
 from consul import Consul, ConsulError, TxnConflict
-from decide import Deregister, Register, Skip, VerifyAbsent, VerifySidecar, decide
+from decide import Deregister, Register, Skip, SkipKind, VerifyAbsent, VerifySidecar, decide
 from model import RUNNING, STOPPED, Registration, StateRecord, StoredRecord
 from retry import RetryableError
 
@@ -82,10 +82,12 @@ def apply(
     version: int,
     event_time: str | None = None,
     repair: bool = False,
+    reason: str | None = None,
 ) -> Result:
     """Make the catalog reflect `desired` unless a newer or equal event already did.
 
     `repair` (reconcile): rewrite even at the record's own version; see `decide.decide`.
+    `reason`: written into the tombstone a stop leaves (model.MISSING_REASON).
     """
     for attempt in range(1, CAS_ATTEMPTS + 1):
         stored = read_record(consul, key)
@@ -105,7 +107,7 @@ def apply(
             ops = [catalog.kv_cas_op(key, new, index), *catalog.register_ops(action.registration)]
         else:
             assert isinstance(action, Deregister)
-            new = StateRecord(version, STOPPED, event_time=event_time)
+            new = StateRecord(version, STOPPED, event_time=event_time, reason=reason)
             ops = [catalog.kv_cas_op(key, new, index), *catalog.deregister_ops(node)]
         try:
             consul.txn(ops)
@@ -183,14 +185,19 @@ def recheck(consul: Consul, key: str, node: str) -> Result:
 
 
 def check_stopped(consul: Consul, key: str, node: str, why: str) -> Result | None:
-    """When the record is a tombstone, make sure the node is absent; None otherwise."""
+    """When the record is a tombstone, make sure the node is absent; None otherwise.
+
+    A RUNNING event behind a tombstone is `stale` (decide's VerifyAbsent), or `repaired`.
+    """
     stored = read_record(consul, key)
     record = stored.record if stored else None
     if record is None or record.status != STOPPED:
         return None
-    return _absent_behind(consul, node, record, why)
+    return _absent_behind(consul, node, record, why, "stale")
 
 
-def _absent_behind(consul: Consul, node: str, record: StateRecord, why: str) -> Result:
-    skip = Skip("checked", f"{why}: stopped at version {record.version}, node absent")
+def _absent_behind(
+    consul: Consul, node: str, record: StateRecord, why: str, kind: SkipKind = "checked"
+) -> Result:
+    skip = Skip(kind, f"{why}: stopped at version {record.version}, node absent")
     return _verify_absent(consul, node, skip)

@@ -45,6 +45,7 @@ from model import (
     InvalidTaskDefinition,
     MalformedEvent,
     Registration,
+    StoredRecord,
     TaskDefinition,
     TaskEvent,
 )
@@ -271,36 +272,24 @@ class Registrar:
                 lambda: self._rt.task_definitions.get(event.task_definition_arn),
             )
         except (aws.AwsLookupError, retry.RetryableError) as err:
-            if phase != "stop":
-                if isinstance(err, aws.AwsLookupError):
-                    return self._behind_stop(event, err)
-                raise
-            # "You can only describe INACTIVE task definitions while an active task or service
-            # references them" (DescribeTaskDefinition, ECS API reference): a stop handled late
-            # (a backlog, a DLQ redrive) may find its revision gone. A stop needs nothing from
-            # it: the record says whether the task was registered, and a stop without a record
-            # leaves a tombstone (collected after TOMBSTONE_GRACE_HOURS) rather than let a
-            # RUNNING event delivered after it register the task.
-            logs.info(
-                "task definition unavailable; applying the stop from the state record",
-                error=f"{type(err).__name__}: {err}",
-            )
-            return self._apply(event, None)
+            return self._without_task_definition(event, phase, err)
         app = decide.mesh_target(task_definition)
+        if phase == "stop":
+            return self._stop(event, app)
         if isinstance(app, decide.Skip):
             return apply.Result(app.kind, app.reason)
-        desired = None
-        if phase == "run":
-            wanted = self._desired(event, task_definition, app)
-            if isinstance(wanted, apply.Result):
-                return wanted
-            desired = wanted
-        return self._apply(event, desired)
+        return self._run(event, task_definition, app)
 
-    def _desired(
+    def _stop(self, event: TaskEvent, app: ContainerDefinition | decide.Skip) -> apply.Result:
+        # Opted in but refused now (a later release may validate more): a task that was
+        # registered still leaves the catalog.
+        if isinstance(app, decide.Skip) and (app.kind == "ignored" or self._stored(event) is None):
+            return apply.Result(app.kind, app.reason)
+        return self._apply(event, None)
+
+    def _run(
         self, event: TaskEvent, task_definition: TaskDefinition, app: ContainerDefinition
-    ) -> Registration | apply.Result:
-        """A running task's registration, or the outcome when there can be none."""
+    ) -> apply.Result:
         instance = event.container_instance_arn
         if instance is None:
             raise MalformedEvent("detail.containerInstanceArn is missing for a RUNNING task")
@@ -315,9 +304,35 @@ class Registrar:
         except aws.AwsLookupError as err:
             return self._behind_stop(event, err)
         try:
-            return decide.desired_registration(event, task_definition, app, host)
+            desired = decide.desired_registration(event, task_definition, app, host)
         except InvalidTaskDefinition as err:
             return apply.Result("invalid", f"{task_definition.arn}: {err}")
+        return self._apply(event, desired)
+
+    def _without_task_definition(
+        self, event: TaskEvent, phase: str, err: Exception
+    ) -> apply.Result:
+        """ "You can only describe INACTIVE task definitions while an active task or service
+        references them" (DescribeTaskDefinition, ECS API reference): an event handled late (a
+        backlog, a DLQ redrive) may find its revision gone. Raises `err` when that matters."""
+        if phase == "stop":
+            # A stop needs nothing from it: the record says whether the task was registered,
+            # and a stop without a record leaves a tombstone (collected after
+            # TOMBSTONE_GRACE_HOURS) rather than let a RUNNING event delivered after it
+            # register the task.
+            logs.info(
+                "task definition unavailable; applying the stop from the state record",
+                error=f"{type(err).__name__}: {err}",
+            )
+            return self._apply(event, None)
+        if isinstance(err, aws.AwsLookupError):
+            # A RUNNING event of a task that may have stopped since: see _behind_stop.
+            return self._behind_stop(event, err)
+        raise err
+
+    def _stored(self, event: TaskEvent) -> StoredRecord | None:
+        key = kv_layout.task_key(event.cluster_arn, event.task_id)
+        return apply.read_record(self._rt.consul(self._budget), key)
 
     def schedule_recheck(self, body: str, number: int) -> None:
         """Send `body` back to the queue as re-check `number` (retried; raises on failure)."""
