@@ -437,11 +437,11 @@ def test_rotated_token_is_read_again_after_a_403(
     assert len(consul_double_acl.services(node="ecs-task-0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b")) == 2
 
 
-def test_runtime_built_from_the_environment_registers_and_deregisters(
-    world: MotoWorld, consul_double_acl: ConsulDouble, monkeypatch: pytest.MonkeyPatch
+def _environment_as_the_stack_sets_it(
+    world: MotoWorld, double: ConsulDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN the function's environment as the stack sets it, and a host whose address is
-    # pinned by the container instance attribute (so no SSM call is needed)
+    """The function's environment, and a host whose address is pinned by the container
+    instance attribute (so no SSM call is needed)."""
     boto3.client("ecs", region_name=REGION).put_attributes(
         cluster=world.cluster_arn,
         attributes=[
@@ -452,9 +452,17 @@ def test_runtime_built_from_the_environment_registers_and_deregisters(
             }
         ],
     )
-    monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_double_acl.url)
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", double.url)
     monkeypatch.setenv("ECS_CLUSTER_ARN", world.cluster_arn)
     monkeypatch.setenv("CONSUL_TOKEN_SECRET_ARN", world.token_secret_arn)
+
+
+def test_runtime_built_from_the_environment_registers_and_deregisters(
+    world: MotoWorld, consul_double_acl: ConsulDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the function's environment as the stack sets it, and a host whose address is
+    # pinned by the container instance attribute (so no SSM call is needed)
+    _environment_as_the_stack_sets_it(world, consul_double_acl, monkeypatch)
     monkeypatch.setenv("MAX_ATTEMPTS", "2")
     registrar.set_runtime(None)
 
@@ -477,19 +485,7 @@ def test_a_recheck_goes_to_the_queue_delayed_and_marked(
     # GIVEN the function's environment as the stack sets it, with its own queue
     sqs = boto3.client("sqs", region_name=REGION)
     queue_url = sqs.create_queue(QueueName="registrar")["QueueUrl"]
-    boto3.client("ecs", region_name=REGION).put_attributes(
-        cluster=world.cluster_arn,
-        attributes=[
-            {
-                "name": "consul-mesh.address",
-                "value": "172.16.0.9",
-                "targetId": world.container_instance_arn,
-            }
-        ],
-    )
-    monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_double_acl.url)
-    monkeypatch.setenv("ECS_CLUSTER_ARN", world.cluster_arn)
-    monkeypatch.setenv("CONSUL_TOKEN_SECRET_ARN", world.token_secret_arn)
+    _environment_as_the_stack_sets_it(world, consul_double_acl, monkeypatch)
     monkeypatch.setenv("RECHECK_QUEUE_URL", queue_url)
     registrar.set_runtime(None)
     # AND a sidecar write that gets no answer
