@@ -43,7 +43,14 @@ NAMESPACE = "ConsulMesh/Registrar"
 DIMENSION = "ClusterName"
 
 # Names emitted by the registrar (handler.py, host_state.py) and the reconcile pass.
-EVENT_METRICS = ("Registered", "Deregistered", "Failed", "Malformed", "IgnoredStale")
+EVENT_METRICS = (
+    "Registered",
+    "Deregistered",
+    "Failed",
+    "Malformed",
+    "IgnoredStale",
+    "RecheckScheduled",
+)
 HOST_METRICS = (
     "HostDisconnected",
     "HostChecksCritical",

@@ -9,11 +9,12 @@ task starts never overloads the Consul servers.
 
 from __future__ import annotations
 
-from aws_cdk import Duration
+from aws_cdk import Aws, Duration
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_events as events
 from aws_cdk import aws_events_targets as targets
+from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda_event_sources as sources
 from aws_cdk import aws_secretsmanager as secretsmanager
@@ -152,6 +153,9 @@ class Registrar(Construct):
             dlq_reason="Invoked by an SQS event source: failed records return to the queue and "
             "its redrive policy moves them to the dead-letter queue; a function DLQ applies "
             "only to asynchronous invocations.",
+            # Re-checks of events whose sidecar write got no answer go back to this queue,
+            # delayed (lambda/registrar/recheck.py).
+            extra_environment={"RECHECK_QUEUE_URL": self.queue.queue_url},
         )
         self.function.add_event_source(
             sources.SqsEventSource(
@@ -163,6 +167,25 @@ class Registrar(Construct):
             )
         )
         grant_cluster_reads(self.function, cluster)
+        self._grant_rechecks(key)
+
+    def _grant_rechecks(self, key: kms.IKey) -> None:
+        """SendMessage to its own queue (re-checks), and the queue key's use for sending.
+
+        A producer on a queue encrypted with a customer managed key needs kms:GenerateDataKey
+        and kms:Decrypt on it (SQS Developer Guide, "Configuring AWS KMS permissions"); SQS
+        calls KMS for it, hence kms:ViaService.
+        """
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(actions=["sqs:SendMessage"], resources=[self.queue.queue_arn])
+        )
+        self.function.add_to_role_policy(
+            iam.PolicyStatement(
+                actions=["kms:GenerateDataKey", "kms:Decrypt"],
+                resources=[key.key_arn],
+                conditions={"StringEquals": {"kms:ViaService": f"sqs.{Aws.REGION}.amazonaws.com"}},
+            )
+        )
 
     def _dead_letter_queue(self, construct_id: str, key: kms.IKey) -> sqs.Queue:
         """A DLQ keeps messages the maximum 14 days: time to find the cause and redrive."""

@@ -66,10 +66,13 @@ stored versions unless noted), and where:
   proxy services"). hashicorp/consul-esm#9 shows the same 500. Deregister precedence: ServiceID,
   then CheckID, then the whole node; deregistering something absent still answers ``true``.
 - agent/catalog_endpoint.go: ``CatalogRegister``/``CatalogDeregister`` read the whole body, then
-  call ``s.agent.RPC("Catalog.Register", &args, &out)`` without the request's context: a client
-  that times out or drops the connection does not stop the write, which Consul applies when the
-  RPC gets to it (the ``late`` fault; the two stored versions of the file read alike, 1.21.4 was
-  not among them).
+  make the RPC. Older versions call ``s.agent.RPC("Catalog.Register", &args, &out)``; current
+  ones (1.21) ``s.agent.RPC(req.Context(), "Catalog.Register", &args, &out)``, but
+  ``(*Server).RPC`` (agent/consul/server.go) uses the context only for the caller's address
+  (rate limiting) and the Raft apply takes no context. Either way a client that times out or
+  drops the connection does not stop the write, which Consul applies when the RPC gets to it
+  (the ``late`` fault). ``land_late`` lands kept writes in arrival order; Consul may apply two
+  concurrent late writes in either order.
 - agent/catalog_endpoint.go: ``/v1/catalog/node/:n`` answers 200 ``null`` for an unknown node;
   ``/v1/catalog/node-services/:n`` answers ``{"Node": null, "Services": null}``; nil tags become [].
 - agent/http.go: ``X-Consul-Index`` is never 0 (0 is sent as 1); ``X-Consul-KnownLeader`` and

@@ -10,7 +10,8 @@ For one task and the state wanted by one event (a Registration, or None for stop
    delete the node ourselves; a newer registration -> write *its* sidecar (kept in the record)
    and check again. The last sidecar written is therefore always the newest record's.
 
-Reconcile reuses `apply` with the version DescribeTasks reports.
+Reconcile reuses `apply` with the version DescribeTasks reports. `recheck` compares the catalog
+with the record alone (a re-check message, or an event whose AWS lookups fail behind a stop).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any, Literal
 import catalog
 import logs
 from consul import Consul, ConsulError, TxnConflict
-from decide import Deregister, Register, Skip, VerifyAbsent, VerifySidecar, decide
+from decide import Deregister, Register, Skip, SkipKind, VerifyAbsent, VerifySidecar, decide
 from model import RUNNING, STOPPED, Registration, StateRecord, StoredRecord
 from retry import RetryableError
 
@@ -38,13 +39,17 @@ ResultKind = Literal[
     "ignored",
     "invalid",
     "unaddressable",
+    "checked",
 ]
 
 
 @dataclass(frozen=True)
 class Result:
+    """`unanswered`: sidecar registers sent without an answer (they may still land)."""
+
     kind: ResultKind
     reason: str
+    unanswered: int = 0
 
 
 class Contention(RetryableError):
@@ -161,3 +166,38 @@ def _verify_absent(consul: Consul, node: str, skip: Skip) -> Result:
     logs.warning("node of a stopped task is back in the catalog; removing it", node=node)
     consul.catalog_deregister(node)
     return Result("repaired", "removed the node of a stopped task")
+
+
+def recheck(consul: Consul, key: str, node: str) -> Result:
+    """Make the catalog match the task's state record, whatever event is at hand; no AWS.
+
+    A tombstone: the node must be absent. A running record: its sidecar must be in the catalog
+    as the record keeps it (a late sidecar write of an older version is overwritten too).
+    """
+    stored = read_record(consul, key)
+    record = stored.record if stored else None
+    if record is None:
+        return Result("checked", "re-check: no state record, nothing to compare")
+    if record.status == STOPPED:
+        return _absent_behind(consul, node, record, "re-check")
+    skip = Skip("checked", f"re-check: sidecar matches the record (version {record.version})")
+    return _verify_sidecar(consul, key, node, VerifySidecar(record, skip))
+
+
+def check_stopped(consul: Consul, key: str, node: str, why: str) -> Result | None:
+    """When the record is a tombstone, make sure the node is absent; None otherwise.
+
+    A RUNNING event behind a tombstone is `stale` (decide's VerifyAbsent), or `repaired`.
+    """
+    stored = read_record(consul, key)
+    record = stored.record if stored else None
+    if record is None or record.status != STOPPED:
+        return None
+    return _absent_behind(consul, node, record, why, "stale")
+
+
+def _absent_behind(
+    consul: Consul, node: str, record: StateRecord, why: str, kind: SkipKind = "checked"
+) -> Result:
+    skip = Skip(kind, f"{why}: stopped at version {record.version}, node absent")
+    return _verify_absent(consul, node, skip)

@@ -153,10 +153,9 @@ class RetryingConsul:
     One hazard is left to the caller: a catalog register sent without an answer may land after
     everything the caller does next, its resend and its re-read of the record included, and
     then recreate the node of a task stopped meanwhile. Nothing here can wait for it, so
-    `unanswered_registers` counts them, and a message that sent one is not acknowledged
-    (registrar.Registrar.handle): SQS redelivers it after the visibility timeout, and the
-    redelivery checks the catalog again. (A late deregister only removes a node whose task
-    stopped: a stop is final, so it is harmless.)
+    `unanswered_registers` counts them, and the handler sends a delayed re-check of the
+    message to its queue (recheck.py), which checks the catalog again. (A late deregister
+    only removes a node whose task stopped: a stop is final, so it is harmless.)
     """
 
     def __init__(

@@ -52,7 +52,7 @@ PUBLIC_BIND_ADDRESS = "0.0.0.0"  # noqa: S104
 EXPOSE_PROTOCOL = "http"
 
 Phase = Literal["run", "stop"]
-SkipKind = Literal["ignored", "stale", "duplicate", "invalid"]
+SkipKind = Literal["ignored", "stale", "duplicate", "invalid", "checked"]
 
 
 @dataclass(frozen=True)

@@ -4,6 +4,10 @@ Returns `{"batchItemFailures": [{"itemIdentifier": <messageId>}, ...]}` (ReportB
 so one bad message never fails its neighbours. Never raises: an exception escaping here would
 make SQS redeliver the whole batch, including messages already applied.
 
+An event applied while a sidecar write got no answer is acknowledged, and a delayed re-check
+of it is sent to the queue (recheck.py); when that send fails, the message is reported failed
+instead, so that SQS redelivers it and the redelivery checks the catalog.
+
 A malformed body is reported failed too, not dropped: SQS redrive after maxReceiveCount is the
 only path to the DLQ, where an operator can read the message next to its log line. (Dropping it
 would lose the evidence; raising would fail the batch.)
@@ -15,14 +19,16 @@ from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from typing import Any
 
+import apply
 import aws
 import host_state
 import identity
 import logs
+import recheck
 import registrar
 import retry
 from metrics import Metrics
-from model import MalformedEvent, parse_event, task_arn_hint
+from model import MalformedEvent, TaskEvent, parse_event, task_arn_hint
 
 # Result kind -> metric name.
 _METRIC = {
@@ -34,6 +40,7 @@ _METRIC = {
     "ignored": "Skipped",
     "invalid": "InvalidTaskDefinition",
     "unaddressable": "HostAddressRefused",
+    "checked": "Checked",
 }
 
 
@@ -119,9 +126,10 @@ def _process(
     if route == "instance":
         return host_state.process(body, budget, metrics)
     try:
+        number = recheck.count(record)
         event = parse_event(body)
-        result = worker.handle(event)
-    except MalformedEvent as err:
+        result = worker.recheck(event) if number else worker.handle(event)
+    except (MalformedEvent, recheck.MalformedRecheck) as err:
         logs.error("malformed message; it will end in the DLQ", reason=str(err))
         metrics.count("Malformed")
         return False
@@ -133,6 +141,12 @@ def _process(
         )
         metrics.count("Failed")
         return False
+    _report(event, result, number, metrics)
+    return not result.unanswered or _recheck_later(worker, body, number, result.unanswered, metrics)
+
+
+def _report(event: TaskEvent, result: apply.Result, number: int, metrics: Metrics) -> None:
+    """Count and log what an event (or re-check `number`) did."""
     metrics.count(_METRIC[result.kind])
     fields: dict[str, Any] = {
         "outcome": result.kind,
@@ -141,6 +155,8 @@ def _process(
         "last_status": event.last_status,
         "desired_status": event.desired_status,
     }
+    if number:
+        fields["recheck"] = number
     if result.kind in ("registered", "deregistered"):
         lag_ms = (datetime.now(UTC) - event.event_time).total_seconds() * 1000
         metrics.lag(lag_ms)
@@ -151,4 +167,41 @@ def _process(
         result.kind, logs.info
     )
     log(f"event {result.kind}", **fields)
+
+
+def _recheck_later(
+    worker: registrar.Registrar, body: str, number: int, unanswered: int, metrics: Metrics
+) -> bool:
+    """The event is applied but `unanswered` sidecar writes may still land: look again later.
+
+    True when the message may be deleted: a re-check is on its way, or the re-checks are used
+    up (the reconcile pass is the backstop). False when the re-check could not be sent: SQS
+    then redelivers the message itself, and the redelivery checks the catalog.
+    """
+    if number >= recheck.MAX_RECHECKS:
+        logs.warning(
+            "sidecar write got no answer on the last re-check; the reconcile pass will check "
+            "the task",
+            unanswered=unanswered,
+            recheck=number,
+        )
+        metrics.count("RecheckGaveUp")
+        return True
+    try:
+        worker.schedule_recheck(body, number + 1)
+    except Exception as err:
+        logs.error(
+            "sidecar write got no answer and the re-check could not be sent; SQS will "
+            "redeliver the message",
+            error=f"{type(err).__name__}: {err}",
+            unanswered=unanswered,
+        )
+        metrics.count("Failed")
+        return False
+    logs.warning(
+        "applied; a sidecar write got no answer and may still land: re-check scheduled",
+        unanswered=unanswered,
+        recheck=number + 1,
+    )
+    metrics.count("RecheckScheduled")
     return True

@@ -7,6 +7,11 @@ One line per invocation aggregates the counts of its batch. Names:
 - Skipped: not ours (other cluster, launch type, opted out, not running yet);
 - InvalidTaskDefinition: opted in but unusable labels/network mode (no write, no retry);
 - Repaired: a duplicate found the catalog behind the record and fixed it;
+- Checked: a re-check (or a RUNNING event behind a stop whose AWS lookups failed) found the
+  catalog matching the task's record;
+- RecheckScheduled: an applied event whose sidecar write got no answer; a delayed re-check of
+  it was sent to the queue (recheck.py). RecheckGaveUp: still unanswered on the last re-check;
+  left to the reconcile pass;
 - Malformed, Failed: reported in batchItemFailures (redelivered, then DLQ);
 - EventToCatalogLagMs: event time (EventBridge) to the write being acknowledged by Consul.
 """

@@ -164,6 +164,7 @@ class PassReport:
     refused: int = 0
     doubtful: int = 0  # hosts whose SSM address may be a Docker bridge's (aws.address_doubt)
     marked: int = 0
+    unanswered: int = 0  # repairs' sidecar writes that got no answer (may land later)
     resurrected: int = 0
     complete: bool = True
     problems: list[str] = field(default_factory=list)
@@ -187,6 +188,7 @@ class PassReport:
             "ReconcileIncomplete": 0 if self.complete else 1,
             "ReconcileDeferred": self.deferred,
             "ReconcileFailed": self.failed,
+            "ReconcileUnansweredWrites": self.unanswered,
             "InvalidTaskDefinition": self.invalid,
             "HostAddressRefused": self.refused,
             "HostAddressDoubtful": self.doubtful,
@@ -498,6 +500,7 @@ class Reconciler:
     ) -> apply.Result | None:
         """The event path's write, in repair mode; None when it failed (logged, counted)."""
         with logs.task_context(task_arn):
+            before = self._unanswered()
             try:
                 result = apply.apply(
                     self._consul,
@@ -516,7 +519,20 @@ class Reconciler:
                 )
                 return None
             logs.info(f"reconcile {result.kind}", reason=result.reason, version=version)
+            sent = self._unanswered() - before
+            if sent:
+                # Its write may land after this pass, e.g. over a stop: the next pass checks.
+                self.report.unanswered += sent
+                logs.warning(
+                    "a repair's sidecar write got no answer and may still land; the next pass "
+                    "checks the task",
+                    unanswered=sent,
+                )
             return result
+
+    def _unanswered(self) -> int:
+        """consul.RetryingConsul.unanswered_registers of this pass's client (0 for others)."""
+        return int(getattr(self._consul, "unanswered_registers", 0))
 
     # -- phase: deletions --------------------------------------------------------------------
 

@@ -12,6 +12,9 @@ Configuration (environment; Consul's own names where one exists):
   per Consul/AWS call; RETRY_BASE_MS (100) and RETRY_MAX_MS (2000) backoff; CONSUL_TIMEOUT_SECONDS
   (5) per request; TIME_RESERVE_MS (2000) invocation time kept to return the batch response;
   LOG_LEVEL (INFO); METRICS_NAMESPACE (ConsulMesh/Registrar).
+- RECHECK_QUEUE_URL: the registrar's own queue, where a re-check of an event whose sidecar
+  write got no answer is sent (recheck.py); unset (local runs), such a message is failed and
+  SQS redelivers it. RECHECK_DELAY_SECONDS (120, 0-900): the re-check's SQS DelaySeconds.
 
 The container-wide state (clients, caches, token, TLS context, kept-alive Consul connections)
 lives in one `Runtime`, built on first use; each invocation wraps it with its own time budget.
@@ -23,7 +26,7 @@ import os
 import ssl
 import threading
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import TypeVar
 
@@ -35,10 +38,10 @@ import decide
 import identity
 import kv_layout
 import logs
+import recheck
 import retry
 from connections import ConnectionPool
 from model import (
-    RUNNING,
     ContainerDefinition,
     InvalidTaskDefinition,
     MalformedEvent,
@@ -53,10 +56,6 @@ T = TypeVar("T")
 
 class ConfigError(ValueError):
     """The function's environment is wrong: every message fails until it is fixed."""
-
-
-class UnansweredWrite(retry.RetryableError):
-    """The event is applied, but a write it sent got no answer and may still land later."""
 
 
 def _positive(env: Mapping[str, str], name: str, default: float) -> float:
@@ -84,6 +83,8 @@ class Settings:
     retry_policy: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     consul_timeout_s: float = 5.0
     reserve_ms: int = 2000
+    recheck_queue_url: str | None = None
+    recheck_delay_s: int = recheck.DEFAULT_DELAY_S
 
     @classmethod
     def from_env(cls, env: Mapping[str, str]) -> Settings:
@@ -108,6 +109,12 @@ class Settings:
         attempts = _positive(env, "MAX_ATTEMPTS", 4)
         if attempts != int(attempts):
             raise ConfigError(f"MAX_ATTEMPTS must be a whole number, got {attempts}")
+        delay = env.get("RECHECK_DELAY_SECONDS", "").strip() or str(recheck.DEFAULT_DELAY_S)
+        if not delay.isdigit() or int(delay) > recheck.MAX_DELAY_S:
+            raise ConfigError(
+                f"RECHECK_DELAY_SECONDS must be a whole number from 0 to {recheck.MAX_DELAY_S} "
+                f"(SQS DelaySeconds), got {delay!r}"
+            )
         return cls(
             consul_addr=addr,
             cluster_arn=cluster_arn,
@@ -123,6 +130,8 @@ class Settings:
             ),
             consul_timeout_s=_positive(env, "CONSUL_TIMEOUT_SECONDS", 5),
             reserve_ms=int(_positive(env, "TIME_RESERVE_MS", 2000)),
+            recheck_queue_url=env.get("RECHECK_QUEUE_URL", "").strip() or None,
+            recheck_delay_s=int(delay),
         )
 
 
@@ -157,6 +166,7 @@ class Runtime:
         hosts: aws.HostSource | None = None,
         token: consul.TokenProvider | None = None,
         connections: ConnectionPool | None = None,
+        rechecks: recheck.Scheduler | None = None,
     ) -> None:
         self.settings = settings
         self.task_definitions = task_definitions or aws.EcsTaskDefinitions(
@@ -173,6 +183,14 @@ class Runtime:
             else:
                 token = consul.StaticToken(settings.static_token)
         self.token = token
+        if rechecks is None:
+            queue_url = settings.recheck_queue_url
+            rechecks = (
+                recheck.SqsScheduler(lambda: aws.client("sqs"), queue_url, settings.recheck_delay_s)
+                if queue_url
+                else recheck.NoScheduler()
+            )
+        self.rechecks = rechecks
         self._connections = connections
         self._lock = threading.Lock()
 
@@ -281,6 +299,8 @@ class Registrar:
             # Redelivery cannot fix it; the reconcile pass registers the task once the
             # operator has set the address (it reads addresses afresh every pass).
             return apply.Result("unaddressable", str(err))
+        except aws.AwsLookupError as err:
+            return self._behind_stop(event, err)
         try:
             desired = decide.desired_registration(event, task_definition, app, host)
         except InvalidTaskDefinition as err:
@@ -303,18 +323,56 @@ class Registrar:
                 error=f"{type(err).__name__}: {err}",
             )
             return self._apply(event, None)
-        if isinstance(err, aws.AwsLookupError) and self._tombstoned(event):
-            # A RUNNING event of a task that has stopped since: no redelivery can help.
-            return apply.Result("stale", "the task has stopped (tombstone)")
+        if isinstance(err, aws.AwsLookupError):
+            # A RUNNING event of a task that may have stopped since: see _behind_stop.
+            return self._behind_stop(event, err)
         raise err
 
     def _stored(self, event: TaskEvent) -> StoredRecord | None:
         key = kv_layout.task_key(event.cluster_arn, event.task_id)
         return apply.read_record(self._rt.consul(self._budget), key)
 
-    def _tombstoned(self, event: TaskEvent) -> bool:
-        stored = self._stored(event)
-        return stored is not None and stored.record is not None and stored.record.status != RUNNING
+    def schedule_recheck(self, body: str, number: int) -> None:
+        """Send `body` back to the queue as re-check `number` (retried; raises on failure)."""
+        self._aws("SendMessage", lambda: self._rt.rechecks.schedule(body, number))
+
+    def recheck(self, event: TaskEvent) -> apply.Result:
+        """A re-check message (recheck.py): compare the catalog with the record; no AWS."""
+        if event.cluster_arn != self._rt.settings.cluster_arn:
+            return apply.Result("ignored", f"task of cluster {event.cluster_arn}")
+        client = self._rt.consul(self._budget)
+        result = apply.recheck(
+            client,
+            kv_layout.task_key(event.cluster_arn, event.task_id),
+            identity.node_name(event.task_arn),
+        )
+        return replace(result, unanswered=client.unanswered_registers)
+
+    def _behind_stop(self, event: TaskEvent, err: Exception) -> apply.Result:
+        """A RUNNING event whose AWS lookup was refused: fine if the task has stopped since.
+
+        A deploy that fails stops its tasks, and its rollback deregisters the new revision,
+        which ECS then describes only "while an active task or service references them"
+        (DescribeTaskDefinition, ECS API reference); its container instance may be gone too.
+        The redelivery of such a task's RUNNING event must still check that a late sidecar
+        write did not bring its node back: behind a tombstone the catalog is checked from the
+        record alone. Otherwise the lookup failure stands (SQS redelivers the message), as does
+        a transient one (throttling) whatever the record says: it costs no Consul request.
+        """
+        client = self._rt.consul(self._budget)
+        stopped = apply.check_stopped(
+            client,
+            kv_layout.task_key(event.cluster_arn, event.task_id),
+            identity.node_name(event.task_arn),
+            "AWS lookup failed behind a stop",
+        )
+        if stopped is None:
+            raise err
+        logs.info(
+            "task stopped since; checked the catalog without AWS lookups",
+            error=f"{type(err).__name__}: {err}",
+        )
+        return stopped
 
     def _apply(self, event: TaskEvent, desired: Registration | None) -> apply.Result:
         client = self._rt.consul(self._budget)
@@ -326,16 +384,7 @@ class Registrar:
             version=event.version,
             event_time=event.event_time.isoformat(),
         )
-        if client.unanswered_registers:
-            # The catalog is right as of the re-read that ended `apply`, but an unanswered
-            # sidecar write may land after it and recreate the node of a task that stopped
-            # meanwhile. Acknowledging now would leave that to the reconcile pass; failing the
-            # message makes SQS redeliver it after the visibility timeout, when the write has
-            # landed or never will, and the redelivery checks the node (decide.VerifyAbsent,
-            # VerifySidecar).
-            raise UnansweredWrite(
-                f"{result.kind} ({result.reason}), but {client.unanswered_registers} sidecar "
-                "write(s) got no answer and may still land; SQS will redeliver the message so "
-                "that the catalog is checked again"
-            )
-        return result
+        # The catalog is right as of the re-read that ended `apply`, but an unanswered sidecar
+        # write may land after it and recreate the node of a task that stopped meanwhile: the
+        # handler schedules a re-check (recheck.py).
+        return replace(result, unanswered=client.unanswered_registers)

@@ -30,8 +30,9 @@ Rules, each for a reason:
   txn that had landed makes its resend fail the cas (409), and apply.apply reads the record
   again and decides from what is really there; a node deregister only removes a stopped task's
   node. A sidecar register has no cas: its unanswered first copy may land after everything
-  else, so consul.RetryingConsul counts it and the registrar leaves that message to SQS for one
-  more check. (The provider, consul_config, resends its writes the same way: a create whose
+  else, so consul.RetryingConsul counts it and the registrar checks the catalog again later
+  (recheck.py). A failed connect is NotSent: no byte of the request left, so nothing can land
+  late. (The provider, consul_config, resends its writes the same way: a create whose
   answer was lost finds its object by name on the next try and adopts it.)
 """
 
@@ -63,6 +64,11 @@ _DEAD_CONNECTION = (
     BrokenPipeError,
     http.client.BadStatusLine,
 )
+
+
+class NotSent(ConnectionError):
+    """Connecting failed (DNS, TCP connect or its timeout, TLS handshake or verification):
+    not one byte of the request left, so a write that fails this way was not applied."""
 
 
 class ConnectionPool:
@@ -116,8 +122,9 @@ class ConnectionPool:
     ) -> tuple[int, bytes]:
         """Send one request, read the whole response: (status, body), whatever the status.
 
-        Raises OSError (refused, reset, timed out, TLS failures) or http.client.HTTPException.
-        `timeout` bounds connecting and each read or write on the socket.
+        Raises OSError (refused, reset, timed out, TLS failures) or http.client.HTTPException;
+        NotSent (an OSError) when the connection could not even be made. `timeout` bounds
+        connecting and each read or write on the socket.
         """
         connection, reused = self._take()
         try:
@@ -184,6 +191,8 @@ class ConnectionPool:
             connection.timeout = timeout  # used when it connects
             if connection.sock is not None:
                 connection.sock.settimeout(timeout)
+            else:
+                _connect(connection)
             connection.request(method, target, body=body, headers=dict(headers))
             response = connection.getresponse()
             data = response.read()
@@ -214,6 +223,16 @@ class _VerifiedHTTPSConnection(http.client.HTTPSConnection):
     def connect(self) -> None:
         sock = socket.create_connection((self.host, self.port), self.timeout)
         self.sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
+
+
+def _connect(connection: http.client.HTTPConnection) -> None:
+    """Connect (for https: handshake) before sending anything, telling a failure apart."""
+    try:
+        connection.connect()
+    except ssl.SSLCertVerificationError:
+        raise  # consul_http.TlsVerificationFailed: a certificate that will not verify
+    except OSError as err:
+        raise NotSent(f"could not connect: {type(err).__name__}: {err}") from err
 
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:

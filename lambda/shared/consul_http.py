@@ -30,7 +30,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from connections import ConnectionPool
+from connections import ConnectionPool, NotSent
 from retry import RetryableError
 
 Json = dict[str, Any]
@@ -52,9 +52,12 @@ class ConsulUnavailable(ConsulError, RetryableError):
     """Consul did not answer, or answered 429/5xx: try again later.
 
     `unanswered`: the request may have reached Consul and no answer came back (a timeout, a
-    reset, a dropped connection). Consul may still apply such a write, at any later time: its
-    HTTP handler makes the RPC without the request's context (agent/catalog_endpoint.go
-    CatalogRegister), so a client giving up stops nothing. `reason`: Consul's answer, if any.
+    reset, a dropped connection; not a failed connect). Consul may still apply such a write
+    later, and nothing bounds how much later: in 1.21 `CatalogRegister`
+    (agent/catalog_endpoint.go) passes `req.Context()` to `s.agent.RPC`, but `(*Server).RPC`
+    (agent/consul/server.go) uses the context only for the caller's address (rate limiting)
+    and the Raft apply takes none, so a client giving up stops nothing; how long the servers
+    may hold the write is in registrar/recheck.py. `reason`: Consul's answer, if any.
     """
 
     def __init__(
@@ -188,11 +191,11 @@ class ConsulHttp:
         except (http.client.HTTPException, OSError) as err:
             # OSError covers timeouts, refused/reset connections and TLS failures. A write that
             # fails here may have been applied, or may still be: a caller's resend must be
-            # guarded (registrar/consul.py RetryingConsul). Only a refused connection proves
-            # nothing was sent.
+            # guarded (registrar/consul.py RetryingConsul). Only a failed connect (NotSent, or
+            # refused) proves nothing was sent.
             raise ConsulUnavailable(
                 self.scrub(f"{method} {path}: {str(err) or type(err).__name__}"),
-                unanswered=not isinstance(err, ConnectionRefusedError),
+                unanswered=not isinstance(err, (ConnectionRefusedError, NotSent)),
             ) from err
 
     def request(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import aws_cdk as cdk
 import pytest
@@ -152,3 +153,39 @@ def test_registrar_has_no_open_nag_findings(tmp_path: Path) -> None:
     app, _, _ = build(tmp_path)
     findings = [f for f in open_findings(app) if "/Registrar/" in f.path]
     assert findings == [], "\n".join(f"{f.rule} at {f.path}" for f in findings)
+
+
+def _statements_of(template: Template, action: str) -> list[dict[str, Any]]:
+    found = []
+    for policy in template.find_resources("AWS::IAM::Policy").values():
+        for statement in policy["Properties"]["PolicyDocument"]["Statement"]:
+            actions = statement["Action"]
+            if action in ([actions] if isinstance(actions, str) else actions):
+                found.append(statement)
+    return found
+
+
+def test_rechecks_go_to_its_own_queue_and_only_there(tmp_path: Path) -> None:
+    _, stack, registrar = build(tmp_path)
+    template = Template.from_stack(stack)
+    queue = stack.get_logical_id(registrar.queue.node.default_child)  # type: ignore[arg-type]
+    key = next(iter(template.find_resources("AWS::KMS::Key")))
+
+    # the function knows its queue ...
+    template.has_resource_properties(
+        "AWS::Lambda::Function",
+        {
+            "Handler": "handler.handler",
+            "Environment": {"Variables": Match.object_like({"RECHECK_QUEUE_URL": {"Ref": queue}})},
+        },
+    )
+    # ... may send to it and to no other queue ...
+    (send,) = _statements_of(template, "sqs:SendMessage")
+    assert send["Resource"] == {"Fn::GetAtt": [queue, "Arn"]}
+    # ... and may have SQS encrypt with the queue's key on its behalf
+    (generate,) = _statements_of(template, "kms:GenerateDataKey")
+    assert generate["Resource"] == {"Fn::GetAtt": [key, "Arn"]}
+    assert "kms:Decrypt" in generate["Action"]
+    assert generate["Condition"]["StringEquals"]["kms:ViaService"] == {
+        "Fn::Join": ["", ["sqs.", {"Ref": "AWS::Region"}, ".amazonaws.com"]]
+    }

@@ -19,6 +19,7 @@ from typing import Any
 
 import aws
 import consul
+import recheck
 import registrar
 import retry
 from model import Host, TaskDefinition, task_definition_from_api
@@ -177,9 +178,26 @@ def task_event(
     return doc
 
 
-def sqs_event(bodies: Iterable[str | Mapping[str, Any]], prefix: str = "msg") -> dict[str, Any]:
-    """An SQS event source batch; message ids are `<prefix>-<n>`."""
+def sqs_event(
+    bodies: Iterable[str | Mapping[str, Any]],
+    prefix: str = "msg",
+    *,
+    recheck_number: int | str | None = None,
+) -> dict[str, Any]:
+    """An SQS event source batch; message ids are `<prefix>-<n>`.
+
+    `recheck_number`: every message is that re-check (message attribute recheck.ATTRIBUTE,
+    in the Lambda SQS event's `messageAttributes` shape).
+    """
     records = []
+    attributes: dict[str, Any] = {}
+    if recheck_number is not None:
+        attributes[recheck.ATTRIBUTE] = {
+            "stringValue": str(recheck_number),
+            "stringListValues": [],
+            "binaryListValues": [],
+            "dataType": "Number",
+        }
     for n, body in enumerate(bodies):
         text = body if isinstance(body, str) else json.dumps(body)
         records.append(
@@ -188,7 +206,7 @@ def sqs_event(bodies: Iterable[str | Mapping[str, Any]], prefix: str = "msg") ->
                 "receiptHandle": f"handle-{prefix}-{n}",
                 "body": text,
                 "attributes": {"ApproximateReceiveCount": "1"},
-                "messageAttributes": {},
+                "messageAttributes": dict(attributes),
                 "md5OfBody": "",
                 "eventSource": "aws:sqs",
                 "eventSourceARN": f"arn:aws:sqs:{REGION}:{ACCOUNT}:registrar",
@@ -243,6 +261,24 @@ class FakeHosts:
         return Host(address=address, instance_id="mi-0a1b2c3d4e5f60718", source="ssm")
 
 
+@dataclass
+class FakeRechecks:
+    """recheck.Scheduler that keeps what it was asked to send; `fail` makes SendMessage fail."""
+
+    sent: list[tuple[str, int]] = field(default_factory=list)
+    fail: bool = False
+
+    def schedule(self, body: str, number: int) -> None:
+        if self.fail:
+            raise aws.AwsUnavailable("SendMessage: ServiceUnavailable: try again")
+        self.sent.append((body, number))
+
+    def take(self) -> list[tuple[str, int]]:
+        """The re-checks sent so far, forgotten here (SQS delivers each once)."""
+        sent, self.sent = self.sent, []
+        return sent
+
+
 FAST_RETRY = retry.RetryPolicy(max_attempts=4, base_delay_s=0.001, max_delay_s=0.005)
 
 
@@ -264,13 +300,17 @@ def fake_runtime(
     token: str | None = None,
     hosts: aws.HostSource | None = None,
     task_definitions: aws.TaskDefinitionSource | None = None,
+    rechecks: recheck.Scheduler | None = None,
     **overrides: Any,
 ) -> registrar.Runtime:
+    # `rechecks` only when given: a test that needs none runs against a registrar without them
+    extra: dict[str, Any] = {} if rechecks is None else {"rechecks": rechecks}
     return registrar.Runtime(
         settings(consul_url, **overrides),
         task_definitions=task_definitions or FakeTaskDefinitions(),
         hosts=hosts or FakeHosts(),
         token=consul.StaticToken(token),
+        **extra,
     )
 
 

@@ -234,6 +234,38 @@ def test_registers_that_got_no_answer_are_counted_and_refusals_are_not(
     assert refused.unanswered_registers == 0
 
 
+def test_a_register_that_timed_out_counts_as_unanswered(consul_double: ConsulDouble) -> None:
+    # GIVEN Consul applies the register only after the client's timeout (the main production
+    # case: the answer is slow, not lost)
+    consul_double.inject(kind="delay", delay=1.0, path_prefix="/v1/catalog/register", times=1)
+    pool = ConnectionPool(consul_double.url)
+    http = HttpConsul(consul_double.url, token=StaticToken(None), connections=pool, timeout_s=0.2)
+    client = _retrying(http)
+
+    # WHEN the retrying client sends it until it is answered
+    client.catalog_register(_node("n1"))
+
+    # THEN the timed-out one counts: Consul may still apply it
+    assert client.unanswered_registers == 1
+
+
+def test_a_register_that_could_not_connect_is_not_unanswered(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN an https client against a plain-http Consul: the TLS handshake fails, so not one
+    # byte of the request is sent (a DNS failure or a connect timeout is the same case)
+    url = consul_double.url.replace("http://", "https://")
+    client = _retrying(_http(url))
+
+    # WHEN a register is sent
+    with pytest.raises(ConsulUnavailable, match="could not connect"):
+        client.catalog_register(_node("n1"))
+
+    # THEN it is not counted: nothing can land later
+    assert client.unanswered_registers == 0
+    assert consul_double.count(path_prefix="/v1/catalog/register") == 0
+
+
 def test_a_read_is_sent_again_once_and_only_on_a_reused_connection(
     consul_double: ConsulDouble, front: TcpFront
 ) -> None:

@@ -15,6 +15,7 @@ import boto3
 import handler
 import kv_layout
 import pytest
+import recheck
 import registrar
 import retry
 from botocore.exceptions import ClientError
@@ -436,11 +437,11 @@ def test_rotated_token_is_read_again_after_a_403(
     assert len(consul_double_acl.services(node="ecs-task-0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b")) == 2
 
 
-def test_runtime_built_from_the_environment_registers_and_deregisters(
-    world: MotoWorld, consul_double_acl: ConsulDouble, monkeypatch: pytest.MonkeyPatch
+def _environment_as_the_stack_sets_it(
+    world: MotoWorld, double: ConsulDouble, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    # GIVEN the function's environment as the stack sets it, and a host whose address is
-    # pinned by the container instance attribute (so no SSM call is needed)
+    """The function's environment, and a host whose address is pinned by the container
+    instance attribute (so no SSM call is needed)."""
     boto3.client("ecs", region_name=REGION).put_attributes(
         cluster=world.cluster_arn,
         attributes=[
@@ -451,9 +452,17 @@ def test_runtime_built_from_the_environment_registers_and_deregisters(
             }
         ],
     )
-    monkeypatch.setenv("CONSUL_HTTP_ADDR", consul_double_acl.url)
+    monkeypatch.setenv("CONSUL_HTTP_ADDR", double.url)
     monkeypatch.setenv("ECS_CLUSTER_ARN", world.cluster_arn)
     monkeypatch.setenv("CONSUL_TOKEN_SECRET_ARN", world.token_secret_arn)
+
+
+def test_runtime_built_from_the_environment_registers_and_deregisters(
+    world: MotoWorld, consul_double_acl: ConsulDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the function's environment as the stack sets it, and a host whose address is
+    # pinned by the container instance attribute (so no SSM call is needed)
+    _environment_as_the_stack_sets_it(world, consul_double_acl, monkeypatch)
     monkeypatch.setenv("MAX_ATTEMPTS", "2")
     registrar.set_runtime(None)
 
@@ -468,6 +477,53 @@ def test_runtime_built_from_the_environment_registers_and_deregisters(
     assert consul_double_acl.nodes() == {}
     key = kv_layout.task_key(world.cluster_arn, "0f8c6a1e2b3d4c5e9a7b8c9d0e1f2a3b")
     assert key in consul_double_acl.kv()
+
+
+def test_a_recheck_goes_to_the_queue_delayed_and_marked(
+    world: MotoWorld, consul_double_acl: ConsulDouble, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN the function's environment as the stack sets it, with its own queue
+    sqs = boto3.client("sqs", region_name=REGION)
+    queue_url = sqs.create_queue(QueueName="registrar")["QueueUrl"]
+    _environment_as_the_stack_sets_it(world, consul_double_acl, monkeypatch)
+    monkeypatch.setenv("RECHECK_QUEUE_URL", queue_url)
+    registrar.set_runtime(None)
+    # AND a sidecar write that gets no answer
+    consul_double_acl.inject(kind="late", path_prefix="/v1/catalog/register")
+    body = _event(world)
+
+    # WHEN the RUNNING event is handled
+    response = handler.handler(sqs_event([body]), LambdaContext())
+
+    # THEN it is acknowledged and its re-check waits in the queue, delayed
+    assert failed_ids(response) == []
+    attributes = sqs.get_queue_attributes(
+        QueueUrl=queue_url,
+        AttributeNames=["ApproximateNumberOfMessagesDelayed", "ApproximateNumberOfMessages"],
+    )["Attributes"]
+    assert attributes["ApproximateNumberOfMessagesDelayed"] == "1"
+    assert attributes["ApproximateNumberOfMessages"] == "0"
+    registrar.set_runtime(None)
+
+
+def test_a_recheck_message_carries_the_event_and_its_number() -> None:
+    sqs = boto3.client("sqs", region_name=REGION)
+    url = f"https://sqs.{REGION}.amazonaws.com/123456789012/registrar"
+    with Stubber(sqs) as stub:
+        stub.add_response(
+            "send_message",
+            {"MessageId": "m-1"},
+            {
+                "QueueUrl": url,
+                "MessageBody": '{"detail": {}}',
+                "DelaySeconds": 120,
+                "MessageAttributes": {
+                    "consul-mesh-recheck": {"DataType": "Number", "StringValue": "2"}
+                },
+            },
+        )
+        recheck.SqsScheduler(lambda: sqs, url, 120).schedule('{"detail": {}}', 2)
+        stub.assert_no_pending_responses()
 
 
 def test_throttled_ecs_is_retried_then_reported(consul_double: ConsulDouble) -> None:

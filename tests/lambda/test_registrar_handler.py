@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import threading
+import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from typing import Any
@@ -16,7 +17,10 @@ import aws
 import handler
 import kv_layout
 import pytest
+import recheck
+import reconcile
 import registrar
+import retry
 from ecs_fake import FakeEcs, throttled
 from model import TaskDefinition
 from registrar_fixtures import (
@@ -28,6 +32,7 @@ from registrar_fixtures import (
     VPC_TD,
     WEB_TD,
     FakeHosts,
+    FakeRechecks,
     FakeTaskDefinitions,
     LambdaContext,
     failed_ids,
@@ -543,27 +548,250 @@ def test_failed_sidecar_write_is_repaired_by_the_redelivery(consul: ConsulDouble
     assert f"web-{TASK}-sidecar-proxy" in by_id(consul)
 
 
+@pytest.fixture
+def rechecks(consul: ConsulDouble, hosts: FakeHosts) -> FakeRechecks:
+    """The runtime's re-check scheduler, keeping what it sends (the handler's queue)."""
+    sent = FakeRechecks()
+    registrar.set_runtime(fake_runtime(consul.url, hosts=hosts, rechecks=sent))
+    return sent
+
+
+def deliver_rechecks(rechecks: FakeRechecks, prefix: str = "recheck") -> list[str]:
+    """SQS delivers the re-checks sent so far (after their DelaySeconds); the failed ids."""
+    failed = []
+    for n, (body, number) in enumerate(rechecks.take()):
+        event = sqs_event([body], f"{prefix}-{n}", recheck_number=number)
+        failed += failed_ids(handler.handler(event, LambdaContext()))
+    return failed
+
+
 def test_a_sidecar_write_that_lands_late_cannot_bring_back_a_stopped_task(
-    consul: ConsulDouble,
+    consul: ConsulDouble, rechecks: FakeRechecks, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # GIVEN a RUNNING event whose first sidecar write gets no answer, which Consul applies
     # later all the same; the resend lands at once, so the registration looks complete
     consul.inject(kind="late", path_prefix="/v1/catalog/register")
-    failed = run(task_event())
+    capsys.readouterr()
+    body = json.dumps(task_event())
+
+    # WHEN it is handled, THEN it is acknowledged (its receive count is not spent on a check)
+    # and a delayed re-check of the same body is sent to the queue
+    assert run(body) == []
+    assert rechecks.sent == [(body, 1)]
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    (emf,) = [line for line in lines if "_aws" in line]
+    assert (emf["Registered"], emf["RecheckScheduled"]) == (1, 1)
+    assert "Failed" not in emf
+    assert len(emf["EventToCatalogLagMs"]) == 1
+    (scheduled,) = [line for line in lines if "re-check scheduled" in line.get("message", "")]
+    assert scheduled["level"] == "WARNING"
 
     # WHEN the task stops, and only then does the unanswered write land, recreating the node
     assert run(task_event("task_stopped.json")) == []
     assert consul.land_late() == 1
     assert NODE in consul.nodes()
 
-    # AND SQS redelivers what was not acknowledged, after the visibility timeout
-    if failed:
-        assert run(task_event(), prefix="again") == []
+    # AND the re-check arrives
+    assert deliver_rechecks(rechecks) == []
 
-    # THEN no zombie: the RUNNING message was left to SQS, and its redelivery removed the node
+    # THEN no zombie: the re-check found the node behind the tombstone and removed it
     assert NODE not in consul.nodes()
-    assert failed == ["msg-0"]
     assert (record(consul) or {})["status"] == "stopped"
+    assert rechecks.sent == []
+
+
+def test_a_recheck_rewrites_a_sidecar_a_late_older_write_replaced(
+    consul: ConsulDouble, rechecks: FakeRechecks, hosts: FakeHosts
+) -> None:
+    # GIVEN version 3's sidecar write gets no answer, then version 4 moves the task's host
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    assert run(task_event(version=3)) == []
+    hosts.addresses[INSTANCE_ARN] = "10.9.9.9"
+    assert run(task_event(version=4)) == []
+    # AND only then does version 3's write land, with the old address
+    assert consul.land_late() == 1
+    assert by_id(consul)[f"web-{TASK}-sidecar-proxy"]["ServiceAddress"] == HOST_IP
+
+    # WHEN version 3's re-check arrives
+    assert deliver_rechecks(rechecks) == []
+
+    # THEN the sidecar is the newest record's again
+    assert by_id(consul)[f"web-{TASK}-sidecar-proxy"]["ServiceAddress"] == "10.9.9.9"
+
+
+def test_a_clean_recheck_writes_nothing_and_sends_nothing(
+    consul: ConsulDouble, rechecks: FakeRechecks
+) -> None:
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    assert run(task_event()) == []
+    consul.land_late()
+    writes = consul.count(method="PUT")
+
+    assert deliver_rechecks(rechecks) == []
+
+    assert consul.count(method="PUT") == writes
+    assert rechecks.sent == []
+    assert len(by_id(consul)) == 2
+
+
+def _drop_sidecar(double: ConsulDouble) -> None:
+    """Someone removes the task's sidecar from the catalog (an operator, a restore)."""
+    body = {"Node": NODE, "ServiceID": f"web-{TASK}-sidecar-proxy"}
+    request = urllib.request.Request(
+        f"{double.url}/v1/catalog/deregister", data=json.dumps(body).encode(), method="PUT"
+    )
+    with urllib.request.urlopen(request) as answer:
+        answer.read()
+
+
+def test_a_recheck_whose_repair_gets_no_answer_is_rechecked_a_bounded_number_of_times(
+    consul: ConsulDouble, rechecks: FakeRechecks, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN a registration whose sidecar write got no answer
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    assert run(task_event()) == []
+
+    # WHEN every re-check finds the sidecar missing and its own repair gets no answer either
+    numbers = []
+    for round_ in range(recheck.MAX_RECHECKS):
+        numbers += [number for _, number in rechecks.sent]
+        _drop_sidecar(consul)
+        consul.inject(kind="late", path_prefix="/v1/catalog/register")
+        assert deliver_rechecks(rechecks, f"r{round_}") == []
+
+    # THEN re-checks 1..MAX_RECHECKS were sent, no more, and a WARNING leaves it to reconcile
+    assert numbers == list(range(1, recheck.MAX_RECHECKS + 1))
+    assert rechecks.sent == []
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    gave_up = [line for line in lines if "reconcile pass will check" in line.get("message", "")]
+    assert [line["level"] for line in gave_up] == ["WARNING"]
+    assert f"web-{TASK}-sidecar-proxy" in by_id(consul)
+
+
+def test_when_the_recheck_cannot_be_sent_sqs_redelivers_the_message(
+    consul: ConsulDouble, rechecks: FakeRechecks
+) -> None:
+    # GIVEN SendMessage fails (throttled past the retries, or the queue's key is unusable)
+    rechecks.fail = True
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+
+    # WHEN a RUNNING event's sidecar write gets no answer, THEN the message is failed, as
+    # before re-checks existed: its redelivery checks the catalog
+    assert run(task_event()) == ["msg-0"]
+    assert run(task_event("task_stopped.json")) == []
+    consul.land_late()
+    rechecks.fail = False
+    assert run(task_event(), prefix="again") == []
+    assert NODE not in consul.nodes()
+
+
+@pytest.mark.parametrize("value", ["0", "4", "one", ""])
+def test_a_bad_recheck_attribute_goes_to_the_dlq_path(consul: ConsulDouble, value: str) -> None:
+    event = sqs_event([task_event()], recheck_number=value)
+
+    assert failed_ids(handler.handler(event, LambdaContext())) == ["msg-0"]
+    assert consul.requests == []
+
+
+@pytest.mark.parametrize("lookup", ["DescribeTaskDefinition", "DescribeContainerInstances"])
+def test_a_running_event_behind_a_stop_is_checked_without_aws_lookups(
+    consul: ConsulDouble, lookup: str
+) -> None:
+    # GIVEN a RUNNING event whose sidecar write got no answer and landed after the stop
+    ecs = FakeEcs()
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    definitions = aws.EcsTaskDefinitions(lambda: ecs)
+    registrar.set_runtime(fake_runtime(consul.url, task_definitions=definitions))
+    running = ecs.put_task(TASK)
+    # (no re-check queue here: the message is left to SQS, which delivers it again)
+    assert run(running) == ["msg-0"]
+    assert run(ecs.put_task(TASK, version=5, last_status="STOPPED", desired_status="STOPPED")) == []
+    consul.land_late()
+    assert NODE in consul.nodes()
+    # AND a rollback deregistered the task's revision (ECS no longer describes it), or the
+    # host's container instance was deregistered; and this Lambda container has cached neither
+    if lookup == "DescribeTaskDefinition":
+        ecs.deregistered.add(WEB_TD)
+    else:
+        del ecs.instances[INSTANCE_ARN]
+    registrar.set_runtime(
+        fake_runtime(
+            consul.url,
+            task_definitions=aws.EcsTaskDefinitions(lambda: ecs),
+            hosts=aws.EcsSsmHosts(lambda: ecs, lambda: ecs, 300),
+        )
+    )
+
+    # WHEN the RUNNING message is delivered again (a duplicate, a redelivery)
+    failed = run(running, prefix="again")
+
+    # THEN it is acknowledged, and the node behind the tombstone is gone
+    assert failed == []
+    assert NODE not in consul.nodes()
+
+
+def test_a_recheck_makes_no_aws_lookup(consul: ConsulDouble, rechecks: FakeRechecks) -> None:
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    assert run(task_event()) == []
+    counting = FakeTaskDefinitions()
+    rt = registrar.runtime()
+    registrar.set_runtime(
+        registrar.Runtime(
+            rt.settings, task_definitions=counting, hosts=FakeHosts({}), token=rt.token
+        )
+    )
+
+    assert deliver_rechecks(rechecks) == []
+
+    assert counting.calls == 0
+
+
+def test_a_write_that_lands_after_its_recheck_is_removed_by_the_reconcile_pass(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a RUNNING event whose sidecar write got no answer, then the task's stop
+    ecs = FakeEcs()
+    sent = FakeRechecks()
+    rt = fake_runtime(
+        consul.url, task_definitions=aws.EcsTaskDefinitions(lambda: ecs), rechecks=sent
+    )
+    registrar.set_runtime(rt)
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+    assert run(ecs.put_task(TASK)) == []
+    assert run(ecs.put_task(TASK, version=5, last_status="STOPPED", desired_status="STOPPED")) == []
+
+    # WHEN Consul holds the write past the re-check's delay (nothing bounds how long: a
+    # forwarded RPC stuck between servers), so the re-check finds nothing, and it lands after
+    assert deliver_rechecks(sent) == []
+    assert consul.land_late() == 1
+    assert NODE in consul.nodes()
+
+    # THEN the reconcile pass, the backstop, removes the zombie
+    reconcile.run_pass(
+        rt, reconcile.ReconcileSettings(), retry.Budget.fixed(60.0), clients=ecs.clients
+    )
+    assert NODE not in consul.nodes()
+    assert (record(consul) or {})["status"] == "stopped"
+
+
+def test_a_reconcile_repair_whose_sidecar_write_got_no_answer_is_counted(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a running task missing from the catalog (its event was lost)
+    ecs = FakeEcs()
+    ecs.put_task(TASK)
+    rt = fake_runtime(consul.url, task_definitions=aws.EcsTaskDefinitions(lambda: ecs))
+    # AND the repair's sidecar write gets no answer
+    consul.inject(kind="late", path_prefix="/v1/catalog/register")
+
+    # WHEN the reconcile pass repairs it
+    report = reconcile.run_pass(
+        rt, reconcile.ReconcileSettings(), retry.Budget.fixed(60.0), clients=ecs.clients
+    )
+
+    # THEN the repair is made, and the write that may still land is counted, not hidden
+    assert NODE in consul.nodes()
+    assert report.metrics()["ReconcileUnansweredWrites"] == 1
 
 
 def test_no_time_left_reports_messages_without_touching_consul(

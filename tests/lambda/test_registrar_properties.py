@@ -5,7 +5,9 @@ versions; some tasks never stop, some stop before running, some are asked to sto
 running), every event delivered 1-5 times in any order, cut into batches handled by several
 concurrent invocations: once everything is processed, the catalog holds exactly the running
 tasks, on the right address and ports. With Consul faults injected, failed messages are
-redelivered (as SQS would) until none fails, and the same holds. Fuzzed bodies never break a
+redelivered (as SQS would) until none fails, and the re-checks the registrar sends to its
+queue are delivered, and the same holds; no message needs more receives than the queue's
+maxReceiveCount. Fuzzed bodies never break a
 batch: bad ones are reported, good ones applied.
 
 Nothing here races the wall clock: what happens is decided by the drawn data, by the order the
@@ -23,7 +25,7 @@ import json
 import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import handler
@@ -34,6 +36,7 @@ from hypothesis import strategies as st
 from registrar_fixtures import (
     INSTANCE_ARN,
     FakeHosts,
+    FakeRechecks,
     LambdaContext,
     failed_ids,
     fake_runtime,
@@ -56,12 +59,22 @@ PROPERTY_SETTINGS = settings(
 )
 
 
+RECHECKS = FakeRechecks()
+# mesh_stack/registrar.py: a message received this many times without success goes to the DLQ.
+MAX_RECEIVE_COUNT = 5
+
+
 @pytest.fixture(scope="module")
 def double() -> Iterator[ConsulDouble]:
     with ConsulDouble() as consul:
         # The production default: no answer is raced against it (slow answers are `late` faults).
         registrar.set_runtime(
-            fake_runtime(consul.url, hosts=FakeHosts(dict(ADDRESSES)), consul_timeout_s=5.0)
+            fake_runtime(
+                consul.url,
+                hosts=FakeHosts(dict(ADDRESSES)),
+                consul_timeout_s=5.0,
+                rechecks=RECHECKS,
+            )
         )
         yield consul
         registrar.set_runtime(None)
@@ -153,17 +166,40 @@ def _batches(sizes: list[int], bodies: list[Any]) -> list[list[Any]]:
     return batches
 
 
+@dataclass(frozen=True)
+class Message:
+    """An SQS message: its body, which re-check it is (0: an ECS event), how often received."""
+
+    body: Any
+    recheck: int = 0
+    receives: int = 0
+
+
+def _sqs_batch(batch: list[Any], prefix: str) -> dict[str, Any]:
+    if not all(isinstance(m, Message) for m in batch):
+        return sqs_event(batch, prefix)
+    records = []
+    for i, message in enumerate(batch):
+        (one,) = sqs_event([message.body], prefix, recheck_number=message.recheck or None)[
+            "Records"
+        ]
+        records.append({**one, "messageId": f"{prefix}-{i}"})
+    return {"Records": records}
+
+
 def _invoke_concurrently(batches: list[list[Any]], workers: int, tag: str) -> list[Any]:
-    """Hand batches round-robin to `workers` concurrent invocations; the failed bodies."""
+    """Hand batches (of bodies or Messages) round-robin to `workers` concurrent invocations;
+    the failed ones."""
     failed: list[Any] = []
     lock = threading.Lock()
 
     def worker(n: int) -> None:
         for b, batch in enumerate(batches[n::workers]):
             prefix = f"{tag}-w{n}-b{b}"
-            failures = set(failed_ids(handler.handler(sqs_event(batch, prefix), LambdaContext())))
+            response = handler.handler(_sqs_batch(batch, prefix), LambdaContext())
+            failures = set(failed_ids(response))
             with lock:
-                failed.extend(body for i, body in enumerate(batch) if f"{prefix}-{i}" in failures)
+                failed.extend(one for i, one in enumerate(batch) if f"{prefix}-{i}" in failures)
 
     threads = [threading.Thread(target=worker, args=(n,)) for n in range(workers)]
     for thread in threads:
@@ -238,19 +274,28 @@ def test_faults_and_redelivery_converge_to_the_running_tasks(
     workers = data.draw(st.integers(1, 3))
     sizes = data.draw(BATCH_SIZES)
 
-    # WHEN failed messages are redelivered, as SQS does, until none fails
-    pending, rounds = bodies, 0
+    # WHEN failed messages are redelivered, as SQS does, and the registrar's re-checks are
+    # delivered, until nothing is left
+    RECHECKS.take()
+    pending, rounds = [Message(body) for body in bodies], 0
     while pending:
         rounds += 1
         assert rounds <= 8, f"still failing after {rounds - 1} rounds: {len(pending)} messages"
         if rounds == 4:
             double.clear_faults()  # a long outage ends
-        pending = _invoke_concurrently(_batches(sizes, pending), workers, f"f{rounds}")
-        # SQS redelivers a failed message after its visibility timeout (6 x the function's
-        # timeout: mesh_stack/registrar.py), by which time Consul has answered every request
-        # and applied every write it ever will. Unanswered writes land last: the worst moment.
+        received = [replace(m, receives=m.receives + 1) for m in pending]
+        failed = _invoke_concurrently(_batches(sizes, received), workers, f"f{rounds}")
+        # a message failed on its last receive would go to the DLQ: the outage of the first
+        # three rounds must not cost a message its maxReceiveCount
+        spent = [m for m in failed if m.receives >= MAX_RECEIVE_COUNT]
+        assert spent == [], f"{len(spent)} messages would go to the DLQ"
+        # SQS redelivers a failed message after its visibility timeout and a re-check after
+        # its DelaySeconds; by then Consul has normally answered every request and applied
+        # every write it will (recheck.py: a margin, not a guarantee). Unanswered writes land
+        # last: the worst moment that margin allows.
         double.wait_idle()
         double.land_late()
+        pending = failed + [Message(body, number) for body, number in RECHECKS.take()]
 
     # THEN the catalog holds exactly the running tasks
     event(f"delivery rounds: {rounds}")
