@@ -81,6 +81,7 @@ class Records:
     legacy_hosts: dict[str, KVPair] = field(default_factory=dict)
     legacy_read: bool = False  # the legacy prefixes were read (the migration is not settled)
     migrated_at: datetime | None = None  # the marker's time; None when not written yet
+    verified: KVPair | None = None  # kv_layout.verified_key (verification.py)
 
 
 def decode(value: bytes) -> StateRecord | None:
@@ -103,10 +104,13 @@ def read(consul: Inventory, cluster_arn: str, now: datetime) -> Records:
     found = Records()
     cluster = kv_layout.scope(cluster_arn)
     marker = kv_layout.migration_key(cluster_arn)
+    verified = kv_layout.verified_key(cluster_arn)
     pairs = consul.kv_list(kv_layout.cluster_prefix(cluster_arn))
     for pair in pairs:
         if pair.key == marker:
             found.migrated_at = _marker_time(pair.value)
+        elif pair.key == verified:
+            found.verified = pair
     found.legacy_read = found.migrated_at is None or now < found.migrated_at + MIGRATION_SETTLE
     if found.legacy_read:
         for kind in (kv_layout.TASKS, kv_layout.HOSTS):

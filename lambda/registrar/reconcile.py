@@ -15,7 +15,10 @@ reconcile_context.py holds what they share, reconcile_settings.py the settings a
    (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
    Until the legacy name-keyed layout is migrated (and MIGRATION_SETTLE after), 2 more: its
    `tasks/` and `hosts/` prefixes, read apart so that no same-named cluster's records come along.
-2. ECS's truth (listing.py): ListTasks + DescribeTasks, 100 tasks per call; task definitions
+2. ECS's truth (listing.py): ListTasks, then DescribeTasks (100 tasks per call) of every listed
+   task except those Consul vouches for (a running record, its node, and the node on its
+   host's address as read this pass) once verification.py's marker says this code has described
+   them all; task definitions
    through the registrar's cache (immutable per ARN); container instances and SSM addresses
    in batches, fresh every pass.
    Legacy records that this pass proves to be the cluster's are moved to the ARN layout
@@ -80,6 +83,7 @@ import logs
 import migration
 import registrar
 import retry
+import verification
 from inventory import Inventory
 from metrics import Metrics
 from reconcile_consul import Owned, read_owned
@@ -143,18 +147,23 @@ class Reconciler:
         """Raises when Consul cannot be read at all (nothing to compare against)."""
         ctx = self._ctx
         owned = read_owned(ctx.consul, ctx.cluster_arn, ctx.now())
-        ecs = EcsRead(ctx, self._task_definitions).read()
+        trust = verification.trusted(owned.kv.verified)
+        ecs = EcsRead(ctx, self._task_definitions).read(owned, trust)
         settled = self._migrate(owned, ecs)
         if settled and ctx.report.complete and owned.kv.migrated_at is None:
             migration.mark_done(ctx.consul, ctx.cluster_arn, ctx.now())
         drifted = drift(ecs.wanted, owned.records, owned.nodes)
-        ctx.report.in_sync = len(ecs.wanted) - len(drifted)
+        ctx.report.in_sync = len(ecs.wanted) - len(drifted) + ecs.in_sync_unread
         repair(ctx, drifted, owned)
         if ctx.report.complete:
             Deletions(ctx, owned).run(ecs.listed, ecs.stopping)
             collect_tombstones(ctx, owned, ecs.listed)
         HostRepair(ctx, owned).run(ecs.hosts, ecs.on_instance)
-        return ctx.report
+        report = ctx.report
+        clean = report.complete and not (report.failed or report.deferred or ctx.out_of_time())
+        if not trust and clean:
+            verification.after_full_pass(ctx.consul, ctx.cluster_arn, owned.kv.verified, ctx.now())
+        return report
 
     def _migrate(self, owned: Owned, ecs: EcsView) -> bool:
         """Move what the legacy layout holds of this cluster (kv_layout.py, migration.py);

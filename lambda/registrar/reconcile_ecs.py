@@ -8,7 +8,7 @@ every pass.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,13 +20,16 @@ import listing
 import logs
 import retry
 from model import (
+    RUNNING,
     ContainerDefinition,
+    Host,
     InvalidTaskDefinition,
     MalformedEvent,
     TaskDefinition,
     TaskEvent,
 )
-from reconcile_context import PassContext
+from reconcile_consul import Owned
+from reconcile_context import PassContext, task_arn_for
 from reconcile_diff import Wanted
 
 Candidate = tuple[TaskEvent, TaskDefinition, ContainerDefinition]
@@ -43,6 +46,16 @@ class EcsView:
     hosts: listing.Hosts | None = None  # None when no mesh task runs
     # container instance ARN -> task nodes of the running mesh tasks ECS places on it
     on_instance: dict[str, set[str]] = field(default_factory=dict)
+    in_sync_unread: int = 0  # tasks found in sync without DescribeTasks (verification.py)
+
+
+@dataclass(frozen=True)
+class Vouched:
+    """What Consul says of a listed task: its host, its node and the node's address."""
+
+    instance: str
+    node: str
+    address: str
 
 
 class EcsRead:
@@ -54,24 +67,80 @@ class EcsRead:
         self._refused_hosts: set[str] = set()
         self._doubted_hosts: set[str] = set()
 
-    def read(self) -> EcsView:
-        running = self._ctx.ecs.running_tasks()
-        if not running.complete:
-            self._ctx.report.complete = False
-            self._ctx.report.problems.extend(running.problems)
+    def read(self, owned: Owned, trust: bool) -> EcsView:
+        """`trust` (verification.py): skip DescribeTasks for tasks Consul vouches for."""
+        ctx = self._ctx
+        listed = ctx.ecs.list_tasks()
+        vouched = self._vouched(listed.ids, owned) if trust else {}
+        running = ctx.ecs.running_tasks(t for t in listed.ids if t not in vouched)
+        problems = [*listed.problems, *running.problems]
+        view = EcsView(listed=set(listed.ids), complete=True)
+        candidates = self._candidates(running.tasks, view)
+        instances = {e.container_instance_arn for e, _, _ in candidates} | {
+            v.instance for v in vouched.values()
+        }
+        if instances:
+            view.hosts = ctx.ecs.hosts(sorted(a for a in instances if a))
+            unconfirmed = self._confirm(vouched, view.hosts, view)
+            if unconfirmed:
+                more = ctx.ecs.running_tasks(unconfirmed)
+                problems.extend(more.problems)
+                extra = self._candidates(more.tasks, view)
+                if any(e.container_instance_arn not in instances for e, _, _ in extra):
+                    instances |= {e.container_instance_arn for e, _, _ in extra}
+                    view.hosts = ctx.ecs.hosts(sorted(a for a in instances if a))
+                candidates += extra
+            view.wanted = self._registrations(candidates, view)
+        ctx.report.running = len(view.wanted) + view.in_sync_unread
+        if problems:
+            view.complete = ctx.report.complete = False
+            ctx.report.problems.extend(problems)
             logs.warning(
                 "the ECS listing is incomplete: this pass deletes nothing",
-                problems=list(running.problems[:10]),
+                problems=problems[:10],
             )
-        view = EcsView(listed=set(running.tasks), complete=running.complete)
-        candidates = self._candidates(running.tasks, view)
-        if candidates:
-            view.hosts = self._ctx.ecs.hosts(
-                e.container_instance_arn for e, _, _ in candidates if e.container_instance_arn
-            )
-            view.wanted = self._registrations(candidates, view)
-            self._ctx.report.running = len(view.wanted)
         return view
+
+    def _vouched(self, listed: Sequence[str], owned: Owned) -> dict[str, Vouched]:
+        """Listed tasks whose running record and node say they are registered, with the host
+        their record names (the sidecar's service meta)."""
+        vouched: dict[str, Vouched] = {}
+        for tid in listed:
+            record, _ = owned.records.get(tid, (None, 0))
+            if record is None or record.status != RUNNING or not record.digest:
+                continue
+            service = (record.sidecar or {}).get("Service")
+            meta = service.get("Meta") if isinstance(service, Mapping) else None
+            instance = meta.get("container-instance-arn") if isinstance(meta, Mapping) else None
+            node_name = identity.node_name(task_arn_for(self._ctx.cluster_arn, tid))
+            node = owned.nodes.get(node_name)
+            if isinstance(instance, str) and node is not None:
+                vouched[tid] = Vouched(instance, node_name, str(node.get("Address")))
+        return vouched
+
+    def _confirm(
+        self, vouched: Mapping[str, Vouched], hosts: listing.Hosts, view: EcsView
+    ) -> list[str]:
+        """Count the vouched tasks whose host is still where their node says; the others
+        (host moved, refused, deregistered or unreadable) are returned to be described."""
+        unconfirmed: list[str] = []
+        for tid, v in sorted(vouched.items()):
+            status = hosts.instances.get(v.instance, {}).get("status")
+            try:
+                host = hosts.source.get(self._ctx.cluster_arn, v.instance)
+            except (retry.RetryableError, aws.AwsLookupError):
+                host = None
+            if (
+                host is None
+                or status in host_state.DEREGISTERED_STATUSES
+                or host.address != v.address
+            ):
+                unconfirmed.append(tid)
+                continue
+            self._doubt(host, v.instance)
+            view.on_instance.setdefault(v.instance, set()).add(v.node)
+            view.in_sync_unread += 1
+        return unconfirmed
 
     def _candidates(self, tasks: Mapping[str, Mapping[str, Any]], view: EcsView) -> list[Candidate]:
         """The running tasks of opted-in, valid task definitions; `view.stopping` the others
@@ -113,9 +182,7 @@ class EcsRead:
                 if instance is None:
                     raise MalformedEvent("containerInstanceArn is missing for a RUNNING task")
                 host = hosts.source.get(self._ctx.cluster_arn, instance)
-                if host.doubt and instance not in self._doubted_hosts:
-                    self._doubted_hosts.add(instance)
-                    self._ctx.report.doubtful += 1
+                self._doubt(host, instance)
                 registration = decide.desired_registration(event, definition, app, host)
             except (InvalidTaskDefinition, MalformedEvent) as err:
                 self._ctx.report.invalid += 1
@@ -129,6 +196,11 @@ class EcsRead:
                 continue
             wanted.append(Wanted(event, registration))
         return wanted
+
+    def _doubt(self, host: Host, instance: str) -> None:
+        if host.doubt and instance not in self._doubted_hosts:
+            self._doubted_hosts.add(instance)
+            self._ctx.report.doubtful += 1
 
     def _refuse(self, err: aws.UnusableHostAddress) -> None:
         """A task kept out of the catalog by its host's address; one log line per host."""
