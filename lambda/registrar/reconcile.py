@@ -146,9 +146,10 @@ class Reconciler:
     def run(self) -> PassReport:
         """Raises when Consul cannot be read at all (nothing to compare against)."""
         ctx = self._ctx
-        owned = read_owned(ctx.consul, ctx.cluster_arn, ctx.now())
+        listed = ctx.ecs.list_tasks()
+        owned = read_owned(ctx.consul, ctx.cluster_arn, ctx.now(), tasks=len(listed.ids))
         trust = verification.trusted(owned.kv.verified)
-        ecs = EcsRead(ctx, self._task_definitions).read(owned, trust)
+        ecs = EcsRead(ctx, self._task_definitions).read(listed, owned, trust)
         settled = self._migrate(owned, ecs)
         if settled and ctx.report.complete and owned.kv.migrated_at is None:
             migration.mark_done(ctx.consul, ctx.cluster_arn, ctx.now())

@@ -1,8 +1,8 @@
 """Phase "read Consul" of the reconcile pass: what the registrar owns for the cluster.
 
-3 requests whatever the cluster's size: the task nodes carrying this cluster's ARN and our
-`source`, the state records under this cluster's prefix (plus the two legacy prefixes until the
-migration settles, migration.read), and the disconnection markers.
+3 requests up to SHARD_TASKS listed tasks (21 from there): the task nodes carrying this
+cluster's ARN and our `source`, the state records under this cluster's prefix (plus the two
+legacy prefixes until the migration settles, migration.read), and the disconnection markers.
 """
 
 from __future__ import annotations
@@ -29,12 +29,19 @@ class Owned:
     kv: migration.Records  # every record of the read, legacy layout included
 
 
-def read_owned(consul: Inventory, cluster_arn: str, now: datetime) -> Owned:
+# Listed tasks from which the state records are read in shards (migration.read): a record is
+# ~2-3 KB of JSON in the KV listing (base64 of the record with its sidecar body), so one answer
+# for 20,000 tasks is ~60 MB, and its parse several times that in a 1 GB function.
+SHARD_TASKS = 20_000
+
+
+def read_owned(consul: Inventory, cluster_arn: str, now: datetime, *, tasks: int = 0) -> Owned:
+    """`tasks`: how many ECS lists; from SHARD_TASKS on, the records are read in shards."""
     nodes: dict[str, Mapping[str, Any]] = {
         str(n["Node"]): n
         for n in consul.nodes(inventory.owned_nodes_filter(cluster_arn))
         if isinstance(n.get("Node"), str)
     }
-    kv = migration.read(consul, cluster_arn, now)
+    kv = migration.read(consul, cluster_arn, now, shards=tasks >= SHARD_TASKS)
     markers = host_state.marked_nodes(consul)
     return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)

@@ -67,10 +67,10 @@ class EcsRead:
         self._refused_hosts: set[str] = set()
         self._doubted_hosts: set[str] = set()
 
-    def read(self, owned: Owned, trust: bool) -> EcsView:
-        """`trust` (verification.py): skip DescribeTasks for tasks Consul vouches for."""
+    def read(self, listed: listing.Listed, owned: Owned, trust: bool) -> EcsView:
+        """`listed`: ListTasks' answer. `trust` (verification.py): skip DescribeTasks for tasks
+        Consul vouches for."""
         ctx = self._ctx
-        listed = ctx.ecs.list_tasks()
         vouched = self._vouched(listed.ids, owned) if trust else {}
         running = ctx.ecs.running_tasks(t for t in listed.ids if t not in vouched)
         problems = [*listed.problems, *running.problems]
@@ -109,9 +109,7 @@ class EcsRead:
             record, _ = owned.records.get(tid, (None, 0))
             if record is None or record.status != RUNNING or not record.digest:
                 continue
-            service = (record.sidecar or {}).get("Service")
-            meta = service.get("Meta") if isinstance(service, Mapping) else None
-            instance = meta.get("container-instance-arn") if isinstance(meta, Mapping) else None
+            instance = owned.kv.instances.get(tid)
             node_name = identity.node_name(task_arn_for(self._ctx.cluster_arn, tid))
             node = owned.nodes.get(node_name)
             if isinstance(instance, str) and node is not None:

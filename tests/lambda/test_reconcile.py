@@ -21,6 +21,7 @@ import listing
 import migration
 import pytest
 import reconcile
+import reconcile_consul
 import registrar
 import retry
 import verification
@@ -1090,6 +1091,51 @@ def test_verification_waits_for_a_clean_pass_after_the_settle_time(world: World)
     world.ecs.calls.clear()
     world.reconcile(now=now + verification.SETTLE)
     assert world.ecs.calls["DescribeTasks"] == 0
+
+
+def test_a_large_cluster_reads_its_records_in_shards_with_the_same_outcome(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a cluster "large" enough for shards (the threshold lowered to 10 listed tasks),
+    # 20 tasks in sync but one whose host moved, and one that stopped unseen
+    monkeypatch.setattr(reconcile_consul, "SHARD_TASKS", 10)
+    instances = spread_tasks(world, count=21, hosts=21)
+    seed_settled_markers(world.consul)
+    world.ecs.instances[instances[4]].address = "10.77.0.9"
+    world.stop(20, deliver=False)
+    world.consul.reset_requests()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the records were read in 19 requests: 16 task shards, the host records, 2 markers
+    kv_reads = [
+        r.path
+        for r in world.consul.requests
+        if r.path.startswith("/v1/kv/") and len(r.path.rsplit("/", 1)[-1]) != 32  # a record
+    ]
+    assert len(kv_reads) == 19
+    assert sum("/tasks/" in p for p in kv_reads) == 16
+    # AND the pass did what the single read does: repaired the moved task, removed the stopped
+    assert (report.in_sync, report.changed, report.stale) == (19, 1, 1)
+    assert node(20) not in world.consul.nodes()
+
+
+def test_a_shard_that_cannot_be_read_fails_the_pass_and_deletes_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a sharded cluster with a task that stopped unseen, and one shard Consul will not serve
+    monkeypatch.setattr(reconcile_consul, "SHARD_TASKS", 10)
+    spread_tasks(world, count=21, hosts=3)
+    seed_settled_markers(world.consul)
+    world.stop(20, deliver=False)
+    shard = f"/v1/kv/{kv_layout.cluster_prefix(CLUSTER_ARN)}tasks/7"
+    world.consul.inject(kind="status", path_prefix=shard, status=500, times=-1)
+
+    # WHEN a pass runs, THEN it fails, and the stopped task's node is still there
+    with pytest.raises(Exception, match="HTTP 500"):
+        world.reconcile()
+    assert node(20) in world.consul.nodes()
 
 
 # --------------------------------------------------------------------------------------------
