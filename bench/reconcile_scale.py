@@ -36,6 +36,7 @@ import decide
 import inventory
 import kv_layout
 import reconcile
+import reconcile_consul
 import registrar
 import retry
 from ecs_fake import FakeEcs
@@ -135,35 +136,60 @@ class Cost:
     report: reconcile.PassReport
 
 
-def run_pass(remote: Remote, ecs: FakeEcs, rt: registrar.Runtime) -> Cost:
+def run_pass(remote: Remote, ecs: FakeEcs, rt: registrar.Runtime, *, traced: bool) -> Cost:
+    """One pass; `traced`: under tracemalloc (its peak; its wall time is tracemalloc's too)."""
     remote.ask("reset")
     before = Counter(ecs.calls)
     gc.collect()
-    tracemalloc.start()
+    if traced:
+        tracemalloc.start()
     start = time.perf_counter()
     report = reconcile.run_pass(
         rt, reconcile.ReconcileSettings(), retry.Budget.fixed(900.0), clients=ecs.clients
     )
     seconds = time.perf_counter() - start
-    _, peak = tracemalloc.get_traced_memory()
-    tracemalloc.stop()
+    peak = 0
+    if traced:
+        _, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
     calls = Counter(ecs.calls)
     calls.subtract(before)
     requests, writes = remote.ask("count")
     return Cost(+calls, requests, writes, seconds, peak, report)
 
 
-def read_sizes(url: str) -> tuple[int, int]:
-    """Bytes of the KV recurse and of the node listing, as the pass reads them."""
+def add_drift(ecs: FakeEcs, first: int, count: int) -> None:
+    """`count` tasks drift: half start unseen (IDs from `first`), half of the oldest stop unseen."""
+    hosts = list(ecs.instances)[1:]
+    for n in range(first, first + count // 2):
+        ecs.put_task(
+            f"{n:032x}",
+            container_instance_arn=hosts[n % len(hosts)],
+            host_ports={"web": {8080: 32768 + n % 20000}, "envoy": {20000: 52768 + n % 10000}},
+        )
+    stop_from = first - TASKS  # 0 for the first drift, then further along
+    for n in range(stop_from, stop_from + count - count // 2):
+        ecs.put_task(
+            f"{n:032x}",
+            version=5,
+            last_status="STOPPED",
+            desired_status="STOPPED",
+            container_instance_arn=hosts[n % len(hosts)],
+        )
+
+
+def read_sizes(url: str) -> tuple[int, int, int]:
+    """Bytes of the KV recurse in one read, of its largest shard, and of the node listing."""
+    prefix = kv_layout.cluster_prefix(CLUSTER_ARN)
+
+    def size(path: str) -> int:
+        with urllib.request.urlopen(url + path, timeout=300) as response:
+            return len(response.read())
+
     nodes_query = urllib.parse.urlencode({"filter": inventory.owned_nodes_filter(CLUSTER_ARN)})
-    sizes = []
-    for path in (
-        f"/v1/kv/{kv_layout.cluster_prefix(CLUSTER_ARN)}?recurse",
-        f"/v1/catalog/nodes?{nodes_query}",
-    ):
-        with urllib.request.urlopen(url + path, timeout=120) as response:
-            sizes.append(len(response.read()))
-    return sizes[0], sizes[1]
+    whole = size(f"/v1/kv/{prefix}?recurse")
+    shard = max(size(f"/v1/kv/{prefix}tasks/{digit}?recurse") for digit in "0123456789abcdef")
+    return whole, shard, size(f"/v1/catalog/nodes?{nodes_query}")
 
 
 def _calls(cost: Cost) -> str:
@@ -181,29 +207,21 @@ def measure() -> list[Row]:
             hosts=aws.EcsSsmHosts(lambda: ecs, lambda: ecs, settings.host_ttl_s),
             token=consul.StaticToken(None),
         )
-        kv_bytes, node_bytes = read_sizes(remote.url)
-        in_sync = run_pass(remote, ecs, rt)
+        kv_bytes, shard_bytes, node_bytes = read_sizes(remote.url)
+        in_sync = run_pass(remote, ecs, rt, traced=False)
+        in_sync_traced = run_pass(remote, ecs, rt, traced=True)
         drift = round(tasks * DRIFT)
-        hosts = list(ecs.instances)[1:]
-        for n in range(tasks, tasks + drift // 2):  # started; RUNNING event lost
-            ecs.put_task(
-                f"{n:032x}",
-                container_instance_arn=hosts[n % len(hosts)],
-                host_ports={"web": {8080: 32768 + n % 20000}, "envoy": {20000: 52768 + n % 10000}},
-            )
-        for n in range(drift - drift // 2):  # stopped; STOPPED event lost
-            ecs.put_task(
-                f"{n:032x}",
-                version=5,
-                last_status="STOPPED",
-                desired_status="STOPPED",
-                container_instance_arn=hosts[n % len(hosts)],
-            )
-        drifted = run_pass(remote, ecs, rt)
+        add_drift(ecs, tasks, drift)
+        drifted = run_pass(remote, ecs, rt, traced=False)
+        add_drift(ecs, tasks + drift, drift)  # the same drift again, other tasks
+        drifted_traced = run_pass(remote, ecs, rt, traced=True)
     rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     label = f"{FIGURE} {tasks:,} tasks"
     rows = []
-    for name, cost in (("in sync", in_sync), ("1 % drift", drifted)):
+    for name, cost, traced in (
+        ("in sync", in_sync, in_sync_traced),
+        ("1 % drift", drifted, drifted_traced),
+    ):
         r = cost.report
         rows += [
             Row(
@@ -214,7 +232,7 @@ def measure() -> list[Row]:
             ),
             Row(
                 f"{label}, {name}: peak memory (tracemalloc)",
-                round(cost.peak_bytes / 2**20, 1),
+                round(traced.peak_bytes / 2**20, 1),
                 "MiB",
                 f"function memory {LAMBDA_MEMORY_MB} MB; process peak RSS {rss_mb:.0f} MiB "
                 "includes the 100,000-task fake ECS world",
@@ -235,7 +253,11 @@ def measure() -> list[Row]:
         ]
     rows += [
         Row(
-            f"{label}: KV recurse", round(kv_bytes / 2**20, 1), "MiB", "the cluster's state records"
+            f"{label}: KV recurse",
+            round(kv_bytes / 2**20, 1),
+            "MiB",
+            f"the cluster's state records in one read; largest of the 16 shards the pass reads "
+            f"from {reconcile_consul.SHARD_TASKS:,} listed tasks: {shard_bytes / 2**20:.1f} MiB",
         ),
         Row(
             f"{label}: node listing",
