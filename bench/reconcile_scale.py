@@ -31,7 +31,6 @@ from typing import Any
 
 import aws
 import catalog
-import consul
 import decide
 import inventory
 import kv_layout
@@ -44,6 +43,7 @@ from model import RUNNING, Host, StateRecord, task_event_from_detail
 from registrar_fixtures import CLUSTER_ARN, seed_settled_markers
 
 from bench.report import Row, quiet
+from bench.world import runtime
 from tests.consul_double import ConsulDouble
 
 FIGURE = "8 reconcile at scale"
@@ -200,13 +200,7 @@ def measure() -> list[Row]:
     tasks = TASKS
     ecs = build_ecs(tasks)
     with quiet(), remote_double(tasks) as remote:
-        settings = registrar.Settings(consul_addr=remote.url, cluster_arn=CLUSTER_ARN)
-        rt = registrar.Runtime(
-            settings,
-            task_definitions=aws.EcsTaskDefinitions(lambda: ecs),
-            hosts=aws.EcsSsmHosts(lambda: ecs, lambda: ecs, settings.host_ttl_s),
-            token=consul.StaticToken(None),
-        )
+        rt = runtime(remote.url, ecs)
         kv_bytes, shard_bytes, node_bytes = read_sizes(remote.url)
         in_sync = run_pass(remote, ecs, rt, traced=False)
         in_sync_traced = run_pass(remote, ecs, rt, traced=True)
