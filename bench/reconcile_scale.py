@@ -20,6 +20,7 @@ import os
 import resource
 import time
 import tracemalloc
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections import Counter
@@ -56,13 +57,19 @@ LAMBDA_MEMORY_MB = 1024  # the reconcile function's memory_size (mesh_stack/reco
 LAMBDA_TIMEOUT_S = 300  # its timeout: RECONCILE_TIMEOUT, at most the interval
 
 
+def task_id(n: int) -> str:
+    """Task n's ID. ECS task IDs are random hex, so their first digit (the shard) is uniform;
+    `n` in hex, reversed, spreads sequential numbers the same way."""
+    return f"{n:032x}"[::-1]
+
+
 def build_ecs(tasks: int) -> FakeEcs:
     """The same world in parent and child: tasks n on host n % hosts."""
     ecs = FakeEcs()
     instances = ecs.add_instances(max(1, tasks // TASKS_PER_HOST))
     for n in range(tasks):
         ecs.put_task(
-            f"{n:032x}",
+            task_id(n),
             container_instance_arn=instances[n % len(instances)],
             host_ports={"web": {8080: 32768 + n % 20000}, "envoy": {20000: 52768 + n % 10000}},
         )
@@ -165,14 +172,14 @@ def add_drift(ecs: FakeEcs, first: int, count: int) -> None:
     hosts = list(ecs.instances)[1:]
     for n in range(first, first + count // 2):
         ecs.put_task(
-            f"{n:032x}",
+            task_id(n),
             container_instance_arn=hosts[n % len(hosts)],
             host_ports={"web": {8080: 32768 + n % 20000}, "envoy": {20000: 52768 + n % 10000}},
         )
     stop_from = first - TASKS  # 0 for the first drift, then further along
     for n in range(stop_from, stop_from + count - count // 2):
         ecs.put_task(
-            f"{n:032x}",
+            task_id(n),
             version=5,
             last_status="STOPPED",
             desired_status="STOPPED",
@@ -185,8 +192,13 @@ def read_sizes(url: str) -> tuple[int, int, int]:
     prefix = kv_layout.cluster_prefix(CLUSTER_ARN)
 
     def size(path: str) -> int:
-        with urllib.request.urlopen(url + path, timeout=300) as response:
-            return len(response.read())
+        try:
+            with urllib.request.urlopen(url + path, timeout=300) as response:
+                return len(response.read())
+        except urllib.error.HTTPError as err:
+            if err.code == 404:  # Consul answers an empty recurse with 404
+                return 0
+            raise
 
     nodes_query = urllib.parse.urlencode({"filter": inventory.owned_nodes_filter(CLUSTER_ARN)})
     whole = size(f"/v1/kv/{prefix}?recurse")
