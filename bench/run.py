@@ -2,7 +2,7 @@
 
 Figures (bench/README.md explains each and records a run):
 1 synthesis, 2 lifecycle, 3 throughput, 4 burst, 5 cold start, 6 reconcile cost, 7 teardown,
-8 services.
+8 services, 9 reconcile at 100,000 tasks.
 Each figure is measured against its comparison in the same run, so machine noise cancels;
 nothing here asserts on wall time. The whole run takes a few minutes on 2 cores.
 """
@@ -20,6 +20,7 @@ from bench import (
     cold_start,
     lifecycle,
     reconcile_cost,
+    reconcile_scale,
     services,
     synthesis,
     teardown,
@@ -37,6 +38,7 @@ FIGURES: dict[str, ModuleType] = {
     "reconcile": reconcile_cost,
     "teardown": teardown,
     "services": services,
+    "reconcile_scale": reconcile_scale,
 }
 
 

@@ -98,19 +98,24 @@ def deliver(events: Iterable[Mapping[str, Any]]) -> None:
             raise RuntimeError(f"the handler failed messages {failed}: see its log")
 
 
+def runtime(consul_url: str, ecs: FakeEcs) -> registrar.Runtime:
+    """The registrar's runtime (production settings) on `consul_url`, AWS answered by `ecs`."""
+    settings = registrar.Settings(consul_addr=consul_url, cluster_arn=CLUSTER_ARN)
+    return registrar.Runtime(
+        settings,
+        task_definitions=aws.EcsTaskDefinitions(lambda: ecs),
+        hosts=aws.EcsSsmHosts(lambda: ecs, lambda: ecs, settings.host_ttl_s),
+        token=consul.StaticToken(None),
+    )
+
+
 @contextmanager
 def mesh(*, hosts: int = HOSTS) -> Iterator[Mesh]:
     """A started double and the container's runtime pointed at it (production settings)."""
     ecs = FakeEcs()
     instances = ecs.add_instances(hosts)
     with ConsulDouble() as double:
-        settings = registrar.Settings(consul_addr=double.url, cluster_arn=CLUSTER_ARN)
-        rt = registrar.Runtime(
-            settings,
-            task_definitions=aws.EcsTaskDefinitions(lambda: ecs),
-            hosts=aws.EcsSsmHosts(lambda: ecs, lambda: ecs, settings.host_ttl_s),
-            token=consul.StaticToken(None),
-        )
+        rt = runtime(double.url, ecs)
         registrar.set_runtime(rt)
         try:
             yield Mesh(double, ecs, rt, instances)

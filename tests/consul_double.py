@@ -540,6 +540,12 @@ class ConsulDouble:
         request = Request("PUT", "/v1/catalog/register", {}, {}, dumps(registration))
         self._seed(lambda: catalog.register(self._backend, request, _EMPTY_MATCH))
 
+    def seed_txn(self, ops: list[dict[str, Any]]) -> None:
+        """Apply a /v1/txn body directly, as Consul would (all or nothing); for building large
+        catalogs fast (bench/reconcile_scale.py). Raises ValueError when Consul would refuse."""
+        request = Request("PUT", "/v1/txn", {}, {}, dumps(ops))
+        self._seed(lambda: txn._txn(self._backend, request, _EMPTY_MATCH))
+
     def seed_kv(self, key: str, value: bytes, flags: int = 0) -> int:
         """Set a KV entry directly; returns its ModifyIndex."""
         with self._cond:

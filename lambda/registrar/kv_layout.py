@@ -92,6 +92,12 @@ def legacy_key(cluster_arn: str, kind: Kind, item_id: str) -> str:
     return f"{legacy_prefix(cluster_arn, kind)}{item_id}"
 
 
+def verified_key(cluster_arn: str) -> str:
+    """The marker saying which registration code last described every running task of this
+    cluster (verification.py); under the cluster's prefix, so the pass's one read finds it."""
+    return f"{cluster_prefix(cluster_arn)}registrations-verified"
+
+
 def migration_key(cluster_arn: str) -> str:
     """The marker saying this cluster has nothing left in the legacy layout (migration.py);
     under the cluster's prefix, so the pass's one read of it finds the marker too."""

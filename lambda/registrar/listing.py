@@ -1,8 +1,9 @@
 """ECS's view of the cluster for one reconcile pass, read in batches the APIs allow.
 
-- Running tasks: ListTasks (desiredStatus RUNNING, launchType EXTERNAL, 100 per page) and
-  DescribeTasks of each page (100 per call). `complete` is True only when every page was read and
-  every listed task described: the pass deletes nothing otherwise.
+- Running tasks: ListTasks (desiredStatus RUNNING, launchType EXTERNAL, 100 per page), then
+  DescribeTasks (100 per call) of the listed tasks the pass cannot vouch for from Consul alone
+  (reconcile_ecs.py). The listing is complete only when every page was read and every task the
+  pass described was described: the pass deletes nothing otherwise.
 - Confirmation: DescribeTasks of the task IDs the catalog has and the listing lacks, to tell a
   task that is really gone (stopped, or MISSING: ECS forgot it) from one the listing missed.
 - Hosts: DescribeContainerInstances (100 per call) and SSM DescribeInstanceInformation (50 per
@@ -48,6 +49,14 @@ class Described:
     tasks: dict[str, Json] = field(default_factory=dict)
     failures: dict[str, str] = field(default_factory=dict)
     unknown: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Listed:
+    """ListTasks' answer: task IDs in listing order; `problems` say why it is incomplete."""
+
+    ids: tuple[str, ...]
+    problems: tuple[str, ...]
 
 
 @dataclass(frozen=True)
@@ -159,9 +168,10 @@ class EcsReader:
 
     # -- tasks -------------------------------------------------------------------------------
 
-    def running_tasks(self) -> RunningTasks:
-        """Every RUNNING-desired EXTERNAL task; stops at the first page it cannot read."""
-        tasks: dict[str, Json] = {}
+    def list_tasks(self) -> Listed:
+        """The IDs of every RUNNING-desired EXTERNAL task (ListTasks only, 100 per page); stops
+        at the first page it cannot read."""
+        ids: list[str] = []
         problems: list[str] = []
         token: str | None = None
         while True:
@@ -176,19 +186,22 @@ class EcsReader:
             try:
                 page = self._list_page(kwargs)
             except (retry.RetryableError, aws.AwsLookupError) as err:
-                problems.append(f"ListTasks failed after {len(tasks)} tasks: {err}")
+                problems.append(f"ListTasks failed after {len(ids)} tasks: {err}")
                 break
-            arns = [str(a) for a in page.get("taskArns") or []]
-            described = self.describe_tasks([task_id_of(a) for a in arns])
-            tasks.update(described.tasks)
-            problems.extend(
-                f"DescribeTasks {tid}: {reason}"
-                for tid, reason in {**described.failures, **described.unknown}.items()
-            )
+            ids.extend(task_id_of(str(a)) for a in page.get("taskArns") or [])
             token = page.get("nextToken")
             if not token:
                 break
-        return RunningTasks(tasks=tasks, problems=tuple(problems))
+        return Listed(ids=tuple(dict.fromkeys(ids)), problems=tuple(problems))
+
+    def running_tasks(self, task_ids: Iterable[str]) -> RunningTasks:
+        """DescribeTasks of listed tasks; every task not described is a problem."""
+        described = self.describe_tasks(task_ids)
+        problems = tuple(
+            f"DescribeTasks {tid}: {reason}"
+            for tid, reason in {**described.failures, **described.unknown}.items()
+        )
+        return RunningTasks(tasks=described.tasks, problems=problems)
 
     def describe_tasks(self, task_ids: Iterable[str]) -> Described:
         """DescribeTasks in batches; a batch whose call fails is `unknown`, never `failures`."""

@@ -49,8 +49,8 @@ from __future__ import annotations
 
 import base64
 import json
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -75,12 +75,14 @@ class Records:
     """The pass's reads of this cluster's prefix and, while migrating, the legacy prefixes."""
 
     tasks: dict[str, Record] = field(default_factory=dict)  # task ID -> record (ARN layout)
-    task_values: dict[str, bytes] = field(default_factory=dict)  # task ID -> its raw value
+    task_values: dict[str, bytes] = field(default_factory=dict)  # legacy task ID -> ARN value
+    instances: dict[str, str] = field(default_factory=dict)  # task ID -> container instance
     hosts: dict[str, KVPair] = field(default_factory=dict)  # instance ID -> ARN-layout record
     legacy_tasks: dict[str, KVPair] = field(default_factory=dict)
     legacy_hosts: dict[str, KVPair] = field(default_factory=dict)
     legacy_read: bool = False  # the legacy prefixes were read (the migration is not settled)
     migrated_at: datetime | None = None  # the marker's time; None when not written yet
+    verified: KVPair | None = None  # kv_layout.verified_key (verification.py)
 
 
 def decode(value: bytes) -> StateRecord | None:
@@ -97,34 +99,75 @@ def _marker_time(value: bytes) -> datetime | None:
         return None  # unreadable: read the legacy prefixes, and write the marker again
 
 
-def read(consul: Inventory, cluster_arn: str, now: datetime) -> Records:
+def read(consul: Inventory, cluster_arn: str, now: datetime, *, shards: bool = False) -> Records:
     """One request for this cluster's prefix; two more (the legacy prefixes) until the
-    migration marker is MIGRATION_SETTLE old."""
+    migration marker is MIGRATION_SETTLE old.
+
+    `shards` (large clusters, reconcile_consul.py): the prefix is read in 19 requests instead
+    of one, each answer decoded and dropped before the next: the two markers, the host records,
+    and the task records in 16 shards by the task ID's first hex digit (task IDs are hex). A
+    shard that cannot be read raises, like the single read: the pass then deletes nothing.
+    """
     found = Records()
     cluster = kv_layout.scope(cluster_arn)
     marker = kv_layout.migration_key(cluster_arn)
-    pairs = consul.kv_list(kv_layout.cluster_prefix(cluster_arn))
-    for pair in pairs:
-        if pair.key == marker:
-            found.migrated_at = _marker_time(pair.value)
+    verified = kv_layout.verified_key(cluster_arn)
+    prefix = kv_layout.cluster_prefix(cluster_arn)
+    if shards:
+        tasks = f"{prefix}{kv_layout.TASKS}/"
+        reads = [marker, verified, f"{prefix}{kv_layout.HOSTS}/"]
+        reads += [f"{tasks}{digit}" for digit in "0123456789abcdef"]
+    else:
+        reads = [prefix]
+    values: dict[str, bytes] = {}  # task ID -> raw ARN-layout value, kept for migration.plan
+    for read_prefix in reads:
+        for pair in consul.kv_list(read_prefix):
+            if pair.key == marker:
+                found.migrated_at = _marker_time(pair.value)
+            elif pair.key == verified:
+                found.verified = pair
+            else:
+                _sort(found, values, pair, cluster)
     found.legacy_read = found.migrated_at is None or now < found.migrated_at + MIGRATION_SETTLE
     if found.legacy_read:
         for kind in (kv_layout.TASKS, kv_layout.HOSTS):
-            pairs += consul.kv_list(kv_layout.legacy_prefix(cluster_arn, kind))
-    for pair in pairs:
-        where = kv_layout.locate(pair.key, cluster)
-        if where is None or "/" in where.item_id:
-            continue
-        if where.kind == kv_layout.TASKS and where.legacy:
-            found.legacy_tasks[where.item_id] = pair
-        elif where.kind == kv_layout.TASKS:
-            found.tasks[where.item_id] = (decode(pair.value), pair.modify_index)
-            found.task_values[where.item_id] = pair.value
-        elif where.legacy:
-            found.legacy_hosts[where.item_id] = pair
-        else:
-            found.hosts[where.item_id] = pair
+            for pair in consul.kv_list(kv_layout.legacy_prefix(cluster_arn, kind)):
+                _sort(found, values, pair, cluster)
+        found.task_values = {tid: values[tid] for tid in found.legacy_tasks if tid in values}
     return found
+
+
+def _sort(
+    found: Records, values: dict[str, bytes], pair: KVPair, cluster: kv_layout.ClusterScope
+) -> None:
+    """File one pair of either layout. Task records are kept compact: the sidecar body (the
+    bulk of a record) is dropped once its container instance is noted (`Records.instances`)."""
+    where = kv_layout.locate(pair.key, cluster)
+    if where is None or "/" in where.item_id:
+        return
+    if where.kind == kv_layout.TASKS and where.legacy:
+        found.legacy_tasks[where.item_id] = pair
+    elif where.kind == kv_layout.TASKS:
+        record = decode(pair.value)
+        if record is not None and record.sidecar is not None:
+            instance = _instance_of(record.sidecar)
+            if instance is not None:
+                found.instances[where.item_id] = instance
+            record = replace(record, sidecar=None)
+        found.tasks[where.item_id] = (record, pair.modify_index)
+        values[where.item_id] = pair.value
+    elif where.legacy:
+        found.legacy_hosts[where.item_id] = pair
+    else:
+        found.hosts[where.item_id] = pair
+
+
+def _instance_of(sidecar: Mapping[str, Any]) -> str | None:
+    """The container instance a sidecar body's service meta names (catalog.sidecar_body)."""
+    service = sidecar.get("Service")
+    meta = service.get("Meta") if isinstance(service, Mapping) else None
+    instance = meta.get("container-instance-arn") if isinstance(meta, Mapping) else None
+    return instance if isinstance(instance, str) else None
 
 
 def mark_done(consul: Inventory, cluster_arn: str, now: datetime) -> bool:

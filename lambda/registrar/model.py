@@ -601,7 +601,7 @@ _CANONICAL = json.JSONEncoder(default=_as_json_object, sort_keys=True, separator
 
 RUNNING: Literal["running"] = "running"
 STOPPED: Literal["stopped"] = "stopped"
-# A tombstone the reconcile pass wrote because DescribeTasks answered MISSING (reconcile.py
+# A tombstone the reconcile pass wrote because DescribeTasks answered MISSING (reconcile_delete.py
 # `_may_be_forgotten`): the one tombstone that was inferred, not reported by ECS, so a later pass
 # that sees the task listed and described RUNNING may overwrite it (decide.decide).
 MISSING_REASON = "missing"

@@ -14,6 +14,7 @@ import copy
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -394,3 +395,25 @@ def moto_runtime(world: MotoWorld, consul_url: str, **overrides: Any) -> registr
     )
     hosts = aws.EcsSsmHosts(lambda: aws.client("ecs"), lambda: world.ssm, config.host_ttl_s)
     return registrar.Runtime(config, hosts=hosts)
+
+
+def seed_settled_markers(
+    double: Any, cluster_arn: str = CLUSTER_ARN, *, migrated: bool = True
+) -> None:
+    """A cluster long past its first passes after the deploy: the legacy layout migrated
+    (migration.py) and every running task described by this code (verification.py)."""
+    import kv_layout
+    import verification
+
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    if migrated:
+        double.seed_kv(
+            kv_layout.migration_key(cluster_arn),
+            json.dumps({"migrated_at": long_ago.isoformat()}).encode(),
+        )
+    double.seed_kv(
+        kv_layout.verified_key(cluster_arn),
+        json.dumps(
+            {"shape": verification.SHAPE, "since": long_ago.isoformat(), "verified": True}
+        ).encode(),
+    )

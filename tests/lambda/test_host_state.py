@@ -32,6 +32,7 @@ from registrar_fixtures import (
     failed_ids,
     fake_runtime,
     load_event,
+    seed_settled_markers,
     sqs_event,
     task_event,
 )
@@ -463,8 +464,14 @@ def test_an_answer_older_than_the_record_never_marks(world: World) -> None:
 # Lost host events: the reconcile pass repairs them from DescribeContainerInstances
 
 
-def test_reconcile_marks_and_unmarks_hosts_whose_events_were_lost(world: World) -> None:
-    # GIVEN the agent disconnected, but the event was lost
+@pytest.mark.parametrize("verified", [False, True])
+def test_reconcile_marks_and_unmarks_hosts_whose_events_were_lost(
+    world: World, verified: bool
+) -> None:
+    # GIVEN passes that describe every task, or (verified) only those Consul cannot vouch for
+    if verified:
+        seed_settled_markers(world.consul)
+    # AND the agent disconnected, but the event was lost
     world.agent(connected=False, version=7)
     first = world.pass_at(T0)
     # THEN the first pass records the disconnection (starting the grace now) and marks nothing
@@ -480,7 +487,8 @@ def test_reconcile_marks_and_unmarks_hosts_whose_events_were_lost(world: World) 
     world.pass_at(T0 + GRACE * 2)
     assert world.marked() == set()
 
-    # AND a pass with nothing to do writes nothing
+    # AND a pass with nothing to do writes nothing (but, once, the verification marker)
+    world.pass_at(T0 + GRACE * 3)
     world.consul.reset_requests()
     assert world.pass_at(T0 + GRACE * 3).repaired == 0
     assert world.consul.writes() == 0

@@ -21,8 +21,10 @@ import listing
 import migration
 import pytest
 import reconcile
+import reconcile_consul
 import registrar
 import retry
+import verification
 from decide import (
     Deregister,
     Register,
@@ -46,6 +48,7 @@ from registrar_fixtures import (
     failed_ids,
     fake_runtime,
     load_event,
+    seed_settled_markers,
     sqs_event,
     task_definition,
     task_event,
@@ -154,10 +157,8 @@ def test_tasks_whose_events_were_lost_are_registered(world: World) -> None:
 
 
 def settle_migration(world: World) -> None:
-    """The cluster moved off the legacy layout long ago (migration.py's marker, settled)."""
-    long_ago = datetime.now(UTC) - timedelta(days=30)
-    marker = json.dumps({"migrated_at": long_ago.isoformat()}).encode()
-    world.consul.seed_kv(kv_layout.migration_key(CLUSTER_ARN), marker)
+    """The cluster moved off the legacy layout and had its registrations verified long ago."""
+    seed_settled_markers(world.consul)
 
 
 def test_a_pass_over_a_catalog_in_sync_writes_nothing(world: World) -> None:
@@ -996,26 +997,32 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
             registrar.set_runtime(None)
 
 
-def test_an_in_sync_pass_costs_two_aws_calls_per_100_tasks_and_three_consul_reads(
-    world: World,
-) -> None:
-    # GIVEN 250 running tasks spread over 60 hosts, registered by a first pass
-    hosts = world.ecs.add_instances(60)
-    for n in range(250):
+def spread_tasks(world: World, count: int = 250, hosts: int = 60) -> list[str]:
+    """`count` running tasks over `hosts` hosts, registered by a first pass."""
+    instances = world.ecs.add_instances(hosts)
+    for n in range(count):
         world.ecs.put_task(
             tid(n),
-            container_instance_arn=hosts[n % len(hosts)],
+            container_instance_arn=instances[n % len(instances)],
             host_ports={"web": {8080: 32768 + n}, "envoy": {20000: 42768 + n}},
         )
-    assert world.reconcile().missing == 250
-    settle_migration(world)
+    assert world.reconcile().missing == count
+    return instances
+
+
+def test_a_first_pass_after_a_deploy_describes_every_task(world: World) -> None:
+    # GIVEN 250 running tasks over 60 hosts, and a marker written by other registration code
+    spread_tasks(world)
+    seed_settled_markers(world.consul)
+    stale = json.dumps({"shape": "0" * 16, "since": "2020-01-01T00:00:00+00:00", "verified": True})
+    world.consul.seed_kv(kv_layout.verified_key(CLUSTER_ARN), stale.encode())
     world.consul.reset_requests()
     world.ecs.calls.clear()
 
-    # WHEN the next pass runs over the catalog in sync
+    # WHEN a pass runs over the catalog in sync
     report = world.reconcile()
 
-    # THEN it reads ECS in pages and batches (task definitions: the runtime's cached source) ...
+    # THEN it reads ECS in pages and batches, describing every task (this code never has)
     assert report.in_sync == 250
     assert dict(world.ecs.calls) == {
         "ListTasks": 3,  # 100 per page
@@ -1023,8 +1030,136 @@ def test_an_in_sync_pass_costs_two_aws_calls_per_100_tasks_and_three_consul_read
         "DescribeContainerInstances": 1,  # 100 per call
         "DescribeInstanceInformation": 2,  # 50 per call
     }
+    # AND Consul three times, and once more for the marker (this code, not yet verified)
+    assert (world.consul.count(), world.consul.writes()) == (4, 1)
+
+
+def test_an_in_sync_pass_describes_no_task_consul_vouches_for(world: World) -> None:
+    # GIVEN 250 running tasks over 60 hosts, all described by this code before (marker)
+    spread_tasks(world)
+    seed_settled_markers(world.consul)
+    world.consul.reset_requests()
+    world.ecs.calls.clear()
+
+    # WHEN the next pass runs over the catalog in sync
+    report = world.reconcile()
+
+    # THEN it lists the tasks and reads their hosts, and describes none of them
+    assert (report.in_sync, report.running) == (250, 250)
+    assert dict(world.ecs.calls) == {
+        "ListTasks": 3,
+        "DescribeContainerInstances": 1,
+        "DescribeInstanceInformation": 2,
+    }
     # AND Consul three times, writing nothing
     assert (world.consul.count(), world.consul.writes()) == (3, 0)
+
+
+def test_a_vouched_task_whose_host_moved_is_described_and_repaired(world: World) -> None:
+    # GIVEN verified passes, and a host whose SSM address changed since its tasks registered
+    instances = spread_tasks(world, count=20, hosts=4)
+    seed_settled_markers(world.consul)
+    moved = world.ecs.instances[instances[0]]
+    moved.address = "10.77.0.9"
+    world.ecs.calls.clear()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the moved host's 5 tasks were described and re-registered on the new address; the
+    # other 15 were not described
+    assert (report.changed, report.in_sync) == (5, 15)
+    assert world.ecs.calls["DescribeTasks"] == 1
+    assert sum(n["Address"] == "10.77.0.9" for n in world.consul.nodes().values()) == 5
+
+
+def test_a_vouched_task_whose_node_is_gone_is_described_and_registered(world: World) -> None:
+    # GIVEN verified passes, and a task node someone deleted (its record stays)
+    spread_tasks(world, count=20, hosts=4)
+    seed_settled_markers(world.consul)
+    request = urllib.request.Request(
+        f"{world.consul.url}/v1/catalog/deregister",
+        data=json.dumps({"Node": f"ecs-task-{tid(3)}"}).encode(),
+        method="PUT",
+    )
+    with urllib.request.urlopen(request, timeout=5):
+        pass
+
+    # WHEN a pass runs, THEN it is registered again
+    report = world.reconcile()
+    assert (report.missing, report.in_sync) == (1, 19)
+    assert f"ecs-task-{tid(3)}" in world.consul.nodes()
+
+
+def test_verification_waits_for_a_clean_pass_after_the_settle_time(world: World) -> None:
+    # GIVEN a cluster whose passes have never been verified
+    spread_tasks(world, count=20, hosts=4)
+    seed_settled_markers(world.consul)
+    world.consul.seed_kv(kv_layout.verified_key(CLUSTER_ARN), b"not json")
+    now = datetime.now(UTC)
+
+    def marker() -> dict[str, Any]:
+        return dict(json.loads(world.consul.kv()[kv_layout.verified_key(CLUSTER_ARN)][0]))
+
+    # WHEN a clean pass runs, THEN it writes the marker for this code, not yet verified
+    world.reconcile(now=now)
+    assert (marker()["shape"], marker()["verified"]) == (verification.SHAPE, False)
+    # AND a pass within SETTLE, or one that could not read the listing, verifies nothing
+    world.reconcile(now=now + verification.SETTLE / 2)
+    world.ecs.faults["ListTasks"] = [denied("ListTasks")]
+    world.reconcile(now=now + verification.SETTLE)
+    assert marker()["verified"] is False
+    # AND the first clean pass after it does, and the one after that describes nothing
+    world.reconcile(now=now + verification.SETTLE)
+    assert marker()["verified"] is True
+    world.ecs.calls.clear()
+    world.reconcile(now=now + verification.SETTLE)
+    assert world.ecs.calls["DescribeTasks"] == 0
+
+
+def test_a_large_cluster_reads_its_records_in_shards_with_the_same_outcome(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a cluster "large" enough for shards (the threshold lowered to 10 listed tasks),
+    # 20 tasks in sync but one whose host moved, and one that stopped unseen
+    monkeypatch.setattr(reconcile_consul, "SHARD_TASKS", 10)
+    instances = spread_tasks(world, count=21, hosts=21)
+    seed_settled_markers(world.consul)
+    world.ecs.instances[instances[4]].address = "10.77.0.9"
+    world.stop(20, deliver=False)
+    world.consul.reset_requests()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the records were read in 19 requests: 16 task shards, the host records, 2 markers
+    kv_reads = [
+        r.path
+        for r in world.consul.requests
+        if r.path.startswith("/v1/kv/") and len(r.path.rsplit("/", 1)[-1]) != 32  # a record
+    ]
+    assert len(kv_reads) == 19
+    assert sum("/tasks/" in p for p in kv_reads) == 16
+    # AND the pass did what the single read does: repaired the moved task, removed the stopped
+    assert (report.in_sync, report.changed, report.stale) == (19, 1, 1)
+    assert node(20) not in world.consul.nodes()
+
+
+def test_a_shard_that_cannot_be_read_fails_the_pass_and_deletes_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a sharded cluster with a task that stopped unseen, and one shard Consul will not serve
+    monkeypatch.setattr(reconcile_consul, "SHARD_TASKS", 10)
+    spread_tasks(world, count=21, hosts=3)
+    seed_settled_markers(world.consul)
+    world.stop(20, deliver=False)
+    shard = f"/v1/kv/{kv_layout.cluster_prefix(CLUSTER_ARN)}tasks/7"
+    world.consul.inject(kind="status", path_prefix=shard, status=500, times=-1)
+
+    # WHEN a pass runs, THEN it fails, and the stopped task's node is still there
+    with pytest.raises(Exception, match="HTTP 500"):
+        world.reconcile()
+    assert node(20) in world.consul.nodes()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1103,6 +1238,7 @@ def test_the_first_pass_moves_what_is_this_clusters_and_leaves_the_rest(world: W
 def test_the_legacy_layout_costs_two_reads_until_the_migration_settles(world: World) -> None:
     # GIVEN a cluster running tasks registered by their events, nothing in the legacy layout
     world.run(1, 2)
+    seed_settled_markers(world.consul, migrated=False)
     now = datetime.now(UTC)
     world.consul.reset_requests()
 
