@@ -12,10 +12,11 @@ from collections.abc import Sequence
 from typing import Any
 
 import jsii
-from aws_cdk import Aspects, CfnOutput, CfnResource, Fn, IAspect, Stack
+from aws_cdk import Annotations, Aspects, CfnOutput, CfnResource, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct
 
+from mesh_stack import server_image
 from mesh_stack.config import MeshConfig
 from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
@@ -53,11 +54,15 @@ class MeshStack(Stack):
             ):
                 child.add_property_override("ServiceTimeout", 960)
 
+        image_id, recorded = server_image.resolve(
+            server_ami=config.server_ami, region=config.region, arm64=config.arm64
+        )
         fleet = ConsulFleet(
             self,
             "ConsulFleet",
             vpc=self.vpc,
             consul_version=config.consul_version,
+            image_id=image_id,
             datacenter=config.datacenter,
             server_count=config.server_count,
             instance_type=config.instance_type,
@@ -74,6 +79,13 @@ class MeshStack(Stack):
                 ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
             )
         self.fleet = fleet
+        if not recorded:
+            Annotations.of(fleet).add_warning_v2(
+                "mesh:ServerAmiUnrecorded",
+                f"no server AMI recorded for {server_image.record_key(config.region, config.arm64)}"
+                " in server-ami.json: run `make refresh-ami` (needs AWS credentials) and commit it,"
+                " or set server_ami; `make deploy` refuses until then",
+            )
         # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
         # host ports) gets its range opened too, whoever adds it to the stack and when.
         Aspects.of(self).add(_OpenServiceCheckPorts(fleet, config.onprem_cidrs))
@@ -88,6 +100,7 @@ class MeshStack(Stack):
             management_token_secret=fleet.management_token_secret,
             ca_cert_secret=fleet.ca_cert_secret,
             kms_key=keys.key,
+            apply_generation=config.consul_objects_generation,
         )
         fleet.allow_from(objects)
         objects.depend_on(fleet)
