@@ -13,7 +13,7 @@ of the configured region and architecture and writes it into the record; committ
 is the decision to roll the fleet. Synthesis reads only the file: no credentials, no lookup.
 
 With nothing recorded for the region and architecture and no `server_ami`, synthesis still
-works (tests, CI, a first look at the template) with `UNRECORDED` in the template and a warning,
+works (tests, CI, a first look at the template) with `UNRECORDED` in the template and a note,
 and `make deploy` refuses with one line (`tools/server_ami.py check`).
 """
 
