@@ -1,7 +1,7 @@
 """The Consul servers' AMI: recorded in the repository, changed only when an operator asks.
 
 A launch template whose image is the public SSM parameter
-`/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-<arch>` is resolved by
+`/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-<arch>` is resolved by
 CloudFormation at every deploy (`AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>`): whenever
 AWS publishes a new Amazon Linux 2023 image, the next deploy of anything (a new service, an
 alarm e-mail) changes the launch template, and the rolling update replaces every server.
@@ -27,8 +27,10 @@ from typing import Any
 
 RECORD = Path(__file__).resolve().parent.parent / "server-ami.json"
 # Amazon Linux 2023 public parameters (EC2 User Guide, "Query for the latest Amazon Linux AMI
-# IDs using Systems Manager Parameter Store"; the names CDK's latest_amazon_linux2023() uses).
-PARAMETER_PREFIX = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-"
+# IDs using Systems Manager Parameter Store"): the kernel 6.1 line, the parameter CDK's
+# latest_amazon_linux2023() resolved for this fleet until now, so a refresh does not also move
+# the servers to another kernel line (`kernel-default` follows whichever AWS makes default).
+PARAMETER_PREFIX = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-"
 # EC2 image IDs: `ami-` and 8 (older) or 17 hex digits, like every EC2 resource ID.
 IMAGE_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
 # What the template carries when no image was recorded: a well-formed ID no image has, so the

@@ -22,7 +22,7 @@ from tools import server_ami
 
 OLD = "ami-0aaaaaaaaaaaaaaaa"
 NEW = "ami-0bbbbbbbbbbbbbbbb"
-ARM = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-default-arm64"
+ARM = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-arm64"
 
 
 def stubbed(image_id: str, *, architecture: str = "arm64", state: str = "available") -> Any:

@@ -318,7 +318,7 @@ renew_cert() {
   # Consul reloads its TLS files on SIGHUP; a stopped agent reads them when it starts.
   systemctl try-reload-or-restart consul.service
   systemctl try-restart consul-esm.service
-  log "server certificate re-signed for ${CERT_DAYS} days by the current CA"
+  log "server certificate renewed for ${CERT_DAYS} days, signed by the current CA"
 }
 
 main() {
