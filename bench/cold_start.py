@@ -28,18 +28,35 @@ FIGURE = "5 cold start"
 RUNS = 7
 
 _TIMED_IMPORT = (
-    "import sys, time; sys.path.insert(0, {path!r}); t = time.perf_counter(); import {module}; "
+    "import sys, time; sys.path.insert(0, {path!r}); t = time.perf_counter(); {statement}; "
     "print(time.perf_counter() - t)"
 )
 
 
-def import_seconds(module: str, path: Path, *, bytecode: bool = True) -> float:
-    code = _TIMED_IMPORT.format(path=str(path), module=module)
+def import_seconds(
+    module: str,
+    path: Path,
+    *,
+    bytecode: bool = True,
+    python: str = sys.executable,
+    statement: str | None = None,
+) -> float:
+    """Seconds `import module` (or `statement`) takes in a fresh `python`, path first."""
+    code = _TIMED_IMPORT.format(path=str(path), statement=statement or f"import {module}")
     flags = [] if bytecode else ["-B"]
     done = subprocess.run(
-        [sys.executable, *flags, "-c", code], capture_output=True, text=True, check=True, timeout=60
+        [python, *flags, "-c", code], capture_output=True, text=True, check=True, timeout=60
     )
     return float(done.stdout.strip())
+
+
+def compiled_registrar(tmp: Path) -> Path:
+    """A copy of lambda/registrar with its bytecode compiled ahead, under `tmp`."""
+    compiled = tmp / "compiled"
+    shutil.copytree(REGISTRAR, compiled, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    if not compileall.compile_dir(compiled, quiet=1):
+        raise RuntimeError(f"could not compile {compiled}")
+    return compiled
 
 
 def measure() -> list[Row]:
@@ -47,11 +64,8 @@ def measure() -> list[Row]:
     shipped: list[float] = []
     boto3: list[float] = []
     with tempfile.TemporaryDirectory(prefix="bench-asset-") as tmp:
-        source, compiled = Path(tmp) / "source", Path(tmp) / "compiled"
-        for copy in (source, compiled):
-            shutil.copytree(REGISTRAR, copy, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        if not compileall.compile_dir(compiled, quiet=1):
-            raise RuntimeError(f"could not compile {compiled}")
+        source, compiled = Path(tmp) / "source", compiled_registrar(Path(tmp))
+        shutil.copytree(REGISTRAR, source, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
         for _ in range(RUNS):
             cached.append(import_seconds("handler", compiled))
             shipped.append(import_seconds("handler", source, bytecode=False))

@@ -15,6 +15,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct, IConstruct
 
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 from mesh_stack.registrar_function import nag_form
@@ -369,7 +370,7 @@ class EcsAnywhere(Construct):
             description="Creates the ECS Anywhere SSM activation; code goes to Secrets Manager",
             runtime=lambda_.Runtime.PYTHON_3_14,
             handler="handler.handler",
-            code=lambda_.Code.from_asset(str(ACTIVATION_CODE)),
+            code=lambda_code.from_directory(ACTIVATION_CODE),
             timeout=FUNCTION_TIMEOUT,
             memory_size=256,
             role=role,

@@ -21,6 +21,7 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 
@@ -94,9 +95,7 @@ def registrar_function(
         runtime=RUNTIME,
         architecture=lambda_.Architecture.ARM_64,
         handler=handler,
-        code=lambda_.Code.from_asset(
-            str(LAMBDA_DIR), exclude=["__pycache__", "*.pyc", ".mypy_cache"]
-        ),
+        code=lambda_code.from_directory(LAMBDA_DIR),
         timeout=timeout,
         memory_size=memory_size,
         vpc=settings.vpc,

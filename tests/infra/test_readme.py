@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import re
 
-from mesh_stack.config import FIELDS
+from mesh_stack.config import FIELDS, MeshConfig
+from mesh_stack.services_config import intentions
 from tests.conftest import ROOT
 from tools.config_table import table
 
@@ -22,3 +24,13 @@ def test_configuration_table_matches_config_py() -> None:
     assert table() in README, "README table is stale: paste `python -m tools.config_table`"
     documented = set(re.findall(r"^\| `([a-z_]+)` \|", README, flags=re.MULTILINE))
     assert documented == set(FIELDS)
+
+
+def test_the_services_example_is_a_valid_configuration() -> None:
+    # The README's smallest real example, as it would sit in cdk.json's context.
+    section = README.split("### Adding mesh services", 1)[1]
+    example = json.loads("{" + section.split("```json\n", 1)[1].split("```", 1)[0] + "}")
+    for demo in (True, False):
+        config = MeshConfig.from_context({**example, "demo_enabled": demo})
+        assert [s.name for s in config.services] == ["orders", "payments"]
+        assert intentions(config.services) == [("orders", "payments")]

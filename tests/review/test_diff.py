@@ -259,6 +259,33 @@ def test_a_published_app_port_is_broadening_and_says_it_bypasses_the_mesh(
     assert "bypasses mTLS and intentions" in change.broadening
 
 
+def _metrics_bound_to(address: str) -> Edit:
+    """The base task with a sidecar metrics listener on 9102, bound where MeshService's init
+    container says (ENVOY_PROMETHEUS_BIND)."""
+
+    def edit(template: Template) -> None:
+        app, envoy = _props(template, "Task")["ContainerDefinitions"]
+        app["DockerLabels"]["consul-mesh.proxy-container"] = "envoy"
+        envoy["PortMappings"] = [{"ContainerPort": 20000}, {"ContainerPort": 9102}]
+        envoy["Environment"] = [{"Name": "ENVOY_PROMETHEUS_BIND", "Value": f"{address}:9102"}]
+
+    return edit
+
+
+def test_metrics_moved_to_every_host_interface_are_broadening(tmp_path: Path) -> None:
+    # GIVEN a sidecar whose metrics listener is on the host's loopback (the default)
+    loopback = copy.deepcopy(_base())
+    _metrics_bound_to("127.0.0.1")(loopback)
+    before = _review(tmp_path / "before", loopback)
+    # WHEN prometheus_bind_address opens it to every interface of the host
+    changes = _changes(before, tmp_path / "after", _metrics_bound_to("0.0.0.0"))
+    # THEN one changed host port, broadening
+    change = _one(changes, "host-ports")
+    assert change.action == "changed"
+    assert "metrics_on_every_interface False → True" in change.what
+    assert change.broadening == "Envoy metrics now open to every interface of the host"
+
+
 def test_an_unacknowledged_wildcard_is_highlighted_and_broadening(
     base: dict[str, Any], tmp_path: Path
 ) -> None:

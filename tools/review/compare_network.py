@@ -289,7 +289,7 @@ def _port_text(port: Facts) -> str:
 
 
 def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
-    fields = ("host_port", "role", "bypasses_mesh", "network_mode")
+    fields = ("host_port", "role", "bypasses_mesh", "network_mode", "metrics_on_every_interface")
     matched = match(
         _host_ports(old),
         _host_ports(new),
@@ -308,11 +308,17 @@ def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
                 )
                 for was, now in zip(olds, items, strict=True)
             ]
+            pairs = list(zip(olds, items, strict=True))
             why = (
                 "an app port now bypasses mTLS and intentions"
                 if any(
-                    now.get("bypasses_mesh") and not was.get("bypasses_mesh")
-                    for was, now in zip(olds, items, strict=True)
+                    now.get("bypasses_mesh") and not was.get("bypasses_mesh") for was, now in pairs
+                )
+                else "Envoy metrics now open to every interface of the host"
+                if any(
+                    now.get("metrics_on_every_interface")
+                    and not was.get("metrics_on_every_interface")
+                    for was, now in pairs
                 )
                 else ""
             )
@@ -326,6 +332,8 @@ def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
             why = "a new port on every host that runs the task, open to any client of the host"
             if any(p.get("bypasses_mesh") for p in items):
                 why += "; an app port that bypasses mTLS and intentions"
+            if any(p.get("metrics_on_every_interface") for p in items):
+                why += "; Envoy metrics open to every interface of the host"
         changes.append(Change("host-ports", action, text, (task,), why))
     return changes
 

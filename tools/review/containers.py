@@ -14,6 +14,11 @@ A container carrying the docker label `consul-mesh.enabled` is a mesh app: its t
 enter only through its Envoy sidecar's public listener, where mTLS and intentions apply (Consul
 puts the RBAC filter on the public listener only, `agent/xds/listeners.go`). A published port of
 such an app container lets any client that reaches the host bypass both, so it is flagged.
+
+The sidecar's metrics listener binds where the init container's `ENVOY_PROMETHEUS_BIND` says
+(mesh_stack/mesh_service.py): in host mode the host's 127.0.0.1 by default, or every interface
+of the host when `prometheus_bind_address` opts into off-host scraping; the endpoint names the
+service and its upstreams and counts their traffic, so the opt-in is flagged too.
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ TASK_DEFINITION = "AWS::ECS::TaskDefinition"
 MESH_ENABLED = "consul-mesh.enabled"
 PROXY_CONTAINER = "consul-mesh.proxy-container"
 PROXY_PORT = "consul-mesh.proxy-port"
+METRICS_BIND = "ENVOY_PROMETHEUS_BIND"  # `<address>:<port>` in the init container's environment
+LOOPBACK = "127.0.0.1"
 DEFAULT_MODE = "bridge"  # Linux default when NetworkMode is omitted
 HOST_MODES = ("host", "bridge")
 
@@ -40,8 +47,9 @@ class PublishedPort:
     container_port: int | None
     host_port: str  # "20000", or "dynamic (ephemeral range)"
     protocol: str
-    role: str  # "app", "mesh listener", "sidecar", "other"
+    role: str  # "app", "mesh listener", "Envoy metrics ...", "sidecar", "other"
     bypasses_mesh: bool  # an app port reachable without Envoy (no mTLS, no intentions)
+    metrics_on_every_interface: bool = False  # host mode: scrapable from off the host
 
     @property
     def static(self) -> bool:
@@ -84,7 +92,23 @@ def _host_port(mode: str, mapping: dict[str, Json]) -> str:
     return "dynamic (ephemeral range)"
 
 
-def _role(container: str, port: int | None, apps: dict[str, dict[str, str]]) -> tuple[str, bool]:
+def _metrics_bind(containers: list[dict[str, Json]]) -> tuple[str, int] | None:
+    """The sidecar metrics listener's (address, port), from the task's environment."""
+    for container in containers:
+        for variable in container.get("Environment") or []:
+            if isinstance(variable, dict) and variable.get("Name") == METRICS_BIND:
+                address, _, port = flatten(variable.get("Value")).rpartition(":")
+                number = _int(port)
+                return (address, number) if address and number else None
+    return None
+
+
+def _role(
+    container: str,
+    port: int | None,
+    apps: dict[str, dict[str, str]],
+    metrics: tuple[str, int] | None,
+) -> tuple[str, bool]:
     """What listens on the port, and whether it is an app port that bypasses the mesh."""
     if container in apps:
         return "app", True
@@ -92,6 +116,9 @@ def _role(container: str, port: int | None, apps: dict[str, dict[str, str]]) -> 
         if labels.get(PROXY_CONTAINER) == container:
             if port is not None and labels.get(PROXY_PORT) == str(port):
                 return "mesh listener (mTLS, intentions)", False
+            if metrics is not None and port == metrics[1]:
+                where = "127.0.0.1 only" if metrics[0] == LOOPBACK else f"{metrics[0]}"
+                return f"Envoy metrics (/stats/prometheus) on {where}", False
             return "sidecar", False
     return "other", False
 
@@ -105,13 +132,14 @@ def task_networks(assembly: Assembly) -> list[TaskNetwork]:
             mode = flatten(given) if given is not None else DEFAULT_MODE
             containers = [c for c in props.get("ContainerDefinitions") or [] if isinstance(c, dict)]
             apps = {flatten(c.get("Name")): _labels(c) for c in containers if _is_mesh_app(c)}
+            metrics = _metrics_bind(containers)
             res = stack.res(logical_id)
             ports: list[PublishedPort] = []
             for container in containers if mode in HOST_MODES else []:
                 name = flatten(container.get("Name"))
                 for mapping in container.get("PortMappings") or []:
                     port = _int(mapping.get("ContainerPort"))
-                    role, bypasses = _role(name, port, apps)
+                    role, bypasses = _role(name, port, apps, metrics)
                     ports.append(
                         PublishedPort(
                             task_definition=res,
@@ -122,6 +150,12 @@ def task_networks(assembly: Assembly) -> list[TaskNetwork]:
                             protocol=flatten(mapping.get("Protocol") or "tcp"),
                             role=role,
                             bypasses_mesh=bypasses,
+                            metrics_on_every_interface=(
+                                mode == "host"
+                                and role.startswith("Envoy metrics")
+                                and metrics is not None
+                                and metrics[0] != LOOPBACK
+                            ),
                         )
                     )
             found.append(

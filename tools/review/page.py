@@ -249,6 +249,7 @@ def _wildcards(review: Review, names: _Names) -> list[str]:
 
 _KINDS = {
     "published-app-port": "app port",
+    "metrics-every-interface": "open metrics",
     "plaintext-listener": "plaintext",
     "ingress-anywhere": "ingress",
     "internet-facing": "public LB",

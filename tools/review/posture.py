@@ -135,6 +135,16 @@ def _network(review: Review) -> list[Weakness]:
                         "host clients bypass mTLS and intentions",
                     )
                 )
+            if port.metrics_on_every_interface:
+                found.append(
+                    Weakness(
+                        "metrics-every-interface",
+                        network.task_definition,
+                        f"{port.container} {port.container_port} on every host interface",
+                        "anyone reaching the host reads the service's and its upstreams' names "
+                        "and traffic (prometheus_bind_address opt-in; default 127.0.0.1)",
+                    )
+                )
     for path in review.reachability:
         if path.plaintext:
             found.append(

@@ -128,6 +128,7 @@ def _network(review: Review) -> Facts:
                         "protocol": port.protocol,
                         "role": port.role,
                         "bypasses_mesh": port.bypasses_mesh,
+                        "metrics_on_every_interface": port.metrics_on_every_interface,
                     }
                     for port in sorted(
                         network.ports, key=lambda p: (p.container, p.container_port or 0)
