@@ -27,7 +27,8 @@ from typing import Any
 
 import boto3
 
-from mesh_stack.config import ConfigError, MeshConfig
+from mesh_stack.config import MeshConfig
+from mesh_stack.config_errors import ConfigError
 from tools.preflight import CDK_JSON, context_from
 
 # The order of `purge`: the keys last, since the buckets' and secrets' data is encrypted with

@@ -24,7 +24,8 @@ from typing import Any
 import boto3
 
 from mesh_stack import server_image
-from mesh_stack.config import ConfigError, MeshConfig
+from mesh_stack.config import MeshConfig
+from mesh_stack.config_errors import ConfigError
 from tools.preflight import CDK_JSON, context_from
 
 

@@ -17,7 +17,8 @@ import pytest
 from botocore.stub import Stubber
 
 from mesh_stack import server_image
-from mesh_stack.config import ConfigError, MeshConfig
+from mesh_stack.config import MeshConfig
+from mesh_stack.config_errors import ConfigError
 from tools import server_ami
 
 OLD = "ami-0aaaaaaaaaaaaaaaa"
