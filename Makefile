@@ -15,7 +15,7 @@ NPM = PATH="$(NODE_BIN):$$PATH" node $(NODE_LIB)/node_modules/npm/bin/npm-cli.js
 CDK = PATH="$(NODE_BIN):$$PATH" node node_modules/aws-cdk/bin/cdk
 ARGS ?=
 
-.PHONY: help install synth test lint unit deploy diff bootstrap review bench preflight clean
+.PHONY: help install synth test lint unit deploy diff bootstrap review bench preflight refresh-ami destroy clean
 
 help:
 	@echo "make synth   - install everything pinned, synthesize into cdk.out/, fail on any unacknowledged cdk-nag finding"
@@ -24,6 +24,8 @@ help:
 	@echo "make review  - synthesize, then review/REVIEW.md (one-page security review + appendix) and review/review.json"
 	@echo "               BASELINE=<git ref>: REVIEW.md opens with what changed since that ref (docs/review.md)"
 	@echo "make preflight - which network path to on-prem is configured, and what is left to do"
+	@echo "make destroy - list what the deletion keeps (retained-<stack>.json), then cdk destroy (docs/operations.md)"
+	@echo "make refresh-ami - record the current Amazon Linux 2023 AMI of the servers in server-ami.json (needs AWS credentials)"
 	@echo "make bench   - run the benchmarks under bench/"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt constraints.txt
@@ -75,14 +77,26 @@ review: synth
 	$(PY) -m tools.review cdk.out --out-dir review \
 		$(if $(BASELINE),--baseline-ref="$$REVIEW_BASELINE" --cdk-args="$$REVIEW_CDK_ARGS") $(REVIEW_ARGS)
 
+# Needs AWS credentials: asks SSM for the current image; commit server-ami.json afterwards.
+refresh-ami: $(VENV)/.installed
+	$(PY) -m tools.server_ami refresh $(ARGS)
+
 bootstrap: install
 	$(CDK) bootstrap $(ARGS)
 
 diff: install
 	$(CDK) diff $(ARGS)
 
+# Refuses (one line) while no server AMI is recorded for the region and architecture.
 deploy: synth
+	$(PY) -m tools.server_ami check $(ARGS)
 	$(CDK) deploy --app cdk.out --require-approval broadening $(ARGS)
+
+# Lists the resources the deletion keeps on purpose (retained-<stack>.json; needs credentials),
+# then deletes the stack; `python -m tools.retained purge <file>` deletes them later.
+destroy: synth
+	$(PY) -m tools.retained record $(ARGS)
+	$(CDK) destroy --app cdk.out $(ARGS)
 
 clean:
 	rm -rf cdk.out review .pytest_cache .mypy_cache .ruff_cache

@@ -48,6 +48,9 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     app.synth()
+    for stack in app.node.children:
+        if isinstance(stack, MeshStack) and stack.server_image_unrecorded:
+            print(f"note: {stack.server_image_unrecorded}", file=sys.stderr)
     return 0
 
 

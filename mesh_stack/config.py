@@ -23,6 +23,7 @@ from mesh_stack import demo, services_config
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.config_errors import fail as _fail
 from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
+from mesh_stack.server_image import IMAGE_ID
 from mesh_stack.service_ports import ServicePorts
 from mesh_stack.services_config import ServiceSpec, TeamService
 from mesh_stack.suggest import closest
@@ -300,6 +301,17 @@ FIELDS: dict[str, Field] = {
         "EC2 instance type of the servers; Graviton (`*g*` families) installs the arm64 build.",
         lambda k, v: _as_str(k, v, _INSTANCE_TYPE, "must be an EC2 instance type like m7g.large"),
     ),
+    "server_ami": Field(
+        "",
+        "AMI of the Consul servers. Empty = the Amazon Linux 2023 image recorded for `region` "
+        "and the instance type's architecture in `server-ami.json` (`make refresh-ami`, which "
+        "needs credentials, updates it); a new image replaces the servers one at a time.",
+        lambda k, v: (
+            ""
+            if v in ("", None)
+            else _as_str(k, v, IMAGE_ID, "must be an AMI ID like ami-0123456789abcdef0")
+        ),
+    ),
     "onprem_cidrs": Field(
         ["192.168.0.0/16"],
         "On-prem networks of the ECS Anywhere hosts: they may reach Consul on 8501/8503, and "
@@ -432,6 +444,13 @@ FIELDS: dict[str, Field] = {
         "Days snapshots are kept in S3 (1-3650).",
         lambda k, v: _as_int(k, v, 1, 3650),
     ),
+    "consul_objects_generation": Field(
+        0,
+        "Bump (0, 1, 2, ...) to re-apply every Consul ACL policy, token and config entry the "
+        "stack declares at the next deploy: after restoring a snapshot older than them, or to "
+        "mint new SecretIDs for tokens deleted in Consul (docs/operations.md). 0-1000000.",
+        lambda k, v: _as_int(k, v, 0, 1_000_000),
+    ),
     "alarm_email": Field(
         "",
         "E-mail subscribed to the alarm topic; empty = subscribe later.",
@@ -458,6 +477,7 @@ class MeshConfig:
     datacenter: str
     server_count: int
     instance_type: str
+    server_ami: str
     onprem_cidrs: tuple[str, ...]
     onprem_connectivity: str
     vpn_customer_gateway_ip: str
@@ -480,6 +500,7 @@ class MeshConfig:
     prometheus_port: int
     snapshot_interval_hours: int
     snapshot_retention_days: int
+    consul_objects_generation: int
     alarm_email: str
 
     @property

@@ -37,6 +37,7 @@ from constructs import Construct
 from mesh_stack import consul_server_config as csc
 from mesh_stack.key_use import grant_secret_read_write
 from mesh_stack.nag import acknowledge
+from mesh_stack.server_image import IMAGE_ID
 
 ASSETS = Path(__file__).parent / "assets" / "consul_server"
 JOIN_TAG_KEY = "consul-mesh:fleet"
@@ -107,6 +108,8 @@ class ConsulFleet(Construct):
         them evenly over the subnets' AZs, so with 3 AZs no AZ holds more than 2.
     instance_type / arm64: EC2 type of the servers and whether it is Graviton (arm64 AMI and
         Consul build).
+    image_id: the servers' AMI, a literal fixed at synth time (`mesh_stack/server_image.py`):
+        it changes only when the operator records a new one, never because AWS published one.
     esm_version: consul-esm release run on every server (health checks of catalog-only nodes).
     plaintext_listeners: also open HTTP 8500 / gRPC 8502 on the servers and the NLB.
     snapshot_interval_hours / snapshot_retention_days: `consul snapshot save` cadence and how
@@ -122,6 +125,7 @@ class ConsulFleet(Construct):
         *,
         vpc: ec2.IVpc,
         consul_version: str,
+        image_id: str,
         datacenter: str = "dc1",
         server_count: int = 3,
         instance_type: str = "m7g.large",
@@ -135,6 +139,10 @@ class ConsulFleet(Construct):
         super().__init__(scope, construct_id)
         if server_count not in (3, 5):
             raise ValueError(f"server_count must be 3 or 5, got {server_count}")
+        if not IMAGE_ID.match(image_id):
+            raise ValueError(
+                f"image_id must be an AMI ID like ami-0123456789abcdef0, got {image_id}"
+            )
         if not 1 <= snapshot_interval_hours <= 24:
             raise ValueError(
                 f"snapshot_interval_hours must be from 1 to 24, got {snapshot_interval_hours}"
@@ -205,9 +213,9 @@ class ConsulFleet(Construct):
             self,
             "LaunchTemplate",
             instance_type=ec2.InstanceType(instance_type),
-            machine_image=ec2.MachineImage.latest_amazon_linux2023(
-                cpu_type=ec2.AmazonLinuxCpuType.ARM_64 if arm64 else ec2.AmazonLinuxCpuType.X86_64
-            ),
+            # A literal, not the public SSM parameter: that one is resolved at every deploy and
+            # would roll the fleet whenever AWS publishes an image (mesh_stack/server_image.py).
+            machine_image=ec2.MachineImage.generic_linux({Stack.of(self).region: image_id}),
             role=role,
             security_group=self.server_security_group,
             require_imdsv2=True,

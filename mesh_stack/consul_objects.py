@@ -160,6 +160,10 @@ class ConsulObjects(Construct):
     proxy_protocol: protocol of `proxy-defaults` (`tcp`, `http`, `http2`, `grpc`); `tcp`
         works for any application, `http` enables L7 metrics and routing.
     timeout: how long one object may wait for the fleet to elect a leader (max 1 hour).
+    apply_generation: bumping it changes a property of every object, so the next deploy sends
+        each an Update and the provider re-applies it: it re-creates what Consul lost (a restore
+        of a snapshot older than the objects) and mints a new SecretID for every token deleted
+        in Consul (token rotation, docs/operations.md). 0 adds no property.
     """
 
     def __init__(
@@ -176,8 +180,11 @@ class ConsulObjects(Construct):
         vpc_subnets: ec2.SubnetSelection | None = None,
         proxy_protocol: str = "tcp",
         timeout: Duration | None = None,
+        apply_generation: int = 0,
     ) -> None:
         super().__init__(scope, construct_id)
+        if apply_generation < 0:
+            raise ValueError(f"apply_generation must be 0 or more, got {apply_generation}")
         if not Token.is_unresolved(consul_https_address) and not re.match(
             r"^https://[^/\s]+$", consul_https_address
         ):
@@ -195,6 +202,8 @@ class ConsulObjects(Construct):
             "ManagementTokenSecretArn": management_token_secret.secret_arn,
             "CaCertSecretArn": ca_cert_secret.secret_arn,
         }
+        if apply_generation:
+            self._connection["ApplyGeneration"] = str(apply_generation)
         total_timeout = timeout or Duration.minutes(30)
         # CloudFormation waits an hour for a custom resource's answer unless told otherwise. The
         # framework answers within total_timeout (its waiter's onTimeout reports the failure),
@@ -508,13 +517,15 @@ class ConsulObjects(Construct):
         acknowledge(
             secret,
             "AwsSolutions-SMG4",
-            "Holds a Consul ACL SecretID that only Consul can mint; it is rotated by replacing "
-            "the token (new construct ID). A Secrets Manager rotation Lambda would desync Consul.",
+            "Holds a Consul ACL SecretID that only Consul can mint; it is rotated by deleting the "
+            "token in Consul and bumping consul_objects_generation, which makes the provider "
+            "mint a new one (docs/operations.md). A rotation Lambda would desync Consul.",
         )
         acknowledge(
             secret,
             "NIST.800.53.R5-SecretsManagerRotationEnabled",
-            "Consul ACL SecretID: rotated by replacing the token in CDK; least-privilege, "
+            "Consul ACL SecretID: rotated by deleting it in Consul and re-applying the objects "
+            "(consul_objects_generation, docs/operations.md); least-privilege, "
             "KMS-encrypted, revocable in Consul at any time.",
         )
         return secretsmanager.Secret.from_secret_attributes(

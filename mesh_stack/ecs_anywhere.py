@@ -43,7 +43,8 @@ class EcsAnywhere(Construct):
     registration_limit: hosts one activation may register (SSM: 1-1000).
     expiry_days: days the activation stays valid (SSM: at most 30); reissue with
         `aws lambda invoke --function-name <ActivationFunctionName> --payload
-        '{"action":"reissue"}' /dev/stdout`.
+        '{"action":"reissue"}' --cli-binary-format raw-in-base64-out /dev/stdout` (AWS CLI v2
+        reads --payload as base64 unless told it is raw: "Invalid base64" otherwise).
 
     `teardown` (Custom::EcsAnywhereTeardown, served by the same function) deregisters every
     container instance (force) and the hosts' SSM managed instances when it is deleted. It

@@ -20,11 +20,17 @@ BLOCK = re.compile(r"^```(\w*)\n(.*?)^```", re.MULTILINE | re.DOTALL)
 SHELLCHECK = Path(sys.executable).parent / "shellcheck"
 
 
+def _commands_only(body: str) -> bool:
+    """An untagged block of `make` commands (the README's) is shell too."""
+    lines = [line for line in body.splitlines() if line.strip()]
+    return bool(lines) and all(line.startswith("make ") for line in lines)
+
+
 def blocks(*languages: str) -> list[tuple[str, str]]:
     found = []
     for doc in DOCS:
         for lang, body in BLOCK.findall(doc.read_text()):
-            if lang in languages:
+            if lang in languages or (not lang and "sh" in languages and _commands_only(body)):
                 found.append((f"{doc.relative_to(ROOT)}:{body.splitlines()[0][:40]}", body))
     return found
 

@@ -56,7 +56,9 @@ def fleet_template() -> dict[str, Any]:
     config = MeshConfig.from_context({})
     keys = Keys(stack, "Keys")
     vpc = Network(stack, "Network", config=config, log_key=keys.key).vpc
-    ConsulFleet(stack, "ConsulFleet", vpc=vpc, consul_version="1.21.4")
+    ConsulFleet(
+        stack, "ConsulFleet", vpc=vpc, consul_version="1.21.4", image_id="ami-0123456789abcdef0"
+    )
     template: dict[str, Any] = assertions.Template.from_stack(stack).to_json()
     return template
 

@@ -121,6 +121,8 @@ FAILURES = [
     ("snapshot_interval_hours", "25", "from 1 to 24"),
     ("snapshot_retention_days", "0", "from 1 to 3650"),
     ("alarm_email", "ops-at-example", "e-mail"),
+    ("server_ami", "ami-123", "AMI ID"),
+    ("consul_objects_generation", "-1", "from 0 to 1000000"),
 ]
 
 

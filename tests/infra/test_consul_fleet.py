@@ -23,6 +23,7 @@ from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from tests.conftest import cdk_json_context
 
 ONPREM = "192.168.0.0/16"
+IMAGE = "ami-0123456789abcdef0"
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -44,6 +45,7 @@ def build(tmp_path: Path, *, nag: bool = False, **kwargs: Any) -> tuple[cdk.App,
     config = MeshConfig.from_context({})
     keys = Keys(stack, "Keys")
     vpc = Network(stack, "Network", config=config, log_key=keys.key).vpc
+    kwargs.setdefault("image_id", IMAGE)
     fleet = ConsulFleet(stack, "ConsulFleet", vpc=vpc, consul_version="1.21.4", **kwargs)
     fleet.allow_clients(ec2.Peer.ipv4(ONPREM), "on-prem ECS Anywhere hosts")
     fleet.allow_checks_to(ec2.Peer.ipv4(ONPREM), ENVOY_INBOUND_PORTS, "on-prem Envoy listeners")
@@ -148,12 +150,21 @@ def test_launch_template_requires_imdsv2_and_encrypts_a_gp3_volume(default: Buil
     )
     (lt,) = default.resources("AWS::EC2::LaunchTemplate").values()
     assert "KeyName" not in lt["Properties"]["LaunchTemplateData"]
-    # The AMI is the SSM public parameter, resolved at deploy time, not looked up at synth.
-    image = lt["Properties"]["LaunchTemplateData"]["ImageId"]["Ref"]
-    param = default.json["Parameters"][image]
-    assert param["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
-    assert "al2023-ami" in param["Default"]
-    assert "arm64" in param["Default"]
+
+
+def test_the_image_is_the_one_given_not_a_deploy_time_ssm_parameter(default: Built) -> None:
+    # GIVEN a fleet built with an image ID
+    (lt,) = default.resources("AWS::EC2::LaunchTemplate").values()
+    # THEN the launch template carries it literally: a public SSM parameter would be resolved
+    # again at every deploy and roll the fleet whenever AWS publishes an image.
+    assert lt["Properties"]["LaunchTemplateData"]["ImageId"] == IMAGE
+    parameters = default.json.get("Parameters", {}).values()
+    assert not [p for p in parameters if "AWS::EC2::Image::Id" in p["Type"]]
+
+
+def test_fails_when_the_image_is_not_an_ami_id(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"image_id must be an AMI ID.*got latest"):
+        build(tmp_path, image_id="latest")
 
 
 # --- load balancer ---------------------------------------------------------------------------

@@ -706,3 +706,200 @@ def test_gate_wait_gives_up_after_the_timeout() -> None:
             return 500, "No cluster leader"
 
     assert consul_admin.wait(Leaderless(), "n", 3, timeout=0, interval=0) is False
+
+
+# --- rotation: the gossip keyring and the CA are read at their current version ---------------
+
+# The fake above, plus what rotation needs: the AWSCURRENT label (moved to every new version by
+# PutSecretValue without VersionStages; API reference, PutSecretValue) and a get-secret-value
+# without --version-id that answers the AWSCURRENT version (API reference, GetSecretValue).
+FAKE_AWS_CURRENT = FAKE_AWS.replace(
+    """        if opt.get("--version-id") not in versions:""",
+    """        if "--version-id" not in opt:
+            opt["--version-id"] = store.get("current", {}).get(opt["--secret-id"])
+        if opt.get("--version-id") not in versions:""",
+).replace(
+    """        versions[token] = value
+""",
+    """        versions[token] = value
+        store.setdefault("current", {})[opt["--secret-id"]] = token
+""",
+)
+KEY_OLD = "T2xkIGdvc3NpcCBrZXkgb2YgMzIgYnl0ZXMhISEhISE="
+KEY_NEW = "TmV3IGdvc3NpcCBrZXkgb2YgMzIgYnl0ZXMhISEhISE="
+
+
+@pytest.fixture
+def secrets(tmp_path: Path) -> tuple[dict[str, str], Path]:
+    """A fake Secrets Manager where arn:gossip and arn:ca hold the stack's placeholder."""
+    from mesh_stack.consul_fleet import PENDING
+
+    bindir = tmp_path / "awsbin"
+    bindir.mkdir()
+    executable(bindir / "aws", FAKE_AWS_CURRENT)
+    store = bindir / "aws.json"
+    store.write_text(
+        json.dumps(
+            {
+                "arn:gossip": {"cdk": PENDING},
+                "arn:ca": {"cdk": PENDING},
+                "current": {"arn:gossip": "cdk", "arn:ca": "cdk"},
+            }
+        )
+    )
+    return {"PATH": f"{bindir}:{os.environ['PATH']}"}, store
+
+
+def put_current(store: Path, secret: str, token: str, value: str) -> None:
+    """What the operator's `aws secretsmanager put-secret-value` does in the fake."""
+    data = json.loads(store.read_text())
+    data[secret][token] = value
+    data["current"][secret] = token
+    store.write_text(json.dumps(data))
+
+
+BOOT_KEYRING = (
+    'keyring="$(current_or_bootstrap arn:gossip consul-fleet-bootstrap-v1-gossip-key '
+    f'echo {KEY_OLD})"; gossip_keyring <<<"$keyring"'
+)
+
+
+def test_the_first_boot_publishes_the_gossip_key_and_makes_it_current(
+    secrets: tuple[dict[str, str], Path],
+) -> None:
+    env, store = secrets
+    first = bash(BOOT_KEYRING, env=env)
+    assert first.returncode == 0, first.stderr
+    assert json.loads(first.stdout) == [KEY_OLD]
+    assert json.loads(store.read_text())["current"]["arn:gossip"] == (
+        "consul-fleet-bootstrap-v1-gossip-key"
+    )
+
+
+def test_a_server_launched_mid_rotation_starts_with_every_key_of_the_current_keyring(
+    secrets: tuple[dict[str, str], Path], tmp_path: Path
+) -> None:
+    # GIVEN a fleet bootstrapped with KEY_OLD, and an operator half-way through a rotation: the
+    # new key installed everywhere, and the secret's current version [KEY_NEW, KEY_OLD]
+    env, store = secrets
+    assert bash(BOOT_KEYRING, env=env).returncode == 0
+    put_current(store, "arn:gossip", "rotation-1", json.dumps([KEY_NEW, KEY_OLD]))
+    # WHEN a replacement server boots (its generator would make a third key)
+    data = tmp_path / "data"
+    owner = f"{os.getuid()}:{os.getgid()}"
+    result = bash(
+        'keyring="$(current_or_bootstrap arn:gossip consul-fleet-bootstrap-v1-gossip-key '
+        'echo "never-used")"; keyring="$(gossip_keyring <<<"$keyring")"; '
+        f'write_keyrings "$keyring" "{data}" "{owner}"',
+        env=env,
+    )
+    # THEN its LAN and WAN keyring files hold both keys, the new primary first, as Consul reads
+    # them (agent/keyring.go loadKeyringFile: a JSON list, keys[0] is the primary)
+    assert result.returncode == 0, result.stderr
+    for name in ("local", "remote"):
+        keyring = data / "serf" / f"{name}.keyring"
+        assert json.loads(keyring.read_text()) == [KEY_NEW, KEY_OLD]
+        assert stat.S_IMODE(keyring.stat().st_mode) == 0o600
+    assert stat.S_IMODE((data / "serf").stat().st_mode) == 0o700
+
+
+def test_a_rebooted_server_keeps_the_keyring_consul_maintains(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    (data / "serf").mkdir(parents=True)
+    (data / "serf" / "local.keyring").write_text(json.dumps([KEY_NEW]))
+    owner = f"{os.getuid()}:{os.getgid()}"
+    result = bash(f'write_keyrings \'{json.dumps([KEY_OLD])}\' "{data}" "{owner}"')
+    assert result.returncode == 0, result.stderr
+    assert json.loads((data / "serf" / "local.keyring").read_text()) == [KEY_NEW]
+    assert json.loads((data / "serf" / "remote.keyring").read_text()) == [KEY_OLD]
+
+
+@pytest.mark.parametrize(
+    "value", ["not-base64!", json.dumps([]), json.dumps([KEY_OLD, "c2hvcnQ="]), "pending: x"]
+)
+def test_fails_when_the_gossip_secret_is_not_a_keyring(value: str) -> None:
+    result = bash(f"gossip_keyring <<<'{value}'")
+    assert result.returncode != 0
+    assert "gossip keyring" in result.stderr
+
+
+def test_a_secret_still_holding_the_placeholder_is_never_used(
+    secrets: tuple[dict[str, str], Path],
+) -> None:
+    env, _ = secrets
+    result = bash("current_or_bootstrap arn:ca tok-ca false", env=env)
+    assert result.returncode != 0
+    assert "cannot generate a value for arn:ca" in result.stderr
+
+
+# --- CA rotation: the secret may carry a trust bundle ----------------------------------------
+
+
+def openssl_ca(work: Path, name: str) -> tuple[str, str]:
+    """A self-signed CA like `consul tls ca create` makes: (cert PEM, key PEM)."""
+    key, cert = work / f"{name}-key.pem", work / f"{name}.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(key), "-out", str(cert), "-days", "30", "-subj", f"/CN={name}"],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    return cert.read_text(), key.read_text()
+
+
+def openssl_leaf(work: Path, ca: tuple[str, str], out: Path) -> None:
+    (work / "ca.pem").write_text(ca[0])
+    (work / "ca-key.pem").write_text(ca[1])
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-keyout", str(work / "leaf-key.pem"), "-out", str(out), "-days", "30",
+         "-subj", "/CN=server.dc1.consul", "-CA", str(work / "ca.pem"),
+         "-CAkey", str(work / "ca-key.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+
+
+BOOTSTRAP = ASSETS / "consul_bootstrap.sh"
+
+
+def tls_check(tls: Path, ca_json: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", "-c", f'source "{BOOTSTRAP}"; TLS_DIR="{tls}"; tls_matches_ca "$1"', "-",
+         json.dumps(ca_json)],
+        capture_output=True, text=True, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl is not installed")
+def test_renewal_follows_each_step_of_a_ca_rotation(tmp_path: Path) -> None:
+    old, new = openssl_ca(tmp_path, "old"), openssl_ca(tmp_path, "new")
+    tls = tmp_path / "tls"
+    tls.mkdir()
+    openssl_leaf(tmp_path, old, tls / "server.pem")
+    (tls / "consul-agent-ca.pem").write_text(old[0])
+    # GIVEN a server whose files match the fleet CA: nothing to renew
+    assert tls_check(tls, {"cert": old[0], "key": old[1]}).returncode == 0
+    # WHEN the operator adds the new CA to the trust bundle: the CA file must change
+    step1 = {"cert": old[0], "key": old[1], "bundle": old[0] + new[0]}
+    assert tls_check(tls, step1).returncode != 0
+    (tls / "consul-agent-ca.pem").write_text(old[0] + new[0])
+    assert tls_check(tls, step1).returncode == 0
+    # WHEN the new CA signs: the certificate the old one signed must be re-signed
+    step2 = {"cert": new[0], "key": new[1], "bundle": old[0] + new[0]}
+    assert tls_check(tls, step2).returncode != 0
+    openssl_leaf(tmp_path, new, tls / "server.pem")
+    assert tls_check(tls, step2).returncode == 0
+    # WHEN the old CA leaves the bundle: the CA file shrinks to the new CA
+    assert tls_check(tls, {"cert": new[0], "key": new[1]}).returncode != 0
+    # AND the trust bundle servers and clients get is the bundle, else the signing cert
+    trust = subprocess.run(
+        ["bash", "-c", f'source "{BOOTSTRAP}"; ca_trust "$1"', "-", json.dumps(step1)],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    assert trust.stdout == old[0] + new[0]
+
+
+def test_the_scripts_recognise_the_stacks_placeholder() -> None:
+    from mesh_stack.consul_fleet import PENDING
+
+    assert PENDING.startswith("pending:")
+    assert 'PLACEHOLDER_PREFIX="pending:"' in LIB.read_text()

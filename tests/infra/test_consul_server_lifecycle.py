@@ -100,6 +100,7 @@ def sandbox(tmp_path: Path) -> dict[str, str]:
         "CONFIG_DIR": str(config),
         "SYSTEMD_DIR": str(systemd),
         "BIN_DIR": str(bindir),
+        "ESM_DIR": str(tmp_path / "esm"),
     }
 
 
@@ -317,14 +318,18 @@ needs_openssl = pytest.mark.skipif(shutil.which("openssl") is None, reason="no o
 
 @pytest.fixture
 def renewable(sandbox: dict[str, str]) -> dict[str, str]:
-    """Fakes for a renewal: Secrets Manager holds the CA, `consul tls cert create` signs."""
+    """Fakes for a renewal: Secrets Manager holds the CA (ca.json, written by each test),
+    `consul tls cert create` signs."""
     bindir = Path(sandbox["BIN"])
+    Path(sandbox["ESM_DIR"]).mkdir()
+    ca_json = Path(sandbox["CALLS"]).parent / "ca.json"
+    ca_json.write_text(json.dumps({"cert": "CA CERT", "key": "CA KEY"}))
     executable(
         bindir / "aws",
         f"""\
         #!/usr/bin/env bash
         echo "aws $*" >> "{sandbox["CALLS"]}"
-        echo '{{"cert": "CA CERT", "key": "CA KEY"}}'
+        cat "{ca_json}"
         """,
     )
     executable(
@@ -345,6 +350,13 @@ def renewable(sandbox: dict[str, str]) -> dict[str, str]:
     return sandbox
 
 
+def signed_by_the_current_ca(sandbox: dict[str, str], server_pem: Path) -> None:
+    """The fleet CA secret and the trust file name the (self-signed) certificate's issuer."""
+    pem = server_pem.read_text()
+    (Path(sandbox["CALLS"]).parent / "ca.json").write_text(json.dumps({"cert": pem, "key": "K"}))
+    (server_pem.parent / "consul-agent-ca.pem").write_text(pem)
+
+
 @needs_openssl
 @pytest.mark.parametrize(
     ("days_left", "renewed"), [(89, False), (31, False), (29, True), (-2, True)]
@@ -354,6 +366,7 @@ def test_renewal_re_signs_only_within_thirty_days_of_expiry(
 ) -> None:
     server_pem = Path(renewable["CONFIG_DIR"]) / "tls" / "server.pem"
     certificate(server_pem, days_left)
+    signed_by_the_current_ca(renewable, server_pem)
     result = run(["bash", str(BOOTSTRAP), "renew-cert"], env=renewable)
     assert result.returncode == 0, result.stderr
     made = calls(renewable)
@@ -364,8 +377,33 @@ def test_renewal_re_signs_only_within_thirty_days_of_expiry(
         assert "systemctl try-reload-or-restart consul.service" in made
         assert "renewed for 90 days" in result.stderr
     else:
-        assert made == [], "a valid certificate needs no CA read, no signing, no reload"
+        # one read of the CA secret (to notice a CA rotation), no signing, no reload
+        assert made == [
+            "aws secretsmanager get-secret-value --secret-id arn:ca --query SecretString "
+            "--output text"
+        ]
         assert "nothing to do" in result.stderr
+
+
+@needs_openssl
+def test_renewal_re_signs_a_valid_certificate_the_current_ca_did_not_sign(
+    renewable: dict[str, str],
+) -> None:
+    # GIVEN a certificate with 89 days left, but the CA secret now names another signing CA
+    # (step 2 of a CA rotation, docs/operations.md)
+    tls = Path(renewable["CONFIG_DIR"]) / "tls"
+    certificate(tls / "server.pem", 89)
+    other = tls / "other.pem"
+    certificate(other, 300)
+    signed_by_the_current_ca(renewable, other)
+    # WHEN the daily renewal runs  THEN it re-signs, reloads Consul and restarts consul-esm
+    result = run(["bash", str(BOOTSTRAP), "renew-cert"], env=renewable)
+    assert result.returncode == 0, result.stderr
+    assert (tls / "server.pem").read_text() == "new cert\n"
+    made = calls(renewable)
+    assert "systemctl try-reload-or-restart consul.service" in made
+    assert "systemctl try-restart consul-esm.service" in made
+    assert (Path(renewable["ESM_DIR"]) / "consul-agent-ca.pem").exists()
 
 
 @needs_openssl

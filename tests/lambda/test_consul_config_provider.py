@@ -429,6 +429,28 @@ def test_token_deleted_out_of_band_is_recreated_on_update(
     assert secrets.value(secrets.token) == token["SecretID"] != lost_secret
 
 
+def test_a_generation_bump_alone_rotates_a_deleted_token_and_restores_its_policy(
+    consul: ConsulDouble, secrets: Secrets, clock: FakeTime
+) -> None:
+    # GIVEN a policy and a token, both gone from Consul (a restore of an older snapshot; or
+    # the operator deleted the token to rotate it: docs/operations.md)
+    policy = policy_props(consul, secrets)
+    made_policy = run(event("Create", policy))
+    props = token_props(consul, secrets)
+    created = run(event("Create", props))
+    old_secret = secrets.value(secrets.token)
+    consul_delete(consul, f"/v1/acl/token/{created.physical_id}")
+    consul_delete(consul, f"/v1/acl/policy/{made_policy.data['PolicyId']}")
+    # WHEN the next deploy changes nothing but ApplyGeneration (consul_objects_generation)
+    for props_now, made in ((policy, made_policy), (props, created)):
+        bumped = {**props_now, "ApplyGeneration": "1"}
+        run(event("Update", bumped, physical_id=made.physical_id, old=props_now))
+    # THEN both exist again, and the token's secret holds its new SecretID
+    assert [p["Name"] for p in consul.acl_policies().values()] == [policy["Name"]]
+    (token,) = consul.acl_tokens().values()
+    assert secrets.value(secrets.token) == token["SecretID"] != old_secret
+
+
 def test_token_with_service_identity_sends_it_to_consul(
     consul: ConsulDouble, secrets: Secrets, clock: FakeTime
 ) -> None:

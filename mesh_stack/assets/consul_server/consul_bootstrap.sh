@@ -3,8 +3,10 @@
 #
 #   consul_bootstrap.sh            full boot (run by the user data on every launch)
 #   consul_bootstrap.sh renew-cert re-sign this server's certificate when it expires within
-#                                  RENEW_BEFORE_DAYS (consul-cert-renew.timer: daily, at boot,
-#                                  and after any time the instance was off)
+#                                  RENEW_BEFORE_DAYS or no longer follows the CA secret (a CA
+#                                  rotation: docs/operations.md), and reload Consul
+#                                  (consul-cert-renew.timer: daily, at boot, and after any time
+#                                  the instance was off; operators run it during a rotation)
 #
 # Inputs, written by the user data (nothing in them is secret):
 #   /etc/consul-fleet/fleet.env    region, versions, datacenter, secret ARNs, NLB DNS name, ...
@@ -14,7 +16,8 @@
 #
 # Idempotent: a replaced instance (or this one, rebooted) finds every secret already published
 # and re-reads it; it joins the peers it finds by tag, and Raft streams it the cluster state, so
-# a fresh root volume loses nothing. Cluster identity (CA, gossip key, tokens) never changes.
+# a fresh root volume loses nothing. Tokens never change; the gossip keyring and the CA are
+# read at their current version, so a rotation (docs/operations.md) reaches every later launch.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -29,11 +32,15 @@ DATA_DIR="${DATA_DIR:-/opt/consul/data}"
 ESM_DIR="${ESM_DIR:-/etc/consul-esm.d}"
 BIN_DIR="${BIN_DIR:-/usr/local/bin}"
 SYSTEMD_DIR="${SYSTEMD_DIR:-/etc/systemd/system}"
+CONSUL_OWNER="${CONSUL_OWNER:-consul:consul}"
 # Server certificates live CERT_DAYS; they are re-signed once fewer than RENEW_BEFORE_DAYS remain.
 CERT_DAYS=90
 RENEW_BEFORE_DAYS=30
 # Version ids of the secrets generated at boot. Fixed strings (32-64 characters, as
 # ClientRequestToken requires), so every server asks for the same version: see publish_once.
+# The gossip keyring and the CA are read at their current version instead (current_or_bootstrap):
+# the bootstrap version only settles who publishes the first value, so an operator can rotate
+# them (docs/operations.md) and a server launched mid-rotation gets what its peers use.
 TOKEN_GOSSIP="consul-fleet-bootstrap-v1-gossip-key"
 TOKEN_MANAGEMENT="consul-fleet-bootstrap-v1-management-token"
 TOKEN_AGENT="consul-fleet-bootstrap-v1-agent-token"
@@ -89,20 +96,44 @@ write_private() {
   mv -f "$tmp" "$1"
 }
 
+# ca_trust CA_JSON: the PEM bundle servers and clients trust. The CA secret is
+# {"cert": PEM, "key": PEM} and, during a CA rotation, also "bundle": the old and the new CA
+# certificates, so that certificates of either verify while the fleet moves over.
+ca_trust() {
+  python3 -c 'import json, sys; d = json.load(sys.stdin); sys.stdout.write(d.get("bundle") or d["cert"])' <<<"$1"
+}
+
 # sign_server_cert CA_JSON: this server's certificate for server.<dc>.consul, the NLB name,
-# localhost and 127.0.0.1. The CA key lives only in a private temp dir, removed at once.
+# localhost and 127.0.0.1, signed by the CA's "cert"/"key"; the trust bundle (ca_trust) becomes
+# the agents' CA file. The CA key lives only in a private temp dir, removed at once.
 sign_server_cert() {
   local work
   work="$(mktemp -d)"
   chmod 700 "$work"
   json_field cert <<<"$1" >"${work}/ca.pem"
   json_field key <<<"$1" >"${work}/ca-key.pem"
+  ca_trust "$1" >"${work}/trust.pem"
   (cd "$work" && "${BIN_DIR}/consul" tls cert create -server -dc "$DATACENTER" \
     -ca ca.pem -key ca-key.pem -days "$CERT_DAYS" -additional-dnsname "$NLB_DNS_NAME" >/dev/null)
-  install -m 0644 -o root -g consul "${work}/ca.pem" "${TLS_DIR}/consul-agent-ca.pem"
+  install -m 0644 -o root -g consul "${work}/trust.pem" "${TLS_DIR}/consul-agent-ca.pem"
   install -m 0644 -o root -g consul "${work}/${DATACENTER}-server-consul-0.pem" "${TLS_DIR}/server.pem"
   install -m 0640 -o root -g consul "${work}/${DATACENTER}-server-consul-0-key.pem" "${TLS_DIR}/server-key.pem"
   rm -rf "$work"
+}
+
+# tls_matches_ca CA_JSON: whether this server's TLS files follow the CA secret: its CA file is
+# the secret's trust bundle and its certificate was signed by the secret's signing "cert".
+tls_matches_ca() {
+  local work status=0
+  work="$(mktemp -d)"
+  json_field cert <<<"$1" >"${work}/signing.pem"
+  ca_trust "$1" >"${work}/trust.pem"
+  if ! cmp -s "${work}/trust.pem" "${TLS_DIR}/consul-agent-ca.pem" ||
+    ! openssl verify -CAfile "${work}/signing.pem" "${TLS_DIR}/server.pem" >/dev/null 2>&1; then
+    status=1
+  fi
+  rm -rf "$work"
+  return "$status"
 }
 
 # cert_expires_within FILE DAYS: true when FILE is missing, unreadable, or its certificate
@@ -276,16 +307,18 @@ apply_acls() {
 
 renew_cert() {
   load_env
-  if ! cert_expires_within "${TLS_DIR}/server.pem" "$RENEW_BEFORE_DAYS"; then
-    log "server certificate valid for more than ${RENEW_BEFORE_DAYS} days: nothing to do"
+  local ca_json
+  ca_json="$(current_secret "$CA_SECRET_ARN")" || die "cannot read the fleet CA"
+  if ! cert_expires_within "${TLS_DIR}/server.pem" "$RENEW_BEFORE_DAYS" && tls_matches_ca "$ca_json"; then
+    log "server certificate valid for more than ${RENEW_BEFORE_DAYS} days and signed by the current CA: nothing to do"
     return 0
   fi
-  local ca_json
-  ca_json="$(secret_version "$CA_SECRET_ARN" "$TOKEN_CA")" || die "cannot read the fleet CA"
   sign_server_cert "$ca_json"
+  install -m 0640 -o root -g consul-esm "${TLS_DIR}/consul-agent-ca.pem" "${ESM_DIR}/consul-agent-ca.pem"
   # Consul reloads its TLS files on SIGHUP; a stopped agent reads them when it starts.
   systemctl try-reload-or-restart consul.service
-  log "server certificate renewed for ${CERT_DAYS} days"
+  systemctl try-restart consul-esm.service
+  log "server certificate renewed for ${CERT_DAYS} days, signed by the current CA"
 }
 
 main() {
@@ -296,12 +329,15 @@ main() {
   install_release consul "$CONSUL_VERSION" "$BIN_DIR"
   install_release consul-esm "$ESM_VERSION" "$BIN_DIR"
 
-  local gossip management agent esm ca_json ca_cert_file
-  gossip="$(ensure_secret "$GOSSIP_SECRET_ARN" "$TOKEN_GOSSIP" "${BIN_DIR}/consul" keygen)"
+  local keyring gossip management agent esm ca_json ca_cert_file
+  keyring="$(current_or_bootstrap "$GOSSIP_SECRET_ARN" "$TOKEN_GOSSIP" "${BIN_DIR}/consul" keygen)"
+  keyring="$(gossip_keyring <<<"$keyring")"
+  gossip="$(python3 -c 'import json, sys; print(json.load(sys.stdin)[0])' <<<"$keyring")"
+  write_keyrings "$keyring" "$DATA_DIR" "$CONSUL_OWNER"
   management="$(ensure_secret "$MANAGEMENT_TOKEN_SECRET_ARN" "$TOKEN_MANAGEMENT" new_uuid)"
   agent="$(ensure_secret "$AGENT_TOKEN_SECRET_ARN" "$TOKEN_AGENT" new_uuid)"
   esm="$(ensure_secret "$ESM_TOKEN_SECRET_ARN" "$TOKEN_ESM" new_uuid)"
-  ca_json="$(ensure_secret "$CA_SECRET_ARN" "$TOKEN_CA" generate_ca)"
+  ca_json="$(current_or_bootstrap "$CA_SECRET_ARN" "$TOKEN_CA" generate_ca)"
   # The public half for clients (Envoy, the Lambdas): same bytes from every server, so
   # concurrent publishers send identical requests and Secrets Manager keeps one version.
   ca_cert_file="$(mktemp)"

@@ -198,6 +198,74 @@ ensure_secret() {
   printf '%s' "$value"
 }
 
+# Every fleet secret starts as the stack's placeholder (consul_fleet.PENDING, "pending: ..."):
+# CDK must give it a value, and no secret may be in the template.
+PLACEHOLDER_PREFIX="pending:"
+
+# current_secret SECRET_ID: the SecretString of the version labelled AWSCURRENT.
+current_secret() {
+  aws secretsmanager get-secret-value --secret-id "$1" --query SecretString --output text 2>/dev/null
+}
+
+# current_or_bootstrap SECRET_ID TOKEN GENERATOR...: the secret's current value. While it still
+# holds the placeholder, the fleet's first value, published once as version TOKEN by whichever
+# server is first (ensure_secret); PutSecretValue then moves AWSCURRENT to it (API reference,
+# PutSecretValue, VersionStages: "If you don't include VersionStages, Secrets Manager
+# automatically moves the staging label AWSCURRENT to this version"). An operator rotates by
+# putting a new current version; a server launched after that reads it, never version TOKEN.
+current_or_bootstrap() {
+  local secret="$1" value
+  value="$(current_secret "$secret")" || die "cannot read the current version of ${secret}"
+  if [[ "$value" == "${PLACEHOLDER_PREFIX}"* ]]; then
+    ensure_secret "$@"
+  else
+    printf '%s' "$value"
+  fi
+}
+
+# --- gossip keyring ---------------------------------------------------------------------------
+#
+# The GossipKey secret holds one key (as the first server generated it) or, during a rotation,
+# a JSON list of keys with the primary first: the format of Consul's own keyring files
+# `<data_dir>/serf/local.keyring` and `serf/remote.keyring` (hashicorp/consul agent/keyring.go:
+# loadKeyringFile reads a JSON list and makes keys[0] the primary; initKeyring writes the
+# `encrypt` key there only when the file does not exist yet). A server launched mid-rotation
+# starts with every key of the current version, so it decrypts gossip sent with the old primary
+# and the new one, and its peers decrypt what it sends.
+
+# gossip_keyring: the secret's value on stdin; on stdout the keyring as a JSON list, primary
+# first. Fails on anything that is not a base64 AES-128/192/256 key (memberlist.ValidateKey).
+gossip_keyring() {
+  python3 -c '
+import base64, binascii, json, sys
+text = sys.stdin.read().strip()
+keys = json.loads(text) if text.startswith("[") else [text]
+if not keys or not all(isinstance(k, str) for k in keys):
+    sys.exit("gossip keyring must be one key or a JSON list of keys, primary first")
+for key in keys:
+    try:
+        size = len(base64.b64decode(key, validate=True))
+    except binascii.Error:
+        size = -1
+    if size not in (16, 24, 32):
+        sys.exit("gossip keyring holds a value that is not a base64 16, 24 or 32 byte key")
+print(json.dumps(keys))
+'
+}
+
+# write_keyrings KEYRING_JSON DATA_DIR OWNER: seed the LAN and WAN keyring files of a fresh data
+# directory. An existing file is Consul's, kept up to date by `consul keyring` operations: never
+# overwritten (a reboot keeps what the cluster installed since).
+write_keyrings() {
+  local keyring="$1" data="$2" owner="$3" file
+  install -d -m 0700 -o "${owner%%:*}" -g "${owner##*:}" "${data}/serf"
+  for file in local remote; do
+    [[ -e "${data}/serf/${file}.keyring" ]] && continue
+    (umask 077 && printf '%s' "$keyring" >"${data}/serf/${file}.keyring")
+    chown "$owner" "${data}/serf/${file}.keyring"
+  done
+}
+
 # new_uuid: a random UUID (Consul ACL SecretIDs must be UUIDs).
 new_uuid() {
   cat /proc/sys/kernel/random/uuid

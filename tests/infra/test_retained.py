@@ -1,0 +1,139 @@
+"""What `make destroy` keeps, and the command that deletes it afterwards (tools/retained.py).
+
+`record` runs against a botocore Stubber of CloudFormation ListStackResources (API reference:
+`StackResourceSummaries[]` with `LogicalResourceId`, `PhysicalResourceId`, `ResourceType`);
+`purge` against moto's S3, Secrets Manager, CloudWatch Logs and KMS.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import boto3
+import pytest
+from botocore.stub import Stubber
+from moto import mock_aws
+
+from tools import retained
+
+REGION = "us-east-1"
+
+
+def test_the_default_stack_retains_the_keys_fleet_secrets_buckets_and_log_groups(
+    synthesized: Any,
+) -> None:
+    (template,) = [t for name, t in synthesized.templates().items() if "assets" not in name]
+    kept = retained.retained_logical_ids(template)
+    kinds = sorted(set(kept.values()))
+    assert kinds == sorted(retained.ORDER)
+    secrets = [lid for lid, kind in kept.items() if kind == "AWS::SecretsManager::Secret"]
+    # the CA private key and the management token are among them
+    assert any("CertificateAuthority" in lid for lid in secrets)
+    assert any("ManagementToken" in lid for lid in secrets)
+
+
+def test_record_maps_the_retained_logical_ids_to_what_was_deployed() -> None:
+    template = {
+        "Resources": {
+            "CaSecret": {"Type": "AWS::SecretsManager::Secret", "DeletionPolicy": "Retain"},
+            "Key": {"Type": "AWS::KMS::Key", "DeletionPolicy": "Retain"},
+            "Queue": {"Type": "AWS::SQS::Queue", "DeletionPolicy": "Delete"},
+            "TokenSecret": {"Type": "AWS::SecretsManager::Secret"},
+        }
+    }
+    cfn = boto3.client(
+        "cloudformation", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stub = Stubber(cfn)
+    summary = {"ResourceStatus": "CREATE_COMPLETE", "LastUpdatedTimestamp": "2026-01-01"}
+    stub.add_response(
+        "list_stack_resources",
+        {
+            "StackResourceSummaries": [
+                {
+                    "LogicalResourceId": "Key",
+                    "PhysicalResourceId": "key-1",
+                    "ResourceType": "AWS::KMS::Key",
+                    **summary,
+                },
+                {
+                    "LogicalResourceId": "Queue",
+                    "PhysicalResourceId": "https://q",
+                    "ResourceType": "AWS::SQS::Queue",
+                    **summary,
+                },
+                {
+                    "LogicalResourceId": "TokenSecret",
+                    "PhysicalResourceId": "arn:token",
+                    "ResourceType": "AWS::SecretsManager::Secret",
+                    **summary,
+                },
+            ],
+            "NextToken": "page-2",
+        },
+        {"StackName": "consul-mesh-dev"},
+    )
+    stub.add_response(
+        "list_stack_resources",
+        {
+            "StackResourceSummaries": [
+                {
+                    "LogicalResourceId": "CaSecret",
+                    "PhysicalResourceId": "arn:ca",
+                    "ResourceType": "AWS::SecretsManager::Secret",
+                    **summary,
+                },
+            ]
+        },
+        {"StackName": "consul-mesh-dev", "NextToken": "page-2"},
+    )
+    with stub:
+        found = retained.record(template, "consul-mesh-dev", cfn)
+    assert found == [
+        {"type": "AWS::SecretsManager::Secret", "logical_id": "CaSecret", "physical_id": "arn:ca"},
+        {"type": "AWS::KMS::Key", "logical_id": "Key", "physical_id": "key-1"},
+    ]
+
+
+@pytest.fixture
+def account() -> Iterator[dict[str, Any]]:
+    with mock_aws():
+        session = boto3.Session(
+            region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"
+        )
+        yield {name: session.client(name) for name in ("s3", "secretsmanager", "logs", "kms")}
+
+
+def test_purge_deletes_everything_listed_and_can_run_again(account: dict[str, Any]) -> None:
+    # GIVEN what a destroyed stack left: a versioned bucket with snapshots, the CA secret,
+    # a log group and the KMS key
+    s3, sm, logs, kms = (account[n] for n in ("s3", "secretsmanager", "logs", "kms"))
+    s3.create_bucket(Bucket="snapshots")
+    s3.put_bucket_versioning(Bucket="snapshots", VersioningConfiguration={"Status": "Enabled"})
+    for body in (b"one", b"two"):
+        s3.put_object(Bucket="snapshots", Key="snapshots/dc1/a.snap", Body=body)
+    s3.delete_object(Bucket="snapshots", Key="snapshots/dc1/a.snap")  # a delete marker
+    ca = sm.create_secret(Name="ca", SecretString='{"cert": "c", "key": "k"}')["ARN"]
+    logs.create_log_group(logGroupName="/aws/lambda/reg")
+    key = kms.create_key()["KeyMetadata"]["KeyId"]
+    resources = [
+        {"type": "AWS::KMS::Key", "logical_id": "Key", "physical_id": key},
+        {"type": "AWS::Logs::LogGroup", "logical_id": "Logs", "physical_id": "/aws/lambda/reg"},
+        {"type": "AWS::SecretsManager::Secret", "logical_id": "Ca", "physical_id": ca},
+        {"type": "AWS::S3::Bucket", "logical_id": "Bucket", "physical_id": "snapshots"},
+    ]
+    # WHEN the operator purges them
+    lines = retained.purge(resources, account)
+    # THEN nothing is left but the key, pending deletion after the minimum waiting period
+    assert [line.split()[0] for line in lines] == ["deleted", "deleted", "deleted", "scheduled"]
+    assert "snapshots" not in [b["Name"] for b in s3.list_buckets()["Buckets"]]
+    with pytest.raises(sm.exceptions.ResourceNotFoundException):
+        sm.describe_secret(SecretId=ca)
+    assert logs.describe_log_groups()["logGroups"] == []
+    assert kms.describe_key(KeyId=key)["KeyMetadata"]["KeyState"] == "PendingDeletion"
+    # AND a second run (an interrupted purge, run again) finishes: what is gone is reported
+    # (moto, like Secrets Manager, accepts a forced delete of a deleted secret)
+    again = retained.purge(resources, account)
+    assert len(again) == 4
+    assert again[0] == "already gone: AWS::S3::Bucket snapshots"

@@ -1,0 +1,150 @@
+"""What `make destroy` leaves behind on purpose, and the command that deletes it.
+
+    python -m tools.retained record [-c key=value ...]   # before `cdk destroy` (make destroy)
+    python -m tools.retained purge RETAINED_FILE          # later, once nothing there is needed
+
+Resources with `DeletionPolicy: Retain` outlive the stack: the KMS keys, the Consul fleet's
+secrets (the CA private key, the management token, ...), the snapshot bucket and its
+access-log bucket, the log groups. Once the stack is gone CloudFormation no longer lists them,
+so `record` (run by `make destroy` before the deletion) reads the synthesized template for the
+retained logical IDs, asks CloudFormation for their physical IDs (ListStackResources) and
+writes them to `retained-<stack>.json`.
+
+`purge` deletes them: every object version and delete marker, then the buckets; the secrets
+without a recovery window (ForceDeleteWithoutRecovery: the CA key and the management token
+must not linger); the log groups; and last it schedules the KMS keys' deletion after the
+minimum 7-day waiting period (KMS never deletes a key at once). Both need AWS credentials.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import boto3
+
+from mesh_stack.config import MeshConfig
+from mesh_stack.config_errors import ConfigError
+from tools.preflight import CDK_JSON, context_from
+
+# The order of `purge`: the keys last, since the buckets' and secrets' data is encrypted with
+# them; deleting a bucket's objects needs no decryption, so nothing depends on them before.
+ORDER = ("AWS::S3::Bucket", "AWS::SecretsManager::Secret", "AWS::Logs::LogGroup", "AWS::KMS::Key")
+KEY_WAITING_DAYS = 7  # KMS ScheduleKeyDeletion PendingWindowInDays: 7-30
+
+
+def retained_logical_ids(template: dict[str, Any]) -> dict[str, str]:
+    """Logical ID -> resource type of every resource the stack keeps when it is deleted."""
+    return {
+        logical_id: resource["Type"]
+        for logical_id, resource in template.get("Resources", {}).items()
+        if resource.get("DeletionPolicy") == "Retain" and resource["Type"] in ORDER
+    }
+
+
+def record(template: dict[str, Any], stack_name: str, cloudformation: Any) -> list[dict[str, str]]:
+    """The retained resources of the deployed stack: type, logical and physical ID."""
+    wanted = retained_logical_ids(template)
+    found = []
+    for page in cloudformation.get_paginator("list_stack_resources").paginate(StackName=stack_name):
+        for summary in page["StackResourceSummaries"]:
+            logical_id = summary["LogicalResourceId"]
+            if logical_id in wanted and summary.get("PhysicalResourceId"):
+                found.append(
+                    {
+                        "type": wanted[logical_id],
+                        "logical_id": logical_id,
+                        "physical_id": summary["PhysicalResourceId"],
+                    }
+                )
+    return sorted(found, key=lambda r: (ORDER.index(r["type"]), r["logical_id"]))
+
+
+def _empty_bucket(s3: Any, bucket: str) -> None:
+    for page in s3.get_paginator("list_object_versions").paginate(Bucket=bucket):
+        objects = [
+            {"Key": v["Key"], "VersionId": v["VersionId"]}
+            for v in page.get("Versions", []) + page.get("DeleteMarkers", [])
+        ]
+        if objects:
+            s3.delete_objects(Bucket=bucket, Delete={"Objects": objects, "Quiet": True})
+
+
+def _gone(err: Exception) -> bool:
+    code = getattr(err, "response", {}).get("Error", {}).get("Code", "")
+    # KMSInvalidStateException: the key is already pending deletion (an earlier purge).
+    return code in ("NoSuchBucket", "ResourceNotFoundException", "KMSInvalidStateException")
+
+
+def purge(resources: Sequence[dict[str, str]], clients: dict[str, Any]) -> list[str]:
+    """Delete what `record` listed, in ORDER; returns one line per resource. Idempotent."""
+    lines = []
+    for resource in sorted(resources, key=lambda r: ORDER.index(r["type"])):
+        kind, physical = resource["type"], resource["physical_id"]
+        try:
+            if kind == "AWS::S3::Bucket":
+                _empty_bucket(clients["s3"], physical)
+                clients["s3"].delete_bucket(Bucket=physical)
+                lines.append(f"deleted bucket {physical}")
+            elif kind == "AWS::SecretsManager::Secret":
+                clients["secretsmanager"].delete_secret(
+                    SecretId=physical, ForceDeleteWithoutRecovery=True
+                )
+                lines.append(f"deleted secret {physical} (no recovery window)")
+            elif kind == "AWS::Logs::LogGroup":
+                clients["logs"].delete_log_group(logGroupName=physical)
+                lines.append(f"deleted log group {physical}")
+            else:
+                clients["kms"].schedule_key_deletion(
+                    KeyId=physical, PendingWindowInDays=KEY_WAITING_DAYS
+                )
+                lines.append(f"scheduled deletion of KMS key {physical} in {KEY_WAITING_DAYS} days")
+        except Exception as err:  # one line per resource, then the next one
+            if not _gone(err):
+                raise
+            lines.append(f"already gone: {kind} {physical}")
+    return lines
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tools.retained", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    rec = sub.add_parser("record")
+    rec.add_argument("-c", "--context", action="append", default=[], dest="context")
+    rec.add_argument("--cdk-json", type=Path, default=CDK_JSON)
+    rec.add_argument("--cdk-out", type=Path, default=Path("cdk.out"))
+    pur = sub.add_parser("purge")
+    pur.add_argument("file", type=Path)
+    args, _ = parser.parse_known_args(argv)
+
+    if args.command == "record":
+        try:
+            config = MeshConfig.from_context(context_from(args.context, args.cdk_json))
+        except ConfigError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 1
+        template_path = args.cdk_out / f"{config.stack_name}.template.json"
+        template = json.loads(template_path.read_text())
+        cloudformation = boto3.client("cloudformation", region_name=config.region)
+        resources = record(template, config.stack_name, cloudformation)
+        out = Path(f"retained-{config.stack_name}.json")
+        out.write_text(
+            json.dumps({"region": config.region, "resources": resources}, indent=2) + "\n"
+        )
+        print(f"{len(resources)} retained resources listed in {out}; delete them later with")
+        print(f"  python -m tools.retained purge {out}")
+        return 0
+    data = json.loads(args.file.read_text())
+    session = boto3.Session(region_name=data["region"])
+    clients = {name: session.client(name) for name in ("s3", "secretsmanager", "logs", "kms")}
+    for line in purge(data["resources"], clients):
+        print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
