@@ -3,8 +3,9 @@
 A fresh deploy plus one registered host shows a working mesh: on the host,
 `curl http://127.0.0.1:9080/` returns frontend's answer with backend's response nested inside
 it. Both run in host mode, the secure default: each app listens on 127.0.0.1 only and is
-reachable from other machines only through its Envoy (mTLS, intentions). Turn the demo off
-with `-c demo_enabled=false`.
+reachable from other machines only through its Envoy (mTLS, intentions). It is deployed by
+default only with `environment=dev`: `-c demo_enabled=true` deploys it elsewhere,
+`-c demo_enabled=false` turns it off.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from constructs import Construct
 
 from mesh_stack import demo_ports
 from mesh_stack.mesh_service import MeshService
+from mesh_stack.sidecar_images import SidecarImages
 
 # HashiCorp's demo service: answers HTTP and calls UPSTREAM_URIS, nesting their answers.
 DEMO_IMAGE = "nicholasjackson/fake-service:v0.26.2"
@@ -55,6 +57,7 @@ class MeshDemo(Construct):
         log_key: kms.IKey,
         consul_tls_server_name: str | None = None,
         prometheus_port: int | None = 9102,
+        images: SidecarImages | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         missing = [name for name in DEMO_SERVICES if name not in token_secrets]
@@ -98,6 +101,7 @@ class MeshDemo(Construct):
                 # before any host exists (a replica service would wait for placement), and
                 # one registered host shows the working mesh.
                 daemon=True,
+                images=images,
             )
             # fake-service listens where LISTEN_ADDR says: 127.0.0.1 in host mode.
             mesh_service.app_container.add_environment("LISTEN_ADDR", mesh_service.listen_address)
