@@ -26,9 +26,11 @@ from mesh_stack.keys import Keys
 from mesh_stack.mesh_service import MeshService
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
+from mesh_stack.outputs import add_outputs
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
+from mesh_stack.sidecar_images import RegistryCredentials, SidecarImages
 
 
 class MeshStack(Stack):
@@ -73,6 +75,8 @@ class MeshStack(Stack):
             fleet.allow_checks_to(
                 ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
             )
+        for cidr in config.operator_cidrs:
+            fleet.allow_operators(ec2.Peer.ipv4(cidr), f"Operators in {cidr}")
         self.fleet = fleet
         # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
         # host ports) gets its range opened too, whoever adds it to the stack and when.
@@ -103,6 +107,16 @@ class MeshStack(Stack):
         self.cluster = ecs_anywhere.cluster
 
         registrar_token = objects.registrar_token()
+        operator_token = objects.operator_token()
+        self.images = SidecarImages(
+            envoy_repository=config.envoy_image,
+            init_image=config.init_image,
+            credentials=RegistryCredentials(
+                config.registry_credentials_secret_arn, config.registry_credentials_kms_key_arn
+            )
+            if config.registry_credentials_secret_arn
+            else None,
+        )
         registrar = Registrar(
             self,
             "Registrar",
@@ -168,6 +182,7 @@ class MeshStack(Stack):
                 # Always gRPC-TLS 8503: plaintext_listeners opens 8500/8502 for other clients
                 # and never downgrades the project's own sidecars.
                 prometheus_port=config.prometheus_port,
+                images=self.images,
             )
             for source, destination in DEMO_INTENTIONS:
                 objects.intention(source, destination)
@@ -181,12 +196,26 @@ class MeshStack(Stack):
             # deletion waits for its tasks to stop, which never happens on a host that is gone.
             ecs_anywhere.tear_down_before(demo)
 
-        CfnOutput(self, "ConsulHttpsAddress", value=fleet.https_address)
-        CfnOutput(self, "ConsulGrpcAddress", value=Fn.join("", [fleet.grpc_host, ":8503"]))
-        CfnOutput(self, "ConsulCaCertSecretArn", value=fleet.ca_cert_secret.secret_arn)
-        CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
-        CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
-        CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
+        add_outputs(
+            self,
+            {
+                "ClusterName": ecs_anywhere.cluster.cluster_name,
+                "ClusterArn": ecs_anywhere.cluster.cluster_arn,
+                "RegisterHostCommand": ecs_anywhere.registration_command,
+                "ActivationSecretArn": ecs_anywhere.activation_secret.secret_arn,
+                "ActivationFunctionName": ecs_anywhere.function.function_name,
+                "ConsulHttpsAddress": fleet.https_address,
+                "ConsulGrpcAddress": Fn.join("", [fleet.grpc_host, ":8503"]),
+                "ConsulUiUrl": fleet.ui_url,
+                "ConsulCaCertSecretArn": fleet.ca_cert_secret.secret_arn,
+                "OperatorTokenSecretArn": operator_token.secret_arn,
+                "ConsulManagementTokenSecretArn": fleet.management_token_secret.secret_arn,
+                "RegistrarTokenSecretArn": registrar_token.secret_arn,
+                "ConsulSnapshotBucket": fleet.snapshot_bucket.bucket_name,
+                "RegistrarDeadLetterQueueUrl": registrar.dead_letter_queue.queue_url,
+                "EventRuleDeadLetterQueueUrl": registrar.target_dead_letter_queue.queue_url,
+            },
+        )
         if network.onprem is not None:
             for name, (value, description) in network.onprem.outputs().items():
                 CfnOutput(self, name, value=value, description=description)
