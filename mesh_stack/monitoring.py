@@ -7,7 +7,9 @@ What is watched, and why each alarm exists:
   of lambda/registrar/metrics.py, by ClusterName), function errors (it never raises by design,
   so an error is a crash or a timeout).
 - Reconcile: drift repaired per pass (events are being lost: above the threshold pages),
-  deletions held back by the cap, passes that could not read ECS, and the function's errors.
+  deletions held back by the cap, passes that could not read ECS, a task registered again
+  after a MISSING answer had removed it (any pages: ECS said MISSING for a running task), and
+  the function's errors.
 - Hosts: a host address the registrar refuses (docker0 reported by SSM, loopback...) pages:
   the host's tasks stay out of the mesh until the operator sets its address.
 - Consul: healthy servers behind the NLB, per listener; fewer than a quorum pages (the catalog
@@ -48,9 +50,10 @@ HOST_METRICS = (
     "HostChecksRestored",
     "HostDeregistered",
     "HostAddressRefused",
+    "HostAddressDoubtful",
 )
 LAG_METRIC = "EventToCatalogLagMs"
-DRIFT_METRICS = ("DriftMissing", "DriftChanged", "DriftStale", "DriftHosts")
+DRIFT_METRICS = ("DriftMissing", "DriftChanged", "DriftStale", "DriftHosts", "DriftResurrected")
 DRIFT_TOTAL = "DriftRepaired"
 RECONCILE_METRICS = ("DeletionsHeldBack", "ReconcileIncomplete", "ReconcileFailed")
 
@@ -272,6 +275,15 @@ class Monitoring(Construct):
             threshold=0,
             description="The reconcile pass found more stale entries than its deletion cap "
             "allows (reconcile_max_deletions); check why before raising the cap.",
+        )
+        self._alarm(
+            "DriftResurrectedAlarm",
+            self.metric("DriftResurrected", period=interval),
+            threshold=0,
+            description="A task the reconcile pass had removed because DescribeTasks answered "
+            "MISSING is listed and described RUNNING again: it was registered again, after "
+            "being out of the mesh since that pass. MISSING was wrong (an ECS fault beyond its "
+            "documented eventual consistency); see docs/runbook.md.",
         )
         self._alarm(
             "HostAddressRefusedAlarm",

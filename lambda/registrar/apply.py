@@ -77,10 +77,12 @@ def apply(
     version: int,
     event_time: str | None = None,
     repair: bool = False,
+    reason: str | None = None,
 ) -> Result:
     """Make the catalog reflect `desired` unless a newer or equal event already did.
 
     `repair` (reconcile): rewrite even at the record's own version; see `decide.decide`.
+    `reason`: written into the tombstone a stop leaves (model.MISSING_REASON).
     """
     for attempt in range(1, CAS_ATTEMPTS + 1):
         stored = read_record(consul, key)
@@ -100,7 +102,7 @@ def apply(
             ops = [catalog.kv_cas_op(key, new, index), *catalog.register_ops(action.registration)]
         else:
             assert isinstance(action, Deregister)
-            new = StateRecord(version, STOPPED, event_time=event_time)
+            new = StateRecord(version, STOPPED, event_time=event_time, reason=reason)
             ops = [catalog.kv_cas_op(key, new, index), *catalog.deregister_ops(node)]
         try:
             consul.txn(ops)

@@ -16,10 +16,18 @@ request after CONNECT_TIMEOUT_S to connect and READ_TIMEOUT_S per read ("The tim
 till a timeout exception is thrown when attempting to make a connection / to read from a
 connection", botocore config.py), so a request needs up to their sum, and one that cannot have
 it fails at once with BudgetExhausted (the message goes back to SQS, a pass stops there).
+
+Those timeouts do not bound a request, though: urllib3 (2.x, `util/connection.py`
+`create_connection`) tries every address DNS returns with the connect timeout each, and
+botocore's read timeout applies per socket read. So a request inside a budget also runs under a
+hard deadline (`_before`): when the budget runs out first, the caller gets BudgetExhausted and
+the request is left to finish on its own thread. Every AWS request the registrar makes is a
+read (Describe*, List*, GetSecretValue), so an abandoned one has no effect.
 """
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import json
 import threading
@@ -30,6 +38,7 @@ from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any, Protocol, TypeVar
 
+import logs
 from model import Host, TaskDefinition, task_definition_from_api, valid_address
 from retry import Budget, BudgetExhausted, RetryableError
 
@@ -155,7 +164,7 @@ def aws_call(what: str, fn: Callable[[], T]) -> T:
     )
 
     try:
-        return fn()
+        return fn() if budget is None else _before(budget.remaining_s(), what, fn)
     except ClientError as err:
         error = err.response.get("Error", {})
         code = str(error.get("Code", ""))
@@ -168,6 +177,32 @@ def aws_call(what: str, fn: Callable[[], T]) -> T:
         raise AwsUnavailable(f"{what}: {err}") from err
     except BotoCoreError as err:
         raise AwsLookupError(f"{what}: {err}") from err
+
+
+def _before(deadline_s: float, what: str, fn: Callable[[], T]) -> T:
+    """`fn()`, or BudgetExhausted when it has not returned within `deadline_s` (it goes on,
+    abandoned, on its own daemon thread; its answer is dropped)."""
+    outcome: list[T] = []
+    failure: list[BaseException] = []
+    context = contextvars.copy_context()
+
+    def run() -> None:
+        try:
+            outcome.append(context.run(fn))
+        except BaseException as err:  # re-raised in the caller's thread
+            failure.append(err)
+
+    worker = threading.Thread(target=run, name=f"aws {what}", daemon=True)
+    worker.start()
+    worker.join(deadline_s)
+    if worker.is_alive():
+        raise BudgetExhausted(
+            f"{what}: no answer within the {deadline_s:.1f} s left in this invocation "
+            "(the request is abandoned)"
+        )
+    if failure:
+        raise failure[0]
+    return outcome[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -212,6 +247,15 @@ class EcsTaskDefinitions:
 # Docker gives docker0 172.17.0.0/16 unless configured otherwise (Docker's default-address-pools
 # / bip). An operator who really numbers hosts there sets the attribute, which is trusted.
 DOCKER_DEFAULT_BRIDGE = ipaddress.ip_network("172.17.0.0/16")
+# Docker numbers user-defined bridges (`br-*`, which can be the first interface just as well)
+# from its other local-scope default pools, 172.18.0.0/16 to 172.31.0.0/16 (moby
+# daemon/libnetwork/ipamutils/utils.go `localScopeDefaultNetworks`; its 192.168.0.0/16 pool is
+# left out, on-prem networks use it too). Real hosts are numbered there as well, so an SSM
+# address in them is not refused: it is reported (`address_doubt`), and the attribute settles it.
+DOCKER_BRIDGE_POOLS = tuple(
+    ipaddress.ip_network(n)
+    for n in ("172.18.0.0/15", "172.20.0.0/14", "172.24.0.0/14", "172.28.0.0/14")
+)
 
 
 def address_problem(value: str, *, from_ssm: bool) -> str | None:
@@ -230,6 +274,17 @@ def address_problem(value: str, *, from_ssm: bool) -> str | None:
     if from_ssm and ip in DOCKER_DEFAULT_BRIDGE:
         return f"in Docker's default bridge network {DOCKER_DEFAULT_BRIDGE} (docker0)"
     return None
+
+
+def address_doubt(value: str) -> str | None:
+    """Why an address SSM reports may be a Docker bridge's rather than the host's, or None."""
+    ip = ipaddress.ip_address(value)
+    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
+        ip = ip.ipv4_mapped
+    pool = next((n for n in DOCKER_BRIDGE_POOLS if ip in n), None)
+    if pool is None:
+        return None
+    return f"in {pool}, from which Docker numbers user-defined bridges (br-*)"
 
 
 class HostSource(Protocol):
@@ -318,7 +373,15 @@ class EcsSsmHosts:
                 f"aws ecs put-attributes --cluster {cluster_arn} --attributes "
                 f"name={ADDRESS_ATTRIBUTE},value=<ip>,targetId={container_instance_arn}",
             )
-        return Host(address=address, instance_id=instance_id, source="ssm")
+        doubt = address_doubt(address)
+        if doubt:
+            logs.warning(
+                f"SSM reports {address} for {instance_id}, {doubt}: registered, but if it is a "
+                f"Docker bridge no other host can reach it; set the container instance "
+                f"attribute {ADDRESS_ATTRIBUTE} to the host's reachable IP",
+                container_instance_arn=container_instance_arn,
+            )
+        return Host(address=address, instance_id=instance_id, source="ssm", doubt=doubt)
 
     def _instance_information(
         self, container_instance_arn: str, instance_id: str

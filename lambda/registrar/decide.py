@@ -438,9 +438,19 @@ def decide(
     `repair` is for the reconcile pass, which has already seen the catalog differ from the
     record (node missing, address moved, node of a stopped task present): it rewrites at a
     version equal to or above the record's, and checks a tombstoned task's node is gone. The
-    ordering rules above still hold: never below the record's version, never over a tombstone.
+    ordering rules above still hold: never below the record's version, never over a tombstone
+    that ECS reported.
+
+    The one exception is a tombstone the pass inferred from DescribeTasks' MISSING
+    (`StateRecord.inferred_from_missing`): a pass that lists the task and describes it RUNNING
+    (the only caller passing `repair` with a registration) overwrites it, cas on its ModifyIndex,
+    since MISSING proved wrong. A stop event that meets it writes the tombstone ECS reported,
+    so a pass that still lists the task for a moment after its stop cannot bring it back.
     """
-    if record is None:
+    # A tombstone inferred from MISSING is overwritten like no record at all, by a pass
+    # registering a listed RUNNING task or by a stop event (not by a RUNNING event, which may
+    # be late, nor by a pass's stop, which it already says).
+    if record is None or (record.inferred_from_missing and repair == (desired is not None)):
         return Deregister() if desired is None else Register(desired)
     if record.status != RUNNING:
         if repair and desired is None:

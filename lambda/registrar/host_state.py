@@ -24,6 +24,16 @@ What lands in Consul
   removed through `apply` (tombstone + node delete, cas on the task's record), like a stop whose
   version no event can exceed: a late RUNNING event cannot bring it back.
 
+Version gaps: "events may not be delivered to your event listeners in the order in which the
+events occurred" (ECS developer guide, `ecs_cwet_handling.md`), and placing or stopping a task
+on a host changes its version too, so two events of a host that stayed disconnected can arrive
+V+2 before V+1, and a pass can read DescribeContainerInstances ahead of the events. A gap may
+also hide a reconnect whose event is late or lost. So a marker is only ever cleared by evidence
+of a connection: a connected state newer than the record, or a late one whose version falls
+inside the recorded disconnection (`interruption`). Marking needs the opposite, a confirmation
+at least as new as the record, and a disconnection's start that survived no unexplained gap:
+marking can come late, never early.
+
 Ordering: these events are also delivered at least once and out of order, with a `version` per
 container instance. One KV record per instance, `kv_layout.host_key` (`.../hosts/<instance-id>`),
 moves forward only (cas on its ModifyIndex). The markers are then converged to the record and
@@ -167,6 +177,12 @@ class HostRecord:
     `disconnected_since`: when the disconnection began (ISO time; None when connected, or
     unknown for a record written before it was kept). `marked`: the disconnection outlasted the
     grace and was confirmed, so the task nodes carry the critical marker.
+    `since_version`: the instance version the disconnection was first seen at; every version
+    from it to `version` was seen disconnected or lies in a gap, so a connected state reported
+    with a version in between proves a reconnect hid in a gap. `gap_since`: when the newest
+    state that followed such a gap was seen, the latest the current disconnection can have
+    begun if a reconnect hid in the gap (None: no gap since the disconnection was marked).
+    Both None for records of releases that did not keep them (no interruption is inferred).
     """
 
     version: int
@@ -174,6 +190,8 @@ class HostRecord:
     status: str
     disconnected_since: str | None = None
     marked: bool = False
+    since_version: int | None = None
+    gap_since: str | None = None
 
     @property
     def deregistered(self) -> bool:
@@ -191,6 +209,8 @@ class HostRecord:
             "status": self.status,
             "disconnected_since": self.disconnected_since,
             "marked": self.marked,
+            "since_version": self.since_version,
+            "gap_since": self.gap_since,
         }
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
@@ -211,28 +231,81 @@ class HostRecord:
         if not isinstance(marked, bool):
             # A record of a release without the grace: it marked a disconnected host at once.
             marked = not connected
-        return cls(version, connected, status, since if isinstance(since, str) else None, marked)
+        since_version, gap_since = doc.get("since_version"), doc.get("gap_since")
+        return cls(
+            version,
+            connected,
+            status,
+            since if isinstance(since, str) else None,
+            marked,
+            since_version if _is_int(since_version) else None,
+            gap_since if isinstance(gap_since, str) else None,
+        )
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def next_record(previous: HostRecord | None, state: InstanceState, seen_at: datetime) -> HostRecord:
-    """The record after `state`, which was observed at `seen_at`.
+    """The record after `state` (newer than `previous`), which was observed at `seen_at`.
 
-    A disconnection keeps its start and its verdict only across consecutive versions: the
-    version grows with every change of the instance (ECS developer guide, "Amazon ECS events"),
-    so a gap may hide a reconnect whose event is late or lost, and carrying the start over it
-    could mark a host before its new disconnection has lasted the grace. The start restarts at
-    `seen_at` instead: marking can come late, never early.
+    A disconnection keeps its start across consecutive versions: the version grows with every
+    change of the instance (ContainerInstance.version, ECS API reference), so nothing happened
+    in between. Across a gap:
+    - a marked disconnection stays marked, with its start: the host may well have stayed
+      disconnected (a task placed or stopped on it bumps the version, and its events arrive in
+      any order), and only evidence of a connection clears a marker. If a reconnect did hide in
+      the gap, its own late event (`interruption`), the next reconnect, or the next pass that
+      reads the agent connected clears it; `gap_since` keeps when this state was seen, the
+      start the disconnection falls back to then;
+    - a disconnection not marked yet restarts at `seen_at`: carrying its start over a hidden
+      reconnect could mark the host before its new disconnection has lasted the grace. Marking
+      can come late, never early.
     """
     if state.agent_connected or state.deregistered:
         return HostRecord(state.version, state.agent_connected, state.status)
+    seen = seen_at.isoformat(timespec="seconds")
+    if previous is not None and not previous.agent_connected and not previous.deregistered:
+        if state.version == previous.version + 1:
+            return replace(previous, version=state.version, status=state.status)
+        if previous.marked:
+            return replace(previous, version=state.version, status=state.status, gap_since=seen)
+    return HostRecord(state.version, False, state.status, seen, since_version=state.version)
+
+
+def interruption(record: HostRecord | None, state: InstanceState) -> HostRecord | None:
+    """The record once `state`, older than it, is taken into account; None when it changes
+    nothing (a stale state, the usual case).
+
+    A connected state whose version lies after the version the recorded disconnection was first
+    seen at, and before the record's, is a reconnect that hid in a version gap: the disconnection
+    the marker was set for ended, and the current one began after it. The marker goes, and the
+    disconnection restarts from `gap_since`, when the state after the gap was seen (never
+    earlier than the current disconnection's real start: marking stays late, never early). A
+    redelivery of that same state finds the record it produced (`since_version` is its version)
+    and yields it unchanged, so the markers converge whatever failed the first time, unless a
+    pass has marked the host again since (its disconnection outlasted the grace after all).
+    """
     if (
-        previous is not None
-        and not previous.agent_connected
-        and not previous.deregistered
-        and state.version == previous.version + 1
+        record is None
+        or not state.agent_connected
+        or state.deregistered
+        or record.agent_connected
+        or record.deregistered
+        or record.since_version is None
+        or record.gap_since is None
+        or not record.since_version <= state.version < record.version
     ):
-        return replace(previous, version=state.version, status=state.status)
-    return HostRecord(state.version, False, state.status, seen_at.isoformat(timespec="seconds"))
+        return None
+    if state.version == record.since_version:
+        return None if record.marked else record
+    return replace(
+        record,
+        marked=False,
+        disconnected_since=record.gap_since,
+        since_version=state.version,
+    )
 
 
 def due_for_marking(record: HostRecord | None, now: datetime, grace: timedelta) -> bool:
@@ -289,10 +362,19 @@ def apply_instance_state(consul: Inventory, state: InstanceState, seen_at: datet
     for attempt in range(1, CAS_ATTEMPTS + 1):
         record, index = _read(consul, key)
         if record is not None and state.version < record.version:
-            return Outcome("stale", f"version {state.version} is older than {record.version}")
-        if record is not None and state.version == record.version:
+            new = interruption(record, state)
+            if new is None:
+                return Outcome("stale", f"version {state.version} is older than {record.version}")
+            logs.info(
+                "a reconnect hid in a version gap: the recorded disconnection ended",
+                reconnect_version=state.version,
+                since_version=record.since_version,
+            )
+        elif record is not None and state.version == record.version:
             break  # a duplicate: make sure the tasks match what it recorded
-        if _cas(consul, key, next_record(record, state, seen_at), index):
+        else:
+            new = next_record(record, state, seen_at)
+        if new == record or _cas(consul, key, new, index):
             break
         logs.info("host record changed under us; deciding again", attempt=attempt)
     else:
@@ -312,6 +394,13 @@ def mark_after_grace(
             return Outcome("ignored", "the record no longer says disconnected")
         if record.marked:
             break
+        if state.version < record.version:
+            # An answer older than what the record already knows confirms nothing about now.
+            return Outcome(
+                "ignored",
+                f"DescribeContainerInstances answered version {state.version}, older than the "
+                f"record's {record.version}: not a confirmation",
+            )
         if state.version > record.version:
             record = next_record(record, state, now)
         if not due_for_marking(record, now, grace):

@@ -8,16 +8,17 @@ An ECS cluster name is unique only within one account and Region (the ARN is
 was shared by every same-named cluster registered in one Consul: their reconcile passes took
 each other's records for their own, and a drain's delete-tree wiped both. The Region and the
 account make the prefix unique (Region codes are unique across partitions: us-east-1, cn-north-1
-and us-gov-west-1 each belong to one). The name comes first so that one recursive read of
-`ecs-registrar/<cluster-name>/` returns this layout together with the one it replaces:
+and us-gov-west-1 each belong to one). The layout it replaces:
 
     ecs-registrar/<cluster-name>/tasks/<task-id>          (releases before the ARN layout)
     ecs-registrar/<cluster-name>/hosts/<container-instance-id>
 
-Those legacy records are migrated by the reconcile pass (reconcile.py, "migration"), never read
-by the event path; docs/architecture.md "State records" says how and what stays behind. A
-legacy key can never be mistaken for an ARN-layout key: its segment after the name is `tasks`
-or `hosts`, never a Region.
+The reconcile pass reads this cluster's prefix, and the two legacy prefixes apart (never the
+whole `ecs-registrar/<cluster-name>/`, which holds every same-named cluster's records), and only
+until the migration is done (`migration_key`, migration.py). The event path never reads legacy
+records; docs/architecture.md "State records" says how and what stays behind. A legacy key can
+never be mistaken for an ARN-layout key: its segment after the name is `tasks` or `hosts`,
+never a Region.
 """
 
 from __future__ import annotations
@@ -60,7 +61,7 @@ def scope(cluster_arn: str) -> ClusterScope:
 
 
 def name_prefix(cluster_arn: str) -> str:
-    """Every record of every cluster named like this one, in both layouts."""
+    """Every record of every cluster named like this one, in both layouts: never read whole."""
     return f"{identity.STATE_PREFIX}{scope(cluster_arn).name}/"
 
 
@@ -80,9 +81,21 @@ def host_key(cluster_arn: str, instance_id: str) -> str:
     return f"{cluster_prefix(cluster_arn)}{HOSTS}/{instance_id}"
 
 
+def legacy_prefix(cluster_arn: str, kind: Kind) -> str:
+    """Where the releases before the ARN layout kept records of `kind`, shared by every
+    same-named cluster that ran them."""
+    return f"{name_prefix(cluster_arn)}{kind}/"
+
+
 def legacy_key(cluster_arn: str, kind: Kind, item_id: str) -> str:
     """Where the releases before the ARN layout kept the record of `item_id`."""
-    return f"{name_prefix(cluster_arn)}{kind}/{item_id}"
+    return f"{legacy_prefix(cluster_arn, kind)}{item_id}"
+
+
+def migration_key(cluster_arn: str) -> str:
+    """The marker saying this cluster has nothing left in the legacy layout (migration.py);
+    under the cluster's prefix, so the pass's one read of it finds the marker too."""
+    return f"{cluster_prefix(cluster_arn)}legacy-layout-migrated"
 
 
 @dataclass(frozen=True)

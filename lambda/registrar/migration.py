@@ -1,25 +1,43 @@
 """Moving state records from the name-keyed layout to the ARN-keyed one (kv_layout.py).
 
-Run by every reconcile pass on what its one recursive read of `ecs-registrar/<cluster-name>/`
-returned (both layouts share that prefix), so a deploy needs no extra step and the first pass
-after it does the work. A record is moved only when it is provably this cluster's: task IDs
-and container instance IDs are unique, and ownership comes from what this pass read of ECS and
-of the catalog, never from the name the two layouts share with a cluster of another account or
-Region. For a legacy record of task or instance `X`:
+Run by every reconcile pass until it is done, so a deploy needs no extra step and the first
+pass after it does the work. What the pass reads (`read`): this cluster's prefix
+(`kv_layout.cluster_prefix`) and, until the migration marker says there is nothing left, the
+two legacy prefixes `ecs-registrar/<cluster-name>/tasks/` and `.../hosts/` apart; never the
+whole `ecs-registrar/<cluster-name>/`, which also holds the ARN-layout records of every
+same-named cluster of other accounts and Regions sharing the Consul.
+
+A legacy record is written to only when it is provably this cluster's: task IDs and container
+instance IDs are unique, and ownership comes from what this pass read of ECS and of the
+catalog, or from this cluster's own ARN-layout record of the same ID, never from the name the
+legacy layout shares with a cluster of another account or Region. For a legacy record of task
+or instance `X`:
 
 - running (or unreadable) task record, and `X` runs in this cluster (listing) or its node
   carries this cluster's ARN: moved, i.e. created in the ARN layout (cas index 0) and deleted
   from the legacy one (delete-cas), in one txn;
 - running task record whose ARN-layout record exists (the event path rewrote it since): the
-  legacy copy is superseded and deleted (delete-cas);
-- tombstone younger than the tombstone grace: copied (cas index 0) and left in place. Its
-  owner cannot be told from a same-named cluster's (it has no node, and ECS forgets stopped
-  tasks), and a tombstone only ever blocks its own task, so copying is harmless while deleting
-  could cost the other cluster its ordering. Older tombstones are collected by the pass's
-  tombstone phase like the ARN layout's (no delayed event outlives the grace);
+  legacy copy is superseded and deleted (delete-cas); only this cluster writes its ARN layout,
+  and a running record is never copied, so that record proves `X` is this cluster's;
+- tombstone whose ARN-layout record exists and is not the copy below (this cluster's event
+  path or pass wrote it: `X` is ours), or whose `X` this pass attributes: superseded or moved,
+  like a running record;
+- other tombstone younger than the tombstone grace: copied (cas index 0, byte for byte) and
+  left in place. Its owner cannot be told from a same-named cluster's (it has no node, and ECS
+  forgets stopped tasks), and a tombstone only ever blocks its own task, so copying is harmless
+  while deleting could cost the other cluster its ordering. A copy proves nothing: it is the
+  legacy value byte for byte, which is how `plan` tells it from a record this cluster wrote;
 - host record of a container instance this pass described, or whose ARN-layout record exists:
   moved, or deleted when superseded;
-- anything else (another cluster's, or undecidable): left as it is, and written to by nobody.
+- anything else (another cluster's, or undecidable, old tombstones among them): left as it is,
+  and written to by nobody. docs/runbook.md "Legacy state records" says how to remove what
+  is left once every registrar sharing the Consul runs this release.
+
+Done: a pass with a complete ECS listing whose plan is empty writes the marker
+`kv_layout.migration_key` (its time). Passes keep reading the legacy prefixes for
+MIGRATION_SETTLE after it, so a record an invocation of the previous release was still writing
+while the deploy replaced it is moved too; after that the pass makes no request for the legacy
+layout. The drain deletes the marker with the rest of the cluster's prefix.
 
 Until the first pass after the deploy has run, the event path sees none of the legacy records:
 a stop still lands (it writes a new tombstone), a RUNNING event is written again, and the one
@@ -30,6 +48,7 @@ node the same pass then removes (its task is stopped in ECS). docs/architecture.
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -37,20 +56,31 @@ from typing import Any
 
 import inventory
 import kv_layout
+import logs
+from consul import TxnConflict
 from inventory import Inventory, KVPair
 from model import RUNNING, MalformedEvent, StateRecord, parse_time
 
 Record = tuple[StateRecord | None, int]  # (record or None when unreadable, ModifyIndex)
 
+# How long after the migration marker the pass still reads the legacy prefixes: a registrar or
+# reconcile invocation of the previous release that was running when the deploy replaced the
+# code ends within its timeout (60 s and at most 5 minutes), so whatever it wrote is moved by
+# the passes of this window (at most 3 times the longest timeout).
+MIGRATION_SETTLE = timedelta(minutes=15)
+
 
 @dataclass
 class Records:
-    """One recursive read of `kv_layout.name_prefix`, sorted by layout and kind."""
+    """The pass's reads of this cluster's prefix and, while migrating, the legacy prefixes."""
 
     tasks: dict[str, Record] = field(default_factory=dict)  # task ID -> record (ARN layout)
+    task_values: dict[str, bytes] = field(default_factory=dict)  # task ID -> its raw value
     hosts: dict[str, KVPair] = field(default_factory=dict)  # instance ID -> ARN-layout record
     legacy_tasks: dict[str, KVPair] = field(default_factory=dict)
     legacy_hosts: dict[str, KVPair] = field(default_factory=dict)
+    legacy_read: bool = False  # the legacy prefixes were read (the migration is not settled)
+    migrated_at: datetime | None = None  # the marker's time; None when not written yet
 
 
 def decode(value: bytes) -> StateRecord | None:
@@ -60,10 +90,28 @@ def decode(value: bytes) -> StateRecord | None:
         return None  # unreadable: apply overwrites it with cas
 
 
-def read(consul: Inventory, cluster_arn: str) -> Records:
+def _marker_time(value: bytes) -> datetime | None:
+    try:
+        return parse_time(json.loads(value).get("migrated_at"), "migrated_at")
+    except (ValueError, TypeError, AttributeError, MalformedEvent):
+        return None  # unreadable: read the legacy prefixes, and write the marker again
+
+
+def read(consul: Inventory, cluster_arn: str, now: datetime) -> Records:
+    """One request for this cluster's prefix; two more (the legacy prefixes) until the
+    migration marker is MIGRATION_SETTLE old."""
     found = Records()
     cluster = kv_layout.scope(cluster_arn)
-    for pair in consul.kv_list(kv_layout.name_prefix(cluster_arn)):
+    marker = kv_layout.migration_key(cluster_arn)
+    pairs = consul.kv_list(kv_layout.cluster_prefix(cluster_arn))
+    for pair in pairs:
+        if pair.key == marker:
+            found.migrated_at = _marker_time(pair.value)
+    found.legacy_read = found.migrated_at is None or now < found.migrated_at + MIGRATION_SETTLE
+    if found.legacy_read:
+        for kind in (kv_layout.TASKS, kv_layout.HOSTS):
+            pairs += consul.kv_list(kv_layout.legacy_prefix(cluster_arn, kind))
+    for pair in pairs:
         where = kv_layout.locate(pair.key, cluster)
         if where is None or "/" in where.item_id:
             continue
@@ -71,11 +119,23 @@ def read(consul: Inventory, cluster_arn: str) -> Records:
             found.legacy_tasks[where.item_id] = pair
         elif where.kind == kv_layout.TASKS:
             found.tasks[where.item_id] = (decode(pair.value), pair.modify_index)
+            found.task_values[where.item_id] = pair.value
         elif where.legacy:
             found.legacy_hosts[where.item_id] = pair
         else:
             found.hosts[where.item_id] = pair
     return found
+
+
+def mark_done(consul: Inventory, cluster_arn: str, now: datetime) -> bool:
+    """Write the migration marker (create only: a marker already there keeps its time)."""
+    value = json.dumps({"migrated_at": now.isoformat()}).encode()
+    try:
+        consul.txn([_create(kv_layout.migration_key(cluster_arn), value)])
+    except TxnConflict:
+        return False
+    logs.info("nothing of this cluster is left in the legacy layout; it is no longer read")
+    return True
 
 
 @dataclass(frozen=True)
@@ -120,14 +180,18 @@ def plan(
     for tid, pair in sorted(records.legacy_tasks.items()):
         record = decode(pair.value)
         new_key = kv_layout.task_key(cluster_arn, tid)
-        if record is not None and record.status != RUNNING:
-            if tid not in records.tasks and _young(record, now, tombstone_grace):
-                steps.append(Step(tid, (_create(new_key, pair.value),)))
-        elif tid in records.tasks:
+        tombstone = record is not None and record.status != RUNNING
+        current = records.task_values.get(tid)
+        # This cluster's own ARN-layout record of the task (a copy of a tombstone is the legacy
+        # value byte for byte, and proves nothing)
+        ours_there = current is not None and (not tombstone or current != pair.value)
+        if ours_there or (tid in our_tasks and current is not None):
             steps.append(Step(tid, (_delete(pair),)))
         elif tid in our_tasks:
             ops = (_create(new_key, pair.value), _delete(pair))
-            steps.append(Step(tid, ops, moves_task=True, record=record))
+            steps.append(Step(tid, ops, moves_task=not tombstone, record=record))
+        elif tombstone and current is None and record and _young(record, now, tombstone_grace):
+            steps.append(Step(tid, (_create(new_key, pair.value),)))
     for iid, pair in sorted(records.legacy_hosts.items()):
         if iid in records.hosts:
             steps.append(Step(iid, (_delete(pair),)))

@@ -467,6 +467,7 @@ class Host:
     address: str
     instance_id: str  # SSM managed instance id (mi-...) or EC2 instance id
     source: Literal["ssm", "attribute"]
+    doubt: str | None = None  # why the address may not be the host's (aws.address_doubt)
 
 
 def valid_address(value: str) -> bool:
@@ -600,6 +601,10 @@ _CANONICAL = json.JSONEncoder(default=_as_json_object, sort_keys=True, separator
 
 RUNNING: Literal["running"] = "running"
 STOPPED: Literal["stopped"] = "stopped"
+# A tombstone the reconcile pass wrote because DescribeTasks answered MISSING (reconcile.py
+# `_may_be_forgotten`): the one tombstone that was inferred, not reported by ECS, so a later pass
+# that sees the task listed and described RUNNING may overwrite it (decide.decide).
+MISSING_REASON = "missing"
 
 
 @dataclass(frozen=True)
@@ -608,6 +613,8 @@ class StateRecord:
 
     `sidecar` holds the catalog/register body of the sidecar written for this version, so that
     whoever finds the catalog behind the record (a concurrent writer, a retry) can repair it.
+    `reason` tags a tombstone that was inferred rather than reported (MISSING_REASON); absent
+    from the stored JSON when None, so every other record encodes as before.
     """
 
     version: int
@@ -615,15 +622,22 @@ class StateRecord:
     digest: str | None = None
     sidecar: Mapping[str, Any] | None = None
     event_time: str | None = None
+    reason: str | None = None
+
+    @property
+    def inferred_from_missing(self) -> bool:
+        return self.status == STOPPED and self.reason == MISSING_REASON
 
     def encode(self) -> bytes:
-        doc = {
+        doc: dict[str, Any] = {
             "version": self.version,
             "status": self.status,
             "digest": self.digest,
             "sidecar": self.sidecar,
             "event_time": self.event_time,
         }
+        if self.reason is not None:
+            doc["reason"] = self.reason
         return json.dumps(doc, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
@@ -641,12 +655,14 @@ class StateRecord:
         sidecar = doc.get("sidecar")
         digest = doc.get("digest")
         event_time = doc.get("event_time")
+        reason = doc.get("reason")
         return cls(
             version=version,
             status=RUNNING if status == RUNNING else STOPPED,
             digest=digest if isinstance(digest, str) else None,
             sidecar=sidecar if isinstance(sidecar, dict) else None,
             event_time=event_time if isinstance(event_time, str) else None,
+            reason=reason if isinstance(reason, str) else None,
         )
 
 

@@ -7,9 +7,11 @@ registrar's environment (CONSUL_HTTP_ADDR, ECS_CLUSTER_ARN, ...):
 One pass
 1. What the registrar owns, in 3 Consul requests whatever the cluster's size: this cluster's
    task nodes (`/v1/catalog/nodes?filter=Meta["source"] == ... and Meta["cluster-arn"] == ...`),
-   the state records (`/v1/kv/ecs-registrar/<cluster-name>/?recurse`: this cluster's, keyed by
-   its ARN, and the legacy name-keyed ones, kv_layout.py) and the disconnection markers
+   its state records (`/v1/kv/ecs-registrar/<name>/<region>/<account>/?recurse`, kv_layout.py)
+   and the disconnection markers
    (`/v1/health/state/any?filter=CheckID == "ecs-agent-connectivity"`).
+   Until the legacy name-keyed layout is migrated (and MIGRATION_SETTLE after), 2 more: its
+   `tasks/` and `hosts/` prefixes, read apart so that no same-named cluster's records come along.
 2. ECS's truth (listing.py): ListTasks + DescribeTasks, 100 tasks per call; task definitions
    through the registrar's cache (immutable per ARN); container instances and SSM addresses
    in batches, fresh every pass.
@@ -19,11 +21,15 @@ One pass
    event path's own function). In sync = a running record with the same digest and the node
    present on the same address: nothing is written. Otherwise `apply.apply(repair=True)` with
    the version DescribeTasks reports: the event path's cas-protected txn, so a tombstone or a
-   newer record always wins and reconcile can never resurrect a stopped task.
+   newer record always wins and reconcile can never resurrect a stopped task. The exception:
+   a tombstone this pass wrote on MISSING (tagged `reason: missing`) is overwritten when the
+   task is listed and described RUNNING again (DriftResurrected, an alarm: MISSING was wrong).
 4. Deletions, only when the ECS listing is complete (every page read, every task described):
    the tasks the catalog or a running record has and the listing lacks are confirmed with
    DescribeTasks (stopped, or MISSING with a record at least an hour old: one MISSING for a
-   younger record is eventual consistency, not proof). At most RECONCILE_MAX_DELETIONS are
+   younger record is eventual consistency, not proof). A task DescribeTasks still answers
+   RUNNING is kept, unless its container instance is deregistered (`_orphans`: tasks of a
+   host force-deregistered while its event was lost). At most RECONCILE_MAX_DELETIONS are
    removed (through `apply`: tombstone + node delete); the rest is reported (DeletionsHeldBack
    metric and a warning) and left to the next pass. Only nodes carrying our `source` and
    cluster meta are ever listed, so nothing else can be deleted.
@@ -47,7 +53,8 @@ harm: missing and moved entries first, then deletions, then garbage collection. 
 could not read the whole listing deletes nothing (ReconcileIncomplete metric).
 
 Metrics (EMF, namespace of metrics.py, dimension ClusterName): ReconcileTasks (running mesh
-tasks), DriftMissing, DriftChanged, DriftStale, DriftHosts and their sum DriftRepaired,
+tasks), DriftMissing, DriftChanged, DriftStale, DriftHosts, DriftResurrected and their sum
+DriftRepaired,
 DeletionsHeldBack, TombstonesCollected, RecordsMigrated, ReconcileIncomplete,
 ReconcileDeferred (repairs left for lack of time), ReconcileFailed (repairs that failed),
 InvalidTaskDefinition, HostAddressRefused (tasks kept out because their host's address is
@@ -77,6 +84,7 @@ import retry
 from inventory import Inventory
 from metrics import Metrics
 from model import (
+    MISSING_REASON,
     RUNNING,
     STOPPED,
     ContainerDefinition,
@@ -154,13 +162,15 @@ class PassReport:
     failed: int = 0
     invalid: int = 0
     refused: int = 0
+    doubtful: int = 0  # hosts whose SSM address may be a Docker bridge's (aws.address_doubt)
     marked: int = 0
+    resurrected: int = 0
     complete: bool = True
     problems: list[str] = field(default_factory=list)
 
     @property
     def repaired(self) -> int:
-        return self.missing + self.changed + self.stale + self.hosts
+        return self.missing + self.changed + self.stale + self.hosts + self.resurrected
 
     def metrics(self) -> dict[str, int]:
         return {
@@ -169,6 +179,7 @@ class PassReport:
             "DriftChanged": self.changed,
             "DriftStale": self.stale,
             "DriftHosts": self.hosts,
+            "DriftResurrected": self.resurrected,
             "DriftRepaired": self.repaired,
             "DeletionsHeldBack": self.held_back,
             "TombstonesCollected": self.tombstones_collected,
@@ -178,6 +189,7 @@ class PassReport:
             "ReconcileFailed": self.failed,
             "InvalidTaskDefinition": self.invalid,
             "HostAddressRefused": self.refused,
+            "HostAddressDoubtful": self.doubtful,
             "HostChecksCritical": self.marked,
         }
 
@@ -198,6 +210,15 @@ class Owned:
     records: dict[str, tuple[StateRecord | None, int]]  # task ID -> (record, ModifyIndex)
     markers: set[str]  # nodes carrying the disconnection marker
     kv: migration.Records  # every record of the read, legacy layout included
+
+
+@dataclass(frozen=True)
+class Gone:
+    """The tombstone a task confirmed gone gets: the version it stops at, and MISSING_REASON
+    when the proof was DescribeTasks' MISSING (a later pass may overwrite that one)."""
+
+    version: int
+    reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -241,6 +262,7 @@ class Reconciler:
         # container instance ARN -> task nodes of the running mesh tasks ECS places on it
         self._on_instance: dict[str, set[str]] = {}
         self._refused_hosts: set[str] = set()
+        self._doubted_hosts: set[str] = set()
 
     # -- the pass ----------------------------------------------------------------------------
 
@@ -256,7 +278,9 @@ class Reconciler:
                 problems=list(running.problems[:10]),
             )
         wanted, stopping, hosts = self._wanted(running.tasks)
-        self._migrate(owned, set(running.tasks), hosts)
+        settled = self._migrate(owned, set(running.tasks), hosts)
+        if settled and self.report.complete and owned.kv.migrated_at is None:
+            migration.mark_done(self._consul, self._cluster_arn, self._now())
         self._repair(wanted, owned)
         if self.report.complete:
             self._delete_gone(owned, set(running.tasks), stopping)
@@ -270,7 +294,7 @@ class Reconciler:
             for n in self._consul.nodes(inventory.owned_nodes_filter(self._cluster_arn))
             if isinstance(n.get("Node"), str)
         }
-        kv = migration.read(self._consul, self._cluster_arn)
+        kv = migration.read(self._consul, self._cluster_arn, self._now())
         markers = host_state.marked_nodes(self._consul)
         return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)
 
@@ -338,6 +362,9 @@ class Reconciler:
                 if instance is None:
                     raise MalformedEvent("containerInstanceArn is missing for a RUNNING task")
                 host = hosts.source.get(self._cluster_arn, instance)
+                if host.doubt and instance not in self._doubted_hosts:
+                    self._doubted_hosts.add(instance)
+                    self.report.doubtful += 1
                 registration = decide.desired_registration(event, definition, app, host)
             except (InvalidTaskDefinition, MalformedEvent) as err:
                 self.report.invalid += 1
@@ -381,10 +408,13 @@ class Reconciler:
 
     # -- phase: migration of legacy records (kv_layout.py, migration.py) ----------------------
 
-    def _migrate(self, owned: Owned, listed: set[str], hosts: listing.Hosts | None) -> None:
+    def _migrate(self, owned: Owned, listed: set[str], hosts: listing.Hosts | None) -> bool:
+        """Move what the legacy layout holds of this cluster; True when nothing was left."""
         kv = owned.kv
+        if not kv.legacy_read:
+            return False
         if not kv.legacy_tasks and not kv.legacy_hosts:
-            return
+            return True
         our_tasks = listed | {node.removeprefix(identity.NODE_PREFIX) for node in owned.nodes}
         described = hosts.instances if hosts is not None else {}
         steps = migration.plan(
@@ -395,19 +425,22 @@ class Reconciler:
             now=self._now(),
             tombstone_grace=self._settings.tombstone_grace,
         )
-        if not steps or self._out_of_time():
-            return
+        if not steps:
+            return True
+        if self._out_of_time():
+            return False
         try:
             done = migration.apply(self._consul, steps, self._out_of_time)
         except Exception as err:
             self.report.failed += 1
             logs.error("migrating legacy records failed", error=f"{type(err).__name__}: {err}")
-            return
+            return False
         for step in done:
             if step.moves_task:
                 owned.records[step.item_id] = (step.record, 0)
         self.report.migrated += len(done)
         logs.info("legacy state records migrated to the cluster ARN layout", records=len(done))
+        return False
 
     # -- phase: registrations ----------------------------------------------------------------
 
@@ -432,17 +465,36 @@ class Reconciler:
                 logs.warning("time budget spent; the next pass continues", left=len(drift) - n)
                 return
             present = item.registration.node in owned.nodes
+            record, _ = owned.records.get(item.event.task_id, (None, 0))
             result = self._apply(item.event.task_arn, item.registration, item.event.version)
             if result is None:
                 continue
-            if result.kind in ("registered", "repaired"):
+            if record is not None and record.inferred_from_missing and result.kind == "registered":
+                self._resurrected(item.event)
+            elif result.kind in ("registered", "repaired"):
                 if present:
                     self.report.changed += 1
                 else:
                     self.report.missing += 1
 
+    def _resurrected(self, event: TaskEvent) -> None:
+        """A task tombstoned on MISSING is listed and described RUNNING again: it was registered
+        over that tombstone (decide.decide). MISSING was wrong for it (the age rule's one blind
+        spot, an ECS fault): counted and alarmed (DriftResurrected)."""
+        self.report.resurrected += 1
+        with logs.task_context(event.task_arn):
+            logs.warning(
+                "a task removed on MISSING is running: registered again",
+                version=event.version,
+                container_instance_arn=event.container_instance_arn,
+            )
+
     def _apply(
-        self, task_arn: str, desired: Registration | None, version: int
+        self,
+        task_arn: str,
+        desired: Registration | None,
+        version: int,
+        reason: str | None = None,
     ) -> apply.Result | None:
         """The event path's write, in repair mode; None when it failed (logged, counted)."""
         with logs.task_context(task_arn):
@@ -455,6 +507,7 @@ class Reconciler:
                     version=version,
                     event_time=self._now().isoformat(),
                     repair=True,
+                    reason=reason,
                 )
             except Exception as err:
                 self.report.failed += 1
@@ -480,12 +533,12 @@ class Reconciler:
             if record is None or record.status == RUNNING
         }
         suspects -= listed
-        gone: dict[str, int] = {}  # task ID -> version to write the tombstone at
+        gone: dict[str, Gone] = {}
         for event in stopping:
             node = identity.node_name(event.task_arn)
             record, _ = owned.records.get(event.task_id, (None, 0))
             if node in owned.nodes or (record is not None and record.status == RUNNING):
-                gone[event.task_id] = event.version
+                gone[event.task_id] = Gone(event.version)
         gone.update(self._confirm_gone(owned, suspects))
         cap = self._settings.max_deletions
         ordered = sorted(gone)
@@ -503,29 +556,71 @@ class Reconciler:
                 return
             task_arn = task_arn_for(self._cluster_arn, tid)
             present = identity.node_name(task_arn) in owned.nodes
-            result = self._apply(task_arn, None, gone[tid])
+            result = self._apply(task_arn, None, gone[tid].version, gone[tid].reason)
             if result is not None and present and result.kind in ("deregistered", "repaired"):
                 self.report.stale += 1
 
-    def _confirm_gone(self, owned: Owned, suspects: set[str]) -> dict[str, int]:
-        """The suspects DescribeTasks proves gone -> the version to write their tombstone at."""
-        gone: dict[str, int] = {}
+    def _confirm_gone(self, owned: Owned, suspects: set[str]) -> dict[str, Gone]:
+        """The suspects DescribeTasks proves gone -> the tombstone to write."""
+        gone: dict[str, Gone] = {}
+        unlisted: dict[str, TaskEvent] = {}  # described RUNNING, yet not listed
         described = self._ecs.describe_tasks(suspects) if suspects else listing.Described()
         for tid in sorted(suspects):
             if tid in described.tasks:
                 seen = self._event(described.tasks[tid], tid)
-                if seen is not None and decide.triage(seen, self._cluster_arn) == "stop":
-                    gone[tid] = seen.version
+                phase = None if seen is None else decide.triage(seen, self._cluster_arn)
+                if seen is not None and phase == "stop":
+                    gone[tid] = Gone(seen.version)
+                elif seen is not None and phase == "run" and seen.container_instance_arn:
+                    unlisted[tid] = seen
                 else:
                     logs.info("the listing missed a running task; kept", task_id=tid)
             elif described.failures.get(tid) == "MISSING":
                 if self._may_be_forgotten(owned, tid):
-                    gone[tid] = host_state.GONE_VERSION
+                    gone[tid] = Gone(host_state.GONE_VERSION, MISSING_REASON)
                 else:
                     logs.info("MISSING for a task registered within the hour; kept", task_id=tid)
             else:
                 reason = described.failures.get(tid) or described.unknown.get(tid)
                 logs.warning("cannot confirm the task is gone; kept", task_id=tid, reason=reason)
+        gone.update(self._orphans(owned, unlisted))
+        return gone
+
+    def _orphans(self, owned: Owned, unlisted: Mapping[str, TaskEvent]) -> dict[str, Gone]:
+        """Unlisted tasks DescribeTasks still answers RUNNING, whose host ECS reports gone.
+
+        DeregisterContainerInstance with `force`: tasks "remain running until you terminate the
+        instance or the tasks stop through some other means, but they're orphaned (no longer
+        monitored or accounted for by Amazon ECS)" (ECS API reference). What ListTasks and
+        DescribeTasks then answer for them is not documented; if they leave the listing while
+        DescribeTasks keeps their last RUNNING state, and the host's deregistration event was
+        lost, nothing else would ever remove them. So their container instances are described
+        (one call per 100): DEREGISTERING or INACTIVE is ECS's own word that the host is gone
+        (a tombstone like host_state's, which no event can pass); a MISSING instance is taken as
+        proof under the MISSING rule (record an hour old), and tagged like a MISSING task. A
+        task on a host that is still ACTIVE is one the listing missed: kept.
+        """
+        if not unlisted:
+            return {}
+        arns = {str(event.container_instance_arn) for event in unlisted.values()}
+        instances, failures = self._ecs.container_instances(arns)
+        gone: dict[str, Gone] = {}
+        for tid, event in sorted(unlisted.items()):
+            arn = str(event.container_instance_arn)
+            status = instances.get(arn, {}).get("status")
+            if status in host_state.DEREGISTERED_STATUSES:
+                gone[tid] = Gone(host_state.GONE_VERSION)
+            elif failures.get(arn) == "MISSING" and self._may_be_forgotten(owned, tid):
+                gone[tid] = Gone(host_state.GONE_VERSION, MISSING_REASON)
+            else:
+                logs.info("the listing missed a running task; kept", task_id=tid)
+                continue
+            logs.warning(
+                "task orphaned by a deregistered container instance; removing it",
+                task_id=tid,
+                container_instance_arn=arn,
+                status=status or failures.get(arn),
+            )
         return gone
 
     def _may_be_forgotten(self, owned: Owned, task_id: str) -> bool:
@@ -552,15 +647,11 @@ class Reconciler:
     # -- phase: tombstones -------------------------------------------------------------------
 
     def _collect_tombstones(self, owned: Owned, listed: set[str]) -> None:
-        """Old tombstones of tasks ECS forgot, in both layouts (migration.py copies the young
-        legacy ones and leaves the legacy copy to age out here)."""
+        """Old tombstones of tasks ECS forgot, in this cluster's prefix only: a legacy one is
+        either provably this cluster's (migration.py moves or drops it) or left alone."""
         cutoff = self._now() - self._settings.tombstone_grace
         candidates = [
             (kv_layout.task_key(self._cluster_arn, tid), tid, r) for tid, r in owned.records.items()
-        ]
-        candidates += [
-            (pair.key, tid, (migration.decode(pair.value), pair.modify_index))
-            for tid, pair in owned.kv.legacy_tasks.items()
         ]
         old: dict[str, tuple[str, int]] = {}  # key -> (task ID, ModifyIndex)
         for key, tid, (record, index) in sorted(candidates):
@@ -665,6 +756,8 @@ class Reconciler:
             return state.agent_connected and not owned.markers & nodes
         if state.version > record.version:
             return False
+        if state.version < record.version and host_state.interruption(record, state):
+            return False  # a lagging answer that still proves a reconnect hid in a gap
         return owned.markers & nodes == (nodes if record.drained else set())
 
     def _host_outcome(

@@ -36,7 +36,16 @@ import kv_layout
 import logs
 import retry
 from connections import ConnectionPool
-from model import InvalidTaskDefinition, MalformedEvent, Registration, TaskEvent
+from model import (
+    RUNNING,
+    ContainerDefinition,
+    InvalidTaskDefinition,
+    MalformedEvent,
+    Registration,
+    StoredRecord,
+    TaskDefinition,
+    TaskEvent,
+)
 
 T = TypeVar("T")
 
@@ -245,40 +254,69 @@ class Registrar:
                 lambda: self._rt.task_definitions.get(event.task_definition_arn),
             )
         except (aws.AwsLookupError, retry.RetryableError) as err:
-            if phase != "stop":
-                raise
-            # "You can only describe INACTIVE task definitions while an active task or service
-            # references them" (DescribeTaskDefinition, ECS API reference): a stop handled late
-            # (a backlog, a DLQ redrive) may find its revision gone. A stop needs nothing from
-            # it: the record says whether the task was registered, and a stop without a record
-            # leaves a tombstone (collected after TOMBSTONE_GRACE_HOURS) rather than let a
-            # RUNNING event delivered after it register the task.
+            return self._without_task_definition(event, phase, err)
+        app = decide.mesh_target(task_definition)
+        if phase == "stop":
+            return self._stop(event, app)
+        if isinstance(app, decide.Skip):
+            return apply.Result(app.kind, app.reason)
+        return self._run(event, task_definition, app)
+
+    def _stop(self, event: TaskEvent, app: ContainerDefinition | decide.Skip) -> apply.Result:
+        # Opted in but refused now (a later release may validate more): a task that was
+        # registered still leaves the catalog.
+        if isinstance(app, decide.Skip) and (app.kind == "ignored" or self._stored(event) is None):
+            return apply.Result(app.kind, app.reason)
+        return self._apply(event, None)
+
+    def _run(
+        self, event: TaskEvent, task_definition: TaskDefinition, app: ContainerDefinition
+    ) -> apply.Result:
+        instance = event.container_instance_arn
+        if instance is None:
+            raise MalformedEvent("detail.containerInstanceArn is missing for a RUNNING task")
+        try:
+            host = self._aws(
+                "host address", lambda: self._rt.hosts.get(event.cluster_arn, instance)
+            )
+        except aws.UnusableHostAddress as err:
+            # Redelivery cannot fix it; the reconcile pass registers the task once the
+            # operator has set the address (it reads addresses afresh every pass).
+            return apply.Result("unaddressable", str(err))
+        try:
+            desired = decide.desired_registration(event, task_definition, app, host)
+        except InvalidTaskDefinition as err:
+            return apply.Result("invalid", f"{task_definition.arn}: {err}")
+        return self._apply(event, desired)
+
+    def _without_task_definition(
+        self, event: TaskEvent, phase: str, err: Exception
+    ) -> apply.Result:
+        """ "You can only describe INACTIVE task definitions while an active task or service
+        references them" (DescribeTaskDefinition, ECS API reference): an event handled late (a
+        backlog, a DLQ redrive) may find its revision gone. Raises `err` when that matters."""
+        if phase == "stop":
+            # A stop needs nothing from it: the record says whether the task was registered,
+            # and a stop without a record leaves a tombstone (collected after
+            # TOMBSTONE_GRACE_HOURS) rather than let a RUNNING event delivered after it
+            # register the task.
             logs.info(
                 "task definition unavailable; applying the stop from the state record",
                 error=f"{type(err).__name__}: {err}",
             )
             return self._apply(event, None)
-        app = decide.mesh_target(task_definition)
-        if isinstance(app, decide.Skip):
-            return apply.Result(app.kind, app.reason)
-        desired = None
-        if phase == "run":
-            instance = event.container_instance_arn
-            if instance is None:
-                raise MalformedEvent("detail.containerInstanceArn is missing for a RUNNING task")
-            try:
-                host = self._aws(
-                    "host address", lambda: self._rt.hosts.get(event.cluster_arn, instance)
-                )
-            except aws.UnusableHostAddress as err:
-                # Redelivery cannot fix it; the reconcile pass registers the task once the
-                # operator has set the address (it reads addresses afresh every pass).
-                return apply.Result("unaddressable", str(err))
-            try:
-                desired = decide.desired_registration(event, task_definition, app, host)
-            except InvalidTaskDefinition as err:
-                return apply.Result("invalid", f"{task_definition.arn}: {err}")
-        return self._apply(event, desired)
+        if isinstance(err, aws.AwsLookupError) and self._tombstoned(event):
+            # A RUNNING event of a task that has stopped since: no redelivery can help.
+            return apply.Result("stale", "the task has stopped (tombstone)")
+        raise err
+
+    def _stored(self, event: TaskEvent) -> StoredRecord | None:
+        key = kv_layout.task_key(event.cluster_arn, event.task_id)
+        return apply.read_record(self._rt.consul(self._budget), key)
+
+    def _tombstoned(self, event: TaskEvent) -> bool:
+        stored = self._stored(event)
+        return stored is not None and stored.record is not None and stored.record.status != RUNNING
 
     def _apply(self, event: TaskEvent, desired: Registration | None) -> apply.Result:
         client = self._rt.consul(self._budget)

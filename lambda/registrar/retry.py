@@ -82,6 +82,8 @@ def call(
             raise BudgetExhausted(f"{what}: no time left in this invocation")
         try:
             return fn()
+        except BudgetExhausted:
+            raise  # no time left: waiting cannot make any
         except RetryableError as err:
             if attempt >= policy.max_attempts:
                 raise

@@ -75,6 +75,13 @@ def test_a_refused_host_address_pages(template: Template) -> None:
     assert "consul-mesh.address" in refused["AlarmDescription"]
 
 
+def test_a_task_registered_again_after_missing_pages(template: Template) -> None:
+    again = alarm(template, "DriftResurrected", Namespace=monitoring.NAMESPACE)
+    assert (again["Threshold"], again["ComparisonOperator"]) == (0, "GreaterThanThreshold")
+    assert [d["Name"] for d in again["Dimensions"]] == ["ClusterName"]
+    assert "MISSING" in again["AlarmDescription"]
+
+
 def test_fewer_healthy_consul_servers_than_a_quorum_pages(template: Template) -> None:
     quorum = [p for p in alarms(template).values() if p["MetricName"] == "HealthyHostCount"]
     assert len(quorum) == 2, "one per Consul listener"

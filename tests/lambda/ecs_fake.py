@@ -69,6 +69,11 @@ class FakeEcs:
     `forgotten` task IDs answer MISSING (ECS forgets stopped tasks after about an hour).
     `hidden` task IDs run, but ListTasks omits them and DescribeTasks answers MISSING: "The
     Amazon ECS API follows an eventual consistency model" (RunTask, ECS API reference).
+    `orphaned` task IDs are left out of ListTasks while DescribeTasks keeps answering their last
+    state: the worst case for tasks of a host deregistered with `force`, which "remain running
+    ... but they're orphaned (no longer monitored or accounted for by Amazon ECS)"
+    (DeregisterContainerInstance, ECS API reference); what ECS really lists and describes for
+    them is not documented.
     `deregistered` task definition ARNs are INACTIVE: "You can only describe INACTIVE task
     definitions while an active task or service references them" (DescribeTaskDefinition, ECS
     API reference), so they are described (status INACTIVE, as in
@@ -86,6 +91,7 @@ class FakeEcs:
     tasks: dict[str, dict[str, Any]] = field(default_factory=dict)
     forgotten: set[str] = field(default_factory=set)
     hidden: set[str] = field(default_factory=set)
+    orphaned: set[str] = field(default_factory=set)
     deregistered: set[str] = field(default_factory=set)
     ssm_refuses: set[str] = field(default_factory=set)
     ssm_empty_pages: int = 0
@@ -156,6 +162,7 @@ class FakeEcs:
                 if t["desiredStatus"] == wanted
                 and (launch is None or t["launchType"] == launch)
                 and tid not in self.hidden
+                and tid not in self.orphaned
             )
             self._listings.append(listing)
             key, start = len(self._listings) - 1, 0

@@ -103,6 +103,10 @@ class World:
         self.ecs.instances[instance].agent_connected = connected
         self.ecs.instances[instance].version = version
 
+    def host_record(self, instance: str = INSTANCE_ARN) -> host_state.HostRecord | None:
+        entry = self.consul.kv().get(host_state.host_key(CLUSTER_ARN, instance))
+        return None if entry is None else host_state.HostRecord.decode(entry[0])
+
     def pass_at(self, now: datetime) -> reconcile.PassReport:
         """A reconcile pass run at `now`."""
         return reconcile.run_pass(
@@ -119,6 +123,17 @@ class World:
             and b'"critical"' in (r.body or b"")
             for r in self.consul.requests
         )
+
+    def markers_ever_deleted(self) -> bool:
+        """Did any request since the last reset delete a marker (even one put back later)?"""
+        for r in self.consul.requests:
+            if r.path != "/v1/txn" or not r.body:
+                continue
+            for op in json.loads(r.body):
+                check = op.get("Check") or {}
+                if check.get("Verb") == "delete" and check["Check"]["CheckID"] == MARKER:
+                    return True
+        return False
 
 
 @pytest.fixture
@@ -342,6 +357,109 @@ def test_a_record_from_before_the_grace_keeps_its_host_drained() -> None:
 
 
 # --------------------------------------------------------------------------------------------
+# Version gaps: a marked host that is still disconnected keeps its marker; only evidence of a
+# connection clears it, and an answer older than the record never marks
+
+
+def test_a_marked_host_keeps_its_marker_when_v_plus_2_arrives_before_v_plus_1(
+    world: World,
+) -> None:
+    # GIVEN a host marked at version 3, disconnected since T0
+    disconnect_past_the_grace(world)
+    world.consul.reset_requests()
+
+    # WHEN two tasks are stopped on it while it stays disconnected (each bumps the instance
+    # version), and their events arrive V+2 first, then V+1
+    later = T0 + GRACE * 2
+    assert world.deliver(instance_event(version=5, connected=False, at=later)) == []
+    assert world.marked() == {node(1), node(2)}
+    assert world.deliver(instance_event(version=4, connected=False, at=later)) == []
+
+    # THEN no marker was deleted at any point, and the disconnection keeps its start
+    assert world.marked() == {node(1), node(2)}
+    assert not world.markers_ever_deleted()
+    assert world.passing("web") == {node(3)}
+    record = world.host_record()
+    assert record is not None
+    assert (record.version, record.marked) == (5, True)
+    assert record.disconnected_since == T0.isoformat(timespec="seconds")
+
+
+def test_a_pass_reading_the_host_two_versions_ahead_keeps_its_marker(world: World) -> None:
+    # GIVEN a host marked at version 3
+    disconnect_past_the_grace(world)
+    world.consul.reset_requests()
+
+    # WHEN a pass reads DescribeContainerInstances at version 5 (still disconnected) while the
+    # events of versions 4 and 5 are in flight, and those events arrive after it
+    world.agent(connected=False, version=5)
+    report = world.pass_at(T0 + GRACE * 2)
+    for version in (5, 4):
+        assert world.deliver(instance_event(version=version, connected=False, at=T0)) == []
+
+    # THEN the host stayed drained throughout
+    assert report.failed == 0
+    assert world.marked() == {node(1), node(2)}
+    assert not world.markers_ever_deleted()
+
+
+def test_a_reconnect_hidden_in_the_gap_clears_the_marker_when_its_event_arrives(
+    world: World,
+) -> None:
+    # GIVEN a host marked at version 3; in ECS it reconnects (v4) at T1, then disconnects (v5)
+    # at T2, a routine blip; the v5 event arrives first and keeps the marker
+    disconnect_past_the_grace(world)
+    t1, t2 = T0 + GRACE * 2, T0 + GRACE * 2 + timedelta(minutes=1)
+    assert world.deliver(instance_event(version=5, connected=False, at=t2)) == []
+    assert world.marked() == {node(1), node(2)}
+
+    # WHEN the late v4 (connected) event arrives: evidence that the marked disconnection ended
+    assert world.deliver(instance_event(version=4, connected=True, at=t1)) == []
+
+    # THEN the marker goes at once, and a redelivery of v4 changes nothing
+    assert world.marked() == set()
+    assert world.deliver(instance_event(version=4, connected=True, at=t1)) == []
+    assert world.marked() == set()
+    # AND the new disconnection counts from when v5 was seen, never from the old start: a pass
+    # within the grace of t2 does not mark, one after it does
+    world.agent(connected=False, version=5)
+    assert world.pass_at(t2 + GRACE - timedelta(minutes=1)).marked == 0
+    assert world.marked() == set()
+    assert world.pass_at(t2 + GRACE + timedelta(minutes=1)).marked == 1
+    assert world.marked() == {node(1), node(2)}
+    # AND a late duplicate of v4 does not undo that verdict
+    assert world.deliver(instance_event(version=4, connected=True, at=t1)) == []
+    assert world.marked() == {node(1), node(2)}
+
+
+def test_a_connect_event_older_than_the_disconnection_clears_nothing(world: World) -> None:
+    # GIVEN a host marked at version 3 (disconnected since v3), then a gap to v5
+    disconnect_past_the_grace(world)
+    assert world.deliver(instance_event(version=5, connected=False, at=T0 + GRACE)) == []
+
+    # WHEN a duplicate of the connected state before the disconnection (v2) arrives late
+    assert world.deliver(instance_event(version=2, connected=True, at=T0)) == []
+
+    # THEN it proves nothing about the disconnection: still marked
+    assert world.marked() == {node(1), node(2)}
+
+
+def test_an_answer_older_than_the_record_never_marks(world: World) -> None:
+    # GIVEN a disconnection recorded at version 5 (its event's time T0), not marked yet
+    assert world.deliver(instance_event(version=5, connected=False, at=T0)) == []
+
+    # WHEN a pass after the grace reads DescribeContainerInstances lagging at version 4 (also
+    # disconnected): ECS may have reconnected the agent since version 5
+    world.agent(connected=False, version=4)
+    report = world.pass_at(T0 + GRACE + timedelta(minutes=1))
+
+    # THEN an answer older than the record confirms nothing: not marked
+    assert report.marked == 0
+    assert world.marked() == set()
+    assert not world.markers_ever_written()
+
+
+# --------------------------------------------------------------------------------------------
 # Lost host events: the reconcile pass repairs them from DescribeContainerInstances
 
 
@@ -386,28 +504,58 @@ def test_reconcile_removes_a_deregistered_hosts_tasks_once(world: World) -> None
 
 
 # --------------------------------------------------------------------------------------------
-# Property: whatever the delivery, a host is marked only after the grace, and a reconnect
-# clears it
+# Properties over agent histories: whatever the delivery (duplicates, any order, lost events,
+# so version gaps), a host is marked only after the grace, keeps its marker while ECS has not
+# seen it reconnect, and ends marked exactly when it ended disconnected
 
 
 @st.composite
-def flips(draw: st.DrawFn) -> list[tuple[int, bool]]:
-    """The agent's state changes: (minutes after T0, connected), alternating, from connected."""
-    changes, minute, connected = [], 0, True
-    for _ in range(draw(st.integers(1, 6))):
-        minute += draw(st.integers(1, 12))
+def agent_histories(draw: st.DrawFn) -> list[tuple[int, bool]]:
+    """ECS's view of the agent from version 3 on: (minute after T0, connected) per version.
+
+    Alternating connected and disconnected spells; within a spell, bursts of changes that keep
+    the connection: placing or stopping a task on the host changes its version too ("Placing or
+    stopping tasks on a container instance modifies the available resources", ECS developer
+    guide, ecs_cwe_events.md), several within the same minute when a deployment or a scale-in
+    stops the tasks of a dead host."""
+    changes: list[tuple[int, bool]] = []
+    minute, connected = 0, True
+    for _ in range(draw(st.integers(1, 4))):
+        minute += draw(st.integers(1, 15))
         connected = not connected
         changes.append((minute, connected))
+        for _ in range(draw(st.integers(0, 2))):
+            minute += draw(st.integers(0, 10))
+            changes += [(minute, connected)] * draw(st.integers(1, 3))
     return changes
 
 
 def _truth(changes: list[tuple[int, bool]], minute: float) -> tuple[bool, int, float]:
-    """ECS at `minute`: (connected, version, minute the current state began)."""
+    """ECS at `minute`: (connected, version, minute the current connection state began)."""
     connected, version, since = True, 2, 0.0
     for at, state in changes:
         if at <= minute:
-            connected, version, since = state, version + 1, float(at)
+            if state != connected:
+                since = float(at)
+            connected, version = state, version + 1
     return connected, version, since
+
+
+def _events(changes: list[tuple[int, bool]]) -> list[dict[str, Any]]:
+    return [
+        instance_event(version=3 + n, connected=state, at=T0 + timedelta(minutes=minute))
+        for n, (minute, state) in enumerate(changes)
+    ]
+
+
+def _end(world: World, changes: list[tuple[int, bool]], start: float) -> None:
+    """Passes long after the last change (the first may only record a disconnection whose
+    events were all lost, the second marks it); THEN marked exactly when it ended disconnected."""
+    connected, version, _ = _truth(changes, start)
+    world.agent(connected=connected, version=version)
+    world.pass_at(T0 + timedelta(minutes=start))
+    world.pass_at(T0 + timedelta(minutes=start) + GRACE * 2)
+    assert world.marked() == (set() if connected else {node(1)})
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -420,14 +568,11 @@ def test_whatever_the_delivery_a_host_is_marked_only_after_the_grace(
         try:
             world = World(consul)
             assert world.deliver(world.ecs.put_task(tid(1))) == []
-            # GIVEN the agent's history, each change's event delivered 1-3 times in any order,
-            # reconcile passes at random minutes in between (each sees ECS as it is then)
-            changes = data.draw(flips())
-            events = [
-                instance_event(version=3 + n, connected=state, at=T0 + timedelta(minutes=minute))
-                for n, (minute, state) in enumerate(changes)
-            ]
-            copies = [e for e in events for _ in range(data.draw(st.integers(1, 3)))]
+            # GIVEN the agent's history, each change's event delivered 0-3 times (0: lost, a
+            # version gap) in any order, reconcile passes at random minutes in between (each
+            # sees ECS as it is at its minute, so some read versions the events have not)
+            changes = data.draw(agent_histories())
+            copies = [e for e in _events(changes) for _ in range(data.draw(st.integers(0, 3)))]
             deliveries = data.draw(st.permutations(copies))
             last = changes[-1][0]
             horizon = int(last * 60 + GRACE.total_seconds())
@@ -437,31 +582,77 @@ def test_whatever_the_delivery_a_host_is_marked_only_after_the_grace(
             ]
             steps = data.draw(st.permutations(steps))
 
-            marked_at: float | None = None
             for kind, what in steps:
+                before = world.marked()
                 if kind == "deliver":
                     assert world.deliver(what) == []
+                    # THEN an event never marks
+                    assert before or not world.marked()
                     continue
                 minute = float(what)
                 connected, version, since = _truth(changes, minute)
                 world.agent(connected=connected, version=version)
                 world.pass_at(T0 + timedelta(minutes=minute))
-                if world.marked() and marked_at is None:
-                    marked_at = minute
+                if world.marked() and not before:
                     # THEN a marker is only ever written for a disconnection that has lasted
                     # the grace, as ECS itself saw it at that pass
                     assert not connected
                     assert minute - since >= GRACE.total_seconds() / 60
 
-            # WHEN every event is in and a pass runs long after the last change
-            end = last + 3 * GRACE.total_seconds() / 60
-            connected, version, _ = _truth(changes, end)
-            world.agent(connected=connected, version=version)
-            world.pass_at(T0 + timedelta(minutes=end))
+            _end(world, changes, last + 3 * GRACE.total_seconds() / 60)
+        finally:
+            registrar.set_runtime(None)
 
-            # THEN the host is marked exactly when it ended disconnected
-            assert (world.marked() == {node(1)}) == (not connected)
-            if connected:
-                assert world.marked() == set()
+
+@settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(data=st.data())
+def test_a_marked_host_keeps_its_marker_until_ecs_has_seen_it_reconnect(
+    data: st.DataObject,
+) -> None:
+    with ConsulDouble() as consul:
+        registrar.set_runtime(fake_runtime(consul.url, hosts=FakeHosts(dict(ADDRESSES))))
+        try:
+            world = World(consul)
+            assert world.deliver(world.ecs.put_task(tid(1))) == []
+            # GIVEN the agent's history on a real clock: each change's event delivered 0-2
+            # times (0: lost), each copy 0-20 minutes after the change (so out of order, and
+            # often after a pass has read a newer version from DescribeContainerInstances),
+            # and reconcile passes at random minutes, each seeing ECS as it is then
+            changes = data.draw(agent_histories())
+            timed: list[tuple[float, str, Any]] = []
+            for event, (minute, _) in zip(_events(changes), changes, strict=True):
+                for _ in range(data.draw(st.integers(0, 2))):
+                    timed.append((minute + data.draw(st.integers(0, 20)), "deliver", event))
+            last = changes[-1][0]
+            minute, every = 0.0, data.draw(st.integers(3, 10))  # the pass's schedule
+            while minute <= last + 20:
+                minute += every + data.draw(st.integers(0, 59)) / 60
+                timed.append((minute, "pass", None))
+            steps = sorted(data.draw(st.permutations(timed)), key=lambda step: step[0])
+
+            marked_episode: float | None = None  # when the disconnection marked began (ECS)
+            for minute, kind, event in steps:
+                connected, version, since = _truth(changes, minute)
+                world.agent(connected=connected, version=version)
+                before = world.marked()
+                if kind == "deliver":
+                    assert world.deliver(event) == []
+                else:
+                    world.pass_at(T0 + timedelta(minutes=minute))
+                after = world.marked()
+                if after and not before:
+                    # THEN only a pass marks, after the grace of a disconnection ECS still sees
+                    assert kind == "pass"
+                    assert not connected
+                    assert minute - since >= GRACE.total_seconds() / 60
+                    marked_episode = since
+                if before and not connected and since == marked_episode:
+                    # THEN a host marked for a disconnection that is still going on stays
+                    # marked, whatever gap or order the events and passes came in
+                    assert after == {node(1)}
+                if not after:
+                    marked_episode = None
+
+            _end(world, changes, last + 20 + 3 * GRACE.total_seconds() / 60)
         finally:
             registrar.set_runtime(None)

@@ -18,6 +18,7 @@ import handler
 import host_state
 import kv_layout
 import listing
+import migration
 import pytest
 import reconcile
 import registrar
@@ -32,10 +33,10 @@ from decide import (
     desired_registration,
     mesh_target,
 )
-from ecs_fake import FakeEcs, denied, running_ids, throttled
+from ecs_fake import FakeEcs, Instance, denied, running_ids, throttled
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from model import RUNNING, STOPPED, StateRecord, parse_event
+from model import MISSING_REASON, RUNNING, STOPPED, StateRecord, parse_event
 from registrar_fixtures import (
     CLUSTER_ARN,
     HOST_IP,
@@ -78,13 +79,14 @@ class World:
         return failed_ids(handler.handler(sqs_event(events), LambdaContext()))
 
     def reconcile(
-        self, budget: retry.Budget | None = None, **overrides: Any
+        self, budget: retry.Budget | None = None, now: datetime | None = None, **overrides: Any
     ) -> reconcile.PassReport:
         return reconcile.run_pass(
             self.rt,
             reconcile.ReconcileSettings(**overrides),
             budget or retry.Budget.fixed(60.0),
             clients=self.ecs.clients,
+            now=(lambda: now) if now is not None else (lambda: datetime.now(UTC)),
         )
 
     def record(self, n: int) -> StateRecord | None:
@@ -151,9 +153,17 @@ def test_tasks_whose_events_were_lost_are_registered(world: World) -> None:
     assert (record.status, record.version) == (RUNNING, 3)
 
 
+def settle_migration(world: World) -> None:
+    """The cluster moved off the legacy layout long ago (migration.py's marker, settled)."""
+    long_ago = datetime.now(UTC) - timedelta(days=30)
+    marker = json.dumps({"migrated_at": long_ago.isoformat()}).encode()
+    world.consul.seed_kv(kv_layout.migration_key(CLUSTER_ARN), marker)
+
+
 def test_a_pass_over_a_catalog_in_sync_writes_nothing(world: World) -> None:
-    # GIVEN three tasks registered by their events
+    # GIVEN three tasks registered by their events, on a cluster migrated long ago
     world.run(1, 2, 3)
+    settle_migration(world)
     world.consul.reset_requests()
 
     # WHEN a pass runs
@@ -245,6 +255,32 @@ def test_a_task_publishing_a_port_range_is_registered(world: World) -> None:
     # THEN the task is registered, not skipped as unusable
     assert report.missing == 1
     assert f"ecs-task-{task_id}" in world.consul.nodes()
+
+
+def test_a_host_reported_in_a_docker_bridge_pool_is_registered_with_a_warning(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # GIVEN two running tasks (events lost) on a host whose SSM address lies in 172.18.0.0/16,
+    # which Docker also gives user-defined bridges (br-*), and on-prem networks use too
+    world.run(1, 2, deliver=False)
+    world.ecs.instances[INSTANCE_ARN].address = "172.18.0.1"
+    capsys.readouterr()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN both are registered (the address may be right), the host is counted once, and a
+    # warning names the host and the attribute that settles it
+    assert len(world.consul.nodes()) == 2
+    assert (report.doubtful, report.metrics()["HostAddressDoubtful"]) == (1, 1)
+    warnings = [
+        json.loads(line)
+        for line in capsys.readouterr().out.splitlines()
+        if '"level":"WARNING"' in line and "172.18.0.1" in line
+    ]
+    assert warnings
+    assert {w["container_instance_arn"] for w in warnings} == {INSTANCE_ARN}
+    assert all("consul-mesh.address" in w["message"] for w in warnings)
 
 
 def test_a_host_reported_on_docker0_keeps_its_tasks_out_until_its_address_is_set(
@@ -474,6 +510,76 @@ def test_missing_is_proof_once_the_record_is_an_hour_old(world: World) -> None:
     assert world.consul.nodes() == {}
 
 
+def test_a_task_removed_on_missing_is_registered_again_once_ecs_lists_it_running(
+    world: World,
+) -> None:
+    # GIVEN a task registered by its RUNNING event, which ECS, faulty, leaves out of ListTasks
+    # and answers MISSING for once its record is more than an hour old: a pass removes it
+    assert world.deliver(world.ecs.put_task(tid(1))) == []
+    world.ecs.hidden.add(tid(1))
+    later = datetime.now(UTC) + reconcile.MISSING_PROOF_AGE
+    assert world.reconcile(now=later).stale == 1
+    assert world.consul.nodes() == {}
+    tombstone = world.record(1)
+    assert tombstone is not None
+    assert (tombstone.status, tombstone.reason) == (STOPPED, MISSING_REASON)
+
+    # WHEN a later pass finds it listed and described RUNNING
+    world.ecs.hidden.clear()
+    report = world.reconcile(now=later)
+
+    # THEN it is registered again over that tombstone, counted apart (it pages)
+    assert node(1) in world.consul.nodes()
+    assert (report.resurrected, report.missing) == (1, 0)
+    assert report.metrics()["DriftResurrected"] == 1
+    record = world.record(1)
+    assert record is not None
+    assert (record.status, record.reason) == (RUNNING, None)
+    # AND the next pass finds it in sync and writes nothing
+    world.consul.reset_requests()
+    assert world.reconcile(now=later).in_sync == 1
+    assert world.consul.writes() == 0
+
+
+def test_tombstones_ecs_reported_are_never_overwritten(world: World) -> None:
+    # GIVEN a task whose stop event landed, while ECS's lagging listing still says RUNNING
+    world.run(1)
+    world.stop(1)
+    world.ecs.put_task(tid(1), version=3)
+
+    # WHEN passes run
+    report = world.reconcile()
+    world.reconcile()
+
+    # THEN the reported tombstone stands (no reason tag), nothing is registered again
+    assert node(1) not in world.consul.nodes()
+    assert report.resurrected == 0
+    record = world.record(1)
+    assert record is not None
+    assert (record.status, record.reason) == (STOPPED, None)
+
+
+def test_a_stop_event_turns_a_missing_tombstone_into_a_reported_one(world: World) -> None:
+    # GIVEN a task removed on MISSING (its record an hour old)
+    assert world.deliver(world.ecs.put_task(tid(1))) == []
+    world.ecs.hidden.add(tid(1))
+    later = datetime.now(UTC) + reconcile.MISSING_PROOF_AGE
+    assert world.reconcile(now=later).stale == 1
+
+    # WHEN its stop event arrives, and then a pass whose listing still shows it RUNNING
+    world.stop(1)
+    world.ecs.hidden.clear()
+    world.ecs.put_task(tid(1), version=3)
+    report = world.reconcile(now=later)
+
+    # THEN the stop's tombstone holds: the pass cannot bring the task back
+    record = world.record(1)
+    assert record is not None
+    assert (record.status, record.version, record.reason) == (STOPPED, 6, None)
+    assert node(1) not in world.consul.nodes()
+    assert report.resurrected == 0
+
+
 def test_a_task_the_listing_missed_is_kept(world: World) -> None:
     # GIVEN a registered task ECS still runs but that ListTasks (eventually consistent) omits
     world.run(1)
@@ -483,6 +589,72 @@ def test_a_task_the_listing_missed_is_kept(world: World) -> None:
 
     assert node(1) in world.consul.nodes()
     assert report.stale == 0
+
+
+OTHER_HOST = INSTANCE_ARN[: INSTANCE_ARN.rindex("/")] + "/" + "f" * 32
+
+
+def add_other_host(world: World) -> None:
+    """A second host, known to ECS, SSM and the event path's host source."""
+    world.ecs.instances[OTHER_HOST] = Instance(OTHER_HOST, "mi-0fff", "10.20.30.41")
+    assert isinstance(world.rt.hosts, FakeHosts)
+    world.rt.hosts.addresses[OTHER_HOST] = "10.20.30.41"
+
+
+@pytest.mark.parametrize("host", ["INACTIVE", "DEREGISTERING", "MISSING"])
+def test_tasks_orphaned_by_a_force_deregistered_host_are_removed(world: World, host: str) -> None:
+    # GIVEN tasks 1 and 2 on a host, task 3 on another, all registered by their events
+    add_other_host(world)
+    world.run(1, 2)
+    world.run(3, container_instance_arn=OTHER_HOST)
+    # AND the first host deregistered with force, its event lost: its tasks are orphaned, out
+    # of ListTasks while DescribeTasks still answers RUNNING; DescribeContainerInstances says
+    # INACTIVE or DEREGISTERING, or has forgotten the host (MISSING)
+    if host == "MISSING":
+        del world.ecs.instances[INSTANCE_ARN]
+    else:
+        world.ecs.instances[INSTANCE_ARN].status = host
+    world.ecs.orphaned |= {tid(1), tid(2)}
+    # (a MISSING host is proof under the MISSING rule only: the records must be an hour old)
+    later = datetime.now(UTC) + reconcile.MISSING_PROOF_AGE
+
+    # WHEN passes run, with a deletion cap of 1
+    first = world.reconcile(now=later, max_deletions=1)
+
+    # THEN the orphans go through the deletion path and its cap, the other host's task stays
+    assert (first.stale, first.held_back) == (1, 1)
+    second = world.reconcile(now=later, max_deletions=1)
+    assert (second.stale, second.held_back) == (1, 0)
+    assert sorted(world.consul.nodes()) == [node(3)]
+    # AND they are tombstoned for good (no event can pass that version); only the MISSING
+    # host's are tagged as inferred
+    for n in (1, 2):
+        record = world.record(n)
+        assert record is not None
+        assert (record.status, record.version) == (STOPPED, host_state.GONE_VERSION)
+        assert record.reason == (MISSING_REASON if host == "MISSING" else None)
+    # AND the next pass writes nothing
+    world.consul.reset_requests()
+    world.reconcile(now=later)
+    assert world.consul.writes() == 0
+
+
+def test_an_unlisted_task_on_an_active_host_or_a_young_record_is_kept(world: World) -> None:
+    # GIVEN task 1 left out of ListTasks but described RUNNING on its ACTIVE host, and task 2
+    # the same on a host DescribeContainerInstances answers MISSING, its record just written
+    add_other_host(world)
+    world.run(1)
+    event = world.ecs.put_task(tid(2), container_instance_arn=OTHER_HOST)
+    assert world.deliver({**event, "time": datetime.now(UTC).isoformat()}) == []
+    del world.ecs.instances[OTHER_HOST]
+    world.ecs.orphaned |= {tid(1), tid(2)}
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN both are kept: an eventually consistent listing, and a MISSING too young to prove
+    assert report.stale == 0
+    assert sorted(world.consul.nodes()) == [node(1), node(2)]
 
 
 def test_a_task_that_cannot_be_confirmed_gone_is_kept(world: World) -> None:
@@ -632,6 +804,7 @@ def test_a_pass_out_of_time_leaves_the_rest_to_the_next_pass(world: World) -> No
     # GIVEN 6 tasks missing from the catalog and a budget that runs out once the pass has read
     # the catalog (3 requests) and registered one task (record read, txn, sidecar, re-read)
     world.run(*range(1, 7), deliver=False)
+    settle_migration(world)
     consul = world.consul
     consul.reset_requests()
 
@@ -691,6 +864,13 @@ def test_repair_rewrites_at_the_records_version_but_never_below_or_over_a_tombst
     # ... but never below the record's version nor over a tombstone
     assert isinstance(decide(wanted, 4, running, repair=True), Skip)
     assert isinstance(decide(wanted, 9, tombstone, repair=True), VerifyAbsent)
+    # ... except a tombstone inferred from MISSING: a pass registering the listed task, or a
+    # stop event, overwrites it; a RUNNING event (perhaps late) and a pass's stop do not
+    missing = StateRecord(2**63 - 1, STOPPED, reason=MISSING_REASON)
+    assert decide(wanted, 3, missing, repair=True) == Register(wanted)
+    assert decide(None, 6, missing) == Deregister()
+    assert isinstance(decide(wanted, 3, missing), VerifyAbsent)
+    assert isinstance(decide(None, 6, missing, repair=True), VerifyAbsent)
 
 
 # --------------------------------------------------------------------------------------------
@@ -804,6 +984,7 @@ def test_an_in_sync_pass_costs_two_aws_calls_per_100_tasks_and_three_consul_read
             host_ports={"web": {8080: 32768 + n}, "envoy": {20000: 42768 + n}},
         )
     assert world.reconcile().missing == 250
+    settle_migration(world)
     world.consul.reset_requests()
     world.ecs.calls.clear()
 
@@ -870,9 +1051,10 @@ def test_the_first_pass_moves_what_is_this_clusters_and_leaves_the_rest(world: W
     assert (report.in_sync, report.missing, report.changed) == (1, 0, 0)
     # AND the young tombstone was copied (and kept for whoever else may own it)
     assert (key(2) in kv, legacy_key(2) in kv) == (True, True)
-    # AND the week-old tombstone of a forgotten task was collected
-    assert legacy_key(3) not in kv
-    assert report.tombstones_collected == 1
+    # AND the week-old tombstone of a forgotten task, which nothing attributes to this cluster,
+    # is left for its owner (or the one-off cleanup in docs/operations.md), not collected
+    assert legacy_key(3) in kv
+    assert report.tombstones_collected == 0
     # AND the record nothing proves ours is left as it was, and not copied
     assert kv[legacy_key(4)][0] == twin
     assert key(4) not in kv
@@ -880,13 +1062,73 @@ def test_the_first_pass_moves_what_is_this_clusters_and_leaves_the_rest(world: W
     assert kv[kv_layout.host_key(CLUSTER_ARN, INSTANCE_ID)][0] == host
     assert report.migrated == 3
 
-    # WHEN the next pass runs, THEN it writes nothing
+    # WHEN the next pass runs, THEN its only write is the marker saying the migration is done
     world.consul.reset_requests()
     assert world.reconcile().repaired == 0
+    assert world.consul.writes() == 1
+    assert kv_layout.migration_key(CLUSTER_ARN) in world.consul.kv()
+    # AND the pass after it writes nothing
+    world.consul.reset_requests()
+    world.reconcile()
     assert world.consul.writes() == 0
     # AND a late RUNNING event of task 2 finds its tombstone
     assert world.deliver(task_event(task_id=tid(2), version=3)) == []
     assert f"ecs-task-{tid(2)}" not in world.consul.nodes()
+
+
+def test_the_legacy_layout_costs_two_reads_until_the_migration_settles(world: World) -> None:
+    # GIVEN a cluster running tasks registered by their events, nothing in the legacy layout
+    world.run(1, 2)
+    now = datetime.now(UTC)
+    world.consul.reset_requests()
+
+    # WHEN the first pass after the deploy runs
+    world.reconcile(now=now)
+
+    # THEN it read this cluster's prefix and the two legacy prefixes, found nothing left to
+    # move, and wrote the marker (its one write)
+    kv_reads = sorted(r.path for r in world.consul.requests if r.path.startswith("/v1/kv/"))
+    name = "/v1/kv/ecs-registrar/mesh/"
+    assert kv_reads == [f"{name}hosts/", f"{name}tasks/", f"{name}us-east-1/123456789012/"]
+    assert (world.consul.count(), world.consul.writes()) == (3 + 2 + 1, 1)
+    assert kv_layout.migration_key(CLUSTER_ARN) in world.consul.kv()
+
+    # AND passes within MIGRATION_SETTLE still read the legacy prefixes, writing nothing
+    world.consul.reset_requests()
+    world.reconcile(now=now + migration.MIGRATION_SETTLE / 2)
+    assert (world.consul.count(), world.consul.writes()) == (3 + 2, 0)
+
+    # AND the passes after it make the 3 requests of a pass, no legacy read
+    world.consul.reset_requests()
+    world.reconcile(now=now + migration.MIGRATION_SETTLE)
+    assert (world.consul.count(), world.consul.writes()) == (3, 0)
+
+
+def test_no_pass_reads_or_collects_a_same_named_clusters_records(world: World) -> None:
+    # GIVEN a cluster "mesh" of another account in the same Consul, running the ARN layout:
+    # its running task 9, and its tombstone of task 8 from a week ago
+    registrar.set_runtime(fake_runtime(world.consul.url, cluster_arn=TWIN_CLUSTER_ARN))
+    assert world.deliver(task_event(task_id=tid(9), cluster_arn=TWIN_CLUSTER_ARN)) == []
+    registrar.set_runtime(world.rt)
+    week_ago = datetime.now(UTC) - timedelta(days=7)
+    old_stop = StateRecord(6, STOPPED, event_time=week_ago.isoformat()).encode()
+    twin_tombstone = kv_layout.task_key(TWIN_CLUSTER_ARN, tid(8))
+    world.consul.seed_kv(twin_tombstone, old_stop)
+    # AND a week-old legacy tombstone of task 7 nothing attributes to us (ECS forgot it)
+    world.consul.seed_kv(legacy_key(7), old_stop)
+    world.ecs.forget(tid(7))
+    world.run(1)
+    world.consul.reset_requests()
+
+    # WHEN our passes run
+    world.reconcile()
+
+    # THEN no answer of Consul carried the twin's records (no read of the whole name)
+    assert not any(r.path.rstrip("/") == "/v1/kv/ecs-registrar/mesh" for r in world.consul.requests)
+    # AND neither the twin's tombstone nor the unattributable legacy one was collected
+    kv = world.consul.kv()
+    assert twin_tombstone in kv
+    assert legacy_key(7) in kv
 
 
 def test_a_stop_before_the_first_pass_lands_and_the_pass_drops_the_old_record(
@@ -905,12 +1147,14 @@ def test_a_stop_before_the_first_pass_lands_and_the_pass_drops_the_old_record(
     tombstone = world.record(1)
     assert tombstone is not None
     assert tombstone.status == STOPPED
-    # AND the first pass deletes the superseded running record, the second writes nothing
+    # AND the first pass deletes the superseded running record, the second writes only the
+    # migration marker, the third nothing
     world.reconcile()
     assert legacy_key(1) not in world.consul.kv()
-    world.consul.reset_requests()
-    world.reconcile()
-    assert world.consul.writes() == 0
+    for writes in (1, 0):
+        world.consul.reset_requests()
+        world.reconcile()
+        assert world.consul.writes() == writes
 
 
 def test_a_late_running_event_before_the_first_pass_is_removed_by_it(world: World) -> None:

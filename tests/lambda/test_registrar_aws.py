@@ -4,6 +4,8 @@ for SSM DescribeInstanceInformation (moto 5.2.5 does not implement it)."""
 from __future__ import annotations
 
 import ssl
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import handler
 import kv_layout
 import pytest
 import registrar
+import retry
+from botocore.exceptions import ClientError
 from botocore.stub import Stubber
 from ecs_fake import INSTANCE_ID, FakeEcs
 from moto import mock_aws
@@ -77,6 +81,46 @@ def _event(
 
 # --------------------------------------------------------------------------------------------
 # Task definitions
+
+
+def test_a_request_that_outlasts_the_budget_is_abandoned_in_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # GIVEN a request that hangs past its timeouts: urllib3 (2.x util/connection.py
+    # create_connection) tries every address DNS returns with the connect timeout each, so a
+    # host with blackholed addresses costs connect_timeout times their number
+    monkeypatch.setattr(aws, "ATTEMPT_S", 0.1)
+    released = threading.Event()
+
+    def hangs() -> str:
+        released.wait(10)
+        return "answer"
+
+    # WHEN it runs with 0.5 s of budget left
+    start = time.monotonic()
+    try:
+        with aws.within(retry.Budget.fixed(0.5)), pytest.raises(retry.BudgetExhausted):
+            aws.aws_call("DescribeContainerInstances", hangs)
+        waited = time.monotonic() - start
+    finally:
+        released.set()
+
+    # THEN the caller gets BudgetExhausted when the budget ends, not when the request does
+    assert waited < 5
+
+
+def test_a_request_inside_a_budget_maps_its_errors_as_before() -> None:
+    # GIVEN a call AWS refuses (as botocore raises it)
+    def refused() -> None:
+        raise ClientError(
+            {"Error": {"Code": "ClientException", "Message": "Unable to describe"}},
+            "DescribeTaskDefinition",
+        )
+
+    # WHEN it runs inside a budget, THEN the caller sees the lookup error with AWS's code
+    with aws.within(retry.Budget.fixed(30)), pytest.raises(aws.AwsLookupError) as caught:
+        aws.aws_call("DescribeTaskDefinition", refused)
+    assert caught.value.code == "ClientException"
 
 
 def test_task_definitions_are_read_once_per_arn(world: MotoWorld) -> None:
@@ -174,6 +218,37 @@ def test_fails_when_ssm_does_not_know_the_instance(world: MotoWorld) -> None:
 
     with pytest.raises(aws.AwsLookupError, match="SSM reports no IP address"):
         hosts.get(world.cluster_arn, world.container_instance_arn)
+
+
+@pytest.mark.parametrize(
+    ("address", "doubt"),
+    [
+        ("172.18.0.1", "172.18.0.0/15"),
+        ("172.31.255.1", "172.28.0.0/14"),
+        ("::ffff:172.20.0.1", "172.20.0.0/14"),
+        ("172.16.0.1", None),
+        ("192.168.50.7", None),
+        ("10.0.0.5", None),
+    ],
+)
+def test_an_ssm_address_in_a_docker_bridge_pool_is_kept_but_doubted(
+    world: MotoWorld, address: str, doubt: str | None
+) -> None:
+    # GIVEN SSM reports an address that may be a user-defined Docker bridge's (moby
+    # libnetwork/ipamutils localScopeDefaultNetworks) or the host's own
+    world.ssm.ip_by_instance[world.instance_id] = address
+    hosts = aws.EcsSsmHosts(
+        lambda: boto3.client("ecs", region_name=REGION), lambda: world.ssm, ttl_s=300
+    )
+
+    # WHEN the host is looked up, THEN the address is used, and doubted only in Docker's pools
+    host = hosts.get(world.cluster_arn, world.container_instance_arn)
+    assert host.address == address
+    if doubt is None:
+        assert host.doubt is None
+    else:
+        assert host.doubt is not None
+        assert doubt in host.doubt
 
 
 @pytest.mark.parametrize(

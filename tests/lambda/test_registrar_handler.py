@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
 from typing import Any
 
 import aws
@@ -17,6 +18,7 @@ import kv_layout
 import pytest
 import registrar
 from ecs_fake import FakeEcs, throttled
+from model import TaskDefinition
 from registrar_fixtures import (
     CLUSTER_ARN,
     HOST_IP,
@@ -26,6 +28,7 @@ from registrar_fixtures import (
     VPC_TD,
     WEB_TD,
     FakeHosts,
+    FakeTaskDefinitions,
     LambdaContext,
     failed_ids,
     fake_runtime,
@@ -357,6 +360,77 @@ def test_a_stop_lands_when_its_task_definition_cannot_be_described(
     assert failed == []
     assert consul.nodes() == {}
     assert (record(consul) or {})["status"] == "stopped"
+
+
+@dataclass
+class StricterRelease:
+    """What a later release that refuses the web revision (as it refuses awsvpc) sees."""
+
+    def get(self, arn: str) -> TaskDefinition:
+        return replace(FakeTaskDefinitions().get(arn), network_mode="awsvpc")
+
+
+def test_a_stop_lands_when_the_revision_is_refused_since_the_task_registered(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a task registered by its RUNNING event
+    assert run(task_event()) == []
+    assert NODE in consul.nodes()
+    # AND a release that refuses its revision (stricter validation) by the time it stops
+    registrar.set_runtime(fake_runtime(consul.url, task_definitions=StricterRelease()))
+
+    # WHEN its stop is handled
+    assert run(task_event("task_stopped.json")) == []
+
+    # THEN the task leaves the catalog and is tombstoned, from its state record
+    assert consul.nodes() == {}
+    assert (record(consul) or {})["status"] == "stopped"
+
+
+def test_a_stop_of_a_refused_task_never_registered_writes_nothing(consul: ConsulDouble) -> None:
+    # GIVEN a revision refused (awsvpc) whose task never had a record
+    registrar.set_runtime(fake_runtime(consul.url, task_definitions=StricterRelease()))
+
+    # WHEN its stop is handled, THEN only the record was read
+    assert run(task_event("task_stopped.json")) == []
+    assert (consul.count(), consul.writes()) == (1, 0)
+
+
+def test_a_late_running_event_of_a_stopped_task_whose_revision_is_gone_is_acknowledged(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a task that ran and stopped, whose revision was deregistered since
+    ecs = FakeEcs()
+    _ecs_runtime(consul, ecs)
+    running = ecs.put_task(TASK)
+    stop = ecs.put_task(TASK, version=5, last_status="STOPPED", desired_status="STOPPED")
+    assert run(stop) == []
+    ecs.deregistered.add(WEB_TD)
+    _ecs_runtime(consul, ecs)
+
+    # WHEN its RUNNING event is delivered late (a backlog, a DLQ redrive)
+    failed = run(running)
+
+    # THEN it is acknowledged as stale (not failed into the DLQ) and registers nothing
+    assert failed == []
+    assert consul.nodes() == {}
+
+
+def test_a_running_event_whose_revision_is_gone_fails_when_the_task_has_no_tombstone(
+    consul: ConsulDouble,
+) -> None:
+    # GIVEN a revision ECS no longer describes (no task of it is known any more) and no record
+    # of the task
+    ecs = FakeEcs()
+    _ecs_runtime(consul, ecs)
+    running = ecs.put_task(TASK)
+    ecs.deregistered.add(WEB_TD)
+    ecs.forget(TASK)
+    _ecs_runtime(consul, ecs)
+
+    # WHEN its RUNNING event is handled, THEN it fails (the DLQ shows it), registering nothing
+    assert run(running) == ["msg-0"]
+    assert consul.nodes() == {}
 
 
 def test_a_stop_without_a_record_or_a_task_definition_leaves_a_tombstone(

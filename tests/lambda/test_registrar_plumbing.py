@@ -81,6 +81,26 @@ def test_no_attempt_without_budget() -> None:
     assert flaky.calls == 0
 
 
+def test_budget_exhausted_is_raised_at_once_not_retried(capsys: pytest.CaptureFixture[str]) -> None:
+    # GIVEN a call that finds no time left for its request (aws.aws_call's check)
+    out_of_time = Flaky(10, retry.BudgetExhausted("op: 1.0 s left"))
+    slept: list[float] = []
+
+    # WHEN it runs under a policy that would retry a transient failure
+    with pytest.raises(retry.BudgetExhausted):
+        retry.call(
+            out_of_time,
+            what="op",
+            policy=retry.RetryPolicy(max_attempts=4),
+            budget=retry.Budget.fixed(60),
+            sleep=slept.append,
+        )
+
+    # THEN it gives up at once: one call, no backoff, no "retrying" line
+    assert (out_of_time.calls, slept) == (1, [])
+    assert "retrying after a transient failure" not in capsys.readouterr().out
+
+
 def test_permanent_errors_are_not_retried() -> None:
     flaky = Flaky(1, ConsulRequestError("HTTP 400"))
 
