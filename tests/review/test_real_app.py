@@ -81,7 +81,13 @@ def test_token_secrets_are_injected_where_their_readers_run(real_review: Review)
 def test_every_secret_grant_resolves(real_review: Review) -> None:
     # Nothing is left "unresolved" in the default app: every read or write names a secret
     assert real_review.secrets.unresolved == []
-    assert all(secret.readers for secret in real_review.secrets.secrets)
+    # The operators' token is read by operators' IAM principals outside the stack (runbook):
+    # no role of the stack reads it, and the provider that fills it is its only writer.
+    operator = _secret(real_review, "OperatorTokenSecret")
+    assert operator.readers == []
+    assert _paths(operator.writers) == ["ConsulObjects/Role/Resource"]
+    others = [s for s in real_review.secrets.secrets if s is not operator]
+    assert all(secret.readers for secret in others)
 
 
 def test_writers_of_the_ca_and_of_the_tokens(real_review: Review) -> None:
