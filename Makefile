@@ -46,8 +46,9 @@ lint: $(VENV)/.installed
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy --strict mesh_stack app.py tools
-	# Each Lambda asset is its own flat module tree: type-check them separately.
-	for dir in lambda/*/; do (cd $$dir && ../../$(VENV)/bin/mypy --strict .) || exit 1; done
+	# Each Lambda asset is its own flat module tree plus lambda/shared/ (bundled into each at
+	# synth, mesh_stack/lambda_code.py): type-check them separately.
+	for dir in lambda/*/; do (cd $$dir && MYPYPATH=../shared ../../$(VENV)/bin/mypy --strict .) || exit 1; done
 
 unit: install
 	PATH="$(NODE_BIN):$$PATH" $(VENV)/bin/pytest -q

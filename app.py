@@ -3,20 +3,32 @@
 
 from __future__ import annotations
 
+import gc
 import sys
+
+if __name__ == "__main__":
+    # `cdk synth` runs this file once per synthesis and the process ends right after: the
+    # collector would only walk aws-cdk-lib's ~140,000 module objects again and again (a fifth
+    # of the Python side of a synthesis, bench/README.md figure 1) and free nothing (the peak
+    # memory is the same without it). Off before the imports, which create most of them.
+    gc.disable()
 
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
-from mesh_stack.config import FIELDS, ConfigError, MeshConfig
+from mesh_stack.config import MeshConfig
+from mesh_stack.config_errors import ConfigError
+from mesh_stack.jsii_exit import leave_without_teardown
 from mesh_stack.stack import MeshStack
 
 
 def build_app(context: dict[str, object] | None = None, outdir: str | None = None) -> cdk.App:
     """The app with both nag packs. Tests pass `context` (cdk.json's) and an `outdir`."""
     app = cdk.App(context=context, outdir=outdir)
-    keys = {key: app.node.try_get_context(key) for key in FIELDS}
-    config = MeshConfig.from_context({k: v for k, v in keys.items() if v is not None})
+    # All of it (cdk.json, ~/.cdk.json, `-c` overrides): a key that looks like a typo of ours
+    # stops synthesis instead of being ignored.
+    context = app.node.get_all_context()
+    config = MeshConfig.from_context({k: v for k, v in context.items() if v is not None})
     env = cdk.Environment(account=config.account or None, region=config.region)
     MeshStack(
         app,
@@ -40,4 +52,8 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    status = main()
+    if status == 0:
+        # The assembly is complete: skip the seconds of teardown (mesh_stack/jsii_exit.py).
+        leave_without_teardown(status)
+    sys.exit(status)

@@ -6,7 +6,7 @@ the registrar's own work (parsing, deciding, JSON, logging). Replaying in the sa
 the same empty state reproduces the same indexes, so cas writes succeed as they did.
 
 Two transports: one persistent HTTP/1.1 connection (http.client), what the registrar pays now
-that it keeps its connections (lambda/registrar/connections.py), and a new TCP connection per
+that it keeps its connections (lambda/shared/connections.py), and a new TCP connection per
 request (urllib), what it paid before.
 """
 

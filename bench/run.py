@@ -1,7 +1,8 @@
 """Run the benchmarks and print one table: `python -m bench.run [--only NAME ...] [--profile]`.
 
 Figures (bench/README.md explains each and records a run):
-1 synthesis, 2 lifecycle, 3 throughput, 4 burst, 5 cold start, 6 reconcile cost, 7 teardown.
+1 synthesis, 2 lifecycle, 3 throughput, 4 burst, 5 cold start, 6 reconcile cost, 7 teardown,
+8 services.
 Each figure is measured against its comparison in the same run, so machine noise cancels;
 nothing here asserts on wall time. The whole run takes a few minutes on 2 cores.
 """
@@ -14,7 +15,16 @@ import time
 from collections.abc import Callable, Sequence
 from types import ModuleType
 
-from bench import burst, cold_start, lifecycle, reconcile_cost, synthesis, teardown, throughput
+from bench import (
+    burst,
+    cold_start,
+    lifecycle,
+    reconcile_cost,
+    services,
+    synthesis,
+    teardown,
+    throughput,
+)
 from bench.profiling import profiled
 from bench.report import Row, machine, table
 
@@ -26,6 +36,7 @@ FIGURES: dict[str, ModuleType] = {
     "cold_start": cold_start,
     "reconcile": reconcile_cost,
     "teardown": teardown,
+    "services": services,
 }
 
 

@@ -16,23 +16,17 @@ import json
 import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
-from mesh_stack import demo_ports
-from mesh_stack.image_refs import (
-    ENVOY_REPOSITORY,
-    IMAGE_REFERENCE,
-    IMAGE_REPOSITORY,
-    INIT_IMAGE,
-    ecr_repository,
-    registry_host,
-)
+from mesh_stack import demo, image_ref, services_config
+from mesh_stack.config_errors import ConfigError
+from mesh_stack.config_errors import fail as _fail
+from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE
 from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
-
-
-class ConfigError(ValueError):
-    """An invalid configuration value; the message is one line meant for the operator."""
-
+from mesh_stack.service_ports import ServicePorts
+from mesh_stack.services_config import ServiceSpec, TeamService
+from mesh_stack.suggest import closest
 
 # Envoy releases each Consul release supports (Consul docs, "Envoy proxy configuration
 # reference", Supported Versions; hashicorp/consul envoyextensions/xdscommon/ENVOY_VERSIONS).
@@ -86,10 +80,6 @@ RESERVED_ASNS: dict[int, str] = {
 }
 
 
-def _fail(key: str, value: object, allowed: str) -> ConfigError:
-    return ConfigError(f"invalid context value {key}={value!r}: {allowed}")
-
-
 def _as_int(key: str, value: object, lo: int, hi: int) -> int:
     if isinstance(value, bool):
         raise _fail(key, value, f"must be an integer from {lo} to {hi}")
@@ -114,6 +104,12 @@ def _as_bool(key: str, value: object) -> bool:
 
 def _as_str(key: str, value: object, pattern: re.Pattern[str], allowed: str) -> str:
     if not isinstance(value, str) or not pattern.match(value):
+        raise _fail(key, value, allowed)
+    return value
+
+
+def _as_image(key: str, value: object, valid: Callable[[str], bool], allowed: str) -> str:
+    if not isinstance(value, str) or not valid(value):
         raise _fail(key, value, allowed)
     return value
 
@@ -314,10 +310,10 @@ FIELDS: dict[str, Field] = {
         "Repository the sidecars pull Envoy from, without a tag (the tag is "
         "`v<envoy_version>`): Docker Hub by default, or your registry or mirror, e.g. "
         "`registry.example.com/mirror/envoyproxy/envoy`.",
-        lambda k, v: _as_str(
+        lambda k, v: _as_image(
             k,
             v,
-            IMAGE_REPOSITORY,
+            image_ref.is_repository,
             "must be an image repository without a tag, like envoyproxy/envoy or "
             "registry.example.com/envoyproxy/envoy (the tag is v<envoy_version>)",
         ),
@@ -326,10 +322,10 @@ FIELDS: dict[str, Field] = {
         INIT_IMAGE,
         "Image of the sidecars' init container (any image with `python3` 3.11 or newer; it "
         "runs a stdlib-only program), with a tag or `@sha256:` digest.",
-        lambda k, v: _as_str(
+        lambda k, v: _as_image(
             k,
             v,
-            IMAGE_REFERENCE,
+            image_ref.is_pinned_reference,
             "must be an image reference with a tag or @sha256 digest, like "
             "public.ecr.aws/docker/library/python:3.13-slim",
         ),
@@ -471,9 +467,27 @@ FIELDS: dict[str, Field] = {
     ),
     "demo_enabled": Field(
         None,
-        "Deploy the `frontend` -> `backend` demo services. Empty = on only with "
-        "`environment=dev`; set `true` to deploy it in another environment.",
+        "Deploy the `frontend` -> `backend` demo: two built-in `services` entries. Empty = on "
+        "only with `environment=dev`; set `true` to deploy it in another environment.",
         _optional_bool,
+    ),
+    "services": Field(
+        {},
+        "Mesh services to run, as a JSON object `{name: settings}` (image, port, app_user, "
+        "upstreams, allow_from, ...; docs/services.md). Each gets its task definition, ECS "
+        "service, Consul token and intentions.",
+        services_config.parse_services,
+    ),
+    "external_services": Field(
+        [],
+        "Consul services registered by other means, which `upstreams` and `allow_from` may name.",
+        services_config.parse_external,
+    ),
+    "team_services": Field(
+        {},
+        "Services that teams deploy from their own CDK app (`{name: {allow_from: [...]}}`): "
+        "this stack owns their Consul tokens and intentions (docs/services.md).",
+        services_config.parse_team,
     ),
     "prometheus_port": Field(
         9102,
@@ -539,6 +553,9 @@ class MeshConfig:
     activation_registration_limit: int
     activation_expiry_days: int
     demo_enabled: bool
+    services: tuple[ServiceSpec, ...]
+    external_services: tuple[str, ...]
+    team_services: tuple[TeamService, ...]
     prometheus_port: int
     snapshot_interval_hours: int
     snapshot_retention_days: int
@@ -560,9 +577,26 @@ class MeshConfig:
             return self.availability_zones
         return tuple(f"{self.region}{letter}" for letter in "abc"[: self.az_count])
 
+    @cached_property
+    def demo_services(self) -> tuple[ServiceSpec, ...]:
+        """The demo's two services (none with `demo_enabled=false`): `services` entries."""
+        if not self.demo_enabled:
+            return ()
+        return services_config.parse_services("demo", demo.demo_services(self.prometheus_port))
+
+    @cached_property
+    def service_ports(self) -> dict[str, ServicePorts]:
+        """The ports of every mesh service (demo and `services`), chosen where unset."""
+        return services_config.plan_ports([*self.demo_services, *self.services])
+
     @classmethod
     def from_context(cls, context: Mapping[str, object]) -> MeshConfig:
-        """Validate `context` (only the keys of FIELDS; others are ignored) into a config."""
+        """Validate `context` into a config.
+
+        Keys outside FIELDS are left to CDK and other tools, except one that looks like a typo
+        of ours (`check_unknown_keys`), which would otherwise be silently ignored.
+        """
+        check_unknown_keys(context)
         values = {
             key: spec.parse(key, context.get(key, spec.default)) for key, spec in FIELDS.items()
         }
@@ -608,7 +642,7 @@ class MeshConfig:
         # The demo runs in host mode: its two metrics listeners (prometheus_port and the next
         # port) share each host's ports with its apps, upstream and Envoy listeners.
         first, last = ENVOY_INBOUND_PORTS
-        taken = demo_ports.app_ports() if self.demo_enabled else {}
+        taken = demo.app_ports() if self.demo_enabled else {}
         for port in (self.prometheus_port, self.prometheus_port + 1):
             problem = fixed_host_port_problem(port)
             if problem:
@@ -651,6 +685,23 @@ class MeshConfig:
                 self.server_count,
                 f"needs at least 3 availability zones (at most 2 servers per AZ); have {zones}",
             )
+        self._check_services()
+
+    def _check_services(self) -> None:
+        """Names and references across services, and every service's ports."""
+        services_config.check_references(
+            self.services, self.team_services, self.external_services, self.demo_services
+        )
+        _ = self.service_ports
+        # Parameter Store refuses names that start with "aws" or "ssm" (case-insensitive)
+        # (SSM API reference, PutParameter `Name`); the stack publishes /<prefix>/... there.
+        if self.prefix.lower().startswith(("aws", "ssm")):
+            raise _fail(
+                "prefix",
+                self.prefix,
+                "must not start with aws or ssm: the SSM parameters under /<prefix>/ would be "
+                "refused",
+            )
 
     def _check_images(self) -> None:
         key_arn = self.registry_credentials_kms_key_arn
@@ -680,9 +731,12 @@ class MeshConfig:
         if not self.registry_credentials_secret_arn:
             return ()
         return tuple(
-            image
-            for image in (self.envoy_image, self.init_image)
-            if registry_host(image) != "public.ecr.aws" and ecr_repository(image) is None
+            configured
+            for configured, reference in (
+                (self.envoy_image, f"{self.envoy_image}:v{self.envoy_version}"),
+                (self.init_image, self.init_image),
+            )
+            if image_ref.pulled_with_credentials(image_ref.parse(reference))
         )
 
     def _check_onprem_path(self) -> None:
@@ -733,3 +787,22 @@ class MeshConfig:
                         f"overlaps vpc_cidr {self.vpc_cidr}: on-prem and the VPC must not "
                         "share addresses to be routed to each other",
                     )
+
+
+# Context keys of CDK itself that have no `@`/`:` namespace: written into cdk.json by
+# `cdk acknowledge` and `cdk cli-telemetry` (aws-cdk CLI, node_modules/aws-cdk/lib/index.js:
+# context.set("acknowledged-issue-numbers"), context.set("cli-telemetry")). Every other key
+# CDK sets is namespaced: `@aws-cdk/...` feature flags, `aws:cdk:...` toolkit settings and
+# `<provider>:account=...` lookups in cdk.context.json.
+CDK_KEYS = ("acknowledged-issue-numbers", "cli-telemetry")
+
+
+def check_unknown_keys(context: Mapping[str, object]) -> None:
+    """Refuse a context key that is not ours but close to one of ours ("did you mean")."""
+    for key in context:
+        if key in FIELDS or key in CDK_KEYS or key.startswith("@") or ":" in key:
+            continue
+        guess = closest(key, FIELDS)
+        if guess is not None:
+            # The value is not echoed: a misspelled `services` may carry anything.
+            raise ConfigError(f"unknown context key {key!r}: did you mean {guess}?")

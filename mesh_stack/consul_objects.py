@@ -51,11 +51,12 @@ from aws_cdk import aws_stepfunctions as sfn
 from aws_cdk import custom_resources as cr
 from constructs import Construct, IConstruct, IDependable
 
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
+from mesh_stack.services_config import pascal
 
 ROOT = Path(__file__).resolve().parent.parent
-LAMBDA_DIR = ROOT / "lambda" / "consul_config"
 IDENTITY_PATH = ROOT / "lambda" / "registrar" / "identity.py"
 
 PROXY_PROTOCOLS = ("tcp", "http", "http2", "grpc")
@@ -87,7 +88,7 @@ def _pascal(name: str) -> str:
     """`frontend-api` -> `FrontendApi`, `*` -> `Wildcard`: construct IDs from Consul names."""
     if name == WILDCARD:
         return "Wildcard"
-    return "".join(part[:1].upper() + part[1:] for part in re.split(r"[^A-Za-z0-9]+", name))
+    return pascal(name)
 
 
 def _check_service(name: str, what: str, *, wildcard: bool = False) -> None:
@@ -276,7 +277,7 @@ class ConsulObjects(Construct):
             )
         )
 
-        code = lambda_.Code.from_asset(str(LAMBDA_DIR), exclude=["__pycache__", "*.pyc"])
+        code = lambda_code.for_asset("consul_config")
         functions: dict[str, lambda_.Function] = {}
         for name, handler, purpose in (
             ("OnEvent", "provider.on_event", "validates and names Consul objects"),

@@ -1,5 +1,9 @@
 """The default demo: `frontend` calls `backend` through its Envoy, the only allowed intention.
 
+The demo is two entries of the `services` configuration (docs/services.md), built by the same
+code as any configured service; only their ports are fixed here, because the README and the
+docs tell the operator where to `curl`. Pure: no CDK (configuration validation reads it).
+
 A fresh deploy plus one registered host shows a working mesh: on the host,
 `curl http://127.0.0.1:9080/` returns frontend's answer with backend's response nested inside
 it. Both run in host mode, the secure default: each app listens on 127.0.0.1 only and is
@@ -10,113 +14,78 @@ default only with `environment=dev`: `-c demo_enabled=true` deploys it elsewhere
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
-from aws_cdk import aws_ecs as ecs
-from aws_cdk import aws_kms as kms
-from aws_cdk import aws_secretsmanager as secretsmanager
-from constructs import Construct
-
-from mesh_stack import demo_ports
-from mesh_stack.mesh_service import MeshService
-from mesh_stack.sidecar_images import SidecarImages
+from typing import Any
 
 # HashiCorp's demo service: answers HTTP and calls UPSTREAM_URIS, nesting their answers.
 DEMO_IMAGE = "nicholasjackson/fake-service:v0.26.2"
-DEMO_SERVICES = ("frontend", "backend")
-# Consul intentions the fleet must hold for the demo: exactly frontend -> backend.
-DEMO_INTENTIONS = (("frontend", "backend"),)
 # fake-service needs no privilege: run it as `nobody` (host mode refuses root).
 DEMO_USER = "65534:65534"
+# Apps, on 127.0.0.1.
+BACKEND_PORT = 9090
+FRONTEND_PORT = 9080
+# frontend's upstream listener for backend, on 127.0.0.1.
+BACKEND_LOCAL_PORT = 9091
+# Envoy public listeners; the expose (health) listeners are these + 500 (identity.py).
+PROXY_PORTS = {"backend": 20000, "frontend": 20001}
+# Envoy metrics listeners, on each host's 127.0.0.1 (the default bind in host mode):
+# `prometheus_port` + this offset (one port per service in host mode).
+METRICS_OFFSETS = {"backend": 0, "frontend": 1}
+# Construct scope of the demo's services: `Demo/Backend`, `Demo/Frontend` (logical IDs).
+SCOPE = "Demo"
 
 
-class MeshDemo(Construct):
-    """Two host-mode MeshServices: `frontend` -> (Envoy, mTLS) -> `backend`.
+def app_ports() -> dict[int, str]:
+    """The demo's app and upstream ports, described."""
+    return {
+        BACKEND_PORT: "the demo backend's app",
+        FRONTEND_PORT: "the demo frontend's app",
+        BACKEND_LOCAL_PORT: "the demo frontend's upstream listener",
+    }
 
-    The demo always takes its xDS over gRPC-TLS (8503), whatever the fleet's
-    `plaintext_listeners` opt-in opens for other clients: that option must never downgrade the
-    project's own sidecars.
 
-    token_secrets: the per-service ACL token secrets for "frontend" and "backend" (from the
-        Consul fleet construct, which also writes DEMO_INTENTIONS).
-    prometheus_port: backend's metrics listener on each host's 127.0.0.1; frontend's is the
-        next port (host mode needs one port per service). None disables both.
-    The other arguments are passed to both MeshServices unchanged.
+def demo_services(prometheus_port: int) -> dict[str, dict[str, Any]]:
+    """The demo as `services` entries (backend's metrics on `prometheus_port` of each host's
+    127.0.0.1, frontend's on the next port).
+
+    Both are DAEMON services: one task on every host that joins, zero before any has, so the
+    stack deploys before a host exists (a replica service would wait for placement).
+    fake-service listens where LISTEN_ADDR says and calls UPSTREAM_URIS.
     """
 
-    def __init__(
-        self,
-        scope: Construct,
-        construct_id: str,
-        *,
-        cluster: ecs.ICluster,
-        token_secrets: Mapping[str, secretsmanager.ISecret],
-        ca_secret: secretsmanager.ISecret,
-        consul_grpc_host: str,
-        envoy_version: str,
-        log_key: kms.IKey,
-        consul_tls_server_name: str | None = None,
-        prometheus_port: int | None = 9102,
-        images: SidecarImages | None = None,
-    ) -> None:
-        super().__init__(scope, construct_id)
-        missing = [name for name in DEMO_SERVICES if name not in token_secrets]
-        if missing:
-            raise ValueError(
-                f"token_secrets needs a secret for each demo service; missing {missing}, "
-                f"got {sorted(token_secrets)}"
-            )
-        image = ecs.ContainerImage.from_registry(DEMO_IMAGE)
+    def entry(name: str, port: int, **extra: Any) -> dict[str, Any]:
+        return {
+            "image": DEMO_IMAGE,
+            "port": port,
+            "app_user": DEMO_USER,
+            "health_check_path": "/health",
+            "cpu": 128,
+            "memory": 128,
+            "daemon": True,
+            "proxy_port": PROXY_PORTS[name],
+            "prometheus_port": prometheus_port + METRICS_OFFSETS[name],
+            **extra,
+        }
 
-        def service(
-            name: str,
-            port: int,
-            environment: dict[str, str],
-            upstreams: dict[str, int] | None = None,
-        ) -> MeshService:
-            mesh_service = MeshService(
-                self,
-                name.capitalize(),
-                cluster=cluster,
-                service_name=name,
-                image=image,
-                port=port,
-                token_secret=token_secrets[name],
-                ca_secret=ca_secret,
-                consul_grpc_host=consul_grpc_host,
-                consul_tls_server_name=consul_tls_server_name,
-                envoy_version=envoy_version,
-                log_key=log_key,
-                proxy_port=demo_ports.PROXY_PORTS[name],
-                prometheus_port=None
-                if prometheus_port is None
-                else prometheus_port + demo_ports.METRICS_OFFSETS[name],
-                app_user=DEMO_USER,
-                environment={"NAME": name, **environment},
-                health_check_path="/health",
-                cpu=128,
-                memory_mib=128,
-                upstreams=upstreams,
-                # One frontend and one backend on every host that joins: the stack deploys
-                # before any host exists (a replica service would wait for placement), and
-                # one registered host shows the working mesh.
-                daemon=True,
-                images=images,
-            )
-            # fake-service listens where LISTEN_ADDR says: 127.0.0.1 in host mode.
-            mesh_service.app_container.add_environment("LISTEN_ADDR", mesh_service.listen_address)
-            return mesh_service
-
-        self.backend = service(
-            "backend", demo_ports.BACKEND_PORT, {"MESSAGE": "hello from backend"}
-        )
-        self.frontend = service(
+    return {
+        "backend": entry(
+            "backend",
+            BACKEND_PORT,
+            allow_from=["frontend"],
+            environment={
+                "NAME": "backend",
+                "MESSAGE": "hello from backend",
+                "LISTEN_ADDR": f"127.0.0.1:{BACKEND_PORT}",
+            },
+        ),
+        "frontend": entry(
             "frontend",
-            demo_ports.FRONTEND_PORT,
-            {"MESSAGE": "hello from frontend"},
-            upstreams={"backend": demo_ports.BACKEND_LOCAL_PORT},
-        )
-        # fake-service reads its upstreams from the environment: the Envoy upstream listener.
-        self.frontend.app_container.add_environment(
-            "UPSTREAM_URIS", f"http://{self.frontend.upstream_address('backend')}"
-        )
+            FRONTEND_PORT,
+            upstreams={"backend": BACKEND_LOCAL_PORT},
+            environment={
+                "NAME": "frontend",
+                "MESSAGE": "hello from frontend",
+                "LISTEN_ADDR": f"127.0.0.1:{FRONTEND_PORT}",
+                "UPSTREAM_URIS": f"http://127.0.0.1:{BACKEND_LOCAL_PORT}",
+            },
+        ),
+    }

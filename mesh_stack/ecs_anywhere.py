@@ -3,8 +3,6 @@ teardown that lets the cluster be deleted while hosts are still registered."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from aws_cdk import ArnFormat, Aws, CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
@@ -15,11 +13,11 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct, IConstruct
 
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 from mesh_stack.registrar_function import nag_form
 
-ACTIVATION_CODE = Path(__file__).resolve().parent.parent / "lambda" / "activation"
 INSTALL_SCRIPT = "https://amazon-ecs-agent.s3.amazonaws.com/ecs-anywhere-install-latest.sh"
 # The function retries CreateActivation for up to 90 s while IAM propagates the new host role
 # (lambda/activation/handler.py, ROLE_PROPAGATION_SECONDS) and, on teardown, deregisters hosts 8
@@ -354,7 +352,7 @@ class EcsAnywhere(Construct):
             description="Creates the ECS Anywhere SSM activation; code goes to Secrets Manager",
             runtime=lambda_.Runtime.PYTHON_3_14,
             handler="handler.handler",
-            code=lambda_.Code.from_asset(str(ACTIVATION_CODE)),
+            code=lambda_code.for_asset("activation"),
             timeout=FUNCTION_TIMEOUT,
             memory_size=256,
             role=role,

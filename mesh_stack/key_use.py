@@ -15,6 +15,7 @@ secretsmanager.<region>. Grant secrets with these functions, never with `grant_r
 from __future__ import annotations
 
 from aws_cdk import Aws
+from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_lambda as lambda_
@@ -78,6 +79,24 @@ def keyless(
     return secretsmanager.Secret.from_secret_attributes(
         scope, construct_id, secret_complete_arn=secret.secret_arn
     )
+
+
+def task_secret(
+    scope: Construct,
+    construct_id: str,
+    secret: secretsmanager.ISecret,
+    *,
+    reader: iam.IGrantable,
+    field: str | None = None,
+) -> ecs.Secret:
+    """`secret` (or its JSON `field`) as an ECS task secret read by `reader`, the task's
+    execution role. The container definition grants the secret itself by calling `grant_read`
+    on it (aws-ecs ContainerDefinition.addSecret): that grant gets the `keyless` form, and the
+    key is granted in `reader`'s own policy, so no key policy names the role."""
+    if secret.encryption_key is not None:
+        grant_key_use(reader, secret)
+        secret = keyless(scope, construct_id, secret)
+    return ecs.Secret.from_secrets_manager(secret, field)
 
 
 def encrypt_environment(

@@ -6,7 +6,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from aws_cdk import Annotations, RemovalPolicy, Token
+from aws_cdk import Acknowledgment, Annotations, RemovalPolicy, Token, Validations
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
@@ -14,9 +14,19 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
 from mesh_stack import envoy, init_program
+from mesh_stack.container_user import may_be_root
+from mesh_stack.key_use import task_secret
 from mesh_stack.nag import acknowledge
 from mesh_stack.ports import BRIDGE_DYNAMIC_HOST_PORTS, ENVOY_INBOUND_PORTS
-from mesh_stack.service_ports import ENVOY_USER_ID, ServicePorts, check_distinct, plan
+from mesh_stack.service_ports import (
+    ALL_INTERFACES,
+    ENVOY_USER_ID,
+    LOOPBACK,
+    ServicePorts,
+    check_distinct,
+    metrics_bind_address,
+    plan,
+)
 from mesh_stack.sidecar_images import SidecarImages
 
 identity = init_program.load_identity()
@@ -32,17 +42,11 @@ ADMIN_DIR = "/consul-mesh-admin"
 ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"
 ADMIN_VOLUME = "consul-mesh-admin"
 NETWORK_MODES = {"host": ecs.NetworkMode.HOST, "bridge": ecs.NetworkMode.BRIDGE}
-LOOPBACK = "127.0.0.1"
-ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - bridge mode: inside the app's own namespace
 # Synth-time warning id of a host-mode service whose only check is Envoy's public listener;
-# acknowledge with Annotations.of(service).acknowledge_warning(<id>, <why>).
+# `make synth` fails on it until `MeshService.accept_tcp_check(<why>)` acknowledges it.
 NO_HEALTH_PATH_WARNING = "consul-mesh:MeshService.noHealthCheckPath"
 # What MeshService tells the app about where to listen (docs/services.md, "What your app must do").
 LISTEN_ENV = ("CONSUL_MESH_LISTEN_ADDR", "CONSUL_MESH_LISTEN_HOST", "CONSUL_MESH_LISTEN_PORT")
-# Docker hands `user` to runc, which splits it at ':' and reads each part with Go's
-# strconv.Atoi, so "00", "+0" and "0000" all mean uid/gid 0 (runc libcontainer/user
-# GetExecUser); an empty user part means the image's own user, which may be root.
-_NUMERIC_ID = re.compile(r"[+-]?[0-9]+")
 
 _SEMVER = re.compile(r"^\d+\.\d+\.\d+$")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:=-]{0,62}$")
@@ -69,19 +73,6 @@ def _check_upstream_names(service_name: str, upstreams: Mapping[str, int]) -> No
             raise ValueError(f"{service_name} cannot be its own upstream")
 
 
-def _may_be_root(user: str) -> bool:
-    """Whether a container `user` ("user", "uid", "user:group", "uid:gid") can mean root."""
-    parts = [part.strip() for part in user.split(":")]
-    if not parts[0]:
-        return True
-    for part in parts:
-        if _NUMERIC_ID.fullmatch(part) and int(part) == 0:
-            return True
-        if part.lower() == "root":
-            return True
-    return False
-
-
 def _check_mode(network_mode: str, insecure_published_app_port: bool, app_user: str | None) -> None:
     """Host mode is the secure default; bridge publishes the app and must be acknowledged."""
     if network_mode == "bridge" and insecure_published_app_port is not True:
@@ -96,7 +87,7 @@ def _check_mode(network_mode: str, insecure_published_app_port: bool, app_user: 
             "insecure_published_app_port=True applies to network_mode='bridge' only; host mode "
             "publishes no app port"
         )
-    if network_mode == "host" and (app_user is None or _may_be_root(app_user)):
+    if network_mode == "host" and (app_user is None or may_be_root(app_user)):
         raise ValueError(
             "app_user must name a non-root user (e.g. '1000' or '1000:1000') in host mode, "
             f"where the app shares the host's network namespace; got {app_user!r}"
@@ -144,31 +135,6 @@ class _ClusterIdentity:
         )
 
 
-def _metrics_bind(
-    network_mode: str, prometheus_port: int | None, bind_address: str | None
-) -> str | None:
-    """Where Envoy's metrics listener binds: host mode defaults to the host's loopback."""
-    if prometheus_port is None:
-        if bind_address is not None:
-            raise ValueError(
-                "prometheus_bind_address applies only with a prometheus_port; remove it"
-            )
-        return None
-    if bind_address is None:
-        bind_address = LOOPBACK if network_mode == "host" else ALL_INTERFACES
-    if bind_address not in (LOOPBACK, ALL_INTERFACES):
-        raise ValueError(
-            f"prometheus_bind_address must be {LOOPBACK!r} or {ALL_INTERFACES!r}, "
-            f"got {bind_address!r}"
-        )
-    if network_mode == "bridge" and bind_address == LOOPBACK:
-        raise ValueError(
-            f"prometheus_bind_address {LOOPBACK!r} in bridge mode is the Envoy container's own "
-            "loopback, which no scraper reaches; leave it unset"
-        )
-    return f"{bind_address}:{prometheus_port}"
-
-
 class MeshService(Construct):
     """An EXTERNAL task definition and ECS service: the app, its Envoy sidecar, an init step.
 
@@ -211,7 +177,8 @@ class MeshService(Construct):
         mTLS. Without it the check is TCP: in bridge mode to the app's published port, in host
         mode to Envoy's public listener, which only proves that the sidecar is up, so Consul
         routes traffic to a task whose app is still starting or hung. Set it in host mode; a
-        host-mode service without it gets a synth-time warning (NO_HEALTH_PATH_WARNING).
+        host-mode service without it gets a synth-time warning (NO_HEALTH_PATH_WARNING), which
+        `accept_tcp_check` acknowledges.
     tags: Consul service tags.
     upstreams: {service: local port}; the app reaches each at `upstream_address(service)`.
     network_mode: "host" (default: the task shares the host's network namespace, one task per
@@ -299,11 +266,15 @@ class MeshService(Construct):
             prometheus_port=prometheus_port,
             upstreams=upstreams,
         )
-        metrics_bind = _metrics_bind(network_mode, prometheus_port, prometheus_bind_address)
+        metrics_address = metrics_bind_address(
+            network_mode, prometheus_port is not None, prometheus_bind_address
+        )
+        metrics_bind = None if metrics_address is None else f"{metrics_address}:{prometheus_port}"
         self._cluster = _ClusterIdentity.of(cluster)
         check_distinct(self.ports, self._host_mode_neighbours())
         self.service_name = service_name
         self.network_mode = network_mode
+        self.health_check_path = health_check_path
         self.upstreams = upstreams
         host_mode = network_mode == "host"
         self.listen_address = f"{LOOPBACK if host_mode else ALL_INTERFACES}:{port}"
@@ -455,15 +426,10 @@ class MeshService(Construct):
                 circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
             )
         self._acknowledge(host_mode)
-        execution_role = self.task_definition.obtain_execution_role()
-        images.grant_credentials_key(execution_role)
+        self._ecr_acknowledged = False
+        images.grant_credentials_key(self.task_definition.obtain_execution_role())
         if images.uses_ecr():
-            acknowledge(
-                execution_role,
-                "AwsSolutions-IAM5[Resource::*]",
-                "ecr:GetAuthorizationToken accepts no resource ARN (ECR's actions reference); "
-                "the pull actions name the configured repository only.",
-            )
+            self.acknowledge_ecr_pulls()
         if host_mode and not health_check_path:
             Annotations.of(self).add_warning_v2(
                 NO_HEALTH_PATH_WARNING,
@@ -473,6 +439,35 @@ class MeshService(Construct):
                 "Consul sends it traffic while the app starts or hangs; set health_check_path "
                 "(docs/services.md, 'What your app must do')",
             )
+
+    def acknowledge_ecr_pulls(self) -> None:
+        """For a task with an image in Amazon ECR (app or sidecar): its execution role's
+        `ecr:GetAuthorizationToken` is on `*`. Once per task, whoever pulls from ECR."""
+        if self._ecr_acknowledged:
+            return
+        self._ecr_acknowledged = True
+        acknowledge(
+            self.task_definition.obtain_execution_role(),
+            "AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken takes no resource ARN (Amazon ECR API reference); "
+            "image pulls are granted on the configured repositories only.",
+        )
+
+    def accept_tcp_check(self, reason: str) -> None:
+        """Accept, for `reason`, that this host-mode service without a health_check_path is
+        checked only at its Envoy sidecar: acknowledges NO_HEALTH_PATH_WARNING through CDK's
+        validation API, so the reason is recorded in the cloud assembly, where the synth gate
+        and the review report read it (`Annotations.acknowledge_warning` records nothing)."""
+        if not reason.strip():
+            raise ValueError("accept_tcp_check needs the reason a TCP check is enough")
+        if self.network_mode != "host" or self.health_check_path:
+            raise ValueError(
+                f"mesh service {self.service_name!r} is not a host-mode service without a "
+                "health_check_path: there is no TCP-only check to accept"
+            )
+        Validations.of(self).acknowledge(
+            Acknowledgment(id=f"Annotation::{NO_HEALTH_PATH_WARNING}", reason=reason.strip())
+        )
 
     def upstream_address(self, service: str) -> str:
         """`host:port` at which the app reaches `service` through its Envoy."""
@@ -567,19 +562,26 @@ class MeshService(Construct):
             env["CONSUL_GRPC_PLAINTEXT"] = "true"
         return env
 
-    @staticmethod
     def _init_secrets(
+        self,
         token_secret: secretsmanager.ISecret,
         token_field: str | None,
         ca_secret: secretsmanager.ISecret | None,
         ca_field: str | None,
         plaintext: bool,
     ) -> dict[str, ecs.Secret]:
+        """The init container's secrets; the execution role may decrypt their keys through
+        its own policy, and no key policy names it (key_use.task_secret)."""
+        role = self.task_definition.obtain_execution_role()
         secrets = {
-            "CONSUL_HTTP_TOKEN": ecs.Secret.from_secrets_manager(token_secret, token_field),
+            "CONSUL_HTTP_TOKEN": task_secret(
+                self, "TokenSecret", token_secret, reader=role, field=token_field
+            ),
         }
         if not plaintext and ca_secret is not None:
-            secrets["CONSUL_CACERT_PEM"] = ecs.Secret.from_secrets_manager(ca_secret, ca_field)
+            secrets["CONSUL_CACERT_PEM"] = task_secret(
+                self, "CaSecret", ca_secret, reader=role, field=ca_field
+            )
         return secrets
 
     @staticmethod
@@ -599,7 +601,8 @@ class MeshService(Construct):
                 "service_name must be a DNS label (lowercase letters, digits, '-', at most 63 "
                 f"characters), got {service_name!r}"
             )
-        if not _SEMVER.match(envoy_version):
+        # A token: the platform's SSM contract (platform_parameters.py) supplies the version.
+        if not Token.is_unresolved(envoy_version) and not _SEMVER.match(envoy_version):
             raise ValueError(f"envoy_version must look like 1.34.14, got {envoy_version!r}")
         if not isinstance(desired_count, int) or not 0 <= desired_count <= 1000:
             raise ValueError(f"desired_count must be 0..1000, got {desired_count!r}")

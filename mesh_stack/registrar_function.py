@@ -8,7 +8,6 @@ IAM acknowledgements, so they are built here once instead of once per construct.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from aws_cdk import ArnFormat, Duration, Stack
@@ -21,10 +20,10 @@ from aws_cdk import aws_logs as logs
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
+from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
 
-LAMBDA_DIR = Path(__file__).resolve().parent.parent / "lambda" / "registrar"
 # The newest Python runtime the pinned aws-cdk-lib offers; the code stays 3.11-compatible
 # because the tests run it on 3.11.
 RUNTIME = lambda_.Runtime.PYTHON_3_14
@@ -94,9 +93,7 @@ def registrar_function(
         runtime=RUNTIME,
         architecture=lambda_.Architecture.ARM_64,
         handler=handler,
-        code=lambda_.Code.from_asset(
-            str(LAMBDA_DIR), exclude=["__pycache__", "*.pyc", ".mypy_cache"]
-        ),
+        code=lambda_code.for_asset("registrar"),
         timeout=timeout,
         memory_size=memory_size,
         vpc=settings.vpc,

@@ -13,7 +13,8 @@ check the same plan before any construct exists.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+import zlib
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mesh_stack.init_program import load_identity
@@ -25,7 +26,17 @@ identity = load_identity()
 # port below 1024 (only root may), which is what host mode asks of them.
 ENVOY_USER_ID = 1337
 MIN_UNPRIVILEGED_PORT = 1024
+# MeshService's default metrics listener port; in bridge mode each task has its own namespace.
+BRIDGE_METRICS_PORT = 9102
+LOOPBACK = "127.0.0.1"
+ALL_INTERFACES = "0.0.0.0"  # noqa: S104 - bridge mode: inside the app's own namespace
 NETWORK_MODES = ("host", "bridge")
+# Ports chosen for configured services (`services` key) that set none: slot s gives the proxy
+# port 20000+s, the expose port 20500+s (the registrar's default, proxy + 500) and the metrics
+# port 21000+s. Slots 0-249 only: proxy ports 20250-20499 are never chosen, so service teams'
+# own CDK apps (whose ports this app cannot see) can take theirs there (docs/services.md).
+AUTO_SLOTS = 250
+AUTO_METRICS_BASE = 21000
 
 
 def _port(name: str, value: object) -> int:
@@ -144,6 +155,38 @@ def _check_host_rules(ports: ServicePorts) -> None:
             )
 
 
+def metrics_bind_address(
+    network_mode: str, has_metrics: bool, bind_address: str | None
+) -> str | None:
+    """Where Envoy's metrics listener binds (None without one), or ValueError.
+
+    Host mode defaults to the host's loopback: the endpoint names the service and its upstreams
+    and counts their traffic, so a scraper on the host itself reads it and nothing else on the
+    network does; "0.0.0.0" (every interface of the host) is the explicit opt-in for an
+    off-host Prometheus. In bridge mode the listener binds every interface of the Envoy
+    container, the only address a port mapping reaches.
+    """
+    if not has_metrics:
+        if bind_address is not None:
+            raise ValueError(
+                "prometheus_bind_address applies only with a prometheus_port; remove it"
+            )
+        return None
+    if bind_address is None:
+        return LOOPBACK if network_mode == "host" else ALL_INTERFACES
+    if bind_address not in (LOOPBACK, ALL_INTERFACES):
+        raise ValueError(
+            f"prometheus_bind_address must be {LOOPBACK!r} or {ALL_INTERFACES!r}, "
+            f"got {bind_address!r}"
+        )
+    if network_mode == "bridge" and bind_address == LOOPBACK:
+        raise ValueError(
+            f"prometheus_bind_address {LOOPBACK!r} in bridge mode is the Envoy container's own "
+            "loopback, which no scraper reaches; leave it unset"
+        )
+    return bind_address
+
+
 def check_distinct(ports: ServicePorts, others: Iterable[ServicePorts]) -> None:
     """Host-mode services that can share a host must not share any host port."""
     mine = ports.host_ports()
@@ -156,3 +199,89 @@ def check_distinct(ports: ServicePorts, others: Iterable[ServicePorts]) -> None:
                     f"{theirs[port]} of mesh service {other.service!r}: host-mode services "
                     "of one cluster share each host's ports; give one of them another port"
                 )
+
+
+@dataclass(frozen=True)
+class PortRequest:
+    """What `assign` needs of one service; None for a port it should choose.
+
+    fixed: the service's own host ports that are not Envoy's (app, upstream listeners).
+    """
+
+    service: str
+    host_mode: bool
+    needs_expose: bool  # host mode with a health_check_path
+    proxy: int | None = None
+    expose: int | None = None
+    metrics: int | None = None
+    metrics_enabled: bool = True
+    fixed: tuple[int, ...] = ()
+
+
+@dataclass(frozen=True)
+class Assigned:
+    proxy: int
+    expose: int | None
+    metrics: int | None
+
+
+def home_slot(service: str) -> int:
+    """The slot a service's automatic ports start from: a stable hash of its name only."""
+    return zlib.crc32(service.encode()) % AUTO_SLOTS
+
+
+def _ports_at(request: PortRequest, slot: int) -> Assigned:
+    proxy = request.proxy if request.proxy is not None else ENVOY_INBOUND_PORTS[0] + slot
+    expose = request.expose
+    if request.needs_expose and expose is None:
+        expose = proxy + identity.EXPOSE_PORT_OFFSET
+    metrics = request.metrics
+    if request.metrics_enabled and metrics is None:
+        metrics = AUTO_METRICS_BASE + slot
+    return Assigned(
+        proxy=proxy, expose=expose, metrics=metrics if request.metrics_enabled else None
+    )
+
+
+def assign(requests: Sequence[PortRequest]) -> dict[str, Assigned]:
+    """Envoy's ports for each service: the ones it set, the others chosen deterministically.
+
+    A host-mode service that leaves a port unset gets the ports of the first free slot from
+    its home slot (a hash of its name), so its ports depend on its name, not on the order of
+    the configuration, and adding or removing another service leaves them alone unless the two
+    names hash to the same slot; the name that sorts first keeps the slot then. Free means:
+    no service's app, upstream or explicitly set port, and no port chosen before. A bridge-mode
+    service maps its ports dynamically: unset ports take MeshService's defaults.
+    Raises ValueError when no slot is free.
+    """
+    taken: set[int] = set()
+    for request in requests:
+        if request.host_mode:
+            taken.update(request.fixed)
+            taken.update(p for p in (request.proxy, request.expose, request.metrics) if p)
+    result: dict[str, Assigned] = {}
+    for request in sorted(requests, key=lambda r: r.service):
+        if not request.host_mode:
+            proxy = request.proxy if request.proxy is not None else identity.DEFAULT_PROXY_PORT
+            metrics = request.metrics if request.metrics is not None else BRIDGE_METRICS_PORT
+            result[request.service] = Assigned(
+                proxy=proxy,
+                expose=request.expose,
+                metrics=metrics if request.metrics_enabled else None,
+            )
+            continue
+        explicit = {request.proxy, request.expose, request.metrics} - {None}
+        home = home_slot(request.service)
+        for offset in range(AUTO_SLOTS):
+            ports = _ports_at(request, (home + offset) % AUTO_SLOTS)
+            chosen = {ports.proxy, ports.expose, ports.metrics} - {None} - explicit
+            if not chosen & taken:
+                break
+        else:
+            raise ValueError(
+                f"no free port slot is left for mesh service {request.service!r} "
+                f"({AUTO_SLOTS} slots); set its proxy_port and prometheus_port"
+            )
+        taken.update(p for p in chosen if p is not None)
+        result[request.service] = ports
+    return result

@@ -16,20 +16,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from aws_cdk import ArnFormat, Stack
 from aws_cdk import aws_ecr as ecr
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
 from aws_cdk import aws_secretsmanager as secretsmanager
 from constructs import Construct
 
-from mesh_stack.image_refs import (
-    ECR_PUBLIC,
-    ENVOY_REPOSITORY,
-    INIT_IMAGE,
-    ecr_repository,
-    registry_host,
-)
+from mesh_stack import image_ref
+from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE
 
 
 @dataclass(frozen=True)
@@ -52,35 +46,38 @@ class SidecarImages:
     credentials: RegistryCredentials | None = None
 
     def envoy(self, scope: Construct, version: str) -> ecs.ContainerImage:
-        return self._image(scope, "EnvoyImage", f"{self.envoy_repository}:v{version}")
+        """`<envoy_repository>:v<version>`; `version` may be a token (a team's stack reads it
+        from the platform's parameters), so where the image lives is read from the repository."""
+        repository = image_ref.parse(f"{self.envoy_repository}:latest")
+        tag = f"v{version}"
+        return self._image(scope, "EnvoyImage", repository, f"{self.envoy_repository}:{tag}", tag)
 
     def init(self, scope: Construct) -> ecs.ContainerImage:
-        return self._image(scope, "InitImage", self.init_image)
+        image = image_ref.parse(self.init_image)
+        return self._image(scope, "InitImage", image, self.init_image, image.version)
 
     def uses_ecr(self) -> bool:
-        return any(ecr_repository(i) for i in (self.envoy_repository, self.init_image))
+        return any(
+            image_ref.ecr_repository(image_ref.parse(reference))
+            for reference in (f"{self.envoy_repository}:latest", self.init_image)
+        )
 
-    def _image(self, scope: Construct, construct_id: str, reference: str) -> ecs.ContainerImage:
-        in_ecr = ecr_repository(reference)
+    def _image(
+        self,
+        scope: Construct,
+        construct_id: str,
+        image: image_ref.ImageRef,
+        reference: str,
+        version: str,
+    ) -> ecs.ContainerImage:
+        in_ecr = image_ref.ecr_repository(image)
         if in_ecr is not None:
-            account, region, name = in_ecr
             repository = ecr.Repository.from_repository_attributes(
-                scope,
-                construct_id,
-                repository_name=name,
-                repository_arn=Stack.of(scope).format_arn(
-                    service="ecr",
-                    account=account,
-                    region=region,
-                    resource="repository",
-                    resource_name=name,
-                    arn_format=ArnFormat.SLASH_RESOURCE_NAME,
-                ),
+                scope, construct_id, repository_name=in_ecr.name, repository_arn=in_ecr.arn
             )
-            tag = reference.rsplit("@", 1)[1] if "@" in reference else reference.rsplit(":", 1)[1]
             # Grants the execution role pull on this repository (and GetAuthorizationToken).
-            return ecs.ContainerImage.from_ecr_repository(repository, tag)
-        if self.credentials is None or registry_host(reference) == ECR_PUBLIC:
+            return ecs.ContainerImage.from_ecr_repository(repository, version)
+        if self.credentials is None or not image_ref.pulled_with_credentials(image):
             return ecs.ContainerImage.from_registry(reference)
         secret = secretsmanager.Secret.from_secret_attributes(
             scope, f"{construct_id}Credentials", secret_complete_arn=self.credentials.secret_arn

@@ -16,17 +16,18 @@ from aws_cdk import Aspects, CfnOutput, CfnResource, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct
 
+from mesh_stack import demo
 from mesh_stack.config import MeshConfig
+from mesh_stack.configured_services import ConfiguredServices, check_template_quotas
 from mesh_stack.consul_fleet import ConsulFleet
 from mesh_stack.consul_objects import ConsulObjects
-from mesh_stack.demo import DEMO_INTENTIONS, DEMO_SERVICES, MeshDemo
 from mesh_stack.ecs_anywhere import EcsAnywhere
-from mesh_stack.key_use import grant_key_use, keyless
 from mesh_stack.keys import Keys
 from mesh_stack.mesh_service import MeshService
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
 from mesh_stack.outputs import add_outputs
+from mesh_stack.platform_parameters import PlatformParameters
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
@@ -160,41 +161,55 @@ class MeshStack(Stack):
             alarm_email=config.alarm_email,
         )
 
-        if config.demo_enabled:
-            # The task definitions grant their execution roles the secrets themselves (ECS task
-            # secrets): hand them the secrets without their keys, so that no key policy names
-            # those roles, and grant the keys in the roles' own policies (key_use.py).
-            token_secrets = {name: objects.service_token(name) for name in DEMO_SERVICES}
-            demo_secrets = Construct(self, "DemoSecrets")
-            demo = MeshDemo(
-                self,
-                "Demo",
-                cluster=ecs_anywhere.cluster,
-                token_secrets={
-                    name: keyless(demo_secrets, name, secret)
-                    for name, secret in token_secrets.items()
-                },
-                ca_secret=keyless(demo_secrets, "CaCertificate", fleet.ca_cert_secret),
-                consul_grpc_host=fleet.grpc_host,
-                consul_tls_server_name=fleet.tls_server_name,
-                envoy_version=config.envoy_version,
-                log_key=keys.key,
-                # Always gRPC-TLS 8503: plaintext_listeners opens 8500/8502 for other clients
-                # and never downgrades the project's own sidecars.
-                prometheus_port=config.prometheus_port,
-                images=self.images,
-            )
-            for source, destination in DEMO_INTENTIONS:
-                objects.intention(source, destination)
-            for name, service in (("backend", demo.backend), ("frontend", demo.frontend)):
-                grant_key_use(
-                    service.task_definition.obtain_execution_role(),
-                    token_secrets[name],
-                    fleet.ca_cert_secret,
+        # Mesh services are configuration (`services`, `team_services`); the demo is two such
+        # entries under its own construct scope, which keeps its logical IDs. Each MeshService
+        # grants its execution role its secrets' keys in the role's own policy (key_use.py).
+        common: dict[str, Any] = {
+            "ports": config.service_ports,
+            "consul": objects,
+            "cluster": ecs_anywhere.cluster,
+            "ca_secret": fleet.ca_cert_secret,
+            # Always gRPC-TLS 8503: plaintext_listeners opens 8500/8502 for other clients and
+            # never downgrades the project's own sidecars.
+            "consul_grpc_host": fleet.grpc_host,
+            "consul_tls_server_name": fleet.tls_server_name,
+            "envoy_version": config.envoy_version,
+            "log_key": keys.key,
+            "images": self.images,
+        }
+        configured: list[ConfiguredServices] = []
+        if config.demo_services:
+            configured.append(
+                ConfiguredServices(
+                    self, demo.SCOPE, services=config.demo_services, config_key="demo", **common
                 )
-            # Deregister the hosts before the demo services are deleted: a DAEMON service's
-            # deletion waits for its tasks to stop, which never happens on a host that is gone.
-            ecs_anywhere.tear_down_before(demo)
+            )
+        services = ConfiguredServices(
+            self,
+            "Services",
+            services=config.services,
+            team_services=config.team_services,
+            **common,
+        )
+        configured.append(services)
+        # Deregister the hosts before any service is deleted: a DAEMON service's deletion waits
+        # for its tasks to stop, which never happens on a host that is gone.
+        ecs_anywhere.tear_down_before(*configured)
+        # What a service team's own CDK app reads to build its services into this mesh.
+        PlatformParameters(
+            self,
+            "MeshParameters",
+            prefix=config.prefix,
+            environment=config.environment,
+            cluster=ecs_anywhere.cluster,
+            consul_grpc_host=fleet.grpc_host,
+            consul_tls_server_name=fleet.tls_server_name,
+            ca_secret=fleet.ca_cert_secret,
+            envoy_version=config.envoy_version,
+            key=keys.key,
+            team_tokens=services.team_tokens,
+            images=self.images,
+        )
 
         add_outputs(
             self,
@@ -219,6 +234,7 @@ class MeshStack(Stack):
         if network.onprem is not None:
             for name, (value, description) in network.onprem.outputs().items():
                 CfnOutput(self, name, value=value, description=description)
+        check_template_quotas(self)
 
 
 @jsii.implements(IAspect)

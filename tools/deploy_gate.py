@@ -18,7 +18,8 @@ import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from mesh_stack.config import FIELDS, ConfigError, MeshConfig
+from mesh_stack.config import FIELDS, MeshConfig
+from mesh_stack.config_errors import ConfigError
 from tools.preflight import CDK_JSON, context_from
 
 # Keys a deploy refuses to take from the built-in defaults.

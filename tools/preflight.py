@@ -19,7 +19,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mesh_stack.config import AMAZON_SIDE_ASN, ConfigError, MeshConfig
+from mesh_stack.config import AMAZON_SIDE_ASN, MeshConfig
+from mesh_stack.config_errors import ConfigError
 from mesh_stack.onprem_contract import (
     DH_GROUPS,
     ENCRYPTION,

@@ -1,11 +1,15 @@
-"""The slice of Consul's HTTP API the provider needs, over verified TLS, with bounded retries.
+"""The slice of Consul's HTTP API the provider needs: ACL policies and tokens, config entries.
 
-Why a hand-written client: the provider runs with the standard library and boto3 only, and
-must control exactly which failures are retried (429, 502-504, a lost leader, connection
-errors: transient) and which fail the deployment at once (400, 403 permission denied, other
-500s after a few tries: a request Consul will never accept). Every secret the client sends is
-scrubbed from the messages it raises, because those messages end up in CloudWatch Logs and in
-the CloudFormation event's status reason.
+The client underneath (kept-alive connections, verified TLS, token, error mapping, scrubbing of
+secrets from messages) is the one every Lambda asset bundles: lambda/shared/consul_http.py;
+retries are the shared retry.call. What is the provider's own is its retry policy:
+- transient, retried with backoff until the deadline: 429, 502-504, a 500 about a lost leader,
+  connection errors (consul_http.ConsulUnavailable);
+- permanent, failing the deployment at once: 400, 403 on a write, a certificate that does not
+  verify, and a 500 not about leadership after _PLAIN_500_ATTEMPTS tries (Consul answers 500
+  to many invalid writes: bad rules, an unknown config key, which no retry will fix).
+Every secret the client sends is scrubbed from the messages it raises, because those messages
+end up in CloudWatch Logs and in the CloudFormation event's status reason.
 
 TLS: the CA comes from the Consul CA secret; the server certificate must carry the name in
 `server_name` (the NLB DNS name by default). SNI and hostname checks both use that name,
@@ -14,35 +18,39 @@ whatever host the address points at.
 
 from __future__ import annotations
 
-import http.client
 import json
 import random
-import socket
-import ssl
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-from urllib.parse import quote, urlsplit
+from urllib.parse import quote
+
+import retry
+from connections import ConnectionPool
+from consul_http import (
+    MAX_ERROR_BODY,
+    ConsulError,
+    ConsulHttp,
+    ConsulUnavailable,
+    StaticToken,
+    TlsVerificationFailed,
+    tls_context,
+)
+
+__all__ = ["ConsulClient", "ConsulError", "ConsulUnavailable", "names"]
 
 # Consul answers these while a leader is being elected or a server is restarting.
-_TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
 _LEADERLESS_HINTS = ("no cluster leader", "leadership lost", "not the leader")
-_MAX_ERROR_BODY = 300
 # A 500 that is not about leadership is retried this many times, then reported: Consul answers
 # 500 to many invalid writes (bad rules, unknown config key), which no retry will fix.
 _PLAIN_500_ATTEMPTS = 3
+# Backoff: 0.25 s doubling to 8 s, jittered into [half, all] of that; the deadline bounds the
+# attempts (the count below is never reached inside a one-minute Lambda).
+_POLICY = retry.RetryPolicy(max_attempts=1_000, base_delay_s=0.25, max_delay_s=8.0)
 
 
-class ConsulError(Exception):
-    """Consul refused a request; the message carries method, path, status and Consul's reason."""
-
-    def __init__(self, message: str, *, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-class ConsulUnavailable(ConsulError):
-    """Consul is unreachable, leaderless, throttling or failing for now: try again later."""
+def _half_jitter() -> float:
+    return 0.5 + random.random() / 2  # noqa: S311 (backoff jitter, not a secret)
 
 
 class ConsulClient:
@@ -65,58 +73,25 @@ class ConsulClient:
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        parts = urlsplit(address)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(f"Consul address {address!r} must be http(s)://<host>:<port>")
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (8501 if self._https else 8500)
-        self._server_name = server_name or parts.hostname
-        self._token = token
-        self._timeout = timeout
+        https = address.strip().lower().startswith("https:")
+        if https and not ca_pem:
+            raise ValueError("an https Consul address needs the Consul CA certificate")
+        connections = ConnectionPool(
+            address,
+            ssl_context=tls_context(ca_pem) if https else None,
+            server_name=server_name,
+        )
+        self.http = ConsulHttp(
+            address, token=StaticToken(token), connections=connections, timeout_s=timeout
+        )
         self._sleep = sleep
         self._clock = clock
-        self._deadline = deadline if deadline is not None else clock() + 60.0
-        self._redact: set[str] = {token} if token else set()
-        self._context: ssl.SSLContext | None = None
-        if self._https:
-            if not ca_pem:
-                raise ValueError("an https Consul address needs the Consul CA certificate")
-            self._context = tls_context(ca_pem)
-
-    # ------------------------------------------------------------------ plumbing
+        end = deadline if deadline is not None else clock() + 60.0
+        self._budget = retry.Budget(lambda: int((end - clock()) * 1000), 0)
 
     def redact(self, *values: str) -> None:
         """Never let these values appear in an error message (e.g. a SecretID being written)."""
-        self._redact.update(v for v in values if v)
-
-    def _scrub(self, text: str) -> str:
-        for value in self._redact:
-            text = text.replace(value, "<redacted>")
-        return text
-
-    def _connection(self) -> http.client.HTTPConnection:
-        if self._context is None:
-            return http.client.HTTPConnection(self._host, self._port, timeout=self._timeout)
-        return _VerifiedHTTPSConnection(
-            self._host,
-            self._port,
-            server_name=self._server_name,
-            tls=self._context,
-            timeout=self._timeout,
-        )
-
-    def _once(self, method: str, path: str, body: bytes | None) -> tuple[int, bytes]:
-        conn = self._connection()
-        try:
-            headers = {"X-Consul-Token": self._token, "Accept": "application/json"}
-            if body is not None:
-                headers["Content-Type"] = "application/json"
-            conn.request(method, path, body=body, headers=headers)
-            response = conn.getresponse()
-            return response.status, response.read()
-        finally:
-            conn.close()
+        self.http.redact(*values)
 
     def request(self, method: str, path: str, payload: object = None) -> tuple[int, Any]:
         """Send one request, retrying transient failures with jittered backoff until the deadline.
@@ -125,41 +100,36 @@ class ConsulClient:
         absence means); raises ConsulUnavailable when retries ran out on a transient failure
         and ConsulError for anything Consul will not accept.
         """
-        body = None if payload is None else json.dumps(payload).encode()
-        attempt = 0
         plain_500s = 0
-        while True:
-            attempt += 1
-            reason: str
+
+        def attempt() -> tuple[int, Any]:
+            nonlocal plain_500s
             try:
-                status, raw = self._once(method, path, body)
-            except (OSError, http.client.HTTPException) as err:
-                if isinstance(err, ssl.SSLCertVerificationError):
-                    raise ConsulError(
-                        f"{method} {path}: TLS verification of {self._server_name!r} failed: "
-                        f"{err.verify_message}"
-                    ) from None
-                status, raw, reason = 0, b"", f"{type(err).__name__}: {err}"
-            else:
-                if 200 <= status < 300 or status in (403, 404):
-                    return status, _decode(raw)
-                reason = raw[:_MAX_ERROR_BODY].decode("utf-8", "replace").strip()
-                permanent = status not in _TRANSIENT_STATUS and status < 500
-                leaderless = any(hint in reason.lower() for hint in _LEADERLESS_HINTS)
-                if status == 500 and not leaderless:
+                status, raw = self.http.request(method, path, payload, ok_statuses=(403, 404))
+            except TlsVerificationFailed as err:
+                raise ConsulError(str(err)) from None
+            except ConsulUnavailable as err:
+                leaderless = any(hint in err.reason.lower() for hint in _LEADERLESS_HINTS)
+                if err.status == 500 and not leaderless:
                     plain_500s += 1
-                    permanent = plain_500s >= _PLAIN_500_ATTEMPTS
-                if permanent:
-                    raise ConsulError(
-                        self._scrub(f"{method} {path} -> {status}: {reason}"), status=status
-                    )
-            delay = min(8.0, 0.25 * 2 ** (attempt - 1)) * (0.5 + random.random() / 2)  # noqa: S311
-            if self._clock() + delay >= self._deadline:
-                raise ConsulUnavailable(
-                    self._scrub(f"{method} {path} still failing after {attempt} tries: {reason}"),
-                    status=status or None,
-                )
-            self._sleep(delay)
+                    if plain_500s >= _PLAIN_500_ATTEMPTS:
+                        raise ConsulError(
+                            f"{method} {path} -> 500: {err.reason}", status=500
+                        ) from None
+                raise
+            return status, _decode(raw)
+
+        try:
+            return retry.call(
+                attempt,
+                what=f"{method} {path}",
+                policy=_POLICY,
+                budget=self._budget,
+                sleep=self._sleep,
+                jitter=_half_jitter,
+            )
+        except retry.BudgetExhausted as err:
+            raise ConsulUnavailable(str(err)) from None
 
     # ------------------------------------------------------------------ status
 
@@ -217,7 +187,7 @@ class ConsulClient:
         status, data = self.request(method, path, payload)
         if status != 200:
             raise ConsulError(
-                self._scrub(f"{method} {path} -> {status}: {_reason(data)}"), status=status
+                self.http.scrub(f"{method} {path} -> {status}: {_reason(data)}"), status=status
             )
         return data
 
@@ -272,32 +242,6 @@ class ConsulClient:
         self._delete(f"/v1/config/{quote(kind, safe='')}/{quote(name, safe='')}")
 
 
-class _VerifiedHTTPSConnection(http.client.HTTPSConnection):
-    """HTTPS whose SNI and certificate name check use `server_name`, not the dialled host."""
-
-    def __init__(
-        self, host: str, port: int, *, server_name: str, tls: ssl.SSLContext, timeout: float
-    ) -> None:
-        super().__init__(host, port, timeout=timeout, context=tls)
-        self._server_name = server_name
-        self._tls = tls
-
-    def connect(self) -> None:
-        sock = socket.create_connection((self.host, self.port), self.timeout)
-        self.sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
-
-
-def tls_context(ca_pem: str) -> ssl.SSLContext:
-    """Verify the server against the Consul CA only (not the system store), TLS 1.2+."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED + check_hostname
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
-    try:
-        context.load_verify_locations(cadata=ca_pem)
-    except ssl.SSLError as err:
-        raise ValueError(f"the Consul CA secret does not hold a PEM certificate ({err})") from None
-    return context
-
-
 def _decode(raw: bytes) -> Any:
     if not raw.strip():
         return None
@@ -313,7 +257,7 @@ def _not_found(data: Any) -> bool:
 
 def _reason(data: Any) -> str:
     text = data if isinstance(data, str) else json.dumps(data)
-    return text[:_MAX_ERROR_BODY]
+    return text[:MAX_ERROR_BODY]
 
 
 def names(links: Iterable[dict[str, Any]] | None, key: str) -> list[str]:

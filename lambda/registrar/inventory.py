@@ -128,10 +128,10 @@ class HttpInventory(HttpConsul):
     """HttpConsul with the listing calls."""
 
     def _get(self, path: str, *, missing_ok: bool = False) -> Any:
-        status, data = self._request("GET", path, ok_statuses=(404,) if missing_ok else ())
+        status, data = self.request("GET", path, ok_statuses=(404,) if missing_ok else ())
         if status == 404:
             return None
-        return self._json("GET", path, data)
+        return self.json("GET", path, data)
 
     def kv_list(self, prefix: str) -> list[KVPair]:
         path = "/v1/kv/" + urllib.parse.quote(prefix, safe="/") + "?recurse"

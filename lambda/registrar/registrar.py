@@ -30,6 +30,7 @@ from typing import TypeVar
 import apply
 import aws
 import consul
+import consul_http
 import decide
 import identity
 import kv_layout
@@ -129,23 +130,20 @@ def ssl_context(settings: Settings) -> ssl.SSLContext | None:
     """TLS context for https Consul: verified against the configured CA (or system CAs)."""
     if consul.parse_address(settings.consul_addr)[0] != "https":
         return None
+    pem: str | None = None
+    cafile: str | None = None
+    if settings.cacert_secret_arn:
+        pem = aws.secret_string(lambda: aws.client("secretsmanager"), settings.cacert_secret_arn)
+    elif settings.cacert and "-----BEGIN" in settings.cacert:
+        pem = settings.cacert
+    elif settings.cacert:
+        if not Path(settings.cacert).is_file():
+            raise ConfigError(f"CONSUL_CACERT is neither PEM text nor a file: {settings.cacert!r}")
+        cafile = settings.cacert
     try:
-        if settings.cacert_secret_arn:
-            pem = aws.secret_string(
-                lambda: aws.client("secretsmanager"), settings.cacert_secret_arn
-            )
-            return ssl.create_default_context(cadata=pem)
-        if settings.cacert and "-----BEGIN" in settings.cacert:
-            return ssl.create_default_context(cadata=settings.cacert)
-        if settings.cacert:
-            if not Path(settings.cacert).is_file():
-                raise ConfigError(
-                    f"CONSUL_CACERT is neither PEM text nor a file: {settings.cacert!r}"
-                )
-            return ssl.create_default_context(cafile=settings.cacert)
-    except ssl.SSLError as err:
+        return consul_http.tls_context(pem, cafile=cafile)
+    except ValueError as err:
         raise ConfigError(f"the Consul CA certificate is not valid PEM: {err}") from None
-    return ssl.create_default_context()
 
 
 class Runtime:

@@ -22,6 +22,7 @@ from tests.conftest import ROOT, cdk_json_context
 from tests.docs.test_doc_commands import DOCS
 from tests.infra.conftest import Synthesized, synthesized
 from tests.infra.test_onprem import DEVICE_IP
+from tests.infra.test_readme import readme_services_example
 
 __all__ = ["synthesized"]
 
@@ -30,6 +31,8 @@ _REFERENCES = (
     re.compile(r"OutputKey=='([A-Za-z0-9]+)'"),
     re.compile(r"\boutputs? `([A-Z][A-Za-z0-9]+)`"),
     re.compile(r"\boutputs? (?:`[A-Z][A-Za-z0-9]+`, )+`([A-Z][A-Za-z0-9]+)`"),
+    # a configured service's output by its pattern and an example: `Service<Name>` (`ServiceOrders`)
+    re.compile(r"\boutputs? `[A-Z][A-Za-z]*<[A-Za-z]+>` \(`([A-Z][A-Za-z0-9]+)`\)"),
 )
 _LISTED = re.compile(r"`([A-Z][A-Za-z0-9]+)`")
 
@@ -42,7 +45,8 @@ def documented_outputs() -> dict[str, set[str]]:
         names: set[str] = set()
         for pattern in _REFERENCES:
             for match in pattern.finditer(text):
-                names.update(_LISTED.findall(match.group(0)) or [match.group(1)])
+                listed = [n for n in _LISTED.findall(match.group(0)) if "<" not in n]
+                names.update(listed or [match.group(1)])
         for name in names:
             found.setdefault(name, set()).add(str(doc.relative_to(ROOT)))
     return found
@@ -63,7 +67,13 @@ def template_outputs(synthesized: Synthesized) -> set[str]:
     names: set[str] = set()
     for template in synthesized.templates().values():
         names.update(template.get("Outputs", {}))
-    base = {**cdk_json_context(), "demo_enabled": False, "onprem_cidrs": ["10.20.0.0/16"]}
+    # The README's `services` example, so that the outputs its services get are checked too.
+    base = {
+        **cdk_json_context(),
+        "demo_enabled": False,
+        "onprem_cidrs": ["10.20.0.0/16"],
+        "services": readme_services_example(),
+    }
     names |= _outputs_of(
         {**base, "onprem_connectivity": "vpn", "vpn_customer_gateway_ip": DEVICE_IP}
     )
@@ -80,6 +90,8 @@ def template_outputs(synthesized: Synthesized) -> set[str]:
 def test_the_docs_name_outputs() -> None:
     names = documented_outputs()
     assert {"RegisterHostCommand", "OperatorTokenSecretArn", "ClusterArn"} <= set(names)
+    # docs/services.md names a configured service's output by example
+    assert "ServiceOrders" in names
 
 
 def test_every_output_named_in_the_docs_exists(template_outputs: set[str]) -> None:

@@ -92,6 +92,29 @@ def test_fails_when_app_gets_a_bad_context_value(key: str, value: str, tmp_path:
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("context", "line"),
+    [
+        (
+            {"onprem_cidr": "10.20.0.0/16"},
+            "error: unknown context key 'onprem_cidr': did you mean onprem_cidrs?",
+        ),
+        (
+            {"services": '{"orders": {"image": "ghcr.io/acme/orders:1", "prot": 8080}}'},
+            "error: invalid context value services.orders.prot='<redacted>': unknown field; "
+            "did you mean port?",
+        ),
+    ],
+)
+def test_fails_with_one_line_on_a_misspelled_key_or_field(
+    context: dict[str, object], line: str, tmp_path: object
+) -> None:
+    # GIVEN a typo that used to be silently ignored  WHEN the app runs  THEN one line, exit 1
+    result = _run_app(context, tmp_path)
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [line]
+
+
 def test_review_exposure_table_matches_the_template(
     synthesized: Synthesized, tmp_path: Path
 ) -> None:
@@ -103,3 +126,14 @@ def test_review_exposure_table_matches_the_template(
     rows = rows_from_report(out.read_text())
     assert rows, "the report lists no ingress rule"
     assert rows == rows_from_templates(synthesized.templates())
+
+
+def test_importing_app_keeps_the_collector_on() -> None:
+    # Only the `python app.py` process (one synthesis, then exit) runs without the collector;
+    # a test session or any other importer of build_app keeps it.
+    import gc
+
+    import app
+
+    assert app.build_app is not None
+    assert gc.isenabled()

@@ -2,7 +2,8 @@
 
 A new account has a low Lambda concurrency quota and eventually consistent IAM; a custom
 resource whose function dies holds the stack for an hour; a scanner reviews the template. Each
-test reads the synthesized default app (one synthesis per session).
+test reads the synthesized default app (one synthesis per session); the guarantees that every
+mesh service needs (teardown order, key policies) also read the app with configured services.
 """
 
 from __future__ import annotations
@@ -10,9 +11,13 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import aws_cdk as cdk
 import pytest
+from aws_cdk.assertions import Template as CdkTemplate
 
-from tests.conftest import ROOT
+from mesh_stack.config import MeshConfig
+from mesh_stack.stack import MeshStack
+from tests.conftest import ROOT, cdk_json_context
 from tests.infra.cfn_graph import prerequisites, references
 from tests.infra.conftest import Synthesized
 
@@ -23,6 +28,55 @@ Template = dict[str, Any]
 def template(synthesized: Synthesized) -> Template:
     (only,) = synthesized.templates().values()
     return only
+
+
+# Two configured services beside the demo: one DAEMON (deleted only once its tasks stopped),
+# one reading an app secret encrypted with a customer-managed key of another stack.
+CONFIGURED = {
+    "orders": {
+        "image": "ghcr.io/acme/orders:1.4.2",
+        "port": 8080,
+        "app_user": "1000",
+        "health_check_path": "/healthz",
+        "daemon": True,
+        "upstreams": {"payments": 9001},
+        "secrets": {
+            "STRIPE_KEY": {
+                "arn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:stripe-XyZ789",
+                "kms_key_arn": (
+                    "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+                ),
+            }
+        },
+    },
+    "payments": {
+        "image": "ghcr.io/acme/payments:2.0.1",
+        "port": 8081,
+        "app_user": "1000",
+        "health_check_path": "/healthz",
+        "allow_from": ["orders"],
+        "count": 0,
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def configured() -> Template:
+    """The default app plus CONFIGURED (no nag: the nag tests cover configured services)."""
+    context = {**cdk_json_context(), "services": CONFIGURED}
+    config = MeshConfig.from_context(context)
+    stack = MeshStack(
+        cdk.App(context=context),
+        config.stack_name,
+        config=config,
+        env=cdk.Environment(region=config.region),
+    )
+    found: Template = CdkTemplate.from_stack(stack).to_json()
+    return found
+
+
+# The templates the service-wide guarantees are checked on (fixture names).
+APPS = ["template", "configured"]
 
 
 def of_type(template: Template, kind: str) -> dict[str, dict[str, Any]]:
@@ -40,17 +94,19 @@ def test_no_function_reserves_concurrency_by_default(template: Template) -> None
     assert reserving == {}
 
 
+@pytest.mark.parametrize("app", APPS)
 def test_hosts_are_deregistered_before_the_cluster_and_its_services_are_deleted(
-    template: Template,
+    app: str, request: pytest.FixtureRequest
 ) -> None:
     # ECS refuses to delete a cluster with registered container instances, and a service's
     # deletion waits for its tasks, which never stop on a host that is gone.
+    template = request.getfixturevalue(app)
     (teardown,) = of_type(template, "Custom::EcsAnywhereTeardown")
     before = prerequisites(template, teardown)
     clusters = set(of_type(template, "AWS::ECS::Cluster"))
     services = set(of_type(template, "AWS::ECS::Service"))
     assert clusters
-    assert services
+    assert len(services) == {"template": 2, "configured": 4}[app]  # the demo's, and ours
     # CloudFormation deletes a resource before everything it depends on
     assert clusters <= before
     assert services <= before
@@ -97,9 +153,13 @@ def _list(value: Any) -> list[Any]:
     return value if isinstance(value, list) else [value]
 
 
-def test_no_key_policy_names_a_role_this_stack_creates(template: Template) -> None:
+@pytest.mark.parametrize("app", APPS)
+def test_no_key_policy_names_a_role_this_stack_creates(
+    app: str, request: pytest.FixtureRequest
+) -> None:
     # A key policy naming a role created in the same deployment can be rejected ("invalid
     # principals") while IAM propagates the role: grant the key in the role's own policy.
+    template = request.getfixturevalue(app)
     roles = set(of_type(template, "AWS::IAM::Role"))
     for name, key in of_type(template, "AWS::KMS::Key").items():
         for statement in key["Properties"]["KeyPolicy"]["Statement"]:
@@ -123,9 +183,11 @@ def _secret_behind(template: Template, value: Any) -> str | None:
     return None
 
 
+@pytest.mark.parametrize("app", APPS)
 def test_every_reader_of_an_encrypted_secret_may_decrypt_it_through_secrets_manager(
-    template: Template,
+    app: str, request: pytest.FixtureRequest
 ) -> None:
+    template = request.getfixturevalue(app)
     resources = template["Resources"]
     readable: dict[str, set[str]] = {}  # role -> secrets it may read
     decryptable: dict[str, set[str]] = {}  # role -> keys it may decrypt via Secrets Manager
@@ -145,7 +207,9 @@ def test_every_reader_of_an_encrypted_secret_may_decrypt_it_through_secrets_mana
                     decryptable.setdefault(role, set()).update(
                         t["Fn::GetAtt"][0] for t in targets if "Fn::GetAtt" in t
                     )
-    assert len(readable) >= 6, "fleet, objects, registrar functions, demo tasks"
+    assert len(readable) >= {"template": 6, "configured": 8}[app], (
+        "fleet, objects, registrar functions, demo tasks (and the configured services' tasks)"
+    )
     for role, secrets in readable.items():
         for secret in secrets:
             key = resources[secret]["Properties"].get("KmsKeyId")

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import re
 
-from mesh_stack.config import FIELDS
+from mesh_stack.config import FIELDS, MeshConfig
 from mesh_stack.demo import DEMO_IMAGE
 from mesh_stack.ecs_anywhere import INSTALL_SCRIPT
-from mesh_stack.image_refs import ENVOY_REPOSITORY, INIT_IMAGE, registry_host
+from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE, registry_host
 from mesh_stack.ports import CONSUL_GRPC_TLS, CONSUL_HTTPS, ENVOY_INBOUND_PORTS
+from mesh_stack.services_config import intentions
 from tests.conftest import ROOT
 from tools.config_table import table
 
@@ -67,3 +69,41 @@ def test_checklist_names_the_quotas_and_the_deploy_gate() -> None:
     assert "Concurrent executions" in text
     assert "`make deploy` refuses" in text
     assert "`environment=dev`" in text
+
+
+def readme_example() -> dict[str, object]:
+    """The README's smallest real `services` example, as it would sit in cdk.json's context."""
+    section = README.split("### Adding mesh services", 1)[1]
+    example: dict[str, object] = json.loads(
+        "{" + section.split("```json\n", 1)[1].split("```", 1)[0] + "}"
+    )
+    return example
+
+
+def readme_services_example() -> object:
+    """The `services` object of that example."""
+    return readme_example()["services"]
+
+
+def test_the_services_example_is_a_valid_configuration() -> None:
+    example = readme_example()
+    # with the demo on or off, and with its default: on in dev, off elsewhere
+    for extra, demo_on in (
+        ({"demo_enabled": True}, True),
+        ({"demo_enabled": False}, False),
+        ({"environment": "dev"}, True),
+        ({"environment": "prod"}, False),
+    ):
+        config = MeshConfig.from_context({**example, **extra})
+        assert [s.name for s in config.services] == ["orders", "payments"]
+        assert intentions(config.services) == [("orders", "payments")]
+        assert bool(config.demo_services) is demo_on, extra
+
+
+def test_the_checklist_names_the_registries_of_the_services_example() -> None:
+    # Hosts pull the example's images too: the checklist tells where from.
+    text = " ".join(_checklist().split())
+    services = readme_services_example()
+    assert isinstance(services, dict)
+    for entry in services.values():
+        assert f"`{registry_host(entry['image'])}`" in text

@@ -80,3 +80,26 @@ def test_bridge_services_get_the_dynamic_host_port_range_opened_once_per_onprem_
     assert server_egress_to_onprem(template) == sorted(
         ("tcp", low, high, cidr) for cidr in ONPREM for low, high in (envoy, bridge)
     )
+
+
+def test_a_configured_bridge_service_gets_the_dynamic_range_opened_too(tmp_path: Path) -> None:
+    # GIVEN a bridge-mode entry of `services` (the opt-in), beside the host-mode demo
+    legacy = {
+        "image": "registry.example/legacy:3.1",
+        "port": 8080,
+        "network_mode": "bridge",
+        "insecure_published_app_port": True,
+        "count": 0,
+    }
+    context = {**cdk_json_context(), "onprem_cidrs": ONPREM, "services": {"legacy": legacy}}
+    app = cdk.App(context=context, outdir=str(tmp_path))
+    config = MeshConfig.from_context(context)
+    stack = MeshStack(
+        app, config.stack_name, config=config, env=cdk.Environment(region=config.region)
+    )
+    template = Template.from_stack(stack).to_json()
+    # THEN the servers may reach its checks on ECS's dynamic host ports of each on-prem CIDR
+    envoy, bridge = ENVOY_INBOUND_PORTS, BRIDGE_DYNAMIC_HOST_PORTS
+    assert server_egress_to_onprem(template) == sorted(
+        ("tcp", low, high, cidr) for cidr in ONPREM for low, high in (envoy, bridge)
+    )

@@ -3,13 +3,16 @@ through ECS `repositoryCredentials`, and Amazon ECR through the execution role."
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from aws_cdk.assertions import Template
 
 from mesh_stack.sidecar_images import RegistryCredentials, SidecarImages
 from tests.infra.nag_util import open_findings
+from tests.infra.test_configured_services import SHOP, synthesize
 from tests.infra.test_mesh_service import _actions, _policy_statements_of_role, _service, scaffold
 
 SECRET = "arn:aws:secretsmanager:eu-west-1:222222222222:secret:registry/mirror-AbC123"
@@ -102,3 +105,51 @@ def test_ecr_images_are_pulled_with_the_execution_role(tmp_path: Path) -> None:
     assert len(pulls) == 2, statements
     assert all("repository/mirror/" in r for r in resources), resources
     assert built["findings"] == [], built["findings"]
+
+
+@pytest.fixture(scope="module")
+def mirrored() -> dict[str, Any]:
+    """The stack with a mirror for both images, credentials, the demo and two services."""
+    return synthesize(
+        envoy_image=MIRROR,
+        init_image=PYTHON,
+        registry_credentials_secret_arn=SECRET,
+        registry_credentials_kms_key_arn=KEY,
+        services=json.dumps(SHOP),
+    )
+
+
+def test_every_mesh_service_of_the_stack_pulls_its_sidecars_from_the_mirror(
+    mirrored: dict[str, Any],
+) -> None:
+    # GIVEN envoy_image/init_image and credentials in the configuration
+    tasks = [
+        r["Properties"]
+        for r in mirrored["Resources"].values()
+        if r["Type"] == "AWS::ECS::TaskDefinition"
+    ]
+    apps = set()
+    for task in tasks:
+        containers = {c["Name"]: c for c in task["ContainerDefinitions"]}
+        # THEN the demo's and the configured services' sidecars all come from the mirror
+        assert containers["envoy"]["Image"] == f"{MIRROR}:v1.34.14"
+        assert containers["envoy-init"]["Image"] == PYTHON
+        for name in ("envoy", "envoy-init"):
+            assert containers[name]["RepositoryCredentials"] == {"CredentialsParameter": SECRET}
+        (app,) = set(containers) - {"envoy", "envoy-init"}
+        # and the apps keep their own images, without the sidecars' credentials
+        assert "RepositoryCredentials" not in containers[app]
+        apps.add(app)
+    assert apps == {"frontend", "backend", "orders", "payments"}
+
+
+def test_the_platform_publishes_the_images_for_teams_own_apps(mirrored: dict[str, Any]) -> None:
+    published = {
+        r["Properties"]["Name"].rsplit("/mesh/", 1)[1]: r["Properties"]["Value"]
+        for r in mirrored["Resources"].values()
+        if r["Type"] == "AWS::SSM::Parameter"
+    }
+    assert published["envoy-image"] == MIRROR
+    assert published["init-image"] == PYTHON
+    assert published["registry-credentials-secret-arn"] == SECRET
+    assert published["registry-credentials-key-arn"] == KEY

@@ -39,6 +39,8 @@ if str(_PROVIDER_DIR) not in sys.path:
 provider: ModuleType = importlib.import_module("provider")
 objects: ModuleType = importlib.import_module("objects")
 consul_api: ModuleType = importlib.import_module("consul_api")
+# The Consul client every asset bundles (lambda/shared/, on the tests' pythonpath).
+connections: ModuleType = importlib.import_module("connections")
 secrets_store: ModuleType = importlib.import_module("secrets_store")
 
 REGION = "us-east-1"
@@ -368,17 +370,17 @@ def test_a_create_whose_answer_was_lost_adopts_what_it_created(
 ) -> None:
     if lost_path == "/v1/acl/token":
         _create_policy(consul, secrets)
-    real_once = consul_api.ConsulClient._once
+    real_request = connections.ConnectionPool.request
     lost: list[str] = []
 
-    def answer_lost_once(self: Any, method: str, path: str, body: bytes | None) -> Any:
-        answer = real_once(self, method, path, body)
-        if method == "PUT" and path == lost_path and not lost:
-            lost.append(path)
+    def answer_lost_once(self: Any, method: str, target: str, **kwargs: Any) -> Any:
+        answer = real_request(self, method, target, **kwargs)
+        if method == "PUT" and target == lost_path and not lost:
+            lost.append(target)
             raise ConnectionResetError("connection reset after Consul committed the write")
         return answer
 
-    monkeypatch.setattr(consul_api.ConsulClient, "_once", answer_lost_once)
+    monkeypatch.setattr(connections.ConnectionPool, "request", answer_lost_once)
     # WHEN the create's first answer is lost and the retried create finds the object in place
     if lost_path == "/v1/acl/token":
         run(event("Create", token_props(consul, secrets)))

@@ -198,6 +198,30 @@ def test_entries_of_a_task_that_stopped_unseen_are_removed(world: World) -> None
     assert node(1) not in world.consul.nodes()
 
 
+def test_a_service_removed_from_the_configuration_leaves_the_catalog(world: World) -> None:
+    # GIVEN two mesh services on one host: `api` (host mode, tasks 1 and 2), `web` (task 3)
+    world.run(1, 2, family="api")
+    world.run(3)
+    assert {s["ServiceName"] for s in world.consul.services()} >= {"api", "web"}
+
+    # WHEN `api` leaves the `services` configuration: the next deploy deletes its ECS service,
+    # ECS stops both tasks; task 1's stop event arrives, task 2's is lost
+    world.stop(1)
+    world.stop(2, deliver=False)
+    # (the event path already removed task 1's entries)
+    assert node(1) not in world.consul.nodes()
+
+    # THEN one reconcile pass removes task 2's entries as well, and only those
+    report = world.reconcile()
+    assert sorted(world.consul.nodes()) == [node(3)]
+    assert {s["ServiceName"] for s in world.consul.services()} == {"web", "web-sidecar-proxy"}
+    assert report.stale == 1
+    # AND the next pass has nothing left to do
+    world.consul.reset_requests()
+    assert world.reconcile().stale == 0
+    assert world.consul.writes() == 0
+
+
 def test_a_host_whose_address_moved_is_re_registered_on_the_new_one(world: World) -> None:
     # GIVEN a task registered on the host's old address
     world.run(1)

@@ -255,8 +255,39 @@ def test_a_published_app_port_is_broadening_and_says_it_bypasses_the_mesh(
 
     change = _one(_changes(base, tmp_path, edit), "host-ports")
     assert change.action == "added"
-    assert change.what == "Task (host mode): app 9090/tcp → host 9090 (app, no mTLS)"
+    assert change.what == (
+        "Task (host mode): app 9090/tcp → host 9090 (app, no mTLS; binds unknown)"
+    )
     assert "bypasses mTLS and intentions" in change.broadening
+
+
+def _metrics_bound_to(address: str) -> Edit:
+    """The base task with a sidecar metrics listener on 9102, bound where MeshService's init
+    container says (ENVOY_PROMETHEUS_BIND)."""
+
+    def edit(template: Template) -> None:
+        app, envoy = _props(template, "Task")["ContainerDefinitions"]
+        app["DockerLabels"]["consul-mesh.proxy-container"] = "envoy"
+        envoy["PortMappings"] = [{"ContainerPort": 20000}, {"ContainerPort": 9102}]
+        envoy["Environment"] = [{"Name": "ENVOY_PROMETHEUS_BIND", "Value": f"{address}:9102"}]
+
+    return edit
+
+
+def test_metrics_moved_to_every_host_interface_are_broadening(tmp_path: Path) -> None:
+    # GIVEN a sidecar whose metrics listener is on the host's loopback (the default)
+    loopback = copy.deepcopy(_base())
+    _metrics_bound_to("127.0.0.1")(loopback)
+    before = _review(tmp_path / "before", loopback)
+    # WHEN prometheus_bind_address opens it to every interface of the host
+    changes = _changes(before, tmp_path / "after", _metrics_bound_to("0.0.0.0"))
+    # THEN one changed host port, broadening
+    change = _one(changes, "host-ports")
+    assert change.action == "changed"
+    assert "bind loopback → all interfaces" in change.what
+    assert change.broadening == (
+        "no longer bound to loopback, now open to any client of the host: envoy 9102"
+    )
 
 
 def test_an_unacknowledged_wildcard_is_highlighted_and_broadening(
@@ -273,7 +304,9 @@ def test_an_unacknowledged_wildcard_is_highlighted_and_broadening(
         change.what
         == "Role/Resource: Allow s3:GetObject on * — wildcard `Resource::*` NOT acknowledged"
     )
-    assert change.broadening == "new wildcard Resource::* that no acknowledgement covers"
+    assert change.broadening == (
+        "a wildcard statement not in the baseline (*): `Resource::*` NOT acknowledged"
+    )
 
 
 def test_an_acknowledged_wildcard_names_its_acknowledgement_which_is_itself_broadening(
@@ -292,7 +325,11 @@ def test_an_acknowledged_wildcard_names_its_acknowledgement_which_is_itself_broa
     assert iam.what.endswith(
         "wildcard `Resource::*` acknowledged (AwsSolutions-IAM5[Resource::*] at App/Role)"
     )
-    assert iam.broadening == ""
+    # a new wildcard statement is broadening even when acknowledged: the reviewer re-judges it
+    assert iam.broadening == (
+        "a wildcard statement not in the baseline (*): `Resource::*` covered by a new "
+        "acknowledgement (“reads any object of the data lake”)"
+    )
     assert ack.action == "added"
     assert ack.what == f"`{ACK}` at App/Role: reads any object of the data lake"
     assert ack.broadening.startswith("a new acknowledgement waives a cdk-nag finding")
@@ -433,3 +470,73 @@ def test_resource_counts_change_by_type(base: dict[str, Any], tmp_path: Path) ->
     [store] = [c for c in changes if c.category == "encryption"]
     assert store.broadening == "not encrypted at rest; no TLS enforced"
     assert len(changes) == 2
+
+
+def test_a_vpn_into_the_vpc_is_a_broadening_network_path(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    # review M3: `onprem_connectivity=vpn` was "8 changes, 0 broadening", counts only
+    def edit(template: Template) -> None:
+        template["Resources"]["Vpn"] = resource(
+            "AWS::EC2::VPNConnection",
+            "App/Vpn/Resource",
+            CustomerGatewayId="cgw-0123",
+            VpnGatewayId="vgw-0123",
+            Type="ipsec.1",
+        )
+        template["Resources"]["ToOnPrem"] = resource(
+            "AWS::EC2::Route",
+            "App/Vpc/Private/ToOnPrem",
+            DestinationCidrBlock="192.168.0.0/16",
+            GatewayId="vgw-0123",
+            RouteTableId="rtb-0123",
+        )
+        template["Resources"]["ToNat"] = resource(
+            "AWS::EC2::Route",
+            "App/Vpc/Private/ToNat",
+            DestinationCidrBlock="0.0.0.0/0",
+            NatGatewayId="nat-0123",
+            RouteTableId="rtb-0123",
+        )
+
+    paths = sorted(
+        (c.what, bool(c.broadening))
+        for c in _changes(base, tmp_path, edit)
+        if c.category == "paths"
+    )
+    assert paths == [
+        ("VPN connection Vpn: customer gateway cgw-0123 ↔ vgw-0123", True),
+        ("route ToNat: 0.0.0.0/0 → NAT gateway nat-0123", False),
+        ("route ToOnPrem: 192.168.0.0/16 → gateway vgw-0123", True),
+    ]
+
+
+def test_removing_a_groups_egress_rules_says_what_an_update_does(
+    base: dict[str, Any], tmp_path: Path
+) -> None:
+    # review m1: reported only as "EC2's default rule, all traffic", true only on a fresh deploy
+    def edit(template: Template) -> None:
+        del _props(template, "ServerGroup")["SecurityGroupEgress"]
+
+    added = [
+        c for c in _changes(base, tmp_path, edit) if c.category == "egress" and c.action == "added"
+    ]
+    assert len(added) == 2, added  # 0.0.0.0/0 and ::/0
+    for change in added:
+        assert "on an update of the deployed group CloudFormation adds none" in change.what
+        assert change.broadening  # a fresh deploy still gets allow-all
+
+
+def test_a_management_token_newly_injected_is_marked(base: dict[str, Any], tmp_path: Path) -> None:
+    # review m5: the ARN is not the value, but a management token's deserves a second look
+    def edit(template: Template) -> None:
+        template["Resources"]["Secret"]["Properties"] = {
+            "Description": "Consul initial management ACL token"
+        }
+        _props(template, "Function")["Environment"]["Variables"]["ADMIN_ARN"] = ref("Secret")
+
+    [injected] = [
+        c for c in _changes(base, tmp_path, edit) if c.category == "secrets" and c.action == "added"
+    ]
+    assert "ADMIN_ARN" in injected.what
+    assert "a management token" in injected.what

@@ -182,7 +182,10 @@ def test_listener_reach_follows_the_load_balancer_scheme(tmp_path: Path) -> None
     template = {
         "Resources": {
             "Internal": resource(
-                "AWS::ElasticLoadBalancingV2::LoadBalancer", Scheme="internal", Type="network"
+                "AWS::ElasticLoadBalancingV2::LoadBalancer",
+                Scheme="internal",
+                Type="network",
+                SecurityGroups=["sg-0123456789abcdef0"],
             ),
             "Public": resource("AWS::ElasticLoadBalancingV2::LoadBalancer"),  # CFN defaults
             "Tcp": resource(

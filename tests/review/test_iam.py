@@ -16,7 +16,7 @@ from tests.review.builder import (
     violation,
     write_assembly,
 )
-from tools.review.iam import RoleReview, roles
+from tools.review.iam import RoleReview, Wildcard, roles
 from tools.review.load import load_assembly
 from tools.review.nag import AckIndex, nag_review
 
@@ -61,6 +61,11 @@ def _template(*statements: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _own(role: RoleReview) -> list[Wildcard]:
+    """The wildcards of the templates' statements (not of the pinned AWS managed policies)."""
+    return [w for w in role.wildcards if not w.managed]
+
+
 def _role(
     tmp_path: Path,
     template: dict[str, Any],
@@ -83,7 +88,7 @@ def test_wildcard_without_acknowledgement_is_flagged(tmp_path: Path) -> None:
     # GIVEN a role allowed s3:* on every resource, and nobody acknowledged it
     role = _role(tmp_path, _template(allow("s3:*", "*")))
     # THEN both wildcards are reported on the policy's path, neither acknowledged
-    assert [(w.finding, w.path, w.acknowledged) for w in role.wildcards] == [
+    assert [(w.finding, w.path, w.acknowledged) for w in _own(role)] == [
         ("Action::s3:*", POLICY_PATH, False),
         ("Resource::*", POLICY_PATH, False),
     ]
@@ -108,7 +113,7 @@ def test_acknowledged_wildcard_shows_the_reason_from_the_validation_report(
     )
     # WHEN the role is reviewed
     role = _role(tmp_path, _template(allow("s3:*", "*")), plugin_reports=[report])
-    action, resource_ = role.wildcards
+    action, resource_ = _own(role)
     # THEN the action wildcard carries the reason; the resource wildcard is still open
     assert action.acknowledged
     assert [(c.rule, c.reason, c.acknowledged_at, c.source) for c in action.covers] == [
@@ -128,7 +133,7 @@ def test_plain_id_acknowledgement_is_read_from_construct_metadata(tmp_path: Path
     acks = {"App/Role": {"Annotation::AwsSolutions-IAM5[Resource::*]": "Describe* has no ARN."}}
     role = _role(tmp_path, _template(allow("ec2:DescribeInstances", "*")), acknowledgements=acks)
     # THEN the wildcard is acknowledged with that reason, found in the metadata
-    [wildcard] = role.wildcards
+    [wildcard] = _own(role)
     assert wildcard.acknowledged
     assert [(c.reason, c.source) for c in wildcard.covers] == [
         ("Describe* has no ARN.", "construct metadata")
@@ -141,7 +146,7 @@ def test_acknowledgement_of_another_finding_or_elsewhere_does_not_cover(tmp_path
         "App/Bucket": {"AwsSolutions::AwsSolutions-IAM5[Resource::*]": "on another construct"},
     }
     role = _role(tmp_path, _template(allow("s3:GetObject", "*")), acknowledgements=acks)
-    [wildcard] = role.wildcards
+    [wildcard] = _own(role)
     assert wildcard.finding == "Resource::*"
     assert not wildcard.acknowledged
 
@@ -151,7 +156,7 @@ def test_finding_ids_use_cdk_nag_flattening_of_intrinsics(tmp_path: Path) -> Non
     bucket_objects = {"Fn::Join": ["", [getatt("Bucket", "Arn"), "/*"]]}
     role = _role(tmp_path, _template(allow(["s3:Get*", "s3:PutObject"], bucket_objects)))
     # THEN the finding ids are the ones cdk-nag prints, so acknowledgements can name them
-    assert [w.finding for w in role.wildcards] == [
+    assert [w.finding for w in _own(role)] == [
         "Action::s3:Get*",
         "Resource::<Bucket.Arn>/*",
     ]
@@ -173,14 +178,21 @@ def test_role_lists_actions_by_service_principals_and_managed_policies(tmp_path:
         acknowledgements=acks,
     )
     assert role.assumed_by == ["Service `lambda.amazonaws.com`"]
+    # the AWS managed policy is evaluated from its pinned copy, like an inline policy
     assert role.actions_by_service() == {
         "kms": ["kms:Decrypt"],
+        "logs": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
         "sqs": ["sqs:DeleteMessage", "sqs:ReceiveMessage"],
     }
     [managed] = role.managed
     assert managed.arn.endswith(":iam::aws:policy/service-role/AWSLambdaBasicExecutionRole")
+    assert managed.evaluated == "AWSLambdaBasicExecutionRole v1"
     assert [c.reason for c in managed.covers] == ["AWS's minimum for Lambda logs."]
-    assert role.wildcards == []
+    assert _own(role) == []
+    # its `*` is a wildcard of the role, covered by the IAM4 acknowledgement of the policy
+    assert [(w.finding, w.managed, w.acknowledged) for w in role.wildcards] == [
+        ("Resource::*", "AWSLambdaBasicExecutionRole v1", True)
+    ]
 
 
 def test_policy_in_another_stack_attaches_to_the_imported_role(tmp_path: Path) -> None:
@@ -206,7 +218,7 @@ def test_policy_in_another_stack_attaches_to_the_imported_role(tmp_path: Path) -
     [role] = roles(assembly, AckIndex(assembly, nag_review(assembly)))
     # THEN the statements are reported under the producer's role, findings on the policy path
     assert role.label == "`Role` (App/Role/Resource)"
-    assert [(w.finding, w.path) for w in role.wildcards] == [
+    assert [(w.finding, w.path) for w in _own(role)] == [
         ("Action::logs:*", "Consumer/Extra/Resource"),
         ("Resource::*", "Consumer/Extra/Resource"),
     ]

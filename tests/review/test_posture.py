@@ -22,12 +22,8 @@ def test_plaintext_consul_port_open_ingress_and_wildcard_allow_are_weaker(tmp_pa
                 GroupDescription="lb",
                 VpcId=ref("Vpc"),
                 SecurityGroupIngress=[
-                    {
-                        "IpProtocol": "tcp",
-                        "FromPort": 8500,
-                        "ToPort": 8500,
-                        "CidrIp": "192.168.0.0/16",
-                    }
+                    {"IpProtocol": "tcp", "FromPort": 8500, "ToPort": 8500, "CidrIp": cidr}
+                    for cidr in ("192.168.0.0/16", "172.16.0.0/12")
                 ],
             ),
             "Lb": resource(
@@ -68,9 +64,12 @@ def test_plaintext_consul_port_open_ingress_and_wildcard_allow_are_weaker(tmp_pa
         ("ingress-anywhere", "Open"),
         ("intention-wildcard", "Intentions"),
     } <= found
-    [path] = [p for p in review.reachability if p.plaintext]
-    assert (path.ports, path.listens, [r.logical_id for r in path.behind]) == (
-        "8500",
-        "8500 HTTP API, plaintext",
-        ["Lb"],
+    paths = [p for p in review.reachability if p.plaintext]
+    assert [(p.ports, p.listens, [r.logical_id for r in p.behind]) for p in paths] == [
+        ("8500", "8500 HTTP API, plaintext", ["Lb"])
+    ] * 2
+    # review m2: one row per plaintext port of a target, naming its sources
+    [row] = [w for w in weaknesses(review) if w.kind == "plaintext-listener"]
+    assert row.what == (
+        "tcp 8500 (8500 HTTP API, plaintext) from 2 sources: 172.16.0.0/12, 192.168.0.0/16"
     )

@@ -19,8 +19,23 @@ from tools.review.posture import weaknesses
 IMAGE = ecs.ContainerImage.from_registry("public.ecr.aws/docker/library/busybox:latest")
 
 
-def _service(stack: cdk.Stack, name: str, mode: ecs.NetworkMode, app_ports: list[int]) -> None:
+def _service(
+    stack: cdk.Stack,
+    name: str,
+    mode: ecs.NetworkMode,
+    app_ports: list[int],
+    metrics_bind: str | None = None,
+) -> None:
     task = ecs.ExternalTaskDefinition(stack, name, network_mode=mode)
+    if metrics_bind is not None:
+        # MeshService's init container tells Envoy where its metrics listener binds
+        task.add_container(
+            "envoy-init",
+            image=IMAGE,
+            memory_limit_mib=64,
+            essential=False,
+            environment={"ENVOY_PROMETHEUS_BIND": metrics_bind},
+        )
     task.add_container(
         "app",
         image=IMAGE,
@@ -54,6 +69,9 @@ def review(tmp_path_factory: pytest.TempPathFactory) -> Review:
     _service(stack, "Bridged", ecs.NetworkMode.BRIDGE, [8080])
     # A mistake the review must catch too: host mode with the app port declared.
     _service(stack, "HostApp", ecs.NetworkMode.HOST, [9090])
+    # Envoy metrics on the host's loopback (the default), and on every interface (the opt-in)
+    _service(stack, "LoopMetrics", ecs.NetworkMode.HOST, [], metrics_bind="127.0.0.1:9102")
+    _service(stack, "OpenMetrics", ecs.NetworkMode.HOST, [], metrics_bind="0.0.0.0:9102")
     app.synth()
     return build_review(Path(app.outdir), linter=None)
 
@@ -104,3 +122,20 @@ def test_every_published_app_port_is_weaker_than_the_default(review: Review) -> 
         "9090 -> host 9090",
     ]
     assert {p.source_kind for p in bypass} == {"host-clients"}
+
+
+def test_metrics_opened_to_every_host_interface_are_weaker_than_the_default(
+    review: Review,
+) -> None:
+    binds = {
+        name: {p.container_port: (p.bind, p.told) for p in _network(review, name).ports}
+        for name in ("LoopMetrics", "OpenMetrics")
+    }
+    assert binds["LoopMetrics"][9102] == ("loopback", "ENVOY_PROMETHEUS_BIND=127.0.0.1:9102")
+    assert binds["OpenMetrics"][9102] == ("all interfaces", "ENVOY_PROMETHEUS_BIND=0.0.0.0:9102")
+    flagged = [
+        (w.subject.path.split("/")[1], w.what)
+        for w in weaknesses(review)
+        if w.subject and w.kind == "metrics-every-interface"
+    ]
+    assert flagged == [("OpenMetrics", "envoy 9102 on every host interface")]

@@ -134,7 +134,10 @@ def test_parameters_and_secrets_of_other_templates_are_unresolved(tmp_path: Path
         ("<SecretParam>", ("template parameter SecretParam of App",)),
         (
             "arn:aws:secretsmanager:us-east-1:111111111111:secret:elsewhere-AbCdEf",
-            ("a secret these templates do not create",),
+            (
+                "a secret ARN no template of this assembly names "
+                "(another stack's, or created by hand)",
+            ),
         ),
     ]
 

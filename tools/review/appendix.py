@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from tools.review.collect import Review
+from tools.review.containers import LOOPBACK, UNKNOWN_BIND, PublishedPort
 from tools.review.exposure import IngressRule, Reach, vpcs
 from tools.review.iam import RoleReview, Wildcard
 from tools.review.markdown import table
@@ -94,7 +95,11 @@ def _network(review: Review) -> list[str]:
             ("Reach", "Listener", "Load balancer", "Type", "Scheme", "Port", "Protocol", "Targets"),
             [
                 [
-                    f"**{item.reach.value}**" if item.reach.external else item.reach.value,
+                    f"**{item.reach.value}**"
+                    if item.reach.external
+                    else "networks routed to the VPC, as its security groups allow (A.1 rules)"
+                    if item.reach is Reach.INSIDE_VPC
+                    else item.reach.value,
                     item.listener_label,
                     item.load_balancer_label,
                     item.load_balancer_type,
@@ -108,7 +113,7 @@ def _network(review: Review) -> list[str]:
         )
     else:
         lines.append("No load balancer listeners.")
-    lines += ["", *_egress(review), *_published(review)]
+    lines += ["", *_egress(review), *_published(review), *_paths(review)]
     return lines
 
 
@@ -142,6 +147,34 @@ def _egress(review: Review) -> list[str]:
     return [*lines, ""]
 
 
+def _paths(review: Review) -> list[str]:
+    lines = [
+        "### Network paths: routes, VPN, transit gateway, peering",
+        "",
+        'Who else is routed to the VPC: "inside the VPC" and an internal load balancer reach '
+        "as far as these paths (a transit gateway attachment connects whatever its route table "
+        "propagates; route propagation means routes learnt over BGP, not in the templates).",
+        "",
+    ]
+    if not review.network_paths:
+        return [*lines, "No route or attachment in the templates.", ""]
+    rows = [
+        [item.kind, _md(item.res), item.what, "yes" if item.inbound else "no (outbound only)"]
+        for item in sorted(review.network_paths, key=lambda p: (p.kind, p.what))
+    ]
+    return [*lines, *table(("Kind", "Resource", "Connects", "Brings clients in"), rows), ""]
+
+
+def _bind_text(port: PublishedPort, mode: str) -> str:
+    if mode != "host":
+        return "all interfaces (published by Docker)"
+    if port.bind == UNKNOWN_BIND:
+        return "**not stated in the template**"
+    told = f" (told {port.told})" if port.told else ""
+    text = f"{port.bind}{told}"
+    return text if port.bind == LOOPBACK else f"**{text}**" if port.bypasses_mesh else text
+
+
 def _published(review: Review) -> list[str]:
     lines = [
         "### Container ports published on the hosts",
@@ -150,7 +183,10 @@ def _published(review: Review) -> list[str]:
         "port is a port of the host; `bridge`: published on `hostPort`, or on a port from the "
         "host's ephemeral range when it is 0. An app container (docker label "
         "`consul-mesh.enabled`) with a published port is reachable without its sidecar: no "
-        "mTLS, no intentions.",
+        "mTLS, no intentions. In host mode ECS only reserves a mapped port: who reaches it is "
+        "decided by the address the process binds, shown where the template tells the process "
+        "(an app's own ports are not mapped at all). The template cannot bound what a process "
+        "binds; it can only say where it is told to listen.",
         "",
     ]
     if not review.task_networks:
@@ -159,7 +195,9 @@ def _published(review: Review) -> list[str]:
     for network in review.task_networks:
         mode = network.network_mode + ("" if network.mode_given else " (default)")
         if not network.ports:
-            rows.append([network.task_definition.markdown(), mode, "—", "—", "—", "no port", ""])
+            rows.append(
+                [network.task_definition.markdown(), mode, "—", "—", "—", "—", "no port", ""]
+            )
         for port in network.ports:
             rows.append(
                 [
@@ -168,12 +206,22 @@ def _published(review: Review) -> list[str]:
                     f"`{port.container}`",
                     f"{port.protocol} {port.container_port}",
                     port.host_port,
+                    _bind_text(port, network.network_mode),
                     port.role,
                     "**bypasses mTLS and intentions**" if port.bypasses_mesh else "",
                 ]
             )
     lines += table(
-        ("Task definition", "Network mode", "Container", "Port", "On the host", "What", "Flag"),
+        (
+            "Task definition",
+            "Network mode",
+            "Container",
+            "Port",
+            "On the host",
+            "Binds",
+            "What",
+            "Flag",
+        ),
         rows,
     )
     return [*lines, ""]
@@ -201,7 +249,18 @@ def _accesses(title: str, accesses: list[Access]) -> list[str]:
 
 
 def _secrets(review: Review) -> list[str]:
-    lines = [f"## {SECRETS} Secrets: readers, writers, injection points", ""]
+    lines = [
+        f"## {SECRETS} Secrets: readers, writers, injection points",
+        "",
+        "Readers and writers are the roles of these templates whose policies allow it. A "
+        "principal of the same account needs only an IAM allow: a resource policy that allows "
+        "does not exclude it, and a key policy allowing the account root lets IAM decide (KMS "
+        'Developer Guide, "Default key policy"). So any principal of the account whose IAM '
+        "policies allow `secretsmanager:GetSecretValue` and `kms:Decrypt` reads these secrets "
+        "too, and an ECS execution-role reader means the ECS agent of every host that runs the "
+        "task fetches the value.",
+        "",
+    ]
     if not review.secrets.secrets:
         lines += ["No Secrets Manager secrets.", ""]
     for secret in review.secrets.secrets:
@@ -345,12 +404,17 @@ def _role(role: RoleReview) -> list[str]:
     if role.managed:
         managed = [
             f"`{policy.arn}`"
+            + (
+                f" (statements from the review's pinned copy {policy.evaluated}"
+                + (f"; {policy.partial}" if policy.partial else "")
+                + ", listed below)"
+                if policy.evaluated
+                else " (**not evaluated**: contents not in the templates nor pinned)"
+            )
             + (f" (acknowledged: {_covers(policy.covers)})" if policy.covers else "")
             for policy in role.managed
         ]
-        lines.append(
-            "- AWS managed policies (contents not in the templates): " + "; ".join(managed)
-        )
+        lines.append("- AWS managed policies: " + "; ".join(managed))
     else:
         lines.append("- AWS managed policies: none")
     allowed = [

@@ -4,21 +4,23 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from tools.review.consul import ConsulSide, consul_side
 from tools.review.containers import TaskNetwork, task_networks
 from tools.review.egress import Egress, egress_rules
 from tools.review.encryption import StoreEncryption, stores
-from tools.review.exposure import Exposure, exposure
+from tools.review.entry_points import EntryPoint, entry_points
+from tools.review.exposure import Exposure, exposure, hidden_clients
 from tools.review.iam import RoleReview, Wildcard, roles
 from tools.review.kms import KeyReview, keys
 from tools.review.lint import LintResult, run_cfn_lint
 from tools.review.load import Assembly, load_assembly
 from tools.review.model import Res
 from tools.review.nag import AckIndex, NagReview, nag_review
-from tools.review.reachability import Attachments, paths
+from tools.review.network_paths import NetworkPath, network_paths
+from tools.review.reachability import Attachments, paths, through_open_load_balancers
 from tools.review.reachability import Path as ReachPath
 from tools.review.refs import Resolver
 from tools.review.resource_policies import ResourcePolicy, resource_policies
@@ -46,6 +48,8 @@ class Review:
     reachability: list[ReachPath]
     behind_groups: dict[Res, tuple[Res, ...]]  # security group -> what it is attached to
     runs_as: dict[Res, tuple[Res, ...]]  # role -> the workloads that run as it
+    entry_points: list[EntryPoint] = field(default_factory=list)  # reached by the internet
+    network_paths: list[NetworkPath] = field(default_factory=list)  # routes, VPN, TGW, peering
 
     @property
     def report_found(self) -> bool:
@@ -78,6 +82,8 @@ def build_review(
     found = exposure(assembly, vpc_cidrs=vpc_cidrs)
     networks = task_networks(assembly)
     attachments = Attachments(assembly)
+    hidden = hidden_clients(assembly, found.listeners)
+    found = replace(found, rules=through_open_load_balancers(found.rules, attachments, hidden))
     return Review(
         assembly=assembly,
         exposure=found,
@@ -95,4 +101,6 @@ def build_review(
         reachability=paths(found, networks, attachments),
         behind_groups=attachments.by_group,
         runs_as=runs_as(assembly, Resolver(assembly)),
+        entry_points=entry_points(assembly),
+        network_paths=network_paths(assembly),
     )

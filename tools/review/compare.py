@@ -33,6 +33,7 @@ ADDED, REMOVED, CHANGED, MOVED = "added", "removed", "changed", "moved"
 CATEGORIES = {
     "moves": "Moved: same construct, new logical ID",
     "ingress": "Ingress and listeners",
+    "paths": "Network paths: routes, VPN, transit gateway, peering",
     "egress": "Egress",
     "host-ports": "Published host ports",
     "iam": "IAM: roles and their statements",
@@ -50,8 +51,9 @@ REACH_WORDS = {
     "inside_vpc": "inside the VPC",
     "group": "a security group",
     "unresolved": "an unresolved peer (counted as outside the VPC)",
+    "routed": "every network routed to the VPC (load balancer without security groups)",
 }
-EXTERNAL = ("anywhere", "outside_vpc", "unresolved")
+EXTERNAL = ("anywhere", "outside_vpc", "unresolved", "routed")
 
 
 @dataclass(frozen=True)
@@ -198,18 +200,27 @@ def match(
     identity: Callable[[Facts], Hashable],
     compared: Callable[[Facts], Any] = lambda item: item,
 ) -> Matched:
-    """Pair entries by `identity`; among pairs, those whose `compared` part differs changed."""
+    """Pair entries by `identity`; among pairs, those whose `compared` part differs changed.
+
+    Entries equal in full pair first, so when one identity has several entries (two grants of
+    one role on one key, under two conditions) only the one that really changed is paired."""
     before: dict[Hashable, list[Facts]] = {}
     for item in old:
         before.setdefault(identity(item), []).append(item)
+    unpaired: list[Facts] = []
+    for item in new:
+        same = before.get(identity(item)) or []
+        equal = next((was for was in same if canon(compared(was)) == canon(compared(item))), None)
+        if equal is None:
+            unpaired.append(item)
+        else:
+            same.remove(equal)
     added: list[Facts] = []
     changed: list[tuple[Facts, Facts]] = []
-    for item in new:
-        same = before.get(identity(item))
-        if same:
-            was = same.pop(0)
-            if canon(compared(was)) != canon(compared(item)):
-                changed.append((was, item))
+    for item in unpaired:
+        waiting = before.get(identity(item))
+        if waiting:
+            changed.append((waiting.pop(0), item))
         else:
             added.append(item)
     removed = [item for items in before.values() for item in items]

@@ -16,6 +16,7 @@ Consul ACL rule, a token's new policy or service identity, a new `allow` intenti
 
 from __future__ import annotations
 
+import fnmatch
 import json
 from collections.abc import Hashable
 
@@ -33,8 +34,14 @@ from tools.review.compare import (
     plus_minus,
     rid,
 )
+from tools.review.markdown import abridge
+from tools.review.statement_risk import (
+    condition_weakened,
+    escalations,
+    narrowing,
+    wildcard_parts,
+)
 
-_DECRYPT = ("kms:decrypt", "kms:*", "*")
 _MAY_DECRYPT = "a new principal may decrypt with the key"
 
 
@@ -81,6 +88,10 @@ def _explains(finding: str, statement: Facts) -> bool:
     kind, _, value = finding.partition("::")
     if kind == "Action":
         return value in (statement.get("actions") or [])
+    if kind == "NotAction":
+        return bool(statement.get("not_action")) and value == ",".join(statement["actions"])
+    if kind == "NotResource":
+        return bool(statement.get("not_resource")) and value == ",".join(statement["resources"])
     return value in (statement.get("resources") or [])
 
 
@@ -134,7 +145,50 @@ def _trust_why(added: set[str]) -> str:
     return f"{', '.join(others)} may assume it" if others else ""
 
 
-def _role_changes(was: Facts | None, now: Facts | None, names: Names) -> list[Change]:
+def _managed_why(gained: set[str], role: Facts) -> str:
+    """A newly attached managed policy is broadening; say whether the review evaluated it."""
+    if not gained:
+        return ""
+    unknown = sorted(set(role.get("managed_not_evaluated") or gained) & gained)
+    if unknown:
+        return f"a newly attached managed policy, contents not evaluated: {', '.join(unknown)}"
+    return "a newly attached managed policy (its statements are listed from the pinned copy)"
+
+
+def _trust_changes(name: str, where: tuple[Facts, ...], was: Facts, now: Facts) -> list[Change]:
+    """Trust statements whose condition changed (who may assume the role is `assumed_by`)."""
+    matched = match(
+        was.get("trust") or [],
+        now.get("trust") or [],
+        lambda t: (
+            t.get("effect"),
+            tuple(t.get("principals") or []),
+            tuple(t.get("actions") or []),
+        ),
+        lambda t: t.get("condition", ""),
+    )
+    changes: list[Change] = []
+    for before, after in matched.changed:
+        lost = condition_weakened(before.get("condition"), after.get("condition"))
+        who = ", ".join(after.get("principals") or [])
+        changes.append(
+            Change(
+                "iam",
+                CHANGED,
+                f"role {name} trust of {who}: condition {before.get('condition') or 'none'} → "
+                f"{after.get('condition') or 'none'}",
+                where,
+                f"trust condition weakened: {', '.join(lost)}"
+                if lost and after.get("effect") == "Allow"
+                else "",
+            )
+        )
+    return changes
+
+
+def _role_changes(
+    was: Facts | None, now: Facts | None, names: Names, old_acks: set[tuple[str, str]]
+) -> list[Change]:
     role = (now or was or {}).get("role") or {}
     name = names(role, str(role.get("literal", "?")))
     where = (role,) if "stack" in role else ()
@@ -176,44 +230,95 @@ def _role_changes(was: Facts | None, now: Facts | None, names: Names) -> list[Ch
                     CHANGED,
                     f"role {name} managed policies: {plus_minus(managed_old, managed_new)}",
                     where,
-                    "a newly attached managed policy: its statements are not in the templates"
-                    if gained
-                    else "",
+                    _managed_why(gained, now),
                 )
             )
-    changes += _statement_changes(name, where, was, now)
+        changes += _trust_changes(name, where, was, now)
+    changes += _statement_changes(name, where, was, now, old_acks)
     return changes
 
 
+def _acknowledgement_text(wildcard: Facts, old_acks: set[tuple[str, str]]) -> str:
+    """How a wildcard a changed statement carries is covered, judged against the baseline's
+    acknowledgements: one that existed before was written for another statement."""
+    if not wildcard.get("acknowledged"):
+        return f"`{wildcard['finding']}` NOT acknowledged"
+    cover = (wildcard.get("acknowledgements") or [{}])[0]
+    reason = abridge(str(cover.get("reason", "")), 80)
+    if (str(cover.get("at", "")), str(cover.get("reason", ""))) in old_acks:
+        return (
+            f"`{wildcard['finding']}` covered only by an acknowledgement written for another "
+            f"statement (“{reason}”): re-judge"
+        )
+    return f"`{wildcard['finding']}` covered by a new acknowledgement (“{reason}”)"
+
+
+def _statement_why(
+    statement: Facts,
+    was: Facts | None,
+    wildcards: list[Facts],
+    old_acks: set[tuple[str, str]],
+) -> str:
+    """Why an added (`was` None) or changed Allow statement broadens access ('' when not)."""
+    if statement.get("effect") != "Allow" or (was is not None and narrowing(was, statement)):
+        return ""
+    reasons: list[str] = []
+    parts = wildcard_parts(statement)
+    if parts:
+        covers = [
+            _acknowledgement_text(w, old_acks)
+            for w in wildcards
+            if _explains(w["finding"], statement)
+        ]
+        text = f"a wildcard statement not in the baseline ({', '.join(parts)})"
+        reasons.append(text + (": " + "; ".join(covers) if covers else ""))
+    gained = escalations(statement)
+    if was is not None and not (
+        set(statement.get("resources") or []) - set(was.get("resources") or [])
+    ):
+        gained = [e for e in gained if e not in escalations(was)]
+    if gained:
+        on = ", ".join(statement.get("resources") or []) or "?"
+        reasons.append(f"privilege escalation: {', '.join(gained)} on {on}")
+    if was is not None:
+        lost = condition_weakened(was.get("condition"), statement.get("condition"))
+        if lost:
+            reasons.append("condition weakened: " + ", ".join(lost))
+    return "; ".join(reasons)
+
+
 def _statement_changes(
-    name: str, where: tuple[Facts, ...], was: Facts | None, now: Facts | None
+    name: str,
+    where: tuple[Facts, ...],
+    was: Facts | None,
+    now: Facts | None,
+    old_acks: set[tuple[str, str]],
 ) -> list[Change]:
     matched = match(
         (was or {}).get("statements") or [], (now or {}).get("statements") or [], _statement_id
     )
     pairs, removed, added = _pair(matched.removed, matched.added)
     old_findings = {w["finding"] for w in (was or {}).get("wildcards") or []}
-    new_wildcards = [
-        w for w in (now or {}).get("wildcards") or [] if w["finding"] not in old_findings
-    ]
+    wildcards = (now or {}).get("wildcards") or []
+    new_wildcards = [w for w in wildcards if w["finding"] not in old_findings]
     shown: set[str] = set()
     changes: list[Change] = []
 
-    def wildcards_of(statement: Facts) -> tuple[str, str]:
+    def wildcards_of(statement: Facts) -> str:
         found = [w for w in new_wildcards if _explains(w["finding"], statement)]
         shown.update(w["finding"] for w in found)
         text = "; ".join(_wildcard_text(w) for w in found)
-        open_ = [w["finding"] for w in found if not w.get("acknowledged")]
-        why = f"new wildcard {', '.join(open_)} that no acknowledgement covers" if open_ else ""
-        return (f" — {text}" if text else ""), why
+        return f" — {text}" if text else ""
 
     for statement in added:
-        extra, why = wildcards_of(statement)
+        extra = wildcards_of(statement)
+        why = _statement_why(statement, None, wildcards, old_acks)
         changes.append(
             Change("iam", ADDED, f"{name}: {_statement_text(statement)}{extra}", where, why)
         )
     for was_stmt, now_stmt in pairs:
-        extra, why = wildcards_of(now_stmt)
+        extra = wildcards_of(now_stmt)
+        why = _statement_why(now_stmt, was_stmt, wildcards, old_acks)
         changes.append(
             Change(
                 "iam",
@@ -252,9 +357,13 @@ def _statement_changes(
 def _iam(old: Facts, new: Facts, names: Names) -> list[Change]:
     before = {_role_id(r): r for r in get(old, "policies", "roles")}
     after = {_role_id(r): r for r in get(new, "policies", "roles")}
+    old_acks = {
+        (str(ack.get("at", "")), str(ack.get("reason", "")))
+        for ack in get(old, "checks", "nag", "acknowledgements")
+    }
     changes: list[Change] = []
     for key in sorted(before.keys() | after.keys(), key=str):
-        changes += _role_changes(before.get(key), after.get(key), names)
+        changes += _role_changes(before.get(key), after.get(key), names, old_acks)
     return changes
 
 
@@ -290,6 +399,16 @@ def _access(
     def where(access: Facts) -> tuple[Facts, ...]:
         return tuple(r for r in (access["secret"], access.get("principal")) if r)
 
+    def changed_why(was: Facts, now: Facts) -> str:
+        reasons = []
+        gained = sorted(set(now.get("actions") or []) - set(was.get("actions") or []))
+        if gained:
+            reasons.append(f"{why}: gains {', '.join(gained)}")
+        lost = condition_weakened(was.get("condition"), now.get("condition"))
+        if lost:
+            reasons.append("condition weakened: " + ", ".join(lost))
+        return "; ".join(reasons)
+
     changes = additions_and_removals("secrets", matched, text, where, lambda _: why)
     changes += [
         Change(
@@ -298,6 +417,7 @@ def _access(
             f"{text(now)} (was {'/'.join(was.get('actions') or [])}, "
             f"{was.get('how', '')}{' if ' + was['condition'] if was.get('condition') else ''})",
             where(now),
+            changed_why(was, now),
         )
         for was, now in matched.changed
     ]
@@ -338,11 +458,22 @@ def _secrets(old: Facts, new: Facts, names: Names) -> list[Change]:
         _secret_list(new, "injections"),
         lambda i: (rid(i["secret"]), rid(i["where"]), i["kind"], i["detail"]),
     )
+    management = {
+        rid(s["secret"])
+        for side in (old, new)
+        for s in get(side, "secrets", "secrets")
+        if "management" in str(s.get("description") or "").lower()
+    }
     changes += additions_and_removals(
         "secrets",
         injections,
         lambda i: (
             f"{names(i['secret'])} injected into {names(i['where'])}: {i['kind']} {i['detail']}"
+            + (
+                " [a management token: whoever reads it holds every Consul permission]"
+                if rid(i["secret"]) in management
+                else ""
+            )
         ),
         lambda i: (i["where"],),
     )
@@ -393,13 +524,24 @@ def _doc_statement_text(statement: Facts, names: Names) -> str:
 
 
 def _decrypts(actions: list[str]) -> bool:
-    return any(action.lower() in _DECRYPT for action in actions)
+    """True when the actions include Decrypt, spelled `kms:Decrypt`, `Decrypt` (role grants
+    list actions without their prefix) or as a wildcard that matches it."""
+    return any(
+        fnmatch.fnmatchcase("kms:decrypt", action.lower())
+        or fnmatch.fnmatchcase("decrypt", action.lower())
+        for action in actions
+    )
 
 
 def _statements(
     owner: str, where: tuple[Facts, ...], old: list[Facts], new: list[Facts], names: Names
 ) -> list[Change]:
-    matched = match(old, new, lambda s: canon({k: v for k, v in s.items() if k != "sid"}))
+    matched = match(
+        old,
+        new,
+        lambda s: canon({k: v for k, v in s.items() if k not in ("sid", "condition", "flag")}),
+        lambda s: s.get("condition", ""),
+    )
 
     def why(statement: Facts) -> str:
         if statement.get("flag"):
@@ -407,13 +549,29 @@ def _statements(
         decrypts = statement.get("effect") == "Allow" and _decrypts(statement.get("actions") or [])
         return _MAY_DECRYPT if decrypts and owner.startswith("key") else ""
 
-    return additions_and_removals(
+    changes = additions_and_removals(
         "policies",
         matched,
         lambda s: f"{owner}: {_doc_statement_text(s, names)}",
         lambda _: where,
         why,
     )
+    for was, now in matched.changed:
+        lost = condition_weakened(was.get("condition"), now.get("condition"))
+        reasons = [str(now.get("flag") or "")]
+        if lost and now.get("effect") == "Allow":
+            reasons.append("condition weakened: " + ", ".join(lost))
+        changes.append(
+            Change(
+                "policies",
+                CHANGED,
+                f"{owner}: {_doc_statement_text(now, names)} "
+                f"(condition {was.get('condition') or 'none'} → {now.get('condition') or 'none'})",
+                where,
+                "; ".join(r for r in reasons if r),
+            )
+        )
+    return changes
 
 
 def _key_changes(was: Facts | None, now: Facts | None, names: Names) -> list[Change]:
@@ -438,7 +596,8 @@ def _key_changes(was: Facts | None, now: Facts | None, names: Names) -> list[Cha
     grants = match(
         (was or {}).get("role_grants") or [],
         (now or {}).get("role_grants") or [],
-        lambda g: (_principal_id(g), tuple(g.get("actions") or []), g.get("condition", "")),
+        lambda g: (_principal_id(g), tuple(g.get("actions") or [])),
+        lambda g: g.get("condition", ""),
     )
     changes += additions_and_removals(
         "policies",
@@ -450,6 +609,19 @@ def _key_changes(was: Facts | None, now: Facts | None, names: Names) -> list[Cha
         lambda g: tuple(r for r in (key, g.get("principal")) if r),
         lambda g: _MAY_DECRYPT if _decrypts(g.get("actions") or []) else "",
     )
+    for before, after in grants.changed:
+        lost = condition_weakened(before.get("condition"), after.get("condition"))
+        changes.append(
+            Change(
+                "policies",
+                CHANGED,
+                f"{owner}: {_principal(after, names)} may {', '.join(after.get('actions') or [])} "
+                f"(its own policy; condition {before.get('condition') or 'none'} → "
+                f"{after.get('condition') or 'none'})",
+                tuple(r for r in (key, after.get("principal")) if r),
+                f"condition weakened: {', '.join(lost)}" if lost else "",
+            )
+        )
     return changes
 
 

@@ -30,6 +30,7 @@ from tools.review.compare import (
     match,
     rid,
 )
+from tools.review.containers import ALL_INTERFACES, LOOPBACK
 
 _ENCRYPTED = ("HTTPS", "TLS", "SSL")
 
@@ -241,6 +242,7 @@ def _egress(old: Facts, new: Facts, names: Names) -> list[Change]:
         lambda r: [r["reach"], r.get("implicit", False)],
     )
     attached = {ADDED: _attached(new), CHANGED: _attached(new), REMOVED: _attached(old)}
+    existing = {rid(r.get("group")) for r in get(old, "network", "egress")}
     changes: list[Change] = []
     for action, items, olds in _grouped(
         matched,
@@ -251,6 +253,14 @@ def _egress(old: Facts, new: Facts, names: Names) -> list[Change]:
         behind = names.join(attached[action].get(rid(first.get("group")), []))
         who = f"{behind} (group {group})" if behind else f"group {group}"
         implicit = " (EC2's default rule)" if first.get("implicit") else ""
+        if implicit and action == ADDED and rid(first.get("group")) in existing:
+            # AWS::EC2::SecurityGroup, SecurityGroupEgress: "After the security group is
+            # created, if you remove all egress rules that you added, we do not add egress
+            # rules, so no outbound traffic is allowed."
+            implicit = (
+                " (EC2's default rule on a fresh deploy; on an update of the deployed group "
+                "CloudFormation adds none: no outbound traffic)"
+            )
         text = f"{who} → {_destination(first, names)}: {_ports(items)}{implicit}"
         why = ""
         external = [i for i in items if i["reach"] in EXTERNAL]
@@ -271,6 +281,7 @@ def _egress(old: Facts, new: Facts, names: Names) -> list[Change]:
 def _host_ports(facts: Facts) -> list[Facts]:
     return [
         {
+            "bind": ALL_INTERFACES,  # review.json written before binds were read
             **port,
             "task_definition": network["task_definition"],
             "network_mode": network["network_mode"],
@@ -282,14 +293,20 @@ def _host_ports(facts: Facts) -> list[Facts]:
 
 def _port_text(port: Facts) -> str:
     role = "app, no mTLS" if port.get("bypasses_mesh") else port.get("role", "")
+    told = f", told {port['told']}" if port.get("told") else ""
     return (
         f"{port['container']} {port['container_port']}/{port['protocol']} → "
-        f"host {port['host_port']} ({role})"
+        f"host {port['host_port']} ({role}; binds {port['bind']}{told})"
     )
 
 
+def _leaves_loopback(was: Facts, now: Facts) -> bool:
+    """A port that only the host's processes reached is now reachable by its clients."""
+    return bool(was["bind"] == LOOPBACK and now["bind"] != LOOPBACK)
+
+
 def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
-    fields = ("host_port", "role", "bypasses_mesh", "network_mode")
+    fields = ("host_port", "role", "bypasses_mesh", "network_mode", "bind")
     matched = match(
         _host_ports(old),
         _host_ports(new),
@@ -308,21 +325,24 @@ def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
                 )
                 for was, now in zip(olds, items, strict=True)
             ]
-            why = (
-                "an app port now bypasses mTLS and intentions"
-                if any(
-                    now.get("bypasses_mesh") and not was.get("bypasses_mesh")
-                    for was, now in zip(olds, items, strict=True)
+            pairs = list(zip(olds, items, strict=True))
+            reasons = []
+            if any(now.get("bypasses_mesh") and not was.get("bypasses_mesh") for was, now in pairs):
+                reasons.append("an app port now bypasses mTLS and intentions")
+            left = [now for was, now in pairs if _leaves_loopback(was, now)]
+            if left:
+                reasons.append(
+                    "no longer bound to loopback, now open to any client of the host: "
+                    + ", ".join(f"{p['container']} {p['container_port']}" for p in left)
                 )
-                else ""
-            )
+            why = "; ".join(reasons)
             changes.append(Change("host-ports", action, head + "; ".join(parts), (task,), why))
             continue
         text = head + "; ".join(
             _port_text(p) for p in sorted(items, key=lambda p: p["container_port"] or 0)
         )
         why = ""
-        if action == ADDED:
+        if action == ADDED and any(p["bind"] != LOOPBACK for p in items):
             why = "a new port on every host that runs the task, open to any client of the host"
             if any(p.get("bypasses_mesh") for p in items):
                 why += "; an app port that bypasses mTLS and intentions"
@@ -330,9 +350,67 @@ def _published(old: Facts, new: Facts, names: Names) -> list[Change]:
     return changes
 
 
+def _entry_points(old: Facts, new: Facts, names: Names) -> list[Change]:
+    """Function URLs without auth, public APIs, CDNs: the internet reaches them by design."""
+    matched = match(
+        get(old, "network", "entry_points"),
+        get(new, "network", "entry_points"),
+        lambda item: rid(item["resource"]),
+        lambda item: [item["what"]],
+    )
+    changes = additions_and_removals(
+        "ingress",
+        matched,
+        lambda item: f"the internet → {names(item['resource'])}: {item['what']}",
+        lambda item: (item["resource"],),
+        lambda _: "reachable from the internet, no security group in front",
+    )
+    changes += [
+        Change(
+            "ingress",
+            CHANGED,
+            f"the internet → {names(now['resource'])}: {was['what']} → {now['what']}",
+            (now["resource"],),
+            "reachable from the internet, no security group in front",
+        )
+        for was, now in matched.changed
+    ]
+    return changes
+
+
+def _paths(old: Facts, new: Facts, names: Names) -> list[Change]:
+    """Routes, VPN, transit gateway and peering: who else is routed to the VPC."""
+    matched = match(
+        get(old, "network", "paths"),
+        get(new, "network", "paths"),
+        lambda item: rid(item["resource"]),
+        lambda item: [item["what"], item["inbound"]],
+    )
+
+    def text(item: Facts) -> str:
+        return f"{item['kind']} {names(item['resource'])}: {item['what']}"
+
+    def why(item: Facts) -> str:
+        if not item["inbound"]:
+            return ""
+        return (
+            "a new network path into the VPC: 'inside the VPC' and internal load balancers "
+            "now reach further"
+        )
+
+    changes = additions_and_removals("paths", matched, text, lambda i: (i["resource"],), why)
+    changes += [
+        Change("paths", CHANGED, f"{text(now)} (was {was['what']})", (now["resource"],), why(now))
+        for was, now in matched.changed
+    ]
+    return changes
+
+
 def network_changes(old: Facts, new: Facts, names: Names) -> list[Change]:
     return [
         *_ingress(old, new, names),
+        *_paths(old, new, names),
+        *_entry_points(old, new, names),
         *_listeners(old, new, names),
         *_egress(old, new, names),
         *_published(old, new, names),

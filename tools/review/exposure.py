@@ -173,10 +173,54 @@ def ingress_rules(assembly: Assembly, *, vpc_cidrs: Sequence[str] = ()) -> list[
     return rules
 
 
-def _lb_reach(scheme: str) -> Reach:
+def _lb_reach(scheme: str, lb_type: str = "classic", groups: bool = True) -> Reach:
+    """Who reaches a load balancer's listeners.
+
+    A network load balancer created without `SecurityGroups` filters nothing: every client
+    routed to its subnets reaches it (the VPC, and on-prem or peered networks behind VPN,
+    transit gateway or peering routes), and security groups cannot be added to it later
+    (ELB User Guide for NLBs, "Security groups for your Network Load Balancer"). Any other
+    internal load balancer is reached as its security groups allow (an ALB without
+    `SecurityGroups` gets the VPC's default group).
+    """
     if scheme == "internet-facing":
         return Reach.OUTSIDE_VPC
-    return Reach.INSIDE_VPC if scheme == "internal" else Reach.UNRESOLVED
+    if scheme != "internal":
+        return Reach.UNRESOLVED
+    if lb_type == "network" and not groups:
+        return Reach.ROUTED
+    return Reach.INSIDE_VPC
+
+
+def _client_ip_preserved(group: Target) -> bool:
+    """Whether targets see the client's address (ELB User Guide for NLBs, target group
+    attributes `preserve_client_ip.enabled`: on by default for instance targets, off for IP
+    targets on TCP and TLS)."""
+    for attribute in group.properties.get("TargetGroupAttributes") or []:
+        if isinstance(attribute, dict) and attribute.get("Key") == "preserve_client_ip.enabled":
+            return str(flatten(attribute.get("Value"))).lower() == "true"
+    target_type = str(group.properties.get("TargetType", "instance"))
+    protocol = str(group.properties.get("Protocol", "TCP")).upper()
+    return not (target_type == "ip" and protocol in ("TCP", "TLS"))
+
+
+def hidden_clients(assembly: Assembly, found: list[Listener]) -> dict[Res, set[int]]:
+    """Target groups (and their ports) behind a load balancer reached by every routed network
+    whose targets see the load balancer's address, not the client's: a target rule that
+    admits the load balancer's subnets admits every client of the load balancer."""
+    resolver = Resolver(assembly)
+    hidden: dict[Res, set[int]] = {}
+    for listener in found:
+        if listener.reach is not Reach.ROUTED or not listener.port.isdigit():
+            continue
+        for res in listener.default_targets:
+            stack = next(s for s in assembly.stacks if s.name == res.stack)
+            group = resolver.target(stack, {"Ref": res.logical_id})
+            if group is None or _client_ip_preserved(group):
+                continue
+            port = str(group.properties.get("Port"))
+            hidden.setdefault(res, set()).add(int(port) if port.isdigit() else -1)
+    return hidden
 
 
 def _target_groups(
@@ -206,6 +250,7 @@ def listeners(assembly: Assembly) -> list[Listener]:
             # CloudFormation's defaults when the load balancer omits them.
             scheme = str(lb.properties.get("Scheme", "internet-facing")) if lb else "unknown"
             lb_type = str(lb.properties.get("Type", "application")) if lb else "unknown"
+            groups = bool(lb.properties.get("SecurityGroups")) if lb else True
             found.append(
                 Listener(
                     stack=stack.name,
@@ -217,7 +262,7 @@ def listeners(assembly: Assembly) -> list[Listener]:
                     scheme=scheme,
                     port=str(props.get("Port", "")),
                     protocol=str(props.get("Protocol", "")),
-                    reach=_lb_reach(scheme),
+                    reach=_lb_reach(scheme, lb_type, groups),
                     listener_res=stack.res(logical_id),
                     load_balancer_res=lb.res if lb else None,
                     default_targets=_target_groups(resolver, stack, props),

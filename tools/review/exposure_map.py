@@ -73,6 +73,8 @@ def _peer(graph: Graph, kind: str, value: str, resource: Facts | None, names: Na
         key, label = "host-clients", "clients of the hosts"
     elif kind == "group" and resource:
         key, label = rid(resource), f"sg {names(resource)}"
+    elif kind == "routed":
+        key, label = "routed", "every network routed to the VPC"
     elif kind == "vpc":
         label = f"the VPC {value}"
     elif kind == "prefix-list":

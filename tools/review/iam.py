@@ -12,6 +12,7 @@ import json
 from dataclasses import dataclass, field
 
 from tools.review.load import Assembly, Json, StackTemplate
+from tools.review.managed_policies import ManagedPolicy, known
 from tools.review.model import Res
 from tools.review.nag import NAG_PACKS, AckIndex, Cover
 from tools.review.refs import Resolver, Target, flatten
@@ -41,6 +42,25 @@ class Statement:
 
 
 @dataclass(frozen=True)
+class TrustStatement:
+    """One statement of a role's trust policy (AssumeRolePolicyDocument), condition kept:
+    `aws:SourceAccount`/`aws:SourceArn` on a service principal is the confused-deputy guard."""
+
+    effect: str
+    principals: tuple[str, ...]  # `Kind value`, e.g. `Service ssm.amazonaws.com`
+    actions: tuple[str, ...]
+    condition: str  # the Condition as JSON, '' without one
+
+    def json(self) -> dict[str, Json]:
+        return {
+            "effect": self.effect,
+            "principals": list(self.principals),
+            "actions": list(self.actions),
+            "condition": self.condition,
+        }
+
+
+@dataclass(frozen=True)
 class Wildcard:
     finding: str  # e.g. "Action::s3:*", "Resource::*"
     policy: str
@@ -48,6 +68,7 @@ class Wildcard:
     role: Res | None  # None for a role outside the templates
     covers: list[Cover]
     open_in_report: bool
+    managed: str = ""  # the AWS managed policy granting it (pinned copy), '' for the templates'
 
     @property
     def rule(self) -> str:
@@ -62,6 +83,12 @@ class Wildcard:
 class ManagedPolicyArn:
     arn: str
     covers: list[Cover]  # AwsSolutions-IAM4 acknowledgements
+    evaluated: str = ""  # `AmazonSSMManagedInstanceCore v2` when its pinned copy was read
+    partial: str = ""  # what the pinned copy leaves out
+
+    @property
+    def name(self) -> str:
+        return self.arn.rsplit("/", 1)[-1]
 
 
 @dataclass
@@ -72,10 +99,16 @@ class RoleReview:
     res: Res | None = None  # None for a role outside the templates that a policy names
     name: str = ""  # the role name as given, for a role outside the templates
     assumed_by: list[str] = field(default_factory=list)
+    trust: list[TrustStatement] = field(default_factory=list)
     managed: list[ManagedPolicyArn] = field(default_factory=list)
     statements: list[Statement] = field(default_factory=list)
     wildcards: list[Wildcard] = field(default_factory=list)
     documents: set[tuple[str, str]] = field(default_factory=set, repr=False)
+
+    @property
+    def not_evaluated(self) -> list[ManagedPolicyArn]:
+        """Managed policies whose statements the review does not know: never "no access"."""
+        return [policy for policy in self.managed if not policy.evaluated]
 
     def actions_by_service(self) -> dict[str, list[str]]:
         merged: dict[str, set[str]] = {}
@@ -115,6 +148,32 @@ def _wildcard_rules(finding: str) -> list[str]:
     return rules
 
 
+def _trust(document: Json) -> list[TrustStatement]:
+    found: list[TrustStatement] = []
+    for statement in _as_list((document or {}).get("Statement")):
+        principal = statement.get("Principal")
+        if isinstance(principal, dict):
+            who = [
+                f"{kind} {flatten(value)}"
+                for kind, values in principal.items()
+                for value in _as_list(values)
+            ]
+        else:
+            who = [flatten(principal)]
+        condition = statement.get("Condition")
+        found.append(
+            TrustStatement(
+                effect=str(statement.get("Effect", "")),
+                principals=tuple(sorted(who)),
+                actions=tuple(sorted(flatten(a) for a in _as_list(statement.get("Action")))),
+                condition=json.dumps(condition, sort_keys=True, separators=(",", ":"))
+                if condition
+                else "",
+            )
+        )
+    return found
+
+
 def _principals(document: Json) -> list[str]:
     found: list[str] = []
     for statement in _as_list((document or {}).get("Statement")):
@@ -143,6 +202,7 @@ class _Collector:
                 path=target.path,
                 res=target.res,
                 assumed_by=_principals(props.get("AssumeRolePolicyDocument")),
+                trust=_trust(props.get("AssumeRolePolicyDocument")),
             )
         return self.roles[key]
 
@@ -166,6 +226,8 @@ class _Collector:
         path: str,
         document: Json,
         key: tuple[str, str],
+        managed: ManagedPolicy | None = None,
+        managed_arn: str = "",
     ) -> None:
         if key in review.documents:
             return  # a managed policy both listed by the role and naming the role
@@ -205,7 +267,12 @@ class _Collector:
             else:
                 findings += [f"Resource::{r}" for r in resources if "*" in r]
         for finding in dict.fromkeys(findings):
-            rules = _wildcard_rules(finding)
+            # cdk-nag reports an AWS managed policy once, as IAM4, not its statements as IAM5
+            rules = (
+                [f"AwsSolutions-IAM4[Policy::{managed_arn}]"]
+                if managed
+                else _wildcard_rules(finding)
+            )
             review.wildcards.append(
                 Wildcard(
                     finding=finding,
@@ -214,6 +281,7 @@ class _Collector:
                     role=review.res,
                     covers=self.acks.covering(path, rules),
                     open_in_report=self.acks.is_open(path, rules),
+                    managed=f"{managed.short} {managed.version}" if managed else "",
                 )
             )
 
@@ -247,7 +315,28 @@ class _Collector:
                 continue
             arn = flatten(self.resolver.producer(stack, value)[1])
             covers = self.acks.covering(target.path, [f"AwsSolutions-IAM4[Policy::{arn}]"])
-            review.managed.append(ManagedPolicyArn(arn, covers))
+            pinned = known(arn)
+            if pinned is not None:
+                self.add_document(
+                    review,
+                    stack=stack,
+                    policy=f"AWS managed `{pinned.short}` ({pinned.version}, pinned copy)",
+                    policy_res=target.res,
+                    policy_name=f"aws-managed/{pinned.short}",
+                    path=target.path,
+                    document=pinned.document(),
+                    key=(stack.name, f"{logical_id}#aws-managed/{pinned.short}"),
+                    managed=pinned,
+                    managed_arn=arn,
+                )
+            review.managed.append(
+                ManagedPolicyArn(
+                    arn,
+                    covers,
+                    evaluated=f"{pinned.short} {pinned.version}" if pinned else "",
+                    partial=pinned.partial if pinned else "",
+                )
+            )
 
     def collect_policy(self, stack: StackTemplate, logical_id: str) -> None:
         props = stack.properties(logical_id)

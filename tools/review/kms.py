@@ -18,6 +18,7 @@ from tools.review.policy import (
     DocStatement,
     Grant,
     allowed,
+    arn_may_match,
     as_list,
     condition_text,
     read_statements,
@@ -62,16 +63,30 @@ def _iam_grants(resolver: Resolver, roles: list[RoleReview], key: Target) -> lis
     for role in roles:
         for statement in role.statements:
             actions = allowed(statement.raw, KEY_ACTIONS)
-            if not actions or statement.not_resource:
+            if not actions:
                 continue
-            for raw in as_list(statement.raw.get("Resource")):
-                text = flatten(resolver.producer(statement.stack, raw)[1])
-                if resolver.refers_to(statement.stack, raw, key):
+            if statement.not_resource:
+                raws = as_list(statement.raw.get("NotResource"))
+                texts = [flatten(resolver.producer(statement.stack, r)[1]) for r in raws]
+                if any(resolver.refers_to(statement.stack, r, key) for r in raws) or any(
+                    arn_may_match(t, "kms", "key/") == "all" for t in texts
+                ):
+                    continue
+                raws, texts = [None], [f"NotResource (every key but {', '.join(texts)})"]
+            else:
+                raws = as_list(statement.raw.get("Resource"))
+                texts = [flatten(resolver.producer(statement.stack, r)[1]) for r in raws]
+            for raw, text in zip(raws, texts, strict=True):
+                if raw is None:
+                    how = text
+                elif resolver.refers_to(statement.stack, raw, key):
                     how = "names it"
-                elif text == "*" or ("*" in text and ":kms:" in text):
+                elif arn_may_match(text, "kms", "key/") in ("all", "unknown"):
                     how = f"wildcard {text}"
                 else:
                     continue
+                if statement.policy_name.startswith("aws-managed/"):
+                    how += f" (AWS managed {statement.policy_name.split('/', 1)[1]})"
                 found.append(
                     Grant(
                         principal=role.res,

@@ -35,11 +35,15 @@ class Reach(enum.Enum):
     UNRESOLVED = "unresolved source (counted as outside the VPC)"
     GROUP = "security group"
     INSIDE_VPC = "inside the VPC"
+    # An ELBv2 network load balancer without security groups admits every client routed to
+    # its subnets: the VPC, and whatever VPN, transit gateway or peering routes lead there
+    # (AWS re:Post knowledge center "security-group-load-balancer").
+    ROUTED = "every network routed to the VPC"
 
     @property
     def external(self) -> bool:
         """Reachable from outside the VPC, as far as the template can tell."""
-        return self in (Reach.ANYWHERE, Reach.OUTSIDE_VPC, Reach.UNRESOLVED)
+        return self in (Reach.ANYWHERE, Reach.OUTSIDE_VPC, Reach.UNRESOLVED, Reach.ROUTED)
 
 
 def protocol_name(value: Json) -> str:
@@ -181,7 +185,12 @@ def peer(
                 return Peer("?", label, Reach.UNRESOLVED, kind="unresolved")
             owner = rule.get("SourceSecurityGroupOwnerId")
             suffix = f" of account `{flatten(owner)}`" if owner is not None else ""
-            return Peer(name, label + suffix, Reach.GROUP, res, "group")
+            # A group these templates do not create (a literal id), or another account's: its
+            # members are unknown here (a peered VPC, a transit gateway spoke), so it counts
+            # as outside the VPC like any unresolved peer.
+            foreign = res is None or (owner is not None and flatten(owner) != "<AWS::AccountId>")
+            label += suffix + (" (members unknown)" if foreign else "")
+            return Peer(name, label, Reach.UNRESOLVED if foreign else Reach.GROUP, res, "group")
     prefix_key = "DestinationPrefixListId" if egress else "SourcePrefixListId"
     if prefix_key in rule:
         # A prefix list can hold any range: counted as outside the VPC.

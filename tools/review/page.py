@@ -18,11 +18,16 @@ from tools.review.collect import Review
 from tools.review.consul import AclPolicy, AclRule, AclToken
 from tools.review.markdown import abridge, abridge_list, compact, logical_names, table
 from tools.review.model import Res, brace_join, short_names
+from tools.review.network import Reach
 from tools.review.posture import Weakness, WildcardGroup, weaknesses, wildcard_groups
 from tools.review.reachability import Path
 from tools.review.secrets import Access, SecretReview
 
 WIDTH = 120
+SECRETS_HEADING = (
+    "Who can read or write each secret, and what it grants in Consul "
+    "(roles of these templates; IAM may allow others)"
+)
 
 
 class _Names:
@@ -40,6 +45,7 @@ class _Names:
         found += [a.principal for a in review.secrets.unresolved if a.principal]
         for group in wildcard_groups(review):
             found += [principal for principal, _ in group.items if principal is not None]
+        found += [item.res for item in review.entry_points]
         for weakness in weaknesses(review):
             found += [r for r in (weakness.subject, *weakness.others) if r is not None]
         self.names = short_names(found)
@@ -61,6 +67,8 @@ class _Names:
 def _source(path: Path, names: _Names) -> str:
     if path.source_kind == "host-clients":
         return "**clients of the host**"
+    if path.source_kind == "routed":  # the VPC's addresses include an open load balancer's
+        return f"**{Reach.ROUTED.value}** (via {names(path.source_res, path.source)})"
     if path.source_kind in ("group", "vpc"):
         itself = path.source_res is not None and path.source_res == path.target
         return names(path.source_res, path.source) + (" (itself)" if itself else "")
@@ -101,6 +109,8 @@ def _ports(paths: list[Path]) -> str:
                 port = f"**{port} (no mTLS)**"
             elif path.listens.startswith("mesh"):
                 port += " (mTLS)"
+            elif path.listens.startswith("expose"):
+                port += " (health path, no mTLS)"
             by_container.setdefault(container, []).append(port)
         dynamic = " → dynamic" if all("dynamic" in p.ports for p in paths) else ""
         return ", ".join(f"{c} {', '.join(ports)}" for c, ports in by_container.items()) + dynamic
@@ -125,7 +135,7 @@ def _ports(paths: list[Path]) -> str:
 def _reachability(review: Review, names: _Names) -> list[str]:
     lines = ["## 1. What is reachable from where"]
     internet = [p for p in review.reachability if p.source_kind == "internet"]
-    public = review.exposure.external_listeners
+    public = [item for item in review.exposure.external_listeners if item.reach is not Reach.ROUTED]
     # One row per (what is reached, the set of ports) with every source reaching exactly that.
     targets: dict[tuple[str, bool], dict[str, list[Path]]] = {}
     for path in review.reachability:
@@ -144,13 +154,15 @@ def _reachability(review: Review, names: _Names) -> list[str]:
                     rows.append((_sources(group), reaches, ports))
     rank = {"**clients of the host**": 2}
     rows.sort(key=lambda row: (rank.get(row[0], 1 if row[0].startswith("**") else 3), row[1:]))
-    if not internet and not public:
-        rows.insert(0, ("the internet", "nothing", "no 0.0.0.0/0 or ::/0 ingress, no public LB"))
+    if not internet and not public and not review.entry_points:
+        checked = "no 0.0.0.0/0 or ::/0 ingress, public LB, open function URL, API or CDN"
+        rows.insert(0, ("the internet", "nothing", checked))
     else:
         rows += [
             ("**the internet**", names(item.load_balancer_res), f"{item.protocol} {item.port}")
             for item in public
         ]
+        rows += [("**the internet**", names(item.res), item.what) for item in review.entry_points]
     lines += table(("From", "Reaches", "Ports: what listens"), rows, width=WIDTH)
     return [*lines, ""]
 
@@ -187,7 +199,10 @@ def _who(accesses: list[Access], names: _Names) -> str:
 
 
 def _secrets(review: Review, names: _Names) -> list[str]:
-    lines = ["## 2. Who can read or write each secret, and what it grants in Consul"]
+    # Same-account principals need only an IAM allow (no resource policy of these templates
+    # denies them; the keys' policies allow the account root, so IAM decides: KMS Developer
+    # Guide, "Default key policy"): the table is as complete as the templates' roles.
+    lines = [f"## 2. {SECRETS_HEADING}"]
     if not review.secrets.secrets:
         return [*lines, "No Secrets Manager secret.", ""]
     # Secrets nobody but the same principals touch, and that grant nothing declared in
@@ -249,6 +264,7 @@ def _wildcards(review: Review, names: _Names) -> list[str]:
 
 _KINDS = {
     "published-app-port": "app port",
+    "metrics-every-interface": "open metrics",
     "plaintext-listener": "plaintext",
     "ingress-anywhere": "ingress",
     "internet-facing": "public LB",
@@ -266,7 +282,9 @@ def _weaker_row(item: Weakness, names: _Names) -> tuple[str, str, str]:
     subjects = [res for res in (item.subject, *item.others) if res is not None]
     where = names.join(subjects) or "—"
     what = abridge(f"{_KINDS.get(item.kind, item.kind)}: {item.what}", 64).replace("->", "→")
-    room = WIDTH - 10 - len(what) - min(len(where), 30)
+    # the table wraps a long list of places, never a single long name
+    longest = max((len(word) for word in where.split()), default=0)
+    room = WIDTH - 10 - len(what) - max(min(len(where), 30), longest)
     return (what, where, abridge(item.why, max(room, 30)))
 
 
@@ -307,4 +325,6 @@ def first_page(review: Review) -> list[str]:
     ]
     for section in (_reachability, _secrets, _wildcards, _weaker):
         lines += section(review, names)
+    while lines and not lines[-1]:
+        lines.pop()  # the caller separates the page from what follows
     return lines

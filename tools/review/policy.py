@@ -48,6 +48,42 @@ def allowed(statement: dict[str, Json], candidates: Iterable[str]) -> list[str]:
     ]
 
 
+_TOKEN = re.compile(r"<AWS::[^<>]*>")  # pseudo parameters; `<Resource.Arn>` stays literal
+_SAMPLE_NAMES = ("\x01qz-AbCdEf", "\x02wy.7x-123456")  # names no real pattern spells out
+
+
+def arn_may_match(pattern: str, service: str, resource: str, name: str = "") -> str:
+    """Whether an IAM resource pattern (as cdk-nag flattens it) can match a resource of
+    `service` whose ARN resource part is `resource` + a name, e.g. `secret:` + name:
+
+    - `"all"`: it matches whatever the name (`*`, `arn:*:secretsmanager:*`, `...:secret:*`);
+    - `"name"`: it matches the resource's literal `name` (when the template gives one);
+    - `"unknown"`: it might match a name the review cannot know (generated at deploy);
+    - `""`: it cannot match (another service, or no wildcard and not this resource).
+
+    Region and account are unknown before deploy, so any value there may match; intrinsics
+    (`<AWS::Region>`) match anything; a reference to another resource (`<Queue.Arn>`) does
+    not. `*` and `?` match as in IAM (IAM User Guide, "IAM JSON policy elements: Resource").
+    """
+    text = _TOKEN.sub("*", pattern)
+    fields = text.split(":", 5)
+    if len(fields) == 6:
+        fields[3] = "*" if fields[3] else ""
+        fields[4] = "*" if fields[4] else ""
+        text = ":".join(fields)
+    base = f"arn:aws:{service}:us-east-1:123456789012:{resource}"
+    if all(fnmatch.fnmatchcase(base + sample, text) for sample in _SAMPLE_NAMES):
+        return "all"
+    if name and fnmatch.fnmatchcase(base + name, text):
+        return "name"
+    if len(fields) == 6 and ("*" in fields[5] or "?" in fields[5]):
+        service_ok = fnmatch.fnmatchcase(service, fields[2])
+        prefix = resource.rstrip(":/")
+        if service_ok and fnmatch.fnmatchcase(prefix, fields[5][: len(prefix)]):
+            return "unknown"
+    return ""
+
+
 def condition_text(statement: dict[str, Json]) -> str:
     """`Operator key=value; ...` with intrinsics flattened; '' without a condition."""
     condition = statement.get("Condition")

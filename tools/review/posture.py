@@ -14,10 +14,21 @@ from dataclasses import dataclass
 
 from tools.review.collect import Review
 from tools.review.consul import AclRule, service_identity_rules
+from tools.review.containers import (
+    ALL_INTERFACES,
+    LOOPBACK,
+    PROMETHEUS_BIND,
+    PublishedPort,
+    TaskNetwork,
+)
+from tools.review.managed_policies import TABLE
 from tools.review.model import Res
 from tools.review.network import Reach
 from tools.review.policy import DocStatement
 
+# Page 1 has room for the policies' names only: versions and statements are in A.4.
+MANAGED_REASON = "AWS managed"
+NOT_EVALUATED_REASON = "not in the review's pinned copies, contents not evaluated"
 SERVICE_IDENTITY_REASON = (
     "Consul's builtin service identity: write on the service and its sidecar, read on every "
     "service and node to discover upstreams"
@@ -46,9 +57,17 @@ def wildcard_groups(review: Review) -> list[WildcardGroup]:
     groups: dict[tuple[str, str], list[tuple[Res | None, str]]] = {}
     covers: dict[tuple[str, str], set[str]] = {}
     acknowledged: dict[tuple[str, str], bool] = {}
+    managed: set[str] = set()
     for role in review.roles:
+        for unknown in role.not_evaluated:
+            key = ("iam", f"AWS managed policy {unknown.name}: {NOT_EVALUATED_REASON}")
+            groups.setdefault(key, []).append((role.res, "wildcards unknown"))
+            acknowledged[key] = False
         for wildcard in role.wildcards:
             reason = wildcard.covers[0].reason if wildcard.covers else ""
+            if wildcard.managed and wildcard.acknowledged:  # one row for AWS managed policies
+                reason = MANAGED_REASON
+                managed.add(wildcard.managed.split(" ")[0])  # without its version
             key = ("iam", reason)
             groups.setdefault(key, []).append((role.res, wildcard.finding))
             covers.setdefault(key, set()).update(
@@ -76,13 +95,22 @@ def wildcard_groups(review: Review) -> list[WildcardGroup]:
         found.append(
             WildcardGroup(
                 kind=kind,
-                reason=reason,
+                reason=f"{reason}: {', '.join(sorted(managed, key=_breadth))}"
+                if reason == MANAGED_REASON
+                else reason,
                 covered_by=tuple(sorted(covers.get(key, set()))),
                 items=tuple(dict.fromkeys(items)),
                 acknowledged=acknowledged.get(key, kind == "consul"),
             )
         )
     return sorted(found, key=lambda g: (g.kind != "iam", g.acknowledged, g.reason))
+
+
+def _breadth(name: str) -> tuple[int, str]:
+    """Widest AWS managed policy first (most actions), so page 1 names it before it abridges."""
+    policy = TABLE.get(name)
+    actions = sum(len(s.get("Action") or ()) for s in policy.statements) if policy else 0
+    return (-actions, name)
 
 
 def _add_rule(
@@ -125,26 +153,26 @@ def _network(review: Review) -> list[Weakness]:
         )
     for network in review.task_networks:
         for port in network.ports:
-            if port.bypasses_mesh:
-                found.append(
-                    Weakness(
-                        "published-app-port",
-                        network.task_definition,
-                        f"{port.container} {port.container_port} -> host "
-                        f"{port.host_port.split(' ')[0]} ({network.network_mode})",
-                        "host clients bypass mTLS and intentions",
-                    )
-                )
+            found += _port_weaknesses(network, port)
+    # one row per plaintext port of a target, with every source that reaches it
+    plaintext: dict[tuple[Res | None, str, str, str], list[str]] = {}
     for path in review.reachability:
         if path.plaintext:
-            found.append(
-                Weakness(
-                    "plaintext-listener",
-                    path.target,
-                    f"{path.protocol} {path.ports} ({path.listens})",
-                    "no TLS: tokens and catalog data cross the network in clear",
-                )
+            target = (path.target, path.protocol, path.ports, path.listens)
+            source = path.source_res.logical_id if path.source_res else path.source
+            plaintext.setdefault(target, []).append(source or path.source_kind)
+    for (group, protocol, ports, listens), sources in plaintext.items():
+        unique = sorted(set(sources))
+        found.append(
+            Weakness(
+                "plaintext-listener",
+                group,
+                f"{protocol} {ports} ({listens}) from {len(unique)} sources: {', '.join(unique)}"
+                if len(unique) > 1
+                else f"{protocol} {ports} ({listens}) from {unique[0]}",
+                "no TLS: tokens and catalog data cross the network in clear",
             )
+        )
     anywhere = [rule for rule in review.egress.to_anywhere if rule.protocol == "all"]
     for out in anywhere:
         found.append(
@@ -170,6 +198,33 @@ def _network(review: Review) -> list[Weakness]:
                 f"{protocol} {ports} to any address",
                 reason,
                 tuple(ordered[1:]),
+            )
+        )
+    return found
+
+
+def _port_weaknesses(network: TaskNetwork, port: PublishedPort) -> list[Weakness]:
+    """A published port that bypasses the mesh, or Envoy metrics off the host's loopback."""
+    found: list[Weakness] = []
+    if port.bypasses_mesh:
+        found.append(
+            Weakness(
+                "published-app-port",
+                network.task_definition,
+                f"{port.container} {port.container_port} -> host "
+                f"{port.host_port.split(' ')[0]} ({network.network_mode})",
+                "host clients bypass mTLS and intentions",
+            )
+        )
+    if port.told.startswith(f"{PROMETHEUS_BIND}=") and port.bind != LOOPBACK:
+        where = "every host interface" if port.bind == ALL_INTERFACES else port.bind
+        found.append(
+            Weakness(
+                "metrics-every-interface",
+                network.task_definition,
+                f"{port.container} {port.container_port} on {where}",
+                "anyone reaching the host reads the service's and its upstreams' names "
+                "and traffic (prometheus_bind_address opt-in; default 127.0.0.1)",
             )
         )
     return found

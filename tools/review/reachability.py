@@ -13,7 +13,7 @@ known as plaintext.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from tools.review.containers import TaskNetwork
 from tools.review.exposure import Exposure, IngressRule, Listener
@@ -61,6 +61,38 @@ def port_name(port: int | None) -> str:
     return CONSUL_PORTS.get(port, "") if port is not None else ""
 
 
+def through_open_load_balancers(
+    rules: list[IngressRule], attachments: Attachments, hidden: dict[Res, set[int]]
+) -> list[IngressRule]:
+    """A rule admitting VPC addresses to targets of a load balancer without security groups
+    whose targets see the load balancer's address admits every network routed to the VPC."""
+    reached: dict[Res, set[int]] = {}
+    for group, ports in hidden.items():
+        for asg in attachments.target_groups.get(group, []):
+            reached.setdefault(asg, set()).update(ports)
+    found: list[IngressRule] = []
+    for rule in rules:
+        ports = set(_port_numbers(rule)) if rule.from_port is not None else {-1}
+        open_ports = {
+            port
+            for res in attachments.of(rule.group_res)
+            for port in reached.get(res, set())
+            if port in ports or -1 in ports or port == -1
+        }
+        if rule.reach is Reach.INSIDE_VPC and open_ports:
+            found.append(
+                replace(
+                    rule,
+                    reach=Reach.ROUTED,
+                    source_label=f"{rule.source_label}, which includes the load balancer: "
+                    "every client routed to it",
+                )
+            )
+        else:
+            found.append(rule)
+    return found
+
+
 class Attachments:
     """What each security group is attached to, and the ASGs each target group feeds."""
 
@@ -93,6 +125,8 @@ class Attachments:
 
 
 def _source_kind(rule: IngressRule) -> str:
+    if rule.reach is Reach.ROUTED:
+        return "routed"
     if rule.reach is Reach.ANYWHERE:
         return "internet"
     if rule.source_kind == "cidr":
@@ -154,7 +188,8 @@ def paths(exposure: Exposure, networks: list[TaskNetwork], attachments: Attachme
             )
         )
     for network in networks:
-        for port in network.ports:
+        # a host-mode port bound to loopback serves only the host's own processes
+        for port in (p for p in network.ports if p.reachable):
             found.append(
                 Path(
                     target=None,

@@ -64,7 +64,8 @@ def summary_rows(review: Review) -> list[tuple[str, str, str]]:
         ),
         (
             "Published app ports (bypass mTLS)",
-            f"{bypass} container ports of mesh apps published on the hosts",
+            f"{bypass} mesh app ports reachable on the hosts; host-mode apps: only as far "
+            "as the template states where they listen (A.1)",
             _flag(bypass, "REVIEW"),
         ),
         (
@@ -120,6 +121,6 @@ def render(review: Review, comparison: Comparison | None = None) -> str:
     a picture (marked against the baseline), and the appendix."""
     lines = section(comparison) if comparison is not None else []
     old = comparison.old if comparison is not None else None
-    lines += [*first_page(review), *picture(facts(review), old)]
+    lines += [*first_page(review), "", *picture(facts(review), old)]
     lines += appendix(review, summary_rows(review))
     return "\n".join(lines).rstrip() + "\n"

@@ -57,7 +57,9 @@ def _permission(resolver: Resolver, stack: StackTemplate, props: dict[str, Json]
     conditions = [
         f"{key}={flatten(props[key])}"
         for key in ("SourceArn", "SourceAccount", "PrincipalOrgID", "FunctionUrlAuthType")
+        # `FunctionUrlAuthType: NONE` restricts nothing: it is the URL without authentication
         if props.get(key) is not None
+        and not (key == "FunctionUrlAuthType" and flatten(props[key]) == "NONE")
     ]
     return DocStatement(
         sid="",

@@ -24,6 +24,7 @@ from tools.review.policy import (
     Grant,
     Principal,
     allowed,
+    arn_may_match,
     as_list,
     condition_text,
     principals,
@@ -46,7 +47,14 @@ WRITE_ACTIONS = (
     "secretsmanager:DeleteSecret",
     "secretsmanager:PutResourcePolicy",
     "secretsmanager:DeleteResourcePolicy",
+    # copies the value into another Region, under a key the caller picks
+    "secretsmanager:ReplicateSecretToRegions",
+    # tags decide access only where policies use ABAC (aws:ResourceTag/secretsmanager:
+    # ResourceTag conditions); listed so that such a policy is never silently widened
+    "secretsmanager:TagResource",
+    "secretsmanager:UntagResource",
 )
+NOT_EVALUATED = "not evaluated"
 _NOT_INJECTION = {
     "AWS::IAM::Policy",
     "AWS::IAM::ManagedPolicy",
@@ -132,6 +140,8 @@ class _Grant:
     writes: tuple[str, ...]
     condition: str
     resource_policy_of: Target | None = None
+    not_resource: bool = False
+    managed: str = ""  # the AWS managed policy (pinned copy) the statement comes from
 
 
 def _short(actions: list[str]) -> tuple[str, ...]:
@@ -142,9 +152,8 @@ def _role_grants(roles: list[RoleReview]) -> Iterator[_Grant]:
     for role in roles:
         for statement in role.statements:
             reads, writes = _actions(statement.raw)
-            if not (reads or writes) or statement.not_resource:
-                continue
-            yield _grant(role, statement, reads, writes)
+            if reads or writes:
+                yield _grant(role, statement, reads, writes)
 
 
 def _grant(
@@ -155,10 +164,14 @@ def _grant(
         principal_text=role.name,
         policy=statement.policy_res,
         stack=statement.stack,
-        resources=as_list(statement.raw.get("Resource")),
+        resources=as_list(statement.raw.get("NotResource", statement.raw.get("Resource"))),
         reads=reads,
         writes=writes,
         condition=condition_text(statement.raw),
+        not_resource=statement.not_resource,
+        managed=statement.policy_name.removeprefix("aws-managed/")
+        if statement.policy_name.startswith("aws-managed/")
+        else "",
     )
 
 
@@ -189,8 +202,10 @@ def _policy_grants(resolver: Resolver) -> Iterator[_Grant]:
                     )
 
 
-def _is_wildcard(text: str) -> bool:
-    return text == "*" or ("*" in text and "secretsmanager" in text)
+def _secret_name(secret: Target) -> str:
+    """The name a template gives the secret ('' when CloudFormation generates it)."""
+    name = secret.properties.get("Name")
+    return f"{name}-AbCdEf" if isinstance(name, str) else ""
 
 
 @dataclass
@@ -201,6 +216,8 @@ class _Ledger:
 
     def add(self, grant: _Grant, secret: Res, how: str) -> None:
         key = (secret.stack, secret.logical_id)
+        if grant.managed:
+            how += f" (AWS managed {grant.managed}, pinned copy)"
         for actions, book in ((grant.reads, self.readers), (grant.writes, self.writers)):
             if actions:
                 book.setdefault(key, []).append(
@@ -214,10 +231,53 @@ class _Ledger:
                     )
                 )
 
+    def unresolved_grant(self, grant: _Grant, text: str, why: tuple[str, ...]) -> None:
+        self.unresolved.append(
+            Unresolved(
+                principal=grant.principal,
+                principal_text=grant.principal_text,
+                policy=grant.policy,
+                actions=grant.reads + grant.writes,
+                value=text,
+                why=why,
+            )
+        )
+
+
+_GENERATED = (
+    "a pattern the review cannot match against the secrets' names, which CloudFormation "
+    "generates at deploy"
+)
+_NOT_NAMED = "a secret ARN no template of this assembly names (another stack's, or created by hand)"
+
+
+def _not_resource(
+    resolver: Resolver, ledger: _Ledger, grant: _Grant, secrets: list[Target]
+) -> None:
+    """NotResource: every secret except those the statement names (or its patterns match)."""
+    excluded: set[tuple[str, str]] = set()
+    texts: list[str] = []
+    for raw in grant.resources:
+        for target in resolver.mentions(grant.stack, raw).targets:
+            excluded.add((target.stack.name, target.logical_id))
+        texts.append(flatten(resolver.producer(grant.stack, raw)[1]))
+    for secret in secrets:
+        key = (secret.stack.name, secret.logical_id)
+        if key in excluded or any(
+            arn_may_match(text, "secretsmanager", "secret:", _secret_name(secret))
+            in ("all", "name")
+            for text in texts
+        ):
+            continue
+        ledger.add(grant, secret.res, f"NotResource (every secret but {', '.join(texts)})")
+
 
 def _ledger(resolver: Resolver, grants: list[_Grant], secrets: list[Target]) -> _Ledger:
     ledger = _Ledger()
     for grant in grants:
+        if grant.not_resource:
+            _not_resource(resolver, ledger, grant, secrets)
+            continue
         for raw in grant.resources:
             mentions = resolver.mentions(grant.stack, raw)
             named = [t for t in mentions.targets if t.type == SECRET_TYPE]
@@ -227,22 +287,41 @@ def _ledger(resolver: Resolver, grants: list[_Grant], secrets: list[Target]) -> 
                     how += " via " + ", ".join(target.via)
                 ledger.add(grant, target.res, how)
             text = flatten(resolver.producer(grant.stack, raw)[1])
-            if _is_wildcard(text):
-                for secret in secrets:
-                    ledger.add(grant, secret.res, f"wildcard {text}")
-            elif mentions.unresolved or (not mentions.targets and "secretsmanager" in text):
-                why = tuple(mentions.unresolved) or ("a secret these templates do not create",)
-                ledger.unresolved.append(
-                    Unresolved(
-                        principal=grant.principal,
-                        principal_text=grant.principal_text,
-                        policy=grant.policy,
-                        actions=grant.reads + grant.writes,
-                        value=text,
-                        why=why,
-                    )
-                )
+            if named:
+                continue
+            found = [
+                (secret, arn_may_match(text, "secretsmanager", "secret:", _secret_name(secret)))
+                for secret in secrets
+            ]
+            matched = [secret for secret, how in found if how in ("all", "name")]
+            for secret in matched:
+                ledger.add(grant, secret.res, f"wildcard {text}")
+            if matched:
+                continue
+            if mentions.unresolved:
+                ledger.unresolved_grant(grant, text, tuple(mentions.unresolved))
+            elif any(how == "unknown" for _, how in found):
+                ledger.unresolved_grant(grant, text, (_GENERATED,))
+            elif not mentions.targets and "secretsmanager" in text:
+                ledger.unresolved_grant(grant, text, (_NOT_NAMED,))
     return ledger
+
+
+def _not_evaluated(roles: list[RoleReview], secrets: list[Target], ledger: _Ledger) -> None:
+    """A role with a managed policy the review cannot read may read and write every secret."""
+    for role in roles:
+        for policy in role.not_evaluated:
+            for secret in secrets:
+                for book, actions in ((ledger.readers, READ_ACTIONS), (ledger.writers, ())):
+                    book.setdefault((secret.stack.name, secret.logical_id), []).append(
+                        Access(
+                            principal=role.res,
+                            principal_text=role.name,
+                            policy=role.res or secret.res,
+                            actions=_short(list(actions)) or ("?",),
+                            how=f"{NOT_EVALUATED}: managed policy {policy.name}",
+                        )
+                    )
 
 
 def _property_paths(
@@ -336,6 +415,7 @@ def secrets(assembly: Assembly, roles: list[RoleReview]) -> Secrets:
         for logical_id, _ in stack.resources_of(SECRET_TYPE)
     ]
     ledger = _ledger(resolver, [*_role_grants(roles), *_policy_grants(resolver)], targets)
+    _not_evaluated(roles, targets, ledger)
     found: list[SecretReview] = []
     for target in targets:
         props = target.properties

@@ -114,6 +114,18 @@ def _network(review: Review) -> Facts:
             {"group": group.json(), "attached_to": [r.json() for r in attached]}
             for group, attached in review.behind_groups.items()
         ),
+        "paths": _sorted(
+            {
+                "resource": item.res.json(),
+                "kind": item.kind,
+                "what": item.what,
+                "inbound": item.inbound,
+            }
+            for item in review.network_paths
+        ),
+        "entry_points": _sorted(
+            {"resource": item.res.json(), "what": item.what} for item in review.entry_points
+        ),
         "published_ports": _sorted(
             {
                 "task_definition": network.task_definition.json(),
@@ -128,6 +140,8 @@ def _network(review: Review) -> Facts:
                         "protocol": port.protocol,
                         "role": port.role,
                         "bypasses_mesh": port.bypasses_mesh,
+                        "bind": port.bind,
+                        "told": port.told,
                     }
                     for port in sorted(
                         network.ports, key=lambda p: (p.container, p.container_port or 0)
@@ -264,7 +278,14 @@ def _policies(review: Review) -> Facts:
             {
                 "role": _res(role.res) or {"literal": role.name},
                 "assumed_by": [text.replace("`", "") for text in role.assumed_by],
+                "trust": _sorted(statement.json() for statement in role.trust),
                 "managed_policies": sorted(policy.arn for policy in role.managed),
+                "managed_not_evaluated": sorted(policy.arn for policy in role.not_evaluated),
+                "managed_evaluated_from": sorted(
+                    f"{policy.evaluated} ({policy.partial or 'complete'})"
+                    for policy in role.managed
+                    if policy.evaluated
+                ),
                 "run_by": [r.json() for r in review.runs_as.get(role.res, ())] if role.res else [],
                 "statements": _sorted(
                     {

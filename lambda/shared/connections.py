@@ -22,21 +22,24 @@ Rules, each for a reason:
   request left, and reading twice is harmless. A new connection that fails is Consul's own
   failure and is reported, never resent here.
 - Writes are never resent here. A PUT that fails may have been applied with only its answer
-  lost; it is reported as a transport error, which consul.HttpConsul maps to ConsulUnavailable
-  and consul.RetryingConsul retries with backoff like any other transient failure, inside the
-  invocation's budget. That resend is safe for the reason the write protocol already relies on
-  (docs/architecture.md "Ordering, duplicates and concurrency"): a txn carries a KV cas on the
-  task's record at the index read before it, so a txn that had landed makes its resend fail the
-  cas (409), and apply.apply reads the record again and decides from what is really there; a
-  node deregister only removes a stopped task's node. A sidecar register has no cas: its
-  unanswered first copy may land after everything else, so consul.RetryingConsul counts it and
-  the registrar leaves that message to SQS for one more check.
+  lost; it is reported as a transport error, which consul_http.ConsulHttp maps to
+  ConsulUnavailable and the registrar's consul.RetryingConsul retries with backoff like any
+  other transient failure, inside the invocation's budget. That resend is safe for the reason
+  the write protocol already relies on (docs/architecture.md "Ordering, duplicates and
+  concurrency"): a txn carries a KV cas on the task's record at the index read before it, so a
+  txn that had landed makes its resend fail the cas (409), and apply.apply reads the record
+  again and decides from what is really there; a node deregister only removes a stopped task's
+  node. A sidecar register has no cas: its unanswered first copy may land after everything
+  else, so consul.RetryingConsul counts it and the registrar leaves that message to SQS for one
+  more check. (The provider, consul_config, resends its writes the same way: a create whose
+  answer was lost finds its object by name on the next try and adopts it.)
 """
 
 from __future__ import annotations
 
 import http.client
 import select
+import socket
 import ssl
 import threading
 import time
@@ -67,6 +70,9 @@ class ConnectionPool:
 
     address: http(s)://host:port. ssl_context: the TLS context for https (server certificate and
     host name verified against it); None uses the system trust store, as urllib did.
+    server_name: the name the server certificate must carry, for SNI and the host name check,
+    when it differs from the host dialled (the provider dials the NLB by address and checks
+    the name its certificate was issued for); default: the address's host.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class ConnectionPool:
         address: str,
         *,
         ssl_context: ssl.SSLContext | None = None,
+        server_name: str | None = None,
         max_idle: int = MAX_IDLE,
         max_idle_s: float = MAX_IDLE_S,
         clock: Callable[[], float] = time.monotonic,
@@ -93,6 +100,7 @@ class ConnectionPool:
         if self._https and ssl_context is None:
             ssl_context = ssl.create_default_context()
         self._ssl_context = ssl_context
+        self._server_name = server_name or parsed.hostname
         self._max_idle = max_idle
         self._max_idle_s = max_idle_s
         self._clock = clock
@@ -123,6 +131,11 @@ class ConnectionPool:
             self._open(), method, target, body=body, headers=headers, timeout=timeout
         )
 
+    @property
+    def server_name(self) -> str:
+        """The name the server's certificate is checked against."""
+        return self._server_name
+
     def close(self) -> None:
         """Close the idle connections. The pool stays usable: it opens new ones on demand."""
         with self._lock:
@@ -139,7 +152,10 @@ class ConnectionPool:
     def _open(self) -> http.client.HTTPConnection:
         """A new connection; it connects (and for https, handshakes) on its first request."""
         if self._https:
-            return http.client.HTTPSConnection(self._host, self._port, context=self._ssl_context)
+            assert self._ssl_context is not None
+            return _VerifiedHTTPSConnection(
+                self._host, self._port, server_name=self._server_name, tls=self._ssl_context
+            )
         return http.client.HTTPConnection(self._host, self._port)
 
     def _take(self) -> tuple[http.client.HTTPConnection, bool]:
@@ -185,6 +201,19 @@ class ConnectionPool:
                 self._idle.append((connection, self._clock()))
                 return
         connection.close()
+
+
+class _VerifiedHTTPSConnection(http.client.HTTPSConnection):
+    """HTTPS whose SNI and certificate name check use `server_name`, not the dialled host."""
+
+    def __init__(self, host: str, port: int, *, server_name: str, tls: ssl.SSLContext) -> None:
+        super().__init__(host, port, context=tls)
+        self._server_name = server_name
+        self._tls = tls
+
+    def connect(self) -> None:
+        sock = socket.create_connection((self.host, self.port), self.timeout)
+        self.sock = self._tls.wrap_socket(sock, server_hostname=self._server_name)
 
 
 def _closed_by_peer(connection: http.client.HTTPConnection) -> bool:
