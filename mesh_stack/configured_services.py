@@ -49,9 +49,13 @@ class ConsulDeclarations(Protocol):
 
 # Per template (CloudFormation user guide, "Understand CloudFormation quotas",
 # https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/cloudformation-limits.html):
-# "Resources", "Outputs" and "Template body size in an Amazon S3 object" (1 MB; `cdk deploy`
-# uploads every template of this size to S3 first). aws-cdk-lib's `Stack._synthesizeTemplate`
-# uses the same 1e6 bytes (TEMPLATE_BODY_MAXIMUM_SIZE in core/lib/stack.js) but only warns.
+# "Resources", "Outputs" and "Template body size in an Amazon S3 object": 1 MB ("51,200 bytes
+# when passed directly into a CreateStack, UpdateStack, or ValidateTemplate request, or 1 MB
+# when passed as an S3 object using an Amazon S3 template URL", same guide, "Troubleshoot the
+# processed template"; `cdk deploy` uploads a template of this size to S3 first; the archived
+# awsdocs copy of the quotas page still shows the pre-2020 460,800 bytes). aws-cdk-lib's
+# `Stack._synthesizeTemplate` uses the same 1e6 bytes (TEMPLATE_BODY_MAXIMUM_SIZE in
+# core/lib/stack.js) but only warns.
 MAX_RESOURCES = 500
 MAX_OUTPUTS = 200
 MAX_TEMPLATE_BYTES = 1_000_000
