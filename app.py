@@ -13,11 +13,15 @@ if __name__ == "__main__":
     # memory is the same without it). Off before the imports, which create most of them.
     gc.disable()
 
+from pathlib import Path
+
 import aws_cdk as cdk
+from aws_cdk import cx_api
 from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
 from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
+from mesh_stack.configured_services import check_template_quotas
 from mesh_stack.jsii_exit import leave_without_teardown
 from mesh_stack.stack import MeshStack
 
@@ -41,13 +45,23 @@ def build_app(context: dict[str, object] | None = None, outdir: str | None = Non
     return app
 
 
+def synthesize(app: cdk.App) -> cx_api.CloudAssembly:
+    """`app.synth()`, then the quota only the written template shows: its size (ConfigError)."""
+    assembly = app.synth()
+    for stack in app.node.children:
+        if isinstance(stack, cdk.Stack):
+            path = Path(assembly.get_stack_by_name(stack.stack_name).template_full_path)
+            check_template_quotas(stack, template_bytes=path.stat().st_size)
+    return assembly
+
+
 def main() -> int:
     try:
         app = build_app()
+        synthesize(app)
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
-    app.synth()
     for stack in app.node.children:
         if isinstance(stack, MeshStack) and stack.server_image_unrecorded:
             print(f"note: {stack.server_image_unrecorded}", file=sys.stderr)

@@ -34,16 +34,25 @@ def _keys(secrets: tuple[secretsmanager.ISecret, ...]) -> list[kms.IKey]:
     return list(keys.values())
 
 
-def _key_use(grantee: iam.IGrantable, actions: list[str], keys: list[kms.IKey]) -> None:
+def _key_use(
+    grantee: iam.IGrantable,
+    actions: list[str],
+    keys: list[kms.IKey],
+    secrets: tuple[secretsmanager.ISecret, ...] = (),
+) -> None:
+    """`actions` on `keys` through Secrets Manager; with `secrets`, also only for their
+    encryption context: Secrets Manager calls KMS with `SecretARN` = the secret's ARN
+    (Secrets Manager user guide, "Secret encryption and decryption")."""
     if not keys:
         return
+    condition: dict[str, object] = {"kms:ViaService": f"secretsmanager.{Aws.REGION}.amazonaws.com"}
+    if secrets:
+        condition["kms:EncryptionContext:SecretARN"] = [s.secret_arn for s in secrets]
     grantee.grant_principal.add_to_principal_policy(
         iam.PolicyStatement(
             actions=actions,
             resources=[key.key_arn for key in keys],
-            conditions={
-                "StringEquals": {"kms:ViaService": f"secretsmanager.{Aws.REGION}.amazonaws.com"}
-            },
+            conditions={"StringEquals": condition},
         )
     )
 
@@ -66,8 +75,10 @@ def grant_secret_read_write(grantee: iam.IGrantable, *secrets: secretsmanager.IS
 
 def grant_key_use(grantee: iam.IGrantable, *secrets: secretsmanager.ISecret) -> None:
     """Only the KMS half of `grant_secret_read`: for a role that some other code grants the
-    `keyless` form of `secrets` to (an ECS task definition reading them as task secrets)."""
-    _key_use(grantee, ["kms:Decrypt"], _keys(secrets))
+    `keyless` form of `secrets` to (an ECS task definition reading them as task secrets):
+    only for these secrets' encryption context, like a team stack's grant
+    (platform_parameters._grant_decrypt)."""
+    _key_use(grantee, ["kms:Decrypt"], _keys(secrets), secrets)
 
 
 def keyless(

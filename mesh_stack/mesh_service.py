@@ -24,9 +24,11 @@ from mesh_stack.service_ports import (
     LOOPBACK,
     ServicePorts,
     check_distinct,
+    health_check_path_problem,
     metrics_bind_address,
     plan,
 )
+from mesh_stack.services_config import reserved_name_problem
 from mesh_stack.sidecar_images import SidecarImages
 
 identity = init_program.load_identity()
@@ -56,8 +58,9 @@ _SAMPLE_TASK = "arn:aws:ecs:us-east-1:000000000000:task/cluster/0000000000000000
 
 
 def _check_registration(health_check_path: str | None, tags: Sequence[str]) -> None:
-    if health_check_path is not None and not health_check_path.startswith("/"):
-        raise ValueError(f"health_check_path must start with '/', got {health_check_path!r}")
+    problem = None if health_check_path is None else health_check_path_problem(health_check_path)
+    if problem is not None:
+        raise ValueError(f"health_check_path {problem}, got {health_check_path!r}")
     for tag in tags:
         if not _TAG.match(tag):
             raise ValueError(
@@ -338,11 +341,7 @@ class MeshService(Construct):
 
         # Host mode: these mappings publish nothing (the container is in the host's namespace)
         # but make ECS reserve the ports, so it never places two such tasks on one host.
-        envoy_ports = [proxy_port]
-        if self.ports.expose is not None:
-            envoy_ports.append(self.ports.expose)
-        if prometheus_port:
-            envoy_ports.append(prometheus_port)
+        envoy_ports = self.ports.envoy_ports()
         self.envoy_container = self.task_definition.add_container(
             "Envoy",
             container_name=ENVOY_CONTAINER,
@@ -601,6 +600,9 @@ class MeshService(Construct):
                 "service_name must be a DNS label (lowercase letters, digits, '-', at most 63 "
                 f"characters), got {service_name!r}"
             )
+        reserved = reserved_name_problem(service_name)
+        if reserved is not None:
+            raise ValueError(f"service_name {service_name!r} {reserved}")
         # A token: the platform's SSM contract (platform_parameters.py) supplies the version.
         if not Token.is_unresolved(envoy_version) and not _SEMVER.match(envoy_version):
             raise ValueError(f"envoy_version must look like 1.34.14, got {envoy_version!r}")

@@ -38,7 +38,8 @@ _SECRET_VALUES = (
     (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.eyJ[A-Za-z0-9_-]{8,}\."), "a JSON web token"),
     (re.compile(r"\b(ghp|gho|ghs|ghu|github_pat)_[A-Za-z0-9_]{20,}"), "a GitHub token"),
     (re.compile(r"\bxox[abposr]-[A-Za-z0-9-]{10,}"), "a Slack token"),
-    (re.compile(r"://[^/\s:@]+:[^/\s@]+@"), "a URL with a password"),
+    # an empty user too: redis://:password@host (RFC 3986 userinfo = user [":" password])
+    (re.compile(r"://[^/\s:@]*:[^/\s@]+@"), "a URL with a password"),
 )
 # Environment names whose value is a secret: the last word (or two) of the name.
 _SECRET_NAME_ENDINGS = (

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from mesh_stack.init_program import load_identity
-from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
+from mesh_stack.ports import ECS_RESERVED_HOST_PORTS, ENVOY_INBOUND_PORTS, fixed_host_port_problem
 
 identity = load_identity()
 
@@ -26,6 +26,45 @@ identity = load_identity()
 # port below 1024 (only root may), which is what host mode asks of them.
 ENVOY_USER_ID = 1337
 MIN_UNPRIVILEGED_PORT = 1024
+
+
+# "a container instance might have up to 100 reserved ports at a time, including the default
+# reserved ports" (ECS developer guide, task definition parameters, `hostPort`): the six of
+# ports.ECS_RESERVED_HOST_PORTS, and each host-mode task's mapped ports while it runs.
+MAX_RESERVED_HOST_PORTS = 100
+
+
+def reserved_host_ports_problem(plans: Iterable[ServicePorts]) -> str | None:
+    """Why the host-mode services of one cluster cannot all run on one host, or None."""
+    host = [p for p in plans if p.network_mode == "host"]
+    reserved = len(ECS_RESERVED_HOST_PORTS) + sum(len(p.envoy_ports()) for p in host)
+    if reserved <= MAX_RESERVED_HOST_PORTS:
+        return None
+    return (
+        f"{len(host)} host-mode services reserve {reserved} host ports on a host that runs "
+        f"them all (ECS's six included), more than the {MAX_RESERVED_HOST_PORTS} ECS allows "
+        "per container instance; ECS would not place the later tasks. Put some in bridge mode, "
+        "or on other hosts with placement constraints in teams' own CDK apps"
+    )
+
+
+def health_check_path_problem(path: str) -> str | None:
+    """Why Consul's check of `path` can never pass, or None. Consul routes the expose listener
+    by an exact path match (hashicorp/consul agent/xds/listeners.go, `makeHTTPFilter`:
+    `RouteMatch_Path{Path: opts.routePath}`), which Envoy compares "with the `:path` header
+    once the query string is removed" (envoyproxy/data-plane-api
+    envoy/config/route/v3/route_components.proto, `RouteMatch.path`): a path with `?` or `#`
+    never matches, and the check stays critical."""
+    if not path.startswith("/") or any(c.isspace() for c in path):
+        return "must be an HTTP path starting with '/', without spaces"
+    if "?" in path or "#" in path:
+        return (
+            "must be a path without '?' or '#': Consul routes it by an exact match of the "
+            "path without its query string, so the check would never pass"
+        )
+    return None
+
+
 # MeshService's default metrics listener port; in bridge mode each task has its own namespace.
 BRIDGE_METRICS_PORT = 9102
 LOOPBACK = "127.0.0.1"
@@ -66,6 +105,11 @@ class ServicePorts:
             named["prometheus_port"] = self.metrics
         named.update((f"upstreams[{name}]", port) for name, port in self.upstreams.items())
         return named
+
+    def envoy_ports(self) -> list[int]:
+        """The port mappings of the Envoy container: its public, expose and metrics listeners.
+        In host mode ECS reserves each on the host while the task runs."""
+        return [p for p in (self.proxy, self.expose, self.metrics) if p is not None]
 
     def host_ports(self) -> dict[str, int]:
         """The ports this service holds on the host itself (none in bridge mode: dynamic)."""

@@ -29,11 +29,13 @@ KEY = "services"
 EXTERNAL_KEY = "external_services"
 TEAM_KEY = "team_services"
 NETWORK_MODES = ("host", "bridge")
-# ECS container `cpu` (CPU shares; 1024 = one vCPU): the Linux kernel's minimum share is 2, and
-# ECS supports up to 10240 units for tasks on EC2 or external instances. `memory` is the hard
-# limit in MiB: Docker 20.10 reserves 6 MiB per container (ECS developer guide, task definition
-# parameters, `cpu` and `memory`).
-CPU_RANGE = (2, 10240)
+# ECS container `cpu` (CPU shares; 1024 = one vCPU): "The minimum valid CPU share value that the
+# Linux kernel allows is 2" (ECS developer guide, task definition parameters, container `cpu`);
+# the kernel's maximum is 262144 (MAX_SHARES = 1 << 18, kernel/sched/sched.h). The 10240 of the
+# same guide is the *task-level* `cpu` of tasks on EC2 or external instances, which MeshService
+# does not set. `memory` is the hard limit in MiB: Docker 20.10 reserves 6 MiB per container
+# (same guide, `memory`).
+CPU_RANGE = (2, 262_144)
 MEMORY_RANGE = (6, 1_048_576)
 COUNT_RANGE = (0, 1000)
 
@@ -59,8 +61,11 @@ class ServiceSpec:
     allow_from: tuple[str, ...] = ()
     cpu: int = 256
     memory: int = 512
-    count: int = 1
-    daemon: bool = False
+    # Without `count`, an entry is a DAEMON service (one task on every registered host, and
+    # stable at zero tasks before any host has joined), so it deploys on a fresh account; see
+    # `_schedule`. `count: N` is a REPLICA service that waits for N tasks to be placed.
+    count: int = 0
+    daemon: bool = True
     environment: Mapping[str, str] = field(default_factory=dict)
     secrets: tuple[SecretRef, ...] = ()
     network_mode: str = "host"
@@ -126,11 +131,35 @@ def _str(key: str, value: object, pattern: re.Pattern[str], allowed: str) -> str
     return value
 
 
+# Names a mesh service may not take, and why. The app container takes the service's name, and
+# container names are the keys of `dependsOn` and `links` (ECS developer guide, task definition
+# parameters, `name`); the registrar finds the sidecar by its container name `envoy`
+# (lambda/registrar/identity.py DEFAULT_PROXY_CONTAINER). The Consul servers register the
+# service `consul` themselves (hashicorp/consul structs.ConsulServiceName). ConsulObjects names
+# the intentions of the wildcard `*` `WildcardIntentions`, which `wildcard` would also read as.
+RESERVED_NAMES = {
+    str(identity.DEFAULT_PROXY_CONTAINER): "the Envoy sidecar's container name",
+    "envoy-init": "the init container's name",
+    "consul": "the Consul servers' own service",
+    "wildcard": "the CDK ID of the '*' intentions",
+}
+
+
+def reserved_name_problem(name: str) -> str | None:
+    """Why `name` cannot be a mesh service's name, or None."""
+    if name in RESERVED_NAMES:
+        return f"is reserved ({RESERVED_NAMES[name]}); choose another name"
+    return None
+
+
 def service_name(key: str, name: object) -> str:
     if not isinstance(name, str) or not identity.valid_service_name(name):
         raise fail(
             key, name, "must be a DNS label (lowercase letters, digits, '-', at most 63 characters)"
         )
+    problem = reserved_name_problem(name)
+    if problem is not None:
+        raise fail(key, name, problem)
     return name
 
 
@@ -179,8 +208,11 @@ def _upstreams(key: str, value: object) -> dict[str, int]:
 
 
 def _health_check_path(key: str, value: object) -> str:
-    if not isinstance(value, str) or not value.startswith("/") or any(c.isspace() for c in value):
+    if not isinstance(value, str):
         raise fail(key, value, "must be an HTTP path starting with '/', without spaces")
+    problem = service_ports.health_check_path_problem(value)
+    if problem is not None:
+        raise fail(key, value, problem)
     return value
 
 
@@ -256,9 +288,33 @@ def parse_service(key: str, name: str, entry: object) -> ServiceSpec:
             continue
         parsed = _FIELDS[field_name](where, raw)
         values[field_name] = parsed
+    values.update(_schedule(key, entry, values))
     spec = ServiceSpec(**values)
     _check_service(key, spec, entry)
     return spec
+
+
+def _schedule(key: str, entry: Mapping[str, Any], values: Mapping[str, Any]) -> dict[str, Any]:
+    """`daemon` and `count`: a daemon unless the entry asks for replicas with `count`.
+
+    The stack creates the cluster the hosts register with, so on a fresh account no host has
+    joined while CloudFormation creates the services. A REPLICA service whose tasks cannot be
+    placed keeps the stack waiting for it to stabilise, or its deployment circuit breaker fails
+    the deployment and the stack rolls back (ECS developer guide, "Deployment circuit breaker");
+    a DAEMON service places "exactly one task on each active container instance" (ECS
+    developer guide, "Service scheduler concepts", Daemon), which is zero before any host has
+    joined. Host mode runs at most one task of a service per host anyway (fixed host ports).
+    MeshService's `desired_count` docstring says the same.
+    """
+    daemon = values.get("daemon", "count" not in entry)
+    if not daemon and "count" not in entry:
+        raise fail(
+            f"{key}.daemon",
+            False,
+            'needs "count": replicas (a REPLICA service is placed only once that many hosts '
+            "have joined in host mode); or leave daemon unset for one task on every host",
+        )
+    return {"daemon": daemon, "count": values.get("count", 0)}
 
 
 def _check_service(key: str, spec: ServiceSpec, entry: Mapping[str, Any]) -> None:
@@ -460,6 +516,9 @@ def plan_ports(specs: Sequence[ServiceSpec]) -> dict[str, service_ports.ServiceP
         except ValueError as err:
             raise ConfigError(f"invalid context value {KEY}.{spec.name}: {err}") from None
         plans[spec.name] = plan
+    problem = service_ports.reserved_host_ports_problem(plans.values())
+    if problem is not None:
+        raise ConfigError(f"invalid context value {KEY}: {problem}")
     return plans
 
 

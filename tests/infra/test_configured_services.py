@@ -4,6 +4,7 @@ removes, and nothing else. Also app secrets, ECR images and bridge opt-ins of an
 from __future__ import annotations
 
 import json
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -438,3 +439,81 @@ def test_fails_at_synth_when_the_template_would_hold_too_many_resources(
             check_template_quotas(stack)
     else:
         check_template_quotas(stack)
+
+
+@pytest.mark.parametrize(("pad", "fails"), [(990_000, False), (1_000_000, True)])
+def test_fails_after_synthesis_when_the_written_template_outgrows_one_megabyte(
+    tmp_path: Path, pad: int, fails: bool
+) -> None:
+    from app import synthesize
+
+    app = cdk.App(outdir=str(tmp_path))
+    stack = cdk.Stack(app, "Big")
+    cdk.CfnResource(stack, "R", type="AWS::SSM::Parameter", properties={"Value": "x" * pad})
+    check_template_quotas(stack)
+    if not fails:
+        synthesize(app)
+        return
+    with pytest.raises(ConfigError) as err:
+        synthesize(app)
+    size = (tmp_path / "Big.template.json").stat().st_size
+    assert str(err.value) == (
+        f"invalid context value services: the template of stack Big is {size:,} bytes with 0 "
+        "mesh services (demo included), more than the 1,000,000 bytes CloudFormation accepts "
+        "(Template body size in an Amazon S3 object); build some services from their teams' "
+        "own CDK apps (team_services, docs/services.md)"
+    )
+
+
+def test_fails_at_synth_with_one_line_when_the_services_outgrow_the_template_size(
+    tmp_path: Path,
+) -> None:
+    """Beside the demo, 25 services make a template of about 1.07 MB (about 32 KB each, bench
+    figure 8) while they hold about 390 of the 500 resources: the size binds first."""
+    from app import synthesize
+
+    services = {f"svc-{i}": {**PAYMENTS, "port": 10000 + i, "allow_from": []} for i in range(25)}
+    context = {**cdk_json_context(), "services": json.dumps(services)}
+    app = cdk.App(context=context, outdir=str(tmp_path))
+    config = MeshConfig.from_context(context)
+    MeshStack(app, config.stack_name, config=config, env=cdk.Environment(region="us-east-1"))
+    with pytest.raises(ConfigError) as err:
+        synthesize(app)
+    text = str(err.value)
+    assert "\n" not in text
+    assert re.fullmatch(
+        r"invalid context value services: the template of stack consul-mesh-dev is "
+        r"1,0\d\d,\d{3} bytes with 27 mesh services \(demo included\), more than the "
+        r"1,000,000 bytes CloudFormation accepts .*team_services.*",
+        text,
+    ), text
+
+
+@pytest.mark.parametrize("case", ["default", "shop"])
+def test_a_task_may_decrypt_only_the_secrets_it_reads_with_the_keys_it_is_granted(
+    templates: dict[str, dict[str, Any]], case: str
+) -> None:
+    """Like a team stack's grant: kms:Decrypt through Secrets Manager and only in the
+    encryption context of the secrets the task reads (SecretARN), demo and configured alike."""
+    template = templates[case]
+    tasks = [
+        r["Properties"]
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::ECS::TaskDefinition"
+    ]
+    assert tasks
+    for task in tasks:
+        statements = _execution_policy(template, task)
+        readable = [
+            arn
+            for s in statements
+            if "secretsmanager:GetSecretValue" in _as_list(s["Action"])
+            for arn in _as_list(s["Resource"])
+        ]
+        decrypts = [s for s in statements if "kms:Decrypt" in _as_list(s["Action"])]
+        assert decrypts, task["Family"]
+        for statement in decrypts:
+            condition = statement["Condition"]["StringEquals"]
+            contexts = _as_list(condition["kms:EncryptionContext:SecretARN"])
+            assert contexts
+            assert all(arn in readable for arn in contexts), (contexts, readable)

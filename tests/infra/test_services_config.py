@@ -13,9 +13,9 @@ from hypothesis import strategies as st
 from mesh_stack import image_ref, service_ports
 from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
-from mesh_stack.mesh_service import LISTEN_ENV
+from mesh_stack.mesh_service import ENVOY_CONTAINER, INIT_CONTAINER, LISTEN_ENV
 from mesh_stack.service_environment import RESERVED_ENV, looks_secret
-from mesh_stack.services_config import FIELD_NAMES, intentions
+from mesh_stack.services_config import FIELD_NAMES, RESERVED_NAMES, intentions
 from mesh_stack.suggest import closest
 from tests.conftest import ROOT, cdk_json_context
 
@@ -62,12 +62,14 @@ def config(services: dict[str, Any] | None = None, **keys: Any) -> MeshConfig:
 def test_a_service_takes_the_documented_defaults() -> None:
     cfg = config({"orders": orders(upstreams={"payments": 9001}), "payments": payments()})
     spec = {s.name: s for s in cfg.services}["orders"]
+    # a DAEMON service: stable at zero tasks before any host has joined, so a first deploy on a
+    # fresh account completes (a REPLICA service with count 1 would wait for a host)
     assert (spec.network_mode, spec.cpu, spec.memory, spec.count, spec.daemon) == (
         "host",
         256,
         512,
-        1,
-        False,
+        0,
+        True,
     )
     # metrics on the host's loopback (MeshService's default); a health path, so no TCP-only
     # acknowledgement
@@ -233,7 +235,40 @@ BAD_ENTRIES: list[tuple[str, dict[str, Any], str]] = [
         r"applies to network_mode=bridge only",
     ),
     ("daemon and count", {"orders": orders(daemon=True, count=2)}, r"count=2: a daemon runs"),
-    ("cpu", {"orders": orders(cpu=1)}, r"cpu=1: must be CPU units from 2 to 10240"),
+    ("cpu", {"orders": orders(cpu=1)}, r"cpu=1: must be CPU units from 2 to 262144"),
+    ("cpu above the kernel's shares", {"orders": orders(cpu=262_145)}, r"cpu=262145: must be"),
+    (
+        "replicas without a count",
+        {"orders": orders(daemon=False)},
+        r"services\.orders\.daemon=False: needs \"count\": replicas",
+    ),
+    (
+        "sidecar's container name",
+        {"envoy": orders()},
+        r"services\.envoy='envoy': is reserved \(the Envoy sidecar's container name\)",
+    ),
+    ("init container's name", {"envoy-init": orders()}, r"services\.envoy-init=.*is reserved"),
+    ("consul's own service", {"consul": orders()}, r"services\.consul=.*the Consul servers' own"),
+    (
+        "wildcard's CDK id",
+        {"orders": orders(), "wildcard": payments()},
+        r"services\.wildcard='wildcard': is reserved \(the CDK ID of the '\*' intentions\)",
+    ),
+    (
+        "health path with a query",
+        {"orders": orders(health_check_path="/health?full=1")},
+        r"health_check_path='/health\?full=1': must be a path without '\?' or '#'",
+    ),
+    (
+        "health path with a fragment",
+        {"orders": orders(health_check_path="/health#x")},
+        r"health_check_path='/health#x': must be a path without",
+    ),
+    (
+        "non-ASCII image tag",
+        {"orders": orders(image="ghcr.io/acme/a:v\u00e91")},
+        r"services\.orders\.image=",
+    ),
     ("memory", {"orders": orders(memory=4)}, r"memory=4: must be MiB from 6 to"),
     (
         "expose without path",
@@ -279,6 +314,58 @@ def test_fails_when_a_service_entry_is_bad(services: Any, message: str) -> None:
     text = str(err.value)
     assert "\n" not in text
     assert text.startswith("invalid context value services")
+
+
+@pytest.mark.parametrize(
+    ("entry", "schedule"),
+    [
+        ({}, (True, 0)),
+        ({"daemon": True}, (True, 0)),
+        ({"count": 3}, (False, 3)),
+        ({"count": 0}, (False, 0)),
+        ({"daemon": False, "count": 2}, (False, 2)),
+    ],
+)
+def test_an_entry_is_a_daemon_unless_it_asks_for_replicas(
+    entry: dict[str, Any], schedule: tuple[bool, int]
+) -> None:
+    (spec,) = config({"orders": orders(**entry)}).services
+    assert (spec.daemon, spec.count) == schedule
+
+
+@pytest.mark.parametrize("name", ["envoy", "envoy-init", "consul", "wildcard"])
+@pytest.mark.parametrize("key", ["external_services", "team_services"])
+def test_reserved_names_are_refused_in_every_list(key: str, name: str) -> None:
+    value: Any = [name] if key == "external_services" else {name: {}}
+    with pytest.raises(ConfigError, match=rf"^invalid context value {key}.*is reserved") as err:
+        MeshConfig.from_context({"demo_enabled": False, key: value})
+    assert "\n" not in str(err.value)
+
+
+def test_fails_when_host_mode_services_would_reserve_more_than_100_ports_on_a_host() -> None:
+    # 31 services with health path and metrics: 3 mapped ports each, 93 + ECS's own 6 = 99
+    def many(count: int) -> dict[str, Any]:
+        return {f"svc-{i}": orders(port=10000 + i) for i in range(count)}
+
+    assert len(config(many(31)).service_ports) == 31
+    with pytest.raises(ConfigError) as err:
+        _ = config(many(32)).service_ports
+    assert str(err.value) == (
+        "invalid context value services: 32 host-mode services reserve 102 host ports on a host "
+        "that runs them all (ECS's six included), more than the 100 ECS allows per container "
+        "instance; ECS would not place the later tasks. Put some in bridge mode, or on other "
+        "hosts with placement constraints in teams' own CDK apps"
+    )
+
+
+def test_a_container_may_take_more_cpu_shares_than_a_task_on_ecs_may_take() -> None:
+    # 10240 caps a task's cpu; the container's cpu is CPU shares, up to the kernel's 262144
+    (spec,) = config({"orders": orders(cpu=16384)}).services
+    assert spec.cpu == 16384
+
+
+def test_the_container_names_of_a_mesh_service_are_reserved() -> None:
+    assert {ENVOY_CONTAINER, INIT_CONTAINER} <= set(RESERVED_NAMES)
 
 
 def test_fails_when_a_name_is_given_twice_on_the_command_line() -> None:
@@ -328,6 +415,8 @@ def test_a_value_that_looks_secret_is_refused_and_never_echoed(
         ("SECRET_NAME", "prod/db", False),
         ("TOKEN_AUDIENCE", "orders", False),
         ("DATABASE_URL", "postgres://db:5432/app", False),
+        ("REDIS_URL", "redis://:p4ss@cache:6379", True),
+        ("BROKER", "amqp://:pw@mq/vhost", True),
         ("UPSTREAM_URIS", "http://127.0.0.1:9091", False),
     ],
 )
@@ -595,7 +684,17 @@ def test_image_references_parse_like_the_registry_grammar(
 
 
 @pytest.mark.parametrize(
-    "reference", ["nginx", "nginx:", "a//b:1", "-a:1", "app:" + "x" * 129, "a/" * 130 + "b:1"]
+    "reference",
+    [
+        "nginx",
+        "nginx:",
+        "a//b:1",
+        "-a:1",
+        "app:" + "x" * 129,
+        "a/" * 130 + "b:1",
+        "ghcr.io/acme/a:v\u00e91",  # Go RE2's \w (the registry's grammar) is ASCII only
+        "ghcr.io/acme/a:\u0661",  # an Arabic-Indic digit
+    ],
 )
 def test_fails_when_an_image_reference_is_malformed_or_unpinned(reference: str) -> None:
     with pytest.raises(ValueError, match=r"\w"):
