@@ -16,6 +16,7 @@ if __name__ == "__main__":
 import aws_cdk as cdk
 from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
+from mesh_stack import lambda_code
 from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.jsii_exit import leave_without_teardown
@@ -48,6 +49,7 @@ def main() -> int:
         print(f"error: {err}", file=sys.stderr)
         return 1
     app.synth()
+    lambda_code.finish_staging(app)  # before the fast exit, which skips `atexit`
     for stack in app.node.children:
         if isinstance(stack, MeshStack) and stack.server_image_unrecorded:
             print(f"note: {stack.server_image_unrecorded}", file=sys.stderr)
