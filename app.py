@@ -19,6 +19,7 @@ import aws_cdk as cdk
 from aws_cdk import cx_api
 from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
+from mesh_stack import lambda_code
 from mesh_stack.config import MeshConfig
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.configured_services import check_template_quotas
@@ -62,6 +63,7 @@ def main() -> int:
     except ConfigError as err:
         print(f"error: {err}", file=sys.stderr)
         return 1
+    lambda_code.finish_staging(app)  # before the fast exit, which skips `atexit`
     for stack in app.node.children:
         if isinstance(stack, MeshStack) and stack.server_image_unrecorded:
             print(f"note: {stack.server_image_unrecorded}", file=sys.stderr)

@@ -29,6 +29,7 @@ import tempfile
 from pathlib import Path
 
 from aws_cdk import aws_lambda as lambda_
+from constructs import Construct
 
 ROOT = Path(__file__).resolve().parent.parent
 LAMBDA = ROOT / "lambda"
@@ -86,11 +87,41 @@ def assemble(asset: str, into: Path) -> Path:
     return into
 
 
+# Context key by which the CDK CLI (`--no-staging`, SAM) tells the app not to copy assets
+# into the cloud assembly: the manifest then points at the source folder itself
+# (cx-api DISABLE_ASSET_STAGING_CONTEXT; aws-cdk-lib AssetStaging).
+DISABLE_STAGING = "aws:cdk:disable-asset-staging"
+
+
 @functools.cache
 def _staging_root() -> Path:
     root = Path(tempfile.mkdtemp(prefix="mesh-lambda-assets-"))
-    atexit.register(shutil.rmtree, root, True)
+    atexit.register(_discard, root)
     return root
+
+
+def _discard(root: Path) -> None:
+    shutil.rmtree(root, ignore_errors=True)
+
+
+def finish_staging(app: Construct) -> None:
+    """Call once `app.synth()` returned, before leaving (app.py's exit skips `atexit`).
+
+    Staging on (the default): CDK copied each assembled folder into the cloud assembly
+    (`cdk.out/asset.<hash>/`), so the folders under the temporary root are removed now.
+    Staging off (`DISABLE_STAGING`): the assembly's manifest points into them, so they are
+    kept, on any exit ("if an app references assets in temporary locations, those will not be
+    available when it exits", AssetStaging reference), and left for the caller to remove."""
+    if _staging_root.cache_info().currsize == 0:
+        return  # nothing assembled in this process
+    root = _staging_root()
+    if app.node.try_get_context(DISABLE_STAGING):
+        atexit.unregister(_discard)
+        return
+    _discard(root)
+    atexit.unregister(_discard)
+    staged.cache_clear()  # a later synthesis in this process assembles anew
+    _staging_root.cache_clear()
 
 
 @functools.cache

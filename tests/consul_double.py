@@ -325,6 +325,8 @@ class ConsulDouble:
         self.url = ""
         self.latency = 0.0
         self.has_leader = True
+        # Key prefixes the accepted tokens may not read (see hide_keys).
+        self.unreadable_keys: tuple[str, ...] = ()
         self.requests: list[RecordedRequest] = []
         self.internal_errors: list[str] = []  # bugs in the double itself; fixtures assert empty
 
@@ -407,6 +409,16 @@ class ConsulDouble:
         """Replace the initial tokens (None turns ACLs off). API-created tokens stay valid."""
         with self._cond:
             self._initial_tokens = None if tokens is None else frozenset(tokens)
+
+    def hide_keys(self, *prefixes: str) -> None:
+        """The accepted tokens lose key:read on `prefixes`, as a policy without a matching
+        `key_prefix` rule: a recursive KV read leaves those entries out and answers
+        ``X-Consul-Results-Filtered-By-ACLs: true``, on its 200 and on the 404 of a prefix
+        filtered to nothing (agent/consul/kvs_endpoint.go KVS.List: ``FilterDirEnt`` then
+        ``ResultsFilteredByACLs = total != len(ent)``; agent/kvs_endpoint.go KVSGet: setMeta
+        before the 404 of an empty list; agent/http.go setResultsFilteredByACLs)."""
+        with self._cond:
+            self.unreadable_keys = prefixes
 
     def acls_not_ready_for(self, seconds: float) -> None:
         """A leader exists but has not created the initial tokens yet, for `seconds`:
@@ -744,6 +756,10 @@ class _Backend:
     @property
     def accepted_tokens(self) -> frozenset[str] | None:
         return self._double._existing_initial_tokens()
+
+    @property
+    def unreadable_keys(self) -> tuple[str, ...]:
+        return self._double.unreadable_keys
 
 
 def _empty_match() -> re.Match[str]:

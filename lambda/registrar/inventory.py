@@ -22,9 +22,10 @@ from typing import Any, Protocol
 import identity
 import registrar
 import retry
-from consul import Consul, HttpConsul, Json, RetryingConsul, TxnConflict
+from consul import Consul, ConsulAuthError, HttpConsul, Json, RetryingConsul, TxnConflict
 
 MAX_TXN_OPS = 128  # Consul >= 1.14 (64 before)
+FILTERED_BY_ACLS = "x-consul-results-filtered-by-acls"  # agent/http.go, lower-cased
 
 
 @dataclass(frozen=True)
@@ -134,8 +135,22 @@ class HttpInventory(HttpConsul):
         return self.json("GET", path, data)
 
     def kv_list(self, prefix: str) -> list[KVPair]:
+        """Every pair under `prefix`; none (404) when there is none. Raises ConsulAuthError when
+        the token may not read them all: KVS.List drops the entries the token cannot read and
+        says so in `X-Consul-Results-Filtered-By-ACLs: true`, on the 200 and on the 404 of a
+        prefix filtered to nothing (agent/consul/kvs_endpoint.go KVS.List, agent/kvs_endpoint.go
+        KVSGet, agent/http.go setResultsFilteredByACLs). An answer with records missing is not
+        the prefix's content: the reconcile pass would take a hidden record for none."""
         path = "/v1/kv/" + urllib.parse.quote(prefix, safe="/") + "?recurse"
-        entries = _list_of_dicts(self._get(path, missing_ok=True))
+        answer = self.answer("GET", path, ok_statuses=(404,))
+        if answer.headers.get(FILTERED_BY_ACLS) == "true":
+            raise ConsulAuthError(
+                f"GET {path}: HTTP {answer.status}: the token may not read every key under "
+                f"{prefix!r} (X-Consul-Results-Filtered-By-ACLs); it needs key_prefix read",
+                status=answer.status,
+            )
+        doc = None if answer.status == 404 else self.json("GET", path, answer.body)
+        entries = _list_of_dicts(doc)
         return [
             KVPair(
                 key=str(e["Key"]),

@@ -57,6 +57,7 @@ from typing import Any
 import inventory
 import kv_layout
 import logs
+import verification
 from consul import TxnConflict
 from inventory import Inventory, KVPair
 from model import RUNNING, MalformedEvent, StateRecord, parse_time
@@ -77,6 +78,7 @@ class Records:
     tasks: dict[str, Record] = field(default_factory=dict)  # task ID -> record (ARN layout)
     task_values: dict[str, bytes] = field(default_factory=dict)  # legacy task ID -> ARN value
     instances: dict[str, str] = field(default_factory=dict)  # task ID -> container instance
+    host_mode: set[str] = field(default_factory=set)  # task IDs registered in host mode
     hosts: dict[str, KVPair] = field(default_factory=dict)  # instance ID -> ARN-layout record
     legacy_tasks: dict[str, KVPair] = field(default_factory=dict)
     legacy_hosts: dict[str, KVPair] = field(default_factory=dict)
@@ -104,9 +106,10 @@ def read(consul: Inventory, cluster_arn: str, now: datetime, *, shards: bool = F
     migration marker is MIGRATION_SETTLE old.
 
     `shards` (large clusters, reconcile_consul.py): the prefix is read in 19 requests instead
-    of one, each answer decoded and dropped before the next: the two markers, the host records,
-    and the task records in 16 shards by the task ID's first hex digit (task IDs are hex). A
-    shard that cannot be read raises, like the single read: the pass then deletes nothing.
+    of one, each answer decoded before the next: the two markers, the host records, and the
+    task records in 16 shards by the task ID's first hex digit (ECS task IDs are 32 lowercase
+    hex digits, older ones UUIDs: other keys under `tasks/` are not read then). A shard that
+    cannot be read raises, like the single read: the pass then deletes nothing.
     """
     found = Records()
     cluster = kv_layout.scope(cluster_arn)
@@ -141,7 +144,8 @@ def _sort(
     found: Records, values: dict[str, bytes], pair: KVPair, cluster: kv_layout.ClusterScope
 ) -> None:
     """File one pair of either layout. Task records are kept compact: the sidecar body (the
-    bulk of a record) is dropped once its container instance is noted (`Records.instances`)."""
+    bulk of a record) is dropped once its container instance and network mode are noted
+    (`Records.instances`, `Records.host_mode`)."""
     where = kv_layout.locate(pair.key, cluster)
     if where is None or "/" in where.item_id:
         return
@@ -153,6 +157,8 @@ def _sort(
             instance = _instance_of(record.sidecar)
             if instance is not None:
                 found.instances[where.item_id] = instance
+            if verification.host_mode(record.sidecar):
+                found.host_mode.add(where.item_id)
             record = replace(record, sidecar=None)
         found.tasks[where.item_id] = (record, pair.modify_index)
         values[where.item_id] = pair.value

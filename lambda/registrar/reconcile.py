@@ -147,7 +147,13 @@ class Reconciler:
         """Raises when Consul cannot be read at all (nothing to compare against)."""
         ctx = self._ctx
         listed = ctx.ecs.list_tasks()
-        owned = read_owned(ctx.consul, ctx.cluster_arn, ctx.now(), tasks=len(listed.ids))
+        owned = read_owned(
+            ctx.consul,
+            ctx.cluster_arn,
+            ctx.now(),
+            tasks=len(listed.ids),
+            listed_all=not listed.problems,
+        )
         trust = verification.trusted(owned.kv.verified)
         ecs = EcsRead(ctx, self._task_definitions).read(listed, owned, trust)
         settled = self._migrate(owned, ecs)

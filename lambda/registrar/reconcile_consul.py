@@ -1,8 +1,9 @@
 """Phase "read Consul" of the reconcile pass: what the registrar owns for the cluster.
 
-3 requests up to SHARD_TASKS listed tasks (21 from there): the task nodes carrying this
-cluster's ARN and our `source`, the state records under this cluster's prefix (plus the two
-legacy prefixes until the migration settles, migration.read), and the disconnection markers.
+3 requests up to SHARD_TASKS tasks (21 from there, and whenever the ECS listing is
+incomplete): the task nodes carrying this cluster's ARN and our `source`, the state records
+under this cluster's prefix (plus the two legacy prefixes until the migration settles,
+migration.read), and the disconnection markers.
 """
 
 from __future__ import annotations
@@ -29,19 +30,31 @@ class Owned:
     kv: migration.Records  # every record of the read, legacy layout included
 
 
-# Listed tasks from which the state records are read in shards (migration.read): a record is
-# ~2-3 KB of JSON in the KV listing (base64 of the record with its sidecar body), so one answer
-# for 20,000 tasks is ~60 MB, and its parse several times that in a 1 GB function.
+# Tasks from which the state records are read in shards (migration.read): a record is ~2-3 KB
+# of JSON in the KV listing (base64 of the record with its sidecar body), so one answer for
+# 20,000 tasks is ~60 MB, and its parse several times that in a 1 GB function. `?recurse`
+# answers the whole prefix in one body, with no paging (agent/kvs_endpoint.go KVSGet).
 SHARD_TASKS = 20_000
 
 
-def read_owned(consul: Inventory, cluster_arn: str, now: datetime, *, tasks: int = 0) -> Owned:
-    """`tasks`: how many ECS lists; from SHARD_TASKS on, the records are read in shards."""
+def read_owned(
+    consul: Inventory, cluster_arn: str, now: datetime, *, tasks: int = 0, listed_all: bool = True
+) -> Owned:
+    """`tasks`: how many tasks ECS listed; `listed_all`: whether that listing is complete.
+
+    The records are read in shards from SHARD_TASKS tasks listed or task nodes owned, whichever
+    is more, and whenever the listing is incomplete: a ListTasks throttled or failing on page
+    1 of 1,000 lists 100 tasks of 100,000, so its count bounds nothing (ECS API reference,
+    "Request throttling for the Amazon ECS API": buckets per account and Region, shared with
+    every other caller). The 18 more requests are cheap: an empty shard is a bodiless 404.
+    Tombstones (kept TOMBSTONE_GRACE) are in neither count.
+    """
     nodes: dict[str, Mapping[str, Any]] = {
         str(n["Node"]): n
         for n in consul.nodes(inventory.owned_nodes_filter(cluster_arn))
         if isinstance(n.get("Node"), str)
     }
-    kv = migration.read(consul, cluster_arn, now, shards=tasks >= SHARD_TASKS)
+    shards = not listed_all or max(tasks, len(nodes)) >= SHARD_TASKS
+    kv = migration.read(consul, cluster_arn, now, shards=shards)
     markers = host_state.marked_nodes(consul)
     return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)

@@ -102,12 +102,15 @@ class EcsRead:
         return view
 
     def _vouched(self, listed: Sequence[str], owned: Owned) -> dict[str, Vouched]:
-        """Listed tasks whose running record and node say they are registered, with the host
-        their record names (the sidecar's service meta)."""
+        """Listed host-mode tasks whose running record and node say they are registered, with
+        the host their record names (the sidecar's service meta). Bridge-mode tasks are always
+        described: a container restarted in place gets a new host port (verification.py)."""
         vouched: dict[str, Vouched] = {}
         for tid in listed:
             record, _ = owned.records.get(tid, (None, 0))
             if record is None or record.status != RUNNING or not record.digest:
+                continue
+            if tid not in owned.kv.host_mode:
                 continue
             instance = owned.kv.instances.get(tid)
             node_name = identity.node_name(task_arn_for(self._ctx.cluster_arn, tid))

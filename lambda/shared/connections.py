@@ -46,6 +46,7 @@ import threading
 import time
 import urllib.parse
 from collections.abc import Callable, Mapping
+from typing import NamedTuple
 
 # Seconds a connection may sit idle before it is replaced rather than reused: an NLB forgets a
 # TCP flow after 350 s idle; Consul itself never closes an idle connection.
@@ -69,6 +70,17 @@ _DEAD_CONNECTION = (
 class NotSent(ConnectionError):
     """Connecting failed (DNS, TCP connect or its timeout, TLS handshake or verification):
     not one byte of the request left, so a write that fails this way was not applied."""
+
+
+CONSUL_HTTP_PORT, CONSUL_HTTPS_PORT = 8500, 8501
+
+
+class Answer(NamedTuple):
+    """One response: its status, its whole body and its headers (names in lower case)."""
+
+    status: int
+    body: bytes
+    headers: Mapping[str, str]
 
 
 class ConnectionPool:
@@ -102,7 +114,9 @@ class ConnectionPool:
             raise ValueError(f"max_idle_s must be a positive number of seconds, got {max_idle_s}")
         self._host = parsed.hostname
         self._https = parsed.scheme == "https"
-        self._port = parsed.port or (443 if self._https else 80)
+        # Consul's own ports when the address names none (8501 https, 8500 http: Consul's
+        # ports reference, and CONSUL_HTTP_ADDR's default 127.0.0.1:8500 in api/api.go).
+        self._port = parsed.port or (CONSUL_HTTPS_PORT if self._https else CONSUL_HTTP_PORT)
         if self._https and ssl_context is None:
             ssl_context = ssl.create_default_context()
         self._ssl_context = ssl_context
@@ -119,8 +133,8 @@ class ConnectionPool:
         body: bytes | None,
         headers: Mapping[str, str],
         timeout: float,
-    ) -> tuple[int, bytes]:
-        """Send one request, read the whole response: (status, body), whatever the status.
+    ) -> Answer:
+        """Send one request, read the whole response, whatever the status.
 
         Raises OSError (refused, reset, timed out, TLS failures) or http.client.HTTPException;
         NotSent (an OSError) when the connection could not even be made. `timeout` bounds
@@ -186,7 +200,7 @@ class ConnectionPool:
         body: bytes | None,
         headers: Mapping[str, str],
         timeout: float,
-    ) -> tuple[int, bytes]:
+    ) -> Answer:
         try:
             connection.timeout = timeout  # used when it connects
             if connection.sock is not None:
@@ -200,7 +214,7 @@ class ConnectionPool:
             connection.close()
             raise
         self._give_back(connection)
-        return response.status, data
+        return Answer(response.status, data, {k.lower(): v for k, v in response.getheaders()})
 
     def _give_back(self, connection: http.client.HTTPConnection) -> None:
         if connection.sock is None:  # the server answered `Connection: close`

@@ -30,7 +30,7 @@ import urllib.parse
 from collections.abc import Callable
 from typing import Any, Protocol
 
-from connections import ConnectionPool, NotSent
+from connections import Answer, ConnectionPool, NotSent
 from retry import RetryableError
 
 Json = dict[str, Any]
@@ -171,9 +171,7 @@ class ConsulHttp:
         left = self._remaining_s() if self._remaining_s else self._timeout_s
         return max(0.05, min(self._timeout_s, left))
 
-    def _send(
-        self, method: str, path: str, body: bytes | None, token: str | None
-    ) -> tuple[int, bytes]:
+    def _send(self, method: str, path: str, body: bytes | None, token: str | None) -> Answer:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -204,12 +202,20 @@ class ConsulHttp:
         """Send one request: (status, body) for 2xx and `ok_statuses`, else the mapped error.
 
         A 403 is sent once more with the token read again, when its source can be re-read."""
+        answer = self.answer(method, path, payload, ok_statuses=ok_statuses)
+        return answer.status, answer.body
+
+    def answer(
+        self, method: str, path: str, payload: object = None, *, ok_statuses: tuple[int, ...] = ()
+    ) -> Answer:
+        """`request`, with the response's headers."""
         body = None if payload is None else json.dumps(payload).encode()
-        status, data = self._send(method, path, body, self._token.get())
-        if status == 403 and self._token.refreshable:
-            status, data = self._send(method, path, body, self._token.get(refresh=True))
+        answer = self._send(method, path, body, self._token.get())
+        if answer.status == 403 and self._token.refreshable:
+            answer = self._send(method, path, body, self._token.get(refresh=True))
+        status, data = answer.status, answer.body
         if 200 <= status < 300 or status in ok_statuses:
-            return status, data
+            return answer
         reason = self.scrub(data[:MAX_ERROR_BODY].decode("utf-8", "replace").strip())
         message = f"{method} {path}: HTTP {status}: {reason}"
         if status in _RETRYABLE_STATUS:

@@ -32,7 +32,13 @@ def _kv_get(backend: Backend, request: Request, match: re.Match[str]) -> Reply:
         return _kv_keys(backend, request, key)
     if request.flag("recurse"):
         entries = [] if request.anonymous else store.kv_list(key)
-        reply = query_reply([kv_view(e) for e in entries], store.kv_prefix_index(key))
+        # KVS.List filters what the token may not read and says so (ConsulDouble.hide_keys).
+        readable = [e for e in entries if not e["Key"].startswith(backend.unreadable_keys)]
+        filtered = len(readable) != len(entries)
+        entries = readable
+        reply = query_reply(
+            [kv_view(e) for e in entries], store.kv_prefix_index(key), filtered=filtered
+        )
         if not entries:
             reply.status, reply.body = 404, b""
         return reply

@@ -82,6 +82,10 @@ class Backend(Protocol):
         """The initial tokens that exist right now (none while a new leader has not set up its
         ACLs yet); None when ACLs are off."""
 
+    @property
+    def unreadable_keys(self) -> tuple[str, ...]:
+        """Key prefixes no token may read (ConsulDouble.hide_keys)."""
+
 
 @dataclass(frozen=True)
 class Route:

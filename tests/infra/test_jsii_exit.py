@@ -118,3 +118,62 @@ def test_a_synthesis_that_fails_exits_non_zero_with_its_message(
     # THEN the fast exit is not taken: non-zero, and the reason is on stderr
     assert result.returncode != 0, result.stderr[-3000:]
     assert message in result.stderr, result.stderr[-3000:]
+
+
+def test_a_synthesis_leaves_no_staging_folder_and_a_complete_assembly(tmp_path: Path) -> None:
+    # GIVEN the real app.py, in a private TMPDIR, with asset staging on (the default)
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_")}
+    context = json.loads((ROOT / "cdk.json").read_text())["context"]
+    env |= {"CDK_OUTDIR": str(out), "CDK_CONTEXT_JSON": json.dumps(context), "TMPDIR": str(temp)}
+    # WHEN it synthesizes and leaves through the fast exit
+    result = subprocess.run(
+        [sys.executable, "app.py"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    # THEN the assembly holds each function's code (its own modules and lambda/shared's) ...
+    staged = {p.name for d in out.glob("asset.*") if d.is_dir() for p in d.iterdir()}
+    assert {"reconcile.py", "teardown.py", "connections.py"} <= staged
+    # AND no staging folder is left behind (one leaked per synth before)
+    assert [p.name for p in temp.iterdir() if p.name.startswith("mesh-lambda-assets-")] == []
+
+
+_STAGING_OFF = """
+import sys
+import aws_cdk as cdk
+from mesh_stack import lambda_code
+
+app = cdk.App(context={lambda_code.DISABLE_STAGING: sys.argv[1] == "off"})
+print(lambda_code.staged("registrar"))
+lambda_code.finish_staging(app)
+"""
+
+
+@pytest.mark.parametrize(("staging", "kept"), [("off", True), ("on", False)])
+def test_staging_folders_outlive_the_process_only_when_cdk_does_not_copy_them(
+    tmp_path: Path, staging: str, kept: bool
+) -> None:
+    # GIVEN a process that assembled a function's code, with CDK's asset staging off (the
+    # manifest then points into the folder: `cdk synth --no-staging`, SAM) or on
+    # WHEN it finishes the staging and exits normally (atexit runs)
+    result = subprocess.run(
+        [sys.executable, "-c", _STAGING_OFF, staging],
+        cwd=ROOT,
+        env={**os.environ, "TMPDIR": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    folder = Path(result.stdout.strip().splitlines()[-1])
+    # THEN the folder is still there only when staging is off
+    assert folder.is_relative_to(tmp_path)
+    assert (folder / "reconcile.py").is_file() is kept

@@ -430,3 +430,26 @@ def test_fails_when_the_pool_is_misconfigured(
 ) -> None:
     with pytest.raises(ValueError, match=message):
         ConnectionPool(address, **options)
+
+
+@pytest.mark.parametrize(
+    ("address", "port"),
+    [("https://consul.example", 8501), ("http://consul.example", 8500), ("https://c.example:9", 9)],
+)
+def test_an_address_without_a_port_dials_consuls_port(
+    address: str, port: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a Consul address with no port (as the provider's ConsulHttpAddr may be given)
+    dialled: list[tuple[str, int]] = []
+
+    def refuse(where: tuple[str, int], *args: Any, **kwargs: Any) -> Any:
+        dialled.append(where)
+        raise ConnectionRefusedError(111, "Connection refused")
+
+    monkeypatch.setattr("socket.create_connection", refuse)
+    # WHEN a request is sent, THEN it dials Consul's port (8501 https, 8500 http), not 443/80
+    with pytest.raises(OSError, match="could not connect"):
+        ConnectionPool(address).request(
+            "GET", "/v1/status/leader", body=None, headers={}, timeout=1
+        )
+    assert dialled[0] == (address.split("//")[1].split(":", maxsplit=1)[0], port)

@@ -997,22 +997,28 @@ def test_one_pass_restores_exactly_the_running_set_after_losing_10_percent_of_ev
             registrar.set_runtime(None)
 
 
-def spread_tasks(world: World, count: int = 250, hosts: int = 60) -> list[str]:
-    """`count` running tasks over `hosts` hosts, registered by a first pass."""
+def spread_tasks(world: World, count: int = 250, hosts: int = 60, family: str = "web") -> list[str]:
+    """`count` running tasks over `hosts` hosts, registered by a first pass. "web" runs in
+    bridge mode (dynamic host ports), "api" in host mode."""
     instances = world.ecs.add_instances(hosts)
     for n in range(count):
         world.ecs.put_task(
             tid(n),
+            family=family,
             container_instance_arn=instances[n % len(instances)],
-            host_ports={"web": {8080: 32768 + n}, "envoy": {20000: 42768 + n}},
+            host_ports=bridge_ports(n) if family == "web" else None,
         )
     assert world.reconcile().missing == count
     return instances
 
 
+def bridge_ports(n: int, shift: int = 0) -> dict[str, dict[int, int]]:
+    return {"web": {8080: 32768 + n + shift}, "envoy": {20000: 42768 + n + shift}}
+
+
 def test_a_first_pass_after_a_deploy_describes_every_task(world: World) -> None:
     # GIVEN 250 running tasks over 60 hosts, and a marker written by other registration code
-    spread_tasks(world)
+    spread_tasks(world, family="api")
     seed_settled_markers(world.consul)
     stale = json.dumps({"shape": "0" * 16, "since": "2020-01-01T00:00:00+00:00", "verified": True})
     world.consul.seed_kv(kv_layout.verified_key(CLUSTER_ARN), stale.encode())
@@ -1035,8 +1041,8 @@ def test_a_first_pass_after_a_deploy_describes_every_task(world: World) -> None:
 
 
 def test_an_in_sync_pass_describes_no_task_consul_vouches_for(world: World) -> None:
-    # GIVEN 250 running tasks over 60 hosts, all described by this code before (marker)
-    spread_tasks(world)
+    # GIVEN 250 running host-mode tasks over 60 hosts, all described by this code before
+    spread_tasks(world, family="api")
     seed_settled_markers(world.consul)
     world.consul.reset_requests()
     world.ecs.calls.clear()
@@ -1057,7 +1063,7 @@ def test_an_in_sync_pass_describes_no_task_consul_vouches_for(world: World) -> N
 
 def test_a_vouched_task_whose_host_moved_is_described_and_repaired(world: World) -> None:
     # GIVEN verified passes, and a host whose SSM address changed since its tasks registered
-    instances = spread_tasks(world, count=20, hosts=4)
+    instances = spread_tasks(world, count=20, hosts=4, family="api")
     seed_settled_markers(world.consul)
     moved = world.ecs.instances[instances[0]]
     moved.address = "10.77.0.9"
@@ -1075,7 +1081,7 @@ def test_a_vouched_task_whose_host_moved_is_described_and_repaired(world: World)
 
 def test_a_vouched_task_whose_node_is_gone_is_described_and_registered(world: World) -> None:
     # GIVEN verified passes, and a task node someone deleted (its record stays)
-    spread_tasks(world, count=20, hosts=4)
+    spread_tasks(world, count=20, hosts=4, family="api")
     seed_settled_markers(world.consul)
     request = urllib.request.Request(
         f"{world.consul.url}/v1/catalog/deregister",
@@ -1091,9 +1097,38 @@ def test_a_vouched_task_whose_node_is_gone_is_described_and_registered(world: Wo
     assert f"ecs-task-{tid(3)}" in world.consul.nodes()
 
 
+def test_a_bridge_task_whose_container_restarted_on_a_new_port_is_repaired(
+    world: World,
+) -> None:
+    # GIVEN verified passes over 10 host-mode and 10 bridge-mode tasks, all in sync
+    instances = spread_tasks(world, count=10, hosts=4, family="api")
+    for n in range(10, 20):
+        world.ecs.put_task(
+            tid(n), container_instance_arn=instances[n % 4], host_ports=bridge_ports(n)
+        )
+    assert world.reconcile().missing == 10
+    seed_settled_markers(world.consul)
+    # AND a bridge task's containers restarted in place by their restart policy: same task,
+    # record, node and host, but Docker gave them new dynamic host ports, and no event came
+    world.ecs.put_task(
+        tid(12), container_instance_arn=instances[0], host_ports=bridge_ports(12, shift=1000)
+    )
+    world.ecs.calls.clear()
+
+    # WHEN one pass runs
+    report = world.reconcile()
+
+    # THEN every bridge task was described (one call) and the restarted one re-registered on
+    # its new ports; the host-mode tasks were not described
+    assert (report.changed, report.in_sync) == (1, 19)
+    assert world.ecs.calls["DescribeTasks"] == 1
+    ports = {s["ServicePort"] for s in world.consul.services(node(12))}
+    assert ports == {32768 + 12 + 1000, 42768 + 12 + 1000}
+
+
 def test_verification_waits_for_a_clean_pass_after_the_settle_time(world: World) -> None:
-    # GIVEN a cluster whose passes have never been verified
-    spread_tasks(world, count=20, hosts=4)
+    # GIVEN a cluster of host-mode tasks whose passes have never been verified
+    spread_tasks(world, count=20, hosts=4, family="api")
     seed_settled_markers(world.consul)
     world.consul.seed_kv(kv_layout.verified_key(CLUSTER_ARN), b"not json")
     now = datetime.now(UTC)
@@ -1145,6 +1180,50 @@ def test_a_large_cluster_reads_its_records_in_shards_with_the_same_outcome(
     assert node(20) not in world.consul.nodes()
 
 
+def record_reads(world: World) -> list[str]:
+    """The KV listings of the pass (not the single-record reads of its repairs)."""
+    return [
+        r.path
+        for r in world.consul.requests
+        if r.path.startswith("/v1/kv/") and len(r.path.rsplit("/", 1)[-1].split("?")[0]) != 32
+    ]
+
+
+def test_a_failed_listing_reads_the_records_in_shards(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN 25 tasks, fewer than the (lowered) shard threshold of 30, and a ListTasks that
+    # fails: its count (0) says nothing of how many records there are
+    monkeypatch.setattr(reconcile_consul, "SHARD_TASKS", 30)
+    spread_tasks(world, count=25, hosts=5)
+    seed_settled_markers(world.consul)
+    world.ecs.faults["ListTasks"] = [denied("ListTasks")]
+    world.consul.reset_requests()
+
+    # WHEN a pass runs, THEN it deletes nothing and reads the records in 16 shards, never in
+    # one answer of unknown size
+    report = world.reconcile()
+    assert not report.complete
+    assert report.stale == 0
+    assert sum("/tasks/" in p for p in record_reads(world)) == 16
+
+
+def test_the_shard_decision_counts_the_task_nodes_too(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN 25 registered tasks, a shard threshold of 20, and a listing (complete) that shows
+    # only 15 of them, as an eventually consistent ListTasks may
+    monkeypatch.setattr(reconcile_consul, "SHARD_TASKS", 20)
+    spread_tasks(world, count=25, hosts=5)
+    seed_settled_markers(world.consul)
+    world.ecs.hidden |= {tid(n) for n in range(15, 25)}
+    world.consul.reset_requests()
+
+    # WHEN a pass runs, THEN the 25 owned nodes decide: the records are read in shards
+    world.reconcile()
+    assert sum("/tasks/" in p for p in record_reads(world)) == 16
+
+
 def test_a_shard_that_cannot_be_read_fails_the_pass_and_deletes_nothing(
     world: World, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -1158,6 +1237,29 @@ def test_a_shard_that_cannot_be_read_fails_the_pass_and_deletes_nothing(
 
     # WHEN a pass runs, THEN it fails, and the stopped task's node is still there
     with pytest.raises(Exception, match="HTTP 500"):
+        world.reconcile()
+    assert node(20) in world.consul.nodes()
+
+
+@pytest.mark.parametrize("sharded", [True, False], ids=["shards", "single read"])
+def test_records_hidden_by_the_tokens_acl_fail_the_pass_and_delete_nothing(
+    world: World, monkeypatch: pytest.MonkeyPatch, sharded: bool
+) -> None:
+    # GIVEN 21 registered tasks (their IDs all fall in shard "0"), one of which ECS no longer
+    # knows (MISSING) 10 minutes after it started: too young a record for MISSING to prove
+    # anything
+    if sharded:
+        monkeypatch.setattr(reconcile_consul, "SHARD_TASKS", 10)
+    spread_tasks(world, count=21, hosts=3)
+    seed_settled_markers(world.consul)
+    world.ecs.forget(tid(20))
+    # AND a registrar token that may no longer read the task records: Consul leaves them out
+    # of the recursive read and says so in X-Consul-Results-Filtered-By-ACLs
+    world.consul.hide_keys(f"{kv_layout.cluster_prefix(CLUSTER_ARN)}tasks/0")
+
+    # WHEN a pass runs, THEN it fails on the filtered read instead of reading no records, and
+    # the MISSING task's node is still there
+    with pytest.raises(Exception, match="X-Consul-Results-Filtered-By-ACLs"):
         world.reconcile()
     assert node(20) in world.consul.nodes()
 
