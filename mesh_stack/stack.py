@@ -30,6 +30,7 @@ from mesh_stack.platform_parameters import PlatformParameters
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
+from mesh_stack.retention import RetainExceptOnCreate
 
 
 class MeshStack(Stack):
@@ -79,19 +80,23 @@ class MeshStack(Stack):
                 ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
             )
         self.fleet = fleet
-        # Not a synth warning: the nag gate fails on any unacknowledged one, and synthesis must
-        # keep working for tests and review. app.py prints it; `make deploy` refuses.
+        # Not a synth warning: the nag gate fails on any unacknowledged one. app.py prints it,
+        # `make deploy` repeats it (tools/server_ami.py check) and goes on.
         self.server_image_unrecorded = (
             ""
             if recorded
             else f"no server AMI recorded for "
-            f"{server_image.record_key(config.region, config.arm64)} in server-ami.json: run "
-            "`make refresh-ami` (needs AWS credentials) and commit it, or set server_ami; "
-            "`make deploy` refuses until then"
+            f"{server_image.record_key(config.region, config.arm64)} in server-ami.json: the "
+            f"servers launch from {server_image.parameter_name(config.arm64)}, resolved at "
+            "every deploy, so an unrelated deploy after AWS published an image rolls the fleet; "
+            "run `make refresh-ami` (needs AWS credentials) and commit server-ami.json, or set "
+            "server_ami"
         )
         # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
         # host ports) gets its range opened too, whoever adds it to the stack and when.
         Aspects.of(self).add(_OpenServiceCheckPorts(fleet, config.onprem_cidrs))
+        # A failed first create deletes what it made; a deleted stack keeps it (retention.py).
+        Aspects.of(self).add(RetainExceptOnCreate())
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
         objects = ConsulObjects(
@@ -215,6 +220,12 @@ class MeshStack(Stack):
         CfnOutput(self, "ConsulCaCertSecretArn", value=fleet.ca_cert_secret.secret_arn)
         CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
         CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
+        # The day-2 procedures (docs/operations.md) suspend, resume and target this group.
+        CfnOutput(
+            self,
+            "ConsulServerGroupName",
+            value=fleet.auto_scaling_group.auto_scaling_group_name,
+        )
         CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
         if network.onprem is not None:
             for name, (value, description) in network.onprem.outputs().items():
