@@ -20,7 +20,7 @@ ARGS ?=
 help:
 	@echo "make synth   - install everything pinned, synthesize into cdk.out/, fail on any unacknowledged cdk-nag finding"
 	@echo "make test    - lint (ruff, mypy) and run the test suite"
-	@echo "make deploy  - cdk deploy (needs AWS credentials); make bootstrap once per account/region"
+	@echo "make deploy  - cdk deploy (needs AWS credentials and onprem_cidrs set); make bootstrap once per account/region"
 	@echo "make review  - synthesize, then review/REVIEW.md (one-page security review + appendix) and review/review.json"
 	@echo "               BASELINE=<git ref>: REVIEW.md opens with what changed since that ref (docs/review.md)"
 	@echo "make preflight - which network path to on-prem is configured, and what is left to do"
@@ -87,8 +87,12 @@ bootstrap: install
 diff: install
 	$(CDK) diff $(ARGS)
 
-# Refuses (one line) while no server AMI is recorded for the region and architecture.
-deploy: synth
+# Refuses first, in one line and without synthesizing, while onprem_cidrs is still the
+# built-in default (tools/deploy_gate.py); synth and test keep working with it. Then refuses
+# (one line) while no server AMI is recorded for the region and architecture.
+deploy: install
+	@$(PY) -m tools.deploy_gate $(ARGS)
+	$(MAKE) --no-print-directory synth
 	$(PY) -m tools.server_ami check $(ARGS)
 	$(CDK) deploy --app cdk.out --require-approval broadening $(ARGS)
 

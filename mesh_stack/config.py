@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
-from mesh_stack import demo, services_config
+from mesh_stack import demo, image_ref, services_config
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.config_errors import fail as _fail
+from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE
 from mesh_stack.ports import ENVOY_INBOUND_PORTS, fixed_host_port_problem
 from mesh_stack.server_image import IMAGE_ID
 from mesh_stack.service_ports import ServicePorts
@@ -49,6 +50,15 @@ _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
+# A Secrets Manager secret's complete ARN (with the 6-character suffix Secrets Manager adds):
+# IAM grants on exactly that secret, and ECS takes it from another account or Region too.
+_SECRET_ARN = re.compile(
+    r"^arn:aws[a-z-]*:secretsmanager:[a-z]{2}(-gov)?-[a-z]+-\d:\d{12}:secret:"
+    r"[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$"
+)
+_KMS_KEY_ARN = re.compile(
+    r"^arn:aws[a-z-]*:kms:[a-z]{2}(-gov)?-[a-z]+-\d:\d{12}:key/[0-9a-f-]{36}$"
+)
 # Transit gateway IDs: `tgw-` and 8 (older) or 17 hex digits, like every EC2 resource ID.
 _TGW_ID = re.compile(r"^tgw-([0-9a-f]{8}|[0-9a-f]{17})$")
 
@@ -95,6 +105,12 @@ def _as_bool(key: str, value: object) -> bool:
 
 def _as_str(key: str, value: object, pattern: re.Pattern[str], allowed: str) -> str:
     if not isinstance(value, str) or not pattern.match(value):
+        raise _fail(key, value, allowed)
+    return value
+
+
+def _as_image(key: str, value: object, valid: Callable[[str], bool], allowed: str) -> str:
+    if not isinstance(value, str) or not valid(value):
         raise _fail(key, value, allowed)
     return value
 
@@ -208,6 +224,15 @@ LAMBDA_UNRESERVED_MINIMUM = 100
 RESERVED_BESIDES_REGISTRAR = 3
 
 
+def _optional(pattern: re.Pattern[str], allowed: str) -> Callable[[str, object], str]:
+    """A string key whose empty value means "not set"."""
+    return lambda k, v: "" if v in ("", None) else _as_str(k, v, pattern, allowed)
+
+
+def _optional_bool(key: str, value: object) -> bool | None:
+    return None if value in ("", None) else _as_bool(key, value)
+
+
 def _server_count(key: str, value: object) -> int:
     number = _as_int(key, value, 1, 99)
     if number not in (3, 5):
@@ -281,6 +306,47 @@ FIELDS: dict[str, Field] = {
         "Envoy release of the sidecars; must be in the range the Consul release supports.",
         lambda k, v: _as_str(k, v, _SEMVER, "must be a release version like 1.34.14"),
     ),
+    "envoy_image": Field(
+        ENVOY_REPOSITORY,
+        "Repository the sidecars pull Envoy from, without a tag (the tag is "
+        "`v<envoy_version>`): Docker Hub by default, or your registry or mirror, e.g. "
+        "`registry.example.com/mirror/envoyproxy/envoy`.",
+        lambda k, v: _as_image(
+            k,
+            v,
+            image_ref.is_repository,
+            "must be an image repository without a tag, like envoyproxy/envoy or "
+            "registry.example.com/envoyproxy/envoy (the tag is v<envoy_version>)",
+        ),
+    ),
+    "init_image": Field(
+        INIT_IMAGE,
+        "Image of the sidecars' init container (any image with `python3` 3.11 or newer; it "
+        "runs a stdlib-only program), with a tag or `@sha256:` digest.",
+        lambda k, v: _as_image(
+            k,
+            v,
+            image_ref.is_pinned_reference,
+            "must be an image reference with a tag or @sha256 digest, like "
+            "public.ecr.aws/docker/library/python:3.13-slim",
+        ),
+    ),
+    "registry_credentials_secret_arn": Field(
+        "",
+        'Complete ARN of a Secrets Manager secret `{"username": ..., "password": ...}` '
+        "that ECS uses (`repositoryCredentials`) to pull `envoy_image` and `init_image` from a "
+        "private registry or an authenticated Docker Hub account; the task execution roles may "
+        "read exactly this secret. Not for images on public.ecr.aws or in Amazon ECR. "
+        "Empty = anonymous pulls.",
+        _optional(_SECRET_ARN, "must be a complete Secrets Manager secret ARN (with its suffix)"),
+    ),
+    "registry_credentials_kms_key_arn": Field(
+        "",
+        "ARN of the customer-managed KMS key that encrypts `registry_credentials_secret_arn`; "
+        "the execution roles may decrypt with it through Secrets Manager only. Empty = the "
+        "secret uses the AWS managed key.",
+        _optional(_KMS_KEY_ARN, "must be a KMS key ARN like arn:aws:kms:<region>:<acct>:key/<id>"),
+    ),
     "consul_esm_version": Field(
         "0.10.0",
         "consul-esm release run on the servers to health-check catalog entries (verified).",
@@ -318,6 +384,13 @@ FIELDS: dict[str, Field] = {
         "the servers may reach their Envoy listeners on TCP "
         f"{ENVOY_INBOUND_PORTS[0]}-{ENVOY_INBOUND_PORTS[1]}. 0.0.0.0/0 and networks wider "
         "than /8 are rejected.",
+        _cidrs,
+    ),
+    "operator_cidrs": Field(
+        [],
+        "Networks of the operators' workstations or bastions: they may reach the Consul UI and "
+        "HTTPS API (TCP 8501) through the load balancer, nothing else. Same rules as "
+        "`onprem_cidrs`. Empty = only `onprem_cidrs` reach it.",
         _cidrs,
     ),
     "onprem_connectivity": Field(
@@ -405,9 +478,10 @@ FIELDS: dict[str, Field] = {
         lambda k, v: _as_int(k, v, 1, 30),
     ),
     "demo_enabled": Field(
-        True,
-        "Deploy the `frontend` -> `backend` demo: two built-in `services` entries.",
-        _as_bool,
+        None,
+        "Deploy the `frontend` -> `backend` demo: two built-in `services` entries. Empty = on "
+        "only with `environment=dev`; set `true` to deploy it in another environment.",
+        _optional_bool,
     ),
     "services": Field(
         {},
@@ -473,12 +547,17 @@ class MeshConfig:
     availability_zones: tuple[str, ...]
     consul_version: str
     envoy_version: str
+    envoy_image: str
+    init_image: str
+    registry_credentials_secret_arn: str
+    registry_credentials_kms_key_arn: str
     consul_esm_version: str
     datacenter: str
     server_count: int
     instance_type: str
     server_ami: str
     onprem_cidrs: tuple[str, ...]
+    operator_cidrs: tuple[str, ...]
     onprem_connectivity: str
     vpn_customer_gateway_ip: str
     vpn_bgp_asn: int | None
@@ -542,6 +621,9 @@ class MeshConfig:
         values = {
             key: spec.parse(key, context.get(key, spec.default)) for key, spec in FIELDS.items()
         }
+        if values["demo_enabled"] is None:
+            # The demo shows a working mesh on a first deploy; elsewhere it is an opt-in.
+            values["demo_enabled"] = values["environment"] == "dev"
         config = cls(**values)
         config._check_combinations()
         if "lambda_unreserved_concurrency" in context and not config.reserve_concurrency:
@@ -571,6 +653,7 @@ class MeshConfig:
         if self.vpc_id and not self.account:
             raise _fail("vpc_id", self.vpc_id, "an existing VPC needs `account` set (VPC lookup)")
         self._check_onprem_path()
+        self._check_images()
         if self.availability_zones:
             if len(self.availability_zones) != len(set(self.availability_zones)):
                 raise _fail("availability_zones", list(self.availability_zones), "has duplicates")
@@ -640,6 +723,42 @@ class MeshConfig:
                 "must not start with aws or ssm: the SSM parameters under /<prefix>/ would be "
                 "refused",
             )
+
+    def _check_images(self) -> None:
+        key_arn = self.registry_credentials_kms_key_arn
+        if key_arn and not self.registry_credentials_secret_arn:
+            raise _fail(
+                "registry_credentials_kms_key_arn",
+                key_arn,
+                "is used only with registry_credentials_secret_arn (the key of that secret)",
+            )
+        if self.registry_credentials_secret_arn and not self.images_with_credentials:
+            raise _fail(
+                "registry_credentials_secret_arn",
+                self.registry_credentials_secret_arn,
+                "no image would use it: envoy_image and init_image are both on public.ecr.aws "
+                "or in Amazon ECR (pulled without registry credentials); set either to your "
+                "registry first",
+            )
+
+    @property
+    def images_with_credentials(self) -> tuple[str, ...]:
+        """The sidecar images pulled with `registry_credentials_secret_arn`, when it is set.
+
+        ECS private registry authentication is for registries outside AWS; images in Amazon
+        ECR are pulled with the execution role (ECS developer guide, "Private registry
+        authentication for tasks"), and ECR Public allows anonymous pulls.
+        """
+        if not self.registry_credentials_secret_arn:
+            return ()
+        return tuple(
+            configured
+            for configured, reference in (
+                (self.envoy_image, f"{self.envoy_image}:v{self.envoy_version}"),
+                (self.init_image, self.init_image),
+            )
+            if image_ref.pulled_with_credentials(image_ref.parse(reference))
+        )
 
     def _check_onprem_path(self) -> None:
         mode = self.onprem_connectivity

@@ -28,7 +28,6 @@ from constructs import Construct
 from mesh_stack import image_ref
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.mesh_service import MeshService
-from mesh_stack.nag import acknowledge
 from mesh_stack.service_environment import SecretRef
 from mesh_stack.service_ports import ServicePorts
 from mesh_stack.services_config import (
@@ -37,6 +36,7 @@ from mesh_stack.services_config import (
     intentions,
     pascal,
 )
+from mesh_stack.sidecar_images import SidecarImages
 
 
 class ConsulDeclarations(Protocol):
@@ -82,6 +82,8 @@ class ConfiguredServices(Construct):
     team_services: services built by teams' own apps: token and intentions only.
     consul: declares tokens and intentions (the stack's `ConsulObjects`).
     config_key: the configuration key named in errors (`services`, or `demo`).
+    images: where every service's Envoy and init images come from (`envoy_image`,
+        `init_image`, registry credentials); the defaults when None.
     The other arguments go to every MeshService unchanged.
     """
 
@@ -101,6 +103,7 @@ class ConfiguredServices(Construct):
         log_key: kms.IKey,
         team_services: Sequence[TeamService] = (),
         config_key: str = "services",
+        images: SidecarImages | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
         self.services: dict[str, MeshService] = {}
@@ -117,6 +120,7 @@ class ConfiguredServices(Construct):
                     consul_tls_server_name=consul_tls_server_name,
                     envoy_version=envoy_version,
                     log_key=log_key,
+                    images=images,
                 )
             except ValueError as err:
                 # Configuration checks these first; this keeps any rule MeshService adds later
@@ -168,12 +172,7 @@ class ConfiguredServices(Construct):
             service.accept_tcp_check(spec.tcp_check_reason)
         self._add_secrets(service, spec.secrets)
         if image_ref.ecr_repository(image_ref.parse(spec.image)) is not None:
-            acknowledge(
-                service.task_definition.obtain_execution_role(),
-                "AwsSolutions-IAM5[Resource::*]",
-                "ecr:GetAuthorizationToken takes no resource ARN (Amazon ECR API reference); "
-                "image pulls are granted on this service's one repository only.",
-            )
+            service.acknowledge_ecr_pulls()
         return service
 
     def _image(self, spec: ServiceSpec) -> ecs.ContainerImage:

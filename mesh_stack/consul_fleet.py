@@ -295,6 +295,7 @@ class ConsulFleet(Construct):
         self.https_address = Fn.join(
             "", ["https://", self.load_balancer.load_balancer_dns_name, f":{csc.HTTPS_PORT}"]
         )
+        self.ui_url = Fn.join("", [self.https_address, "/ui/"])
         self.grpc_host = self.load_balancer.load_balancer_dns_name
         self.grpc_port = csc.GRPC_TLS_PORT
         # Every server certificate carries the NLB's DNS name (`-additional-dnsname`), so
@@ -314,6 +315,17 @@ class ConsulFleet(Construct):
             self.load_balancer_security_group.add_ingress_rule(
                 peer, ec2.Port.tcp(port), f"{description} to Consul {port}"
             )
+
+    def allow_operators(self, peer: ec2.IPeer, description: str) -> None:
+        """Let `peer` (operators' workstations, a bastion) reach the HTTPS API and UI (8501)
+        through the NLB, and nothing else: no gRPC (xDS is for sidecars), no plaintext."""
+        if peer.unique_id in ("0.0.0.0/0", "::/0"):
+            raise ValueError(
+                f"allow_operators refuses {peer.unique_id}: name the operators' networks"
+            )
+        self.load_balancer_security_group.add_ingress_rule(
+            peer, ec2.Port.tcp(csc.HTTPS_PORT), f"{description} to Consul {csc.HTTPS_PORT}"
+        )
 
     def allow_checks_to(
         self, peer: ec2.IPeer, port_range: tuple[int, int], description: str

@@ -63,6 +63,7 @@ PROXY_PROTOCOLS = ("tcp", "http", "http2", "grpc")
 INTENTION_ACTIONS = ("allow", "deny")
 WILDCARD = "*"
 REGISTRAR_POLICY_NAME = "ecs-registrar"
+OPERATOR_POLICY_NAME = "operator-read-only"
 
 _POLICY_NAME = re.compile(r"^[A-Za-z0-9\-_]{1,128}$")
 
@@ -122,6 +123,33 @@ def registrar_rules(services: Sequence[str] | None = None) -> str:
             blocks += [("service", name), ("service", f"{name}-sidecar-proxy")]
     blocks.append(("key_prefix", STATE_PREFIX))
     return "\n".join(f'{rule} "{name}" {{\n  policy = "write"\n}}' for rule, name in blocks) + "\n"
+
+
+def operator_rules() -> str:
+    """ACL rules of the operators' token (docs/runbook.md), as HCL: reads, never a write.
+
+    Syntax and scope of each rule from Consul's ACL rule reference (hashicorp/consul
+    `website/content/docs/reference/acl/rule.mdx`):
+    - `node_prefix ""` / `service_prefix ""` read: the catalog and health of every node and
+      service, as the UI and `consul catalog ...` show them; `intentions = "read"` to see the
+      intentions (service rules also govern intentions);
+    - `agent_prefix ""` read: `consul members` and the servers' agent pages;
+    - `key_prefix "ecs-registrar/"` read: the registrar's ordering records, nothing else of KV;
+    - `operator = "read"`: Raft peers and autopilot health (`consul operator raft list-peers`);
+    - `mesh = "read"`: mesh-wide config entries (proxy-defaults).
+    No `acl` rule: `acl = "read"` would list every token, and snapshots need `acl = "write"`
+    (same page), so backups stay with the servers' own snapshot job. Writes are break-glass,
+    with the management token (docs/runbook.md).
+    """
+    blocks = [
+        'node_prefix "" {\n  policy = "read"\n}',
+        'service_prefix "" {\n  policy = "read"\n  intentions = "read"\n}',
+        'agent_prefix "" {\n  policy = "read"\n}',
+        f'key_prefix "{STATE_PREFIX}" {{\n  policy = "read"\n}}',
+        'operator = "read"',
+        'mesh = "read"',
+    ]
+    return "\n".join(blocks) + "\n"
 
 
 def _cfn(construct: IConstruct) -> CfnResource:
@@ -555,6 +583,16 @@ class ConsulObjects(Construct):
             "ECS Anywhere registrar: task nodes, their services and sidecars, its KV records",
         )
         return self.add_token("RegistrarToken", "ECS Anywhere registrar", [policy.ref])
+
+    def operator_token(self) -> secretsmanager.ISecret:
+        """The operators' token: `operator_rules()`, read-only, for the UI and the CLI."""
+        policy = self.add_policy(
+            "OperatorPolicy",
+            OPERATOR_POLICY_NAME,
+            operator_rules(),
+            "Operators: read the catalog, health, intentions, Raft and the registrar's records",
+        )
+        return self.add_token("OperatorToken", "Operators (read-only)", [policy.ref])
 
     def service_token(self, service_name: str) -> secretsmanager.ISecret:
         """Token of `service_name`'s Envoy sidecars: the service identity of the service.

@@ -7,8 +7,9 @@ docs tell the operator where to `curl`. Pure: no CDK (configuration validation r
 A fresh deploy plus one registered host shows a working mesh: on the host,
 `curl http://127.0.0.1:9080/` returns frontend's answer with backend's response nested inside
 it. Both run in host mode, the secure default: each app listens on 127.0.0.1 only and is
-reachable from other machines only through its Envoy (mTLS, intentions). Turn the demo off
-with `-c demo_enabled=false`.
+reachable from other machines only through its Envoy (mTLS, intentions). It is deployed by
+default only with `environment=dev`: `-c demo_enabled=true` deploys it elsewhere,
+`-c demo_enabled=false` turns it off.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ teardown that lets the cluster be deleted while hosts are still registered."""
 
 from __future__ import annotations
 
-from aws_cdk import ArnFormat, Aws, CfnOutput, CustomResource, Duration, RemovalPolicy, Stack
+from aws_cdk import ArnFormat, Aws, CustomResource, Duration, RemovalPolicy, Stack
 from aws_cdk import aws_ec2 as ec2
 from aws_cdk import aws_ecs as ecs
 from aws_cdk import aws_iam as iam
@@ -36,6 +36,7 @@ class EcsAnywhere(Construct):
     KMS-encrypted Secrets Manager secret (`activation_secret`, value `"<id> <code>"`); it never
     appears in the template, an output or a log. `registration_command` is the command an
     operator runs on a new host: it reads the secret and runs AWS's ecs-anywhere-install.sh.
+    The stack publishes it, the cluster and the function as outputs (mesh_stack/outputs.py).
 
     vpc: where the activation function runs (private subnets with egress to AWS APIs); the
         cluster itself only needs it because ecs.Cluster would otherwise create a VPC.
@@ -131,21 +132,6 @@ class EcsAnywhere(Construct):
             f"sudo bash /tmp/ecs-anywhere-install.sh --region {Aws.REGION} "
             f"--cluster {self.cluster.cluster_name} "
             '--activation-id "$ACTIVATION_ID" --activation-code "$ACTIVATION_CODE"'
-        )
-        CfnOutput(
-            self,
-            "RegisterHostCommand",
-            description=(
-                "Run with bash on a new on-prem host, with AWS credentials that may read the "
-                "activation secret; registers the host with the ECS Anywhere cluster"
-            ),
-            value=self.registration_command,
-        )
-        CfnOutput(
-            self,
-            "ActivationFunctionName",
-            description='Invoke with {"action":"reissue"} for a fresh SSM activation',
-            value=self.function.function_name,
         )
 
     def tear_down_before(self, *scopes: IConstruct) -> None:

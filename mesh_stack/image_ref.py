@@ -32,6 +32,14 @@ _NAME = re.compile(
 )
 MAX_LENGTH = 255
 
+# The sidecars' default images. Envoy from Docker Hub (tag `v<envoy_version>`); stock Python
+# from ECR Public (no Docker Hub pull limits): the init program needs only stdlib.
+ENVOY_REPOSITORY = "envoyproxy/envoy"
+INIT_IMAGE = "public.ecr.aws/docker/library/python:3.13-slim"
+DOCKER_HUB = "docker.io"
+# Amazon ECR Public allows anonymous pulls (Amazon ECR Public user guide).
+ECR_PUBLIC = "public.ecr.aws"
+
 # Amazon ECR private registries: <account>.dkr.ecr.<region>.amazonaws.com (.com.cn in China)
 # (Amazon ECR user guide, "Private registry concepts").
 _ECR_DOMAIN = re.compile(
@@ -106,3 +114,34 @@ def ecr_repository(image: ImageRef) -> EcrRepository | None:
     return EcrRepository(
         account=match["account"], region=region, partition=partition, name=image.path
     )
+
+
+def is_repository(name: str) -> bool:
+    """A repository without tag or digest (`envoy_image`: the tag is `v<envoy_version>`)."""
+    try:
+        parse(f"{name}:latest")
+    except ValueError:
+        return False
+    return True
+
+
+def is_pinned_reference(reference: str) -> bool:
+    """A well-formed reference with a tag or digest."""
+    try:
+        parse(reference)
+    except ValueError:
+        return False
+    return True
+
+
+def registry_host(image: str) -> str:
+    """The registry of a well-formed reference or repository, `docker.io` for Docker Hub."""
+    pinned = is_pinned_reference(image)
+    return parse(image if pinned else f"{image}:latest").domain or DOCKER_HUB
+
+
+def pulled_with_credentials(image: ImageRef) -> bool:
+    """Whether ECS would pull this image with `repositoryCredentials` when they are set: not
+    from ECR Public (anonymous) nor Amazon ECR (the execution role; ECS developer guide,
+    "Private registry authentication for tasks")."""
+    return image.domain != ECR_PUBLIC and ecr_repository(image) is None

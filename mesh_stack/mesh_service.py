@@ -27,6 +27,7 @@ from mesh_stack.service_ports import (
     metrics_bind_address,
     plan,
 )
+from mesh_stack.sidecar_images import SidecarImages
 
 identity = init_program.load_identity()
 
@@ -40,8 +41,6 @@ BOOTSTRAP_VOLUME = "consul-mesh-bootstrap"
 ADMIN_DIR = "/consul-mesh-admin"
 ADMIN_SOCKET = f"{ADMIN_DIR}/admin.sock"
 ADMIN_VOLUME = "consul-mesh-admin"
-# Stock Python from ECR Public (no Docker Hub pull limits); the init program needs only stdlib.
-INIT_IMAGE = "public.ecr.aws/docker/library/python:3.13-slim"
 NETWORK_MODES = {"host": ecs.NetworkMode.HOST, "bridge": ecs.NetworkMode.BRIDGE}
 # Synth-time warning id of a host-mode service whose only check is Envoy's public listener;
 # `make synth` fails on it until `MeshService.accept_tcp_check(<why>)` acknowledges it.
@@ -167,7 +166,10 @@ class MeshService(Construct):
     consul_tls_server_name: DNS name on the server certificates (e.g. server.dc1.consul);
         default consul_grpc_host.
     plaintext: xDS over plaintext gRPC 8502; only when the fleet opted into it.
-    envoy_version: Envoy release (image envoyproxy/envoy:v<version>), from the validated config.
+    envoy_version: Envoy release (image `<images.envoy_repository>:v<version>`), from the
+        validated config.
+    images: where the Envoy and init images come from, and a private registry's credentials
+        (`SidecarImages`; default: Docker Hub's envoyproxy/envoy and ECR Public's Python).
     log_key: KMS key of the service's log group.
     environment / health_check: the app container's environment and ECS health check.
     health_check_path: HTTP path Consul checks (consul-esm, from the Consul servers). In host
@@ -238,8 +240,10 @@ class MeshService(Construct):
         prometheus_port: int | None = 9102,
         prometheus_bind_address: str | None = None,
         app_user: str | None = None,
+        images: SidecarImages | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        images = images or SidecarImages()
         upstreams = dict(upstreams or {})
         self._validate(
             service_name=service_name,
@@ -314,7 +318,7 @@ class MeshService(Construct):
         self.init_container = self.task_definition.add_container(
             "Init",
             container_name=INIT_CONTAINER,
-            image=ecs.ContainerImage.from_registry(INIT_IMAGE),
+            image=images.init(self),
             command=init_program.command(),
             essential=False,
             memory_limit_mib=64,
@@ -342,7 +346,7 @@ class MeshService(Construct):
         self.envoy_container = self.task_definition.add_container(
             "Envoy",
             container_name=ENVOY_CONTAINER,
-            image=ecs.ContainerImage.from_registry(f"envoyproxy/envoy:v{envoy_version}"),
+            image=images.envoy(self, envoy_version),
             # Hot restart shares a socket per base id: two Envoys in one network namespace
             # (host mode) would collide, and ECS restarts tasks rather than Envoy anyway.
             command=["-c", BOOTSTRAP_PATH, "--disable-hot-restart"],
@@ -422,6 +426,10 @@ class MeshService(Construct):
                 circuit_breaker=ecs.DeploymentCircuitBreaker(rollback=True),
             )
         self._acknowledge(host_mode)
+        self._ecr_acknowledged = False
+        images.grant_credentials_key(self.task_definition.obtain_execution_role())
+        if images.uses_ecr():
+            self.acknowledge_ecr_pulls()
         if host_mode and not health_check_path:
             Annotations.of(self).add_warning_v2(
                 NO_HEALTH_PATH_WARNING,
@@ -431,6 +439,19 @@ class MeshService(Construct):
                 "Consul sends it traffic while the app starts or hangs; set health_check_path "
                 "(docs/services.md, 'What your app must do')",
             )
+
+    def acknowledge_ecr_pulls(self) -> None:
+        """For a task with an image in Amazon ECR (app or sidecar): its execution role's
+        `ecr:GetAuthorizationToken` is on `*`. Once per task, whoever pulls from ECR."""
+        if self._ecr_acknowledged:
+            return
+        self._ecr_acknowledged = True
+        acknowledge(
+            self.task_definition.obtain_execution_role(),
+            "AwsSolutions-IAM5[Resource::*]",
+            "ecr:GetAuthorizationToken takes no resource ARN (Amazon ECR API reference); "
+            "image pulls are granted on the configured repositories only.",
+        )
 
     def accept_tcp_check(self, reason: str) -> None:
         """Accept, for `reason`, that this host-mode service without a health_check_path is

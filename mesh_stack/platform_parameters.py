@@ -10,12 +10,20 @@ The platform stack publishes, under `/<prefix>/<environment>/mesh/` (docs/servic
     envoy-version                            the Envoy release the Consul release supports
     key-arn                                  the mesh key: team token secrets and log groups
     registrar-labels                         the registrar's docker label contract (JSON)
+    envoy-image, init-image                  where the sidecars' images come from (the Envoy
+                                             repository, tagged v<envoy-version>; the init
+                                             image reference)
+    registry-credentials-secret-arn          the private registry's credentials secret, and
+    registry-credentials-key-arn             its KMS key: each only when the platform sets it
     services/<name>/token-secret-arn         per `team_services` entry: its Consul token
 
 Tokens stay the platform's: a team service gets one only when the platform's configuration
 lists it under `team_services`, which also holds its intentions. `mesh_service_from_parameters`
 builds a `MeshService` in any stack of the same account and Region from these parameters,
-resolved by CloudFormation when that stack deploys.
+resolved by CloudFormation when that stack deploys. The sidecar images are the exception: how
+ECS pulls an image (from Amazon ECR with the execution role, or with `repositoryCredentials`)
+changes the team's template, so the team passes `images=` with the platform's values, which
+the image parameters publish for it to read (docs/services.md).
 
 Parameter Store naming (SSM API reference, PutParameter `Name`): letters, digits and `_.-`,
 `/` between levels, at most 15 levels, at most 1011 characters, not starting with `aws` or
@@ -39,6 +47,7 @@ from constructs import Construct, IDependable
 from mesh_stack import init_program, ports
 from mesh_stack.mesh_service import MeshService
 from mesh_stack.services_config import pascal
+from mesh_stack.sidecar_images import SidecarImages
 
 identity = init_program.load_identity()
 
@@ -99,6 +108,32 @@ def label_contract() -> str:
     )
 
 
+def image_parameters(images: SidecarImages) -> list[tuple[str, str, str]]:
+    """The sidecar images' parameters: (leaf, value, description). The credentials' only when
+    set: a String parameter cannot be empty (SSM API reference, PutParameter `Value`)."""
+    values = [
+        ("envoy-image", images.envoy_repository, "Envoy image repository (tag v<envoy-version>)"),
+        ("init-image", images.init_image, "Init container image reference"),
+    ]
+    if images.credentials is not None:
+        values.append(
+            (
+                "registry-credentials-secret-arn",
+                images.credentials.secret_arn,
+                "Private registry credentials secret of the sidecar images",
+            )
+        )
+        if images.credentials.kms_key_arn:
+            values.append(
+                (
+                    "registry-credentials-key-arn",
+                    images.credentials.kms_key_arn,
+                    "KMS key of the registry credentials secret",
+                )
+            )
+    return values
+
+
 class PlatformParameters(Construct):
     """Publishes the contract as SSM String parameters (standard tier) under `root(...)`.
 
@@ -121,8 +156,10 @@ class PlatformParameters(Construct):
         envoy_version: str,
         key: kms.IKey,
         team_tokens: dict[str, secretsmanager.ISecret] | None = None,
+        images: SidecarImages | None = None,
     ) -> None:
         super().__init__(scope, construct_id)
+        images = images or SidecarImages()
         if ca_secret.encryption_key is None:
             raise ValueError("ca_secret must carry its KMS key: teams' execution roles need it")
         values: list[tuple[str, str, str]] = [
@@ -136,6 +173,7 @@ class PlatformParameters(Construct):
             ("envoy-version", envoy_version, "Envoy release the Consul release supports"),
             ("key-arn", key.key_arn, "Mesh KMS key: team token secrets and log groups"),
             ("registrar-labels", label_contract(), "Registrar docker label contract (JSON)"),
+            *image_parameters(images),
         ]
         for service, secret in sorted((team_tokens or {}).items()):
             values.append(
@@ -213,6 +251,7 @@ def mesh_service_from_parameters(
     service_name: str,
     proxy_port: int,
     prometheus_port: int | None,
+    images: SidecarImages | None = None,
     **kwargs: Any,
 ) -> MeshService:
     """A MeshService in a team's own stack, wired to the platform through its SSM contract.
@@ -222,6 +261,8 @@ def mesh_service_from_parameters(
         `team_services`, which creates its token (the deploy fails on a missing parameter).
     proxy_port / prometheus_port: required, because this app cannot see the platform's
         services: pick ports the platform leaves to teams (proxy ports 20250-20499).
+    images: the platform's sidecar images (its `envoy-image`, `init-image` and
+        `registry-credentials-*` parameters); the defaults when None.
     kwargs: any other MeshService argument (image, port, app_user, upstreams, ...).
     """
     path = root(prefix, environment)
@@ -248,6 +289,7 @@ def mesh_service_from_parameters(
         log_key=imports.key,
         proxy_port=proxy_port,
         prometheus_port=prometheus_port,
+        images=images,
         **kwargs,
     )
     _grant_decrypt(

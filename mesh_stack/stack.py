@@ -26,11 +26,13 @@ from mesh_stack.keys import Keys
 from mesh_stack.mesh_service import MeshService
 from mesh_stack.monitoring import Monitoring
 from mesh_stack.network import Network
+from mesh_stack.outputs import add_outputs
 from mesh_stack.platform_parameters import PlatformParameters
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
 from mesh_stack.retention import RetainExceptOnCreate
+from mesh_stack.sidecar_images import RegistryCredentials, SidecarImages
 
 
 class MeshStack(Stack):
@@ -79,6 +81,8 @@ class MeshStack(Stack):
             fleet.allow_checks_to(
                 ec2.Peer.ipv4(cidr), ENVOY_INBOUND_PORTS, f"Envoy listeners in {cidr}"
             )
+        for cidr in config.operator_cidrs:
+            fleet.allow_operators(ec2.Peer.ipv4(cidr), f"Operators in {cidr}")
         self.fleet = fleet
         # Not a synth warning: the nag gate fails on any unacknowledged one. app.py prints it,
         # `make deploy` repeats it (tools/server_ami.py check) and goes on.
@@ -124,6 +128,16 @@ class MeshStack(Stack):
         self.cluster = ecs_anywhere.cluster
 
         registrar_token = objects.registrar_token()
+        operator_token = objects.operator_token()
+        self.images = SidecarImages(
+            envoy_repository=config.envoy_image,
+            init_image=config.init_image,
+            credentials=RegistryCredentials(
+                config.registry_credentials_secret_arn, config.registry_credentials_kms_key_arn
+            )
+            if config.registry_credentials_secret_arn
+            else None,
+        )
         registrar = Registrar(
             self,
             "Registrar",
@@ -181,6 +195,7 @@ class MeshStack(Stack):
             "consul_tls_server_name": fleet.tls_server_name,
             "envoy_version": config.envoy_version,
             "log_key": keys.key,
+            "images": self.images,
         }
         configured: list[ConfiguredServices] = []
         if config.demo_services:
@@ -213,20 +228,30 @@ class MeshStack(Stack):
             envoy_version=config.envoy_version,
             key=keys.key,
             team_tokens=services.team_tokens,
+            images=self.images,
         )
 
-        CfnOutput(self, "ConsulHttpsAddress", value=fleet.https_address)
-        CfnOutput(self, "ConsulGrpcAddress", value=Fn.join("", [fleet.grpc_host, ":8503"]))
-        CfnOutput(self, "ConsulCaCertSecretArn", value=fleet.ca_cert_secret.secret_arn)
-        CfnOutput(self, "RegistrarTokenSecretArn", value=registrar_token.secret_arn)
-        CfnOutput(self, "ConsulSnapshotBucket", value=fleet.snapshot_bucket.bucket_name)
-        # The day-2 procedures (docs/operations.md) suspend, resume and target this group.
-        CfnOutput(
+        add_outputs(
             self,
-            "ConsulServerGroupName",
-            value=fleet.auto_scaling_group.auto_scaling_group_name,
+            {
+                "ClusterName": ecs_anywhere.cluster.cluster_name,
+                "ClusterArn": ecs_anywhere.cluster.cluster_arn,
+                "RegisterHostCommand": ecs_anywhere.registration_command,
+                "ActivationSecretArn": ecs_anywhere.activation_secret.secret_arn,
+                "ActivationFunctionName": ecs_anywhere.function.function_name,
+                "ConsulHttpsAddress": fleet.https_address,
+                "ConsulGrpcAddress": Fn.join("", [fleet.grpc_host, ":8503"]),
+                "ConsulUiUrl": fleet.ui_url,
+                "ConsulCaCertSecretArn": fleet.ca_cert_secret.secret_arn,
+                "OperatorTokenSecretArn": operator_token.secret_arn,
+                "ConsulManagementTokenSecretArn": fleet.management_token_secret.secret_arn,
+                "RegistrarTokenSecretArn": registrar_token.secret_arn,
+                "ConsulSnapshotBucket": fleet.snapshot_bucket.bucket_name,
+                "ConsulServerGroupName": fleet.auto_scaling_group.auto_scaling_group_name,
+                "RegistrarDeadLetterQueueUrl": registrar.dead_letter_queue.queue_url,
+                "EventRuleDeadLetterQueueUrl": registrar.target_dead_letter_queue.queue_url,
+            },
         )
-        CfnOutput(self, "RegistrarDeadLetterQueueUrl", value=registrar.dead_letter_queue.queue_url)
         if network.onprem is not None:
             for name, (value, description) in network.onprem.outputs().items():
                 CfnOutput(self, name, value=value, description=description)

@@ -92,6 +92,9 @@ def firewall_rules(config: MeshConfig) -> list[str]:
         f"hosts <-> hosts: TCP {low}-{high} (mesh traffic between sidecars)",
         f"hosts -> AWS over the internet, TCP 443: {endpoints}, and the registries of your "
         "images (the defaults pull from public.ecr.aws and Docker Hub)",
+    ] + [
+        f"operators ({cidr}) -> Consul NLB in {vpc}: TCP {CONSUL_HTTPS} (UI and HTTPS API only)"
+        for cidr in config.operator_cidrs
     ]
 
 

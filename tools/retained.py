@@ -6,9 +6,9 @@
 Resources with `DeletionPolicy: Retain` (or `RetainExceptOnCreate`) outlive the stack: the KMS
 keys, the Consul fleet's secrets (the CA private key, the management token, ...), the snapshot
 bucket and its access-log bucket, the log groups. Once the stack is gone CloudFormation no
-longer lists them, so `record` (run by `make destroy` before the deletion) reads the synthesized template for the
-retained logical IDs, asks CloudFormation for their physical IDs (ListStackResources) and
-writes them to `retained-<stack>.json`, with the stack's ID.
+longer lists them, so `record` (run by `make destroy` before the deletion) reads the synthesized
+template for the retained logical IDs, asks CloudFormation for their physical IDs
+(ListStackResources) and writes them to `retained-<stack>.json`, with the stack's ID.
 
 `purge` first asks CloudFormation about that stack ID (DescribeStacks by ID also answers for a
 deleted stack; by name it would say "does not exist") and refuses unless it is DELETE_COMPLETE:

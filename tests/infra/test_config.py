@@ -114,6 +114,21 @@ FAILURES = [
     ("activation_registration_limit", "0", "from 1 to 1000"),
     ("activation_expiry_days", "31", "from 1 to 30"),
     ("demo_enabled", "1", "true or false"),
+    ("operator_cidrs", "0.0.0.0/0", "whole internet"),
+    ("operator_cidrs", "10.0.0.0/7", "/8 or narrower"),
+    ("operator_cidrs", "10.1.2.3/16", "not a valid CIDR"),
+    ("operator_cidrs", "2001:db8::/32", "IPv4"),
+    ("envoy_image", "envoyproxy/envoy:v1.34.14", "without a tag"),
+    ("envoy_image", "EnvoyProxy/Envoy", "without a tag"),
+    ("init_image", "python", "with a tag or @sha256 digest"),
+    ("init_image", "python@sha256:abc", "with a tag or @sha256 digest"),
+    (
+        "registry_credentials_secret_arn",
+        "arn:aws:secretsmanager:us-east-1:111111111111:secret:hub",
+        "complete Secrets Manager secret ARN",
+    ),
+    ("registry_credentials_secret_arn", "dockerhub-credentials", "complete Secrets Manager"),
+    ("registry_credentials_kms_key_arn", "alias/registry", "KMS key ARN"),
     ("services", "[1]", "must be a JSON object"),
     ("external_services", "[1, 2]", "list of strings"),
     ("team_services", "x", "not a JSON object"),
@@ -347,3 +362,74 @@ def test_fails_when_onprem_overlaps_the_vpc(mode: str) -> None:
             transit_gateway_id=TGW if mode == "transit_gateway" else "",
             onprem_cidrs="192.168.0.0/16,10.40.128.0/20",
         )
+
+
+SECRET = "arn:aws:secretsmanager:us-east-1:111111111111:secret:registry/hub-AbC123"
+KEY = "arn:aws:kms:us-east-1:111111111111:key/0f1e2d3c-4b5a-6978-8695-a4b3c2d1e0f9"
+
+
+def test_operator_cidrs_default_to_none_and_parse_like_onprem_cidrs() -> None:
+    assert config().operator_cidrs == ()
+    assert config(operator_cidrs="10.9.0.0/24, 10.40.3.0/28").operator_cidrs == (
+        "10.9.0.0/24",
+        "10.40.3.0/28",
+    )
+
+
+def test_demo_defaults_to_on_only_in_dev() -> None:
+    # GIVEN no demo_enabled set WHEN the environment is dev THEN the demo deploys; elsewhere
+    # it is an opt-in, and an explicit value wins in every environment
+    assert config().demo_enabled is True
+    assert config(environment="prod").demo_enabled is False
+    assert config(environment="staging").demo_enabled is False
+    assert config(environment="prod", demo_enabled="true").demo_enabled is True
+    assert config(environment="dev", demo_enabled=False).demo_enabled is False
+
+
+def test_cdk_json_leaves_the_demo_and_onprem_cidrs_to_the_operator() -> None:
+    # A value in cdk.json would turn the demo on in prod and hide the deploy gate's check.
+    assert "demo_enabled" not in cdk_json_context()
+    assert "onprem_cidrs" not in cdk_json_context()
+
+
+def test_image_defaults_are_todays_images() -> None:
+    cfg = config()
+    assert cfg.envoy_image == "envoyproxy/envoy"
+    assert cfg.init_image == "public.ecr.aws/docker/library/python:3.13-slim"
+    assert cfg.registry_credentials_secret_arn == ""
+    assert cfg.images_with_credentials == ()
+
+
+def test_image_references_of_registries_and_mirrors_parse() -> None:
+    cfg = config(
+        envoy_image="registry.example.com:5000/mirror/envoyproxy/envoy",
+        init_image="registry.example.com:5000/library/python@sha256:" + "a" * 64,
+        registry_credentials_secret_arn=SECRET,
+        registry_credentials_kms_key_arn=KEY,
+    )
+    assert cfg.images_with_credentials == (
+        "registry.example.com:5000/mirror/envoyproxy/envoy",
+        "registry.example.com:5000/library/python@sha256:" + "a" * 64,
+    )
+
+
+def test_credentials_skip_ecr_public_and_ecr() -> None:
+    # Docker Hub (the default Envoy) takes them: an authenticated account's pull limit
+    assert config(registry_credentials_secret_arn=SECRET).images_with_credentials == (
+        "envoyproxy/envoy",
+    )
+    ecr = "111111111111.dkr.ecr.us-east-1.amazonaws.com/envoyproxy/envoy"
+    assert config(envoy_image=ecr).images_with_credentials == ()
+
+
+def test_fails_when_credentials_would_be_used_by_no_image() -> None:
+    ecr = "111111111111.dkr.ecr.us-east-1.amazonaws.com/envoyproxy/envoy"
+    with pytest.raises(ConfigError, match=r"registry_credentials_secret_arn=.*no image would use"):
+        config(envoy_image=ecr, registry_credentials_secret_arn=SECRET)
+
+
+def test_fails_when_a_credentials_key_comes_without_the_secret() -> None:
+    with pytest.raises(
+        ConfigError, match=r"registry_credentials_kms_key_arn=.*only with registry_credentials"
+    ):
+        config(registry_credentials_kms_key_arn=KEY)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk.assertions import Match, Template
 from cdk_nag import AwsSolutionsChecks, NIST80053R5Checks
 
-from mesh_stack.consul_objects import ConsulObjects, registrar_rules
+from mesh_stack.consul_objects import ConsulObjects, operator_rules, registrar_rules
 from tools.nag_gate import unacknowledged
 
 ADDRESS = "https://consul-nlb.example.internal:8501"
@@ -466,3 +467,61 @@ def test_the_token_secrets_say_how_rotation_really_works(synthesized: Any) -> No
     assert token_reasons
     assert not {r for r in token_reasons if "new construct ID" in r or "in CDK;" in r}
     assert all("consul_objects_generation" in r for r in token_reasons), token_reasons
+
+
+# Every disposition an operator-token rule may carry, and the rule kinds Consul knows
+# (hashicorp/consul website/content/docs/reference/acl/rule.mdx, "Overview").
+_RULE = re.compile(r'^(\w+)(?: "([^"]*)")? (?:= "(\w+)"|\{)$')
+
+
+def _rules(hcl: str) -> list[tuple[str, str | None, dict[str, str]]]:
+    """(resource, label, {field: disposition}) of each rule of the flat HCL we write."""
+    parsed: list[tuple[str, str | None, dict[str, str]]] = []
+    lines = iter(hcl.splitlines())
+    for line in lines:
+        found = _RULE.match(line)
+        assert found, line
+        kind, label, value = found.groups()
+        if value is not None:
+            parsed.append((kind, label, {"policy": value}))
+            continue
+        fields: dict[str, str] = {}
+        for inner in lines:
+            if inner == "}":
+                break
+            name, _, disposition = inner.strip().partition(" = ")
+            fields[name] = disposition.strip('"')
+        parsed.append((kind, label, fields))
+    return parsed
+
+
+def test_operator_rules_read_and_never_write() -> None:
+    # GIVEN the operators' policy WHEN it is parsed THEN every disposition is read, there is
+    # no acl rule (token listing, snapshots), and KV is limited to the registrar's records
+    rules = _rules(operator_rules())
+    assert {d for _, _, fields in rules for d in fields.values()} == {"read"}
+    kinds = {(kind, label) for kind, label, _ in rules}
+    assert kinds == {
+        ("node_prefix", ""),
+        ("service_prefix", ""),
+        ("agent_prefix", ""),
+        ("key_prefix", "ecs-registrar/"),
+        ("operator", None),
+        ("mesh", None),
+    }
+    assert "write" not in operator_rules()
+    assert not any(kind in ("acl", "keyring") for kind, _ in kinds)
+
+
+def test_operator_token_has_its_own_policy_and_secret() -> None:
+    env = Env()
+    secret = env.objects.operator_token()
+    template = env.template()
+    policies = _custom(template, "Custom::ConsulAclPolicy")
+    ((policy_id, policy),) = policies.items()
+    assert policy["Properties"]["Name"] == "operator-read-only"
+    assert policy["Properties"]["Rules"] == operator_rules()
+    ((token_id, token),) = _custom(template, "Custom::ConsulAclToken").items()
+    assert token["Properties"]["Policies"] == [{"Ref": policy_id}]
+    assert token["Properties"]["ServiceIdentities"] == []
+    assert env.resolve(secret.secret_arn) == {"Fn::GetAtt": [token_id, "TokenSecretArn"]}

@@ -37,6 +37,7 @@ PINNED = {
         "ConsulFleetManagementTokenDB7F4636",
         "ConsulObjectsBackendSidecarTokenSecret19FAC363",
         "ConsulObjectsFrontendSidecarTokenSecret8DC30D5C",
+        "ConsulObjectsOperatorTokenSecret5BBFC453",
         "ConsulObjectsRegistrarTokenSecret9946049C",
         "EcsAnywhereActivationSecretDAA22C0F",
     },

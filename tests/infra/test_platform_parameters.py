@@ -16,11 +16,13 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_secretsmanager as secretsmanager
 from aws_cdk.assertions import Template
 
+from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE
 from mesh_stack.platform_parameters import (
     PlatformParameters,
     mesh_service_from_parameters,
     parameter_name,
 )
+from mesh_stack.sidecar_images import RegistryCredentials, SidecarImages
 from tests.infra.conftest import Synthesized
 
 # Parameter Store names (SSM API reference, PutParameter `Name`).
@@ -59,8 +61,7 @@ def platform() -> dict[str, Any]:
     return result
 
 
-@pytest.fixture(scope="module")
-def team() -> dict[str, Any]:
+def team_template(**extra: Any) -> dict[str, Any]:
     """A service team's own app: nothing of the platform but its prefix and environment."""
     app = cdk.App()
     stack = cdk.Stack(app, "BillingTeam", env=cdk.Environment(region="us-east-1"))
@@ -76,9 +77,15 @@ def team() -> dict[str, Any]:
         health_check_path="/healthz",
         proxy_port=20300,
         prometheus_port=21300,
+        **extra,
     )
     result: dict[str, Any] = Template.from_stack(stack).to_json()
     return result
+
+
+@pytest.fixture(scope="module")
+def team() -> dict[str, Any]:
+    return team_template()
 
 
 def test_the_default_stack_publishes_the_contract(synthesized: Synthesized) -> None:
@@ -97,8 +104,37 @@ def test_the_default_stack_publishes_the_contract(synthesized: Synthesized) -> N
             "envoy-version",
             "key-arn",
             "registrar-labels",
+            "envoy-image",
+            "init-image",
         )
     }
+    # the default images, as the platform's own sidecars pull them
+    values = {
+        name.rsplit("/", 1)[1]: r["Properties"]["Value"] for name, r in published(template).items()
+    }
+    assert values["envoy-image"] == ENVOY_REPOSITORY
+    assert values["init-image"] == INIT_IMAGE
+
+
+MIRROR_SECRET = "arn:aws:secretsmanager:eu-west-1:111122223333:secret:mirror-AbCdEf"
+MIRROR_KEY = "arn:aws:kms:eu-west-1:111122223333:key/1234abcd-12ab-34cd-56ef-1234567890ab"
+
+
+def test_a_team_stack_pulls_its_sidecars_with_the_platforms_images() -> None:
+    team = team_template(
+        images=SidecarImages(
+            envoy_repository="registry.example.com/mirror/envoy",
+            init_image="registry.example.com/mirror/python:3.13-slim",
+            credentials=RegistryCredentials(MIRROR_SECRET, MIRROR_KEY),
+        )
+    )
+    (task,) = [r for r in team["Resources"].values() if r["Type"] == "AWS::ECS::TaskDefinition"]
+    containers = {c["Name"]: c for c in task["Properties"]["ContainerDefinitions"]}
+    assert containers["envoy-init"]["Image"] == "registry.example.com/mirror/python:3.13-slim"
+    assert "registry.example.com/mirror/envoy:v" in json.dumps(containers["envoy"]["Image"])
+    for name in ("envoy", "envoy-init"):
+        assert containers[name]["RepositoryCredentials"] == {"CredentialsParameter": MIRROR_SECRET}
+    assert "RepositoryCredentials" not in containers["billing"]
 
 
 def test_parameters_are_valid_standard_strings_created_one_at_a_time(

@@ -150,6 +150,16 @@ def test_firewall_rules_cover_both_directions(plaintext: bool) -> None:
     assert ("TCP 8502" in rules) is plaintext
 
 
+def test_firewall_rules_admit_the_operators_to_8501_only() -> None:
+    config = MeshConfig.from_context({"operator_cidrs": "10.9.0.0/24"})
+    rules = [r for r in plan(config).firewall if r.startswith("operators")]
+    assert rules == [
+        "operators (10.9.0.0/24) -> Consul NLB in the VPC 10.40.0.0/16: TCP 8501 "
+        "(UI and HTTPS API only)"
+    ]
+    assert not [r for r in plan(MeshConfig.from_context({})).firewall if "operators" in r]
+
+
 def test_fails_when_the_configuration_is_invalid(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(capsys, "onprem_connectivity=vpn")
     assert code == 1

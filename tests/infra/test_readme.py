@@ -6,6 +6,10 @@ import json
 import re
 
 from mesh_stack.config import FIELDS, MeshConfig
+from mesh_stack.demo import DEMO_IMAGE
+from mesh_stack.ecs_anywhere import INSTALL_SCRIPT
+from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE, registry_host
+from mesh_stack.ports import CONSUL_GRPC_TLS, CONSUL_HTTPS, ENVOY_INBOUND_PORTS
 from mesh_stack.services_config import intentions
 from tests.conftest import ROOT
 from tools.config_table import table
@@ -26,11 +30,80 @@ def test_configuration_table_matches_config_py() -> None:
     assert documented == set(FIELDS)
 
 
-def test_the_services_example_is_a_valid_configuration() -> None:
-    # The README's smallest real example, as it would sit in cdk.json's context.
+def _checklist() -> str:
+    start = README.index("## Before you deploy")
+    return README[start : README.index("\n## ", start + 1)]
+
+
+def test_before_you_deploy_comes_first() -> None:
+    # The checklist is the first section: before Prerequisites, Deploy and the table.
+    headings = re.findall(r"^## (.+)$", README, flags=re.MULTILINE)
+    assert headings[0] == "Before you deploy"
+
+
+def test_checklist_states_the_ports_the_stack_opens() -> None:
+    text = _checklist()
+    low, high = ENVOY_INBOUND_PORTS
+    assert f"TCP {CONSUL_GRPC_TLS}" in text
+    assert f"TCP {CONSUL_HTTPS}" in text
+    assert text.count(f"TCP {low}-{high}") >= 2  # servers -> hosts, hosts <-> hosts
+
+
+def test_checklist_names_the_registries_of_the_default_images() -> None:
+    text = _checklist()
+    assert "Docker Hub" in text
+    assert registry_host(ENVOY_REPOSITORY) == "docker.io"
+    assert ENVOY_REPOSITORY in text
+    assert DEMO_IMAGE.split(":")[0] in text
+    assert registry_host(DEMO_IMAGE) == "docker.io"
+    assert registry_host(INIT_IMAGE) in text
+    assert INSTALL_SCRIPT.split("/")[2] in text
+
+
+def test_checklist_names_the_quotas_and_the_deploy_gate() -> None:
+    text = _checklist()
+    default_zones = FIELDS["az_count"].default
+    assert f"{default_zones} of each with the default `az_count`" in text
+    assert "Elastic IP" in text
+    assert "NAT gateway" in text
+    assert "Concurrent executions" in text
+    assert "`make deploy` refuses" in text
+    assert "`environment=dev`" in text
+
+
+def readme_example() -> dict[str, object]:
+    """The README's smallest real `services` example, as it would sit in cdk.json's context."""
     section = README.split("### Adding mesh services", 1)[1]
-    example = json.loads("{" + section.split("```json\n", 1)[1].split("```", 1)[0] + "}")
-    for demo in (True, False):
-        config = MeshConfig.from_context({**example, "demo_enabled": demo})
+    example: dict[str, object] = json.loads(
+        "{" + section.split("```json\n", 1)[1].split("```", 1)[0] + "}"
+    )
+    return example
+
+
+def readme_services_example() -> object:
+    """The `services` object of that example."""
+    return readme_example()["services"]
+
+
+def test_the_services_example_is_a_valid_configuration() -> None:
+    example = readme_example()
+    # with the demo on or off, and with its default: on in dev, off elsewhere
+    for extra, demo_on in (
+        ({"demo_enabled": True}, True),
+        ({"demo_enabled": False}, False),
+        ({"environment": "dev"}, True),
+        ({"environment": "prod"}, False),
+    ):
+        config = MeshConfig.from_context({**example, **extra})
         assert [s.name for s in config.services] == ["orders", "payments"]
         assert intentions(config.services) == [("orders", "payments")]
+        assert bool(config.demo_services) is demo_on, extra
+
+
+def test_the_checklist_names_the_registries_of_the_services_example() -> None:
+    # Hosts pull the example's images too: the checklist tells where from.
+    text = " ".join(_checklist().split())
+    services = readme_services_example()
+    assert isinstance(services, dict)
+    for entry in services.values():
+        assert f"`{registry_host(entry['image'])}`" in text
