@@ -39,7 +39,7 @@ def test_design_sections_cited_by_the_docs_exist() -> None:
 def test_each_dead_letter_queue_has_its_own_alarm_row_and_redrive() -> None:
     table = (ROOT / "docs" / "anti-entropy.md").read_text()
     assert "either DLQ" not in table
-    for output in ("RegistrarDeadLetterQueueUrl", "RuleDeadLetterQueueUrl"):
+    for output in ("RegistrarDeadLetterQueueUrl", "EventRuleDeadLetterQueueUrl"):
         assert output in table
         assert output in RUNBOOK
 
