@@ -688,6 +688,16 @@ class ConsulFleet(Construct):
         account = "<AWS::AccountId>" if Token.is_unresolved(stack.account) else stack.account
         region = "<AWS::Region>" if Token.is_unresolved(stack.region) else stack.region
         partition = "<AWS::Partition>" if Token.is_unresolved(stack.partition) else stack.partition
+        acknowledge(
+            role,
+            # The statement names the pseudo parameters (Aws.*), whatever the stack's env.
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:autoscaling:<AWS::Region>:"
+            "<AWS::AccountId>:autoScalingGroup:*:autoScalingGroupName/*]",
+            "autoscaling:SetInstanceHealth only, and only on groups carrying this fleet's "
+            "join tag (autoscaling:ResourceTag condition): a failed boot marks its own "
+            "instance unhealthy. The group's own ARN would make a dependency cycle (group -> "
+            "launch template -> role).",
+        )
         for finding in (
             "AwsSolutions-IAM5[Action::s3:GetObject*]",
             "AwsSolutions-IAM5[Action::s3:GetBucket*]",
