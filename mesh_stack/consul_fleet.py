@@ -37,7 +37,7 @@ from constructs import Construct
 from mesh_stack import consul_server_config as csc
 from mesh_stack.key_use import grant_secret_read_write
 from mesh_stack.nag import acknowledge
-from mesh_stack.server_image import IMAGE_ID
+from mesh_stack.server_image import IMAGE_ID, parameter_name
 
 ASSETS = Path(__file__).parent / "assets" / "consul_server"
 JOIN_TAG_KEY = "consul-mesh:fleet"
@@ -110,6 +110,8 @@ class ConsulFleet(Construct):
         Consul build).
     image_id: the servers' AMI, a literal fixed at synth time (`mesh_stack/server_image.py`):
         it changes only when the operator records a new one, never because AWS published one.
+        Empty: nothing is recorded yet, and the group launches from the public Amazon Linux
+        2023 parameter resolved at deploy time (the one `make refresh-ami` reads).
     esm_version: consul-esm release run on every server (health checks of catalog-only nodes).
     plaintext_listeners: also open HTTP 8500 / gRPC 8502 on the servers and the NLB.
     snapshot_interval_hours / snapshot_retention_days: `consul snapshot save` cadence and how
@@ -139,7 +141,7 @@ class ConsulFleet(Construct):
         super().__init__(scope, construct_id)
         if server_count not in (3, 5):
             raise ValueError(f"server_count must be 3 or 5, got {server_count}")
-        if not IMAGE_ID.match(image_id):
+        if image_id and not IMAGE_ID.match(image_id):
             raise ValueError(
                 f"image_id must be an AMI ID like ami-0123456789abcdef0, got {image_id}"
             )
@@ -215,7 +217,14 @@ class ConsulFleet(Construct):
             instance_type=ec2.InstanceType(instance_type),
             # A literal, not the public SSM parameter: that one is resolved at every deploy and
             # would roll the fleet whenever AWS publishes an image (mesh_stack/server_image.py).
-            machine_image=ec2.MachineImage.generic_linux({Stack.of(self).region: image_id}),
+            # Only with nothing recorded yet the parameter (an
+            # `AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>` template parameter), so the
+            # first deploy on a new account works without credentials at synth.
+            machine_image=(
+                ec2.MachineImage.generic_linux({Stack.of(self).region: image_id})
+                if image_id
+                else ec2.MachineImage.from_ssm_parameter(parameter_name(arm64))
+            ),
             role=role,
             security_group=self.server_security_group,
             require_imdsv2=True,
@@ -495,6 +504,26 @@ class ConsulFleet(Construct):
         role.add_to_policy(
             iam.PolicyStatement(actions=["cloudformation:SignalResource"], resources=[Aws.STACK_ID])
         )
+        # A failed boot marks its own instance unhealthy (the user data's `unhealthy`). The
+        # group's ARN would make a cycle (group -> launch template -> role), so any group of
+        # this account and region carrying this fleet's join tag: SetInstanceHealth takes the
+        # autoScalingGroup resource type and the autoscaling:ResourceTag/<key> condition
+        # (Service Authorization Reference, "Actions, resources, and condition keys for Amazon
+        # EC2 Auto Scaling").
+        role.add_to_policy(
+            iam.PolicyStatement(
+                actions=["autoscaling:SetInstanceHealth"],
+                resources=[
+                    f"arn:{Aws.PARTITION}:autoscaling:{Aws.REGION}:{Aws.ACCOUNT_ID}:"
+                    "autoScalingGroup:*:autoScalingGroupName/*"
+                ],
+                conditions={
+                    "StringEquals": {
+                        f"autoscaling:ResourceTag/{JOIN_TAG_KEY}": self.fleet_id,
+                    }
+                },
+            )
+        )
         # PutMetricData has no resource-level permission; the namespace condition keeps the
         # servers out of every other namespace (CloudWatch User Guide, "Using condition keys to
         # limit access to CloudWatch namespaces").
@@ -595,10 +624,22 @@ class ConsulFleet(Construct):
             f"signal() {{ timeout {BOOT.signal} aws cloudformation signal-resource "
             f"--region {Aws.REGION} --stack-name {Aws.STACK_NAME} "
             f'--logical-resource-id {asg_logical_id} --unique-id "$INSTANCE_ID" --status "$1"; }}',
+            # A failed boot also takes the instance out of service: outside a CloudFormation
+            # operation (a replacement after a failure, an instance refresh) nobody reads the
+            # FAILURE signal, and Consul, once started, would keep the NLB and ELB health
+            # checks green on a half-configured server (no ACLs applied, no consul-esm, no
+            # snapshot or certificate renewal timers). The group then replaces it. Not bound
+            # by the launch grace period: Auto Scaling honours it for SetInstanceHealth unless
+            # told not to (API reference, SetInstanceHealth, ShouldRespectGracePeriod).
+            f"unhealthy() {{ timeout {BOOT.signal} aws autoscaling set-instance-health "
+            f'--region {Aws.REGION} --instance-id "$INSTANCE_ID" --health-status Unhealthy '
+            "--no-should-respect-grace-period || true; }",
+            # The signal fails outside a stack operation; the instance is marked all the same.
+            "failed() { signal FAILURE || true; unhealthy; }",
             # From here on any failing command (a file write, the S3 copy, the unzip) signals
             # FAILURE at once instead of leaving CloudFormation to wait out the timeout.
             "trap 'rc=$?; trap - ERR; echo \"consul-fleet: boot failed (exit $rc): "
-            "$BASH_COMMAND\"; signal FAILURE; exit $rc' ERR",
+            "$BASH_COMMAND\"; failed; exit $rc' ERR",
             f"install -d -m 0755 /etc/consul-fleet /etc/consul-fleet/policies {SCRIPTS_DIR}",
         ]
         for name, content in files.items():
@@ -621,7 +662,7 @@ class ConsulFleet(Construct):
             f"if timeout {BOOT.bootstrap} {SCRIPTS_DIR}/consul_bootstrap.sh && "
             f"timeout {BOOT.health_gate + BOOT.gate_request} python3 {SCRIPTS_DIR}/consul_admin.py "
             f'health-gate "consul-server-$INSTANCE_ID" {self.server_count} {BOOT.health_gate}; '
-            "then signal SUCCESS; else signal FAILURE; exit 1; fi",
+            "then signal SUCCESS; else failed; exit 1; fi",
         ]
         return lines
 
@@ -647,6 +688,16 @@ class ConsulFleet(Construct):
         account = "<AWS::AccountId>" if Token.is_unresolved(stack.account) else stack.account
         region = "<AWS::Region>" if Token.is_unresolved(stack.region) else stack.region
         partition = "<AWS::Partition>" if Token.is_unresolved(stack.partition) else stack.partition
+        acknowledge(
+            role,
+            # The statement names the pseudo parameters (Aws.*), whatever the stack's env.
+            "AwsSolutions-IAM5[Resource::arn:<AWS::Partition>:autoscaling:<AWS::Region>:"
+            "<AWS::AccountId>:autoScalingGroup:*:autoScalingGroupName/*]",
+            "autoscaling:SetInstanceHealth only, and only on groups carrying this fleet's "
+            "join tag (autoscaling:ResourceTag condition): a failed boot marks its own "
+            "instance unhealthy. The group's own ARN would make a dependency cycle (group -> "
+            "launch template -> role).",
+        )
         for finding in (
             "AwsSolutions-IAM5[Action::s3:GetObject*]",
             "AwsSolutions-IAM5[Action::s3:GetBucket*]",

@@ -39,6 +39,10 @@ OUTPUTS: dict[str, str] = {
     ),
     "RegistrarTokenSecretArn": "Secret holding the registrar's Consul ACL token",
     "ConsulSnapshotBucket": "S3 bucket of the servers' scheduled `consul snapshot save` files",
+    "ConsulServerGroupName": (
+        "Auto Scaling group of the Consul servers: suspend its HealthCheck and "
+        "ReplaceUnhealthy processes before stopping Consul on a server (docs/operations.md)"
+    ),
     "RegistrarDeadLetterQueueUrl": (
         "DLQ of the registrar's queue: events the registrar failed on after every retry"
     ),

@@ -12,9 +12,11 @@ keyed `<region>/<arch>`), or from the `server_ami` setting when an operator pins
 of the configured region and architecture and writes it into the record; committing that change
 is the decision to roll the fleet. Synthesis reads only the file: no credentials, no lookup.
 
-With nothing recorded for the region and architecture and no `server_ami`, synthesis still
-works (tests, CI, a first look at the template) with `UNRECORDED` in the template and a note,
-and `make deploy` refuses with one line (`tools/server_ami.py check`).
+With nothing recorded for the region and architecture and no `server_ami` (a new checkout, a
+new region), the servers launch from that same public parameter, resolved at deploy time, so a
+plain `cdk deploy` of the default configuration works on a new account (DESIGN §2.6). app.py
+and `make deploy` (`tools/server_ami.py check`) say so in one line: until `make refresh-ami` is
+run and committed, an unrelated deploy after AWS published an image rolls the fleet.
 """
 
 from __future__ import annotations
@@ -33,9 +35,6 @@ RECORD = Path(__file__).resolve().parent.parent / "server-ami.json"
 PARAMETER_PREFIX = "/aws/service/ami-amazon-linux-latest/al2023-ami-kernel-6.1-"
 # EC2 image IDs: `ami-` and 8 (older) or 17 hex digits, like every EC2 resource ID.
 IMAGE_ID = re.compile(r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$")
-# What the template carries when no image was recorded: a well-formed ID no image has, so the
-# template stays valid for tests and review, and `make deploy` refuses it.
-UNRECORDED = "ami-00000000000000000"
 
 
 def architecture(arm64: bool) -> str:
@@ -95,10 +94,13 @@ def save_record(images: dict[str, RecordedImage], path: Path = RECORD) -> None:
 
 
 def resolve(*, server_ami: str, region: str, arm64: bool, path: Path = RECORD) -> tuple[str, bool]:
-    """The image the servers launch from, and whether it is a real one (set or recorded)."""
+    """The image the servers launch from and whether it is fixed (set or recorded).
+
+    ("", False) when nothing is: the fleet then resolves `parameter_name(arm64)` at deploy time.
+    """
     if server_ami:
         return server_ami, True
     image = load_record(path).get(record_key(region, arm64))
     if image is None:
-        return UNRECORDED, False
+        return "", False
     return image.image_id, True

@@ -31,6 +31,7 @@ from mesh_stack.platform_parameters import PlatformParameters
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
+from mesh_stack.retention import RetainExceptOnCreate
 from mesh_stack.sidecar_images import RegistryCredentials, SidecarImages
 
 
@@ -83,19 +84,23 @@ class MeshStack(Stack):
         for cidr in config.operator_cidrs:
             fleet.allow_operators(ec2.Peer.ipv4(cidr), f"Operators in {cidr}")
         self.fleet = fleet
-        # Not a synth warning: the nag gate fails on any unacknowledged one, and synthesis must
-        # keep working for tests and review. app.py prints it; `make deploy` refuses.
+        # Not a synth warning: the nag gate fails on any unacknowledged one. app.py prints it,
+        # `make deploy` repeats it (tools/server_ami.py check) and goes on.
         self.server_image_unrecorded = (
             ""
             if recorded
             else f"no server AMI recorded for "
-            f"{server_image.record_key(config.region, config.arm64)} in server-ami.json: run "
-            "`make refresh-ami` (needs AWS credentials) and commit it, or set server_ami; "
-            "`make deploy` refuses until then"
+            f"{server_image.record_key(config.region, config.arm64)} in server-ami.json: the "
+            f"servers launch from {server_image.parameter_name(config.arm64)}, resolved at "
+            "every deploy, so an unrelated deploy after AWS published an image rolls the fleet; "
+            "run `make refresh-ami` (needs AWS credentials) and commit server-ami.json, or set "
+            "server_ami"
         )
         # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
         # host ports) gets its range opened too, whoever adds it to the stack and when.
         Aspects.of(self).add(_OpenServiceCheckPorts(fleet, config.onprem_cidrs))
+        # A failed first create deletes what it made; a deleted stack keeps it (retention.py).
+        Aspects.of(self).add(RetainExceptOnCreate())
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
         objects = ConsulObjects(
@@ -242,6 +247,7 @@ class MeshStack(Stack):
                 "ConsulManagementTokenSecretArn": fleet.management_token_secret.secret_arn,
                 "RegistrarTokenSecretArn": registrar_token.secret_arn,
                 "ConsulSnapshotBucket": fleet.snapshot_bucket.bucket_name,
+                "ConsulServerGroupName": fleet.auto_scaling_group.auto_scaling_group_name,
                 "RegistrarDeadLetterQueueUrl": registrar.dead_letter_queue.queue_url,
                 "EventRuleDeadLetterQueueUrl": registrar.target_dead_letter_queue.queue_url,
             },

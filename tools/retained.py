@@ -3,12 +3,17 @@
     python -m tools.retained record [-c key=value ...]   # before `cdk destroy` (make destroy)
     python -m tools.retained purge RETAINED_FILE          # later, once nothing there is needed
 
-Resources with `DeletionPolicy: Retain` outlive the stack: the KMS keys, the Consul fleet's
-secrets (the CA private key, the management token, ...), the snapshot bucket and its
-access-log bucket, the log groups. Once the stack is gone CloudFormation no longer lists them,
-so `record` (run by `make destroy` before the deletion) reads the synthesized template for the
-retained logical IDs, asks CloudFormation for their physical IDs (ListStackResources) and
-writes them to `retained-<stack>.json`.
+Resources with `DeletionPolicy: Retain` (or `RetainExceptOnCreate`) outlive the stack: the KMS
+keys, the Consul fleet's secrets (the CA private key, the management token, ...), the snapshot
+bucket and its access-log bucket, the log groups. Once the stack is gone CloudFormation no
+longer lists them, so `record` (run by `make destroy` before the deletion) reads the synthesized
+template for the retained logical IDs, asks CloudFormation for their physical IDs
+(ListStackResources) and writes them to `retained-<stack>.json`, with the stack's ID.
+
+`purge` first asks CloudFormation about that stack ID (DescribeStacks by ID also answers for a
+deleted stack; by name it would say "does not exist") and refuses unless it is DELETE_COMPLETE:
+the file is written before `cdk destroy` asks for confirmation, and a "no" or a DELETE_FAILED
+leaves the fleet running on these very keys, secrets and snapshots.
 
 `purge` deletes them: every object version and delete marker, then the buckets; the secrets
 without a recovery window (ForceDeleteWithoutRecovery: the CA key and the management token
@@ -34,6 +39,8 @@ from tools.preflight import CDK_JSON, context_from
 # The order of `purge`: the keys last, since the buckets' and secrets' data is encrypted with
 # them; deleting a bucket's objects needs no decryption, so nothing depends on them before.
 ORDER = ("AWS::S3::Bucket", "AWS::SecretsManager::Secret", "AWS::Logs::LogGroup", "AWS::KMS::Key")
+# Both keep the resource when the stack is deleted (mesh_stack/retention.py).
+RETAINING = ("Retain", "RetainExceptOnCreate")
 KEY_WAITING_DAYS = 7  # KMS ScheduleKeyDeletion PendingWindowInDays: 7-30
 
 
@@ -42,8 +49,27 @@ def retained_logical_ids(template: dict[str, Any]) -> dict[str, str]:
     return {
         logical_id: resource["Type"]
         for logical_id, resource in template.get("Resources", {}).items()
-        if resource.get("DeletionPolicy") == "Retain" and resource["Type"] in ORDER
+        if resource.get("DeletionPolicy") in RETAINING and resource["Type"] in ORDER
     }
+
+
+def stack_id(stack_name: str, cloudformation: Any) -> str:
+    """The deployed stack's ID (its ARN), which names it even after it is deleted."""
+    found: str = cloudformation.describe_stacks(StackName=stack_name)["Stacks"][0]["StackId"]
+    return found
+
+
+def refusal(stack: str, cloudformation: Any) -> str | None:
+    """Why `purge` must not run now (the stack still exists, or is still being deleted)."""
+    (described,) = cloudformation.describe_stacks(StackName=stack)["Stacks"]
+    status = described["StackStatus"]
+    if status == "DELETE_COMPLETE":
+        return None
+    return (
+        f"stack {described['StackName']} ({stack}) is {status}, not DELETE_COMPLETE: its "
+        "fleet may still use these keys, secrets and snapshots; purge only after "
+        "`make destroy` finished"
+    )
 
 
 def record(template: dict[str, Any], stack_name: str, cloudformation: Any) -> list[dict[str, str]]:
@@ -80,15 +106,53 @@ def _gone(err: Exception) -> bool:
     return code in ("NoSuchBucket", "ResourceNotFoundException", "KMSInvalidStateException")
 
 
+def _stop_access_logs(s3: Any, buckets: Sequence[str]) -> set[str]:
+    """Turn off server access logging of `buckets`; returns the log targets among them.
+
+    S3 delivers access logs late (best effort, usually within hours: S3 User Guide, "Logging
+    requests with server access logging"): the purge's own ListObjectVersions/DeleteObjects
+    calls on a logged bucket would refill its log bucket after that was emptied.
+    """
+    targets = set()
+    for bucket in buckets:
+        try:
+            logging = s3.get_bucket_logging(Bucket=bucket).get("LoggingEnabled")
+            if logging:
+                targets.add(logging["TargetBucket"])
+                s3.put_bucket_logging(Bucket=bucket, BucketLoggingStatus={})
+        except Exception as err:
+            if not _gone(err):
+                raise
+    return targets & set(buckets)
+
+
+def _delete_bucket(s3: Any, bucket: str) -> None:
+    _empty_bucket(s3, bucket)
+    try:
+        s3.delete_bucket(Bucket=bucket)
+    except Exception as err:  # a log delivered between the emptying and the delete
+        if getattr(err, "response", {}).get("Error", {}).get("Code") != "BucketNotEmpty":
+            raise
+        _empty_bucket(s3, bucket)
+        s3.delete_bucket(Bucket=bucket)
+
+
 def purge(resources: Sequence[dict[str, str]], clients: dict[str, Any]) -> list[str]:
-    """Delete what `record` listed, in ORDER; returns one line per resource. Idempotent."""
+    """Delete what `record` listed, in ORDER; returns one line per resource. Idempotent.
+
+    Access logging is turned off first and log target buckets go after the buckets they log.
+    """
+    buckets = [r["physical_id"] for r in resources if r["type"] == "AWS::S3::Bucket"]
+    log_targets = _stop_access_logs(clients["s3"], buckets) if buckets else set()
     lines = []
-    for resource in sorted(resources, key=lambda r: ORDER.index(r["type"])):
+    for resource in sorted(
+        resources,
+        key=lambda r: (ORDER.index(r["type"]), r["physical_id"] in log_targets),
+    ):
         kind, physical = resource["type"], resource["physical_id"]
         try:
             if kind == "AWS::S3::Bucket":
-                _empty_bucket(clients["s3"], physical)
-                clients["s3"].delete_bucket(Bucket=physical)
+                _delete_bucket(clients["s3"], physical)
                 lines.append(f"deleted bucket {physical}")
             elif kind == "AWS::SecretsManager::Secret":
                 clients["secretsmanager"].delete_secret(
@@ -119,6 +183,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec.add_argument("--cdk-out", type=Path, default=Path("cdk.out"))
     pur = sub.add_parser("purge")
     pur.add_argument("file", type=Path)
+    pur.add_argument(
+        "--stack-id",
+        help="the deleted stack's ID, for a file written without one "
+        "(aws cloudformation list-stacks --stack-status-filter DELETE_COMPLETE)",
+    )
     args, _ = parser.parse_known_args(argv)
 
     if args.command == "record":
@@ -132,14 +201,28 @@ def main(argv: Sequence[str] | None = None) -> int:
         cloudformation = boto3.client("cloudformation", region_name=config.region)
         resources = record(template, config.stack_name, cloudformation)
         out = Path(f"retained-{config.stack_name}.json")
-        out.write_text(
-            json.dumps({"region": config.region, "resources": resources}, indent=2) + "\n"
-        )
+        listing = {
+            "region": config.region,
+            "stack_id": stack_id(config.stack_name, cloudformation),
+            "resources": resources,
+        }
+        out.write_text(json.dumps(listing, indent=2) + "\n")
         print(f"{len(resources)} retained resources listed in {out}; delete them later with")
         print(f"  python -m tools.retained purge {out}")
         return 0
     data = json.loads(args.file.read_text())
     session = boto3.Session(region_name=data["region"])
+    stack = args.stack_id or data.get("stack_id")
+    if not stack:
+        print(
+            f"error: {args.file} names no stack_id: pass --stack-id with the deleted stack's ID",
+            file=sys.stderr,
+        )
+        return 1
+    refused = refusal(stack, session.client("cloudformation"))
+    if refused:
+        print(f"error: {refused}", file=sys.stderr)
+        return 1
     clients = {name: session.client(name) for name in ("s3", "secretsmanager", "logs", "kms")}
     for line in purge(data["resources"], clients):
         print(line)

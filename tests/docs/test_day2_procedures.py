@@ -137,3 +137,58 @@ def test_restore_and_teardown_cover_what_an_operator_needs() -> None:
     assert "deregister-managed-instance" in teardown
     for kept in ("CertificateAuthority", "ManagementToken", "KMS", "bucket", "log group"):
         assert kept in teardown, kept
+
+
+def test_lost_quorum_recovery_keeps_the_group_from_replacing_the_survivors() -> None:
+    # The group's ELB health check terminates a server ~30 s after its Consul stops (NLB TCP
+    # checks, past the launch grace period), deleting the Raft data the recovery needs. The
+    # processes are suspended before any server's Consul is stopped, and resumed after.
+    start = OPERATIONS.index("**Lost quorum**")
+    section = OPERATIONS[start : OPERATIONS.index("\n## ", start)]
+    suspend = section.find("aws autoscaling suspend-processes")
+    stop = section.find("systemctl stop consul")
+    resume = section.find("aws autoscaling resume-processes")
+    assert suspend != -1, "the group's processes are never suspended"
+    assert stop != -1
+    assert resume != -1
+    assert suspend < stop < resume
+    for command in ("suspend-processes", "resume-processes"):
+        line = section[section.index(command) :].split("\n```")[0]
+        for process in ("HealthCheck", "ReplaceUnhealthy"):
+            assert process in line, (command, process)
+    # the group is named by the stack output, not guessed from a substring
+    assert "OutputKey=='ConsulServerGroupName'" in section
+    assert "contains(AutoScalingGroupName" not in OPERATIONS
+
+
+def test_the_upgrade_sets_consul_version_durably_in_cdk_json() -> None:
+    # A one-off `-c consul_version=...` is gone at the next routine deploy, which would then
+    # roll the servers back to the default: a downgrade Consul does not support.
+    section = _section(OPERATIONS, "## Upgrade Consul without losing quorum")
+    assert not re.search(r"ARGS=\"[^\"]*consul_version", section)
+    assert not re.search(r"-c consul_version=\d", section)
+    assert re.search(r"git commit[^\n]* cdk\.json", section)
+    assert 'cdk["context"]["consul_version"]' in section
+    # and "take a snapshot" comes with the command that takes one
+    assert "systemctl start consul-snapshot.service" in section
+
+
+def test_inspecting_a_dlq_does_not_hide_messages_from_the_redrive() -> None:
+    # A receive with a visibility timeout hides what it read; the redrive right after (and
+    # tools/redrive.py, which stops at the first empty receive) would skip those messages.
+    section = _section(RUNBOOK, "## Inspect and redrive")
+    (script,) = [body for lang, body in BLOCK.findall(section) if lang == "sh"]
+    timeouts = re.findall(r"--visibility-timeout (\d+)", script)
+    assert timeouts
+    assert set(timeouts) == {"0"}, timeouts
+
+
+def test_ca_rotation_gates_the_new_signer_on_restarted_clients() -> None:
+    # Step 2 is what breaks a client holding only the old CA (servers present new-CA
+    # certificates); step 3 is harmless to clients that hold the bundle.
+    section = _section(OPERATIONS, "## Rotating the fleet's secrets")
+    ca = section[section.index("**CA.**") : section.index("**Registrar and sidecar tokens.**")]
+    step2 = ca[ca.index("# 2.") : ca.index("# 3.")]
+    assert "restarted after step 1" in step2
+    # Run Command is asynchronous: the doc waits for every invocation before the next step
+    assert "list-command-invocations" in ca

@@ -106,8 +106,10 @@ def user_data(built: Built) -> str:
 
 def test_signal_is_sent_only_after_the_health_gate(default: Built) -> None:
     text = user_data(default)
-    gate = re.search(r"if (.*); then signal SUCCESS; else signal FAILURE", text)
+    gate = re.search(r"if (.*); then signal SUCCESS; else failed; exit 1; fi", text)
     assert gate is not None
+    # `failed` signals FAILURE, then takes the instance out of service (set-instance-health)
+    assert re.search(r"^failed\(\) \{ signal FAILURE \|\| true; unhealthy; \}$", text, re.M)
     assert re.search(r"consul_bootstrap.sh && timeout \d+ python3", gate.group(1))
     assert 'health-gate "consul-server-$INSTANCE_ID" 3' in gate.group(1)
     logical_id = default.stack.get_logical_id(

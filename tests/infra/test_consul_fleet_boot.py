@@ -8,6 +8,7 @@ PATH. The scripts it downloads are stand-ins that succeed or fail on demand.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import stat
@@ -19,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from mesh_stack.consul_fleet import BOOT, METRIC_NAMESPACE
+from mesh_stack.consul_fleet import BOOT, JOIN_TAG_KEY, METRIC_NAMESPACE
 from tests.infra.fleet_user_data import fleet_template, user_data_text
 
 
@@ -47,9 +48,17 @@ def scripts_zip(*, bootstrap_exit: int = 0, gate_exit: int = 0) -> bytes:
 
 
 def boot(
-    tmp_path: Path, *, copy_failures: int = 0, payload: bytes | None = None
+    tmp_path: Path,
+    *,
+    copy_failures: int = 0,
+    payload: bytes | None = None,
+    signal_refused: bool = False,
 ) -> tuple[subprocess.CompletedProcess[str], list[str]]:
-    """Run the user data; the S3 copy fails `copy_failures` times, then delivers `payload`."""
+    """Run the user data; the S3 copy fails `copy_failures` times, then delivers `payload`.
+
+    signal_refused: SignalResource fails, as it does outside a stack operation (a
+    replacement launched by the group on its own, an instance refresh).
+    """
     bindir = tmp_path / "bin"
     bindir.mkdir()
     calls = tmp_path / "calls.log"
@@ -77,6 +86,10 @@ def boot(
             echo "download failed: AccessDenied" >&2; exit 1
           fi
           cp "{tmp_path}/scripts.zip" "${{@: -1}}"
+        fi
+        if [[ "$1 $2" == "cloudformation signal-resource" && "{signal_refused}" == True ]]; then
+          echo "ValidationError: ... is in CREATE_COMPLETE state and cannot be signaled" >&2
+          exit 254
         fi
         """,
     )
@@ -109,10 +122,15 @@ def signals(calls: list[str]) -> list[str]:
     ]
 
 
+def marked_unhealthy(calls: list[str]) -> list[str]:
+    return [c for c in calls if c.startswith("aws autoscaling set-instance-health")]
+
+
 def test_a_healthy_boot_signals_success_once(tmp_path: Path) -> None:
     result, calls = boot(tmp_path)
     assert result.returncode == 0, result.stdout + result.stderr
     assert signals(calls) == ["SUCCESS"]
+    assert marked_unhealthy(calls) == []
     (signal,) = [c for c in calls if c.startswith("aws cloudformation signal-resource")]
     assert "--unique-id i-0boot" in signal
     gate = next(c for c in calls if c.startswith("consul_admin.py"))
@@ -144,9 +162,53 @@ def test_every_failed_boot_signals_failure_at_once(
     result, calls = boot(tmp_path, **options)
     assert result.returncode != 0, case
     assert signals(calls) == ["FAILURE"], f"{case}: {calls}"
+    # and the group replaces the instance instead of keeping a half-configured server
+    (mark,) = marked_unhealthy(calls)
+    assert "--instance-id i-0boot --health-status Unhealthy" in mark
+    assert "--no-should-respect-grace-period" in mark
     if case == "S3 never answers":
         assert len([c for c in calls if c.startswith("aws s3 cp")]) == BOOT.copy_attempts
         assert not any(c.startswith("consul_bootstrap.sh") for c in calls)
+
+
+@pytest.mark.parametrize(
+    ("case", "options"),
+    [
+        ("the bootstrap fails", {"payload": scripts_zip(bootstrap_exit=3)}),
+        ("the download is not a zip", {"payload": b"<Error>AccessDenied</Error>"}),
+    ],
+)
+def test_a_failed_boot_outside_a_stack_operation_is_still_taken_out_of_service(
+    tmp_path: Path, case: str, options: dict[str, Any]
+) -> None:
+    # GIVEN the group launched the server on its own (no CloudFormation operation waits for a
+    # signal, so SignalResource is refused), WHEN its boot fails
+    result, calls = boot(tmp_path, signal_refused=True, **options)
+    # THEN it still marks itself unhealthy, so the group replaces it
+    assert result.returncode != 0, case
+    assert len(marked_unhealthy(calls)) == 1, f"{case}: {calls}"
+
+
+def test_only_this_fleets_group_may_be_told_an_instance_is_unhealthy() -> None:
+    template = fleet_template()
+    statements = [
+        s
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::IAM::Policy"
+        for s in r["Properties"]["PolicyDocument"]["Statement"]
+        if "autoscaling:SetInstanceHealth" in json.dumps(s["Action"])
+    ]
+    (statement,) = statements
+    assert statement["Action"] == "autoscaling:SetInstanceHealth"
+    (condition,) = statement["Condition"]["StringEquals"].items()
+    assert condition[0] == f"autoscaling:ResourceTag/{JOIN_TAG_KEY}"
+    (asg,) = [
+        r
+        for r in template["Resources"].values()
+        if r["Type"] == "AWS::AutoScaling::AutoScalingGroup"
+    ]
+    tags = {t["Key"]: t["Value"] for t in asg["Properties"]["Tags"]}
+    assert tags[JOIN_TAG_KEY] == condition[1]
 
 
 # --- the worst case fits inside the signal timeout -------------------------------------------

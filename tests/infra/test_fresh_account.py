@@ -113,17 +113,22 @@ def test_hosts_are_deregistered_before_the_cluster_and_its_services_are_deleted(
     assert services <= before
 
 
-def test_the_operations_guide_names_the_ami_parameter_refresh_ami_reads(
+def test_with_nothing_recorded_the_servers_launch_from_the_deploy_time_parameter(
     template: Template,
 ) -> None:
-    # The template resolves no AMI parameter any more (an AMI published by AWS no longer rolls
-    # the fleet); the guide names the one `make refresh-ami` reads.
-    amis = [
-        p
-        for p in template.get("Parameters", {}).values()
-        if str(p.get("Default", "")).startswith("/aws/service/ami-amazon-linux-latest/")
-    ]
-    assert amis == []
+    # DESIGN §2.6: `cdk deploy` of the default configuration succeeds on a new account. With
+    # server-ami.json empty (as committed) the launch template must name a real image: the
+    # public AL2023 parameter `make refresh-ami` reads, resolved by CloudFormation at deploy
+    # time, never a placeholder ID that CreateAutoScalingGroup rejects minutes in.
+    assert server_image.load_record() == {}, "the committed record is empty on main"
+    (lt,) = [r for r in template["Resources"].values() if r["Type"] == "AWS::EC2::LaunchTemplate"]
+    image = lt["Properties"]["LaunchTemplateData"]["ImageId"]
+    assert isinstance(image, dict), image
+    assert set(image) == {"Ref"}, image
+    parameter = template["Parameters"][image["Ref"]]
+    assert parameter["Type"] == "AWS::SSM::Parameter::Value<AWS::EC2::Image::Id>"
+    assert parameter["Default"] == server_image.parameter_name(arm64=True)
+    assert "ami-00000000000000000" not in json.dumps(template)
     guide = (ROOT / "docs" / "operations.md").read_text()
     assert f"`{server_image.parameter_name(arm64=True)}`" in guide
 
@@ -246,3 +251,9 @@ def test_every_function_environment_is_encrypted_with_the_stack_key(template: Te
             and "lambda." in json.dumps(s.get("Condition", {}))
             for s in statements
         ), f"{name}'s role may not decrypt its environment"
+
+
+def test_the_server_group_name_is_a_stack_output(template: Template) -> None:
+    # docs/operations.md suspends and resumes this group by the output's value.
+    (group,) = of_type(template, "AWS::AutoScaling::AutoScalingGroup")
+    assert template["Outputs"]["ConsulServerGroupName"]["Value"] == {"Ref": group}

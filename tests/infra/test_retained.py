@@ -2,12 +2,16 @@
 
 `record` runs against a botocore Stubber of CloudFormation ListStackResources (API reference:
 `StackResourceSummaries[]` with `LogicalResourceId`, `PhysicalResourceId`, `ResourceType`);
-`purge` against moto's S3, Secrets Manager, CloudWatch Logs and KMS.
+`purge` against moto's S3, Secrets Manager, CloudWatch Logs and KMS, and its refusal against a
+Stubber of CloudFormation DescribeStacks by stack ID (API reference, DescribeStacks StackName:
+a deleted stack can be described only by its unique stack ID; StackStatus DELETE_COMPLETE).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import boto3
@@ -31,6 +35,12 @@ def test_the_default_stack_retains_the_keys_fleet_secrets_buckets_and_log_groups
     # the CA private key and the management token are among them
     assert any("CertificateAuthority" in lid for lid in secrets)
     assert any("ManagementToken" in lid for lid in secrets)
+    # and a failed first create deletes them again (RetainExceptOnCreate): no orphans that no
+    # stack lists, one more set per retried deploy
+    policies = {template["Resources"][lid]["DeletionPolicy"] for lid in kept}
+    assert policies == {"RetainExceptOnCreate"}
+    plain = [lid for lid, r in template["Resources"].items() if r.get("DeletionPolicy") == "Retain"]
+    assert plain == []
 
 
 def test_record_maps_the_retained_logical_ids_to_what_was_deployed() -> None:
@@ -137,3 +147,115 @@ def test_purge_deletes_everything_listed_and_can_run_again(account: dict[str, An
     again = retained.purge(resources, account)
     assert len(again) == 4
     assert again[0] == "already gone: AWS::S3::Bucket snapshots"
+
+
+STACK_ID = "arn:aws:cloudformation:us-east-1:123456789012:stack/consul-mesh-dev/0a1b2c3d"
+
+
+def described(status: str) -> dict[str, Any]:
+    """DescribeStacks by stack ID (API reference: a deleted stack is described by its unique
+    stack ID only, with StackStatus DELETE_COMPLETE)."""
+    return {
+        "Stacks": [
+            {
+                "StackName": "consul-mesh-dev",
+                "StackId": STACK_ID,
+                "CreationTime": "2026-01-01T00:00:00Z",
+                "StackStatus": status,
+            }
+        ]
+    }
+
+
+def test_purge_refuses_while_the_recorded_stack_still_exists(
+    tmp_path: Path,
+    account: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # `make destroy` writes the file before `cdk destroy` asks for confirmation: after a "no"
+    # (or a DELETE_FAILED) the fleet still runs on the very secrets purge would delete.
+    cfn = boto3.client(
+        "cloudformation", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stub = Stubber(cfn)
+    for status in ("UPDATE_COMPLETE", "DELETE_FAILED", "DELETE_COMPLETE", "DELETE_COMPLETE"):
+        stub.add_response("describe_stacks", described(status), {"StackName": STACK_ID})
+    stub.activate()
+    clients = {**account, "cloudformation": cfn}
+
+    class Session:
+        def __init__(self, region_name: str) -> None:
+            assert region_name == REGION
+
+        def client(self, name: str) -> Any:
+            return clients[name]
+
+    monkeypatch.setattr(retained.boto3, "Session", Session)
+    sm = account["secretsmanager"]
+    ca = sm.create_secret(Name="ca", SecretString='{"cert": "c", "key": "k"}')["ARN"]
+    listing = tmp_path / "retained-consul-mesh-dev.json"
+    resource = {"type": "AWS::SecretsManager::Secret", "logical_id": "Ca", "physical_id": ca}
+    listing.write_text(
+        json.dumps({"region": REGION, "stack_id": STACK_ID, "resources": [resource]})
+    )
+    # WHEN the stack still runs, or its deletion failed, THEN purge refuses and deletes nothing
+    for status in ("UPDATE_COMPLETE", "DELETE_FAILED"):
+        assert retained.main(["purge", str(listing)]) == 1
+        err = capsys.readouterr().err
+        assert f"consul-mesh-dev ({STACK_ID}) is {status}, not DELETE_COMPLETE" in err
+        assert sm.describe_secret(SecretId=ca)["ARN"] == ca
+    # WHEN the stack is deleted, THEN purge runs
+    assert retained.main(["purge", str(listing)]) == 0
+    with pytest.raises(sm.exceptions.ResourceNotFoundException):
+        sm.describe_secret(SecretId=ca)
+    # A file without a stack ID (written by an older version) needs --stack-id
+    listing.write_text(json.dumps({"region": REGION, "resources": [resource]}))
+    assert retained.main(["purge", str(listing)]) == 1
+    assert "--stack-id" in capsys.readouterr().err
+    assert retained.main(["purge", str(listing), "--stack-id", STACK_ID]) == 0
+    stub.assert_no_pending_responses()
+
+
+def test_purge_stops_access_logs_and_deletes_the_log_bucket_last(
+    account: dict[str, Any],
+) -> None:
+    # GIVEN the snapshot bucket logs to the access-log bucket, which the record lists first
+    # (logical-ID order: ConsulFleetAccessLogs... < ConsulFleetSnapshotBucket...)
+    s3 = account["s3"]
+    for name in ("access-logs", "snapshots"):
+        s3.create_bucket(Bucket=name)
+    # the grant S3 log delivery needs on the target (S3 User Guide, "Permissions for log
+    # delivery"; moto checks it too)
+    s3.put_bucket_policy(
+        Bucket="access-logs",
+        Policy=json.dumps(
+            {
+                "Version": "2012-10-17",
+                "Statement": [
+                    {
+                        "Effect": "Allow",
+                        "Principal": {"Service": "logging.s3.amazonaws.com"},
+                        "Action": "s3:PutObject",
+                        "Resource": "arn:aws:s3:::access-logs/*",
+                    }
+                ],
+            }
+        ),
+    )
+    s3.put_bucket_logging(
+        Bucket="snapshots",
+        BucketLoggingStatus={"LoggingEnabled": {"TargetBucket": "access-logs", "TargetPrefix": ""}},
+    )
+    s3.put_object(Bucket="access-logs", Key="2026-01-01-00-00-00-LOG", Body=b"log")
+    resources = [
+        {"type": "AWS::S3::Bucket", "logical_id": "AccessLogs", "physical_id": "access-logs"},
+        {"type": "AWS::S3::Bucket", "logical_id": "Snapshots", "physical_id": "snapshots"},
+    ]
+    # WHEN purged, THEN the logged bucket stops logging and goes first; its late logs can no
+    # longer land in a bucket that was already emptied
+    assert retained.purge(resources, account) == [
+        "deleted bucket snapshots",
+        "deleted bucket access-logs",
+    ]
+    assert s3.list_buckets()["Buckets"] == []

@@ -210,7 +210,10 @@ def test_first_page_fits_one_screen(real_review: Review) -> None:
     page = first_page(real_review)
     # 60 until issue 19 added the operators' read-only token: its secret's row (2 lines, its
     # grants wrap) and its read wildcards' row. Both are page-1 facts (who may read Consul).
-    assert len(page) <= 62, f"{len(page)} lines"
+    # 63 since review 19b's fixes added one line: the servers' tag-scoped
+    # autoscaling:SetInstanceHealth grant (a failed boot marks its own instance unhealthy),
+    # the only new IAM wildcard; which row it is was not pinned down.
+    assert len(page) <= 63, f"{len(page)} lines"
     too_wide = [line for line in page if len(line) > WIDTH]
     assert too_wide == []
 
