@@ -310,7 +310,9 @@ FIELDS: dict[str, Field] = {
         ENVOY_REPOSITORY,
         "Repository the sidecars pull Envoy from, without a tag (the tag is "
         "`v<envoy_version>`): Docker Hub by default, or your registry or mirror, e.g. "
-        "`registry.example.com/mirror/envoyproxy/envoy`.",
+        "`registry.example.com/mirror/envoyproxy/envoy`. In Amazon ECR (a pull-through cache "
+        "too), the execution roles may pull, import upstream and create the cache repository, "
+        "on that repository only.",
         lambda k, v: _as_image(
             k,
             v,
@@ -807,6 +809,18 @@ class MeshConfig:
                         cidr,
                         f"overlaps vpc_cidr {self.vpc_cidr}: on-prem and the VPC must not "
                         "share addresses to be routed to each other",
+                    )
+            vpc4 = ipaddress.IPv4Network(self.vpc_cidr)  # IPv4 only, like every CIDR key
+            for cidr in self.operator_cidrs:
+                network = ipaddress.IPv4Network(cidr)
+                # Inside the VPC (a bastion subnet) needs no route; across its edge cannot be
+                # routed: the VPC's local route wins for the addresses inside it.
+                if network.overlaps(vpc4) and not network.subnet_of(vpc4):
+                    raise _fail(
+                        "operator_cidrs",
+                        cidr,
+                        f"overlaps vpc_cidr {self.vpc_cidr} without lying inside it: give the "
+                        "operator network either inside the VPC or outside it",
                     )
 
 

@@ -427,6 +427,7 @@ class MeshService(Construct):
         self._acknowledge(host_mode)
         self._ecr_acknowledged = False
         images.grant_credentials_key(self.task_definition.obtain_execution_role())
+        images.grant_pull_through_cache(self.task_definition.obtain_execution_role())
         if images.uses_ecr():
             self.acknowledge_ecr_pulls()
         if host_mode and not health_check_path:

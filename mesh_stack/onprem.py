@@ -33,6 +33,7 @@ name"). Every property is also validated by cfn-lint against the resource schema
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -57,6 +58,25 @@ from mesh_stack.onprem_contract import (
 # The customer gateway needs an ASN even for static routing (AWS::EC2::CustomerGateway: one of
 # BgpAsn/BgpAsnExtended must be set); 65000 is the API default and is never used without BGP.
 STATIC_CUSTOMER_ASN = 65000
+
+
+def routed_cidrs(config: MeshConfig) -> tuple[str, ...]:
+    """The networks the stack routes to on-prem: `onprem_cidrs`, then every `operator_cidrs`
+    network the VPC cannot otherwise answer. An operator network inside `vpc_cidr` (a bastion
+    subnet) is reached by the VPC's local route; one inside an on-prem CIDR is already routed
+    with it. Without the rest, the load balancer's replies to an operator outside both would
+    have no route back (the servers' security group lets them in; `MeshStack`)."""
+    # IPv4 only: config refuses anything else for all three keys.
+    onprem = [ipaddress.IPv4Network(cidr) for cidr in config.onprem_cidrs]
+    vpc = ipaddress.IPv4Network(config.vpc_cidr)
+    extra: list[str] = []
+    for cidr in config.operator_cidrs:
+        network = ipaddress.IPv4Network(cidr)
+        if network.subnet_of(vpc) or any(network.subnet_of(o) for o in onprem):
+            continue
+        if cidr not in extra:
+            extra.append(cidr)
+    return (*config.onprem_cidrs, *extra)
 
 
 def private_route_tables(vpc: ec2.IVpc) -> list[tuple[str, str]]:
@@ -339,7 +359,7 @@ def connect_onprem(
             scope,
             "OnPremVpn",
             vpc=vpc,
-            onprem_cidrs=config.onprem_cidrs,
+            onprem_cidrs=routed_cidrs(config),
             customer_gateway_ip=config.vpn_customer_gateway_ip,
             bgp_asn=config.vpn_bgp_asn,
             log_key=log_key,
@@ -353,5 +373,5 @@ def connect_onprem(
         )
     else:
         return None
-    routes = route_onprem(scope, vpc=vpc, onprem_cidrs=config.onprem_cidrs, path=path)
+    routes = route_onprem(scope, vpc=vpc, onprem_cidrs=routed_cidrs(config), path=path)
     return OnPremConnection(path, routes)

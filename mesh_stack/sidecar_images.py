@@ -10,6 +10,15 @@ needs `secretsmanager:GetSecretValue` on the secret and `kms:Decrypt` on its key
 a customer-managed key). An image in Amazon ECR is pulled with the execution role's ECR
 permissions instead (same page: "If your task definition references an image that's stored
 in Amazon ECR, this topic doesn't apply").
+
+An ECR repository may be a pull-through cache (a mirror of Docker Hub, say): a pull of a tag
+not cached yet makes ECR import it from upstream as the puller, which then needs
+`ecr:BatchImportUpstreamImage`, and `ecr:CreateRepository` while the cache repository does not
+exist yet (Amazon ECR user guide, "IAM permissions required to sync an upstream registry with an
+Amazon ECR private registry", https://docs.aws.amazon.com/AmazonECR/latest/userguide/
+pull-through-cache-iam.html). Without them the deploy succeeds and the first task start of each
+new tag stops with CannotPullContainerError, so both are granted on the sidecar repositories
+(`grant_pull_through_cache`): they are inert on an ordinary repository.
 """
 
 from __future__ import annotations
@@ -57,9 +66,29 @@ class SidecarImages:
         return self._image(scope, "InitImage", image, self.init_image, image.version)
 
     def uses_ecr(self) -> bool:
-        return any(
-            image_ref.ecr_repository(image_ref.parse(reference))
-            for reference in (f"{self.envoy_repository}:latest", self.init_image)
+        return bool(self.ecr_repository_arns())
+
+    def ecr_repository_arns(self) -> list[str]:
+        """ARNs of the sidecar images' Amazon ECR repositories, each once, in image order."""
+        arns: list[str] = []
+        for reference in (f"{self.envoy_repository}:latest", self.init_image):
+            repository = image_ref.ecr_repository(image_ref.parse(reference))
+            if repository is not None and repository.arn not in arns:
+                arns.append(repository.arn)
+        return arns
+
+    def grant_pull_through_cache(self, role: iam.IRole) -> None:
+        """Let `role` fill a pull-through cache on a first pull: import the upstream image,
+        and create the cache repository when it is missing; only on the sidecars' ECR
+        repositories (pulls themselves are granted by `from_ecr_repository`)."""
+        arns = self.ecr_repository_arns()
+        if not arns:
+            return
+        role.add_to_principal_policy(
+            iam.PolicyStatement(
+                actions=["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"],
+                resources=arns,
+            )
         )
 
     def _image(

@@ -20,7 +20,7 @@ from aws_cdk import assertions
 from aws_cdk import aws_ec2 as ec2
 
 from app import build_app
-from mesh_stack.config import AMAZON_SIDE_ASN, MeshConfig
+from mesh_stack.config import AMAZON_SIDE_ASN, ConfigError, MeshConfig
 from mesh_stack.keys import Keys
 from mesh_stack.network import Network
 from mesh_stack.onprem import OnPremVpn
@@ -455,3 +455,58 @@ def test_path_resources_keep_their_logical_ids(vpn: Synth, tgw: Synth) -> None:
     vpn_types = {k: v["Type"] for k, v in vpn.template["Resources"].items()}
     tgw_types = {k: v["Type"] for k, v in tgw.template["Resources"].items()}
     assert {k for k in vpn_types.keys() & tgw_types.keys() if vpn_types[k] != tgw_types[k]} == set()
+
+
+# --- Operators' networks -----------------------------------------------------------------------
+
+OPERATOR_OUTSIDE = "10.9.0.0/24"  # outside the VPC (10.40.0.0/16) and outside ONPREM
+OPERATOR_BASTION = "10.40.250.0/24"  # inside the VPC: its local route answers it
+OPERATOR_ONPREM = "192.168.7.0/24"  # inside an on-prem CIDR: already routed with it
+
+
+def _path_template(path: str, **context: object) -> assertions.Template:
+    stack = cdk.Stack(cdk.App(context=cdk_json_context()), "OnPremTest")
+    paths: dict[str, dict[str, object]] = {
+        "static": {"onprem_connectivity": "vpn", "vpn_customer_gateway_ip": DEVICE_IP},
+        "bgp": {
+            "onprem_connectivity": "vpn",
+            "vpn_customer_gateway_ip": DEVICE_IP,
+            "vpn_bgp_asn": 65010,
+        },
+        "tgw": {"onprem_connectivity": "transit_gateway", "transit_gateway_id": TGW},
+    }
+    config = MeshConfig.from_context({"onprem_cidrs": ONPREM, **paths[path], **context})
+    Network(stack, "Network", config=config, log_key=Keys(stack, "Keys").key)
+    return assertions.Template.from_stack(stack)
+
+
+@pytest.mark.parametrize("path", ["static", "bgp", "tgw"])
+def test_operators_outside_the_vpc_and_onprem_are_routed_like_onprem(path: str) -> None:
+    # GIVEN a managed path and operators in three places: outside everything, on a bastion
+    # subnet of the VPC, and inside an on-prem CIDR
+    operators = [OPERATOR_OUTSIDE, OPERATOR_BASTION, OPERATOR_ONPREM]
+    template = _path_template(path, operator_cidrs=operators)
+    routes = template.find_resources("AWS::EC2::Route")
+    destinations = [
+        r["Properties"]["DestinationCidrBlock"]
+        for r in routes.values()
+        if r["Properties"]["DestinationCidrBlock"] != "0.0.0.0/0"  # NAT and internet gateway
+    ]
+    # THEN every private route table (3) sends the outside operators' network to the gateway,
+    # like each on-prem CIDR, and nothing else gets a second route
+    assert sorted(destinations) == sorted([*ONPREM, OPERATOR_OUTSIDE] * 3)
+    # ...a static VPN also routes it into the tunnels (BGP learns it from the device)...
+    static = {
+        v["Properties"]["DestinationCidrBlock"]
+        for v in template.find_resources("AWS::EC2::VPNConnectionRoute").values()
+    }
+    assert static == ({*ONPREM, OPERATOR_OUTSIDE} if path == "static" else set())
+    # ...and the on-prem routes keep their logical IDs (stateless, but no replacement churn).
+    without = _path_template(path).find_resources("AWS::EC2::Route")
+    assert set(without) < set(routes)
+    assert all(routes[k] == v for k, v in without.items())
+
+
+def test_an_operator_network_across_the_vpc_edge_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"operator_cidrs.*10\.40\.0\.0/15.*overlaps vpc_cidr"):
+        _path_template("tgw", operator_cidrs=["10.40.0.0/15"])

@@ -107,3 +107,27 @@ def test_the_checklist_names_the_registries_of_the_services_example() -> None:
     assert isinstance(services, dict)
     for entry in services.values():
         assert f"`{registry_host(entry['image'])}`" in text
+
+
+def test_checklist_quotes_docker_hubs_current_pull_limits() -> None:
+    # docs.docker.com/docker-hub/usage/pulls/ (docker/docs PR #22326, 2025-03-27): the limits
+    # are per 6 hours, Unauthenticated 100 per IPv4 address or IPv6 /64, Personal 200.
+    text = " ".join(_checklist().split())
+    assert "https://docs.docker.com/docker-hub/usage/pulls/" in text
+    assert "anonymous pulls to 100 per 6 hours per IPv4 address (or IPv6 /64)" in text
+    assert "Personal accounts to 200 per 6 hours" in text
+    assert "per hour" not in text
+
+
+def test_checklist_says_what_an_ecr_pull_through_cache_needs() -> None:
+    text = " ".join(_checklist().split())
+    assert "pull-through cache" in text
+    assert "`ecr:BatchImportUpstreamImage` and `ecr:CreateRepository`" in text
+
+
+def test_runbook_deletes_legacy_records_with_the_management_token() -> None:
+    # The operator token is read-only (consul_objects.operator_rules): a KV delete is a write.
+    runbook = (ROOT / "docs" / "runbook.md").read_text()
+    paragraph = next(p for p in runbook.split("\n\n") if "consul kv delete" in p)
+    assert "management token" in paragraph
+    assert "break-glass" in paragraph.lower()

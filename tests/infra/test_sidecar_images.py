@@ -107,6 +107,30 @@ def test_ecr_images_are_pulled_with_the_execution_role(tmp_path: Path) -> None:
     assert built["findings"] == [], built["findings"]
 
 
+def test_an_ecr_pull_through_cache_can_import_a_tag_it_has_not_cached(tmp_path: Path) -> None:
+    # GIVEN Envoy from an ECR pull-through cache of Docker Hub, and Python from ECR Public
+    images = SidecarImages(envoy_repository=f"{ECR}/docker-hub/envoyproxy/envoy")
+    template, built = _synth(tmp_path, images, nag=True)
+    # WHEN a task starts with a tag the cache has not seen (a new envoy_version, a new account)
+    # THEN its execution role may import it from upstream and create the cache repository,
+    # on exactly that repository (pull-through-cache-iam.html), and nowhere else
+    statements = _policy_statements_of_role(template, built["role"])
+    imports = [s for s in statements if "ecr:BatchImportUpstreamImage" in _actions(s)]
+    assert len(imports) == 1, statements
+    [statement] = imports
+    assert sorted(_actions(statement)) == ["ecr:BatchImportUpstreamImage", "ecr:CreateRepository"]
+    assert statement["Resource"] == (
+        "arn:aws:ecr:us-east-1:111111111111:repository/docker-hub/envoyproxy/envoy"
+    )
+    assert built["findings"] == [], built["findings"]
+    # AND a service without ECR images gets no such grant
+    default_template, default = _synth(tmp_path / "default", None)
+    assert not any(
+        "ecr:BatchImportUpstreamImage" in _actions(s)
+        for s in _policy_statements_of_role(default_template, default["role"])
+    )
+
+
 @pytest.fixture(scope="module")
 def mirrored() -> dict[str, Any]:
     """The stack with a mirror for both images, credentials, the demo and two services."""
