@@ -483,7 +483,7 @@ def test_fails_at_synth_with_one_line_when_the_services_outgrow_the_template_siz
     assert "\n" not in text
     assert re.fullmatch(
         r"invalid context value services: the template of stack consul-mesh-dev is "
-        r"1,0\d\d,\d{3} bytes with 27 mesh services \(demo included\), more than the "
+        r"1,\d{3},\d{3} bytes with 27 mesh services \(demo included\), more than the "
         r"1,000,000 bytes CloudFormation accepts .*team_services.*",
         text,
     ), text
