@@ -9,6 +9,7 @@ from aws_cdk import aws_kms as kms
 from aws_cdk import aws_logs as logs
 from constructs import Construct
 
+from mesh_stack import default_sg_handler
 from mesh_stack.config import MeshConfig
 from mesh_stack.nag import acknowledge
 from mesh_stack.onprem import OnPremConnection, connect_onprem
@@ -54,6 +55,7 @@ class Network(Construct):
             ],
             restrict_default_security_group=True,
         )
+        default_sg_handler.confine(self, vpc, log_key=log_key)
         for subnet in vpc.public_subnets:
             acknowledge(
                 subnet,

@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jsii
-from aws_cdk import Aspects, CfnOutput, CfnResource, Fn, IAspect, Stack
+from aws_cdk import Aspects, CfnOutput, Fn, IAspect, Stack
 from aws_cdk import aws_ec2 as ec2
 from constructs import Construct, IConstruct
 
@@ -47,16 +47,6 @@ class MeshStack(Stack):
         keys = Keys(self, "Keys")
         network = Network(self, "Network", config=config, log_key=keys.key)
         self.vpc = network.vpc
-        # CDK's own direct-Lambda custom resource (feature flag
-        # @aws-cdk/aws-ec2:restrictDefaultSecurityGroup): its handler may run 15 minutes, so
-        # CloudFormation waits a minute more for an answer rather than its default hour.
-        for child in self.vpc.node.find_all():
-            if (
-                isinstance(child, CfnResource)
-                and child.cfn_resource_type == "Custom::VpcRestrictDefaultSG"
-            ):
-                child.add_property_override("ServiceTimeout", 960)
-
         image_id, recorded = server_image.resolve(
             server_ami=config.server_ami, region=config.region, arm64=config.arm64
         )

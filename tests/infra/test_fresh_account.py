@@ -257,3 +257,56 @@ def test_the_server_group_name_is_a_stack_output(template: Template) -> None:
     # docs/operations.md suspends and resumes this group by the output's value.
     (group,) = of_type(template, "AWS::AutoScaling::AutoScalingGroup")
     assert template["Outputs"]["ConsulServerGroupName"]["Value"] == {"Ref": group}
+
+
+def test_every_function_logs_to_a_log_group_the_stack_keeps(template: Template) -> None:
+    # A function without LoggingConfig writes to /aws/lambda/<name>, which Lambda creates on
+    # first use: unencrypted by the stack's key, never expiring, and left behind by
+    # `cdk destroy` outside what `make destroy` records. CDK's default-security-group handler
+    # did (mesh_stack/default_sg_handler.py).
+    resources = template["Resources"]
+    for name, function in of_type(template, "AWS::Lambda::Function").items():
+        group = function["Properties"].get("LoggingConfig", {}).get("LogGroup")
+        assert isinstance(group, dict), f"{name} logs outside the template"
+        assert "Ref" in group, f"{name} logs to a group named outside the template"
+        log_group = resources[group["Ref"]]
+        assert log_group["Type"] == "AWS::Logs::LogGroup", name
+        assert {"KmsKeyId", "RetentionInDays"} <= set(log_group["Properties"]), name
+
+
+def test_cdk_default_sg_handler_writes_only_its_own_log_group(template: Template) -> None:
+    resources = template["Resources"]
+    (token,) = [
+        r["Properties"]["ServiceToken"]
+        for r in resources.values()
+        if r["Type"] == "Custom::VpcRestrictDefaultSG"
+    ]
+    handler_name = token["Fn::GetAtt"][0]
+    handler = resources[handler_name]
+    role_name = handler["Properties"]["Role"]["Fn::GetAtt"][0]
+    role = resources[role_name]["Properties"]
+    # No AWS-managed policy: AWSLambdaBasicExecutionRole writes to every log group.
+    assert "ManagedPolicyArns" not in role
+    group = handler["Properties"]["LoggingConfig"]["LogGroup"]["Ref"]
+    log_statements = [
+        statement
+        for policy in of_type(template, "AWS::IAM::Policy").values()
+        if {"Ref": role_name} in policy["Properties"]["Roles"]
+        for statement in _list(policy["Properties"]["PolicyDocument"]["Statement"])
+    ]
+    assert log_statements == [
+        {
+            "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+            "Effect": "Allow",
+            "Resource": {"Fn::GetAtt": [group, "Arn"]},
+        }
+    ]
+    inline = [s for p in role.get("Policies", []) for s in p["PolicyDocument"]["Statement"]]
+    assert all(not a.startswith("logs:") for s in inline for a in _list(s["Action"]))
+    # Its first invocation (the custom resource's Create) comes after the grant exists.
+    (policy_name,) = [
+        name
+        for name, policy in of_type(template, "AWS::IAM::Policy").items()
+        if {"Ref": role_name} in policy["Properties"]["Roles"]
+    ]
+    assert policy_name in prerequisites(template, handler_name)
