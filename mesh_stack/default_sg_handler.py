@@ -12,9 +12,13 @@ makes CDK add a stack-level singleton, `Custom::VpcRestrictDefaultSGCustomResour
 
 Here the handler logs to a log group of the template (a year, the stack's log key) through
 `LoggingConfig.LogGroup`, and the managed policy gives way to a policy that may write only that
-group's streams. The handler needs nothing else from CloudWatch Logs: Lambda sends a function's
-logs to the group `LoggingConfig` names with the execution role's `logs:CreateLogStream` and
-`logs:PutLogEvents` (https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs-loggroups.html).
+group's streams. The handler needs nothing else from CloudWatch Logs: it logs only through
+`console.log`, and the group exists before the function (CloudFormation creates it first: the
+`LoggingConfig` Ref), so `logs:CreateLogGroup`, which Lambda's page lists for the default
+group, is not needed; writing takes `logs:CreateLogStream` and `logs:PutLogEvents` on the
+group's `Arn`, which ends in `:*`
+(https://docs.aws.amazon.com/lambda/latest/dg/monitoring-cloudwatchlogs.html,
+https://docs.aws.amazon.com/AWSCloudFormation/latest/UserGuide/aws-resource-logs-loggroup.html).
 """
 
 from __future__ import annotations
