@@ -6,9 +6,11 @@
 Resources with `DeletionPolicy: Retain` (or `RetainExceptOnCreate`) outlive the stack: the KMS
 keys, the Consul fleet's secrets (the CA private key, the management token, ...), the snapshot
 bucket and its access-log bucket, the log groups. Once the stack is gone CloudFormation no
-longer lists them, so `record` (run by `make destroy` before the deletion) reads the synthesized
-template for the retained logical IDs, asks CloudFormation for their physical IDs
-(ListStackResources) and writes them to `retained-<stack>.json`, with the stack's ID.
+longer lists them, so `record` (run by `make destroy` before the deletion) reads the *deployed*
+template (GetTemplate: what CloudFormation will act on, not the checkout's synthesis, which may
+retain more or less than what runs) for the retained logical IDs, asks CloudFormation for their
+physical IDs (ListStackResources) and writes them to `retained-<stack>.json`, with the stack's
+ID.
 
 `purge` first asks CloudFormation about that stack ID (DescribeStacks by ID also answers for a
 deleted stack; by name it would say "does not exist") and refuses unless it is DELETE_COMPLETE:
@@ -70,6 +72,21 @@ def refusal(stack: str, cloudformation: Any) -> str | None:
         "fleet may still use these keys, secrets and snapshots; purge only after "
         "`make destroy` finished"
     )
+
+
+def deployed_template(stack_name: str, cloudformation: Any) -> dict[str, Any]:
+    """The template the deployed stack runs on. GetTemplate's default stage, `Processed`, is
+    the one CloudFormation acts on (the same as `Original` without transforms; API reference,
+    GetTemplate TemplateStage). botocore hands a JSON body over parsed; a YAML one stays text."""
+    body = cloudformation.get_template(StackName=stack_name)["TemplateBody"]
+    if isinstance(body, str):
+        try:
+            body = json.loads(body)
+        except json.JSONDecodeError as err:
+            raise ValueError(
+                f"the deployed template of {stack_name} is not JSON (a CDK deployment is): {err}"
+            ) from err
+    return dict(body)
 
 
 def record(template: dict[str, Any], stack_name: str, cloudformation: Any) -> list[dict[str, str]]:
@@ -180,7 +197,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     rec = sub.add_parser("record")
     rec.add_argument("-c", "--context", action="append", default=[], dest="context")
     rec.add_argument("--cdk-json", type=Path, default=CDK_JSON)
-    rec.add_argument("--cdk-out", type=Path, default=Path("cdk.out"))
     pur = sub.add_parser("purge")
     pur.add_argument("file", type=Path)
     pur.add_argument(
@@ -196,9 +212,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ConfigError as err:
             print(f"error: {err}", file=sys.stderr)
             return 1
-        template_path = args.cdk_out / f"{config.stack_name}.template.json"
-        template = json.loads(template_path.read_text())
         cloudformation = boto3.client("cloudformation", region_name=config.region)
+        template = deployed_template(config.stack_name, cloudformation)
         resources = record(template, config.stack_name, cloudformation)
         out = Path(f"retained-{config.stack_name}.json")
         listing = {

@@ -106,6 +106,63 @@ def test_record_maps_the_retained_logical_ids_to_what_was_deployed() -> None:
     ]
 
 
+def test_record_lists_what_the_deployed_stack_retains_not_the_checkout(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN a checkout whose synthesis no longer retains the old key (or was never run) ...
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "cdk.out").mkdir()
+    checkout = {"Resources": {"OldKey": {"Type": "AWS::KMS::Key", "DeletionPolicy": "Delete"}}}
+    (tmp_path / "cdk.out" / "consul-mesh-dev.template.json").write_text(json.dumps(checkout))
+    # ... while the deployed stack still runs on a template that retains it
+    deployed = {"Resources": {"OldKey": {"Type": "AWS::KMS::Key", "DeletionPolicy": "Retain"}}}
+    cfn = boto3.client(
+        "cloudformation", region_name=REGION, aws_access_key_id="x", aws_secret_access_key="x"
+    )
+    stub = Stubber(cfn)
+    stack = {"StackName": "consul-mesh-dev"}
+    stub.add_response("get_template", {"TemplateBody": json.dumps(deployed)}, stack)
+    stub.add_response(
+        "list_stack_resources",
+        {
+            "StackResourceSummaries": [
+                {
+                    "LogicalResourceId": "OldKey",
+                    "PhysicalResourceId": "key-old",
+                    "ResourceType": "AWS::KMS::Key",
+                    "ResourceStatus": "UPDATE_COMPLETE",
+                    "LastUpdatedTimestamp": "2026-01-01",
+                }
+            ]
+        },
+        stack,
+    )
+    stub.add_response(
+        "describe_stacks",
+        {
+            "Stacks": [
+                {
+                    "StackName": "consul-mesh-dev",
+                    "StackId": STACK_ID,
+                    "CreationTime": "2026-01-01",
+                    "StackStatus": "UPDATE_COMPLETE",
+                }
+            ]
+        },
+        stack,
+    )
+    monkeypatch.setattr(retained.boto3, "client", lambda *_, **__: cfn)
+    # WHEN `make destroy` records what the deletion keeps
+    with stub:
+        assert retained.main(["record"]) == 0
+    # THEN the file lists what the deletion will really keep
+    listing = json.loads((tmp_path / "retained-consul-mesh-dev.json").read_text())
+    assert listing["resources"] == [
+        {"type": "AWS::KMS::Key", "logical_id": "OldKey", "physical_id": "key-old"}
+    ]
+    assert listing["stack_id"] == STACK_ID
+
+
 @pytest.fixture
 def account() -> Iterator[dict[str, Any]]:
     with mock_aws():
