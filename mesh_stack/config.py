@@ -20,6 +20,7 @@ from functools import cached_property
 from typing import Any
 
 from mesh_stack import demo, image_ref, services_config
+from mesh_stack.arns import KMS_KEY_ARN, SECRET_ARN
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.config_errors import fail as _fail
 from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE
@@ -50,15 +51,6 @@ _SEMVER = re.compile(r"^(\d+)\.(\d+)\.(\d+)$")
 _DATACENTER = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 _INSTANCE_TYPE = re.compile(r"^[a-z][a-z0-9-]*\.[a-z0-9]+$")
 _EMAIL = re.compile(r"^[^@\s]+@[^@\s]+\.[^@\s]+$")
-# A Secrets Manager secret's complete ARN (with the 6-character suffix Secrets Manager adds):
-# IAM grants on exactly that secret, and ECS takes it from another account or Region too.
-_SECRET_ARN = re.compile(
-    r"^arn:aws[a-z-]*:secretsmanager:[a-z]{2}(-gov)?-[a-z]+-\d:\d{12}:secret:"
-    r"[A-Za-z0-9/_+=.@-]+-[A-Za-z0-9]{6}$"
-)
-_KMS_KEY_ARN = re.compile(
-    r"^arn:aws[a-z-]*:kms:[a-z]{2}(-gov)?-[a-z]+-\d:\d{12}:key/[0-9a-f-]{36}$"
-)
 # Transit gateway IDs: `tgw-` and 8 (older) or 17 hex digits, like every EC2 resource ID.
 _TGW_ID = re.compile(r"^tgw-([0-9a-f]{8}|[0-9a-f]{17})$")
 
@@ -338,16 +330,19 @@ FIELDS: dict[str, Field] = {
         'Complete ARN of a Secrets Manager secret `{"username": ..., "password": ...}` '
         "that ECS uses (`repositoryCredentials`) to pull `envoy_image` and `init_image` from a "
         "private registry or an authenticated Docker Hub account; the task execution roles may "
-        "read exactly this secret. Not for images on public.ecr.aws or in Amazon ECR. "
-        "Empty = anonymous pulls.",
-        _optional(_SECRET_ARN, "must be a complete Secrets Manager secret ARN (with its suffix)"),
+        "read exactly this secret. Not for images on public.ecr.aws or in Amazon ECR; the "
+        "images it is used for must be on one registry. Empty = anonymous pulls.",
+        _optional(SECRET_ARN, "must be a complete Secrets Manager secret ARN (with its suffix)"),
     ),
     "registry_credentials_kms_key_arn": Field(
         "",
         "ARN of the customer-managed KMS key that encrypts `registry_credentials_secret_arn`; "
-        "the execution roles may decrypt with it through Secrets Manager only. Empty = the "
+        "the execution roles may decrypt with it through Secrets Manager only (a multi-Region "
+        "`mrk-` key too). A secret in another account needs one, plus that account's secret "
+        "and key policies for the execution roles (Secrets Manager refuses other accounts "
+        "the AWS managed key). Empty = the "
         "secret uses the AWS managed key.",
-        _optional(_KMS_KEY_ARN, "must be a KMS key ARN like arn:aws:kms:<region>:<acct>:key/<id>"),
+        _optional(KMS_KEY_ARN, "must be a KMS key ARN like arn:aws:kms:<region>:<acct>:key/<id>"),
     ),
     "consul_esm_version": Field(
         "0.10.0",
@@ -733,6 +728,17 @@ class MeshConfig:
                 "registry_credentials_kms_key_arn",
                 key_arn,
                 "is used only with registry_credentials_secret_arn (the key of that secret)",
+            )
+        hosts = sorted({image_ref.registry_host(image) for image in self.images_with_credentials})
+        if len(hosts) > 1:
+            # Every container's repositoryCredentials name this one secret: a registry's
+            # login sent to another registry fails the pull an anonymous pull would pass.
+            raise _fail(
+                "registry_credentials_secret_arn",
+                self.registry_credentials_secret_arn,
+                f"would be sent to two registries, {hosts[0]} and {hosts[1]} (envoy_image "
+                "and init_image): one login cannot hold for both; put both images on one "
+                "registry, or one of them in Amazon ECR or on public.ecr.aws",
             )
         if self.registry_credentials_secret_arn and not self.images_with_credentials:
             raise _fail(

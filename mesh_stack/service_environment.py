@@ -11,6 +11,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from mesh_stack.arns import KMS_KEY_ARN, SECRET_ARN
 from mesh_stack.config_errors import fail
 from mesh_stack.json_values import json_object
 
@@ -22,14 +23,6 @@ _ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 # Secrets Manager appends, so an IAM grant on it names exactly this secret (a partial ARN would
 # need a `-??????` wildcard). Names: letters, digits and /_+=.@- (Secrets Manager API
 # reference, CreateSecret `Name`).
-_SECRET_ARN = re.compile(
-    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):secretsmanager:(?P<region>[a-z0-9-]+):"
-    r"(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512}-[A-Za-z0-9]{6})$"
-)
-_KMS_KEY_ARN = re.compile(
-    r"^arn:(aws|aws-cn|aws-us-gov):kms:[a-z0-9-]+:\d{12}:key/"
-    r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
-)
 # Environment values that are secrets whatever their name: AWS access keys, PEM blocks, JWTs,
 # GitHub and Slack tokens, and URLs carrying a password.
 _SECRET_VALUES = (
@@ -118,7 +111,7 @@ def _secret_ref(key: str, env: str, value: object) -> SecretRef:
             raise fail(where, unknown, "a secret object takes only `arn` and `kms_key_arn`")
         if "kms_key_arn" in value:
             kms_key_arn = value["kms_key_arn"]
-            if not isinstance(kms_key_arn, str) or not _KMS_KEY_ARN.match(kms_key_arn):
+            if not isinstance(kms_key_arn, str) or not KMS_KEY_ARN.match(kms_key_arn):
                 raise fail(
                     f"{where}.kms_key_arn",
                     kms_key_arn,
@@ -135,7 +128,7 @@ def _secret_ref(key: str, env: str, value: object) -> SecretRef:
     if len(parts) not in (7, 10):
         raise fail(where, value, allowed)
     arn = ":".join(parts[:7])
-    if not _SECRET_ARN.match(arn):
+    if not SECRET_ARN.match(arn):
         raise fail(where, value, allowed)
     json_key, stage, version = [*parts[7:], "", "", ""][:3]
     if stage and version:

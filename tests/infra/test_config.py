@@ -428,6 +428,29 @@ def test_fails_when_credentials_would_be_used_by_no_image() -> None:
         config(envoy_image=ecr, registry_credentials_secret_arn=SECRET)
 
 
+def test_a_multi_region_key_may_encrypt_the_registry_credentials() -> None:
+    # Multi-Region key IDs are `mrk-` and 32 hex digits (KMS API reference, ReplicateKey)
+    mrk = "arn:aws:kms:eu-west-1:111111111111:key/mrk-1234abcd12ab34cd56ef1234567890ab"
+    cfg = config(registry_credentials_secret_arn=SECRET, registry_credentials_kms_key_arn=mrk)
+    assert cfg.registry_credentials_kms_key_arn == mrk
+
+
+def test_fails_when_one_login_would_be_sent_to_two_registries() -> None:
+    # GIVEN Envoy from one private registry and the init image from Docker Hub: every
+    # container's repositoryCredentials name the one secret, so Docker Hub would get the
+    # other registry's login and refuse a pull it would have served anonymously
+    with pytest.raises(
+        ConfigError,
+        match=r"registry_credentials_secret_arn=.*two registries, docker\.io and "
+        r"registry\.example\.com",
+    ):
+        config(
+            envoy_image="registry.example.com/mirror/envoyproxy/envoy",
+            init_image="python:3.13-slim",
+            registry_credentials_secret_arn=SECRET,
+        )
+
+
 def test_fails_when_a_credentials_key_comes_without_the_secret() -> None:
     with pytest.raises(
         ConfigError, match=r"registry_credentials_kms_key_arn=.*only with registry_credentials"
