@@ -315,8 +315,9 @@ FIELDS: dict[str, Field] = {
     ),
     "init_image": Field(
         INIT_IMAGE,
-        "Image of the sidecars' init container (any image with `python3` 3.11 or newer; it "
-        "runs a stdlib-only program), with a tag or `@sha256:` digest.",
+        "Image of the sidecars' init container (any image with `python3` 3.11 or newer on its "
+        "PATH; it runs a stdlib-only program as `python3 -c` and as root, whatever the image's "
+        "ENTRYPOINT and USER), with a tag or `@sha256:` digest.",
         lambda k, v: _as_image(
             k,
             v,

@@ -71,9 +71,16 @@ def combined_source() -> str:
     return program
 
 
+# Set explicitly rather than left to the image: a hardened mirror of python with
+# `ENTRYPOINT ["python"]` or a non-root `USER` (common for approved base images) would otherwise
+# run `python python3 -c ...` or fail to hand the bootstrap and the admin directory to uid 1337.
+ENTRY_POINT = ["python3"]
+USER = "0"  # root: it chowns the bootstrap file and the admin directory to Envoy's uid
+
+
 def command() -> list[str]:
-    """The init container's command."""
-    return ["python3", "-c", combined_source()]
+    """The init container's command, after ENTRY_POINT."""
+    return ["-c", combined_source()]
 
 
 def load_identity() -> ModuleType:

@@ -208,7 +208,8 @@ def run_init_command(props: dict[str, Any], metadata_endpoint: str, out: Path) -
         }
     )
     assert {s["Name"] for s in init["Secrets"]} == {"CONSUL_HTTP_TOKEN", "CONSUL_CACERT_PEM"}
-    command = [sys.executable if part == "python3" else part for part in init["Command"]]
+    entry_and_command = init["EntryPoint"] + init["Command"]
+    command = [sys.executable if part == "python3" else part for part in entry_and_command]
     run = subprocess.run(command, env=env, capture_output=True, text=True, check=False)
     admin.rmdir()
     assert run.returncode == 0, run.stderr

@@ -207,6 +207,10 @@ def test_envoy_starts_only_after_the_init_container_succeeds(template: Template)
     init, proxy = by_name["envoy-init"], by_name["envoy"]
     assert init["Essential"] is False
     assert init["Command"] == init_program.command()
+    # whatever ENTRYPOINT and USER the init image declares (a hardened mirror of python often
+    # sets both): python3 runs the program, as root, to hand the volumes to Envoy's uid
+    assert init["EntryPoint"] == ["python3"]
+    assert init["User"] == "0"
     assert proxy["DependsOn"] == [{"ContainerName": "envoy-init", "Condition": "SUCCESS"}]
     assert proxy["EntryPoint"] == ["/usr/local/bin/envoy"]
     assert proxy["Command"][:2] == ["-c", "/consul-mesh/envoy-bootstrap.json"]
