@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from mesh_stack import image_ref
 from mesh_stack.config import AMAZON_SIDE_ASN, MeshConfig
 from mesh_stack.config_errors import ConfigError
 from mesh_stack.onprem_contract import (
@@ -62,6 +63,33 @@ def _cidrs(config: MeshConfig) -> str:
     return ", ".join(config.onprem_cidrs)
 
 
+# Docker Hub's pull hosts: its firewall allowlist (docker/docs
+# content/manuals/desktop/setup/allow-list.md, "Docker Pull/Push" and "Authentication" rows,
+# read 2026-12); the R2 bucket serves anonymous and Personal-plan pulls, which the default
+# envoy_image makes.
+DOCKER_HUB_HOSTS = (
+    "auth.docker.io",
+    "registry-1.docker.io",
+    "production.cloudflare.docker.com",
+    "production.cloudfront.docker.com",
+    "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
+)
+# The ECS Anywhere installer's own host (ECS developer guide, "Registering an external
+# instance to a cluster"); it then downloads the agents from the Region's S3.
+ECS_INSTALLER_HOST = "amazon-ecs-agent.s3.amazonaws.com"
+
+
+def image_registries(config: MeshConfig) -> list[str]:
+    """The registries the hosts pull this configuration's images from, Docker Hub as its hosts."""
+    images = [f"{config.envoy_image}:v{config.envoy_version}", config.init_image]
+    images += [spec.image for spec in (*config.demo_services, *config.services)]
+    hosts = sorted({image_ref.registry_host(image) for image in images})
+    return [
+        "Docker Hub (" + ", ".join(DOCKER_HUB_HOSTS) + ")" if host == image_ref.DOCKER_HUB else host
+        for host in hosts
+    ]
+
+
 def firewall_rules(config: MeshConfig) -> list[str]:
     """On-prem firewall rules the mesh needs, in both directions (docs/services.md)."""
     low, high = ENVOY_INBOUND_PORTS
@@ -81,6 +109,7 @@ def firewall_rules(config: MeshConfig) -> list[str]:
             f"api.ecr.{region}.amazonaws.com",
             f"*.dkr.ecr.{region}.amazonaws.com",
             f"*.s3.{region}.amazonaws.com",
+            ECS_INSTALLER_HOST,
             f"logs.{region}.amazonaws.com",
             f"secretsmanager.{region}.amazonaws.com",
         ]
@@ -90,8 +119,9 @@ def firewall_rules(config: MeshConfig) -> list[str]:
         f"Consul servers (private subnets of {vpc}) -> hosts: TCP {low}-{high} "
         "(consul-esm health checks of the Envoy public and expose listeners)",
         f"hosts <-> hosts: TCP {low}-{high} (mesh traffic between sidecars)",
-        f"hosts -> AWS over the internet, TCP 443: {endpoints}, and the registries of your "
-        "images (the defaults pull from public.ecr.aws and Docker Hub)",
+        f"hosts -> AWS over the internet, TCP 443: {endpoints}",
+        "hosts -> the registries of this configuration's images, TCP 443: "
+        + "; ".join(image_registries(config)),
     ] + [
         f"operators ({cidr}) -> Consul NLB in {vpc}: TCP {CONSUL_HTTPS} (UI and HTTPS API only)"
         for cidr in config.operator_cidrs

@@ -150,6 +150,28 @@ def test_firewall_rules_cover_both_directions(plaintext: bool) -> None:
     assert ("TCP 8502" in rules) is plaintext
 
 
+def test_firewall_rules_name_the_hosts_of_every_registry_the_configuration_pulls_from() -> None:
+    # GIVEN the default images (Envoy and the demo on Docker Hub, Python on public.ecr.aws)
+    rules = "\n".join(plan(MeshConfig.from_context({})).firewall)
+    # THEN the firewall team gets host names, not "Docker Hub": the anonymous pulls' bucket too
+    assert "registry-1.docker.io" in rules
+    assert "auth.docker.io" in rules
+    assert ".r2.cloudflarestorage.com" in rules
+    assert "public.ecr.aws" in rules
+    # and the ECS Anywhere installer's host, which *.s3.<region>.amazonaws.com does not match
+    assert "amazon-ecs-agent.s3.amazonaws.com" in rules
+    # GIVEN every image on one private registry, without the demo
+    mirrored = MeshConfig.from_context(
+        {
+            "envoy_image": "registry.example.com/mirror/envoyproxy/envoy",
+            "init_image": "registry.example.com/mirror/python:3.13-slim",
+            "demo_enabled": False,
+        }
+    )
+    (registries,) = [r for r in plan(mirrored).firewall if "registries" in r]
+    assert registries.endswith(": registry.example.com")
+
+
 def test_firewall_rules_admit_the_operators_to_8501_only() -> None:
     config = MeshConfig.from_context({"operator_cidrs": "10.9.0.0/24"})
     rules = [r for r in plan(config).firewall if r.startswith("operators")]
