@@ -1,5 +1,7 @@
 """The shapes of the AWS ARNs users give us, one pattern each (config keys and services' files).
 
+Partitions: `aws` and every `aws-...` one (aws-cn, aws-us-gov, the ISO partitions, aws-eusc).
+
 - Secrets Manager: the complete ARN, with the 6-character suffix Secrets Manager adds to the
   name; IAM grants on exactly that secret, and ECS takes it from another account or Region.
 - KMS keys: single-Region key IDs are a UUID; multi-Region key IDs are `mrk-` and 32 hex
@@ -12,10 +14,10 @@ from __future__ import annotations
 import re
 
 SECRET_ARN = re.compile(
-    r"^arn:(?P<partition>aws|aws-cn|aws-us-gov):secretsmanager:(?P<region>[a-z0-9-]+):"
+    r"^arn:(?P<partition>aws[a-z-]*):secretsmanager:(?P<region>[a-z0-9-]+):"
     r"(?P<account>\d{12}):secret:(?P<name>[A-Za-z0-9/_+=.@-]{1,512}-[A-Za-z0-9]{6})$"
 )
 KMS_KEY_ARN = re.compile(
-    r"^arn:(aws|aws-cn|aws-us-gov):kms:[a-z0-9-]+:\d{12}:key/"
+    r"^arn:aws[a-z-]*:kms:[a-z0-9-]+:\d{12}:key/"
     r"([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32})$"
 )

@@ -136,10 +136,18 @@ def is_pinned_reference(reference: str) -> bool:
     return True
 
 
+# Names of Docker Hub's registry: `index.docker.io` is the legacy name Docker normalizes to
+# `docker.io` (distribution/reference `legacyDefaultDomain`); `registry-1.docker.io` is the host
+# that serves its API.
+_DOCKER_HUB_NAMES = frozenset({DOCKER_HUB, "index.docker.io", "registry-1.docker.io"})
+
+
 def registry_host(image: str) -> str:
-    """The registry of a well-formed reference or repository, `docker.io` for Docker Hub."""
+    """The registry of a well-formed reference or repository, `docker.io` for Docker Hub; host
+    names compare case-insensitively (DNS)."""
     pinned = is_pinned_reference(image)
-    return parse(image if pinned else f"{image}:latest").domain or DOCKER_HUB
+    host = (parse(image if pinned else f"{image}:latest").domain or DOCKER_HUB).lower()
+    return DOCKER_HUB if host in _DOCKER_HUB_NAMES else host
 
 
 def pulled_with_credentials(image: ImageRef) -> bool:

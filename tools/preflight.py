@@ -64,9 +64,9 @@ def _cidrs(config: MeshConfig) -> str:
 
 
 # Docker Hub's pull hosts: its firewall allowlist (docker/docs
-# content/manuals/desktop/setup/allow-list.md, "Docker Pull/Push" and "Authentication" rows,
-# read 2026-12); the R2 bucket serves anonymous and Personal-plan pulls, which the default
-# envoy_image makes.
+# content/manuals/desktop/setup/allow-list.md, "Docker Pull/Push" and "Authentication" rows, as
+# of docker/docs#25122, read 2026-12); the R2 bucket serves anonymous and Personal-plan pulls,
+# which the default envoy_image makes.
 DOCKER_HUB_HOSTS = (
     "auth.docker.io",
     "registry-1.docker.io",
@@ -74,9 +74,22 @@ DOCKER_HUB_HOSTS = (
     "production.cloudfront.docker.com",
     "docker-images-prod.6aa30f8b08e16409b46e0173d6de2f56.r2.cloudflarestorage.com",
 )
-# The ECS Anywhere installer's own host (ECS developer guide, "Registering an external
-# instance to a cluster"); it then downloads the agents from the Region's S3.
-ECS_INSTALLER_HOST = "amazon-ecs-agent.s3.amazonaws.com"
+# public.ecr.aws serves image layers from CloudFront (EKS Anywhere prerequisites' firewall list:
+# https://anywhere.eks.amazonaws.com/docs/getting-started/prerequisite-checklist/).
+ECR_PUBLIC_HOSTS = ("public.ecr.aws", "d2glxqk2uabbnd.cloudfront.net")
+
+
+# The ECS Anywhere installer (aws/amazon-ecs-agent scripts/ecs-anywhere-install.sh, which the
+# ECS developer guide's "Registering an external instance to a cluster" runs): the script from
+# amazon-ecs-agent.s3.amazonaws.com, the agents from the Region's bucket by path
+# (s3.<region>.amazonaws.com/amazon-ecs-agent-<region>/...), their GPG keys from GitHub; and,
+# when Docker is not installed yet, Docker's packages and the OS's package mirrors.
+def installer_hosts(region: str) -> list[str]:
+    return [
+        "amazon-ecs-agent.s3.amazonaws.com",
+        f"s3.{region}.amazonaws.com",
+        "raw.githubusercontent.com",
+    ]
 
 
 def image_registries(config: MeshConfig) -> list[str]:
@@ -84,10 +97,11 @@ def image_registries(config: MeshConfig) -> list[str]:
     images = [f"{config.envoy_image}:v{config.envoy_version}", config.init_image]
     images += [spec.image for spec in (*config.demo_services, *config.services)]
     hosts = sorted({image_ref.registry_host(image) for image in images})
-    return [
-        "Docker Hub (" + ", ".join(DOCKER_HUB_HOSTS) + ")" if host == image_ref.DOCKER_HUB else host
-        for host in hosts
-    ]
+    named = {
+        image_ref.DOCKER_HUB: "Docker Hub (" + ", ".join(DOCKER_HUB_HOSTS) + ")",
+        image_ref.ECR_PUBLIC: "ECR Public (" + ", ".join(ECR_PUBLIC_HOSTS) + ")",
+    }
+    return [named.get(host, host) for host in hosts]
 
 
 def firewall_rules(config: MeshConfig) -> list[str]:
@@ -109,7 +123,6 @@ def firewall_rules(config: MeshConfig) -> list[str]:
             f"api.ecr.{region}.amazonaws.com",
             f"*.dkr.ecr.{region}.amazonaws.com",
             f"*.s3.{region}.amazonaws.com",
-            ECS_INSTALLER_HOST,
             f"logs.{region}.amazonaws.com",
             f"secretsmanager.{region}.amazonaws.com",
         ]
@@ -120,6 +133,9 @@ def firewall_rules(config: MeshConfig) -> list[str]:
         "(consul-esm health checks of the Envoy public and expose listeners)",
         f"hosts <-> hosts: TCP {low}-{high} (mesh traffic between sidecars)",
         f"hosts -> AWS over the internet, TCP 443: {endpoints}",
+        "hosts -> the ECS Anywhere installer's downloads, TCP 443, while a host joins: "
+        + ", ".join(installer_hosts(region))
+        + " (and download.docker.com and the OS package mirrors when Docker is not installed)",
         "hosts -> the registries of this configuration's images, TCP 443: "
         + "; ".join(image_registries(config)),
     ] + [

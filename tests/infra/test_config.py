@@ -451,6 +451,15 @@ def test_fails_when_one_login_would_be_sent_to_two_registries() -> None:
         )
 
 
+def test_docker_hub_under_any_of_its_names_is_one_registry() -> None:
+    cfg = config(
+        envoy_image="index.docker.io/envoyproxy/envoy",
+        init_image="Registry-1.Docker.io/library/python:3.13-slim",
+        registry_credentials_secret_arn=SECRET,
+    )
+    assert len(cfg.images_with_credentials) == 2
+
+
 def test_fails_when_a_credentials_key_comes_without_the_secret() -> None:
     with pytest.raises(
         ConfigError, match=r"registry_credentials_kms_key_arn=.*only with registry_credentials"

@@ -158,8 +158,11 @@ def test_firewall_rules_name_the_hosts_of_every_registry_the_configuration_pulls
     assert "auth.docker.io" in rules
     assert ".r2.cloudflarestorage.com" in rules
     assert "public.ecr.aws" in rules
-    # and the ECS Anywhere installer's host, which *.s3.<region>.amazonaws.com does not match
+    assert "d2glxqk2uabbnd.cloudfront.net" in rules  # where public.ecr.aws serves layers from
+    # and the ECS Anywhere installer's hosts, which *.s3.<region>.amazonaws.com does not match
     assert "amazon-ecs-agent.s3.amazonaws.com" in rules
+    assert "s3.us-east-1.amazonaws.com," in rules  # the agents' bucket, by path
+    assert "raw.githubusercontent.com" in rules  # their GPG keys
     # GIVEN every image on one private registry, without the demo
     mirrored = MeshConfig.from_context(
         {
