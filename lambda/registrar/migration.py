@@ -101,9 +101,19 @@ def _marker_time(value: bytes) -> datetime | None:
         return None  # unreadable: read the legacy prefixes, and write the marker again
 
 
-def read(consul: Inventory, cluster_arn: str, now: datetime, *, shards: bool = False) -> Records:
+def read(
+    consul: Inventory,
+    cluster_arn: str,
+    now: datetime,
+    *,
+    shards: bool = False,
+    max_bytes: int | None = None,
+) -> Records:
     """One request for this cluster's prefix; two more (the legacy prefixes) until the
     migration marker is MIGRATION_SETTLE old.
+
+    `max_bytes`: the single read raises connections.BodyTooLarge when its answer is longer
+    (reconcile_consul.py then reads in shards).
 
     `shards` (large clusters, reconcile_consul.py): the prefix is read in 19 requests instead
     of one, each answer decoded and dropped before the next, so the peak is one shard's answer
@@ -124,8 +134,8 @@ def read(consul: Inventory, cluster_arn: str, now: datetime, *, shards: bool = F
     values: dict[str, bytes] = {}
     wanted: set[str] | None = None
 
-    def sort_all(read_prefix: str) -> None:
-        for pair in consul.kv_list(read_prefix):
+    def sort_all(read_prefix: str, limit: int | None = None) -> None:
+        for pair in consul.kv_list(read_prefix, max_bytes=limit):
             if pair.key == marker:
                 found.migrated_at = _marker_time(pair.value)
             elif pair.key == verified:
@@ -148,7 +158,7 @@ def read(consul: Inventory, cluster_arn: str, now: datetime, *, shards: bool = F
         for read_prefix in [f"{prefix}{kv_layout.HOSTS}/", *(tasks + d for d in _HEX)]:
             sort_all(read_prefix)
     else:
-        sort_all(prefix)
+        sort_all(prefix, max_bytes)
         found.legacy_read = _legacy_read(found, now)
         if found.legacy_read:
             _read_legacy(consul, found, cluster_arn, values, cluster)

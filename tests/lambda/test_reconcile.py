@@ -1456,7 +1456,7 @@ class _RecordsKv:
         }
         return StateRecord(3, RUNNING, "d" * 64, sidecar, "2026-01-01T00:00:00+00:00").encode()
 
-    def kv_list(self, prefix: str) -> list[inventory.KVPair]:
+    def kv_list(self, prefix: str, *, max_bytes: int | None = None) -> list[inventory.KVPair]:
         if prefix == kv_layout.migration_key(CLUSTER_ARN):
             value = json.dumps({"migrated_at": "2026-01-01T00:00:00+00:00"}).encode()
             return [inventory.KVPair(prefix, value, 1)]
@@ -1485,3 +1485,39 @@ def test_a_sharded_read_holds_one_shard_of_raw_records_at_a_time() -> None:
     assert len(records.tasks) == 1600
     assert records.host_mode == set(kv._ids)
     assert peak < raw / 4, f"peak {peak / 2**20:.1f} MiB for {raw / 2**20:.1f} MiB of records"
+
+
+def _records_bytes(world: World) -> int:
+    """Bytes of the cluster's records in one `?recurse` answer."""
+    url = f"{world.consul.url}/v1/kv/{kv_layout.cluster_prefix(CLUSTER_ARN)}?recurse"
+    with urllib.request.urlopen(url) as answer:
+        return len(answer.read())
+
+
+def test_tombstones_count_toward_reading_the_records_in_shards(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN 6 running tasks, far fewer than SHARD_TASKS, and a single read allowed a little more
+    # than their records take: a pass reads them in one request
+    spread_tasks(world, count=6, hosts=3, family="api")
+    seed_settled_markers(world.consul)
+    limit = _records_bytes(world) + 2000
+    monkeypatch.setattr(reconcile_consul, "SINGLE_READ_BYTES", limit, raising=False)
+    world.consul.reset_requests()
+    world.reconcile()
+    assert sum("/tasks/" in p for p in record_reads(world)) == 0
+    # AND then 24 short-lived tasks that started and stopped, leaving 24 tombstones
+    started = [world.ecs.put_task(tid(n), family="api") for n in range(6, 30)]
+    assert world.deliver(*started) == []
+    world.stop(*range(6, 30))
+    assert _records_bytes(world) > limit
+    world.consul.reset_requests()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the records, tombstones included, outgrew one read: they were read in 16 shards
+    # (the single read cut off at the limit), with a single read's outcome
+    assert sum("/tasks/" in p for p in record_reads(world)) == 16
+    assert (report.in_sync, report.stale, report.missing, report.complete) == (6, 0, 0, True)
+    assert world.consul.writes() == 0
