@@ -25,6 +25,7 @@ from decide import desired_registration, mesh_target
 from model import ContainerDefinition, Host, Registration, parse_event
 from pki import make_pki
 from registrar_fixtures import (
+    CLUSTER_ARN,
     HOST_IP,
     LambdaContext,
     failed_ids,
@@ -410,6 +411,28 @@ def test_https_refuses_a_certificate_for_another_name(
         tls.close()
     # AND nothing reached Consul
     assert consul_double.requests == []
+
+
+def test_consul_tls_server_name_is_the_name_checked_when_dialling_an_address(
+    consul_double: ConsulDouble, tmp_path: Path
+) -> None:
+    # GIVEN a server whose certificate names consul.mesh.example only, dialled by its IP
+    ca_pem, tls = _tls_front(consul_double, tmp_path, "consul.mesh.example")
+    env = {
+        "CONSUL_HTTP_ADDR": tls.url("https"),
+        "ECS_CLUSTER_ARN": CLUSTER_ARN,
+        "CONSUL_CACERT": ca_pem,
+        "CONSUL_TLS_SERVER_NAME": "consul.mesh.example",
+    }
+    rt = registrar.Runtime(registrar.Settings.from_env(env), token=StaticToken(None))
+    try:
+        # WHEN the registrar connects with Consul's CONSUL_TLS_SERVER_NAME set to that name,
+        # THEN the certificate verifies and the request is served
+        assert _http(tls.url("https"), rt.consul_connections()).kv_get("k") is None
+    finally:
+        rt.close()
+        tls.close()
+    assert consul_double.count() == 1
 
 
 # --------------------------------------------------------------------------------------------
