@@ -131,6 +131,14 @@ def seed_registered(double: ConsulDouble, ecs: FakeEcs, *, verified: bool) -> No
     the first after a deploy, describing every task."""
     definitions = aws.EcsTaskDefinitions(lambda: ecs)
     now = datetime.now(UTC)
+    with double.bulk_seeding():
+        _seed_tasks(double, ecs, definitions, now)
+    seed_settled_markers(double, verified=verified)
+
+
+def _seed_tasks(
+    double: ConsulDouble, ecs: FakeEcs, definitions: aws.EcsTaskDefinitions, now: datetime
+) -> None:
     for tid, detail in ecs.tasks.items():
         event = task_event_from_detail(detail, event_id=tid, event_time=now)
         definition = definitions.get(event.task_definition_arn)
@@ -144,7 +152,6 @@ def seed_registered(double: ConsulDouble, ecs: FakeEcs, *, verified: bool) -> No
         key = kv_layout.task_key(CLUSTER_ARN, tid)
         double.seed_txn([catalog.kv_cas_op(key, record, 0), *catalog.register_ops(registration)])
         double.seed_register(dict(body))
-    seed_settled_markers(double, verified=verified)
 
 
 def runtime(consul_url: str, ecs: FakeEcs) -> registrar.Runtime:
