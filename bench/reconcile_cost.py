@@ -246,7 +246,7 @@ def _first_row(tasks: int, first: Cost) -> Row:
         "calls",
         f"{_calls(first)}; every task described until this code is verified "
         f"(verification.py); Consul {first.consul_requests} requests "
-        f"({first.consul_writes} writes: the marker)",
+        f"({first.consul_writes} write{'' if first.consul_writes == 1 else 's'}: the marker)",
     )
 
 

@@ -8,6 +8,7 @@ over real HTTP on 127.0.0.1, which counts every request.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -154,9 +155,14 @@ def _seed_tasks(
         double.seed_register(dict(body))
 
 
-def runtime(consul_url: str, ecs: FakeEcs) -> registrar.Runtime:
-    """The registrar's runtime (production settings) on `consul_url`, AWS answered by `ecs`."""
+def runtime(
+    consul_url: str, ecs: FakeEcs, *, consul_timeout_s: float | None = None
+) -> registrar.Runtime:
+    """The registrar's runtime (production settings) on `consul_url`, AWS answered by `ecs`.
+    `consul_timeout_s` replaces the per-request timeout (CONSUL_TIMEOUT_SECONDS, 5 s)."""
     settings = registrar.Settings(consul_addr=consul_url, cluster_arn=CLUSTER_ARN)
+    if consul_timeout_s is not None:
+        settings = dataclasses.replace(settings, consul_timeout_s=consul_timeout_s)
     return registrar.Runtime(
         settings,
         task_definitions=aws.EcsTaskDefinitions(lambda: ecs),
