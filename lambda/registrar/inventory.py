@@ -38,7 +38,7 @@ class KVPair:
 class Inventory(Consul, Protocol):
     """The registrar's Consul calls plus the listings of whole sets."""
 
-    def kv_list(self, prefix: str) -> list[KVPair]: ...
+    def kv_list(self, prefix: str, *, max_bytes: int | None = None) -> list[KVPair]: ...
 
     def nodes(self, expression: str) -> list[Json]: ...
 
@@ -134,15 +134,16 @@ class HttpInventory(HttpConsul):
             return None
         return self.json("GET", path, data)
 
-    def kv_list(self, prefix: str) -> list[KVPair]:
-        """Every pair under `prefix`; none (404) when there is none. Raises ConsulAuthError when
+    def kv_list(self, prefix: str, *, max_bytes: int | None = None) -> list[KVPair]:
+        """Every pair under `prefix`; none (404) when there is none. Raises BodyTooLarge, having
+        read no more than `max_bytes` of it, when the answer is longer. Raises ConsulAuthError when
         the token may not read them all: KVS.List drops the entries the token cannot read and
         says so in `X-Consul-Results-Filtered-By-ACLs: true`, on the 200 and on the 404 of a
         prefix filtered to nothing (agent/consul/kvs_endpoint.go KVS.List, agent/kvs_endpoint.go
         KVSGet, agent/http.go setResultsFilteredByACLs). An answer with records missing is not
         the prefix's content: the reconcile pass would take a hidden record for none."""
         path = "/v1/kv/" + urllib.parse.quote(prefix, safe="/") + "?recurse"
-        answer = self.answer("GET", path, ok_statuses=(404,))
+        answer = self.answer("GET", path, ok_statuses=(404,), max_body=max_bytes)
         if answer.headers.get(FILTERED_BY_ACLS) == "true":
             raise ConsulAuthError(
                 f"GET {path}: HTTP {answer.status}: the token may not read every key under "
@@ -197,8 +198,11 @@ class RetryingInventory(RetryingConsul):
             super().__init__(inner, policy=policy, budget=budget, sleep=sleep)
         self._lists = inner
 
-    def kv_list(self, prefix: str) -> list[KVPair]:
-        return self._call(f"GET kv {prefix}?recurse", lambda: self._lists.kv_list(prefix))
+    def kv_list(self, prefix: str, *, max_bytes: int | None = None) -> list[KVPair]:
+        """BodyTooLarge is not retried: the same read would be as long."""
+        return self._call(
+            f"GET kv {prefix}?recurse", lambda: self._lists.kv_list(prefix, max_bytes=max_bytes)
+        )
 
     def nodes(self, expression: str) -> list[Json]:
         return self._call("GET catalog/nodes", lambda: self._lists.nodes(expression))

@@ -101,51 +101,102 @@ def _marker_time(value: bytes) -> datetime | None:
         return None  # unreadable: read the legacy prefixes, and write the marker again
 
 
-def read(consul: Inventory, cluster_arn: str, now: datetime, *, shards: bool = False) -> Records:
+def read(
+    consul: Inventory,
+    cluster_arn: str,
+    now: datetime,
+    *,
+    shards: bool = False,
+    max_bytes: int | None = None,
+) -> Records:
     """One request for this cluster's prefix; two more (the legacy prefixes) until the
     migration marker is MIGRATION_SETTLE old.
 
+    `max_bytes`: the single read raises connections.BodyTooLarge when its answer is longer
+    (reconcile_consul.py then reads in shards).
+
     `shards` (large clusters, reconcile_consul.py): the prefix is read in 19 requests instead
-    of one, each answer decoded before the next: the two markers, the host records, and the
-    task records in 16 shards by the task ID's first hex digit (ECS task IDs are 32 lowercase
-    hex digits, older ones UUIDs: other keys under `tasks/` are not read then). A shard that
-    cannot be read raises, like the single read: the pass then deletes nothing.
+    of one, each answer decoded and dropped before the next, so the peak is one shard's answer
+    plus the compact records: the two markers, the legacy prefixes when they are read, the
+    host records, and the task records in 16 shards by the task ID's first hex digit. Shard
+    mode reads only task keys whose ID starts with a lowercase hex digit (ECS task IDs are 32
+    lowercase hex digits, older ones UUIDs): any other key under `tasks/`, which the single
+    read would file as an unreadable record, is not read then. A shard that cannot be read
+    raises, like the single read: the pass then deletes nothing.
     """
     found = Records()
     cluster = kv_layout.scope(cluster_arn)
     marker = kv_layout.migration_key(cluster_arn)
     verified = kv_layout.verified_key(cluster_arn)
     prefix = kv_layout.cluster_prefix(cluster_arn)
-    if shards:
-        tasks = f"{prefix}{kv_layout.TASKS}/"
-        reads = [marker, verified, f"{prefix}{kv_layout.HOSTS}/"]
-        reads += [f"{tasks}{digit}" for digit in "0123456789abcdef"]
-    else:
-        reads = [prefix]
-    values: dict[str, bytes] = {}  # task ID -> raw ARN-layout value, kept for migration.plan
-    for read_prefix in reads:
-        for pair in consul.kv_list(read_prefix):
+    # task ID -> raw ARN-layout value, for migration.plan; None: keep every one (the single
+    # read files the legacy records after it), else only these task IDs' values
+    values: dict[str, bytes] = {}
+    wanted: set[str] | None = None
+
+    def sort_all(read_prefix: str, limit: int | None = None) -> None:
+        for pair in consul.kv_list(read_prefix, max_bytes=limit):
             if pair.key == marker:
                 found.migrated_at = _marker_time(pair.value)
             elif pair.key == verified:
                 found.verified = pair
             else:
-                _sort(found, values, pair, cluster)
-    found.legacy_read = found.migrated_at is None or now < found.migrated_at + MIGRATION_SETTLE
+                _sort(found, values, pair, cluster, wanted)
+
+    if shards:
+        # The markers first: they say whether the legacy prefixes are read, and those are read
+        # before the task shards, so a shard keeps the raw value of its legacy-held tasks only
+        # and the pass's peak is one shard's answer, not every record's raw bytes.
+        wanted = set()
+        for read_prefix in (marker, verified):
+            sort_all(read_prefix)
+        found.legacy_read = _legacy_read(found, now)
+        if found.legacy_read:
+            _read_legacy(consul, found, cluster_arn, values, cluster)
+        wanted = set(found.legacy_tasks)
+        tasks = f"{prefix}{kv_layout.TASKS}/"
+        for read_prefix in [f"{prefix}{kv_layout.HOSTS}/", *(tasks + d for d in _HEX)]:
+            sort_all(read_prefix)
+    else:
+        sort_all(prefix, max_bytes)
+        found.legacy_read = _legacy_read(found, now)
+        if found.legacy_read:
+            _read_legacy(consul, found, cluster_arn, values, cluster)
     if found.legacy_read:
-        for kind in (kv_layout.TASKS, kv_layout.HOSTS):
-            for pair in consul.kv_list(kv_layout.legacy_prefix(cluster_arn, kind)):
-                _sort(found, values, pair, cluster)
         found.task_values = {tid: values[tid] for tid in found.legacy_tasks if tid in values}
     return found
 
 
+_HEX = "0123456789abcdef"
+
+
+def _legacy_read(found: Records, now: datetime) -> bool:
+    return found.migrated_at is None or now < found.migrated_at + MIGRATION_SETTLE
+
+
+def _read_legacy(
+    consul: Inventory,
+    found: Records,
+    cluster_arn: str,
+    values: dict[str, bytes],
+    cluster: kv_layout.ClusterScope,
+) -> None:
+    for kind in (kv_layout.TASKS, kv_layout.HOSTS):
+        for pair in consul.kv_list(kv_layout.legacy_prefix(cluster_arn, kind)):
+            _sort(found, values, pair, cluster, None)
+
+
 def _sort(
-    found: Records, values: dict[str, bytes], pair: KVPair, cluster: kv_layout.ClusterScope
+    found: Records,
+    values: dict[str, bytes],
+    pair: KVPair,
+    cluster: kv_layout.ClusterScope,
+    wanted: set[str] | None,
 ) -> None:
     """File one pair of either layout. Task records are kept compact: the sidecar body (the
     bulk of a record) is dropped once its container instance and network mode are noted
-    (`Records.instances`, `Records.host_mode`)."""
+    (`Records.instances`, `Records.host_mode`), and the raw value is kept only for the task
+    IDs `wanted` (None: all)."""
     where = kv_layout.locate(pair.key, cluster)
     if where is None or "/" in where.item_id:
         return
@@ -161,7 +212,8 @@ def _sort(
                 found.host_mode.add(where.item_id)
             record = replace(record, sidecar=None)
         found.tasks[where.item_id] = (record, pair.modify_index)
-        values[where.item_id] = pair.value
+        if wanted is None or where.item_id in wanted:
+            values[where.item_id] = pair.value
     elif where.legacy:
         found.legacy_hosts[where.item_id] = pair
     else:

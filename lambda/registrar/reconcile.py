@@ -8,7 +8,8 @@ One pass, one module per phase (the Reconciler below only runs them in order):
 reconcile_consul.py (read Consul), reconcile_ecs.py (read ECS), reconcile_diff.py (the pure
 diff), reconcile_repair.py, reconcile_delete.py, reconcile_tombstones.py, reconcile_hosts.py;
 reconcile_context.py holds what they share, reconcile_settings.py the settings and the report.
-1. What the registrar owns, in 3 Consul requests whatever the cluster's size: this cluster's
+1. What the registrar owns, in 3 Consul requests (21 or 22 for large clusters: the records in
+   shards, reconcile_consul.py): this cluster's
    task nodes (`/v1/catalog/nodes?filter=Meta["source"] == ... and Meta["cluster-arn"] == ...`),
    its state records (`/v1/kv/ecs-registrar/<name>/<region>/<account>/?recurse`, kv_layout.py)
    and the disconnection markers

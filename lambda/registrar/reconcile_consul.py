@@ -1,9 +1,9 @@
 """Phase "read Consul" of the reconcile pass: what the registrar owns for the cluster.
 
-3 requests up to SHARD_TASKS tasks (21 from there, and whenever the ECS listing is
-incomplete): the task nodes carrying this cluster's ARN and our `source`, the state records
-under this cluster's prefix (plus the two legacy prefixes until the migration settles,
-migration.read), and the disconnection markers.
+3 requests up to SHARD_TASKS tasks (21 from there, whenever the ECS listing is incomplete, and
+22 when the records outgrow SINGLE_READ_BYTES): the task nodes carrying this cluster's ARN and
+our `source`, the state records under this cluster's prefix (plus the two legacy prefixes
+until the migration settles, migration.read), and the disconnection markers.
 """
 
 from __future__ import annotations
@@ -15,7 +15,9 @@ from typing import Any
 
 import host_state
 import inventory
+import logs
 import migration
+from connections import BodyTooLarge
 from inventory import Inventory
 from model import StateRecord
 
@@ -35,6 +37,11 @@ class Owned:
 # 20,000 tasks is ~60 MB, and its parse several times that in a 1 GB function. `?recurse`
 # answers the whole prefix in one body, with no paging (agent/kvs_endpoint.go KVSGet).
 SHARD_TASKS = 20_000
+# The longest single read: about SHARD_TASKS running records. Tombstones are records too (kept
+# TOMBSTONE_GRACE, 5 days), and nothing counts them before the read: a cluster under
+# SHARD_TASKS tasks that stops many holds more records than tasks. A single read whose answer
+# is longer is cut off here, unread beyond it, and the records are read in shards instead.
+SINGLE_READ_BYTES = 64 * 2**20
 
 
 def read_owned(
@@ -47,7 +54,8 @@ def read_owned(
     1 of 1,000 lists 100 tasks of 100,000, so its count bounds nothing (ECS API reference,
     "Request throttling for the Amazon ECS API": buckets per account and Region, shared with
     every other caller). The 18 more requests are cheap: an empty shard is a bodiless 404.
-    Tombstones (kept TOMBSTONE_GRACE) are in neither count.
+    Tombstones (kept TOMBSTONE_GRACE) are in neither count: they count by the answer's size,
+    a single read longer than SINGLE_READ_BYTES being abandoned for the shards.
     """
     nodes: dict[str, Mapping[str, Any]] = {
         str(n["Node"]): n
@@ -55,6 +63,10 @@ def read_owned(
         if isinstance(n.get("Node"), str)
     }
     shards = not listed_all or max(tasks, len(nodes)) >= SHARD_TASKS
-    kv = migration.read(consul, cluster_arn, now, shards=shards)
+    try:
+        kv = migration.read(consul, cluster_arn, now, shards=shards, max_bytes=SINGLE_READ_BYTES)
+    except BodyTooLarge as err:
+        logs.info("the state records outgrew one read: reading them in shards", reason=str(err))
+        kv = migration.read(consul, cluster_arn, now, shards=True)
     markers = host_state.marked_nodes(consul)
     return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)

@@ -58,6 +58,25 @@ class Vouched:
     address: str
 
 
+def vouched_for(listed: Sequence[str], owned: Owned, cluster_arn: str) -> dict[str, Vouched]:
+    """Listed host-mode tasks whose running record and node say they are registered, with
+    the host their record names (the sidecar's service meta). Bridge-mode tasks are always
+    described: a container restarted in place gets a new host port (verification.py)."""
+    vouched: dict[str, Vouched] = {}
+    for tid in listed:
+        record, _ = owned.records.get(tid, (None, 0))
+        if record is None or record.status != RUNNING or not record.digest:
+            continue
+        if tid not in owned.kv.host_mode:
+            continue
+        instance = owned.kv.instances.get(tid)
+        node_name = identity.node_name(task_arn_for(cluster_arn, tid))
+        node = owned.nodes.get(node_name)
+        if isinstance(instance, str) and node is not None:
+            vouched[tid] = Vouched(instance, node_name, str(node.get("Address")))
+    return vouched
+
+
 class EcsRead:
     """Reads ECS for one pass; counts what it cannot register in the pass's report."""
 
@@ -71,7 +90,7 @@ class EcsRead:
         """`listed`: ListTasks' answer. `trust` (verification.py): skip DescribeTasks for tasks
         Consul vouches for."""
         ctx = self._ctx
-        vouched = self._vouched(listed.ids, owned) if trust else {}
+        vouched = vouched_for(listed.ids, owned, ctx.cluster_arn) if trust else {}
         running = ctx.ecs.running_tasks(t for t in listed.ids if t not in vouched)
         problems = [*listed.problems, *running.problems]
         view = EcsView(listed=set(listed.ids), complete=True)
@@ -100,24 +119,6 @@ class EcsRead:
                 problems=problems[:10],
             )
         return view
-
-    def _vouched(self, listed: Sequence[str], owned: Owned) -> dict[str, Vouched]:
-        """Listed host-mode tasks whose running record and node say they are registered, with
-        the host their record names (the sidecar's service meta). Bridge-mode tasks are always
-        described: a container restarted in place gets a new host port (verification.py)."""
-        vouched: dict[str, Vouched] = {}
-        for tid in listed:
-            record, _ = owned.records.get(tid, (None, 0))
-            if record is None or record.status != RUNNING or not record.digest:
-                continue
-            if tid not in owned.kv.host_mode:
-                continue
-            instance = owned.kv.instances.get(tid)
-            node_name = identity.node_name(task_arn_for(self._ctx.cluster_arn, tid))
-            node = owned.nodes.get(node_name)
-            if isinstance(instance, str) and node is not None:
-                vouched[tid] = Vouched(instance, node_name, str(node.get("Address")))
-        return vouched
 
     def _confirm(
         self, vouched: Mapping[str, Vouched], hosts: listing.Hosts, view: EcsView

@@ -8,6 +8,8 @@ Configuration (environment; Consul's own names where one exists):
   variable is visible in the function's configuration). The secret wins when both are set.
 - CONSUL_CACERT_SECRET_ARN (PEM in SecretString) or CONSUL_CACERT (a PEM file path or PEM
   text): the CA that signed the Consul servers' certificate; default: the system trust store.
+- CONSUL_TLS_SERVER_NAME: the name the servers' certificate must carry (SNI and the host name
+  check), when CONSUL_HTTP_ADDR dials another name or an IP; default: CONSUL_HTTP_ADDR's host.
 - Optional: HOST_IP_TTL_SECONDS (300) how long a host address is cached; MAX_ATTEMPTS (4) tries
   per Consul/AWS call; RETRY_BASE_MS (100) and RETRY_MAX_MS (2000) backoff; CONSUL_TIMEOUT_SECONDS
   (5) per request; TIME_RESERVE_MS (2000) invocation time kept to return the batch response;
@@ -79,6 +81,7 @@ class Settings:
     static_token: str | None = None
     cacert_secret_arn: str | None = None
     cacert: str | None = None
+    tls_server_name: str | None = None
     host_ttl_s: float = 300.0
     retry_policy: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     consul_timeout_s: float = 5.0
@@ -122,6 +125,7 @@ class Settings:
             static_token=env.get("CONSUL_HTTP_TOKEN", "").strip() or None,
             cacert_secret_arn=env.get("CONSUL_CACERT_SECRET_ARN", "").strip() or None,
             cacert=env.get("CONSUL_CACERT", "").strip() or None,
+            tls_server_name=env.get("CONSUL_TLS_SERVER_NAME", "").strip() or None,
             host_ttl_s=_positive(env, "HOST_IP_TTL_SECONDS", 300),
             retry_policy=retry.RetryPolicy(
                 max_attempts=int(attempts),
@@ -199,7 +203,9 @@ class Runtime:
         with self._lock:
             if self._connections is None:
                 self._connections = ConnectionPool(
-                    self.settings.consul_addr, ssl_context=ssl_context(self.settings)
+                    self.settings.consul_addr,
+                    ssl_context=ssl_context(self.settings),
+                    server_name=self.settings.tls_server_name,
                 )
             return self._connections
 

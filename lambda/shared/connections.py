@@ -72,6 +72,15 @@ class NotSent(ConnectionError):
     not one byte of the request left, so a write that fails this way was not applied."""
 
 
+class BodyTooLarge(Exception):
+    """The answer's body is longer than the caller's `max_body`: its first `max_body` bytes
+    were read and the connection closed, the rest never read into memory."""
+
+    def __init__(self, target: str, limit: int) -> None:
+        super().__init__(f"{target}: the answer is longer than {limit} bytes")
+        self.limit = limit
+
+
 CONSUL_HTTP_PORT, CONSUL_HTTPS_PORT = 8500, 8501
 
 
@@ -133,24 +142,28 @@ class ConnectionPool:
         body: bytes | None,
         headers: Mapping[str, str],
         timeout: float,
+        max_body: int | None = None,
     ) -> Answer:
         """Send one request, read the whole response, whatever the status.
 
         Raises OSError (refused, reset, timed out, TLS failures) or http.client.HTTPException;
-        NotSent (an OSError) when the connection could not even be made. `timeout` bounds
-        connecting and each read or write on the socket.
+        NotSent (an OSError) when the connection could not even be made; BodyTooLarge when the
+        body is longer than `max_body` bytes. `timeout` bounds connecting and each read or
+        write on the socket.
         """
         connection, reused = self._take()
-        try:
+
+        def exchange(on: http.client.HTTPConnection) -> Answer:
             return self._exchange(
-                connection, method, target, body=body, headers=headers, timeout=timeout
+                on, method, target, body=body, headers=headers, timeout=timeout, max_body=max_body
             )
+
+        try:
+            return exchange(connection)
         except _DEAD_CONNECTION:
             if not reused or method not in _RESENDABLE:
                 raise
-        return self._exchange(
-            self._open(), method, target, body=body, headers=headers, timeout=timeout
-        )
+        return exchange(self._open())
 
     @property
     def server_name(self) -> str:
@@ -200,6 +213,7 @@ class ConnectionPool:
         body: bytes | None,
         headers: Mapping[str, str],
         timeout: float,
+        max_body: int | None,
     ) -> Answer:
         try:
             connection.timeout = timeout  # used when it connects
@@ -209,7 +223,9 @@ class ConnectionPool:
                 _connect(connection)
             connection.request(method, target, body=body, headers=dict(headers))
             response = connection.getresponse()
-            data = response.read()
+            data = response.read() if max_body is None else response.read(max_body + 1)
+            if max_body is not None and len(data) > max_body:
+                raise BodyTooLarge(f"{method} {target}", max_body)  # the rest stays unread
         except BaseException:
             connection.close()
             raise

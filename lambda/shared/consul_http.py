@@ -171,7 +171,14 @@ class ConsulHttp:
         left = self._remaining_s() if self._remaining_s else self._timeout_s
         return max(0.05, min(self._timeout_s, left))
 
-    def _send(self, method: str, path: str, body: bytes | None, token: str | None) -> Answer:
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        token: str | None,
+        max_body: int | None = None,
+    ) -> Answer:
         headers = {"Accept": "application/json"}
         if body is not None:
             headers["Content-Type"] = "application/json"
@@ -179,7 +186,7 @@ class ConsulHttp:
             headers["X-Consul-Token"] = token
         try:
             return self._connections.request(
-                method, path, body=body, headers=headers, timeout=self._timeout()
+                method, path, body=body, headers=headers, timeout=self._timeout(), max_body=max_body
             )
         except ssl.SSLCertVerificationError as err:
             raise TlsVerificationFailed(
@@ -206,13 +213,20 @@ class ConsulHttp:
         return answer.status, answer.body
 
     def answer(
-        self, method: str, path: str, payload: object = None, *, ok_statuses: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        payload: object = None,
+        *,
+        ok_statuses: tuple[int, ...] = (),
+        max_body: int | None = None,
     ) -> Answer:
-        """`request`, with the response's headers."""
+        """`request`, with the response's headers; connections.BodyTooLarge when the body is
+        longer than `max_body` bytes (the rest is never read)."""
         body = None if payload is None else json.dumps(payload).encode()
-        answer = self._send(method, path, body, self._token.get())
+        answer = self._send(method, path, body, self._token.get(), max_body)
         if answer.status == 403 and self._token.refreshable:
-            answer = self._send(method, path, body, self._token.get(refresh=True))
+            answer = self._send(method, path, body, self._token.get(refresh=True), max_body)
         status, data = answer.status, answer.body
         if 200 <= status < 300 or status in ok_statuses:
             return answer

@@ -38,16 +38,18 @@ class Store:
         self.index = 0
         self.t = _Tables()
         self.warnings: list[str] = []
+        self.snapshots = True  # False while seeding in bulk (ConsulDouble.bulk_seeding)
 
     # -- raft-like application
     def apply(self, write: Callable[[int], Any]) -> Any:
         """Run ``write`` as one raft entry: all of it or nothing, index consumed either way."""
         idx = self.index + 1
-        snapshot = self.t.copy()
+        snapshot = self.t.copy() if self.snapshots else None
         try:
             return write(idx)
         except BaseException:
-            self.t = snapshot
+            if snapshot is not None:
+                self.t = snapshot
             raise
         finally:
             self.index = idx
@@ -82,7 +84,9 @@ class Store:
         }
         self.t.nodes[node["Node"].lower()] = record
         self._touch(idx, "nodes")
-        for service in self.node_services(node["Node"]):
+        # A new node has no services yet (delete_node removes a node's services with it); not
+        # scanning every service for it keeps seeding n nodes O(n), not O(n^2)
+        for service in self.node_services(node["Node"]) if existing is not None else []:
             self.t.service_indexes[service["Service"]] = idx
         return record
 

@@ -398,10 +398,11 @@ def moto_runtime(world: MotoWorld, consul_url: str, **overrides: Any) -> registr
 
 
 def seed_settled_markers(
-    double: Any, cluster_arn: str = CLUSTER_ARN, *, migrated: bool = True
+    double: Any, cluster_arn: str = CLUSTER_ARN, *, migrated: bool = True, verified: bool = True
 ) -> None:
     """A cluster long past its first passes after the deploy: the legacy layout migrated
-    (migration.py) and every running task described by this code (verification.py)."""
+    (migration.py) and, when `verified`, every running task described by this code
+    (verification.py)."""
     import kv_layout
     import verification
 
@@ -411,6 +412,8 @@ def seed_settled_markers(
             kv_layout.migration_key(cluster_arn),
             json.dumps({"migrated_at": long_ago.isoformat()}).encode(),
         )
+    if not verified:
+        return
     double.seed_kv(
         kv_layout.verified_key(cluster_arn),
         json.dumps(

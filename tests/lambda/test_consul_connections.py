@@ -19,12 +19,13 @@ import handler
 import pytest
 import registrar
 import retry
-from connections import ConnectionPool
+from connections import BodyTooLarge, ConnectionPool
 from consul import ConsulUnavailable, HttpConsul, RetryingConsul, StaticToken, TxnConflict
 from decide import desired_registration, mesh_target
 from model import ContainerDefinition, Host, Registration, parse_event
 from pki import make_pki
 from registrar_fixtures import (
+    CLUSTER_ARN,
     HOST_IP,
     LambdaContext,
     failed_ids,
@@ -412,6 +413,28 @@ def test_https_refuses_a_certificate_for_another_name(
     assert consul_double.requests == []
 
 
+def test_consul_tls_server_name_is_the_name_checked_when_dialling_an_address(
+    consul_double: ConsulDouble, tmp_path: Path
+) -> None:
+    # GIVEN a server whose certificate names consul.mesh.example only, dialled by its IP
+    ca_pem, tls = _tls_front(consul_double, tmp_path, "consul.mesh.example")
+    env = {
+        "CONSUL_HTTP_ADDR": tls.url("https"),
+        "ECS_CLUSTER_ARN": CLUSTER_ARN,
+        "CONSUL_CACERT": ca_pem,
+        "CONSUL_TLS_SERVER_NAME": "consul.mesh.example",
+    }
+    rt = registrar.Runtime(registrar.Settings.from_env(env), token=StaticToken(None))
+    try:
+        # WHEN the registrar connects with Consul's CONSUL_TLS_SERVER_NAME set to that name,
+        # THEN the certificate verifies and the request is served
+        assert _http(tls.url("https"), rt.consul_connections()).kv_get("k") is None
+    finally:
+        rt.close()
+        tls.close()
+    assert consul_double.count() == 1
+
+
 # --------------------------------------------------------------------------------------------
 # Configuration
 
@@ -453,3 +476,27 @@ def test_an_address_without_a_port_dials_consuls_port(
             "GET", "/v1/status/leader", body=None, headers={}, timeout=1
         )
     assert dialled[0] == (address.split("//")[1].split(":", maxsplit=1)[0], port)
+
+
+def test_an_answer_longer_than_max_body_is_cut_off_and_its_connection_dropped(
+    consul_double: ConsulDouble,
+) -> None:
+    # GIVEN 40 KB under one prefix, and a pool
+    for n in range(40):
+        consul_double.seed_kv(f"big/{n}", b"x" * 1000)
+    pool = ConnectionPool(consul_double.url)
+    headers = {"Accept": "application/json"}
+
+    # WHEN it is read with max_body 10,000, THEN BodyTooLarge: no more than that was read
+    with pytest.raises(BodyTooLarge, match="longer than 10000 bytes"):
+        pool.request(
+            "GET", "/v1/kv/big/?recurse", body=None, headers=headers, timeout=2, max_body=10_000
+        )
+    # AND the half-read connection is not reused: the next request gets its whole answer
+    answer = pool.request("GET", "/v1/kv/big/?recurse", body=None, headers=headers, timeout=2)
+    assert len(json.loads(answer.body)) == 40
+    # AND an answer within max_body is read whole
+    within = pool.request(
+        "GET", "/v1/kv/big/1", body=None, headers=headers, timeout=2, max_body=len(answer.body)
+    )
+    assert json.loads(within.body)[0]["Key"] == "big/1"

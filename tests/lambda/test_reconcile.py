@@ -8,6 +8,7 @@ registrar_fixtures, with the same task definitions and addresses as the fake ECS
 from __future__ import annotations
 
 import json
+import tracemalloc
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,6 +17,7 @@ from typing import Any
 
 import handler
 import host_state
+import inventory
 import kv_layout
 import listing
 import migration
@@ -1435,3 +1437,87 @@ def test_a_late_running_event_before_the_first_pass_is_removed_by_it(world: Worl
     report = world.reconcile()
     assert world.consul.nodes() == {}
     assert report.stale == 1
+
+
+class _RecordsKv:
+    """`kv_list` over this cluster's task records, each answer built anew per call (as an HTTP
+    answer is decoded anew): what `migration.read` asks of Consul, without the HTTP."""
+
+    def __init__(self, tasks: int, pad: int) -> None:
+        self._ids = [f"{n:032x}"[::-1] for n in range(tasks)]
+        self._pad = pad
+
+    def record(self, task_id: str) -> bytes:
+        sidecar = {
+            "Service": {
+                "Meta": {"container-instance-arn": INSTANCE_ARN, "pad": "x" * self._pad},
+                "Proxy": {"LocalServiceAddress": "127.0.0.1"},
+            }
+        }
+        return StateRecord(3, RUNNING, "d" * 64, sidecar, "2026-01-01T00:00:00+00:00").encode()
+
+    def kv_list(self, prefix: str, *, max_bytes: int | None = None) -> list[inventory.KVPair]:
+        if prefix == kv_layout.migration_key(CLUSTER_ARN):
+            value = json.dumps({"migrated_at": "2026-01-01T00:00:00+00:00"}).encode()
+            return [inventory.KVPair(prefix, value, 1)]
+        return [
+            inventory.KVPair(k, self.record(tid), 2)
+            for tid in self._ids
+            if (k := kv_layout.task_key(CLUSTER_ARN, tid)).startswith(prefix)
+        ]
+
+
+def test_a_sharded_read_holds_one_shard_of_raw_records_at_a_time() -> None:
+    # GIVEN 1,600 task records of ~8 KB each (12 MiB of raw values), migrated long ago
+    kv = _RecordsKv(1600, pad=8000)
+    raw = sum(len(kv.record(t)) for t in kv._ids)
+
+    # WHEN they are read in shards, under tracemalloc
+    tracemalloc.start()
+    try:
+        records = migration.read(kv, CLUSTER_ARN, datetime.now(UTC), shards=True)  # type: ignore[arg-type]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    # THEN every record was read, and the peak is about one shard's raw values (1/16), not all
+    # of them: sharding bounds the pass's memory (review-16 m1: every raw value was kept)
+    assert len(records.tasks) == 1600
+    assert records.host_mode == set(kv._ids)
+    assert peak < raw / 4, f"peak {peak / 2**20:.1f} MiB for {raw / 2**20:.1f} MiB of records"
+
+
+def _records_bytes(world: World) -> int:
+    """Bytes of the cluster's records in one `?recurse` answer."""
+    url = f"{world.consul.url}/v1/kv/{kv_layout.cluster_prefix(CLUSTER_ARN)}?recurse"
+    with urllib.request.urlopen(url) as answer:
+        return len(answer.read())
+
+
+def test_tombstones_count_toward_reading_the_records_in_shards(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # GIVEN 6 running tasks, far fewer than SHARD_TASKS, and a single read allowed a little more
+    # than their records take: a pass reads them in one request
+    spread_tasks(world, count=6, hosts=3, family="api")
+    seed_settled_markers(world.consul)
+    limit = _records_bytes(world) + 2000
+    monkeypatch.setattr(reconcile_consul, "SINGLE_READ_BYTES", limit, raising=False)
+    world.consul.reset_requests()
+    world.reconcile()
+    assert sum("/tasks/" in p for p in record_reads(world)) == 0
+    # AND then 24 short-lived tasks that started and stopped, leaving 24 tombstones
+    started = [world.ecs.put_task(tid(n), family="api") for n in range(6, 30)]
+    assert world.deliver(*started) == []
+    world.stop(*range(6, 30))
+    assert _records_bytes(world) > limit
+    world.consul.reset_requests()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the records, tombstones included, outgrew one read: they were read in 16 shards
+    # (the single read cut off at the limit), with a single read's outcome
+    assert sum("/tasks/" in p for p in record_reads(world)) == 16
+    assert (report.in_sync, report.stale, report.missing, report.complete) == (6, 0, 0, True)
+    assert world.consul.writes() == 0
