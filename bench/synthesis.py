@@ -145,31 +145,34 @@ def reap_all() -> None:
             return
 
 
+def measured(
+    command: Sequence[str], *, cwd: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], Run]:
+    """Run `command` to its end; its output, wall time and the CPU of all its processes (also
+    those it left to finish alone, under `collecting_orphans`)."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    wall = time.perf_counter() - start
+    reap_all()
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done, Run(wall, cpu)
+
+
 def synth_once(launch: Launch) -> Run:
     """One synthesis in fresh processes; raises when it fails or writes no template."""
     with tempfile.TemporaryDirectory(prefix="bench-synth-") as tmp:
         outdir = os.path.join(tmp, "cdk.out")
         command, extra_env, cwd = launch(outdir)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run(
-            command,
-            cwd=cwd,
-            env={**environment(), **extra_env},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        wall = time.perf_counter() - start
-        reap_all()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done, run = measured(command, cwd=cwd, env={**environment(), **extra_env})
         if done.returncode != 0:
             raise RuntimeError(f"synthesis failed:\n{done.stderr[-2000:]}")
         if not list(Path(outdir).glob("*.template.json")):
             raise RuntimeError(f"synthesis wrote no template into {outdir}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(wall, cpu)
+    return run
 
 
 def alternate(launches: Sequence[Launch], runs: int) -> list[list[Run]]:
