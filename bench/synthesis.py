@@ -137,12 +137,24 @@ def collecting_orphans() -> Iterator[None]:
             prctl(36, 0, 0, 0, 0)
 
 
-def reap_all() -> None:
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
+def _children() -> set[int]:
+    """This process's child processes (Linux /proc; elsewhere none are known)."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as listing:
+                found.update(int(pid) for pid in listing.read().split())
+    return found
+
+
+def reap_all(keep: set[int]) -> None:
+    """Wait for every child but `keep`, the ones this process had before the run (jsii's Node,
+    when a module this process imported started it, lives as long as this process: waiting
+    for all children would wait forever)."""
+    while others := _children() - keep:
+        for pid in others:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
 
 
 def measured(
@@ -150,13 +162,14 @@ def measured(
 ) -> tuple[subprocess.CompletedProcess[str], Run]:
     """Run `command` to its end; its output, wall time and the CPU of all its processes (also
     those it left to finish alone, under `collecting_orphans`)."""
+    keep = _children()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.perf_counter()
     done = subprocess.run(
         command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
     )
     wall = time.perf_counter() - start
-    reap_all()
+    reap_all(keep)
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     return done, Run(wall, cpu)
