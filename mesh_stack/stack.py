@@ -266,7 +266,8 @@ class _SynthesisPass:
     ~880 round trips, bench/README.md figure 1); this one sits on a construct of its own with
     no children, so CDK calls it once, when it invokes aspects at synthesis, and it reads the
     stack's constructs in one call. Anything added to the stack before synthesis is covered,
-    from the constructor, app code or configuration alike.
+    from the constructor, app code or configuration alike; what another aspect might add
+    after it ran is not (none of this app's aspects adds resources).
     """
 
     def __init__(self, stack: Stack, service_ports: _OpenServiceCheckPorts) -> None:
