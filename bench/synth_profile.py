@@ -16,9 +16,7 @@ import argparse
 import collections
 import json
 import os
-import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,7 +30,7 @@ from bench.synthesis import (
     collecting_orphans,
     environment,
     full_app_context,
-    reap_all,
+    measured,
 )
 
 # Runs inside the measured process: the phases of app.py's `__main__` block (the minimal app:
@@ -139,25 +137,12 @@ def run_once(kind: str, extra_env: dict[str, str] | None = None) -> dict[str, li
             "CDK_CONTEXT_JSON": json.dumps(context),
             **(extra_env or {}),
         }
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-c", DRIVER, kind],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        wall = time.perf_counter() - start
-        reap_all()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done, run = measured([sys.executable, "-c", DRIVER, kind], cwd=ROOT, env=env)
     if done.returncode != 0:
         raise RuntimeError(f"{kind} app failed:\n{done.stderr[-2000:]}")
     line = next(x for x in done.stderr.splitlines() if x.startswith("PHASES "))
     phases: dict[str, list[float]] = json.loads(line.removeprefix("PHASES "))
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    wall, cpu = run.wall_s, run.cpu_s
     spent = sum(p[1] + p[2] for p in phases.values())
     phases["rest: interpreter start-up, teardown, Node's exit"] = [
         wall - sum(p[0] for p in phases.values()),

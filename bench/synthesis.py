@@ -137,12 +137,42 @@ def collecting_orphans() -> Iterator[None]:
             prctl(36, 0, 0, 0, 0)
 
 
-def reap_all() -> None:
-    while True:
-        try:
-            os.waitpid(-1, 0)
-        except ChildProcessError:
-            return
+def _children() -> set[int]:
+    """This process's child processes (Linux /proc; elsewhere none are known)."""
+    found: set[int] = set()
+    with contextlib.suppress(OSError):
+        for task in os.listdir("/proc/self/task"):
+            with open(f"/proc/self/task/{task}/children") as listing:
+                found.update(int(pid) for pid in listing.read().split())
+    return found
+
+
+def reap_all(keep: set[int]) -> None:
+    """Wait for every child but `keep`, the ones this process had before the run (jsii's Node,
+    when a module this process imported started it, lives as long as this process: waiting
+    for all children would wait forever)."""
+    while others := _children() - keep:
+        for pid in others:
+            with contextlib.suppress(ChildProcessError):
+                os.waitpid(pid, 0)
+
+
+def measured(
+    command: Sequence[str], *, cwd: Path, env: dict[str, str]
+) -> tuple[subprocess.CompletedProcess[str], Run]:
+    """Run `command` to its end; its output, wall time and the CPU of all its processes (also
+    those it left to finish alone, under `collecting_orphans`)."""
+    keep = _children()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    start = time.perf_counter()
+    done = subprocess.run(
+        command, cwd=cwd, env=env, capture_output=True, text=True, timeout=600, check=False
+    )
+    wall = time.perf_counter() - start
+    reap_all(keep)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return done, Run(wall, cpu)
 
 
 def synth_once(launch: Launch) -> Run:
@@ -150,26 +180,12 @@ def synth_once(launch: Launch) -> Run:
     with tempfile.TemporaryDirectory(prefix="bench-synth-") as tmp:
         outdir = os.path.join(tmp, "cdk.out")
         command, extra_env, cwd = launch(outdir)
-        before = resource.getrusage(resource.RUSAGE_CHILDREN)
-        start = time.perf_counter()
-        done = subprocess.run(
-            command,
-            cwd=cwd,
-            env={**environment(), **extra_env},
-            capture_output=True,
-            text=True,
-            timeout=600,
-            check=False,
-        )
-        wall = time.perf_counter() - start
-        reap_all()
-        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        done, run = measured(command, cwd=cwd, env={**environment(), **extra_env})
         if done.returncode != 0:
             raise RuntimeError(f"synthesis failed:\n{done.stderr[-2000:]}")
         if not list(Path(outdir).glob("*.template.json")):
             raise RuntimeError(f"synthesis wrote no template into {outdir}")
-    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
-    return Run(wall, cpu)
+    return run
 
 
 def alternate(launches: Sequence[Launch], runs: int) -> list[list[Run]]:

@@ -10,22 +10,22 @@ resource is rolled back, CloudFormation deletes the resource" (CloudFormation Us
 (aws-cdk-lib 2.275.0, `RemovalPolicy`). A stack delete (`make destroy`) and a replacement keep
 the resource exactly as before; only the policy attribute changes, never a logical ID.
 
-Applied as an aspect at synthesis, so every retained resource of the stack is covered, whoever
-adds it (CDK's defaults retain KMS keys, secrets, buckets and log groups).
+Applied at synthesis (stack.py's one synthesis pass), so every retained resource of the stack
+is covered, whoever adds it (CDK's defaults retain KMS keys, secrets, buckets and log groups).
 """
 
 from __future__ import annotations
 
-import jsii
-from aws_cdk import CfnDeletionPolicy, CfnResource, IAspect
+from collections.abc import Iterable
+
+from aws_cdk import CfnDeletionPolicy, CfnResource
 from constructs import IConstruct
 
 
-@jsii.implements(IAspect)
-class RetainExceptOnCreate:
-    def visit(self, node: IConstruct) -> None:
-        if (
-            isinstance(node, CfnResource)
-            and node.cfn_options.deletion_policy == CfnDeletionPolicy.RETAIN
-        ):
-            node.cfn_options.deletion_policy = CfnDeletionPolicy.RETAIN_EXCEPT_ON_CREATE
+def retain_except_on_create(constructs: Iterable[IConstruct]) -> None:
+    """Turn every `Retain` deletion policy among `constructs` into `RetainExceptOnCreate`."""
+    for node in constructs:
+        if isinstance(node, CfnResource):
+            options = node.cfn_options
+            if options.deletion_policy == CfnDeletionPolicy.RETAIN:
+                options.deletion_policy = CfnDeletionPolicy.RETAIN_EXCEPT_ON_CREATE

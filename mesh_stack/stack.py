@@ -31,7 +31,7 @@ from mesh_stack.platform_parameters import PlatformParameters
 from mesh_stack.ports import ENVOY_INBOUND_PORTS
 from mesh_stack.reconcile import Reconciler
 from mesh_stack.registrar import Registrar
-from mesh_stack.retention import RetainExceptOnCreate
+from mesh_stack.retention import retain_except_on_create
 from mesh_stack.sidecar_images import RegistryCredentials, SidecarImages
 
 
@@ -86,11 +86,11 @@ class MeshStack(Stack):
             "run `make refresh-ami` (needs AWS credentials) and commit server-ami.json, or set "
             "server_ami"
         )
-        # A service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
-        # host ports) gets its range opened too, whoever adds it to the stack and when.
-        Aspects.of(self).add(_OpenServiceCheckPorts(fleet, config.onprem_cidrs))
-        # A failed first create deletes what it made; a deleted stack keeps it (retention.py).
-        Aspects.of(self).add(RetainExceptOnCreate())
+        # At synthesis, once, over whatever the stack holds by then (whoever added it, and when):
+        # a service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic
+        # host ports) gets its range opened too, and a failed first create deletes what it made
+        # while a deleted stack keeps it (retention.py).
+        _SynthesisPass(self, _OpenServiceCheckPorts(fleet, config.onprem_cidrs))
 
         # ACL policies, tokens and config entries, applied once every server signalled healthy.
         objects = ConsulObjects(
@@ -249,6 +249,29 @@ class MeshStack(Stack):
 
 
 @jsii.implements(IAspect)
+class _SynthesisPass:
+    """What the stack does to its whole tree at synthesis, in one pass from Python.
+
+    An aspect on the stack would be called back from jsii once per construct (two aspects:
+    ~880 round trips, bench/README.md figure 1); this one sits on a construct of its own with
+    no children, so CDK calls it once, when it invokes aspects at synthesis, and it reads the
+    stack's constructs in one call. Anything added to the stack before synthesis is covered,
+    from the constructor, app code or configuration alike; what another aspect might add
+    after it ran is not (none of this app's aspects adds resources).
+    """
+
+    def __init__(self, stack: Stack, service_ports: _OpenServiceCheckPorts) -> None:
+        self._stack = stack
+        self._service_ports = service_ports
+        Aspects.of(Construct(stack, "SynthesisPass")).add(self)
+
+    def visit(self, node: IConstruct) -> None:
+        constructs = self._stack.node.find_all()
+        if self._service_ports.open_for(constructs):
+            constructs = self._stack.node.find_all()  # with the rules it added
+        retain_except_on_create(constructs)
+
+
 class _OpenServiceCheckPorts:
     """Lets consul-esm reach every MeshService of the stack on the host ports it listens on.
 
@@ -256,8 +279,9 @@ class _OpenServiceCheckPorts:
     listening elsewhere (`MeshService.inbound_host_ports`: a bridge-mode service publishes on
     ECS's dynamic host port range) would otherwise stay critical: the servers' egress is
     closed to everything else, and Consul routes no mesh traffic to an instance whose checks
-    fail. Run as an aspect, at synthesis, so services added after the stack's constructor
-    (in app code, or from configuration) are covered too; each range opens once per CIDR.
+    fail. Run at synthesis (`_SynthesisPass`), so services added after the stack's
+    constructor (in app code, or from configuration) are covered too; each range opens once
+    per CIDR.
     """
 
     def __init__(self, fleet: ConsulFleet, onprem_cidrs: Sequence[str]) -> None:
@@ -265,14 +289,19 @@ class _OpenServiceCheckPorts:
         self._cidrs = list(onprem_cidrs)
         self._opened: set[tuple[int, int]] = {ENVOY_INBOUND_PORTS}
 
-    def visit(self, node: IConstruct) -> None:
-        if not isinstance(node, MeshService) or node.inbound_host_ports in self._opened:
-            return
-        low, high = node.inbound_host_ports
-        self._opened.add(node.inbound_host_ports)
-        for cidr in self._cidrs:
-            self._fleet.allow_checks_to(
-                ec2.Peer.ipv4(cidr),
-                node.inbound_host_ports,
-                f"mesh services' host ports {low}-{high} in {cidr}",
-            )
+    def open_for(self, constructs: Sequence[IConstruct]) -> bool:
+        """Open the ranges of the MeshServices among `constructs`; whether any was new."""
+        opened = False
+        for node in constructs:
+            if not isinstance(node, MeshService) or node.inbound_host_ports in self._opened:
+                continue
+            low, high = node.inbound_host_ports
+            self._opened.add(node.inbound_host_ports)
+            opened = True
+            for cidr in self._cidrs:
+                self._fleet.allow_checks_to(
+                    ec2.Peer.ipv4(cidr),
+                    node.inbound_host_ports,
+                    f"mesh services' host ports {low}-{high} in {cidr}",
+                )
+        return opened

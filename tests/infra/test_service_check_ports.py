@@ -80,6 +80,14 @@ def test_bridge_services_get_the_dynamic_host_port_range_opened_once_per_onprem_
     assert server_egress_to_onprem(template) == sorted(
         ("tcp", low, high, cidr) for cidr in ONPREM for low, high in (envoy, bridge)
     )
+    # AND a retained resource the app added after the constructor (the services' KMS key) gets
+    # the stack's deletion policy too: a failed first create deletes it (retention.py)
+    (key_policy,) = (
+        r.get("DeletionPolicy")
+        for lid, r in template["Resources"].items()
+        if lid.startswith("ServicesKey") and r["Type"] == "AWS::KMS::Key"
+    )
+    assert key_policy == "RetainExceptOnCreate"
 
 
 def test_a_configured_bridge_service_gets_the_dynamic_range_opened_too(tmp_path: Path) -> None:
