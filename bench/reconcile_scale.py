@@ -58,8 +58,9 @@ DRIFT = 0.01
 LAMBDA_MEMORY_MB = 1024  # the reconcile function's memory_size (mesh_stack/reconcile.py)
 LAMBDA_TIMEOUT_S = 300  # its timeout: RECONCILE_TIMEOUT, at most the interval
 # The double is Python: filtering 100,000+ checks for one listing takes it seconds on a loaded
-# machine, past the registrar's 5 s per request (CONSUL_TIMEOUT_SECONDS). Consul's own answer
-# time is not what this figure measures.
+# machine, past the registrar's 5 s per request (CONSUL_TIMEOUT_SECONDS) and possibly its 30 s
+# per listing (CONSUL_LIST_TIMEOUT_SECONDS). Consul's own answer time is not what this figure
+# measures.
 DOUBLE_TIMEOUT_S = 120.0
 
 

@@ -159,10 +159,13 @@ def runtime(
     consul_url: str, ecs: FakeEcs, *, consul_timeout_s: float | None = None
 ) -> registrar.Runtime:
     """The registrar's runtime (production settings) on `consul_url`, AWS answered by `ecs`.
-    `consul_timeout_s` replaces the per-request timeout (CONSUL_TIMEOUT_SECONDS, 5 s)."""
+    `consul_timeout_s` replaces both the per-request timeout (CONSUL_TIMEOUT_SECONDS, 5 s) and
+    the listings' (CONSUL_LIST_TIMEOUT_SECONDS, 30 s)."""
     settings = registrar.Settings(consul_addr=consul_url, cluster_arn=CLUSTER_ARN)
     if consul_timeout_s is not None:
-        settings = dataclasses.replace(settings, consul_timeout_s=consul_timeout_s)
+        settings = dataclasses.replace(
+            settings, consul_timeout_s=consul_timeout_s, consul_list_timeout_s=consul_timeout_s
+        )
     return registrar.Runtime(
         settings,
         task_definitions=aws.EcsTaskDefinitions(lambda: ecs),

@@ -206,9 +206,12 @@ class _Fault:
     status: int
     delay: float
     times: int
+    exact: bool = False
 
     def matches(self, method: str, path: str) -> bool:
         method_ok = self.method is None or self.method.upper() == method
+        if self.exact:
+            return method_ok and path == self.path_prefix
         return method_ok and path.startswith(self.path_prefix)
 
 
@@ -438,8 +441,12 @@ class ConsulDouble:
         status: int = 500,
         delay: float = 0.0,
         times: int = 1,
+        exact: bool = False,
     ) -> None:
         """Make the next ``times`` matching requests fail (-1: all of them), oldest fault first.
+
+        A request matches when its path (without the query) starts with ``path_prefix``, or
+        with ``exact``, equals it (a KV prefix's read but not the reads of its sub-prefixes).
 
         status: answer ``status`` without touching state (429/503 carry ``Retry-After: 1``).
         refuse: close the connection without any response. delay: sleep, then serve normally.
@@ -457,7 +464,7 @@ class ConsulDouble:
         if delay < 0:
             raise ValueError(f"delay must be >= 0 seconds, got {delay}")
         with self._cond:
-            self._faults.append(_Fault(kind, path_prefix, method, status, delay, times))
+            self._faults.append(_Fault(kind, path_prefix, method, status, delay, times, exact))
 
     def clear_faults(self) -> None:
         """Forget the faults not yet used up (requests kept by ``late`` faults stay kept)."""

@@ -22,10 +22,24 @@ from typing import Any, Protocol
 import identity
 import registrar
 import retry
-from consul import Consul, ConsulAuthError, HttpConsul, Json, RetryingConsul, TxnConflict
+from consul import (
+    Consul,
+    ConsulAuthError,
+    ConsulUnavailable,
+    HttpConsul,
+    Json,
+    RetryingConsul,
+    TxnConflict,
+)
 
 MAX_TXN_OPS = 128  # Consul >= 1.14 (64 before)
 FILTERED_BY_ACLS = "x-consul-results-filtered-by-acls"  # agent/http.go, lower-cased
+
+
+class AnswerTooSlow(Exception):
+    """A capped read (`kv_list(max_bytes=)`) got no answer within the listing timeout: like an
+    answer longer than its cap (connections.BodyTooLarge), a reason to read in smaller parts.
+    Not retried: the same read would take as long again, and make the server build it again."""
 
 
 @dataclass(frozen=True)
@@ -126,10 +140,21 @@ def _list_of_dicts(doc: Any) -> list[Json]:
 
 
 class HttpInventory(HttpConsul):
-    """HttpConsul with the listing calls."""
+    """HttpConsul with the listing calls, each under the client's `list_timeout_s` (bounded by
+    the budget left) instead of the per-request `timeout_s` of the event path's calls.
+
+    Why a longer timeout: Consul sends nothing before it has the whole answer. agent/http.go
+    `wrap` runs the endpoint (its RPC, forwarded to the leader from a follower, the state-store
+    walk, the bexpr `filter` over every node or check, the ACL filter), `marshalJSON` builds
+    the body as one []byte, and only then come `resp.WriteHeader` and `resp.Write`. So the
+    first byte of a 30 MiB node listing waits for all of it, and the per-socket-operation
+    timeout of the event path (5 s) would fail such a listing on a busy server, four times.
+    """
 
     def _get(self, path: str, *, missing_ok: bool = False) -> Any:
-        status, data = self.request("GET", path, ok_statuses=(404,) if missing_ok else ())
+        status, data = self.request(
+            "GET", path, ok_statuses=(404,) if missing_ok else (), timeout=self.list_timeout_s
+        )
         if status == 404:
             return None
         return self.json("GET", path, data)
@@ -141,9 +166,21 @@ class HttpInventory(HttpConsul):
         says so in `X-Consul-Results-Filtered-By-ACLs: true`, on the 200 and on the 404 of a
         prefix filtered to nothing (agent/consul/kvs_endpoint.go KVS.List, agent/kvs_endpoint.go
         KVSGet, agent/http.go setResultsFilteredByACLs). An answer with records missing is not
-        the prefix's content: the reconcile pass would take a hidden record for none."""
+        the prefix's content: the reconcile pass would take a hidden record for none.
+
+        With `max_bytes`, a timeout waiting for the answer raises AnswerTooSlow (not retried):
+        Consul was building an answer too large to build within the listing timeout."""
         path = "/v1/kv/" + urllib.parse.quote(prefix, safe="/") + "?recurse"
-        answer = self.answer("GET", path, ok_statuses=(404,), max_body=max_bytes)
+        try:
+            answer = self.answer(
+                "GET", path, ok_statuses=(404,), max_body=max_bytes, timeout=self.list_timeout_s
+            )
+        except ConsulUnavailable as err:
+            # A timeout after the request left (a connect timeout is NotSent: Consul is
+            # unreachable, retried like any other failure).
+            if max_bytes is None or not isinstance(err.__cause__, TimeoutError):
+                raise
+            raise AnswerTooSlow(f"{err} (capped read of {prefix!r})") from err
         if answer.headers.get(FILTERED_BY_ACLS) == "true":
             raise ConsulAuthError(
                 f"GET {path}: HTTP {answer.status}: the token may not read every key under "
@@ -199,7 +236,7 @@ class RetryingInventory(RetryingConsul):
         self._lists = inner
 
     def kv_list(self, prefix: str, *, max_bytes: int | None = None) -> list[KVPair]:
-        """BodyTooLarge is not retried: the same read would be as long."""
+        """BodyTooLarge and AnswerTooSlow are not retried: the same read would be as long."""
         return self._call(
             f"GET kv {prefix}?recurse", lambda: self._lists.kv_list(prefix, max_bytes=max_bytes)
         )
@@ -230,6 +267,7 @@ def connect(rt: registrar.Runtime, budget: retry.Budget) -> Inventory:
         token=rt.token,
         connections=rt.consul_connections(),
         timeout_s=settings.consul_timeout_s,
+        list_timeout_s=settings.consul_list_timeout_s,
         remaining_s=budget.remaining_s,
     )
     return RetryingInventory(http, policy=settings.retry_policy, budget=budget)

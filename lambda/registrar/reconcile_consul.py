@@ -1,7 +1,8 @@
 """Phase "read Consul" of the reconcile pass: what the registrar owns for the cluster.
 
 3 requests up to SHARD_TASKS tasks (21 from there, whenever the ECS listing is incomplete, and
-22 when the records outgrow SINGLE_READ_BYTES): the task nodes carrying this cluster's ARN and
+22 when the records outgrow SINGLE_READ_BYTES or the listing timeout, then 21 on the later
+passes of the same execution environment): the task nodes carrying this cluster's ARN and
 our `source`, the state records under this cluster's prefix (plus the two legacy prefixes
 until the migration settles, migration.read), and the disconnection markers.
 """
@@ -43,6 +44,15 @@ SHARD_TASKS = 20_000
 # is longer is cut off here, unread beyond it, and the records are read in shards instead.
 SINGLE_READ_BYTES = 64 * 2**20
 
+# Clusters whose records this Lambda execution environment has had to read in shards (a single
+# read cut off at SINGLE_READ_BYTES, or unanswered within the listing timeout): later passes in
+# the same environment read them in shards straight away. The cut-off caps the function's
+# memory, not Consul's: the servers build the whole answer before sending a byte
+# (agent/http.go `wrap`), so each cut-off read costs them the full answer, every pass. A new
+# environment (a cold start) pays one such read, then remembers; a cluster whose tombstones
+# have expired keeps reading shards until the environment is replaced (18 more small requests).
+_NEEDS_SHARDS: set[str] = set()
+
 
 def read_owned(
     consul: Inventory, cluster_arn: str, now: datetime, *, tasks: int = 0, listed_all: bool = True
@@ -55,18 +65,21 @@ def read_owned(
     "Request throttling for the Amazon ECS API": buckets per account and Region, shared with
     every other caller). The 18 more requests are cheap: an empty shard is a bodiless 404.
     Tombstones (kept TOMBSTONE_GRACE) are in neither count: they count by the answer's size,
-    a single read longer than SINGLE_READ_BYTES being abandoned for the shards.
+    a single read longer than SINGLE_READ_BYTES, or not answered within the listing timeout,
+    being abandoned for the shards, for this pass and the later ones of this execution
+    environment (_NEEDS_SHARDS).
     """
     nodes: dict[str, Mapping[str, Any]] = {
         str(n["Node"]): n
         for n in consul.nodes(inventory.owned_nodes_filter(cluster_arn))
         if isinstance(n.get("Node"), str)
     }
-    shards = not listed_all or max(tasks, len(nodes)) >= SHARD_TASKS
+    shards = not listed_all or max(tasks, len(nodes)) >= SHARD_TASKS or cluster_arn in _NEEDS_SHARDS
     try:
         kv = migration.read(consul, cluster_arn, now, shards=shards, max_bytes=SINGLE_READ_BYTES)
-    except BodyTooLarge as err:
+    except (BodyTooLarge, inventory.AnswerTooSlow) as err:
         logs.info("the state records outgrew one read: reading them in shards", reason=str(err))
+        _NEEDS_SHARDS.add(cluster_arn)
         kv = migration.read(consul, cluster_arn, now, shards=True)
     markers = host_state.marked_nodes(consul)
     return Owned(nodes=nodes, records=dict(kv.tasks), markers=markers, kv=kv)

@@ -12,7 +12,10 @@ Configuration (environment; Consul's own names where one exists):
   check), when CONSUL_HTTP_ADDR dials another name or an IP; default: CONSUL_HTTP_ADDR's host.
 - Optional: HOST_IP_TTL_SECONDS (300) how long a host address is cached; MAX_ATTEMPTS (4) tries
   per Consul/AWS call; RETRY_BASE_MS (100) and RETRY_MAX_MS (2000) backoff; CONSUL_TIMEOUT_SECONDS
-  (5) per request; TIME_RESERVE_MS (2000) invocation time kept to return the batch response;
+  (5) per request; CONSUL_LIST_TIMEOUT_SECONDS (30) per listing of a whole set (the reconcile
+  pass's nodes, checks and records, the drain's: Consul sends nothing before it has built the
+  whole answer: inventory.HttpInventory), both bounded by the time left;
+  TIME_RESERVE_MS (2000) invocation time kept to return the batch response;
   LOG_LEVEL (INFO); METRICS_NAMESPACE (ConsulMesh/Registrar).
 - RECHECK_QUEUE_URL: the registrar's own queue, where a re-check of an event whose sidecar
   write got no answer is sent (recheck.py); unset (local runs), such a message is failed and
@@ -73,6 +76,32 @@ def _positive(env: Mapping[str, str], name: str, default: float) -> float:
     return value
 
 
+def tls_server_name(raw: str) -> str | None:
+    """CONSUL_TLS_SERVER_NAME as Consul's own clients read it: a `:port` is dropped (api/api.go
+    SetupTLSConfig: `hasPort := strings.LastIndex(server, ":") > strings.LastIndex(server,
+    "]")`, then `net.SplitHostPort`), so `consul.example:8501` and `[2001:db8::1]:8501` name
+    `consul.example` and `2001:db8::1`. What net.SplitHostPort refuses is refused here."""
+    value = raw.strip()
+    if not value or value.rfind(":") <= value.rfind("]"):
+        return value or None
+    colon = value.rfind(":")
+    if value.startswith("["):
+        end = value.find("]")
+        host, ok = value[1:end], end + 1 == colon and "[" not in value[1:]
+    else:
+        host, ok = value[:colon], not any(c in value[:colon] for c in ":[]")
+    if not ok or not host or "]" in value[colon:]:
+        raise ConfigError(
+            f"CONSUL_TLS_SERVER_NAME must be a host name or IP, optionally with :port "
+            f"(an IPv6 address with a port in brackets: [2001:db8::1]:8501), got {value!r}"
+        )
+    return host
+
+
+# Seconds a listing of a whole set may take to answer (CONSUL_LIST_TIMEOUT_SECONDS)
+LIST_TIMEOUT_S = 30.0
+
+
 @dataclass(frozen=True)
 class Settings:
     consul_addr: str
@@ -85,6 +114,7 @@ class Settings:
     host_ttl_s: float = 300.0
     retry_policy: retry.RetryPolicy = field(default_factory=retry.RetryPolicy)
     consul_timeout_s: float = 5.0
+    consul_list_timeout_s: float = LIST_TIMEOUT_S
     reserve_ms: int = 2000
     recheck_queue_url: str | None = None
     recheck_delay_s: int = recheck.DEFAULT_DELAY_S
@@ -125,7 +155,7 @@ class Settings:
             static_token=env.get("CONSUL_HTTP_TOKEN", "").strip() or None,
             cacert_secret_arn=env.get("CONSUL_CACERT_SECRET_ARN", "").strip() or None,
             cacert=env.get("CONSUL_CACERT", "").strip() or None,
-            tls_server_name=env.get("CONSUL_TLS_SERVER_NAME", "").strip() or None,
+            tls_server_name=tls_server_name(env.get("CONSUL_TLS_SERVER_NAME", "")),
             host_ttl_s=_positive(env, "HOST_IP_TTL_SECONDS", 300),
             retry_policy=retry.RetryPolicy(
                 max_attempts=int(attempts),
@@ -133,6 +163,7 @@ class Settings:
                 max_delay_s=_positive(env, "RETRY_MAX_MS", 2000) / 1000,
             ),
             consul_timeout_s=_positive(env, "CONSUL_TIMEOUT_SECONDS", 5),
+            consul_list_timeout_s=_positive(env, "CONSUL_LIST_TIMEOUT_SECONDS", LIST_TIMEOUT_S),
             reserve_ms=int(_positive(env, "TIME_RESERVE_MS", 2000)),
             recheck_queue_url=env.get("RECHECK_QUEUE_URL", "").strip() or None,
             recheck_delay_s=int(delay),

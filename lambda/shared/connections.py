@@ -226,6 +226,13 @@ class ConnectionPool:
             data = response.read() if max_body is None else response.read(max_body + 1)
             if max_body is not None and len(data) > max_body:
                 raise BodyTooLarge(f"{method} {target}", max_body)  # the rest stays unread
+            if response.length:
+                # read(amt) returns a Content-Length body cut short without a word (CPython
+                # Lib/http/client.py HTTPResponse.read: "Ideally, we would raise IncompleteRead
+                # if the content-length wasn't satisfied"); a whole one leaves length 0, and a
+                # chunked one None (_read_chunked raises IncompleteRead itself). read() with no
+                # amount raises it: so does a read with one.
+                raise http.client.IncompleteRead(data, response.length)
         except BaseException:
             connection.close()
             raise

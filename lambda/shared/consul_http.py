@@ -135,7 +135,8 @@ def tls_context(ca_pem: str | None = None, *, cafile: str | None = None) -> ssl.
 
 
 class ConsulHttp:
-    """Consul's HTTP API over `connections`. Per-request timeout: min(timeout_s, budget left).
+    """Consul's HTTP API over `connections`. Per-request timeout: min(timeout_s, budget left);
+    a listing's (the caller passes `timeout=list_timeout_s`): min(list_timeout_s, budget left).
 
     `connections` is the pool for `address`; the registrar's Runtime keeps one per container,
     so an invocation's client reuses the connections of the previous invocations.
@@ -148,12 +149,15 @@ class ConsulHttp:
         token: TokenProvider,
         connections: ConnectionPool,
         timeout_s: float = 5.0,
+        list_timeout_s: float | None = None,
         remaining_s: Callable[[], float] | None = None,
     ) -> None:
         parse_address(address)
         self._token = token
         self._connections = connections
         self._timeout_s = timeout_s
+        # A listing's timeout, passed by the callers that list whole sets (default timeout_s)
+        self.list_timeout_s = timeout_s if list_timeout_s is None else list_timeout_s
         self._remaining_s = remaining_s
         self._secrets: set[str] = set()
 
@@ -167,9 +171,11 @@ class ConsulHttp:
                 text = text.replace(value, "<redacted>")
         return text
 
-    def _timeout(self) -> float:
-        left = self._remaining_s() if self._remaining_s else self._timeout_s
-        return max(0.05, min(self._timeout_s, left))
+    def _timeout(self, limit: float | None = None) -> float:
+        """`limit` (default: timeout_s) bounded by the budget left."""
+        limit = self._timeout_s if limit is None else limit
+        left = self._remaining_s() if self._remaining_s else limit
+        return max(0.05, min(limit, left))
 
     def _send(
         self,
@@ -177,7 +183,9 @@ class ConsulHttp:
         path: str,
         body: bytes | None,
         token: str | None,
+        *,
         max_body: int | None = None,
+        timeout: float | None = None,
     ) -> Answer:
         headers = {"Accept": "application/json"}
         if body is not None:
@@ -186,7 +194,12 @@ class ConsulHttp:
             headers["X-Consul-Token"] = token
         try:
             return self._connections.request(
-                method, path, body=body, headers=headers, timeout=self._timeout(), max_body=max_body
+                method,
+                path,
+                body=body,
+                headers=headers,
+                timeout=self._timeout(timeout),
+                max_body=max_body,
             )
         except ssl.SSLCertVerificationError as err:
             raise TlsVerificationFailed(
@@ -204,12 +217,18 @@ class ConsulHttp:
             ) from err
 
     def request(
-        self, method: str, path: str, payload: object = None, *, ok_statuses: tuple[int, ...] = ()
+        self,
+        method: str,
+        path: str,
+        payload: object = None,
+        *,
+        ok_statuses: tuple[int, ...] = (),
+        timeout: float | None = None,
     ) -> tuple[int, bytes]:
         """Send one request: (status, body) for 2xx and `ok_statuses`, else the mapped error.
 
         A 403 is sent once more with the token read again, when its source can be re-read."""
-        answer = self.answer(method, path, payload, ok_statuses=ok_statuses)
+        answer = self.answer(method, path, payload, ok_statuses=ok_statuses, timeout=timeout)
         return answer.status, answer.body
 
     def answer(
@@ -220,13 +239,25 @@ class ConsulHttp:
         *,
         ok_statuses: tuple[int, ...] = (),
         max_body: int | None = None,
+        timeout: float | None = None,
     ) -> Answer:
         """`request`, with the response's headers; connections.BodyTooLarge when the body is
-        longer than `max_body` bytes (the rest is never read)."""
+        longer than `max_body` bytes (the rest is never read). `timeout`: this request's
+        per-socket-operation timeout instead of `timeout_s` (a bulk listing's: Consul sends
+        nothing before it has built the whole answer), still bounded by the budget left."""
         body = None if payload is None else json.dumps(payload).encode()
-        answer = self._send(method, path, body, self._token.get(), max_body)
+        answer = self._send(
+            method, path, body, self._token.get(), max_body=max_body, timeout=timeout
+        )
         if answer.status == 403 and self._token.refreshable:
-            answer = self._send(method, path, body, self._token.get(refresh=True), max_body)
+            answer = self._send(
+                method,
+                path,
+                body,
+                self._token.get(refresh=True),
+                max_body=max_body,
+                timeout=timeout,
+            )
         status, data = answer.status, answer.body
         if 200 <= status < 300 or status in ok_statuses:
             return answer

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -26,3 +27,13 @@ def consul_double() -> Iterator[ConsulDouble]:
 def consul_double_acl() -> Iterator[ConsulDouble]:
     """A started Consul double with ACLs on (default deny) accepting the token "root-token"."""
     yield from _serve(ConsulDouble(acl_tokens={"root-token"}))
+
+
+@pytest.fixture(autouse=True)
+def _fresh_execution_environment() -> Iterator[None]:
+    """Each test starts as a new Lambda execution environment: no module-level memo of an
+    earlier test's reconcile pass (reconcile_consul._NEEDS_SHARDS) carries over."""
+    yield
+    module = sys.modules.get("reconcile_consul")
+    if module is not None:
+        module._NEEDS_SHARDS.clear()

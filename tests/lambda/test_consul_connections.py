@@ -8,9 +8,12 @@ counted is what a server would see, not what the client under test reports.
 from __future__ import annotations
 
 import base64
+import http.client
 import json
+import re
+import socket
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -413,8 +416,9 @@ def test_https_refuses_a_certificate_for_another_name(
     assert consul_double.requests == []
 
 
+@pytest.mark.parametrize("server_name", ["consul.mesh.example", "consul.mesh.example:8501"])
 def test_consul_tls_server_name_is_the_name_checked_when_dialling_an_address(
-    consul_double: ConsulDouble, tmp_path: Path
+    consul_double: ConsulDouble, tmp_path: Path, server_name: str
 ) -> None:
     # GIVEN a server whose certificate names consul.mesh.example only, dialled by its IP
     ca_pem, tls = _tls_front(consul_double, tmp_path, "consul.mesh.example")
@@ -422,7 +426,9 @@ def test_consul_tls_server_name_is_the_name_checked_when_dialling_an_address(
         "CONSUL_HTTP_ADDR": tls.url("https"),
         "ECS_CLUSTER_ARN": CLUSTER_ARN,
         "CONSUL_CACERT": ca_pem,
-        "CONSUL_TLS_SERVER_NAME": "consul.mesh.example",
+        # with or without a port, as Consul's clients take it (api/api.go SetupTLSConfig
+        # drops the port)
+        "CONSUL_TLS_SERVER_NAME": server_name,
     }
     rt = registrar.Runtime(registrar.Settings.from_env(env), token=StaticToken(None))
     try:
@@ -433,6 +439,26 @@ def test_consul_tls_server_name_is_the_name_checked_when_dialling_an_address(
         rt.close()
         tls.close()
     assert consul_double.count() == 1
+
+
+@pytest.mark.parametrize(
+    ("value", "name"),
+    [("[2001:db8::1]:8501", "2001:db8::1"), ("[2001:db8::1]", "[2001:db8::1]"), ("  ", None)],
+)
+def test_consul_tls_server_name_is_read_like_consuls_clients_read_it(
+    value: str, name: str | None
+) -> None:
+    env = {"CONSUL_HTTP_ADDR": "https://10.0.0.1:8501", "ECS_CLUSTER_ARN": CLUSTER_ARN}
+    settings = registrar.Settings.from_env({**env, "CONSUL_TLS_SERVER_NAME": value})
+    assert settings.tls_server_name == name
+
+
+@pytest.mark.parametrize("value", ["2001:db8::1", ":8501", "a:b:8501", "[::1]x:8501"])
+def test_a_consul_tls_server_name_consul_would_refuse_is_refused_by_name(value: str) -> None:
+    env = {"CONSUL_HTTP_ADDR": "https://10.0.0.1:8501", "ECS_CLUSTER_ARN": CLUSTER_ARN}
+    with pytest.raises(registrar.ConfigError, match=re.escape(f"got {value!r}")) as refused:
+        registrar.Settings.from_env({**env, "CONSUL_TLS_SERVER_NAME": value})
+    assert str(refused.value).startswith("CONSUL_TLS_SERVER_NAME must be a host name or IP")
 
 
 # --------------------------------------------------------------------------------------------
@@ -500,3 +526,96 @@ def test_an_answer_longer_than_max_body_is_cut_off_and_its_connection_dropped(
         "GET", "/v1/kv/big/1", body=None, headers=headers, timeout=2, max_body=len(answer.body)
     )
     assert json.loads(within.body)[0]["Key"] == "big/1"
+
+
+class _OneShotServer:
+    """A local HTTP/1.1 server answering each request with `answer(request_line)`'s raw bytes,
+    then closing the connection when `close` says so; counts the connections it accepted."""
+
+    def __init__(self, answer: Callable[[], bytes], *, close: bool) -> None:
+        self._answer, self._close = answer, close
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.accepted = 0
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._talk, args=(conn,), daemon=True).start()
+
+    def _talk(self, conn: socket.socket) -> None:
+        with conn, conn.makefile("rb") as requests:
+            while requests.readline():
+                while requests.readline() not in (b"\r\n", b""):
+                    pass  # headers; the tests send GETs without a body
+                conn.sendall(self._answer())
+                if self._close:
+                    return
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@pytest.mark.parametrize("sent", [6495, 0])
+@pytest.mark.parametrize("max_body", [None, 10**6])
+def test_a_content_length_body_cut_short_is_a_failed_read(sent: int, max_body: int | None) -> None:
+    # GIVEN a server that declares 12,990 bytes and closes after `sent` of them
+    def answer() -> bytes:
+        return b"HTTP/1.1 200 OK\r\nContent-Length: 12990\r\n\r\n" + b"[" * sent
+
+    server = _OneShotServer(answer, close=True)
+    try:
+        # WHEN it is read, with or without max_body, THEN IncompleteRead, never a short body
+        # (an empty one would read as "no records")
+        with pytest.raises(http.client.IncompleteRead):
+            ConnectionPool(server.url).request(
+                "GET", "/v1/kv/x/?recurse", body=None, headers={}, timeout=2, max_body=max_body
+            )
+    finally:
+        server.close()
+
+
+def _chunked(body: bytes) -> bytes:
+    # One chunk, as Go's net/http writes a handler's single large Write once the body outgrows
+    # its 2,048-byte buffer (server.go bufferBeforeChunkingSize; Consul's agent/http.go `wrap`
+    # writes the whole marshalled answer in one resp.Write).
+    return (
+        b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n"
+        + f"{len(body):x}\r\n".encode()
+        + body
+        + b"\r\n0\r\n\r\n"
+    )
+
+
+def test_a_chunked_answer_longer_than_max_body_is_cut_off_and_one_within_it_read_whole() -> None:
+    # GIVEN a server sending a 40,000-byte answer chunked, as Consul sends any answer over 2 KB
+    body = json.dumps([{"Key": "big/x", "Value": "x" * 39_950}]).encode()
+    server = _OneShotServer(lambda: _chunked(body), close=False)
+    pool = ConnectionPool(server.url)
+    try:
+        # WHEN it is read with max_body under its length, THEN BodyTooLarge
+        with pytest.raises(BodyTooLarge, match=f"longer than {len(body) - 1} bytes"):
+            pool.request(
+                "GET",
+                "/v1/kv/big/?recurse",
+                body=None,
+                headers={},
+                timeout=2,
+                max_body=len(body) - 1,
+            )
+        # AND with max_body exactly its length it is read whole, twice, on one new connection:
+        # the cut-off one was dropped, the whole one (terminating chunk read) kept
+        for _ in range(2):
+            answer = pool.request(
+                "GET", "/v1/kv/big/?recurse", body=None, headers={}, timeout=2, max_body=len(body)
+            )
+            assert answer.body == body
+        assert server.accepted == 2
+    finally:
+        pool.close()
+        server.close()

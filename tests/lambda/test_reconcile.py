@@ -1519,5 +1519,77 @@ def test_tombstones_count_toward_reading_the_records_in_shards(
     # THEN the records, tombstones included, outgrew one read: they were read in 16 shards
     # (the single read cut off at the limit), with a single read's outcome
     assert sum("/tasks/" in p for p in record_reads(world)) == 16
+    assert single_reads(world) == 1
     assert (report.in_sync, report.stale, report.missing, report.complete) == (6, 0, 0, True)
     assert world.consul.writes() == 0
+
+    # AND the next pass in the same execution environment goes to the shards straight away:
+    # the servers do not build the whole oversized answer again for a read cut off unread
+    world.consul.reset_requests()
+    report = world.reconcile()
+    assert single_reads(world) == 0
+    assert sum("/tasks/" in p for p in record_reads(world)) == 16
+    assert (report.in_sync, report.complete) == (6, True)
+    assert world.consul.writes() == 0
+
+
+def single_reads(world: World) -> int:
+    """The pass's reads of the cluster's whole prefix in one request (not its shards)."""
+    whole = "/v1/kv/" + kv_layout.cluster_prefix(CLUSTER_ARN)
+    return sum(r.path == whole for r in world.consul.requests)
+
+
+def slow_world(world: World, **settings: Any) -> World:
+    """`world` on a runtime with these Settings (timeouts)."""
+    rt = fake_runtime(world.consul.url, **settings)
+    registrar.set_runtime(rt)
+    return World(world.consul, rt, world.ecs)
+
+
+def test_a_listing_waits_for_consul_longer_than_a_single_request_does(world: World) -> None:
+    # GIVEN three registered tasks, a 0.3 s per-request timeout, and a Consul that takes 1 s
+    # to start answering the node listing (it builds the whole answer before its first byte:
+    # agent/http.go `wrap`), as a 100,000-node listing can on a busy server
+    world = slow_world(world, consul_timeout_s=0.3)
+    world.run(1, 2, 3)
+    settle_migration(world)
+    world.consul.inject(kind="delay", path_prefix="/v1/catalog/nodes", delay=1.0, times=-1)
+    world.consul.reset_requests()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+
+    # THEN the listing is waited for (CONSUL_LIST_TIMEOUT_SECONDS, default 30 s), not failed
+    # four times at the event path's per-request timeout
+    assert (report.in_sync, report.complete) == (3, True)
+    assert world.consul.writes() == 0
+
+
+def test_a_single_read_unanswered_within_the_listing_timeout_is_read_in_shards(
+    world: World,
+) -> None:
+    # GIVEN three registered tasks and a Consul that takes 2 s to start answering the single
+    # read of the cluster's records, under a 0.5 s listing timeout (an answer too large to
+    # build in time); its shards answer at once
+    world = slow_world(world, consul_timeout_s=0.5, consul_list_timeout_s=0.5)
+    world.run(1, 2, 3)
+    settle_migration(world)
+    whole = "/v1/kv/" + kv_layout.cluster_prefix(CLUSTER_ARN)
+    world.consul.inject(kind="delay", path_prefix=whole, exact=True, delay=2.0, times=-1)
+    world.consul.reset_requests()
+
+    # WHEN a pass runs
+    report = world.reconcile()
+    world.consul.wait_idle()  # the abandoned read is recorded once the double has served it
+
+    # THEN the single read is given up once (not retried) and the records read in 16 shards,
+    # with a single read's outcome: nothing deleted, nothing written
+    assert single_reads(world) == 1
+    assert sum("/tasks/" in p for p in record_reads(world)) == 16
+    assert (report.in_sync, report.stale, report.complete) == (3, 0, True)
+    assert sorted(world.consul.nodes()) == [node(1), node(2), node(3)]
+    assert world.consul.writes() == 0
+    # AND the next pass goes to the shards straight away
+    world.consul.reset_requests()
+    assert world.reconcile().in_sync == 3
+    assert single_reads(world) == 0

@@ -122,6 +122,13 @@ def test_settings_defaults() -> None:
     assert settings.host_ttl_s == 300
     assert settings.retry_policy == retry.RetryPolicy(4, 0.1, 2.0)
     assert (settings.consul_timeout_s, settings.reserve_ms) == (5, 2000)
+    assert settings.consul_list_timeout_s == 30
+    assert (
+        registrar.Settings.from_env(
+            {**BASE, "CONSUL_LIST_TIMEOUT_SECONDS": "90"}
+        ).consul_list_timeout_s
+        == 90
+    )
     assert settings.token_secret_arn is None
     assert (settings.recheck_queue_url, settings.recheck_delay_s) == (None, 120)
 
@@ -136,6 +143,7 @@ def test_settings_defaults() -> None:
         ({"MAX_ATTEMPTS": "0"}, "MAX_ATTEMPTS must be a positive number, got '0'"),
         ({"MAX_ATTEMPTS": "2.5"}, "MAX_ATTEMPTS must be a whole number"),
         ({"HOST_IP_TTL_SECONDS": "soon"}, "HOST_IP_TTL_SECONDS must be a positive number"),
+        ({"CONSUL_LIST_TIMEOUT_SECONDS": "0"}, "CONSUL_LIST_TIMEOUT_SECONDS must be a positive"),
         ({"RECHECK_DELAY_SECONDS": "901"}, "RECHECK_DELAY_SECONDS must be a whole number from 0"),
         ({"RECHECK_DELAY_SECONDS": "2m"}, "RECHECK_DELAY_SECONDS .* got '2m'"),
     ],
