@@ -267,8 +267,8 @@ class _SynthesisPass:
 
     def visit(self, node: IConstruct) -> None:
         constructs = self._stack.node.find_all()
-        if self._service_ports.open_for(constructs):
-            constructs = self._stack.node.find_all()  # with the rules it added
+        self._service_ports.open_for(constructs)
+        # The egress rules open_for adds are never Retain: the same walk serves retention.
         retain_except_on_create(constructs)
 
 
@@ -289,19 +289,16 @@ class _OpenServiceCheckPorts:
         self._cidrs = list(onprem_cidrs)
         self._opened: set[tuple[int, int]] = {ENVOY_INBOUND_PORTS}
 
-    def open_for(self, constructs: Sequence[IConstruct]) -> bool:
-        """Open the ranges of the MeshServices among `constructs`; whether any was new."""
-        opened = False
+    def open_for(self, constructs: Sequence[IConstruct]) -> None:
+        """Open the ranges of the MeshServices among `constructs` not opened yet."""
         for node in constructs:
             if not isinstance(node, MeshService) or node.inbound_host_ports in self._opened:
                 continue
             low, high = node.inbound_host_ports
             self._opened.add(node.inbound_host_ports)
-            opened = True
             for cidr in self._cidrs:
                 self._fleet.allow_checks_to(
                     ec2.Peer.ipv4(cidr),
                     node.inbound_host_ports,
                     f"mesh services' host ports {low}-{high} in {cidr}",
                 )
-        return opened
