@@ -74,10 +74,7 @@ class PassContext:
                     reason=reason,
                 )
             except Exception as err:
-                self.report.failed += 1
-                logs.error(
-                    "reconcile could not repair the task", error=f"{type(err).__name__}: {err}"
-                )
+                self.fail(task_arn, "reconcile could not repair the task", err)
                 return None
             logs.info(f"reconcile {result.kind}", reason=result.reason, version=version)
             sent = self._unanswered() - before

@@ -40,7 +40,6 @@ class EcsView:
     """What ECS says of the cluster, as this pass reads it."""
 
     listed: set[str]  # task IDs of every listed task
-    complete: bool  # every page read and every task described
     wanted: list[Wanted] = field(default_factory=list)  # running mesh tasks, registrable
     stopping: list[TaskEvent] = field(default_factory=list)  # listed, but ECS is stopping them
     hosts: listing.Hosts | None = None  # None when no mesh task runs
@@ -93,7 +92,7 @@ class EcsRead:
         vouched = vouched_for(listed.ids, owned, ctx.cluster_arn) if trust else {}
         running = ctx.ecs.running_tasks(t for t in listed.ids if t not in vouched)
         problems = [*listed.problems, *running.problems]
-        view = EcsView(listed=set(listed.ids), complete=True)
+        view = EcsView(listed=set(listed.ids))
         candidates = self._candidates(running.tasks, view)
         instances = {e.container_instance_arn for e, _, _ in candidates} | {
             v.instance for v in vouched.values()
@@ -112,7 +111,7 @@ class EcsRead:
             view.wanted = self._registrations(candidates, view)
         ctx.report.running = len(view.wanted) + view.in_sync_unread
         if problems:
-            view.complete = ctx.report.complete = False
+            ctx.report.complete = False
             ctx.report.problems.extend(problems)
             logs.warning(
                 "the ECS listing is incomplete: this pass deletes nothing",
