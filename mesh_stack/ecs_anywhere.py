@@ -16,9 +16,9 @@ from constructs import Construct, IConstruct
 from mesh_stack import lambda_code
 from mesh_stack.key_use import encrypt_environment, grant_secret_read
 from mesh_stack.nag import acknowledge
+from mesh_stack.onprem_contract import INSTALL_SCRIPT
 from mesh_stack.registrar_function import nag_form
 
-INSTALL_SCRIPT = "https://amazon-ecs-agent.s3.amazonaws.com/ecs-anywhere-install-latest.sh"
 # The function retries CreateActivation for up to 90 s while IAM propagates the new host role
 # (lambda/activation/handler.py, ROLE_PROPAGATION_SECONDS) and, on teardown, deregisters hosts 8
 # at a time until 30 s before its own timeout, then answers FAILED with what is left, so that a

@@ -7,6 +7,10 @@ operator reads after the deploy, and how to fetch the VPN device configuration.
 
 from __future__ import annotations
 
+# The ECS Anywhere installer every host runs (ECS developer guide, "Registering an external
+# instance to a cluster"); preflight lists its host for the firewall.
+INSTALL_SCRIPT = "https://amazon-ecs-agent.s3.amazonaws.com/ecs-anywhere-install-latest.sh"
+
 # Tunnel parameters both tunnels accept (AWS::EC2::VPNConnection VpnTunnelOptionsSpecification;
 # cfn-lint checks each value against the resource schema). AWS's defaults also allow IKEv1,
 # AES-128, SHA-1 and Diffie-Hellman groups 2 and 5; these keep IKEv2 with AES-256, SHA-2 and

@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import urllib.parse
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +27,7 @@ from mesh_stack.onprem_contract import (
     DH_GROUPS,
     ENCRYPTION,
     IKE_VERSIONS,
+    INSTALL_SCRIPT,
     INTEGRITY,
     OUTPUT_TGW_ATTACHMENT,
     OUTPUT_VPN_DEVICE_CONFIGURATION,
@@ -86,7 +88,7 @@ ECR_PUBLIC_HOSTS = ("public.ecr.aws", "d2glxqk2uabbnd.cloudfront.net")
 # when Docker is not installed yet, Docker's packages and the OS's package mirrors.
 def installer_hosts(region: str) -> list[str]:
     return [
-        "amazon-ecs-agent.s3.amazonaws.com",
+        urllib.parse.urlsplit(INSTALL_SCRIPT).netloc,
         f"s3.{region}.amazonaws.com",
         "raw.githubusercontent.com",
     ]

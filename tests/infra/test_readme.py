@@ -7,8 +7,8 @@ import re
 
 from mesh_stack.config import FIELDS, MeshConfig
 from mesh_stack.demo import DEMO_IMAGE
-from mesh_stack.ecs_anywhere import INSTALL_SCRIPT
 from mesh_stack.image_ref import ENVOY_REPOSITORY, INIT_IMAGE, registry_host
+from mesh_stack.onprem_contract import INSTALL_SCRIPT
 from mesh_stack.ports import CONSUL_GRPC_TLS, CONSUL_HTTPS, ENVOY_INBOUND_PORTS
 from mesh_stack.services_config import intentions
 from tests.conftest import ROOT
