@@ -57,7 +57,7 @@ class Cost:
     report: reconcile.PassReport
 
 
-class _Stopwatch:
+class Stopwatch:
     """Stands in for the boto3 clients: forwards each call to FakeEcs and times it."""
 
     def __init__(self, target: object, latency_s: float = 0.0) -> None:
@@ -84,9 +84,9 @@ def run_pass(m: Mesh, *, aws_latency_s: float = 0.0) -> Cost:
     """One pass with the default settings (deletion cap, grace), counted from a clean slate."""
     m.consul.reset_requests()
     before = Counter(m.ecs.calls)
-    stopwatch = _Stopwatch(m.ecs, aws_latency_s)
+    stopwatch = Stopwatch(m.ecs, aws_latency_s)
 
-    def clients(service: str) -> _Stopwatch:
+    def clients(service: str) -> Stopwatch:
         m.ecs.clients(service)  # rejects a service the fake does not answer for
         return stopwatch
 

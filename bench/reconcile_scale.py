@@ -45,7 +45,15 @@ import retry
 from ecs_fake import FakeEcs
 from registrar_fixtures import CLUSTER_ARN, seed_settled_markers
 
-from bench.reconcile_cost import AWS_LATENCY_S, CONSUL_LATENCY_S, latency_row
+from bench.reconcile_cost import (
+    AWS_LATENCY_S,
+    CONSUL_LATENCY_S,
+    DRIFT,
+    LAMBDA_TIMEOUT_S,
+    TASKS_PER_HOST,
+    Stopwatch,
+    latency_row,
+)
 from bench.report import Row, quiet
 from bench.world import HOST_MODE, host_ports, runtime, seed_registered, task_id
 from tests.consul_double import ConsulDouble
@@ -53,10 +61,7 @@ from tests.consul_double import ConsulDouble
 FIGURE = "9 reconcile at scale"
 # BENCH_SCALE_TASKS overrides the size (a loaded machine may not build 100,000 in time).
 TASKS = int(os.environ.get("BENCH_SCALE_TASKS", "100000"))
-TASKS_PER_HOST = 20
-DRIFT = 0.01
 LAMBDA_MEMORY_MB = 1024  # the reconcile function's memory_size (mesh_stack/reconcile.py)
-LAMBDA_TIMEOUT_S = 300  # its timeout: RECONCILE_TIMEOUT, at most the interval
 # The double is Python: filtering 100,000+ checks for one listing takes it seconds on a loaded
 # machine, past the registrar's 5 s per request (CONSUL_TIMEOUT_SECONDS) and possibly its 30 s
 # per listing (CONSUL_LIST_TIMEOUT_SECONDS). Consul's own answer time is not what this figure
@@ -143,24 +148,6 @@ class Cost:
     report: reconcile.PassReport
 
 
-class _Latency:
-    """Stands in for the boto3 clients: forwards each call to FakeEcs, then sleeps."""
-
-    def __init__(self, target: FakeEcs) -> None:
-        self._target = target
-
-    def __getattr__(self, name: str) -> Any:
-        method = getattr(self._target, name)
-
-        def slow(*args: Any, **kwargs: Any) -> Any:
-            try:
-                return method(*args, **kwargs)
-            finally:
-                time.sleep(AWS_LATENCY_S)
-
-        return slow
-
-
 def _rss() -> int:
     with open("/proc/self/statm") as statm:
         return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
@@ -175,7 +162,7 @@ def run_pass(
     before = Counter(ecs.calls)
     gc.collect()
     rss_before = _rss()
-    slow = _Latency(ecs)
+    slow = Stopwatch(ecs, AWS_LATENCY_S)
 
     def clients(service: str) -> Any:
         ecs.clients(service)  # rejects a service the fake does not answer for
