@@ -88,8 +88,8 @@ diff: install
 	$(CDK) diff $(ARGS)
 
 # Refuses first, in one line and without synthesizing, while onprem_cidrs is still the
-# built-in default (tools/deploy_gate.py); synth and test keep working with it. Then refuses
-# (one line) while no server AMI is recorded for the region and architecture.
+# built-in default (tools/deploy_gate.py); synth and test keep working with it. Then warns
+# (one line) and goes on while no server AMI is recorded for the region and architecture.
 deploy: install
 	@$(PY) -m tools.deploy_gate $(ARGS)
 	$(MAKE) --no-print-directory synth

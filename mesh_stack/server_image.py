@@ -93,6 +93,17 @@ def save_record(images: dict[str, RecordedImage], path: Path = RECORD) -> None:
     path.write_text(json.dumps(data, indent=2) + "\n")
 
 
+def unrecorded_warning(*, region: str, arm64: bool, path: Path = RECORD) -> str:
+    """The one line said while no image is fixed for `region`/`arm64` (app.py at synth,
+    `make deploy` through tools/server_ami.py check)."""
+    return (
+        f"no Consul server AMI recorded for {record_key(region, arm64)} in {path.name}: the "
+        f"servers launch from {parameter_name(arm64)}, resolved at every deploy, so a later "
+        "unrelated deploy may roll the fleet; run `make refresh-ami` with AWS credentials "
+        "(and the same ARGS) and commit the file, or set server_ami"
+    )
+
+
 def resolve(*, server_ami: str, region: str, arm64: bool, path: Path = RECORD) -> tuple[str, bool]:
     """The image the servers launch from and whether it is fixed (set or recorded).
 

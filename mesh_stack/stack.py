@@ -79,12 +79,7 @@ class MeshStack(Stack):
         self.server_image_unrecorded = (
             ""
             if recorded
-            else f"no server AMI recorded for "
-            f"{server_image.record_key(config.region, config.arm64)} in server-ami.json: the "
-            f"servers launch from {server_image.parameter_name(config.arm64)}, resolved at "
-            "every deploy, so an unrelated deploy after AWS published an image rolls the fleet; "
-            "run `make refresh-ami` (needs AWS credentials) and commit server-ami.json, or set "
-            "server_ami"
+            else server_image.unrecorded_warning(region=config.region, arm64=config.arm64)
         )
         # At synthesis, once, over whatever the stack holds by then (whoever added it, and when):
         # a service whose listeners lie outside ENVOY_INBOUND_PORTS (bridge mode: ECS's dynamic

@@ -73,13 +73,7 @@ def check(config: MeshConfig, path: Path = server_image.RECORD) -> str | None:
     )
     if real:
         return None
-    key = server_image.record_key(config.region, config.arm64)
-    return (
-        f"no Consul server AMI recorded for {key} in {path.name}: the servers launch from "
-        f"{server_image.parameter_name(config.arm64)}, resolved at every deploy, so a later "
-        "unrelated deploy may roll the fleet; run `make refresh-ami` with AWS credentials "
-        "(and the same ARGS) and commit the file, or set server_ami"
-    )
+    return server_image.unrecorded_warning(region=config.region, arm64=config.arm64, path=path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
