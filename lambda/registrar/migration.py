@@ -61,6 +61,7 @@ import verification
 from consul import TxnConflict
 from inventory import Inventory, KVPair
 from model import RUNNING, MalformedEvent, StateRecord, parse_time
+from reconcile_diff import event_time_of
 
 Record = tuple[StateRecord | None, int]  # (record or None when unreadable, ModifyIndex)
 
@@ -259,12 +260,8 @@ def _delete(pair: KVPair) -> dict[str, Any]:
 
 
 def _young(record: StateRecord, now: datetime, grace: timedelta) -> bool:
-    if record.event_time is None:
-        return False
-    try:
-        return parse_time(record.event_time, "event_time") >= now - grace
-    except MalformedEvent:
-        return False
+    written = event_time_of(record)
+    return written is not None and written >= now - grace
 
 
 def plan(

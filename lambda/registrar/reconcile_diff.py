@@ -77,16 +77,21 @@ def stopping_gone(stopping: Iterable[TaskEvent], records: Records, nodes: Nodes)
     return gone
 
 
+def event_time_of(record: StateRecord | None) -> datetime | None:
+    """The record's event time; None when it has none or it does not parse."""
+    if record is None or record.event_time is None:
+        return None
+    try:
+        return parse_time(record.event_time, "event_time")
+    except MalformedEvent:
+        return None
+
+
 def record_older_than(record: StateRecord | None, cutoff: datetime) -> bool:
     """Was `record` written before `cutoff`? A record without a readable time counts as old
     (it predates event times, or was not written by the event path)."""
-    if record is None or record.event_time is None:
-        return True
-    try:
-        written = parse_time(record.event_time, "event_time")
-    except MalformedEvent:
-        return True
-    return written <= cutoff
+    written = event_time_of(record)
+    return written is None or written <= cutoff
 
 
 def old_tombstones(
@@ -96,13 +101,10 @@ def old_tombstones(
     at most `limit`, in task ID order."""
     old: dict[str, int] = {}
     for tid, (record, index) in sorted(records.items()):
-        if record is None or record.status != STOPPED or tid in listed or record.event_time is None:
+        if record is None or record.status != STOPPED or tid in listed:
             continue
-        try:
-            stopped_at = parse_time(record.event_time, "event_time")
-        except MalformedEvent:
-            continue
-        if stopped_at < cutoff:
+        stopped_at = event_time_of(record)
+        if stopped_at is not None and stopped_at < cutoff:
             old[tid] = index
         if len(old) >= limit:
             break
