@@ -1502,7 +1502,7 @@ def test_tombstones_count_toward_reading_the_records_in_shards(
     spread_tasks(world, count=6, hosts=3, family="api")
     seed_settled_markers(world.consul)
     limit = _records_bytes(world) + 2000
-    monkeypatch.setattr(reconcile_consul, "SINGLE_READ_BYTES", limit, raising=False)
+    monkeypatch.setattr(reconcile_consul, "SINGLE_READ_BYTES", limit)
     world.consul.reset_requests()
     world.reconcile()
     assert sum("/tasks/" in p for p in record_reads(world)) == 0
